@@ -1,0 +1,120 @@
+"""Prompt datasets: reading a column of prompt strings from a Parquet or JSON Lines file.
+
+Environments receive a file path in ``env_config`` (a plain, serializable value) and each
+environment worker reads the prompts itself. Errors here are raised at environment
+construction, often inside a remote worker, so each one is a single line that names the file,
+the column and what was wrong -- enough to fix the config without a debugger.
+
+``pyarrow`` is imported inside the functions so that ``import envs`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+PARQUET_SUFFIXES = (".parquet",)
+JSON_SUFFIXES = (".jsonl", ".json")
+SUPPORTED_SUFFIXES = PARQUET_SUFFIXES + JSON_SUFFIXES
+
+
+def load_prompts(path: str | os.PathLike[str], column: str = "prompt") -> list[str]:
+    """Reads the prompt column of a ``.parquet`` or newline-delimited ``.jsonl``/``.json`` file.
+
+    Args:
+        path: The dataset file. The suffix selects the reader; ``.json`` files must also be
+            newline-delimited (one JSON object per line), not a single JSON array.
+        column: Name of the column (JSON key) that holds the prompt strings.
+
+    Returns:
+        The prompts, in file order.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the suffix is unsupported, the file cannot be parsed, the column is
+            missing, the dataset has no rows, or a value is not a string (nulls included).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        table = _read_parquet(path)
+    elif suffix in JSON_SUFFIXES:
+        table = _read_json_lines(path)
+    else:
+        raise ValueError(
+            f"prompts file {path} has unsupported extension {suffix!r}; "
+            f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if column not in table.column_names:
+        raise ValueError(
+            f"prompts file {path} has no column {column!r}; columns present: {table.column_names}"
+        )
+    if table.num_rows == 0:
+        raise ValueError(f"prompts file {path} has no rows")
+    values: list[str] = table.column(column).to_pylist()
+    for row, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ValueError(
+                f"prompts file {path}, column {column!r}, row {row}: expected a string, "
+                f"got {type(value).__name__} ({value!r})"
+            )
+    return values
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    """Reads a Parquet file, turning Arrow's parse errors into one-line ValueErrors."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except pa.ArrowException as e:
+        raise ValueError(f"could not read prompts file {path} as Parquet: {e}") from e
+
+
+def _read_json_lines(path: Path) -> pa.Table:
+    """Reads newline-delimited JSON; an empty file is an empty dataset, not a parse error."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    if path.stat().st_size == 0:
+        raise ValueError(f"prompts file {path} has no rows")
+    try:
+        return pj.read_json(path)
+    except pa.ArrowException as e:
+        raise ValueError(
+            f"could not read prompts file {path} as newline-delimited JSON "
+            f"(one object per line): {e}"
+        ) from e
+
+
+def write_prompts_jsonl(
+    path: str | os.PathLike[str], prompts: Iterable[str], column: str = "prompt"
+) -> Path:
+    """Writes prompts as JSON Lines, one ``{column: prompt}`` object per line.
+
+    The counterpart of ``load_prompts`` for tests and for turning an in-memory prompt list into
+    a file that remote environment workers can read.
+
+    Args:
+        path: Destination file; parent directories are created.
+        prompts: The prompt strings.
+        column: The key to store each prompt under.
+
+    Returns:
+        The path written, as a ``Path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for prompt in prompts:
+            f.write(json.dumps({column: prompt}, ensure_ascii=False) + "\n")
+    return path

@@ -1,0 +1,322 @@
+"""The token-level RLHF environment: state = prompt + tokens so far, action = next token.
+
+This module holds the Gymnasium environment that RLlib's EnvRunners step, plus the small
+resolvers that turn its plain ``env_config`` values (paths, ``"module:function"`` strings) into
+a tokenizer, a prompt list and a reward function. It imports no Ray and loads no model;
+``transformers`` is imported only when a tokenizer path has to be loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import operator
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
+from envs.prompts import load_prompts
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+"""Batched reward: (prompts, completions) -> one float per pair, in order."""
+
+Observation = dict[str, np.ndarray]
+
+
+class TextGenerationEnv(gym.Env[Observation, int]):
+    """Generates one completion per episode, one token per step, paid once at the end.
+
+    Each episode samples a prompt, tokenizes it once and then appends one token per step.
+    The observation is the whole sequence so far (prompt tokens, then generated tokens,
+    right-padded with the pad id) and its length, so a policy can run a causal LM over it and
+    read the logits at position ``length - 1``.
+
+    The episode ends at EOS (``terminated``) or after ``max_new_tokens`` tokens (``truncated``
+    -- Gymnasium's time-limit signal). Because the sequence-level reward is paid in full at
+    that last step, there is nothing left to bootstrap: rayrm's advantage estimation treats the
+    end of a completion as terminal in both cases (V(s_{T+1}) = 0), and the truncated flag is
+    informational. Every earlier step pays 0.0.
+
+    With ``reward_fn=None`` the reward is deferred: the last step pays 0.0 and sets
+    ``info["reward_deferred"] = True``, because the trainer scores finished completions in
+    batches through reward-model actors and writes the score into the episode's last step.
+
+    All constructor arguments are keyword-only plain values, because RLlib passes
+    ``env_config`` as keyword arguments to ``gymnasium.make``.
+
+    Args:
+        tokenizer: ``None`` for the built-in character tokenizer, a path for
+            ``AutoTokenizer.from_pretrained``, or a tokenizer object. Must define an EOS token;
+            the pad id falls back to the EOS id.
+        prompts: ``None`` for ``BUILTIN_PROMPTS``, a ``.parquet``/``.jsonl`` path for
+            ``load_prompts``, or a list of prompt strings.
+        prompt_column: Column holding the prompts when ``prompts`` is a path.
+        reward_fn: ``"builtin"`` (``vowel_reward``), a ``"module:function"`` string, a callable
+            with the batched reward signature, or ``None`` for a deferred reward.
+        max_prompt_tokens: Prompts longer than this keep their last ``max_prompt_tokens``
+            tokens (left truncation keeps the text nearest to the completion).
+        max_new_tokens: Completion length limit; reaching it truncates the episode.
+        vocab_size: Size of the action space; defaults to ``len(tokenizer)``. May be larger,
+            since a model's embedding matrix is often padded beyond the tokenizer.
+        render_mode: ``None`` or ``"ansi"`` (``render()`` returns prompt + completion text).
+
+    Raises:
+        ValueError: On a tokenizer without EOS, an unusable ``reward_fn``, non-positive
+            lengths, ``vocab_size < len(tokenizer)`` or an unknown render mode.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        *,
+        tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None = None,
+        prompts: str | os.PathLike[str] | Sequence[str] | None = None,
+        prompt_column: str = "prompt",
+        reward_fn: RewardFn | str | None = "builtin",
+        max_prompt_tokens: int = 32,
+        max_new_tokens: int = 16,
+        vocab_size: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if max_prompt_tokens < 1 or max_new_tokens < 1:
+            raise ValueError(
+                f"max_prompt_tokens ({max_prompt_tokens}) and max_new_tokens ({max_new_tokens}) "
+                "must both be at least 1"
+            )
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode {render_mode!r} is not supported; use None or one of "
+                f"{self.metadata['render_modes']}"
+            )
+        self.render_mode = render_mode
+        self.tokenizer = resolve_tokenizer(tokenizer)
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError(
+                "the tokenizer has no eos_token_id; TextGenerationEnv needs EOS to end episodes"
+            )
+        self.eos_token_id = int(self.tokenizer.eos_token_id)
+        pad_token_id = self.tokenizer.pad_token_id
+        self.pad_token_id = self.eos_token_id if pad_token_id is None else int(pad_token_id)
+        self.prompts = resolve_prompts(prompts, prompt_column)
+        self.reward_fn = resolve_reward_fn(reward_fn)
+        self.reward_deferred = self.reward_fn is None
+
+        tokenizer_size = len(self.tokenizer)
+        self.vocab_size = tokenizer_size if vocab_size is None else int(vocab_size)
+        if self.vocab_size < tokenizer_size:
+            raise ValueError(
+                f"vocab_size ({self.vocab_size}) must be >= len(tokenizer) ({tokenizer_size}): "
+                "every token id must be a valid action"
+            )
+        self.max_prompt_tokens = int(max_prompt_tokens)
+        self.max_new_tokens = int(max_new_tokens)
+        self.max_seq_len = self.max_prompt_tokens + self.max_new_tokens
+
+        self.action_space = spaces.Discrete(self.vocab_size)
+        self.observation_space = spaces.Dict(
+            {
+                "input_ids": spaces.Box(
+                    0, self.vocab_size - 1, shape=(self.max_seq_len,), dtype=np.int64
+                ),
+                "length": spaces.Box(0, self.max_seq_len, shape=(1,), dtype=np.int64),
+            }
+        )
+
+        # Episode state; reset() fills it, step() only appends.
+        self._input_ids = np.full(self.max_seq_len, self.pad_token_id, dtype=np.int64)  # (L,)
+        self._length = 0
+        self._generated: list[int] = []
+        self._prompt = ""
+        self._prompt_index = -1
+        self._completion = ""
+        self._has_reset = False
+        self._episode_over = False
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Observation, dict[str, Any]]:
+        """Starts an episode on a sampled prompt, or on one chosen through ``options``.
+
+        Args:
+            seed: Seeds ``self.np_random``, which picks the prompts.
+            options: Optional ``{"prompt": text}`` (any string; ``prompt_index`` is then -1) or
+                ``{"prompt_index": i}`` (an index into ``self.prompts``), not both.
+
+        Returns:
+            The observation and ``{"prompt": text, "prompt_index": int}``.
+        """
+        super().reset(seed=seed)
+        self._prompt, self._prompt_index = self._choose_prompt(options or {})
+        prompt_ids = self.tokenizer.encode(self._prompt, add_special_tokens=False)
+        prompt_ids = prompt_ids[-self.max_prompt_tokens :]
+        if not prompt_ids:
+            # The LM needs at least one token to condition its first prediction on.
+            prompt_ids = [self.eos_token_id]
+        self._input_ids.fill(self.pad_token_id)
+        self._input_ids[: len(prompt_ids)] = prompt_ids
+        self._length = len(prompt_ids)
+        self._generated = []
+        self._completion = ""
+        self._has_reset = True
+        self._episode_over = False
+        return self._observation(), {"prompt": self._prompt, "prompt_index": self._prompt_index}
+
+    def step(self, action: int) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
+        """Appends one token; pays the sequence reward if this token ends the completion.
+
+        Args:
+            action: The next token id, in ``[0, vocab_size)``.
+
+        Returns:
+            ``(obs, reward, terminated, truncated, info)``; ``info`` holds ``prompt``,
+            ``completion`` (generated text without EOS, special tokens skipped) and
+            ``num_generated``, plus ``reward_deferred`` on the last step.
+
+        Raises:
+            RuntimeError: If called before ``reset`` or after the episode ended.
+            ValueError: If ``action`` is not in the action space.
+        """
+        if not self._has_reset:
+            raise RuntimeError("TextGenerationEnv.step() called before reset()")
+        if self._episode_over:
+            raise RuntimeError(
+                "TextGenerationEnv.step() called after the episode ended "
+                "(terminated or truncated); call reset() first"
+            )
+        if not self.action_space.contains(action):
+            raise ValueError(
+                f"action {action!r} is not in the action space Discrete({self.vocab_size})"
+            )
+        token = int(action)
+        self._input_ids[self._length] = token
+        self._length += 1
+        self._generated.append(token)
+
+        terminated = token == self.eos_token_id
+        truncated = not terminated and len(self._generated) >= self.max_new_tokens
+        self._episode_over = terminated or truncated
+        # Decoding the whole completion each step costs a few microseconds in the Rust
+        # tokenizer; decoding token by token would break multi-token characters and
+        # SentencePiece spacing.
+        completion_ids = self._generated[:-1] if terminated else self._generated
+        self._completion = str(self.tokenizer.decode(completion_ids, skip_special_tokens=True))
+
+        info: dict[str, Any] = {
+            "prompt": self._prompt,
+            "completion": self._completion,
+            "num_generated": len(self._generated),
+        }
+        reward = 0.0
+        if self._episode_over:
+            info["reward_deferred"] = self.reward_deferred
+            if self.reward_fn is not None:
+                reward = float(self.reward_fn([self._prompt], [self._completion])[0])
+        return self._observation(), reward, terminated, truncated, info
+
+    def render(self) -> str | None:  # type: ignore[override]  # ansi frames are str
+        """Returns prompt + completion text in ``"ansi"`` mode, else nothing."""
+        if self.render_mode == "ansi":
+            return self._prompt + self._completion
+        return None
+
+    def _choose_prompt(self, options: dict[str, Any]) -> tuple[str, int]:
+        """Picks the episode's prompt text and index (-1 for a prompt given as text)."""
+        if "prompt" in options and "prompt_index" in options:
+            raise ValueError("reset options may hold 'prompt' or 'prompt_index', not both")
+        if "prompt" in options:
+            prompt = options["prompt"]
+            if not isinstance(prompt, str):
+                raise ValueError(f"options['prompt'] must be a string, got {type(prompt).__name__}")
+            return prompt, -1
+        if "prompt_index" in options:
+            index = int(options["prompt_index"])
+            if not 0 <= index < len(self.prompts):
+                raise ValueError(
+                    f"options['prompt_index'] = {index} is out of range for "
+                    f"{len(self.prompts)} prompts"
+                )
+        else:
+            index = int(self.np_random.integers(len(self.prompts)))
+        return self.prompts[index], index
+
+    def _observation(self) -> Observation:
+        """Copies the state so that callers may keep observations across steps."""
+        return {
+            "input_ids": self._input_ids.copy(),  # (L,)
+            "length": np.array([self._length], dtype=np.int64),  # (1,)
+        }
+
+
+def resolve_tokenizer(
+    tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None,
+) -> PreTrainedTokenizerBase:
+    """Returns the built-in char tokenizer for None, loads a path, passes objects through."""
+    if tokenizer is None:
+        return build_char_tokenizer()
+    if isinstance(tokenizer, str | os.PathLike):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+    return tokenizer
+
+
+def resolve_prompts(
+    prompts: str | os.PathLike[str] | Sequence[str] | None, column: str = "prompt"
+) -> list[str]:
+    """Returns ``BUILTIN_PROMPTS`` for None, reads a path, validates an in-memory list."""
+    if prompts is None:
+        return list(BUILTIN_PROMPTS)
+    if isinstance(prompts, str | os.PathLike):
+        return load_prompts(prompts, column)
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is an empty list; give at least one prompt")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompts[{i}] must be a string, got {type(prompt).__name__}")
+    return prompts
+
+
+def resolve_reward_fn(spec: RewardFn | str | None) -> RewardFn | None:
+    """Turns a reward spec into a batched reward function (None means deferred).
+
+    Args:
+        spec: ``"builtin"`` for ``vowel_reward``; ``"module:function"`` (the attribute may be
+            dotted, e.g. ``"pkg.mod:Class.method"``); a callable; or ``None``.
+
+    Returns:
+        The callable, or ``None`` when scoring is deferred to the trainer.
+
+    Raises:
+        ValueError: If the spec is malformed, cannot be imported, or is not callable.
+    """
+    if spec is None or callable(spec):
+        return spec
+    if not isinstance(spec, str):
+        raise ValueError(
+            f"reward_fn must be 'builtin', 'module:function', a callable or None; got {spec!r}"
+        )
+    if spec == "builtin":
+        return vowel_reward
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"reward_fn {spec!r} must be 'builtin' or of the form 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"reward_fn {spec!r}: cannot import module {module_name!r}: {e}") from e
+    try:
+        fn: RewardFn = operator.attrgetter(attr)(module)
+    except AttributeError as e:
+        raise ValueError(f"reward_fn {spec!r}: module {module_name!r} has no {attr!r}") from e
+    if not callable(fn):
+        raise ValueError(f"reward_fn {spec!r} is not callable (got {type(fn).__name__})")
+    return fn

@@ -1,0 +1,308 @@
+"""The RLHF-PPO algorithm on RLlib's PPO (new API stack) and its AlgorithmConfig.
+
+``training_step`` is a short list of named, timed phases:
+
+    sample   every EnvRunner decodes one whole completion per env (rayrm.env_runner)
+    score    the RewardPool scores all finished completions in parallel batches
+    update   learners: reference log-probs, KL-penalised rewards, GAE, clipped PPO
+    sync     new weights go back to the EnvRunners
+
+The algorithm owns the state that must survive restores besides the weights: the KL
+controller (β) and the running reward statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    LEARNER_RESULTS,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+)
+from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+from rayrm import metrics as M
+from rayrm.config import RunConfig, config_from_dict
+from rayrm.core_algos import AdaptiveKLController, FixedKLController, RunningMoments
+from rayrm.env_runner import RLHFEnvRunner
+from rayrm.learner import RLHFPPOLearner
+from rayrm.policy import LMPolicyModule
+from rayrm.rewards import RewardPool
+
+RAYRM_STATE = "rayrm_state"
+RESOLVED_CONFIG_FILE = "rayrm_config.yaml"
+TOKENIZER_DIR = "tokenizer"
+
+
+class RLHFConfig(PPOConfig):
+    """PPOConfig carrying the rayrm run config (``self.rayrm``, a plain dict)."""
+
+    def __init__(self, algo_class: type | None = None) -> None:
+        super().__init__(algo_class=algo_class or RLHFPPO)
+        self.rayrm: dict[str, Any] = {}
+
+    @property
+    def run_config(self) -> RunConfig:
+        return config_from_dict(self.rayrm, check_paths=False)
+
+
+def build_algo_config(cfg: RunConfig) -> RLHFConfig:
+    """Translates a validated rayrm RunConfig into the RLlib AlgorithmConfig."""
+    from transformers import AutoConfig
+
+    vocab_size = int(AutoConfig.from_pretrained(cfg.model.path).vocab_size)
+    ppo, res = cfg.ppo, cfg.resources
+    tokens_per_learner = max(
+        1, ppo.batch_size * cfg.generation.max_new_tokens // max(1, res.num_learners)
+    )
+    algo = (
+        RLHFConfig()
+        .environment(
+            "rayrm/TextGeneration-v0",
+            env_config={
+                "tokenizer": cfg.model.resolved_tokenizer_path,
+                "prompts": cfg.data.prompts,
+                "prompt_column": cfg.data.prompt_column,
+                "reward_fn": None,  # deferred: the RewardPool scores in batches
+                "max_prompt_tokens": cfg.data.max_prompt_tokens,
+                "max_new_tokens": cfg.generation.max_new_tokens,
+                "vocab_size": vocab_size,
+            },
+        )
+        .env_runners(
+            env_runner_cls=RLHFEnvRunner,
+            num_env_runners=res.num_env_runners,
+            num_envs_per_env_runner=cfg.envs_per_env_runner,
+            num_cpus_per_env_runner=res.num_cpus_per_env_runner,
+            num_gpus_per_env_runner=res.num_gpus_per_env_runner,
+            gym_env_vectorize_mode="sync",
+        )
+        .learners(
+            num_learners=res.num_learners,
+            num_cpus_per_learner=res.num_cpus_per_learner,
+            num_gpus_per_learner=res.num_gpus_per_learner,
+        )
+        .training(
+            learner_class=RLHFPPOLearner,
+            lr=ppo.lr,
+            gamma=ppo.gamma,
+            lambda_=ppo.gae_lambda,
+            num_epochs=ppo.num_epochs,
+            train_batch_size_per_learner=tokens_per_learner,
+            minibatch_size=max(1, tokens_per_learner // ppo.num_minibatches),
+            grad_clip=ppo.max_grad_norm,
+            grad_clip_by="global_norm",
+            use_kl_loss=False,
+            use_critic=True,
+            entropy_coeff=ppo.entropy_coef,
+        )
+        .rl_module(
+            rl_module_spec=RLModuleSpec(
+                module_class=LMPolicyModule,
+                model_config={
+                    "path": cfg.model.path,
+                    "dtype": cfg.model.dtype,
+                    "critic": cfg.model.critic,
+                    "critic_path": cfg.model.resolved_critic_path,
+                    "temperature": cfg.generation.temperature,
+                    "top_k": cfg.generation.top_k,
+                    "top_p": cfg.generation.top_p,
+                },
+            )
+        )
+        .reporting(
+            min_time_s_per_iteration=0,
+            min_sample_timesteps_per_iteration=0,
+            min_train_timesteps_per_iteration=0,
+        )
+        .debugging(seed=cfg.seed, log_level="WARN")
+    )
+    algo.rayrm = cfg.to_dict()
+    return algo
+
+
+def make_kl_controller(cfg: RunConfig) -> FixedKLController | AdaptiveKLController:
+    """β controller from the config: fixed, or Ziegler et al.'s adaptive controller."""
+    if cfg.ppo.adaptive_kl:
+        return AdaptiveKLController(cfg.ppo.kl_coef, cfg.ppo.target_kl, cfg.ppo.kl_horizon)
+    return FixedKLController(cfg.ppo.kl_coef)
+
+
+def shard_whole_episodes(episodes: list[Any], num_shards: int) -> list[list[Any]]:
+    """Deals completions to learners whole and in equal numbers, balancing token counts.
+
+    RLlib's own sharding cuts episodes to balance timesteps; a cut completion would lose its
+    end (and its score) on one learner.
+    """
+    order = sorted(range(len(episodes)), key=lambda i: -len(episodes[i]))
+    shards: list[list[Any]] = [[] for _ in range(num_shards)]
+    for rank, i in enumerate(order):
+        lap, pos = divmod(rank, num_shards)
+        shards[pos if lap % 2 == 0 else num_shards - 1 - pos].append(episodes[i])
+    return shards
+
+
+class RLHFPPO(PPO):
+    """RLlib PPO specialised for token-level RLHF against a reward pool (see module docstring)."""
+
+    @classmethod
+    def get_default_config(cls) -> RLHFConfig:
+        return RLHFConfig(algo_class=cls)
+
+    @classmethod
+    def default_resource_request(cls, config: Any) -> PlacementGroupFactory:
+        """PPO's bundles plus one bundle per reward actor, so the trial reserves them too."""
+        pgf = super().default_resource_request(config)
+        rayrm = config["rayrm"] if isinstance(config, dict) else config.rayrm
+        reward = config_from_dict(rayrm, check_paths=False).reward
+        bundle = {"CPU": reward.num_cpus_per_actor, "GPU": reward.num_gpus_per_actor}
+        bundle = {k: v for k, v in bundle.items() if v > 0}
+        extra = [dict(bundle) for _ in range(reward.num_actors)] if bundle else []
+        return PlacementGroupFactory(bundles=pgf.bundles + extra, strategy=pgf.strategy)
+
+    def setup(self, config: Any) -> None:
+        super().setup(config)
+        self.rlhf: RunConfig = config_from_dict(self.config.rayrm, check_paths=False)
+        self.kl_ctl = make_kl_controller(self.rlhf)
+        self.reward_moments = RunningMoments()
+        r = self.rlhf.reward
+        self.reward_pool = RewardPool(
+            source=r.source,
+            path=r.path,
+            function=r.function,
+            num_actors=r.num_actors,
+            batch_size=r.batch_size,
+            num_cpus_per_actor=r.num_cpus_per_actor,
+            num_gpus_per_actor=r.num_gpus_per_actor,
+            max_length=r.max_length,
+        )
+
+    def cleanup(self) -> None:
+        pool = getattr(self, "reward_pool", None)
+        if pool is not None:
+            pool.shutdown()
+        super().cleanup()
+
+    # ------------------------------------------------------------------ training step
+    def training_step(self) -> None:
+        t_start = time.perf_counter()
+        episodes, env_runner_results = synchronous_parallel_sample(
+            worker_set=self.env_runner_group,
+            _uses_new_env_runners=True,
+            _return_metrics=True,
+        )
+        self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+        t_sampled = time.perf_counter()
+
+        raw_scores = self._score(episodes)
+        t_scored = time.perf_counter()
+
+        learner_stats = self._update(episodes)
+        t_updated = time.perf_counter()
+
+        self.env_runner_group.sync_weights(
+            from_worker_or_learner_group=self.learner_group, inference_only=True
+        )
+        t_end = time.perf_counter()
+
+        num_tokens = sum(len(e) for e in episodes)
+        scores = np.array([float(e.get_rewards()[-1]) for e in episodes])
+        published = {
+            M.REWARD_MEAN: float(scores.mean()),
+            M.REWARD_STD: float(scores.std()),
+            M.REWARD_RAW_MEAN: float(raw_scores.mean()),
+            M.KL_BETA: learner_stats.pop("beta"),
+            M.ROLLOUT_COMPLETIONS: len(episodes),
+            M.THROUGHPUT_TOKENS_PER_S: num_tokens / max(t_end - t_start, 1e-9),
+            M.TIMER_SAMPLE: t_sampled - t_start,
+            M.TIMER_SCORE: t_scored - t_sampled,
+            M.TIMER_UPDATE: t_updated - t_scored,
+            M.TIMER_SYNC: t_end - t_updated,
+            M.TIMER_ITERATION: t_end - t_start,
+            **learner_stats,
+        }
+        for key, value in published.items():
+            self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
+
+    def _score(self, episodes: list[Any]) -> np.ndarray:
+        """Scores every finished completion through the pool and pays it at the last token."""
+        infos = [e.get_infos(-1) for e in episodes]
+        raw = self.reward_pool.score(
+            [i["prompt"] for i in infos], [i["completion"] for i in infos]
+        ).astype(np.float64)
+        scores = raw
+        r = self.rlhf.reward
+        if r.normalize:
+            self.reward_moments.update(raw)
+            scores = (raw - self.reward_moments.mean) / self.reward_moments.std
+        if r.clip is not None:
+            scores = np.clip(scores, -r.clip, r.clip)
+        for episode, score in zip(episodes, scores, strict=True):
+            rewards = episode.get_rewards()
+            episode.set_rewards(new_data=np.float32(rewards[-1] + score), at_indices=-1)
+        return raw
+
+    def _update(self, episodes: list[Any]) -> dict[str, float]:
+        """Pushes β, runs the PPO update on whole completions, then steps the KL controller."""
+        beta = self.kl_ctl.value
+        self.learner_group.foreach_learner(lambda learner: learner.set_kl_coef(beta))
+        kwargs = dict(
+            timesteps={
+                NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                    (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
+                )
+            },
+            num_epochs=self.rlhf.ppo.num_epochs,
+        )
+        num_learners = self.rlhf.resources.num_learners
+        if num_learners >= 2:
+            shards = shard_whole_episodes(episodes, num_learners)
+            results = self.learner_group.update(
+                episodes_refs=[ray.put(s) for s in shards], **kwargs
+            )
+        else:
+            results = self.learner_group.update(episodes=episodes, **kwargs)
+        self.metrics.aggregate(results, key=LEARNER_RESULTS)
+
+        def peek(name: str) -> float:
+            value = self.metrics.peek((LEARNER_RESULTS, DEFAULT_MODULE_ID, name), default=math.nan)
+            return float(value)
+
+        stats = {key: peek(name) for key, name in M.FROM_LEARNER.items()}
+        self.kl_ctl.update(stats[M.KL_SEQUENCE], n_steps=len(episodes))
+        stats["beta"] = beta
+        return stats
+
+    # ------------------------------------------------------------------ state
+    def get_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().get_state(*args, **kwargs)
+        state[RAYRM_STATE] = {
+            "kl_ctl": self.kl_ctl.get_state(),
+            "reward_moments": self.reward_moments.get_state(),
+        }
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        if RAYRM_STATE in state:
+            self.kl_ctl.set_state(state[RAYRM_STATE]["kl_ctl"])
+            self.reward_moments.set_state(state[RAYRM_STATE]["reward_moments"])
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        """RLlib's checkpoint plus the resolved config and the tokenizer, for export/generate."""
+        super().save_checkpoint(checkpoint_dir)
+        from transformers import AutoTokenizer
+
+        self.rlhf.save_yaml(Path(checkpoint_dir) / RESOLVED_CONFIG_FILE)
+        tokenizer = AutoTokenizer.from_pretrained(self.rlhf.model.resolved_tokenizer_path)
+        tokenizer.save_pretrained(str(Path(checkpoint_dir) / TOKENIZER_DIR))

@@ -1,0 +1,95 @@
+"""The ``rayrm`` command line: train, quickstart, generate, export.
+
+User mistakes (bad config, missing paths, nothing to resume) exit with code 2 and one line on
+stderr naming the key or file; everything else is a real error and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from rayrm.config import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rayrm", description="RLHF on Ray: RLlib PPO against reward models, run as Tune experiments."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="run one training (a one-trial Tune experiment)")
+    t.add_argument("config", help="YAML run config")
+    t.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set ppo.lr=1e-5 (repeatable)",
+    )
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run")
+
+    q = sub.add_parser(
+        "quickstart", help="build a tiny local model and prompt set, then train it (CPU, minutes)"
+    )
+    q.add_argument("--dir", default="rayrm-quickstart", help="workspace folder (default: %(default)s)")
+    q.add_argument("--iterations", type=int, default=30)
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    g = sub.add_parser("generate", help="sample from a trained policy")
+    g.add_argument("run", help="run folder, trial folder or checkpoint")
+    g.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
+    g.add_argument("--num-samples", type=int, default=1)
+    g.add_argument("--max-new-tokens", type=int, default=None)
+    g.add_argument("--greedy", action="store_true")
+    g.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("export", help="write the policy as a Hugging Face model directory")
+    e.add_argument("run", help="run folder, trial folder or checkpoint")
+    e.add_argument("out_dir")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from rayrm.train import main_train
+
+            return main_train(args.config, args.overrides, args.resume)
+        if args.command == "quickstart":
+            from rayrm.tiny import write_quickstart
+            from rayrm.train import main_train
+
+            path = write_quickstart(args.dir, num_iterations=args.iterations)
+            print(f"quickstart workspace: {path.parent} (config: {path})", flush=True)
+            resume = (path.parent / "runs" / "quickstart").exists()
+            return main_train(str(path), args.overrides, resume)
+        if args.command == "generate":
+            from rayrm.export import generate
+
+            for prompt, completions in generate(
+                args.run,
+                args.prompt,
+                num_samples=args.num_samples,
+                max_new_tokens=args.max_new_tokens,
+                greedy=args.greedy,
+                seed=args.seed,
+            ):
+                for c in completions:
+                    print(f"{prompt}\x1b[1m{c}\x1b[0m" if sys.stdout.isatty() else f"{prompt}{c}")
+            return 0
+        if args.command == "export":
+            from rayrm.export import export_policy
+
+            out = export_policy(args.run, args.out_dir)
+            print(f"exported policy to {out}")
+            return 0
+    except ConfigError as exc:
+        print(f"rayrm: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,759 @@
+"""The one run config: typed sections, YAML loading, ``--set`` overrides and validation.
+
+Everything a run can be told lives here, documented once in the ``Attributes`` section of its
+dataclass; one YAML file fills :class:`RunConfig`. The config is checked completely *before* Ray
+starts, so this module must stay cheap to import: no ``ray``, no ``torch``.
+
+Checks come in two layers:
+
+* :meth:`RunConfig.validate` -- types, enum values, numeric ranges and cross-field relations.
+  It never touches the filesystem, so Ray workers can rebuild a config with
+  ``config_from_dict(d)`` anywhere.
+* :func:`validate_paths` -- model/tokenizer/critic/reward directories and the prompts file exist,
+  and ``reward.function`` is importable. :func:`load_config` runs it after making every path
+  absolute (:func:`resolve_paths`), so the resolved config saved beside a checkpoint is
+  self-contained.
+
+Every problem is raised as one :class:`ConfigError` whose one-line message names the dotted key
+(``ppo.batch_size``) or the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import importlib
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+__all__ = [
+    "PROMPT_SUFFIXES",
+    "REQUIRED",
+    "ConfigError",
+    "DataConfig",
+    "GenerationConfig",
+    "ModelConfig",
+    "PPOConfig",
+    "ResourcesConfig",
+    "RewardConfig",
+    "RunConfig",
+    "RunSettings",
+    "config_from_dict",
+    "load_config",
+    "resolve_paths",
+    "validate_paths",
+]
+
+_T = TypeVar("_T")
+
+REQUIRED = "???"
+"""A value that marks a required key as not filled in yet (as written in example configs)."""
+
+PROMPT_SUFFIXES = (".parquet", ".jsonl", ".json")
+"""File extensions that ``data.prompts`` may have."""
+
+_FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class ConfigError(ValueError):
+    """A problem with the run config, explained in one line.
+
+    Attributes:
+        key: Dotted key the problem is about (e.g. ``"ppo.batch_size"``), or None when the
+            problem is with the file itself.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(" ".join(message.split()))  # one line, whatever the cause said
+        self.key = key
+
+
+def _bounded(
+    default: _T, *, ge: float | None = None, gt: float | None = None, le: float | None = None
+) -> _T:
+    """A dataclass field with a numeric range that :meth:`RunConfig.validate` checks."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le})
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The policy (and critic) to fine-tune.
+
+    Attributes:
+        path: Local Hugging Face causal-LM directory (must contain ``config.json``). Required.
+        tokenizer_path: Tokenizer directory; None means ``path``.
+        critic: ``shared`` puts the value head on the policy trunk; ``separate`` trains a
+            separate critic model.
+        critic_path: Hugging Face model directory the separate critic starts from; None means
+            ``path``. Only allowed with ``critic=separate``.
+        dtype: Parameter dtype of policy, critic and reference model.
+    """
+
+    path: str
+    tokenizer_path: str | None = None
+    critic: Literal["shared", "separate"] = "shared"
+    critic_path: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @property
+    def resolved_tokenizer_path(self) -> str:
+        """Directory the tokenizer is loaded from."""
+        return self.tokenizer_path if self.tokenizer_path is not None else self.path
+
+    @property
+    def resolved_critic_path(self) -> str:
+        """Directory the critic's weights start from.
+
+        With ``critic=shared`` this is ``path``: the value head sits on the policy trunk.
+        """
+        return self.critic_path if self.critic_path is not None else self.path
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """The prompts sampled each iteration.
+
+    Attributes:
+        prompts: Prompts file (``.parquet``, ``.jsonl`` or ``.json``). Required.
+        prompt_column: Column (or JSON field) that holds the prompt text.
+        max_prompt_tokens: Prompts are truncated (left) to this many tokens.
+    """
+
+    prompts: str
+    prompt_column: str = "prompt"
+    max_prompt_tokens: int = _bounded(32, ge=1)
+
+
+@dataclass(kw_only=True)
+class GenerationConfig:
+    """How completions are sampled from the policy.
+
+    Attributes:
+        max_new_tokens: Completion length limit in tokens.
+        temperature: Softmax temperature; the logprobs PPO uses are computed at it too.
+        top_k: Keep only the k most likely tokens; 0 turns it off.
+        top_p: Nucleus sampling mass; 1.0 turns it off.
+    """
+
+    max_new_tokens: int = _bounded(16, ge=1)
+    temperature: float = _bounded(1.0, gt=0)
+    top_k: int = _bounded(0, ge=0)
+    top_p: float = _bounded(1.0, gt=0, le=1)
+
+
+@dataclass(kw_only=True)
+class RewardConfig:
+    """Where scores come from and how they are shaped.
+
+    Attributes:
+        source: ``model`` scores with a reward model at ``path``; ``function`` calls
+            ``function`` on the decoded texts.
+        path: Reward-model directory. Required with ``source=model``; ignored otherwise.
+        function: ``"module:function"`` scoring callable. Required with ``source=function``;
+            ignored otherwise.
+        num_actors: Reward actors that score in parallel.
+        batch_size: Texts per reward-model forward pass.
+        num_cpus_per_actor: CPUs reserved for each reward actor.
+        num_gpus_per_actor: GPUs (fractions allowed) reserved for each reward actor.
+        max_length: Prompt plus completion are truncated to this many reward-model tokens.
+        clip: If set, scores are clipped to ``[-clip, clip]`` after normalisation.
+        normalize: Whiten scores with a running mean and standard deviation.
+    """
+
+    source: Literal["model", "function"] = "function"
+    path: str | None = None
+    function: str | None = "envs.builtin:vowel_reward"
+    num_actors: int = _bounded(1, ge=1)
+    batch_size: int = _bounded(32, ge=1)
+    num_cpus_per_actor: float = _bounded(1.0, ge=0)
+    num_gpus_per_actor: float = _bounded(0.0, ge=0)
+    max_length: int = _bounded(512, ge=1)
+    clip: float | None = _bounded(None, gt=0)
+    normalize: bool = False
+
+
+@dataclass(kw_only=True)
+class PPOConfig:
+    """PPO with a per-token KL penalty against the frozen reference policy.
+
+    Attributes:
+        batch_size: Completions (one per prompt) sampled per iteration.
+        num_minibatches: Optimizer steps per epoch over the batch.
+        num_epochs: Passes over each batch.
+        lr: Adam learning rate.
+        gamma: Discount factor over completion tokens.
+        gae_lambda: GAE lambda (https://arxiv.org/abs/1506.02438).
+        clip_ratio: PPO policy-ratio clip epsilon.
+        value_clip: Value-prediction clip around the old values; None disables value clipping.
+        vf_coef: Weight of the value loss.
+        entropy_coef: Weight of the entropy bonus.
+        max_grad_norm: Global gradient-norm clip; None disables it.
+        kl_coef: Initial KL-penalty coefficient beta.
+        adaptive_kl: Adapt beta towards ``target_kl`` with the controller of Ziegler et al.
+            2019 (https://arxiv.org/abs/1909.08593).
+        target_kl: Per-sequence KL the adaptive controller aims for.
+        kl_horizon: Horizon (in completions) of the adaptive controller.
+    """
+
+    batch_size: int = _bounded(16, ge=1)
+    num_minibatches: int = _bounded(2, ge=1)
+    num_epochs: int = _bounded(2, ge=1)
+    lr: float = _bounded(1.0e-5, gt=0)
+    gamma: float = _bounded(1.0, ge=0, le=1)
+    gae_lambda: float = _bounded(0.95, ge=0, le=1)
+    clip_ratio: float = _bounded(0.2, gt=0)
+    value_clip: float | None = _bounded(0.2, gt=0)
+    vf_coef: float = _bounded(0.1, ge=0)
+    entropy_coef: float = _bounded(0.0, ge=0)
+    max_grad_norm: float | None = _bounded(1.0, gt=0)
+    kl_coef: float = _bounded(0.05, ge=0)
+    adaptive_kl: bool = False
+    target_kl: float = _bounded(6.0, gt=0)
+    kl_horizon: int = _bounded(10000, gt=0)
+
+    @property
+    def completions_per_minibatch(self) -> int:
+        """Completions per optimizer step, summed over all learners."""
+        return self.batch_size // self.num_minibatches
+
+
+@dataclass(kw_only=True)
+class ResourcesConfig:
+    """Ray resources for sampling and learning.
+
+    Attributes:
+        num_env_runners: Remote env runners; 0 samples in the trial process.
+        num_cpus_per_env_runner: CPUs reserved for each env runner.
+        num_gpus_per_env_runner: GPUs (fractions allowed) reserved for each env runner.
+        num_learners: Remote learners; 0 learns in the trial process, 2 or more use DDP.
+        num_cpus_per_learner: CPUs reserved for each learner.
+        num_gpus_per_learner: GPUs (fractions allowed) reserved for each learner.
+    """
+
+    num_env_runners: int = _bounded(0, ge=0)
+    num_cpus_per_env_runner: float = _bounded(1.0, ge=0)
+    num_gpus_per_env_runner: float = _bounded(0.0, ge=0)
+    num_learners: int = _bounded(0, ge=0)
+    num_cpus_per_learner: float = _bounded(1.0, ge=0)
+    num_gpus_per_learner: float = _bounded(0.0, ge=0)
+
+
+@dataclass(kw_only=True)
+class RunSettings:
+    """Length, checkpointing and storage of the run.
+
+    Attributes:
+        num_iterations: Training iterations (sample, score, update) to run.
+        checkpoint_every: Save a checkpoint every this many iterations (and at the end).
+        storage_path: Directory under which the run's folder (``name``) is created.
+        num_cpus: CPUs for a local Ray started in-process; None uses all of them.
+    """
+
+    num_iterations: int = _bounded(20, ge=1)
+    checkpoint_every: int = _bounded(5, ge=1)
+    storage_path: str = "./rayrm_runs"
+    num_cpus: int | None = _bounded(None, ge=1)
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Everything one run is told; one YAML file fills it.
+
+    Attributes:
+        name: Experiment name: the run's folder under ``run.storage_path``.
+        seed: Seed for prompt order, sampling and initialisation.
+        model: See :class:`ModelConfig`.
+        data: See :class:`DataConfig`.
+        generation: See :class:`GenerationConfig`.
+        reward: See :class:`RewardConfig`.
+        ppo: See :class:`PPOConfig`.
+        resources: See :class:`ResourcesConfig`.
+        run: See :class:`RunSettings`.
+    """
+
+    name: str = "rayrm"
+    seed: int = _bounded(0, ge=0)
+    model: ModelConfig
+    data: DataConfig
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    @property
+    def envs_per_env_runner(self) -> int:
+        """Completions each env runner samples per iteration (the trial process if none)."""
+        return self.ppo.batch_size // max(1, self.resources.num_env_runners)
+
+    @property
+    def max_seq_len(self) -> int:
+        """Longest prompt-plus-completion sequence, in tokens."""
+        return self.data.max_prompt_tokens + self.generation.max_new_tokens
+
+    @property
+    def completions_per_learner_minibatch(self) -> int:
+        """Completions in one learner's share of one optimizer step."""
+        return self.ppo.completions_per_minibatch // max(1, self.resources.num_learners)
+
+    def validate(self) -> None:
+        """Checks every field's type, enum value and range, then the relations between fields.
+
+        Raises:
+            ConfigError: On the first problem found, naming its dotted key.
+        """
+        _check_fields(self, "")
+        _check_relations(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain nested dicts; ``config_from_dict(c.to_dict()) == c``."""
+        return dataclasses.asdict(self)
+
+    def save_yaml(self, path: str | Path) -> None:
+        """Writes the config as YAML that :func:`load_config` reads back.
+
+        Args:
+            path: Destination file; missing parent directories are created.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks shared by all sections
+# ---------------------------------------------------------------------------------------------
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _split_optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; anything else -> ``(tp, False)``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _check_value(key: str, value: Any, tp: Any) -> None:
+    """Raises ConfigError unless ``value`` fits the annotation ``tp``."""
+    tp, optional = _split_optional(tp)
+    if value is None and optional:
+        return
+    or_null = " or null" if optional else ""
+    got = f"got {type(value).__name__} {value!r}"
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices or not isinstance(value, str):
+            raise ConfigError(
+                f"{key} must be one of {', '.join(choices)}{or_null} ({got})", key=key
+            )
+    elif tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false{or_null} ({got})", key=key)
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer{or_null} ({got})", key=key)
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number{or_null} ({got})", key=key)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be finite ({got})", key=key)
+    elif tp is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} must be a non-empty string{or_null} ({got})", key=key)
+    else:  # pragma: no cover - guards against a new field type nobody taught this function
+        raise TypeError(f"{key}: unsupported config field type {tp!r}")
+
+
+def _check_bounds(key: str, value: Any, bounds: Mapping[str, Any], optional: bool) -> None:
+    """Raises ConfigError unless ``value`` lies in the field's ``ge``/``gt``/``le`` range."""
+    ge, gt, le = bounds.get("ge"), bounds.get("gt"), bounds.get("le")
+    if value is None:
+        return
+    low_ok = (ge is None or value >= ge) and (gt is None or value > gt)
+    if low_ok and (le is None or value <= le):
+        return
+    low = gt if gt is not None else ge
+    if low is not None and le is not None:
+        rule = f"in {'(' if gt is not None else '['}{low:g}, {le:g}]"
+    elif le is not None:
+        rule = f"<= {le:g}"
+    else:
+        rule = f"{'>' if gt is not None else '>='} {low:g}"
+    or_null = " or null" if optional else ""
+    raise ConfigError(f"{key} must be {rule}{or_null} (got {value!r})", key=key)
+
+
+def _check_fields(obj: Any, prefix: str) -> None:
+    """Checks the type and range of every field of the dataclass ``obj``, sections included."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp = hints[f.name]
+        key, value = _join(prefix, f.name), getattr(obj, f.name)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            if not isinstance(value, tp):
+                raise ConfigError(f"{key} must be a {tp.__name__} (got {value!r})", key=key)
+            _check_fields(value, key)
+            continue
+        _check_value(key, value, tp)
+        _check_bounds(key, value, f.metadata, optional=_split_optional(tp)[1])
+
+
+def _check_relations(cfg: RunConfig) -> None:
+    """Cross-field checks; each message says why the fields must agree."""
+    if "/" in cfg.name or "\\" in cfg.name or cfg.name in (".", ".."):
+        raise ConfigError(
+            f"name {cfg.name!r} must be a plain folder name: it becomes the run's folder "
+            f"under run.storage_path",
+            key="name",
+        )
+    model, reward, ppo, res = cfg.model, cfg.reward, cfg.ppo, cfg.resources
+    if model.critic_path is not None and model.critic != "separate":
+        raise ConfigError(
+            f"model.critic_path is only used with model.critic=separate (critic is "
+            f"{model.critic!r}): a shared critic is a value head on the policy trunk, so "
+            f"remove critic_path or set model.critic=separate",
+            key="model.critic_path",
+        )
+    if not cfg.data.prompts.endswith(PROMPT_SUFFIXES):
+        raise ConfigError(
+            f"data.prompts {cfg.data.prompts!r} must end with one of {', '.join(PROMPT_SUFFIXES)}",
+            key="data.prompts",
+        )
+    if reward.source == "model" and reward.path is None:
+        raise ConfigError(
+            "reward.path is required when reward.source=model (the reward-model directory)",
+            key="reward.path",
+        )
+    if reward.source == "function" and reward.function is None:
+        raise ConfigError(
+            "reward.function is required when reward.source=function "
+            "(a 'module:function' callable, e.g. 'envs.builtin:vowel_reward')",
+            key="reward.function",
+        )
+    if reward.function is not None and not _FUNCTION_RE.match(reward.function):
+        raise ConfigError(
+            f"reward.function must look like 'module:function', e.g. "
+            f"'envs.builtin:vowel_reward' (got {reward.function!r})",
+            key="reward.function",
+        )
+    if ppo.batch_size % max(1, res.num_env_runners):
+        raise ConfigError(
+            f"ppo.batch_size ({ppo.batch_size}) must be divisible by "
+            f"resources.num_env_runners ({res.num_env_runners}): each env runner samples "
+            f"the same number of completions",
+            key="ppo.batch_size",
+        )
+    learners = max(1, res.num_learners)
+    if ppo.batch_size % (ppo.num_minibatches * learners):
+        raise ConfigError(
+            f"ppo.batch_size ({ppo.batch_size}) must be divisible by ppo.num_minibatches "
+            f"({ppo.num_minibatches}) * max(1, resources.num_learners) ({learners}) = "
+            f"{ppo.num_minibatches * learners}: each learner takes an equal share of the "
+            f"batch and splits it into ppo.num_minibatches minibatches of whole completions",
+            key="ppo.batch_size",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Building from plain data
+# ---------------------------------------------------------------------------------------------
+
+
+def _unknown_key(key: str, name: str, valid: Sequence[str], where: str = "") -> ConfigError:
+    """The error for ``key`` (last part ``name``), suggesting the closest of ``valid``."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    prefix = key[: len(key) - len(name)]
+    hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown key {key}{where} ({hint})", key=key)
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Widens what YAML and callers naturally write: ints for floats, Paths for strings."""
+    tp, _ = _split_optional(tp)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _build(cls: type[_T], data: Any, prefix: str) -> _T:
+    """Builds dataclass ``cls`` from a mapping, rejecting unknown keys and missing required ones."""
+    if data is None:  # a YAML section with every key commented out
+        data = {}
+    if not isinstance(data, Mapping):
+        what = f"section {prefix}" if prefix else "the config"
+        raise ConfigError(
+            f"{what} must be a mapping of keys to values (got {type(data).__name__} {data!r})",
+            key=prefix or None,
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for name in data:
+        if name not in fields:
+            raise _unknown_key(_join(prefix, str(name)), str(name), list(fields))
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key, tp = _join(prefix, name), hints[name]
+        value = data.get(name, dataclasses.MISSING)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, None if value is dataclasses.MISSING else value, key)
+            continue
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and (value is dataclasses.MISSING or value is None or value == REQUIRED):
+            raise ConfigError(f"{key} is required", key=key)
+        if value is not dataclasses.MISSING:
+            kwargs[name] = _coerce(value, tp)
+    return cls(**kwargs)
+
+
+def config_from_dict(d: Mapping[str, Any], *, check_paths: bool = False) -> RunConfig:
+    """Builds and validates a :class:`RunConfig` from plain nested mappings.
+
+    Args:
+        d: Sections and values, as in the YAML file (e.g. from :meth:`RunConfig.to_dict`).
+        check_paths: Also make paths absolute and check them with :func:`validate_paths`.
+            Leave False where the filesystem is not the user's (e.g. in Ray workers).
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: On the first problem found.
+    """
+    cfg = _build(RunConfig, d, "")
+    cfg.validate()
+    if check_paths:
+        cfg = resolve_paths(cfg)
+        validate_paths(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML files and --set overrides
+# ---------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-5`` as a float (YAML 1.1 needs ``1.0e-5``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    """Sets ``dotted.key=value`` in ``raw`` after checking the key against the schema."""
+    dotted, sep, text = override.partition("=")
+    dotted = dotted.strip()
+    parts = dotted.split(".")
+    if not sep or not all(parts):
+        raise ConfigError(
+            f"malformed override {override!r}: expected dotted.key=value, e.g. ppo.lr=3.0e-6"
+        )
+    try:
+        value = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+
+    cls: Any = RunConfig
+    node = raw
+    for i, name in enumerate(parts):
+        key = ".".join(parts[: i + 1])
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if name not in fields:
+            raise _unknown_key(key, name, fields, where=f" in override {override!r}")
+        tp = typing.get_type_hints(cls)[name]
+        cls = tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+        if i == len(parts) - 1:
+            if cls is not None and isinstance(value, Mapping):
+                value = _merged(node.get(name), value)
+            node[name] = value
+        else:
+            if cls is None:
+                raise ConfigError(
+                    f"unknown key {dotted} in override {override!r}: {key} is a value, "
+                    f"not a section",
+                    key=dotted,
+                )
+            child = node.get(name)
+            if child is None:
+                child = node[name] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"section {key} must be a mapping of keys to values "
+                    f"(got {type(child).__name__} {child!r})",
+                    key=key,
+                )
+            node = child
+
+
+def _merged(base: Any, update: Mapping[str, Any]) -> Any:
+    """``update`` laid over ``base`` key by key, recursing into mappings."""
+    if not isinstance(base, Mapping):
+        return dict(update)
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merged(out.get(k), v) if isinstance(v, Mapping) else v
+    return out
+
+
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), *, check_paths: bool = True
+) -> RunConfig:
+    """Reads a YAML run config, applies ``--set`` overrides, validates and resolves paths.
+
+    Args:
+        path: The YAML file.
+        overrides: ``"dotted.key=value"`` strings applied in order; each value is parsed as
+            YAML, so numbers, ``true``/``false`` and ``null`` work.
+        check_paths: Make every path absolute (relative to the working directory) and check
+            it with :func:`validate_paths`.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: Naming the file or the dotted key of the first problem found.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from exc
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from exc
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else f"{type(raw).__name__} {raw!r}"
+        raise ConfigError(f"{path}: top level must be a mapping of sections (got {got})")
+    raw = copy.deepcopy(raw)
+    for override in overrides:
+        _apply_override(raw, override)
+    return config_from_dict(raw, check_paths=check_paths)
+
+
+# ---------------------------------------------------------------------------------------------
+# Filesystem checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _absolute_or_none(path: str | None) -> str | None:
+    return None if path is None else _absolute(path)
+
+
+def resolve_paths(cfg: RunConfig) -> RunConfig:
+    """A copy of ``cfg`` with every path absolute (``~`` expanded, relative to the cwd)."""
+    model, data, reward, run = cfg.model, cfg.data, cfg.reward, cfg.run
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(
+            model,
+            path=_absolute(model.path),
+            tokenizer_path=_absolute_or_none(model.tokenizer_path),
+            critic_path=_absolute_or_none(model.critic_path),
+        ),
+        data=dataclasses.replace(data, prompts=_absolute(data.prompts)),
+        reward=dataclasses.replace(reward, path=_absolute_or_none(reward.path)),
+        run=dataclasses.replace(run, storage_path=_absolute(run.storage_path)),
+    )
+
+
+def _check_dir(key: str, path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise ConfigError(f"{key} {path!r} does not exist ({what})", key=key)
+    if not os.path.isdir(path):
+        raise ConfigError(f"{key} {path!r} is not a directory ({what})", key=key)
+
+
+def _check_function(spec: str) -> None:
+    """Imports ``module:function`` and checks the attribute is callable."""
+    key = "reward.function"
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure is the user's to see
+        raise ConfigError(
+            f"{key} {spec!r}: cannot import module {module_name} ({type(exc).__name__}: {exc})",
+            key=key,
+        ) from exc
+    if not hasattr(module, attr):
+        raise ConfigError(f"{key} {spec!r}: module {module_name} has no {attr!r}", key=key)
+    if not callable(getattr(module, attr)):
+        raise ConfigError(f"{key} {spec!r}: {attr} is not callable", key=key)
+
+
+def validate_paths(cfg: RunConfig) -> None:
+    """Checks that the files and directories the config names exist, and the reward function.
+
+    Args:
+        cfg: A config that passed :meth:`RunConfig.validate`.
+
+    Raises:
+        ConfigError: Naming the key and the path (or ``module:function``) at fault.
+    """
+    model = cfg.model
+    _check_dir("model.path", model.path, "a local Hugging Face causal-LM directory")
+    if not os.path.isfile(os.path.join(model.path, "config.json")):
+        raise ConfigError(
+            f"model.path {model.path!r} has no config.json "
+            f"(expected a local Hugging Face causal-LM directory)",
+            key="model.path",
+        )
+    if model.tokenizer_path is not None:
+        _check_dir("model.tokenizer_path", model.tokenizer_path, "the tokenizer directory")
+    if model.critic == "separate" and model.critic_path is not None:
+        _check_dir("model.critic_path", model.critic_path, "the critic's model directory")
+
+    prompts = cfg.data.prompts
+    if not os.path.exists(prompts):
+        raise ConfigError(f"data.prompts {prompts!r} does not exist", key="data.prompts")
+    if not os.path.isfile(prompts):
+        raise ConfigError(f"data.prompts {prompts!r} is not a file", key="data.prompts")
+
+    reward = cfg.reward
+    if reward.source == "model" and reward.path is not None:
+        _check_dir("reward.path", reward.path, "the reward-model directory")
+    if reward.source == "function" and reward.function is not None:
+        _check_function(reward.function)
+
+    storage = cfg.run.storage_path
+    if os.path.exists(storage) and not os.path.isdir(storage):
+        raise ConfigError(
+            f"run.storage_path {storage!r} exists and is not a directory",
+            key="run.storage_path",
+        )

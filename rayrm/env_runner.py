@@ -1,0 +1,128 @@
+"""EnvRunner that samples exactly one whole completion per env, with batched KV-cached decoding.
+
+RLlib's stock runners either cut episodes at a timestep budget or, with
+``batch_mode="complete_episodes"``, keep the first episodes to finish and drop the rest —
+a silent bias toward short completions. Here every call to ``sample`` resets all
+``num_envs_per_env_runner`` envs (one prompt each), decodes all of them together through the
+policy's KV cache (one new token per row per step, no re-run of the context), steps each env
+once per token (the env decides termination and reward), and returns every episode whole.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+from rayrm.policy import LMPolicyModule
+
+
+def left_pad(prompts: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacks variable-length prompts into LEFT-padded (B, P) ids and mask."""
+    P = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), P), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), P), dtype=np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p) :] = p
+        mask[i, P - len(p) :] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+class RLHFEnvRunner(SingleAgentEnvRunner):
+    """Samples one complete completion per env per ``sample()`` call (see module docstring)."""
+
+    def __init__(self, *, config: Any, **kwargs: Any) -> None:
+        super().__init__(config=config, **kwargs)
+        seed = self._seed if self._seed is not None else int(time.time_ns() % 2**31)
+        self._generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def sub_envs(self) -> list[Any]:
+        """The individual Gymnasium envs (stepped directly: no vector autoreset)."""
+        return list(self.env.unwrapped.envs)
+
+    def _sample(  # type: ignore[override]
+        self,
+        *,
+        num_timesteps: int | None = None,
+        num_episodes: int | None = None,
+        explore: bool = True,
+        random_actions: bool = False,
+        force_reset: bool = False,
+    ) -> list[SingleAgentEpisode]:
+        """Samples one completion per env; the budget arguments are ignored by design."""
+        episodes = self.generate(explore=explore)
+        num_steps = sum(len(e) for e in episodes)
+        self._increase_sampled_metrics(num_steps, len(episodes))
+        self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=num_steps)
+        return [e.to_numpy() for e in episodes] if self.episodes_to_numpy else episodes
+
+    def generate(
+        self, *, explore: bool = True, options: list[dict[str, Any]] | None = None
+    ) -> list[SingleAgentEpisode]:
+        """Resets every env and decodes all completions together.
+
+        Args:
+            explore: sample from the policy (True) or take greedy tokens (False).
+            options: optional per-env reset options (e.g. ``{"prompt": "..."}``).
+
+        Returns:
+            One finished ``SingleAgentEpisode`` per env, in env order.
+        """
+        module = self.module
+        assert isinstance(module, LMPolicyModule), "RLHFEnvRunner needs an LMPolicyModule"
+        envs = self.sub_envs
+        seed = self._seed if self._needs_initial_reset else None
+        self._needs_initial_reset = False
+        episodes: list[SingleAgentEpisode] = []
+        prompts: list[np.ndarray] = []
+        for i, env in enumerate(envs):
+            obs, info = env.reset(
+                seed=None if seed is None else seed * 1000 + i,
+                options=options[i] if options else None,
+            )
+            episode = SingleAgentEpisode(
+                observation_space=self.env.single_observation_space,
+                action_space=self.env.single_action_space,
+            )
+            episode.add_env_reset(observation=obs, infos=info)
+            episodes.append(episode)
+            prompts.append(obs["input_ids"][: int(obs["length"][0])])
+
+        pad_id = int(envs[0].unwrapped.pad_token_id)
+        ids, mask = left_pad(prompts, pad_id)
+        device = next(module.lm.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        with torch.no_grad():
+            logits, cache = module.decode_start(ids, mask)
+        active = [True] * len(envs)
+        while True:
+            tokens, logp = module.sample_next(
+                logits, greedy=not explore, generator=self._generator if explore else None
+            )
+            tokens_np, logp_np = tokens.cpu().numpy(), logp.cpu().numpy()
+            for i, env in enumerate(envs):
+                if not active[i]:
+                    continue
+                obs, reward, terminated, truncated, info = env.step(int(tokens_np[i]))
+                episodes[i].add_env_step(
+                    observation=obs,
+                    action=int(tokens_np[i]),
+                    reward=float(reward),
+                    infos=info,
+                    terminated=terminated,
+                    truncated=truncated,
+                    extra_model_outputs={Columns.ACTION_LOGP: np.float32(logp_np[i])},
+                )
+                active[i] = not (terminated or truncated)
+            if not any(active):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            with torch.no_grad():
+                logits, cache = module.decode_step(tokens, cache, mask)
+        return episodes

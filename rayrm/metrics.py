@@ -1,0 +1,57 @@
+"""Metric keys, one place, namespaced ``group/name``.
+
+Learner-side keys (logged per module by the learner and its connector) are plain names; the
+algorithm re-publishes everything a user watches under the namespaced keys below, which is
+what Tune's result folder, TensorBoard and the live terminal line show.
+"""
+
+# Learner-side names (under results["learners"][module_id]).
+POLICY_LOSS = "policy_loss"
+VF_LOSS = "vf_loss"
+ENTROPY = "entropy"
+CLIP_FRACTION = "clip_fraction"
+APPROX_KL = "approx_kl"
+VF_EXPLAINED_VAR = "vf_explained_var"
+KL_PER_TOKEN = "kl_per_token"
+KL_PER_SEQUENCE = "kl_per_sequence"
+RESPONSE_LENGTH = "response_length"
+NUM_COMPLETIONS = "num_completions"
+VALUE_MEAN = "value_mean"
+
+# Published keys (top level of every training result).
+REWARD_MEAN = "reward/mean"
+REWARD_STD = "reward/std"
+REWARD_RAW_MEAN = "reward/raw_mean"
+KL_TOKEN = "kl/per_token"
+KL_SEQUENCE = "kl/per_sequence"
+KL_BETA = "kl/beta"
+ROLLOUT_ENTROPY = "rollout/entropy"
+ROLLOUT_LENGTH = "rollout/response_length"
+ROLLOUT_COMPLETIONS = "rollout/num_completions"
+LOSS_POLICY = "loss/policy"
+LOSS_VALUE = "loss/value"
+LOSS_CLIP_FRACTION = "loss/clip_fraction"
+LOSS_APPROX_KL = "loss/approx_kl"
+LOSS_VF_EXPLAINED_VAR = "loss/vf_explained_var"
+THROUGHPUT_TOKENS_PER_S = "throughput/generated_tokens_per_s"
+TIMER_SAMPLE = "timers/sample_s"
+TIMER_SCORE = "timers/score_s"
+TIMER_UPDATE = "timers/update_s"
+TIMER_SYNC = "timers/sync_s"
+TIMER_ITERATION = "timers/iteration_s"
+
+# Published key <- learner-side name.
+FROM_LEARNER = {
+    KL_TOKEN: KL_PER_TOKEN,
+    KL_SEQUENCE: KL_PER_SEQUENCE,
+    ROLLOUT_ENTROPY: ENTROPY,
+    ROLLOUT_LENGTH: RESPONSE_LENGTH,
+    LOSS_POLICY: POLICY_LOSS,
+    LOSS_VALUE: VF_LOSS,
+    LOSS_CLIP_FRACTION: CLIP_FRACTION,
+    LOSS_APPROX_KL: APPROX_KL,
+    LOSS_VF_EXPLAINED_VAR: VF_EXPLAINED_VAR,
+}
+
+RLHF_RESULTS = "rlhf"
+"""Top-level results key holding the published metrics (``result["rlhf"]["reward/mean"]``)."""

@@ -1,0 +1,430 @@
+"""Reward sources: reward-model and reward-function actors, and the pool that shards them.
+
+What belongs here: everything that turns ``(prompts, completions)`` into one scalar reward per
+item. Every source has the same batched signature,
+``fn(prompts: list[str], completions: list[str]) -> Sequence[float]``, so the algorithm's
+``score`` phase does not care whether a learned model or a Python rule produced the numbers.
+
+The actors are plain classes (house style): :class:`RewardPool` makes them remote where it
+creates them, and with ``local=True`` builds them in-process, so the scoring logic is testable
+without a Ray cluster. Actors return CPU ``float32`` numpy arrays.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    PreTrainedTokenizerBase,
+)
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+
+SOURCES = ("model", "function")
+
+
+class RewardSourceError(ValueError):
+    """A reward source cannot be built or returned unusable output.
+
+    A ``ValueError`` subclass so callers that validate configs can catch both alike.
+    """
+
+
+def resolve_function(spec: str) -> RewardFn:
+    """Imports a reward function named as ``"module:function"``.
+
+    The string form lets configs (YAML, Tune search spaces) name reward functions and lets
+    Ray workers import them themselves instead of unpickling closures from the driver.
+
+    Args:
+        spec: ``"package.module:function"``; the module may be dotted.
+
+    Returns:
+        The callable, expected to follow the batched reward signature.
+
+    Raises:
+        RewardSourceError: spec malformed, module not importable, attribute missing or not
+            callable. The one-line message names the spec.
+    """
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise RewardSourceError(f"reward function spec {spec!r} must look like 'module:function'")
+    module_name, attr = (part.strip() for part in spec.split(":"))
+    if not module_name or not attr:
+        raise RewardSourceError(f"reward function spec {spec!r} must look like 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise RewardSourceError(
+            f"reward function spec {spec!r}: cannot import module {module_name!r} ({e})"
+        ) from e
+    try:
+        fn = getattr(module, attr)
+    except AttributeError as e:
+        raise RewardSourceError(
+            f"reward function spec {spec!r}: module {module_name!r} has no attribute {attr!r}"
+        ) from e
+    if not callable(fn):
+        raise RewardSourceError(
+            f"reward function spec {spec!r}: {attr!r} is a {type(fn).__name__}, not callable"
+        )
+    return fn
+
+
+def _resolve_device(device: str) -> torch.device:
+    """Maps ``"auto"`` to CUDA when the actor was given a GPU, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _last_line(message: str) -> str:
+    """Keeps the final line of a remote traceback: the original exception and its message."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else message
+
+
+def _check_pair(prompts: Sequence[str], completions: Sequence[str]) -> None:
+    if len(prompts) != len(completions):
+        raise ValueError(
+            f"got {len(prompts)} prompts but {len(completions)} completions; "
+            "each completion needs the prompt it answers"
+        )
+
+
+class RewardModelActor:
+    """Scores ``prompt + completion`` with a scalar-head sequence-classification model.
+
+    Attributes:
+        num_calls: ``score`` calls served (since the last restart, when remote).
+        num_scored: items scored.
+    """
+
+    def __init__(self, path: str, *, max_length: int = 512, device: str = "auto") -> None:
+        """Loads tokenizer and model from a local directory.
+
+        Args:
+            path: directory written by ``save_pretrained`` (model and tokenizer).
+            max_length: token budget per text; clamped to the model's position limit so long
+                texts truncate instead of indexing past the position embeddings.
+            device: ``"auto"`` (CUDA if visible, else CPU), or any torch device string.
+
+        Raises:
+            RewardSourceError: the model has more than one label, or the tokenizer has
+                neither a pad nor an eos token to pad with.
+        """
+        self.path = str(path)
+        self.device = _resolve_device(device)
+        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise RewardSourceError(
+                    f"reward model tokenizer at {self.path!r} has neither a pad nor an eos "
+                    "token; batched scoring needs one to pad with"
+                )
+            tokenizer.pad_token = tokenizer.eos_token
+        # Right padding keeps absolute position ids identical to the unpadded text (GPT-2 has
+        # learned positions), and the seq-cls head pools the last non-pad token either way.
+        tokenizer.padding_side = "right"
+        # Keep the end of the text when truncating: the head reads the last token, which
+        # must belong to the completion, not the middle of a long prompt.
+        tokenizer.truncation_side = "left"
+        self.tokenizer = tokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(self.path)
+        if model.config.num_labels != 1:
+            raise RewardSourceError(
+                f"reward model at {self.path!r} has num_labels={model.config.num_labels}; "
+                "a reward model needs a single scalar head (num_labels=1)"
+            )
+        # The head finds each row's last real token by comparing ids to pad_token_id, so it
+        # must be the id the tokenizer actually pads with.
+        model.config.pad_token_id = tokenizer.pad_token_id
+        self.model = model.to(self.device).eval()
+
+        limit = getattr(model.config, "max_position_embeddings", None)
+        self.max_length = min(max_length, limit) if isinstance(limit, int) else max_length
+        self.num_calls = 0
+        self.num_scored = 0
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        """Scores a batch in one forward pass.
+
+        Args:
+            prompts: N prompts.
+            completions: N completions, same order.
+
+        Returns:
+            ``float32`` array of shape (N,), on CPU: the scalar head's logit per text.
+        """
+        _check_pair(prompts, completions)
+        self.num_calls += 1
+        if len(prompts) == 0:
+            return np.zeros((0,), dtype=np.float32)
+        texts = [p + c for p, c in zip(prompts, completions, strict=True)]
+        batch = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits  # (N, 1)
+        self.num_scored += len(texts)
+        return logits[:, 0].float().cpu().numpy()
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the pool's aggregate and for tests that count calls."""
+        return {"num_calls": self.num_calls, "num_scored": self.num_scored}
+
+    def ping(self) -> bool:
+        """Returns once ``__init__`` finished; lets the pool surface load errors early."""
+        return True
+
+
+class RewardFunctionActor:
+    """Scores with a Python function named by ``"module:function"``.
+
+    Same interface as :class:`RewardModelActor`, so rule-based rewards (exact match, length,
+    format checks) run in the same pool and scale out the same way.
+    """
+
+    def __init__(self, function: str) -> None:
+        """Resolves the function in this process (so Ray workers import it themselves).
+
+        Raises:
+            RewardSourceError: see :func:`resolve_function`.
+        """
+        self.function = function
+        self.fn = resolve_function(function)
+        self.num_calls = 0
+        self.num_scored = 0
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        """Calls the function once on the whole batch.
+
+        Returns:
+            ``float32`` array of shape (N,), on CPU.
+
+        Raises:
+            RewardSourceError: the function returned something that is not N scalars.
+        """
+        _check_pair(prompts, completions)
+        self.num_calls += 1
+        n = len(prompts)
+        out: Any = self.fn(list(prompts), list(completions))
+        if isinstance(out, torch.Tensor):
+            out = out.detach().cpu().numpy()
+        try:
+            scores = np.asarray(out, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise RewardSourceError(
+                f"reward function {self.function!r} returned {type(out).__name__} that is not "
+                f"convertible to float32 numbers ({e})"
+            ) from e
+        if scores.shape != (n,):
+            raise RewardSourceError(
+                f"reward function {self.function!r} returned shape {scores.shape} for {n} "
+                f"items; it must return one float per (prompt, completion), i.e. shape ({n},)"
+            )
+        self.num_scored += n
+        return scores
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the pool's aggregate and for tests that count calls."""
+        return {"num_calls": self.num_calls, "num_scored": self.num_scored}
+
+    def ping(self) -> bool:
+        """Returns once ``__init__`` finished; lets the pool surface load errors early."""
+        return True
+
+
+class RewardPool:
+    """Shards scoring over ``num_actors`` reward actors in fixed-size chunks.
+
+    Chunks go out round-robin, all at once, and are gathered together, so N items cost exactly
+    ``ceil(N / batch_size)`` actor calls and the actors run concurrently.
+
+    Attributes:
+        num_calls: ``score`` calls this pool has sent to its actors (one per chunk).
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        path: str | None = None,
+        function: str | None = None,
+        num_actors: int = 1,
+        batch_size: int = 32,
+        num_cpus_per_actor: float = 1.0,
+        num_gpus_per_actor: float = 0.0,
+        max_length: int = 512,
+        max_restarts: int = 2,
+        local: bool = False,
+    ) -> None:
+        """Builds the actors and waits until each has loaded.
+
+        Args:
+            source: ``"model"`` (needs ``path``) or ``"function"`` (needs ``function``).
+            path: local reward-model directory.
+            function: ``"module:function"`` spec; must be importable in the Ray workers.
+            num_actors: actor count; also the in-process instance count when ``local``.
+            batch_size: items per actor call.
+            num_cpus_per_actor: Ray CPU reservation per actor.
+            num_gpus_per_actor: Ray GPU reservation; with it, ``device="auto"`` picks CUDA.
+            max_length: token budget per text (model source only).
+            max_restarts: actor restarts after a crash; scoring is idempotent, so the same
+                number of task retries is allowed.
+            local: build plain in-process instances instead of Ray actors.
+
+        Raises:
+            ValueError: inconsistent arguments.
+            RewardSourceError: an actor failed to load (bad path, spec or head).
+        """
+        if source not in SOURCES:
+            raise ValueError(f"reward source must be one of {SOURCES}, got {source!r}")
+        if source == "model" and not path:
+            raise ValueError("reward source 'model' needs path= (a local model directory)")
+        if source == "function" and not function:
+            raise ValueError("reward source 'function' needs function= ('module:function')")
+        if num_actors < 1:
+            raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+        self.source = source
+        self.batch_size = batch_size
+        self.local = local
+        self.num_calls = 0
+        if source == "model":
+            cls: type = RewardModelActor
+            args: tuple[Any, ...] = (path,)
+            kwargs: dict[str, Any] = {"max_length": max_length}
+        else:
+            cls, args, kwargs = RewardFunctionActor, (function,), {}
+
+        if local:
+            self.actors: list[Any] = [cls(*args, **kwargs) for _ in range(num_actors)]
+            return
+        remote_cls = ray.remote(
+            num_cpus=num_cpus_per_actor,
+            num_gpus=num_gpus_per_actor,
+            max_restarts=max_restarts,
+            max_task_retries=max_restarts,
+        )(cls)
+        self.actors = [remote_cls.remote(*args, **kwargs) for _ in range(num_actors)]
+        try:
+            ray.get([a.ping.remote() for a in self.actors])
+        except ray.exceptions.RayActorError as e:
+            self.shutdown()
+            raise RewardSourceError(
+                f"reward {source} actor failed to start: {_last_line(str(e))}"
+            ) from e
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        """Scores all items, preserving input order.
+
+        Args:
+            prompts: N prompts.
+            completions: N completions, same order.
+
+        Returns:
+            ``float32`` array of shape (N,), on CPU.
+
+        Raises:
+            ValueError: lengths differ.
+        """
+        _check_pair(prompts, completions)
+        if not self.actors:
+            raise RuntimeError("RewardPool was shut down")
+        n = len(prompts)
+        if n == 0:
+            return np.zeros((0,), dtype=np.float32)
+        num_chunks = math.ceil(n / self.batch_size)
+        results: list[Any] = []
+        for i in range(num_chunks):
+            lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
+            actor = self.actors[i % len(self.actors)]
+            chunk = (list(prompts[lo:hi]), list(completions[lo:hi]))
+            results.append(actor.score(*chunk) if self.local else actor.score.remote(*chunk))
+            self.num_calls += 1
+        chunks = results if self.local else ray.get(results)
+        return np.concatenate([np.asarray(c, dtype=np.float32) for c in chunks])
+
+    def stats(self) -> dict[str, Any]:
+        """Sums actor counters; ``pool_num_calls`` also counts calls lost to actor restarts."""
+        per_actor = (
+            [a.stats() for a in self.actors]
+            if self.local
+            else ray.get([a.stats.remote() for a in self.actors])
+        )
+        return {
+            "num_actors": len(self.actors),
+            "num_calls": sum(s["num_calls"] for s in per_actor),
+            "num_scored": sum(s["num_scored"] for s in per_actor),
+            "pool_num_calls": self.num_calls,
+            "per_actor": per_actor,
+        }
+
+    def shutdown(self) -> None:
+        """Kills the actors (idempotent); in-process instances are just dropped."""
+        if not self.local:
+            for actor in self.actors:
+                ray.kill(actor)
+        self.actors = []
+
+    def __enter__(self) -> RewardPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def build_tiny_reward_model(
+    out_dir: str | os.PathLike[str], tokenizer: PreTrainedTokenizerBase
+) -> str:
+    """Writes a randomly initialised 2-layer GPT-2 reward model for tests and demos.
+
+    Nothing is downloaded; the seed makes the weights reproducible across runs.
+
+    Args:
+        out_dir: directory to write model and tokenizer into.
+        tokenizer: tokenizer the model's vocabulary is sized for; needs a pad or eos token.
+
+    Returns:
+        ``out_dir`` as a string, loadable by :class:`RewardModelActor`.
+    """
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id
+    config = GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        n_positions=128,
+        vocab_size=len(tokenizer),
+        num_labels=1,
+        pad_token_id=pad_id,
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad_id,
+        eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad_id,
+    )
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(config)
+    out = str(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,450 @@
+"""Tests for rayrm.config: defaults, YAML loading, --set overrides and every kind of check."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rayrm.config import (
+    ConfigError,
+    RunConfig,
+    config_from_dict,
+    load_config,
+    resolve_paths,
+    validate_paths,
+)
+
+# A stdlib callable, so these tests do not depend on envs.builtin.
+FUNCTION = "os.path:basename"
+
+
+def minimal() -> dict[str, Any]:
+    """The smallest dict that validates (paths are not checked by config_from_dict)."""
+    return {
+        "model": {"path": "models/tiny"},
+        "data": {"prompts": "prompts.jsonl"},
+        "reward": {"function": FUNCTION},
+    }
+
+
+def with_value(dotted: str, value: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A copy of ``base`` (default: :func:`minimal`) with ``dotted`` set to ``value``."""
+    d = copy.deepcopy(base if base is not None else minimal())
+    *sections, last = dotted.split(".")
+    node = d
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[last] = value
+    return d
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cwd holding a model dir with an empty config.json and a prompts file."""
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    (tmp_path / "models" / "tiny" / "config.json").write_text("")
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hello"}\n')
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults, round trips, derived values
+# ---------------------------------------------------------------------------------------------
+
+
+def test_defaults_match_documented_values() -> None:
+    cfg = config_from_dict(minimal())
+    assert (cfg.name, cfg.seed) == ("rayrm", 0)
+    assert cfg.model.critic == "shared" and cfg.model.dtype == "float32"
+    assert cfg.model.tokenizer_path is None and cfg.model.critic_path is None
+    assert cfg.data.prompt_column == "prompt" and cfg.data.max_prompt_tokens == 32
+    assert cfg.generation.max_new_tokens == 16 and cfg.generation.top_p == 1.0
+    assert cfg.reward.source == "function" and cfg.reward.clip is None
+    assert cfg.ppo.batch_size == 16 and cfg.ppo.lr == 1.0e-5 and cfg.ppo.value_clip == 0.2
+    assert cfg.resources.num_env_runners == 0 and cfg.resources.num_learners == 0
+    assert cfg.run.num_iterations == 20 and cfg.run.num_cpus is None
+    assert cfg.run.storage_path == "./rayrm_runs"
+
+
+def test_documented_reward_function_default() -> None:
+    d = minimal()
+    del d["reward"]
+    assert config_from_dict(d).reward.function == "envs.builtin:vowel_reward"
+
+
+def test_defaults_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
+    cfg = config_from_dict(minimal())
+    d = cfg.to_dict()
+    assert type(d) is dict and type(d["ppo"]) is dict
+    assert config_from_dict(d) == cfg
+    cfg.save_yaml(tmp_path / "sub" / "config.yaml")
+    assert load_config(tmp_path / "sub" / "config.yaml", check_paths=False) == cfg
+
+
+def test_derived_values() -> None:
+    d = minimal()
+    d["ppo"] = {"batch_size": 24, "num_minibatches": 3}
+    d["resources"] = {"num_env_runners": 4, "num_learners": 2}
+    d["data"]["max_prompt_tokens"] = 10
+    d["generation"] = {"max_new_tokens": 7}
+    cfg = config_from_dict(with_value("ppo.batch_size", 48, d))
+    assert cfg.envs_per_env_runner == 12
+    assert cfg.max_seq_len == 17
+    assert cfg.ppo.completions_per_minibatch == 16
+    assert cfg.completions_per_learner_minibatch == 8
+    assert config_from_dict(minimal()).envs_per_env_runner == 16  # no env runners
+
+
+def test_resolved_model_paths() -> None:
+    cfg = config_from_dict(minimal())
+    assert cfg.model.resolved_tokenizer_path == "models/tiny"
+    assert cfg.model.resolved_critic_path == "models/tiny"
+    d = minimal()
+    d["model"].update(tokenizer_path="tok", critic="separate", critic_path="critic")
+    cfg = config_from_dict(d)
+    assert cfg.model.resolved_tokenizer_path == "tok"
+    assert cfg.model.resolved_critic_path == "critic"
+
+
+def test_ints_accepted_for_floats_and_stored_as_floats() -> None:
+    cfg = config_from_dict(with_value("ppo.max_grad_norm", 2, with_value("ppo.lr", 1)))
+    assert cfg.ppo.lr == 1.0 and type(cfg.ppo.lr) is float
+    assert type(cfg.ppo.max_grad_norm) is float
+
+
+def test_empty_section_means_defaults() -> None:
+    assert config_from_dict(with_value("ppo", None)).ppo == config_from_dict(minimal()).ppo
+
+
+def test_import_does_not_pull_in_ray_or_torch() -> None:
+    code = "import sys, rayrm.config; print(sorted({'ray', 'torch'} & set(sys.modules)))"
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Every kind of error names its key
+# ---------------------------------------------------------------------------------------------
+
+BAD_VALUES = [
+    # unknown keys, at every level
+    ("frobnicate", 1, "frobnicate"),
+    ("ppo.lrr", 1.0, "ppo.lrr"),
+    ("resources.num_learner", 2, "resources.num_learner"),
+    # sections that are not mappings
+    ("ppo", 3, "ppo"),
+    ("model", ["a"], "model"),
+    # wrong types
+    ("ppo.batch_size", 16.0, "ppo.batch_size"),
+    ("ppo.batch_size", True, "ppo.batch_size"),
+    ("ppo.lr", "fast", "ppo.lr"),
+    ("ppo.lr", False, "ppo.lr"),
+    ("ppo.adaptive_kl", 1, "ppo.adaptive_kl"),
+    ("model.path", 3, "model.path"),
+    ("name", "", "name"),
+    ("run.num_cpus", 1.5, "run.num_cpus"),
+    ("ppo.lr", float("nan"), "ppo.lr"),
+    # enums
+    ("model.critic", "joint", "model.critic"),
+    ("model.dtype", "fp8", "model.dtype"),
+    ("reward.source", "human", "reward.source"),
+    # numeric ranges
+    ("seed", -1, "seed"),
+    ("data.max_prompt_tokens", 0, "data.max_prompt_tokens"),
+    ("generation.max_new_tokens", 0, "generation.max_new_tokens"),
+    ("generation.temperature", 0.0, "generation.temperature"),
+    ("generation.top_k", -1, "generation.top_k"),
+    ("generation.top_p", 0.0, "generation.top_p"),
+    ("generation.top_p", 1.5, "generation.top_p"),
+    ("reward.num_actors", 0, "reward.num_actors"),
+    ("reward.batch_size", 0, "reward.batch_size"),
+    ("reward.num_cpus_per_actor", -1.0, "reward.num_cpus_per_actor"),
+    ("reward.num_gpus_per_actor", -0.5, "reward.num_gpus_per_actor"),
+    ("reward.clip", 0.0, "reward.clip"),
+    ("ppo.lr", 0.0, "ppo.lr"),
+    ("ppo.gamma", 1.01, "ppo.gamma"),
+    ("ppo.gae_lambda", -0.1, "ppo.gae_lambda"),
+    ("ppo.clip_ratio", 0.0, "ppo.clip_ratio"),
+    ("ppo.value_clip", 0.0, "ppo.value_clip"),
+    ("ppo.vf_coef", -1.0, "ppo.vf_coef"),
+    ("ppo.entropy_coef", -1.0, "ppo.entropy_coef"),
+    ("ppo.max_grad_norm", 0.0, "ppo.max_grad_norm"),
+    ("ppo.kl_coef", -0.1, "ppo.kl_coef"),
+    ("ppo.target_kl", 0.0, "ppo.target_kl"),
+    ("ppo.kl_horizon", 0, "ppo.kl_horizon"),
+    ("resources.num_env_runners", -1, "resources.num_env_runners"),
+    ("resources.num_learners", -1, "resources.num_learners"),
+    ("run.num_iterations", 0, "run.num_iterations"),
+    ("run.checkpoint_every", 0, "run.checkpoint_every"),
+    ("run.num_cpus", 0, "run.num_cpus"),
+    # required
+    ("model.path", None, "model.path"),
+    ("model.path", "???", "model.path"),
+    # relations
+    ("model.critic_path", "critic", "model.critic_path"),  # critic is shared
+    ("data.prompts", "prompts.csv", "data.prompts"),
+    ("reward.function", None, "reward.function"),  # source is function
+    ("reward.function", "no_colon", "reward.function"),
+    ("reward.source", "model", "reward.path"),  # no reward.path
+    ("name", "a/b", "name"),
+]
+
+
+@pytest.mark.parametrize(("dotted", "value", "key"), BAD_VALUES)
+def test_bad_value_names_its_key(dotted: str, value: Any, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(with_value(dotted, value))
+    message = str(info.value)
+    assert key in message and "\n" not in message
+    assert info.value.key == key
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("section", ["model", "data"])
+def test_missing_required_section(section: str) -> None:
+    d = minimal()
+    del d[section]
+    with pytest.raises(ConfigError, match=rf"{section}\.\w+ is required"):
+        config_from_dict(d)
+
+
+def test_unknown_key_suggests_closest() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key ppo\.lrr \(did you mean ppo\.lr\?\)"):
+        config_from_dict(with_value("ppo.lrr", 1.0))
+    with pytest.raises(ConfigError, match=r"unknown key modle \(did you mean model\?\)"):
+        config_from_dict(with_value("modle", {}))
+
+
+def test_wrong_type_message_says_what_was_expected() -> None:
+    with pytest.raises(ConfigError, match=r"ppo\.batch_size must be an integer \(got bool True\)"):
+        config_from_dict(with_value("ppo.batch_size", True))
+    with pytest.raises(ConfigError, match=r"model\.critic must be one of shared, separate"):
+        config_from_dict(with_value("model.critic", "joint"))
+    with pytest.raises(ConfigError, match=r"generation\.top_p must be in \(0, 1\]"):
+        config_from_dict(with_value("generation.top_p", 2.0))
+
+
+def test_batch_must_split_over_env_runners() -> None:
+    d = with_value("ppo.batch_size", 30, with_value("resources.num_env_runners", 4))
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(d)
+    assert str(info.value) == (
+        "ppo.batch_size (30) must be divisible by resources.num_env_runners (4): "
+        "each env runner samples the same number of completions"
+    )
+
+
+@pytest.mark.parametrize(("batch_size", "num_minibatches", "num_learners"), [(16, 3, 0), (8, 2, 3)])
+def test_batch_must_split_over_learners_and_minibatches(
+    batch_size: int, num_minibatches: int, num_learners: int
+) -> None:
+    d = with_value("ppo.batch_size", batch_size)
+    d = with_value("ppo.num_minibatches", num_minibatches, d)
+    d = with_value("resources.num_learners", num_learners, d)
+    with pytest.raises(ConfigError, match=r"ppo\.batch_size .*ppo\.num_minibatches.*learner"):
+        config_from_dict(d)
+
+
+def test_valid_relations_pass() -> None:
+    d = with_value("resources.num_env_runners", 4, with_value("resources.num_learners", 2))
+    config_from_dict(d)  # 16 = 4 runners * 4 = 2 learners * 2 minibatches * 4
+    d = with_value("model.critic_path", "critic", with_value("model.critic", "separate"))
+    config_from_dict(d)
+    config_from_dict(with_value("reward.path", "rm", with_value("reward.source", "model")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def test_minimal_yaml_loads_with_absolute_paths(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = workdir / "run.yaml"
+    path.write_text("model:\n  path: models/tiny\ndata:\n  prompts: prompts.jsonl\n")
+    cfg = load_config(path, [f"reward.function={FUNCTION}"])
+    assert cfg.model.path == str(workdir / "models" / "tiny")
+    assert cfg.data.prompts == str(workdir / "prompts.jsonl")
+    assert cfg.run.storage_path == str(workdir / "rayrm_runs")
+    assert cfg.model.resolved_tokenizer_path == cfg.model.path
+    for p in (cfg.model.path, cfg.data.prompts, cfg.run.storage_path):
+        assert os.path.isabs(p)
+    # The saved resolved config is self-contained: it loads from anywhere.
+    cfg.save_yaml(workdir / "resolved.yaml")
+    monkeypatch.chdir("/")
+    assert load_config(workdir / "resolved.yaml") == cfg
+
+
+def test_yaml_reads_exponents_without_a_dot(workdir: Path) -> None:
+    path = write_yaml(workdir / "run.yaml", minimal())
+    with path.open("a") as f:
+        f.write("ppo:\n  lr: 3e-6\n")
+    assert load_config(path).ppo.lr == 3e-6
+    assert load_config(path, ["ppo.lr=1e-4"]).ppo.lr == 1e-4
+
+
+@pytest.mark.parametrize(
+    ("override", "dotted", "expected"),
+    [
+        ("ppo.batch_size=32", "ppo.batch_size", 32),
+        ("ppo.lr=3.0e-6", "ppo.lr", 3.0e-6),
+        ("ppo.clip_ratio=1", "ppo.clip_ratio", 1.0),
+        ("ppo.adaptive_kl=true", "ppo.adaptive_kl", True),
+        ("reward.normalize=false", "reward.normalize", False),
+        ("ppo.value_clip=null", "ppo.value_clip", None),
+        ("name=my-run", "name", "my-run"),
+        ("name = spaced ", "name", "spaced"),
+        ("model.dtype=bfloat16", "model.dtype", "bfloat16"),
+        ("seed=7", "seed", 7),
+        ("generation={top_k: 5, top_p: 0.9}", "generation.top_k", 5),
+        ("generation={top_k: 5, top_p: 0.9}", "generation.top_p", 0.9),
+    ],
+)
+def test_overrides(workdir: Path, override: str, dotted: str, expected: Any) -> None:
+    path = write_yaml(workdir / "run.yaml", minimal())
+    node: Any = load_config(path, [override])
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    assert node == expected and type(node) is type(expected)
+
+
+def test_overrides_apply_in_order_and_keep_other_keys(workdir: Path) -> None:
+    path = write_yaml(workdir / "run.yaml", with_value("ppo.num_epochs", 4))
+    cfg = load_config(path, ["ppo.lr=0.1", "ppo.lr=0.2", "ppo={vf_coef: 0.5}"])
+    assert (cfg.ppo.lr, cfg.ppo.vf_coef, cfg.ppo.num_epochs) == (0.2, 0.5, 4)
+
+
+def test_override_creates_missing_section(workdir: Path) -> None:
+    path = write_yaml(workdir / "run.yaml", minimal())
+    cfg = load_config(path, ["resources.num_env_runners=2", "resources.num_learners=2"])
+    assert cfg.resources.num_env_runners == 2 and cfg.envs_per_env_runner == 8
+
+
+def test_override_with_new_path_is_resolved_and_checked(workdir: Path) -> None:
+    path = write_yaml(workdir / "run.yaml", minimal())
+    with pytest.raises(ConfigError, match=r"model\.path '.*elsewhere' does not exist"):
+        load_config(path, ["model.path=elsewhere"])
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("ppo.lr", r"malformed override 'ppo\.lr'"),
+        ("=3", r"malformed override '=3'"),
+        ("ppo..lr=3", r"malformed override 'ppo\.\.lr=3'"),
+        ("ppo.lrr=0.1", r"unknown key ppo\.lrr in override 'ppo\.lrr=0\.1' \(did you mean ppo\.lr"),
+        ("nmae=x", r"unknown key nmae .*did you mean name"),
+        ("ppo.lr.x=1", r"unknown key ppo\.lr\.x in override .*ppo\.lr is a value"),
+        ("ppo.lr=[", r"override 'ppo\.lr=\[': value is not valid YAML"),
+        ("ppo.batch_size=0", r"ppo\.batch_size must be >= 1"),
+        ("ppo.batch_size=abc", r"ppo\.batch_size must be an integer"),
+    ],
+)
+def test_bad_overrides(workdir: Path, override: str, match: str) -> None:
+    path = write_yaml(workdir / "run.yaml", minimal())
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(path, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
+        load_config(missing)
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("ppo:\n  lr: [1, 2\nname: x\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: invalid YAML at line \d+") as info:
+        load_config(broken)
+    assert "\n" not in str(info.value)
+
+    for text, got in [("- a\n- b\n", "list"), ("", "empty file"), ("42\n", "int")]:
+        path = tmp_path / "top.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=rf"top\.yaml: top level must be a mapping.*{got}"):
+            load_config(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Filesystem checks
+# ---------------------------------------------------------------------------------------------
+
+
+def checked(d: dict[str, Any]) -> None:
+    validate_paths(resolve_paths(config_from_dict(d)))
+
+
+def test_valid_paths_pass(workdir: Path) -> None:
+    (workdir / "tok").mkdir()
+    (workdir / "critic").mkdir()
+    (workdir / "rm").mkdir()
+    d = minimal()
+    d["model"].update(tokenizer_path="tok", critic="separate", critic_path="critic")
+    d["reward"].update(source="model", path="rm")
+    checked(d)
+    assert config_from_dict(d, check_paths=True).reward.path == str(workdir / "rm")
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "match"),
+    [
+        ("model.path", "missing", r"model\.path '.*missing' does not exist"),
+        ("model.path", "prompts.jsonl", r"model\.path '.*prompts\.jsonl' is not a directory"),
+        ("model.path", ".", r"model\.path '.*' has no config\.json"),
+        ("model.tokenizer_path", "tok", r"model\.tokenizer_path '.*tok' does not exist"),
+        ("data.prompts", "other.jsonl", r"data\.prompts '.*other\.jsonl' does not exist"),
+        ("data.prompts", "models.json", r"data\.prompts '.*models\.json' is not a file"),
+        ("reward.function", "no_such_mod:f", r"reward\.function 'no_such_mod:f': cannot import"),
+        ("reward.function", "os.path:nope", r"reward\.function 'os\.path:nope': .* has no 'nope'"),
+        ("reward.function", "os.path:sep", r"reward\.function 'os\.path:sep': .*not callable"),
+        ("run.storage_path", "prompts.jsonl", r"run\.storage_path '.*' exists and is not a dir"),
+    ],
+)
+def test_bad_paths_name_key_and_value(workdir: Path, dotted: str, value: str, match: str) -> None:
+    (workdir / "models.json").mkdir()
+    with pytest.raises(ConfigError, match=match) as info:
+        checked(with_value(dotted, value))
+    assert info.value.key == dotted
+
+
+def test_bad_critic_and_reward_model_dirs(workdir: Path) -> None:
+    d = with_value("model.critic_path", "nocritic", with_value("model.critic", "separate"))
+    with pytest.raises(ConfigError, match=r"model\.critic_path '.*nocritic' does not exist"):
+        checked(d)
+    d = with_value("reward.path", "norm", with_value("reward.source", "model"))
+    with pytest.raises(ConfigError, match=r"reward\.path '.*norm' does not exist"):
+        checked(d)
+
+
+def test_ignored_reward_function_is_not_imported(workdir: Path) -> None:
+    (workdir / "rm").mkdir()
+    d = with_value("reward.source", "model", with_value("reward.path", "rm"))
+    checked(with_value("reward.function", "no_such_mod:f", d))
+
+
+def test_config_from_dict_does_not_touch_the_filesystem() -> None:
+    d = with_value("model.path", "/definitely/not/here")
+    assert config_from_dict(d).model.path == "/definitely/not/here"
+    with pytest.raises(ConfigError, match=r"model\.path"):
+        config_from_dict(d, check_paths=True)
+
+
+def test_run_config_is_the_documented_type() -> None:
+    assert isinstance(config_from_dict(minimal()), RunConfig)
