@@ -42,6 +42,8 @@ from rayrm.rewards import RewardPool
 RAYRM_STATE = "rayrm_state"
 RESOLVED_CONFIG_FILE = "rayrm_config.yaml"
 TOKENIZER_DIR = "tokenizer"
+HF_CONFIG_DIR = "hf_config"
+POLICY_STATE_FILE = "learner_group/learner/rl_module/default_policy/module_state.pkl"
 
 
 class RLHFConfig(PPOConfig):
@@ -301,8 +303,12 @@ class RLHFPPO(PPO):
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """RLlib's checkpoint plus the resolved config and the tokenizer, for export/generate."""
         super().save_checkpoint(checkpoint_dir)
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         self.rlhf.save_yaml(Path(checkpoint_dir) / RESOLVED_CONFIG_FILE)
         tokenizer = AutoTokenizer.from_pretrained(self.rlhf.model.resolved_tokenizer_path)
         tokenizer.save_pretrained(str(Path(checkpoint_dir) / TOKENIZER_DIR))
+        # The architecture (original config, dropout included) so export needs no model.path.
+        AutoConfig.from_pretrained(self.rlhf.model.path).save_pretrained(
+            str(Path(checkpoint_dir) / HF_CONFIG_DIR)
+        )

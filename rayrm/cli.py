@@ -16,14 +16,19 @@ from rayrm.config import ConfigError
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="rayrm", description="RLHF on Ray: RLlib PPO against reward models, run as Tune experiments."
+        prog="rayrm",
+        description="RLHF on Ray: RLlib PPO against reward models, run as Tune experiments.",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="run one training (a one-trial Tune experiment)")
     t.add_argument("config", help="YAML run config")
     t.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set ppo.lr=1e-5 (repeatable)",
     )
     t.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -31,8 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser(
         "quickstart", help="build a tiny local model and prompt set, then train it (CPU, minutes)"
     )
-    q.add_argument("--dir", default="rayrm-quickstart", help="workspace folder (default: %(default)s)")
-    q.add_argument("--iterations", type=int, default=30)
+    q.add_argument(
+        "--dir", default="rayrm-quickstart", help="workspace folder (default: %(default)s)"
+    )
+    q.add_argument("--iterations", type=int, default=60)
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     g = sub.add_parser("generate", help="sample from a trained policy")

@@ -19,6 +19,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
+import envs  # noqa: F401  (registers rayrm/TextGeneration-v0 in this process)
 from rayrm.policy import LMPolicyModule
 
 
@@ -76,12 +77,12 @@ class RLHFEnvRunner(SingleAgentEnvRunner):
         """
         module = self.module
         assert isinstance(module, LMPolicyModule), "RLHFEnvRunner needs an LMPolicyModule"
-        envs = self.sub_envs
+        sub_envs = self.sub_envs
         seed = self._seed if self._needs_initial_reset else None
         self._needs_initial_reset = False
         episodes: list[SingleAgentEpisode] = []
         prompts: list[np.ndarray] = []
-        for i, env in enumerate(envs):
+        for i, env in enumerate(sub_envs):
             obs, info = env.reset(
                 seed=None if seed is None else seed * 1000 + i,
                 options=options[i] if options else None,
@@ -94,19 +95,19 @@ class RLHFEnvRunner(SingleAgentEnvRunner):
             episodes.append(episode)
             prompts.append(obs["input_ids"][: int(obs["length"][0])])
 
-        pad_id = int(envs[0].unwrapped.pad_token_id)
+        pad_id = int(sub_envs[0].unwrapped.pad_token_id)
         ids, mask = left_pad(prompts, pad_id)
         device = next(module.lm.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         with torch.no_grad():
             logits, cache = module.decode_start(ids, mask)
-        active = [True] * len(envs)
+        active = [True] * len(sub_envs)
         while True:
             tokens, logp = module.sample_next(
                 logits, greedy=not explore, generator=self._generator if explore else None
             )
             tokens_np, logp_np = tokens.cpu().numpy(), logp.cpu().numpy()
-            for i, env in enumerate(envs):
+            for i, env in enumerate(sub_envs):
                 if not active[i]:
                     continue
                 obs, reward, terminated, truncated, info = env.step(int(tokens_np[i]))

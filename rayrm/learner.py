@@ -65,7 +65,9 @@ class RLHFAdvantages(ConnectorV2):
         metrics: Any = None,
         **kwargs: Any,
     ) -> Any:
-        episodes = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False))
+        episodes = list(
+            self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False)
+        )
         kl_coef = self._learner.kl_coef
         for module_id, module_batch in batch.items():
             module = rl_module[module_id].unwrapped()
@@ -175,7 +177,9 @@ class RLHFPPOLearner(PPOTorchLearner):
             assert name in names, f"RLlib learner pipeline changed: {name} not in {names}"
             pipeline.remove(name)
         pipeline.append(
-            RLHFAdvantages(learner=self, gamma=self.rlhf.ppo.gamma, gae_lambda=self.rlhf.ppo.gae_lambda)
+            RLHFAdvantages(
+                learner=self, gamma=self.rlhf.ppo.gamma, gae_lambda=self.rlhf.ppo.gae_lambda
+            )
         )
 
     def set_kl_coef(self, value: float) -> None:
@@ -228,7 +232,9 @@ class RLHFPPOLearner(PPOTorchLearner):
                 M.ENTROPY: entropy.detach(),
                 M.CLIP_FRACTION: stats["clip_fraction"],
                 M.APPROX_KL: stats["approx_kl"],
-                M.VF_EXPLAINED_VAR: explained_variance(batch[VALUE_TARGETS], fwd_out[VF_PREDS].detach()),
+                M.VF_EXPLAINED_VAR: explained_variance(
+                    batch[VALUE_TARGETS], fwd_out[VF_PREDS].detach()
+                ),
             },
             key=module_id,
             window=1,

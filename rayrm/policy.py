@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
-from ray.rllib.models.torch.torch_distributions import TorchCategorical
 from torch import nn
 
 from rayrm.core_algos import entropy_from_logits, sample_tokens
@@ -113,16 +113,15 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     def setup(self) -> None:
         mc = self.model_config
         self.lm = load_causal_lm(mc["path"], mc.get("dtype", "float32"))
-        self._cache_kw = (
-            "cache" if "cache" in inspect.signature(self.lm.forward).parameters else None
-        ) or "past_key_values"
         self.temperature = float(mc.get("temperature", 1.0))
         self.top_k = int(mc.get("top_k", 0))
         self.top_p = float(mc.get("top_p", 1.0))
         if self.inference_only:
             return
         if mc.get("critic", "shared") == "separate":
-            self.critic = load_trunk(mc.get("critic_path") or mc["path"], mc.get("dtype", "float32"))
+            self.critic = load_trunk(
+                mc.get("critic_path") or mc["path"], mc.get("dtype", "float32")
+            )
             hidden = _hidden_size(self.critic.config)
         else:
             hidden = _hidden_size(self.lm.config)
@@ -175,7 +174,9 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         if want_logits:
             logits = out.logits[inverse, pos].float() / self.temperature  # (N, V)
         if want_hidden:
-            states = out.hidden_states if hasattr(out, "hidden_states") and out.hidden_states else None
+            states = (
+                out.hidden_states if hasattr(out, "hidden_states") and out.hidden_states else None
+            )
             last = states[-1] if states is not None else out.last_hidden_state
             hidden = last[inverse, pos]  # (N, H)
         return logits, hidden
@@ -230,59 +231,24 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return TorchCategorical
 
     # ----------------------------------------------------------------- KV-cached decoding
-    @torch.no_grad()
     def decode_start(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, Any]:
-        """Runs the prompts and returns next-token logits plus the KV cache.
+        """See :func:`decode_start` (runs the policy LM)."""
+        return decode_start(self.lm, input_ids, attention_mask)
 
-        Args:
-            input_ids: (B, P) LEFT-padded prompt ids.
-            attention_mask: (B, P) 1 for real tokens.
-
-        Returns:
-            ``(logits, cache)``: (B, V) raw logits at the last position, and the cache.
-        """
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
-        out = self.lm(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-        )
-        return out.logits[:, -1].float(), self._cache_of(out)
-
-    @torch.no_grad()
     def decode_step(
         self, tokens: torch.Tensor, cache: Any, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, Any]:
-        """Feeds one token per row through the cache.
-
-        Args:
-            tokens: (B,) the tokens just sampled.
-            cache: the cache from the previous call.
-            attention_mask: (B, P + t) mask INCLUDING the new tokens.
-
-        Returns:
-            ``(logits, cache)``: (B, V) next-token logits and the grown cache.
-        """
-        position_ids = attention_mask.sum(-1, keepdim=True) - 1  # (B, 1)
-        out = self.lm(
-            input_ids=tokens[:, None],
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            **{self._cache_kw: cache},
-        )
-        return out.logits[:, -1].float(), self._cache_of(out)
-
-    @staticmethod
-    def _cache_of(out: Any) -> Any:
-        cache = getattr(out, "cache", None)
-        return cache if cache is not None else out.past_key_values
+        """See :func:`decode_step` (runs the policy LM)."""
+        return decode_step(self.lm, tokens, cache, attention_mask)
 
     def sample_next(
-        self, logits: torch.Tensor, *, greedy: bool = False, generator: torch.Generator | None = None
+        self,
+        logits: torch.Tensor,
+        *,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples (B,) tokens from (B, V) logits with the configured sampling settings."""
         return sample_tokens(
@@ -293,3 +259,63 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             greedy=greedy,
             generator=generator,
         )
+
+
+@torch.no_grad()
+def decode_start(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, Any]:
+    """Runs the prompts through ``model`` and returns next-token logits plus the KV cache.
+
+    Args:
+        model: a Hugging Face causal LM.
+        input_ids: (B, P) LEFT-padded prompt ids.
+        attention_mask: (B, P) 1 for real tokens.
+
+    Returns:
+        ``(logits, cache)``: (B, V) float32 logits at the last position, and the cache.
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+    )
+    return out.logits[:, -1].float(), _cache_of(out)
+
+
+@torch.no_grad()
+def decode_step(
+    model: nn.Module, tokens: torch.Tensor, cache: Any, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, Any]:
+    """Feeds one token per row through the cache: cost per token independent of length.
+
+    Args:
+        model: the model that built ``cache``.
+        tokens: (B,) the tokens just sampled.
+        cache: the cache from the previous call.
+        attention_mask: (B, P + t) mask INCLUDING the new tokens.
+
+    Returns:
+        ``(logits, cache)``: (B, V) next-token logits and the grown cache.
+    """
+    position_ids = attention_mask.sum(-1, keepdim=True) - 1  # (B, 1)
+    out = model(
+        input_ids=tokens[:, None],
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        **{_cache_kwarg(model): cache},
+    )
+    return out.logits[:, -1].float(), _cache_of(out)
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """transformers 5.2x renamed ``past_key_values`` to ``cache``; accept both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values

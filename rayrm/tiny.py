@@ -62,7 +62,7 @@ def build_tiny_policy(
     return str(out)
 
 
-def write_quickstart(workdir: str | Path, *, num_iterations: int = 30) -> Path:
+def write_quickstart(workdir: str | Path, *, num_iterations: int = 60) -> Path:
     """Builds a tiny policy and a prompt file in ``workdir`` and writes a run config for them.
 
     The run learns the built-in rule reward (``envs.builtin:vowel_reward``: the fraction of
@@ -87,13 +87,25 @@ def write_quickstart(workdir: str | Path, *, num_iterations: int = 30) -> Path:
         "model": {"path": str(policy)},
         "data": {"prompts": str(prompts), "max_prompt_tokens": 24},
         "generation": {"max_new_tokens": 16},
-        "reward": {"source": "function", "function": "envs.builtin:vowel_reward",
-                   "num_cpus_per_actor": 0.5},
-        "ppo": {"batch_size": 32, "num_minibatches": 2, "num_epochs": 2, "lr": 3.0e-4,
-                "kl_coef": 0.02, "vf_coef": 0.5},
+        "reward": {
+            "source": "function",
+            "function": "envs.builtin:vowel_reward",
+            "num_cpus_per_actor": 0.5,
+        },
+        "ppo": {
+            "batch_size": 32,
+            "num_minibatches": 2,
+            "num_epochs": 2,
+            "lr": 3.0e-4,
+            "kl_coef": 0.02,
+            "vf_coef": 0.5,
+        },
         "resources": {"num_env_runners": 0},
-        "run": {"num_iterations": num_iterations, "checkpoint_every": 10,
-                "storage_path": str(work / "runs")},
+        "run": {
+            "num_iterations": num_iterations,
+            "checkpoint_every": 10,
+            "storage_path": str(work / "runs"),
+        },
     }
     path = work / QUICKSTART_CONFIG
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
