@@ -90,12 +90,12 @@ def build_algo_config(cfg: RunConfig) -> RLHFConfig:
             gym_env_vectorize_mode="sync",
         )
         .learners(
+            learner_class=RLHFPPOLearner,
             num_learners=res.num_learners,
             num_cpus_per_learner=res.num_cpus_per_learner,
             num_gpus_per_learner=res.num_gpus_per_learner,
         )
         .training(
-            learner_class=RLHFPPOLearner,
             lr=ppo.lr,
             gamma=ppo.gamma,
             lambda_=ppo.gae_lambda,

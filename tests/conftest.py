@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny local models, prompt files, a local Ray confined to a temp dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random GPT-2 (2 layers, width 64) with the built-in char tokenizer, saved to disk."""
+    from rayrm.tiny import build_tiny_policy
+
+    return build_tiny_policy(tmp_path_factory.mktemp("policy"))
+
+
+@pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from envs.builtin import BUILTIN_PROMPTS
+    from envs.prompts import write_prompts_jsonl
+
+    return str(
+        write_prompts_jsonl(tmp_path_factory.mktemp("data") / "prompts.jsonl", BUILTIN_PROMPTS)
+    )
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray (4 logical CPUs on the 2-core box) whose files live in a temp dir."""
+    import ray
+    import torch
+
+    torch.set_num_threads(1)
+    temp_dir = tempfile.mkdtemp(prefix="rayrm-", dir="/tmp")
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}},
+    )
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sections: dict):
+    """A small valid RunConfig for tests; ``sections`` update individual sections."""
+    from rayrm.config import config_from_dict
+
+    d = {
+        "name": "test",
+        "seed": 0,
+        "model": {"path": tiny_policy_dir},
+        "data": {"prompts": prompts_file, "max_prompt_tokens": 16},
+        "generation": {"max_new_tokens": 10},
+        "reward": {
+            "source": "function",
+            "function": "envs.builtin:vowel_reward",
+            "num_cpus_per_actor": 0.25,
+        },
+        "ppo": {
+            "batch_size": 16,
+            "num_minibatches": 2,
+            "num_epochs": 2,
+            "lr": 3e-4,
+            "kl_coef": 0.02,
+            "vf_coef": 0.5,
+        },
+        "resources": {"num_env_runners": 0},
+        "run": {"num_iterations": 3, "checkpoint_every": 1, "storage_path": str(storage)},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            d[name] = {**d.get(name, {}), **values}
+        else:
+            d[name] = values
+    return config_from_dict(d, check_paths=True)

@@ -1,0 +1,413 @@
+"""Analytic tests of ``rayrm.core_algos`` against values computed by hand.
+
+Every expected number below is written out (or derived in a comment) from the paper formulas,
+never recomputed with a copy of the implementation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rayrm.core_algos import (
+    AdaptiveKLController,
+    FixedKLController,
+    RunningMoments,
+    entropy_from_logits,
+    gae_advantages,
+    kl_penalty_rewards,
+    masked_mean,
+    ppo_policy_loss,
+    sample_tokens,
+    value_loss,
+    whiten,
+)
+
+torch.set_num_threads(1)
+
+LN2, LN3 = math.log(2.0), math.log(3.0)
+# softmax([0, ln 2, ln 3]) = [1, 2, 3] / 6
+LOGITS_123 = [0.0, LN2, LN3]
+
+
+# --- GAE ---------------------------------------------------------------------------------------
+
+
+def test_gae_gamma1_lambda1_is_reward_to_go_minus_constant_value():
+    c = 0.5
+    rewards = np.array([1.0, 2.0, 3.0, 4.0])
+    values = np.full(4, c)
+    adv, ret = gae_advantages(rewards=rewards, values=values, gamma=1.0, gae_lambda=1.0)
+    # A_t = sum_{k>=t} r_k - c (the values telescope, V after the last token is 0).
+    np.testing.assert_allclose(adv, [10.0 - c, 9.0 - c, 7.0 - c, 4.0 - c], atol=1e-6)
+    # Returns are the reward-to-go itself.
+    np.testing.assert_allclose(ret, [10.0, 9.0, 7.0, 4.0], atol=1e-6)
+    assert adv.dtype == np.float32 and ret.dtype == np.float32
+
+
+def test_gae_three_steps_term_by_term():
+    gamma, lam, c = 0.9, 0.8, 0.5
+    r0, r1, r2 = 0.1, -0.2, 1.0
+    # TD errors, with V(s_3) = 0 (terminal):
+    d2 = r2 + gamma * 0.0 - c  # 0.5
+    d1 = r1 + gamma * c - c  # -0.2 + 0.45 - 0.5 = -0.25
+    d0 = r0 + gamma * c - c  # 0.1 + 0.45 - 0.5 = 0.05
+    a2 = d2  # 0.5
+    a1 = d1 + gamma * lam * d2  # -0.25 + 0.72 * 0.5 = 0.11
+    a0 = d0 + gamma * lam * d1 + (gamma * lam) ** 2 * d2  # 0.05 - 0.18 + 0.2592 = 0.1292
+    np.testing.assert_allclose([a0, a1, a2], [0.1292, 0.11, 0.5], atol=1e-12)
+
+    adv, ret = gae_advantages(
+        rewards=np.array([r0, r1, r2]), values=np.full(3, c), gamma=gamma, gae_lambda=lam
+    )
+    np.testing.assert_allclose(adv, [0.1292, 0.11, 0.5], atol=1e-6)
+    np.testing.assert_allclose(ret, [0.6292, 0.61, 1.0], atol=1e-6)
+
+
+def test_gae_lambda0_is_one_step_td_error():
+    gamma = 0.9
+    rewards = np.array([0.0, 0.0, 1.0])
+    values = np.array([0.2, 0.4, 0.6])
+    adv, _ = gae_advantages(rewards=rewards, values=values, gamma=gamma, gae_lambda=0.0)
+    # delta_t = r_t + gamma V_{t+1} - V_t
+    np.testing.assert_allclose(adv, [0.9 * 0.4 - 0.2, 0.9 * 0.6 - 0.4, 1.0 - 0.6], atol=1e-6)
+
+
+def test_gae_returns_are_advantages_plus_values():
+    rng = np.random.default_rng(0)
+    rewards, values = rng.normal(size=7), rng.normal(size=7)
+    adv, ret = gae_advantages(rewards=rewards, values=values, gamma=0.97, gae_lambda=0.9)
+    np.testing.assert_allclose(ret, adv + values, atol=1e-5)
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.9, 0.8), (0.5, 0.0)])
+def test_gae_last_step_never_bootstraps(gamma, lam):
+    values = np.array([3.0, -2.0, 7.0])
+    rewards = np.array([0.0, 0.0, 1.5])
+    adv, ret = gae_advantages(rewards=rewards, values=values, gamma=gamma, gae_lambda=lam)
+    assert adv[-1] == pytest.approx(1.5 - 7.0)
+    assert ret[-1] == pytest.approx(1.5)  # the target of the last value is the last reward
+    # A single-token completion: A = r - V whatever gamma and lambda are.
+    adv1, ret1 = gae_advantages(
+        rewards=np.array([2.0]), values=np.array([5.0]), gamma=gamma, gae_lambda=lam
+    )
+    np.testing.assert_allclose(adv1, [-3.0])
+    np.testing.assert_allclose(ret1, [2.0])
+
+
+# --- KL penalty --------------------------------------------------------------------------------
+
+
+def test_kl_penalty_rewards_on_known_logits():
+    beta, score = 0.1, 2.0
+    policy_logits = torch.tensor([LOGITS_123] * 3, dtype=torch.float64)  # probs 1/6, 2/6, 3/6
+    ref_logits = torch.tensor([LOGITS_123[::-1]] * 3, dtype=torch.float64)  # probs 3/6, 2/6, 1/6
+    tokens = torch.tensor([2, 2, 1])
+    # log-softmax by hand: logit - log(sum exp) = logit - ln 6
+    logp_hand = np.array([LN3 - math.log(6), LN3 - math.log(6), LN2 - math.log(6)])
+    ref_logp_hand = np.array([-math.log(6), -math.log(6), LN2 - math.log(6)])
+    np.testing.assert_allclose(logp_hand, np.log([3 / 6, 3 / 6, 2 / 6]), atol=1e-12)
+    np.testing.assert_allclose(ref_logp_hand, np.log([1 / 6, 1 / 6, 2 / 6]), atol=1e-12)
+    for logits, hand in ((policy_logits, logp_hand), (ref_logits, ref_logp_hand)):
+        gathered = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
+        np.testing.assert_allclose(gathered.numpy(), hand, atol=1e-12)
+    # The shipped sampler's log-probs of these tokens are the same numbers.
+    _, logp_greedy = sample_tokens(policy_logits[:1], greedy=True)
+    assert logp_greedy.item() == pytest.approx(math.log(0.5), abs=1e-6)
+
+    env_rewards = np.array([0.0, 0.0, score])  # the score is paid at the last token
+    token_rewards, kl = kl_penalty_rewards(
+        rewards=env_rewards, logp=logp_hand, ref_logp=ref_logp_hand, kl_coef=beta
+    )
+    # k1 per token: ln(3/6) - ln(1/6) = ln 3, ln 3, then ln(2/6) - ln(2/6) = 0.
+    np.testing.assert_allclose(kl, [LN3, LN3, 0.0], atol=1e-6)
+    np.testing.assert_allclose(token_rewards, [-beta * LN3, -beta * LN3, score], atol=1e-6)
+    assert kl.sum() == pytest.approx(2 * LN3, abs=1e-6)
+    assert token_rewards.sum() == pytest.approx(score - beta * 2 * LN3, abs=1e-6)
+    assert token_rewards.dtype == np.float32 and kl.dtype == np.float32
+
+
+def test_kl_penalty_zero_when_policy_equals_reference():
+    logp = np.log([0.2, 0.7, 0.1])
+    rewards, kl = kl_penalty_rewards(
+        rewards=np.array([0.0, 0.0, 1.0]), logp=logp, ref_logp=logp.copy(), kl_coef=0.5
+    )
+    np.testing.assert_array_equal(kl, 0.0)
+    np.testing.assert_allclose(rewards, [0.0, 0.0, 1.0])
+
+
+def test_k1_sum_is_unbiased_for_sequence_kl():
+    """E_pi[sum_t k1_t] = KL(pi || ref) for one token: a Monte Carlo check on hand probs."""
+    p, q = np.array([1, 2, 3]) / 6, np.array([3, 2, 1]) / 6
+    exact = float((p * np.log(p / q)).sum())  # = (3/6 - 1/6) ln 3 = ln3 / 3
+    assert exact == pytest.approx(LN3 / 3)
+    gen = torch.Generator().manual_seed(0)
+    tokens, logp = sample_tokens(
+        torch.tensor([LOGITS_123] * 20000, dtype=torch.float64), generator=gen
+    )
+    ref_logp = np.log(q)[tokens.numpy()]
+    _, kl = kl_penalty_rewards(
+        rewards=np.zeros(len(tokens)), logp=logp.numpy(), ref_logp=ref_logp, kl_coef=0.0
+    )
+    assert kl.mean() == pytest.approx(exact, abs=0.02)
+
+
+# --- PPO policy loss ---------------------------------------------------------------------------
+
+
+def test_ppo_loss_ratio_one_is_minus_mean_advantage():
+    logp = torch.tensor([-1.0, -2.0, -0.5], requires_grad=True)
+    adv = torch.tensor([1.0, -2.0, 3.0])
+    loss, stats = ppo_policy_loss(
+        logp=logp, old_logp=logp.detach().clone(), advantages=adv, clip_ratio=0.2
+    )
+    assert loss.item() == pytest.approx(-2.0 / 3.0)
+    assert stats["clip_fraction"].item() == 0.0
+    assert stats["approx_kl"].item() == pytest.approx(0.0, abs=1e-7)
+    loss.backward()
+    # d(-mean(A * ratio)) / d logp = -A * ratio / N with ratio 1.
+    np.testing.assert_allclose(logp.grad.numpy(), [-1 / 3, 2 / 3, -1.0], atol=1e-6)
+
+
+def test_ppo_loss_clip_branches_and_gradients():
+    eps = 0.2
+    ratios = torch.tensor([1.5, 1.5, 0.5, 0.5, 1.1], dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0], dtype=torch.float64)
+    old_logp = torch.tensor([-1.0, -2.0, -0.3, -4.0, -1.2], dtype=torch.float64)
+    logp = (old_logp + ratios.log()).requires_grad_(True)
+    loss, stats = ppo_policy_loss(logp=logp, old_logp=old_logp, advantages=adv, clip_ratio=eps)
+    # min(A r, A clip(r)) row by row:
+    #   r=1.5, A=+1: min(1.5, 1.2) = 1.2   (clipped: the gain is capped)
+    #   r=1.5, A=-1: min(-1.5, -1.2) = -1.5 (unclipped: the pessimistic branch)
+    #   r=0.5, A=+1: min(0.5, 0.8) = 0.5   (unclipped)
+    #   r=0.5, A=-1: min(-0.5, -0.8) = -0.8 (clipped)
+    #   r=1.1, A=+2: min(2.2, 2.2) = 2.2   (inside the clip range)
+    objective = [1.2, -1.5, 0.5, -0.8, 2.2]
+    assert loss.item() == pytest.approx(-sum(objective) / 5)
+    assert stats["clip_fraction"].item() == pytest.approx(4 / 5)
+    # approx_kl = mean((r - 1) - ln r)
+    k3 = [0.5 - math.log(1.5)] * 2 + [-0.5 + LN2] * 2 + [0.1 - math.log(1.1)]
+    assert stats["approx_kl"].item() == pytest.approx(sum(k3) / 5)
+    loss.backward()
+    # Unclipped rows: d(-A r / N)/d logp = -A r / N; clipped rows: exactly 0.
+    expected_grad = [0.0, 1.5 / 5, -0.5 / 5, 0.0, -2.2 / 5]
+    np.testing.assert_allclose(logp.grad.numpy(), expected_grad, atol=1e-12)
+    assert logp.grad[0].item() == 0.0 and logp.grad[3].item() == 0.0
+
+
+def test_ppo_loss_mask_ignores_rows():
+    logp = torch.tensor([0.0, 0.0, 0.0])
+    adv = torch.tensor([1.0, 5.0, 100.0])
+    mask = torch.tensor([True, True, False])
+    loss, stats = ppo_policy_loss(
+        logp=logp, old_logp=logp, advantages=adv, clip_ratio=0.2, mask=mask
+    )
+    assert loss.item() == pytest.approx(-3.0)
+    assert stats["clip_fraction"].item() == 0.0
+
+
+# --- value loss --------------------------------------------------------------------------------
+
+
+def _value_case():
+    values = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64, requires_grad=True)
+    old_values = torch.tensor([1.1, 1.0, 0.5], dtype=torch.float64)
+    returns = torch.tensor([0.0, 2.5, 1.0], dtype=torch.float64)
+    return values, old_values, returns
+
+
+def test_value_loss_unclipped():
+    values, old_values, returns = _value_case()
+    loss = value_loss(values=values, old_values=old_values, returns=returns, value_clip=None)
+    # 0.5 * mean((1-0)^2, (2-2.5)^2, (0-1)^2) = 0.5 * 2.25 / 3
+    assert loss.item() == pytest.approx(0.375)
+    loss.backward()
+    # d/dv 0.5 * mean((v - R)^2) = (v - R) / N
+    np.testing.assert_allclose(values.grad.numpy(), [1 / 3, -0.5 / 3, -1 / 3], atol=1e-12)
+
+
+def test_value_loss_clipped():
+    values, old_values, returns = _value_case()
+    loss = value_loss(values=values, old_values=old_values, returns=returns, value_clip=0.2)
+    # clipped values = old + clip(v - old, -0.2, 0.2) = [1.0, 1.2, 0.3]
+    # clipped errors^2 = [1.0, 1.69, 0.49]; unclipped = [1.0, 0.25, 1.0]; max = [1.0, 1.69, 1.0]
+    assert loss.item() == pytest.approx(0.5 * 3.69 / 3)
+    loss.backward()
+    # row 0: inside the clip range, both branches give (v - R)/N = 1/3
+    # row 1: the clipped branch wins and v moved past the clip -> no gradient
+    # row 2: the unclipped branch wins -> (v - R)/N = -1/3
+    np.testing.assert_allclose(values.grad.numpy(), [1 / 3, 0.0, -1 / 3], atol=1e-12)
+
+
+def test_value_loss_mask():
+    values, old_values, returns = _value_case()
+    mask = torch.tensor([False, True, True])
+    loss = value_loss(
+        values=values, old_values=old_values, returns=returns, value_clip=None, mask=mask
+    )
+    assert loss.item() == pytest.approx(0.5 * (0.25 + 1.0) / 2)
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+
+def test_masked_mean_and_whiten():
+    x = torch.tensor([1.0, 2.0, 3.0, 10.0])
+    assert masked_mean(x).item() == pytest.approx(4.0)
+    assert masked_mean(x, torch.tensor([1, 1, 1, 0])).item() == pytest.approx(2.0)
+    assert masked_mean(x, torch.zeros(4, dtype=torch.bool)).item() == 0.0
+    w = whiten(np.array([1.0, 2.0, 3.0]))
+    # mean 2, population std sqrt(2/3)
+    np.testing.assert_allclose(w, np.array([-1.0, 0.0, 1.0]) / math.sqrt(2 / 3), atol=1e-6)
+
+
+def test_entropy_from_logits():
+    logits = torch.tensor([LOGITS_123, [0.0, 0.0, 0.0]], dtype=torch.float64)
+    h = entropy_from_logits(logits)
+    p = np.array([1, 2, 3]) / 6
+    assert h[0].item() == pytest.approx(float(-(p * np.log(p)).sum()))
+    assert h[1].item() == pytest.approx(math.log(3))
+
+
+# --- KL controllers ----------------------------------------------------------------------------
+
+
+def test_adaptive_kl_controller_one_step():
+    ctl = AdaptiveKLController(kl_coef=0.1, target=6.0, horizon=10000)
+    # KL 9 -> e = clip(9/6 - 1, -0.2, 0.2) = 0.2 -> beta = 0.1 * (1 + 0.2 * 256 / 10000)
+    ctl.update(current_kl=9.0, n_steps=256)
+    assert ctl.value == pytest.approx(0.1 * 1.00512)
+    # KL 5.4 -> e = -0.1 (inside the clip) -> beta *= 1 - 0.1 * 256 / 10000
+    ctl.update(current_kl=5.4, n_steps=256)
+    assert ctl.value == pytest.approx(0.1 * 1.00512 * 0.99744)
+    # KL 0 -> e clipped at -0.2
+    ctl2 = AdaptiveKLController(kl_coef=0.2, target=6.0, horizon=1000)
+    ctl2.update(current_kl=0.0, n_steps=100)
+    assert ctl2.value == pytest.approx(0.2 * (1 - 0.2 * 0.1))
+    # At the target beta does not move; a non-finite KL is ignored.
+    before = ctl2.value
+    ctl2.update(current_kl=6.0, n_steps=100)
+    ctl2.update(current_kl=float("nan"), n_steps=100)
+    assert ctl2.value == pytest.approx(before)
+
+
+def test_fixed_kl_controller_and_state_round_trip():
+    fixed = FixedKLController(0.05)
+    fixed.update(current_kl=100.0, n_steps=1000)
+    assert fixed.value == 0.05
+
+    ctl = AdaptiveKLController(kl_coef=0.1, target=6.0, horizon=100)
+    ctl.update(current_kl=12.0, n_steps=10)
+    restored = AdaptiveKLController(kl_coef=1.0, target=6.0, horizon=100)
+    restored.set_state(ctl.get_state())
+    assert restored.value == ctl.value
+    restored.update(current_kl=1.0, n_steps=10)
+    ctl.update(current_kl=1.0, n_steps=10)
+    assert restored.value == ctl.value
+
+    fixed2 = FixedKLController(1.0)
+    fixed2.set_state(fixed.get_state())
+    assert fixed2.value == 0.05
+
+
+# --- running moments ---------------------------------------------------------------------------
+
+
+def test_running_moments_match_numpy_on_concatenation():
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(3.0, 2.0, size=n) for n in (5, 1, 17, 8)]
+    rm = RunningMoments()
+    for i, b in enumerate(batches):
+        rm.update(b)
+        seen = np.concatenate(batches[: i + 1])
+        assert rm.mean == pytest.approx(seen.mean(), rel=1e-10)
+        assert rm.var == pytest.approx(seen.var(), rel=1e-10)
+        assert rm.count == seen.size
+    assert rm.std == pytest.approx(np.concatenate(batches).std(), rel=1e-10)
+    rm.update(np.array([]))  # an empty batch changes nothing
+    assert rm.count == sum(b.size for b in batches)
+
+    restored = RunningMoments()
+    restored.set_state(rm.get_state())
+    assert (restored.mean, restored.var, restored.count) == (rm.mean, rm.var, rm.count)
+
+
+def test_running_moments_hand_values():
+    rm = RunningMoments()
+    rm.update(np.array([1.0, 3.0]))
+    rm.update(np.array([5.0]))
+    assert rm.mean == pytest.approx(3.0)
+    assert rm.var == pytest.approx(8.0 / 3.0)  # ((-2)^2 + 0 + 2^2) / 3
+
+
+# --- sampling ----------------------------------------------------------------------------------
+
+
+def test_sample_tokens_greedy_is_argmax_with_tempered_logp():
+    logits = torch.randn(6, 11, generator=torch.Generator().manual_seed(0))
+    tokens, logp = sample_tokens(logits, temperature=0.7, greedy=True)
+    torch.testing.assert_close(tokens, logits.argmax(-1))
+    expected = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    torch.testing.assert_close(logp, expected)
+    assert tokens.dtype == torch.int64 and logp.dtype == torch.float32
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sample_tokens_logp_is_tempered_full_vocab_logp(temperature):
+    logits = torch.tensor([LOGITS_123] * 64)
+    tokens, logp = sample_tokens(
+        logits, temperature=temperature, generator=torch.Generator().manual_seed(3)
+    )
+    # T=1: probs [1, 2, 3] / 6; T=0.5: logits [0, 2 ln2, 2 ln3] -> probs [1, 4, 9] / 14.
+    probs = {1.0: np.array([1, 2, 3]) / 6, 0.5: np.array([1, 4, 9]) / 14}[temperature]
+    np.testing.assert_allclose(logp.numpy(), np.log(probs)[tokens.numpy()], atol=1e-6)
+    assert set(tokens.tolist()) == {0, 1, 2}
+
+
+def test_sample_tokens_frequencies_follow_softmax():
+    logits = torch.tensor([LOGITS_123] * 30000)
+    tokens, _ = sample_tokens(logits, generator=torch.Generator().manual_seed(0))
+    freq = np.bincount(tokens.numpy(), minlength=3) / len(tokens)
+    np.testing.assert_allclose(freq, np.array([1, 2, 3]) / 6, atol=0.015)
+
+
+def test_sample_tokens_top_k_one_and_tiny_top_p_are_greedy():
+    logits = torch.tensor([LOGITS_123, [2.0, -1.0, 0.5]] * 200)
+    argmax = logits.argmax(-1)
+    gen = torch.Generator().manual_seed(0)
+    full_logp = torch.log_softmax(logits, dim=-1).gather(-1, argmax[:, None]).squeeze(-1)
+    for kwargs in ({"top_k": 1}, {"top_p": 1e-6}):
+        tokens, logp = sample_tokens(logits, generator=gen, **kwargs)
+        torch.testing.assert_close(tokens, argmax)
+        # The log-prob stays the full-vocabulary one (not log 1 = 0).
+        torch.testing.assert_close(logp, full_logp)
+    assert full_logp[0].item() == pytest.approx(math.log(0.5))
+
+
+def test_sample_tokens_top_k_and_top_p_renormalise():
+    logits = torch.tensor([LOGITS_123] * 30000)  # probs [1, 2, 3] / 6
+    gen = torch.Generator().manual_seed(1)
+    # top_k=2 keeps tokens 1 and 2 -> renormalised [0, 2/5, 3/5]
+    tokens, _ = sample_tokens(logits, top_k=2, generator=gen)
+    freq = np.bincount(tokens.numpy(), minlength=3) / len(tokens)
+    np.testing.assert_allclose(freq, [0.0, 0.4, 0.6], atol=0.015)
+    assert freq[0] == 0.0
+    # top_p=0.6: sorted probs [3/6, 2/6, 1/6]; mass before each = [0, 0.5, 0.83] -> keep the
+    # first two (the token that crosses 0.6 is kept), renormalised [0, 2/5, 3/5].
+    tokens, _ = sample_tokens(logits, top_p=0.6, generator=gen)
+    freq = np.bincount(tokens.numpy(), minlength=3) / len(tokens)
+    np.testing.assert_allclose(freq, [0.0, 0.4, 0.6], atol=0.015)
+    assert freq[0] == 0.0
+
+
+def test_sample_tokens_seeded_generator_is_reproducible():
+    logits = torch.randn(32, 50, generator=torch.Generator().manual_seed(0))
+    a, la = sample_tokens(logits, temperature=1.3, generator=torch.Generator().manual_seed(7))
+    b, lb = sample_tokens(logits, temperature=1.3, generator=torch.Generator().manual_seed(7))
+    c, _ = sample_tokens(logits, temperature=1.3, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(la, lb)
+    assert not torch.equal(a, c)
