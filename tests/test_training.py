@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import make_config
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
@@ -19,7 +20,6 @@ from ray.rllib.utils.metrics import (
     NUM_MODULE_STEPS_TRAINED,
 )
 
-from conftest import make_config
 from envs.builtin import BUILTIN_PROMPTS
 from rayrm import metrics as M
 from rayrm.algorithm import RLHFPPO, build_algo_config
