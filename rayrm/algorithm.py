@@ -251,7 +251,7 @@ class RLHFPPO(PPO):
             scores = np.clip(scores, -r.clip, r.clip)
         for episode, score in zip(episodes, scores, strict=True):
             rewards = episode.get_rewards()
-            episode.set_rewards(new_data=np.float32(rewards[-1] + score), at_indices=-1)
+            episode.set_rewards(new_data=np.asarray(rewards[-1] + score, np.float32), at_indices=-1)
         return raw
 
     def _update(self, episodes: list[Any]) -> dict[str, float]:

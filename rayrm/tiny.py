@@ -97,8 +97,11 @@ def write_quickstart(workdir: str | Path, *, num_iterations: int = 60) -> Path:
             "num_minibatches": 2,
             "num_epochs": 2,
             "lr": 3.0e-4,
-            "kl_coef": 0.02,
             "vf_coef": 0.5,
+            "kl_coef": 0.05,
+            "adaptive_kl": True,
+            "target_kl": 3.0,
+            "kl_horizon": 1000,
         },
         "resources": {"num_env_runners": 0},
         "run": {

@@ -86,9 +86,15 @@ def prompt_ids(env: TextGenerationEnv, prompt: str) -> np.ndarray:
 
 
 def make_batch(
-    env: TextGenerationEnv, completions: list[list[int]], *, with_seq_id: bool = True
+    env: TextGenerationEnv,
+    completions: list[list[int]],
+    *,
+    with_seq_id: bool = True,
 ) -> dict:
-    """Token rows as the env produces them: row t of a completion = state before action t."""
+    """Token rows as the env produces them: row t of a completion = state before action t.
+
+    Each completion stops where the env ends the episode (EOS or ``max_new_tokens``).
+    """
     ids, lengths, actions, seq_ids = [], [], [], []
     for k, (prompt, gen) in enumerate(zip(PROMPTS, completions, strict=True)):
         obs, _ = env.reset(options={"prompt": prompt})
@@ -98,7 +104,9 @@ def make_batch(
             actions.append(tok)
             seq_ids.append(10 * k + 7)  # any integer ids, not necessarily 0..G-1
             obs, _, terminated, truncated, _ = env.step(tok)
-        assert terminated or truncated
+            if terminated or truncated:
+                break
+        assert terminated or truncated  # whole completions only, as the env runner samples
     batch = {
         Columns.OBS: {
             "input_ids": torch.from_numpy(np.stack(ids)),  # (N, L) right-padded
@@ -125,6 +133,32 @@ def full_forward_logits(module: LMPolicyModule, ids: list[int]) -> torch.Tensor:
     """(V,) next-token logits of ONE unpadded sequence, by a plain forward of the HF model."""
     with torch.no_grad():
         return module.lm(input_ids=torch.tensor([ids])).logits[0, -1].float()
+
+
+def full_forward_value(module: LMPolicyModule, ids: list[int]) -> torch.Tensor:
+    """V of ONE unpadded sequence: the value head on the trunk's last hidden state."""
+    critic = getattr(module, "critic", None)
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        if critic is not None:
+            hidden = critic(input_ids=x).last_hidden_state[0, -1]
+        else:
+            hidden = module.lm(input_ids=x, output_hidden_states=True).hidden_states[-1][0, -1]
+        return module.value_head(hidden).squeeze(-1)
+
+
+def check_against_plain_forward(module: LMPolicyModule, batch: dict, out: dict) -> None:
+    """Every row's logp and value against a plain HF forward over its real tokens."""
+    ids = batch[Columns.OBS]["input_ids"]
+    length = batch[Columns.OBS]["length"].reshape(-1)
+    actions = batch[Columns.ACTIONS]
+    for n in range(len(ids)):
+        row = ids[n, : length[n]].tolist()
+        logp = torch.log_softmax(full_forward_logits(module, row) / module.temperature, -1)
+        torch.testing.assert_close(out[LOGP][n], logp[actions[n]], atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            out[VF_PREDS][n], full_forward_value(module, row), atol=ATOL, rtol=0
+        )
 
 
 def grads_of(module: LMPolicyModule, batch: dict) -> list[torch.Tensor]:
@@ -189,6 +223,34 @@ def test_kv_cached_decoding_matches_full_forward(module, env, monkeypatch, tempe
             logits, cache = module.decode_step(tokens, cache, mask)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampling_logp_equals_learner_logp_before_update(module, env, monkeypatch, temperature):
+    """PPO's first ratio is exactly 1: the sampler's and the learner's log-probs agree."""
+    monkeypatch.setattr(module, "temperature", temperature)
+    prompts = [prompt_ids(env, p) for p in PROMPTS]
+    ids, mask = left_pad(prompts, env.pad_token_id)
+    gen = torch.Generator().manual_seed(2)
+    tokens_steps, logp_steps = [], []
+    logits, cache = module.decode_start(ids, mask)
+    for _ in range(MAX_NEW):
+        tokens, logp = module.sample_next(logits, generator=gen)
+        tokens_steps.append(tokens)
+        logp_steps.append(logp)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits, cache = module.decode_step(tokens, cache, mask)
+    tokens_all = torch.stack(tokens_steps, 1)  # (B, MAX_NEW)
+    logp_all = torch.stack(logp_steps, 1)  # (B, MAX_NEW)
+    completions = tokens_all.tolist()
+    batch = make_batch(env, completions)  # cut at EOS like the env runner
+    n_rows = [int((batch[SEQ_ID] == 10 * k + 7).sum()) for k in range(len(PROMPTS))]
+    sampled_logp = torch.cat([logp_all[k, :n] for k, n in enumerate(n_rows)])
+    with torch.no_grad():
+        out = module.forward_train(batch)
+    torch.testing.assert_close(out[LOGP], sampled_logp, atol=ATOL, rtol=0)
+    # The reference is the initial policy, so the k1 KL of every token starts at 0.
+    torch.testing.assert_close(module.compute_ref_logp(batch), sampled_logp, atol=ATOL, rtol=0)
+
+
 def test_kv_cached_greedy_decoding_matches_full_forward_argmax(module, env):
     prompts = [prompt_ids(env, p) for p in PROMPTS]
     ids, mask = left_pad(prompts, env.pad_token_id)
@@ -211,11 +273,18 @@ def test_kv_cached_greedy_decoding_matches_full_forward_argmax(module, env):
 
 
 def test_batch_rows_are_prefixes(env, completions):
+    """The premise of the one-pass forward: a completion's rows are prefixes of its last row."""
     batch = make_batch(env, completions)
+    ids = batch[Columns.OBS]["input_ids"]
     length = batch[Columns.OBS]["length"].reshape(-1)
-    assert batch[Columns.OBS]["input_ids"].shape == (sum(map(len, completions)), MAX_PROMPT + 6)
-    # completion 1 (prompt "hello you" -> 8 tokens after truncation) rows have lengths 8, 9
-    assert length[4:6].tolist() == [8, 9]
+    assert ids.shape == (sum(map(len, completions)), MAX_PROMPT + MAX_NEW)
+    assert length.tolist() == [2, 3, 4, 5, 8, 9, 3, 4, 5, 6, 7, 8]  # "hello you" keeps 8
+    for sid in batch[SEQ_ID].unique():
+        rows = torch.nonzero(batch[SEQ_ID] == sid).squeeze(-1)
+        last = rows[-1]
+        for r in rows:
+            assert torch.equal(ids[r, : length[r]], ids[last, : length[r]])
+            assert (ids[r, length[r] :] == env.pad_token_id).all()  # right-padded
 
 
 def test_forward_train_one_pass_equals_per_row(module, env, completions):
@@ -228,14 +297,7 @@ def test_forward_train_one_pass_equals_per_row(module, env, completions):
         assert out_g[key].shape == (len(grouped[Columns.ACTIONS]),)
         torch.testing.assert_close(out_g[key], out_r[key], atol=ATOL, rtol=0)
 
-    # Ground truth for the log-probs: a plain HF forward over each row's real tokens.
-    ids = grouped[Columns.OBS]["input_ids"]
-    length = grouped[Columns.OBS]["length"].reshape(-1)
-    for n in range(len(ids)):
-        ref = torch.log_softmax(full_forward_logits(module, ids[n, : length[n]].tolist()), -1)
-        torch.testing.assert_close(
-            out_g[LOGP][n], ref[grouped[Columns.ACTIONS][n]], atol=ATOL, rtol=0
-        )
+    check_against_plain_forward(module, grouped, out_g)
 
     # compute_values is the same value head as forward_train's vf_preds.
     with torch.no_grad():
@@ -270,6 +332,32 @@ def test_forward_exploration_logits_match_forward_train(module, env, completions
         out = module.forward_train(batch)
     logp = torch.log_softmax(logits, -1).gather(-1, batch[Columns.ACTIONS][:, None]).squeeze(-1)
     torch.testing.assert_close(logp, out[LOGP], atol=ATOL, rtol=0)
+
+
+def test_separate_critic_one_pass_equals_per_row(model_dir, env, completions):
+    spec = RLModuleSpec(
+        module_class=LMPolicyModule,
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config={"path": model_dir, "critic": "separate"},
+        inference_only=False,
+    )
+    module = spec.build()
+    assert module.critic is not None
+    grouped = make_batch(env, completions)
+    per_row = make_batch(env, completions, with_seq_id=False)
+    with torch.no_grad():
+        out_g, out_r = module.forward_train(grouped), module.forward_train(per_row)
+        values = module.compute_values(grouped)
+    for key in (LOGP, ENTROPY, VF_PREDS):
+        torch.testing.assert_close(out_g[key], out_r[key], atol=ATOL, rtol=0)
+    torch.testing.assert_close(values, out_r[VF_PREDS], atol=ATOL, rtol=0)
+    check_against_plain_forward(module, grouped, out_g)
+    trainable = {id(p) for p in module.trainable_parameters()}
+    assert {id(p) for p in module.critic.parameters()} <= trainable
+    grads_g, grads_r = grads_of(module, grouped), grads_of(module, per_row)
+    for g, r in zip(grads_g, grads_r, strict=True):
+        torch.testing.assert_close(g, r, atol=ATOL, rtol=1e-4)
 
 
 # --- reference model ---------------------------------------------------------------------------

@@ -1,0 +1,14 @@
+"""Ray Job entry point for one training run.
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/train.py CONFIG.yaml
+
+Inside a job, RAY_ADDRESS points at the cluster, so `rayrm train` connects to it instead of
+starting a local Ray. Accepts the same flags as `rayrm train` (--set KEY=VALUE, --resume).
+"""
+
+import sys
+
+from rayrm.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main(["train", *sys.argv[1:]]))
