@@ -154,8 +154,16 @@ def main_train(config_path: str, overrides: list[str], resume: bool) -> int:
     cfg = load_config(config_path, overrides)
     exp_dir, last = run_train(cfg, resume=resume)
     r = last.get(M.RLHF_RESULTS, {})
+    iterations = int(last.get("training_iteration", 0))
+    if iterations < cfg.run.num_iterations:
+        print(
+            f"interrupted after {iterations}/{cfg.run.num_iterations} iterations; continue with: "
+            f"rayrm train {config_path} --resume",
+            file=sys.stderr,
+        )
+        return 130
     print(
-        f"done: {last.get('training_iteration', 0)} iterations, final reward "
+        f"done: {iterations} iterations, final reward "
         f"{r.get(M.REWARD_MEAN, float('nan')):+.3f}; run folder {exp_dir}",
         file=sys.stdout,
     )
