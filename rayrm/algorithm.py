@@ -47,7 +47,14 @@ POLICY_STATE_FILE = "learner_group/learner/rl_module/default_policy/module_state
 
 
 class RLHFConfig(PPOConfig):
-    """PPOConfig carrying the rayrm run config (``self.rayrm``, a plain dict)."""
+    """PPOConfig derived entirely from a rayrm run config (``self.rayrm``, a plain dict).
+
+    The run config is the single source of truth: :meth:`apply_run_config` sets every RLlib
+    field from it, and ``update_from_dict({"rayrm": {...}})`` does the same. That is how Tune
+    builds each trial: the param space is ``{"rayrm": <run config with search samplers>}``,
+    Tune resolves the samplers, and RLlib turns the dict into a full config through
+    ``update_from_dict``.
+    """
 
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class or RLHFPPO)
@@ -57,19 +64,23 @@ class RLHFConfig(PPOConfig):
     def run_config(self) -> RunConfig:
         return config_from_dict(self.rayrm, check_paths=False)
 
+    def update_from_dict(self, config_dict: dict[str, Any]) -> RLHFConfig:
+        rest = {k: v for k, v in config_dict.items() if k != "rayrm"}
+        super().update_from_dict(rest)
+        if "rayrm" in config_dict:
+            self.apply_run_config(config_from_dict(config_dict["rayrm"], check_paths=False))
+        return self
 
-def build_algo_config(cfg: RunConfig) -> RLHFConfig:
-    """Translates a validated rayrm RunConfig into the RLlib AlgorithmConfig."""
-    from transformers import AutoConfig
+    def apply_run_config(self, cfg: RunConfig) -> RLHFConfig:
+        """Sets every RLlib field from ``cfg`` (see the class docstring)."""
+        from transformers import AutoConfig
 
-    vocab_size = int(AutoConfig.from_pretrained(cfg.model.path).vocab_size)
-    ppo, res = cfg.ppo, cfg.resources
-    tokens_per_learner = max(
-        1, ppo.batch_size * cfg.generation.max_new_tokens // max(1, res.num_learners)
-    )
-    algo = (
-        RLHFConfig()
-        .environment(
+        vocab_size = int(AutoConfig.from_pretrained(cfg.model.path).vocab_size)
+        ppo, res = cfg.ppo, cfg.resources
+        tokens_per_learner = max(
+            1, ppo.batch_size * cfg.generation.max_new_tokens // max(1, res.num_learners)
+        )
+        self.environment(
             "rayrm/TextGeneration-v0",
             env_config={
                 "tokenizer": cfg.model.resolved_tokenizer_path,
@@ -81,7 +92,7 @@ def build_algo_config(cfg: RunConfig) -> RLHFConfig:
                 "vocab_size": vocab_size,
             },
         )
-        .env_runners(
+        self.env_runners(
             env_runner_cls=RLHFEnvRunner,
             num_env_runners=res.num_env_runners,
             num_envs_per_env_runner=cfg.envs_per_env_runner,
@@ -89,13 +100,13 @@ def build_algo_config(cfg: RunConfig) -> RLHFConfig:
             num_gpus_per_env_runner=res.num_gpus_per_env_runner,
             gym_env_vectorize_mode="sync",
         )
-        .learners(
+        self.learners(
             learner_class=RLHFPPOLearner,
             num_learners=res.num_learners,
             num_cpus_per_learner=res.num_cpus_per_learner,
             num_gpus_per_learner=res.num_gpus_per_learner,
         )
-        .training(
+        self.training(
             lr=ppo.lr,
             gamma=ppo.gamma,
             lambda_=ppo.gae_lambda,
@@ -108,7 +119,7 @@ def build_algo_config(cfg: RunConfig) -> RLHFConfig:
             use_critic=True,
             entropy_coeff=ppo.entropy_coef,
         )
-        .rl_module(
+        self.rl_module(
             rl_module_spec=RLModuleSpec(
                 module_class=LMPolicyModule,
                 model_config={
@@ -122,15 +133,19 @@ def build_algo_config(cfg: RunConfig) -> RLHFConfig:
                 },
             )
         )
-        .reporting(
+        self.reporting(
             min_time_s_per_iteration=0,
             min_sample_timesteps_per_iteration=0,
             min_train_timesteps_per_iteration=0,
         )
-        .debugging(seed=cfg.seed, log_level="WARN")
-    )
-    algo.rayrm = cfg.to_dict()
-    return algo
+        self.debugging(seed=cfg.seed, log_level="WARN")
+        self.rayrm = cfg.to_dict()
+        return self
+
+
+def build_algo_config(cfg: RunConfig) -> RLHFConfig:
+    """The RLlib AlgorithmConfig of a validated rayrm RunConfig."""
+    return RLHFConfig().apply_run_config(cfg)
 
 
 def make_kl_controller(cfg: RunConfig) -> FixedKLController | AdaptiveKLController:
@@ -233,6 +248,9 @@ class RLHFPPO(PPO):
             M.TIMER_ITERATION: t_end - t_start,
             **learner_stats,
         }
+        published[M.OBJECTIVE_REWARD_MINUS_KL] = (
+            published[M.REWARD_MEAN] - published[M.KL_BETA] * published[M.KL_SEQUENCE]
+        )
         for key, value in published.items():
             self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
 
@@ -291,14 +309,22 @@ class RLHFPPO(PPO):
         state[RAYRM_STATE] = {
             "kl_ctl": self.kl_ctl.get_state(),
             "reward_moments": self.reward_moments.get_state(),
+            "config_kl_coef": self.rlhf.ppo.kl_coef,
         }
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
         if RAYRM_STATE in state:
-            self.kl_ctl.set_state(state[RAYRM_STATE]["kl_ctl"])
-            self.reward_moments.set_state(state[RAYRM_STATE]["reward_moments"])
+            saved = state[RAYRM_STATE]
+            self.reward_moments.set_state(saved["reward_moments"])
+            # The adaptive β travels with the checkpoint, unless this trial's config changed
+            # the coefficient (PBT's explore step): then the new value is the perturbed β.
+            if saved.get("config_kl_coef", self.rlhf.ppo.kl_coef) == self.rlhf.ppo.kl_coef:
+                self.kl_ctl.set_state(saved["kl_ctl"])
+        # The config's learning rate wins over the one stored with the optimizer state (PBT).
+        lr = self.rlhf.ppo.lr
+        self.learner_group.foreach_learner(lambda learner: learner.set_lr(lr))
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """RLlib's checkpoint plus the resolved config and the tokenizer, for export/generate."""

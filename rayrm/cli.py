@@ -1,4 +1,4 @@
-"""The ``rayrm`` command line: train, quickstart, generate, export.
+"""The ``rayrm`` command line: train, tune, quickstart, generate, export.
 
 User mistakes (bad config, missing paths, nothing to resume) exit with code 2 and one line on
 stderr naming the key or file; everything else is a real error and keeps its traceback.
@@ -33,6 +33,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--resume", action="store_true", help="continue an interrupted run")
 
+    s = sub.add_parser(
+        "tune", help="hyperparameter sweep (the config's `tune` section) as one Tune experiment"
+    )
+    s.add_argument("config", help="YAML run config with a `tune` section")
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
+    s.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+
     q = sub.add_parser(
         "quickstart", help="build a tiny local model and prompt set, then train it (CPU, minutes)"
     )
@@ -64,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rayrm.train import main_train
 
             return main_train(args.config, args.overrides, args.resume)
+        if args.command == "tune":
+            from rayrm.sweep import main_tune
+
+            return main_tune(args.config, args.overrides, args.resume)
         if args.command == "quickstart":
             from rayrm.tiny import write_quickstart
             from rayrm.train import main_train

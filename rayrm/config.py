@@ -270,6 +270,42 @@ class RunSettings:
     num_cpus: int | None = _bounded(None, ge=1)
 
 
+SAMPLERS = ("grid", "choice", "uniform", "loguniform", "randint")
+"""Search-space kinds for ``tune.search_space`` entries (Ray Tune's samplers of those names)."""
+
+
+@dataclass(kw_only=True)
+class TuneSettings:
+    """Hyperparameter sweep settings, used by ``rayrm tune`` (ignored by ``rayrm train``).
+
+    Attributes:
+        search_space: Dotted config key -> one sampler, written as a one-key mapping:
+            ``{grid: [a, b]}``, ``{choice: [a, b]}``, ``{uniform: [low, high]}``,
+            ``{loguniform: [low, high]}`` or ``{randint: [low, high]}``. Any key of this config
+            may be searched (e.g. ``ppo.lr``, ``ppo.kl_coef``, ``seed``).
+        num_samples: Trials to sample (each grid point is repeated this many times).
+        scheduler: ``fifo`` (run every trial to the end), ``asha`` (stop weak trials early)
+            or ``pbt`` (population-based training: mutates ``ppo.lr`` and ``ppo.kl_coef``).
+        metric: Result key under ``rlhf`` to optimise, e.g. ``reward/mean`` or
+            ``objective/reward_minus_kl`` (reward minus β·KL per sequence).
+        mode: ``max`` or ``min``.
+        max_concurrent_trials: Trials run at once; None lets Tune fit as many as resources allow.
+        grace_period: ASHA: iterations every trial runs before it may be stopped.
+        reduction_factor: ASHA: keep the top 1/reduction_factor at each rung.
+        perturbation_interval: PBT: iterations between exploit/explore steps.
+    """
+
+    search_space: dict[str, Any] = field(default_factory=dict)
+    num_samples: int = _bounded(1, ge=1)
+    scheduler: Literal["fifo", "asha", "pbt"] = "asha"
+    metric: str = "reward/mean"
+    mode: Literal["max", "min"] = "max"
+    max_concurrent_trials: int | None = _bounded(None, ge=1)
+    grace_period: int = _bounded(5, ge=1)
+    reduction_factor: float = _bounded(2.0, gt=1)
+    perturbation_interval: int = _bounded(5, ge=1)
+
+
 @dataclass(kw_only=True)
 class RunConfig:
     """Everything one run is told; one YAML file fills it.
@@ -284,6 +320,7 @@ class RunConfig:
         ppo: See :class:`PPOConfig`.
         resources: See :class:`ResourcesConfig`.
         run: See :class:`RunSettings`.
+        tune: See :class:`TuneSettings`.
     """
 
     name: str = "rayrm"
@@ -295,6 +332,7 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     run: RunSettings = field(default_factory=RunSettings)
+    tune: TuneSettings = field(default_factory=TuneSettings)
 
     @property
     def envs_per_env_runner(self) -> int:
@@ -319,6 +357,7 @@ class RunConfig:
         """
         _check_fields(self, "")
         _check_relations(self)
+        _check_search_space(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain nested dicts; ``config_from_dict(c.to_dict()) == c``."""
@@ -377,6 +416,9 @@ def _check_value(key: str, value: Any, tp: Any) -> None:
             raise ConfigError(f"{key} must be a number{or_null} ({got})", key=key)
         if not math.isfinite(value):
             raise ConfigError(f"{key} must be finite ({got})", key=key)
+    elif typing.get_origin(tp) is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key} must be a mapping with string keys ({got})", key=key)
     elif tp is str:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} must be a non-empty string{or_null} ({got})", key=key)
@@ -472,6 +514,43 @@ def _check_relations(cfg: RunConfig) -> None:
             f"batch and splits it into ppo.num_minibatches minibatches of whole completions",
             key="ppo.batch_size",
         )
+
+
+def _check_search_space(cfg: RunConfig) -> None:
+    """Every ``tune.search_space`` entry names a real scalar key and a well-formed sampler."""
+    plain = dataclasses.asdict(cfg)
+    for key, spec in cfg.tune.search_space.items():
+        where = f"tune.search_space.{key}"
+        node: Any = plain
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"{where}: {key} is not a config key", key=where)
+            node = node[part]
+        if isinstance(node, dict) or key.startswith("tune."):
+            raise ConfigError(f"{where}: only single values can be searched", key=where)
+        if not isinstance(spec, Mapping) or len(spec) != 1 or next(iter(spec)) not in SAMPLERS:
+            raise ConfigError(
+                f"{where} must be one of {{{': [...]}, {'.join(SAMPLERS)}: [...]}} (got {spec!r})",
+                key=where,
+            )
+        kind, args = next(iter(spec.items()))
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{where}.{kind} needs a non-empty list (got {args!r})", key=where)
+        if kind in ("uniform", "loguniform", "randint"):
+            numeric = all(isinstance(a, int | float) and not isinstance(a, bool) for a in args)
+            if len(args) != 2 or not numeric or not args[0] < args[1]:
+                raise ConfigError(f"{where}.{kind} needs [low, high] with low < high", key=where)
+            if kind == "loguniform" and args[0] <= 0:
+                raise ConfigError(f"{where}.loguniform needs low > 0", key=where)
+    if cfg.tune.scheduler == "pbt":
+        for key in ("ppo.lr", "ppo.kl_coef"):
+            spec = cfg.tune.search_space.get(key)
+            if spec is not None and next(iter(spec)) not in ("uniform", "loguniform"):
+                raise ConfigError(
+                    f"tune.search_space.{key}: with tune.scheduler=pbt it is mutated, so it "
+                    f"needs a continuous range (uniform or loguniform)",
+                    key=f"tune.search_space.{key}",
+                )
 
 
 # ---------------------------------------------------------------------------------------------

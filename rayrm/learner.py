@@ -186,6 +186,12 @@ class RLHFPPOLearner(PPOTorchLearner):
         """Sets β for the next update (the algorithm owns the KL controller)."""
         self.kl_coef = float(value)
 
+    def set_lr(self, lr: float) -> None:
+        """Sets the learning rate of every optimizer (after a restore, e.g. by PBT)."""
+        for optimizer in self._named_optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
     def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
         params = self._module[module_id].unwrapped().trainable_parameters()
         optimizer = torch.optim.Adam(params, eps=1e-5)

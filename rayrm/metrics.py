@@ -39,6 +39,8 @@ TIMER_SCORE = "timers/score_s"
 TIMER_UPDATE = "timers/update_s"
 TIMER_SYNC = "timers/sync_s"
 TIMER_ITERATION = "timers/iteration_s"
+OBJECTIVE_REWARD_MINUS_KL = "objective/reward_minus_kl"
+"""Mean score minus β times the mean per-sequence KL: the KL-regularised RLHF objective."""
 
 # Published key <- learner-side name.
 FROM_LEARNER = {

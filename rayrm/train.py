@@ -56,7 +56,7 @@ def format_line(result: dict[str, Any], total: int | None = None) -> str:
     )
 
 
-def _live_line_callback(total: int) -> Any:
+def live_line_callback(total: int) -> Any:
     from ray.tune import Callback
 
     class LiveLine(Callback):
@@ -85,7 +85,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, dict[str, 
     """
     from ray import tune
 
-    from rayrm.algorithm import RLHFPPO, build_algo_config
+    from rayrm.algorithm import RLHFPPO
 
     exp_dir = experiment_dir(cfg)
     if resume and not exp_dir.exists():
@@ -106,7 +106,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, dict[str, 
     else:
         tuner = tune.Tuner(
             RLHFPPO,
-            param_space=build_algo_config(cfg),
+            param_space={"rayrm": cfg.to_dict()},  # RLHFConfig.update_from_dict derives the rest
             run_config=tune.RunConfig(
                 name=cfg.name,
                 storage_path=cfg.run.storage_path,
@@ -114,7 +114,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, dict[str, 
                 checkpoint_config=tune.CheckpointConfig(
                     checkpoint_frequency=cfg.run.checkpoint_every, checkpoint_at_end=True
                 ),
-                callbacks=[_live_line_callback(cfg.run.num_iterations)],
+                callbacks=[live_line_callback(cfg.run.num_iterations)],
                 verbose=0,
             ),
         )

@@ -1,0 +1,130 @@
+"""`rayrm tune`: search spaces, ASHA and PBT sweeps, best-policy export, β across PBT restores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import make_config
+from ray import tune
+
+from rayrm.algorithm import build_algo_config
+from rayrm.config import config_from_dict
+from rayrm.sweep import param_space
+
+
+def _sweep_config(tiny_policy_dir, prompts_file, tmp_path, **tune_settings):
+    return make_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        name="sweep",
+        ppo={"batch_size": 8},
+        generation={"max_new_tokens": 6},
+        run={"num_iterations": 3, "checkpoint_every": 1},
+        tune=tune_settings,
+    )
+
+
+def test_param_space_places_samplers(tiny_policy_dir, prompts_file, tmp_path):
+    cfg = _sweep_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        search_space={
+            "ppo.lr": {"loguniform": [1e-5, 1e-3]},
+            "seed": {"grid": [0, 1, 2]},
+            "generation.temperature": {"choice": [0.7, 1.0]},
+        },
+    )
+    space = param_space(cfg)["rayrm"]
+    assert isinstance(space["ppo"]["lr"], tune.search.sample.Float)
+    assert space["seed"] == {"grid_search": [0, 1, 2]}
+    assert isinstance(space["generation"]["temperature"], tune.search.sample.Categorical)
+    assert space["ppo"]["batch_size"] == 8  # untouched keys keep their values
+
+
+def test_asha_sweep_table_and_best_export(
+    ray_local, tiny_policy_dir, prompts_file, tmp_path, capsys
+):
+    from transformers import AutoModelForCausalLM
+
+    from rayrm.cli import main
+
+    cfg = _sweep_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        search_space={"ppo.lr": {"grid": [1e-4, 1e-3]}},
+        scheduler="asha",
+        grace_period=1,
+        metric="objective/reward_minus_kl",
+    )
+    path = tmp_path / "sweep.yaml"
+    cfg.save_yaml(path)
+    assert main(["tune", str(path)]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("trial ") :].splitlines()
+    assert "ppo.lr" in table[0] and "objective/reward_minus_kl" in table[0]
+    assert sum(1 for line in table if line.split()[1:2] in (["0.0001"], ["0.001"])) == 2
+    best = Path(cfg.run.storage_path) / "sweep" / "best_policy"
+    assert AutoModelForCausalLM.from_pretrained(best).config.vocab_size > 0
+    # A finished sweep resumes to the same end without re-running trials.
+    assert main(["tune", str(path), "--resume"]) == 0
+
+
+def test_pbt_sweep_runs(ray_local, tiny_policy_dir, prompts_file, tmp_path):
+    from rayrm.sweep import run_tune
+
+    cfg = _sweep_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        search_space={"ppo.lr": {"loguniform": [1e-4, 1e-3]}},
+        scheduler="pbt",
+        perturbation_interval=1,
+        num_samples=2,
+    )
+    _, results = run_tune(cfg)
+    assert not results.errors
+    assert [r.metrics["training_iteration"] for r in results] == [3, 3]
+
+
+@pytest.mark.parametrize("mutated", [False, True])
+def test_adaptive_beta_travels_with_checkpoints(
+    ray_local, tiny_policy_dir, prompts_file, tmp_path, mutated
+):
+    """A restore keeps the adaptive β, unless the new trial config perturbed it (PBT)."""
+    cfg = make_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        ppo={"batch_size": 8, "adaptive_kl": True, "target_kl": 0.01, "kl_horizon": 10},
+        generation={"max_new_tokens": 6},
+    )
+    algo = build_algo_config(cfg).build_algo()
+    try:
+        algo.train()
+        algo.train()
+        state = algo.get_state()
+        beta = algo.kl_ctl.value
+    finally:
+        algo.stop()
+    assert beta != cfg.ppo.kl_coef
+    d = cfg.to_dict()
+    if mutated:
+        d["ppo"]["kl_coef"] = 0.2
+        d["ppo"]["lr"] = 5e-4
+    other = build_algo_config(config_from_dict(d)).build_algo()
+    try:
+        other.set_state(state)
+        assert other.kl_ctl.value == pytest.approx(0.2 if mutated else beta)
+        lrs = other.learner_group.foreach_learner(
+            lambda learner: [
+                g["lr"] for o in learner._named_optimizers.values() for g in o.param_groups
+            ]
+        )
+        lrs = [x.get() if hasattr(x, "get") else x for x in lrs]
+        assert lrs[0] == [pytest.approx(d["ppo"]["lr"])] * len(lrs[0])
+    finally:
+        other.stop()
