@@ -7,8 +7,12 @@ starting a local Ray. Accepts the same flags as `rayrm train` (--set KEY=VALUE, 
 """
 
 import sys
+from pathlib import Path
 
-from rayrm.cli import main
+# The submitted working directory's code is what runs, even where another rayrm is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rayrm.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main(["train", *sys.argv[1:]]))

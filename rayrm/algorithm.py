@@ -98,13 +98,17 @@ class RLHFConfig(PPOConfig):
             num_envs_per_env_runner=cfg.envs_per_env_runner,
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,
             num_gpus_per_env_runner=res.num_gpus_per_env_runner,
+            custom_resources_per_env_runner=dict(res.custom_resources_per_env_runner),
             gym_env_vectorize_mode="sync",
         )
+        self.resources(placement_strategy=res.placement_strategy)
+        self.fault_tolerance(restart_failed_env_runners=True)
         self.learners(
             learner_class=RLHFPPOLearner,
             num_learners=res.num_learners,
             num_cpus_per_learner=res.num_cpus_per_learner,
             num_gpus_per_learner=res.num_gpus_per_learner,
+            custom_resources_per_learner=dict(res.custom_resources_per_learner),
         )
         self.training(
             lr=ppo.lr,
@@ -182,9 +186,14 @@ class RLHFPPO(PPO):
         pgf = super().default_resource_request(config)
         rayrm = config["rayrm"] if isinstance(config, dict) else config.rayrm
         reward = config_from_dict(rayrm, check_paths=False).reward
-        bundle = {"CPU": reward.num_cpus_per_actor, "GPU": reward.num_gpus_per_actor}
-        bundle = {k: v for k, v in bundle.items() if v > 0}
-        extra = [dict(bundle) for _ in range(reward.num_actors)] if bundle else []
+        bundle = {
+            "CPU": reward.num_cpus_per_actor,
+            "GPU": reward.num_gpus_per_actor,
+            **reward.custom_resources_per_actor,
+        }
+        bundle = {k: float(v) for k, v in bundle.items() if v > 0}
+        private = reward.pool_name is None  # a shared pool reserves its own resources
+        extra = [dict(bundle) for _ in range(reward.num_actors)] if bundle and private else []
         return PlacementGroupFactory(bundles=pgf.bundles + extra, strategy=pgf.strategy)
 
     def setup(self, config: Any) -> None:
@@ -202,7 +211,10 @@ class RLHFPPO(PPO):
             num_cpus_per_actor=r.num_cpus_per_actor,
             num_gpus_per_actor=r.num_gpus_per_actor,
             max_length=r.max_length,
+            custom_resources=dict(r.custom_resources_per_actor),
+            name=r.pool_name,
         )
+        self.rollout_node_ids: list[str] = []
 
     def cleanup(self) -> None:
         pool = getattr(self, "reward_pool", None)
@@ -232,6 +244,15 @@ class RLHFPPO(PPO):
         )
         t_end = time.perf_counter()
 
+        if self.env_runner_group.num_remote_env_runners() > 0:
+            self.rollout_node_ids = sorted(
+                set(
+                    self.env_runner_group.foreach_env_runner(
+                        lambda er: ray.get_runtime_context().get_node_id(),
+                        local_env_runner=False,
+                    )
+                )
+            )
         num_tokens = sum(len(e) for e in episodes)
         scores = np.array([float(e.get_rewards()[-1]) for e in episodes])
         published = {
@@ -240,6 +261,7 @@ class RLHFPPO(PPO):
             M.REWARD_RAW_MEAN: float(raw_scores.mean()),
             M.KL_BETA: learner_stats.pop("beta"),
             M.ROLLOUT_COMPLETIONS: len(episodes),
+            M.ROLLOUT_NUM_NODES: max(1, len(self.rollout_node_ids)),
             M.THROUGHPUT_TOKENS_PER_S: num_tokens / max(t_end - t_start, 1e-9),
             M.TIMER_SAMPLE: t_sampled - t_start,
             M.TIMER_SCORE: t_scored - t_sampled,
@@ -268,6 +290,9 @@ class RLHFPPO(PPO):
         if r.clip is not None:
             scores = np.clip(scores, -r.clip, r.clip)
         for episode, score in zip(episodes, scores, strict=True):
+            buffer = episode.rewards
+            if isinstance(buffer.data, np.ndarray) and not buffer.data.flags.writeable:
+                buffer.data = buffer.data.copy()  # episodes from remote runners are read-only
             rewards = episode.get_rewards()
             episode.set_rewards(new_data=np.asarray(rewards[-1] + score, np.float32), at_indices=-1)
         return raw

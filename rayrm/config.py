@@ -170,6 +170,12 @@ class RewardConfig:
         batch_size: Texts per reward-model forward pass.
         num_cpus_per_actor: CPUs reserved for each reward actor.
         num_gpus_per_actor: GPUs (fractions allowed) reserved for each reward actor.
+        custom_resources_per_actor: Custom Ray resources each reward actor needs (e.g.
+            ``{rayrm_reward: 1}`` to place it on the reward node type of cluster.yaml).
+        pool_name: Score through the SHARED pool of this name (detached named actors in the
+            ``rayrm`` Ray namespace, created on first use) instead of private actors.
+        shared_in_sweeps: ``rayrm tune`` runs one shared pool for all its trials (N
+            concurrent trials do not load N copies of a reward model).
         max_length: Prompt plus completion are truncated to this many reward-model tokens.
         clip: If set, scores are clipped to ``[-clip, clip]`` after normalisation.
         normalize: Whiten scores with a running mean and standard deviation.
@@ -182,6 +188,9 @@ class RewardConfig:
     batch_size: int = _bounded(32, ge=1)
     num_cpus_per_actor: float = _bounded(1.0, ge=0)
     num_gpus_per_actor: float = _bounded(0.0, ge=0)
+    custom_resources_per_actor: dict[str, Any] = field(default_factory=dict)
+    pool_name: str | None = None
+    shared_in_sweeps: bool = True
     max_length: int = _bounded(512, ge=1)
     clip: float | None = _bounded(None, gt=0)
     normalize: bool = False
@@ -243,6 +252,12 @@ class ResourcesConfig:
         num_learners: Remote learners; 0 learns in the trial process, 2 or more use DDP.
         num_cpus_per_learner: CPUs reserved for each learner.
         num_gpus_per_learner: GPUs (fractions allowed) reserved for each learner.
+        placement_strategy: How a trial's bundles (trial process, learners, env runners, reward
+            actors) are placed on nodes: ``PACK`` (fill few nodes), ``SPREAD`` (spread over
+            nodes, e.g. rollouts across machines), or the ``STRICT_`` variants.
+        custom_resources_per_env_runner: Custom Ray resources each env runner needs, e.g.
+            ``{rayrm_rollout: 1}`` to pin rollouts to the rollout node type of cluster.yaml.
+        custom_resources_per_learner: Likewise for learners (e.g. ``{rayrm_learner: 1}``).
     """
 
     num_env_runners: int = _bounded(0, ge=0)
@@ -251,6 +266,9 @@ class ResourcesConfig:
     num_learners: int = _bounded(0, ge=0)
     num_cpus_per_learner: float = _bounded(1.0, ge=0)
     num_gpus_per_learner: float = _bounded(0.0, ge=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    custom_resources_per_env_runner: dict[str, Any] = field(default_factory=dict)
+    custom_resources_per_learner: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -262,12 +280,15 @@ class RunSettings:
         checkpoint_every: Save a checkpoint every this many iterations (and at the end).
         storage_path: Directory under which the run's folder (``name``) is created.
         num_cpus: CPUs for a local Ray started in-process; None uses all of them.
+        max_failures: Times a failed trial (its process died or raised) is restarted from its
+            last checkpoint before the run gives up.
     """
 
     num_iterations: int = _bounded(20, ge=1)
     checkpoint_every: int = _bounded(5, ge=1)
     storage_path: str = "./rayrm_runs"
     num_cpus: int | None = _bounded(None, ge=1)
+    max_failures: int = _bounded(2, ge=0)
 
 
 SAMPLERS = ("grid", "choice", "uniform", "loguniform", "randint")

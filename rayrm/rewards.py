@@ -252,6 +252,10 @@ class RewardFunctionActor:
         return True
 
 
+POOL_NAMESPACE = "rayrm"
+"""Ray namespace of shared (named) reward pools."""
+
+
 class RewardPool:
     """Shards scoring over ``num_actors`` reward actors in fixed-size chunks.
 
@@ -274,6 +278,10 @@ class RewardPool:
         num_gpus_per_actor: float = 0.0,
         max_length: int = 512,
         max_restarts: int = 2,
+        custom_resources: dict[str, float] | None = None,
+        name: str | None = None,
+        namespace: str = POOL_NAMESPACE,
+        max_inflight_per_actor: int = 2,
         local: bool = False,
     ) -> None:
         """Builds the actors and waits until each has loaded.
@@ -289,6 +297,15 @@ class RewardPool:
             max_length: token budget per text (model source only).
             max_restarts: actor restarts after a crash; scoring is idempotent, so the same
                 number of task retries is allowed.
+            custom_resources: extra Ray resources per actor (e.g. ``{"rayrm_reward": 1}``).
+            name: makes the pool SHARED: its actors are detached, named ``{name}-{i}`` in
+                ``namespace``, and reused by every pool built with the same name (e.g. all
+                trials of a sweep), so N trials do not load N copies of a reward model.
+                ``shutdown`` leaves shared actors running; :meth:`kill_shared` stops them.
+            namespace: Ray namespace of a shared pool's actors.
+            max_inflight_per_actor: back-pressure: at most this many chunks per actor are
+                outstanding from this client; further chunks wait for earlier ones instead of
+                piling up on a busy (shared) actor.
             local: build plain in-process instances instead of Ray actors.
 
         Raises:
@@ -309,6 +326,8 @@ class RewardPool:
         self.source = source
         self.batch_size = batch_size
         self.local = local
+        self.shared = name is not None and not local
+        self.max_inflight = max(1, max_inflight_per_actor) * num_actors
         self.num_calls = 0
         if source == "model":
             cls: type = RewardModelActor
@@ -323,10 +342,24 @@ class RewardPool:
         remote_cls = ray.remote(
             num_cpus=num_cpus_per_actor,
             num_gpus=num_gpus_per_actor,
+            resources=custom_resources or None,
             max_restarts=max_restarts,
             max_task_retries=max_restarts,
         )(cls)
-        self.actors = [remote_cls.remote(*args, **kwargs) for _ in range(num_actors)]
+        if self.shared:
+            # Outside any trial's placement group, alive until kill_shared.
+            self.actors = [
+                remote_cls.options(
+                    name=f"{name}-{i}",
+                    namespace=namespace,
+                    lifetime="detached",
+                    get_if_exists=True,
+                    scheduling_strategy="DEFAULT",
+                ).remote(*args, **kwargs)
+                for i in range(num_actors)
+            ]
+        else:
+            self.actors = [remote_cls.remote(*args, **kwargs) for _ in range(num_actors)]
         try:
             ray.get([a.ping.remote() for a in self.actors])
         except ray.exceptions.RayActorError as e:
@@ -360,6 +393,9 @@ class RewardPool:
             lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
             actor = self.actors[i % len(self.actors)]
             chunk = (list(prompts[lo:hi]), list(completions[lo:hi]))
+            if not self.local and i >= self.max_inflight:
+                # Back-pressure: wait until the chunk sent max_inflight chunks ago is done.
+                ray.wait([results[i - self.max_inflight]], num_returns=1)
             results.append(actor.score(*chunk) if self.local else actor.score.remote(*chunk))
             self.num_calls += 1
         chunks = results if self.local else ray.get(results)
@@ -381,11 +417,25 @@ class RewardPool:
         }
 
     def shutdown(self) -> None:
-        """Kills the actors (idempotent); in-process instances are just dropped."""
-        if not self.local:
+        """Kills the actors (idempotent); a shared pool's actors and in-process instances are
+        just dropped."""
+        if not self.local and not self.shared:
             for actor in self.actors:
                 ray.kill(actor)
         self.actors = []
+
+    @staticmethod
+    def kill_shared(name: str, num_actors: int, namespace: str = POOL_NAMESPACE) -> int:
+        """Stops the actors of the shared pool ``name``; returns how many were running."""
+        killed = 0
+        for i in range(num_actors):
+            try:
+                actor = ray.get_actor(f"{name}-{i}", namespace=namespace)
+            except ValueError:
+                continue
+            ray.kill(actor)
+            killed += 1
+        return killed
 
     def __enter__(self) -> RewardPool:
         return self

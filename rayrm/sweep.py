@@ -47,9 +47,17 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
+def shared_pool_name(cfg: RunConfig) -> str | None:
+    """The sweep's shared reward pool (one per experiment), or None when trials keep their own."""
+    if cfg.reward.pool_name is not None:
+        return cfg.reward.pool_name
+    return f"rayrm-reward-{cfg.name}" if cfg.reward.shared_in_sweeps else None
+
+
 def param_space(cfg: RunConfig) -> dict[str, Any]:
     """``{"rayrm": run config}`` with each searched key replaced by its Tune sampler."""
     base = copy.deepcopy(cfg.to_dict())
+    base["reward"]["pool_name"] = shared_pool_name(cfg)
     for key, spec in cfg.tune.search_space.items():
         ((kind, args),) = spec.items()
         _set(base, key, _sampler(kind, args))
@@ -98,9 +106,6 @@ def metric_key(cfg: RunConfig) -> str:
 
 def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
     """Runs (or resumes) the sweep; returns ``(experiment_dir, ResultGrid)``."""
-    from ray import tune
-
-    from rayrm.algorithm import RLHFPPO
 
     exp_dir = experiment_dir(cfg)
     if resume and not exp_dir.exists():
@@ -114,6 +119,44 @@ def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
             key="name",
         )
     init_ray(cfg)
+    pool = _start_shared_pool(cfg)
+    try:
+        return exp_dir, _fit(cfg, exp_dir, resume)
+    finally:
+        if pool is not None:
+            from rayrm.rewards import RewardPool
+
+            RewardPool.kill_shared(pool, cfg.reward.num_actors)
+
+
+def _start_shared_pool(cfg: RunConfig) -> str | None:
+    """Starts (or finds) the sweep's shared reward actors before any trial needs them."""
+    name = shared_pool_name(cfg)
+    if name is None:
+        return None
+    from rayrm.rewards import RewardPool
+
+    r = cfg.reward
+    RewardPool(
+        source=r.source,
+        path=r.path,
+        function=r.function,
+        num_actors=r.num_actors,
+        batch_size=r.batch_size,
+        num_cpus_per_actor=r.num_cpus_per_actor,
+        num_gpus_per_actor=r.num_gpus_per_actor,
+        max_length=r.max_length,
+        custom_resources=dict(r.custom_resources_per_actor),
+        name=name,
+    )
+    return name
+
+
+def _fit(cfg: RunConfig, exp_dir: Path, resume: bool) -> Any:
+    from ray import tune
+
+    from rayrm.algorithm import RLHFPPO
+
     if resume:
         if not tune.Tuner.can_restore(str(exp_dir)):
             raise ConfigError(f"nothing to resume in {exp_dir} (no Tune experiment state)")
@@ -139,10 +182,11 @@ def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
                     checkpoint_frequency=cfg.run.checkpoint_every, checkpoint_at_end=True
                 ),
                 callbacks=[live_line_callback(cfg.run.num_iterations)],
+                failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
                 verbose=0,
             ),
         )
-    return exp_dir, tuner.fit()
+    return tuner.fit()
 
 
 def results_table(cfg: RunConfig, results: Any) -> list[dict[str, Any]]:

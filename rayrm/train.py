@@ -73,7 +73,9 @@ def experiment_dir(cfg: RunConfig) -> Path:
     return Path(cfg.run.storage_path) / cfg.name
 
 
-def run_train(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, dict[str, Any]]:
+def run_train(
+    cfg: RunConfig, *, resume: bool = False, callbacks: list[Any] | None = None
+) -> tuple[Path, dict[str, Any]]:
     """Runs (or resumes) ``cfg`` as a one-trial Tune experiment.
 
     Returns:
@@ -114,7 +116,8 @@ def run_train(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, dict[str, 
                 checkpoint_config=tune.CheckpointConfig(
                     checkpoint_frequency=cfg.run.checkpoint_every, checkpoint_at_end=True
                 ),
-                callbacks=[live_line_callback(cfg.run.num_iterations)],
+                callbacks=[live_line_callback(cfg.run.num_iterations), *(callbacks or [])],
+                failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
                 verbose=0,
             ),
         )

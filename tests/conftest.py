@@ -13,6 +13,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 REPO = Path(__file__).resolve().parent.parent
+PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
+"""For Ray workers: the repo and the test modules (reward functions defined in tests)."""
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +47,7 @@ def ray_local():
         num_cpus=4,
         include_dashboard=False,
         _temp_dir=temp_dir,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}},
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": PYTHONPATH}},
     )
     yield ray
     ray.shutdown()
