@@ -215,6 +215,7 @@ class RLHFPPO(PPO):
             name=r.pool_name,
         )
         self.rollout_node_ids: list[str] = []
+        self._setup_eval()
 
     def cleanup(self) -> None:
         pool = getattr(self, "reward_pool", None)
@@ -222,8 +223,59 @@ class RLHFPPO(PPO):
             pool.shutdown()
         super().cleanup()
 
+    # ------------------------------------------------------------------ evaluation
+    def _setup_eval(self) -> None:
+        from transformers import AutoTokenizer
+
+        from envs.prompts import load_prompts
+        from rayrm.rewards import resolve_function
+
+        e = self.rlhf.eval
+        self.tokenizer = AutoTokenizer.from_pretrained(self.rlhf.model.resolved_tokenizer_path)
+        path = e.prompts or self.rlhf.data.prompts
+        self.eval_prompts = load_prompts(path, self.rlhf.data.prompt_column)[: e.num_prompts]
+        self.gold_fn = resolve_function(e.gold_function) if e.gold_function else None
+
+    def sample_texts(self, prompts: list[str], *, greedy: bool = False, seed: int = 0) -> list[str]:
+        """One completion per prompt from the current policy (the synced local copy)."""
+        from rayrm.export import sample_completions
+
+        g = self.rlhf.generation
+        return sample_completions(
+            self.env_runner.module.lm,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=g.max_new_tokens,
+            max_prompt_tokens=self.rlhf.data.max_prompt_tokens,
+            temperature=g.temperature,
+            top_k=g.top_k,
+            top_p=g.top_p,
+            greedy=greedy,
+            seed=seed,
+        )
+
+    def evaluate(self) -> dict[str, float]:
+        """Proxy (the run's reward source) and gold scores on the held-out prompts."""
+        prompts = self.eval_prompts
+        completions = self.sample_texts(prompts, seed=self.rlhf.seed)
+        proxy = self.reward_pool.score(prompts, completions)
+        out = {
+            M.EVAL_UPDATES: float(self.iteration),
+            M.EVAL_PROXY_MEAN: float(proxy.mean()),
+            M.EVAL_PROXY_STD: float(proxy.std()),
+        }
+        if self.gold_fn is not None:
+            gold = np.asarray(self.gold_fn(prompts, completions), dtype=np.float64)
+            out[M.EVAL_GOLD_MEAN], out[M.EVAL_GOLD_STD] = float(gold.mean()), float(gold.std())
+        return out
+
     # ------------------------------------------------------------------ training step
     def training_step(self) -> None:
+        every = self.rlhf.eval.every
+        if every and self.iteration % every == 0:
+            # The policy after `self.iteration` updates, before this iteration's.
+            for key, value in self.evaluate().items():
+                self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
         t_start = time.perf_counter()
         episodes, env_runner_results = synchronous_parallel_sample(
             worker_set=self.env_runner_group,

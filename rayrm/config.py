@@ -291,6 +291,33 @@ class RunSettings:
     max_failures: int = _bounded(2, ge=0)
 
 
+@dataclass(kw_only=True)
+class EvalSettings:
+    """Held-out evaluation: proxy reward next to an independent gold scorer, and the report.
+
+    Reward models can be over-optimised (Gao et al. 2022, https://arxiv.org/abs/2210.10760):
+    the proxy keeps rising while the true quality falls. Every ``every`` iterations the policy
+    samples one completion per held-out prompt; both the proxy (the run's reward source) and the
+    gold scorer score them, so the two curves parting shows over-optimisation.
+
+    Attributes:
+        prompts: Held-out prompts file (.parquet/.jsonl/.json); None uses ``data.prompts``.
+        num_prompts: Held-out prompts used per evaluation (the first ones of the file).
+        every: Evaluate every this many iterations (0 = never).
+        gold_function: ``"module:function"`` gold scorer with the reward-function signature,
+            run in the trial process; None reports the proxy alone.
+        report: Write ``report.md`` and plots into the run folder at the end of ``rayrm train``.
+        report_samples: Prompts in the report's before/after completion table.
+    """
+
+    prompts: str | None = None
+    num_prompts: int = _bounded(32, ge=1)
+    every: int = _bounded(5, ge=0)
+    gold_function: str | None = None
+    report: bool = True
+    report_samples: int = _bounded(6, ge=0)
+
+
 SAMPLERS = ("grid", "choice", "uniform", "loguniform", "randint")
 """Search-space kinds for ``tune.search_space`` entries (Ray Tune's samplers of those names)."""
 
@@ -342,6 +369,7 @@ class RunConfig:
         resources: See :class:`ResourcesConfig`.
         run: See :class:`RunSettings`.
         tune: See :class:`TuneSettings`.
+        eval: See :class:`EvalSettings`.
     """
 
     name: str = "rayrm"
@@ -354,6 +382,7 @@ class RunConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     run: RunSettings = field(default_factory=RunSettings)
     tune: TuneSettings = field(default_factory=TuneSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
 
     @property
     def envs_per_env_runner(self) -> int:
@@ -518,6 +547,17 @@ def _check_relations(cfg: RunConfig) -> None:
             f"reward.function must look like 'module:function', e.g. "
             f"'envs.builtin:vowel_reward' (got {reward.function!r})",
             key="reward.function",
+        )
+    gold = cfg.eval.gold_function
+    if gold is not None and not _FUNCTION_RE.match(gold):
+        raise ConfigError(
+            f"eval.gold_function must look like 'module:function' (got {gold!r})",
+            key="eval.gold_function",
+        )
+    if cfg.eval.prompts is not None and not cfg.eval.prompts.endswith(PROMPT_SUFFIXES):
+        raise ConfigError(
+            f"eval.prompts {cfg.eval.prompts!r} must end with one of {', '.join(PROMPT_SUFFIXES)}",
+            key="eval.prompts",
         )
     if ppo.batch_size % max(1, res.num_env_runners):
         raise ConfigError(
@@ -790,6 +830,7 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
         data=dataclasses.replace(data, prompts=_absolute(data.prompts)),
         reward=dataclasses.replace(reward, path=_absolute_or_none(reward.path)),
         run=dataclasses.replace(run, storage_path=_absolute(run.storage_path)),
+        eval=dataclasses.replace(cfg.eval, prompts=_absolute_or_none(cfg.eval.prompts)),
     )
 
 
@@ -800,9 +841,8 @@ def _check_dir(key: str, path: str, what: str) -> None:
         raise ConfigError(f"{key} {path!r} is not a directory ({what})", key=key)
 
 
-def _check_function(spec: str) -> None:
+def _check_function(spec: str, key: str = "reward.function") -> None:
     """Imports ``module:function`` and checks the attribute is callable."""
-    key = "reward.function"
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -850,6 +890,11 @@ def validate_paths(cfg: RunConfig) -> None:
         _check_dir("reward.path", reward.path, "the reward-model directory")
     if reward.source == "function" and reward.function is not None:
         _check_function(reward.function)
+
+    if cfg.eval.prompts is not None and not os.path.isfile(cfg.eval.prompts):
+        raise ConfigError(f"eval.prompts {cfg.eval.prompts!r} is not a file", key="eval.prompts")
+    if cfg.eval.gold_function is not None:
+        _check_function(cfg.eval.gold_function, key="eval.gold_function")
 
     storage = cfg.run.storage_path
     if os.path.exists(storage) and not os.path.isdir(storage):

@@ -170,4 +170,9 @@ def main_train(config_path: str, overrides: list[str], resume: bool) -> int:
         f"{r.get(M.REWARD_MEAN, float('nan')):+.3f}; run folder {exp_dir}",
         file=sys.stdout,
     )
+    if cfg.eval.report:
+        from rayrm.report import write_report
+
+        report, headline = write_report(cfg, exp_dir)
+        print("\n".join(headline) + f"\nreport: {report}", flush=True)
     return 0

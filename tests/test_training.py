@@ -181,11 +181,24 @@ def test_train_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, tmp_
         ppo={"batch_size": 32},
         run={"num_iterations": 40, "checkpoint_every": 20},
     )
-    assert main(["train", str(path), "--set", f"seed={seed}"]) == 0
-    rewards = [r[M.RLHF_RESULTS][M.REWARD_MEAN] for r in _results(tmp_path / "test")]
+    gold = "envs.builtin:vowel_reward"  # the rule itself: a gold scorer with a known answer
+    assert (
+        main(["train", str(path), "--set", f"seed={seed}", "--set", f"eval.gold_function={gold}"])
+        == 0
+    )
+    results = _results(tmp_path / "test")
+    rewards = [r[M.RLHF_RESULTS][M.REWARD_MEAN] for r in results]
     assert len(rewards) == 40
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     assert last > first + 0.1, (first, last)
+    # Held-out evaluations every 5 updates; the gold curve rises with the proxy here.
+    gold_curve = [r[M.RLHF_RESULTS][M.EVAL_GOLD_MEAN] for r in results[::5]]
+    assert len(gold_curve) == 8 and gold_curve[-1] > gold_curve[0]
+    report = tmp_path / "test" / "report.md"
+    text = report.read_text()
+    assert "held-out GOLD" in text and "| prompt | before |" in text
+    for png in ("reward.png", "heldout.png", "kl.png", "length.png"):
+        assert (tmp_path / "test" / png).stat().st_size > 1000
 
 
 def _rayrm(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -1,0 +1,219 @@
+"""The per-run report: ``report.md`` plus PNG plots in the run folder, and a terminal headline.
+
+What belongs here: reading a finished run's results, plotting the curves that tell whether
+RLHF worked (training reward, held-out proxy vs gold, KL, response length), and a table of
+completions for the same prompts before and after training, scored by proxy and gold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayrm import metrics as M
+from rayrm.config import RunConfig
+
+REPORT_FILE = "report.md"
+
+
+def load_results(exp_dir: Path) -> list[dict[str, Any]]:
+    """Results of the run's (single) trial, one dict per iteration, last write wins."""
+    files = sorted(Path(exp_dir).glob("*/result.json"))
+    if not files:
+        raise FileNotFoundError(f"no result.json under {exp_dir}")
+    by_iteration: dict[int, dict[str, Any]] = {}
+    for line in files[-1].read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            by_iteration[int(r["training_iteration"])] = r
+    return [by_iteration[i] for i in sorted(by_iteration)]
+
+
+def _series(results: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in results:
+        value = r.get(M.RLHF_RESULTS, {}).get(key)
+        if value is not None and math.isfinite(value):
+            xs.append(int(r["training_iteration"]))
+            ys.append(float(value))
+    return xs, ys
+
+
+def _eval_points(results: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """Held-out evaluations, one point per evaluated policy (x = updates done before it)."""
+    points: dict[int, float] = {}
+    for r in results:
+        stats = r.get(M.RLHF_RESULTS, {})
+        x, y = stats.get(M.EVAL_UPDATES, math.nan), stats.get(key, math.nan)
+        if math.isfinite(x) and math.isfinite(y):  # NaN on iterations without an evaluation
+            points[int(x)] = float(y)
+    xs = sorted(points)
+    return xs, [points[x] for x in xs]
+
+
+def _plot(path: Path, title: str, curves: list[tuple[str, list[int], list[float]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, xs, ys in curves:
+        if xs:
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=label)
+    ax.set_title(title)
+    ax.set_xlabel("iteration (PPO updates)")
+    ax.grid(alpha=0.3)
+    if any(xs for _, xs, _ in curves):
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _score(cfg: RunConfig, prompts: list[str], completions: list[str]) -> dict[str, np.ndarray]:
+    from rayrm.rewards import RewardPool, resolve_function
+
+    r = cfg.reward
+    pool = RewardPool(
+        source=r.source, path=r.path, function=r.function, max_length=r.max_length, local=True
+    )
+    out = {"proxy": pool.score(prompts, completions)}
+    if cfg.eval.gold_function:
+        gold = resolve_function(cfg.eval.gold_function)(prompts, completions)
+        out["gold"] = np.asarray(gold, dtype=np.float64)
+    return out
+
+
+def _before_after(cfg: RunConfig, exp_dir: Path) -> dict[str, Any]:
+    """Completions of the initial and the final policy for the same held-out prompts."""
+    from envs.prompts import load_prompts
+    from rayrm.export import load_policy, sample_completions
+    from rayrm.policy import load_causal_lm
+
+    final, tokenizer, _, _ = load_policy(exp_dir)
+    initial = load_causal_lm(cfg.model.path, cfg.model.dtype)
+    prompts = load_prompts(cfg.eval.prompts or cfg.data.prompts, cfg.data.prompt_column)
+    prompts = prompts[: cfg.eval.num_prompts]
+    g = cfg.generation
+    kwargs = dict(
+        max_new_tokens=g.max_new_tokens,
+        max_prompt_tokens=cfg.data.max_prompt_tokens,
+        temperature=g.temperature,
+        top_k=g.top_k,
+        top_p=g.top_p,
+        seed=cfg.seed,
+    )
+    before = sample_completions(initial, tokenizer, prompts, **kwargs)
+    after = sample_completions(final, tokenizer, prompts, **kwargs)
+    return {
+        "prompts": prompts,
+        "before": before,
+        "after": after,
+        "before_scores": _score(cfg, prompts, before),
+        "after_scores": _score(cfg, prompts, after),
+    }
+
+
+def _fmt(values: np.ndarray) -> str:
+    return f"{values.mean():+.3f} ± {values.std():.3f}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ") or "∅"
+
+
+def write_report(cfg: RunConfig, exp_dir: str | Path) -> tuple[Path, list[str]]:
+    """Writes ``report.md`` and plots into ``exp_dir``.
+
+    Returns:
+        ``(report_path, headline_lines)``.
+    """
+    exp_dir = Path(exp_dir)
+    results = load_results(exp_dir)
+    plots = {
+        "reward.png": (
+            "training reward (batch mean)",
+            [("proxy", *_series(results, M.REWARD_MEAN))],
+        ),
+        "heldout.png": (
+            "held-out: proxy vs gold",
+            [
+                ("proxy", *_eval_points(results, M.EVAL_PROXY_MEAN)),
+                ("gold", *_eval_points(results, M.EVAL_GOLD_MEAN)),
+            ],
+        ),
+        "kl.png": (
+            "KL to the reference (per sequence)",
+            [("KL", *_series(results, M.KL_SEQUENCE))],
+        ),
+        "length.png": (
+            "response length (tokens)",
+            [("length", *_series(results, M.ROLLOUT_LENGTH))],
+        ),
+    }
+    for name, (title, curves) in plots.items():
+        _plot(exp_dir / name, title, curves)
+
+    ba = _before_after(cfg, exp_dir)
+    _, rewards = _series(results, M.REWARD_MEAN)
+    _, kls = _series(results, M.KL_SEQUENCE)
+    _, lengths = _series(results, M.ROLLOUT_LENGTH)
+    n = len(ba["prompts"])
+    headline = [
+        f"training reward (batch mean): {rewards[0]:+.3f} -> {rewards[-1]:+.3f} "
+        f"over {len(results)} iterations",
+        f"held-out proxy, {n} completions: before {_fmt(ba['before_scores']['proxy'])}, "
+        f"after {_fmt(ba['after_scores']['proxy'])}",
+    ]
+    if "gold" in ba["after_scores"]:
+        headline.append(
+            f"held-out GOLD, {n} completions: before {_fmt(ba['before_scores']['gold'])}, "
+            f"after {_fmt(ba['after_scores']['gold'])}"
+        )
+    headline.append(
+        f"KL per sequence (last): {kls[-1]:.3f}; response length: "
+        f"{lengths[0]:.1f} -> {lengths[-1]:.1f} tokens"
+    )
+
+    lines = [
+        f"# rayrm report: {cfg.name}",
+        "",
+        f"Run folder: `{exp_dir}`. Policy: `{cfg.model.path}`. Reward: {cfg.reward.source} "
+        f"(`{cfg.reward.path or cfg.reward.function}`). Gold scorer: "
+        f"`{cfg.eval.gold_function or 'none'}`.",
+        "",
+        "## Headline",
+        "",
+        *[f"- {h}" for h in headline],
+        "",
+        "Before = the initial policy, after = the final checkpoint; same held-out prompts, same "
+        "sampling seed; mean ± std over the sampled completions.",
+        "",
+        "## Curves",
+        "",
+        *[f"![{title}]({name})" for name, (title, _) in plots.items()],
+        "",
+        "## Completions before and after training",
+        "",
+    ]
+    has_gold = "gold" in ba["after_scores"]
+    scores = ["proxy", "gold"] if has_gold else ["proxy"]
+    columns = ["prompt", "before", *scores, "after", *scores]
+    lines += ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for i in range(min(cfg.eval.report_samples, n)):
+        row = [_cell(ba["prompts"][i]), _cell(ba["before"][i])]
+        row.append(f"{ba['before_scores']['proxy'][i]:+.3f}")
+        if has_gold:
+            row.append(f"{ba['before_scores']['gold'][i]:+.3f}")
+        row += [_cell(ba["after"][i]), f"{ba['after_scores']['proxy'][i]:+.3f}"]
+        if has_gold:
+            row.append(f"{ba['after_scores']['gold'][i]:+.3f}")
+        lines.append("| " + " | ".join(row) + " |")
+    path = exp_dir / REPORT_FILE
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, headline
