@@ -41,7 +41,8 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch
 
 def whiten(values: np.ndarray, *, eps: float = 1e-8) -> np.ndarray:
     """Zero-mean, unit-std normalisation (used for advantages, as in PPO implementations)."""
-    return (values - values.mean()) / (values.std() + eps)
+    out: np.ndarray = (values - values.mean()) / (values.std() + eps)
+    return out
 
 
 def kl_penalty_rewards(
