@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rayrm import metrics as M
-from rayrm.config import ConfigError, RunConfig
-from rayrm.train import experiment_dir, init_ray, live_line_callback
+from rayrm.config import RunConfig
+from rayrm.train import check_experiment_dir, init_ray, make_tuner
 
 BEST_POLICY_DIR = "best_policy"
 
@@ -106,22 +106,26 @@ def metric_key(cfg: RunConfig) -> str:
 
 def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
     """Runs (or resumes) the sweep; returns ``(experiment_dir, ResultGrid)``."""
+    from ray import tune
 
-    exp_dir = experiment_dir(cfg)
-    if resume and not exp_dir.exists():
-        raise ConfigError(
-            f"nothing to resume: no sweep folder at {exp_dir}", key="run.storage_path"
-        )
-    if not resume and exp_dir.exists() and any(exp_dir.iterdir()):
-        raise ConfigError(
-            f"sweep folder {exp_dir} already holds a run: pass --resume to continue it, "
-            "or choose another name",
-            key="name",
-        )
+    exp_dir = check_experiment_dir(cfg, resume)
     init_ray(cfg)
     pool = _start_shared_pool(cfg)
     try:
-        return exp_dir, _fit(cfg, exp_dir, resume)
+        tuner = make_tuner(
+            cfg,
+            exp_dir,
+            resume=resume,
+            param_space=param_space(cfg),
+            tune_config=tune.TuneConfig(
+                metric=metric_key(cfg),
+                mode=cfg.tune.mode,
+                scheduler=make_scheduler(cfg),
+                num_samples=cfg.tune.num_samples,
+                max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            ),
+        )
+        return exp_dir, tuner.fit()
     finally:
         if pool is not None:
             from rayrm.rewards import RewardPool
@@ -150,43 +154,6 @@ def _start_shared_pool(cfg: RunConfig) -> str | None:
         name=name,
     )
     return name
-
-
-def _fit(cfg: RunConfig, exp_dir: Path, resume: bool) -> Any:
-    from ray import tune
-
-    from rayrm.algorithm import RLHFPPO
-
-    if resume:
-        if not tune.Tuner.can_restore(str(exp_dir)):
-            raise ConfigError(f"nothing to resume in {exp_dir} (no Tune experiment state)")
-        tuner = tune.Tuner.restore(
-            str(exp_dir), trainable=RLHFPPO, resume_unfinished=True, resume_errored=True
-        )
-    else:
-        tuner = tune.Tuner(
-            RLHFPPO,
-            param_space=param_space(cfg),
-            tune_config=tune.TuneConfig(
-                metric=metric_key(cfg),
-                mode=cfg.tune.mode,
-                scheduler=make_scheduler(cfg),
-                num_samples=cfg.tune.num_samples,
-                max_concurrent_trials=cfg.tune.max_concurrent_trials,
-            ),
-            run_config=tune.RunConfig(
-                name=cfg.name,
-                storage_path=cfg.run.storage_path,
-                stop={"training_iteration": cfg.run.num_iterations},
-                checkpoint_config=tune.CheckpointConfig(
-                    checkpoint_frequency=cfg.run.checkpoint_every, checkpoint_at_end=True
-                ),
-                callbacks=[live_line_callback(cfg.run.num_iterations)],
-                failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
-                verbose=0,
-            ),
-        )
-    return tuner.fit()
 
 
 def results_table(cfg: RunConfig, results: Any) -> list[dict[str, Any]]:

@@ -73,6 +73,58 @@ def experiment_dir(cfg: RunConfig) -> Path:
     return Path(cfg.run.storage_path) / cfg.name
 
 
+def check_experiment_dir(cfg: RunConfig, resume: bool) -> Path:
+    """The run folder, refusing to overwrite a run or to resume a missing one (no data lost)."""
+    exp_dir = experiment_dir(cfg)
+    if resume and not exp_dir.exists():
+        raise ConfigError(f"nothing to resume: no run folder at {exp_dir}", key="run.storage_path")
+    if not resume and exp_dir.exists() and any(exp_dir.iterdir()):
+        raise ConfigError(
+            f"run folder {exp_dir} already holds a run: pass --resume to continue it, "
+            "or choose another name",
+            key="name",
+        )
+    return exp_dir
+
+
+def make_tuner(
+    cfg: RunConfig,
+    exp_dir: Path,
+    *,
+    resume: bool,
+    param_space: dict[str, Any],
+    tune_config: Any = None,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """A Tuner over ``RLHFPPO`` (restored from ``exp_dir`` when resuming)."""
+    from ray import tune
+
+    from rayrm.algorithm import RLHFPPO
+
+    if resume:
+        if not tune.Tuner.can_restore(str(exp_dir)):
+            raise ConfigError(f"nothing to resume in {exp_dir} (no Tune experiment state)")
+        return tune.Tuner.restore(
+            str(exp_dir), trainable=RLHFPPO, resume_unfinished=True, resume_errored=True
+        )
+    return tune.Tuner(
+        RLHFPPO,
+        param_space=param_space,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.run.storage_path,
+            stop={"training_iteration": cfg.run.num_iterations},
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=cfg.run.checkpoint_every, checkpoint_at_end=True
+            ),
+            callbacks=[live_line_callback(cfg.run.num_iterations), *(callbacks or [])],
+            failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
+            verbose=0,
+        ),
+    )
+
+
 def run_train(
     cfg: RunConfig, *, resume: bool = False, callbacks: list[Any] | None = None
 ) -> tuple[Path, dict[str, Any]]:
@@ -85,47 +137,16 @@ def run_train(
         ConfigError: the run folder exists without ``resume``, or is missing with it.
         TrainingFailed: the trial errored.
     """
-    from ray import tune
-
-    from rayrm.algorithm import RLHFPPO
-
-    exp_dir = experiment_dir(cfg)
-    if resume and not exp_dir.exists():
-        raise ConfigError(f"nothing to resume: no run folder at {exp_dir}", key="run.storage_path")
-    if not resume and exp_dir.exists() and any(exp_dir.iterdir()):
-        raise ConfigError(
-            f"run folder {exp_dir} already holds a run: pass --resume to continue it, "
-            "or choose another name",
-            key="name",
-        )
+    exp_dir = check_experiment_dir(cfg, resume)
     init_ray(cfg)
-    if resume:
-        if not tune.Tuner.can_restore(str(exp_dir)):
-            raise ConfigError(f"nothing to resume in {exp_dir} (no Tune experiment state)")
-        tuner = tune.Tuner.restore(
-            str(exp_dir), trainable=RLHFPPO, resume_unfinished=True, resume_errored=True
-        )
-    else:
-        tuner = tune.Tuner(
-            RLHFPPO,
-            param_space={"rayrm": cfg.to_dict()},  # RLHFConfig.update_from_dict derives the rest
-            run_config=tune.RunConfig(
-                name=cfg.name,
-                storage_path=cfg.run.storage_path,
-                stop={"training_iteration": cfg.run.num_iterations},
-                checkpoint_config=tune.CheckpointConfig(
-                    checkpoint_frequency=cfg.run.checkpoint_every, checkpoint_at_end=True
-                ),
-                callbacks=[live_line_callback(cfg.run.num_iterations), *(callbacks or [])],
-                failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
-                verbose=0,
-            ),
-        )
+    # RLHFConfig.update_from_dict derives the whole RLlib config from the run config.
+    tuner = make_tuner(
+        cfg, exp_dir, resume=resume, param_space={"rayrm": cfg.to_dict()}, callbacks=callbacks
+    )
     results = tuner.fit()
     if results.errors:
         raise TrainingFailed(f"training failed: {results.errors[0]!s:.2000}")
-    best = results[0]
-    return exp_dir, dict(best.metrics or {})
+    return exp_dir, dict(results[0].metrics or {})
 
 
 def find_checkpoint(path: str | Path) -> Path:
