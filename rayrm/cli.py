@@ -1,4 +1,4 @@
-"""The ``rayrm`` command line: train, tune, quickstart, generate, export.
+"""The ``rayrm`` command line: train, tune, quickstart, sft, train-rm, data, generate, export.
 
 User mistakes (bad config, missing paths, nothing to resume) exit with code 2 and one line on
 stderr naming the key or file; everything else is a real error and keeps its traceback.
@@ -56,6 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--iterations", type=int, default=60)
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    from rayrm import data_tools, reward_training, sft
+
+    sft.add_arguments(sub.add_parser("sft", help="supervised fine-tuning on Ray Train"))
+    reward_training.add_arguments(
+        sub.add_parser("train-rm", help="reward-model training on preference pairs (Ray Train)")
+    )
+    data = sub.add_parser("data", help="inspect datasets, build preference pairs")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    data_tools.add_inspect_arguments(dsub.add_parser("inspect", help="rows, columns, lengths"))
+    data_tools.add_pairs_arguments(
+        dsub.add_parser("pairs", help="sample two completions per prompt, label with a judge")
+    )
+
     g = sub.add_parser("generate", help="sample from a trained policy")
     g.add_argument("run", help="run folder, trial folder or checkpoint")
     g.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
@@ -90,6 +103,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"quickstart workspace: {path.parent} (config: {path})", flush=True)
             resume = (path.parent / "runs" / "quickstart").exists()
             return main_train(str(path), args.overrides, resume)
+        if args.command == "sft":
+            from rayrm import sft
+
+            return sft.main(args)
+        if args.command == "train-rm":
+            from rayrm import reward_training
+
+            return reward_training.main(args)
+        if args.command == "data":
+            from rayrm import data_tools
+
+            if args.data_command == "inspect":
+                return data_tools.inspect_main(args)
+            return data_tools.pairs_main(args)
         if args.command == "generate":
             from rayrm.export import generate
 
