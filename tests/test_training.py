@@ -180,6 +180,7 @@ def test_train_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, tmp_
         tmp_path,
         ppo={"batch_size": 32},
         run={"num_iterations": 40, "checkpoint_every": 20},
+        eval={"every": 5, "report": True},
     )
     gold = "envs.builtin:vowel_reward"  # the rule itself: a gold scorer with a known answer
     assert (
