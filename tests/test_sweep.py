@@ -82,7 +82,7 @@ def test_pbt_sweep_runs(ray_local, tiny_policy_dir, prompts_file, tmp_path):
         tmp_path,
         search_space={"ppo.lr": {"loguniform": [1e-4, 1e-3]}},
         scheduler="pbt",
-        perturbation_interval=1,
+        perturbation_interval=2,  # one exploit/explore step in 3 iterations
         num_samples=2,
     )
     _, results = run_tune(cfg)
