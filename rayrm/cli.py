@@ -56,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--iterations", type=int, default=60)
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    from rayrm import data_tools, reward_training, sft
+    from rayrm import data_tools, demo, reward_training, sft
+
+    demo.add_arguments(
+        sub.add_parser("demo", help="the three RLHF stages end to end, offline on CPU (minutes)")
+    )
 
     sft.add_arguments(sub.add_parser("sft", help="supervised fine-tuning on Ray Train"))
     reward_training.add_arguments(
@@ -103,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"quickstart workspace: {path.parent} (config: {path})", flush=True)
             resume = (path.parent / "runs" / "quickstart").exists()
             return main_train(str(path), args.overrides, resume)
+        if args.command == "demo":
+            from rayrm import demo
+
+            return demo.main(args)
         if args.command == "sft":
             from rayrm import sft
 
