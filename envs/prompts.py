@@ -40,6 +40,40 @@ def load_prompts(path: str | os.PathLike[str], column: str = "prompt") -> list[s
         ValueError: If the suffix is unsupported, the file cannot be parsed, the column is
             missing, the dataset has no rows, or a value is not a string (nulls included).
     """
+    return load_prompts_with_references(path, column, None)[0]
+
+
+def load_prompts_with_references(
+    path: str | os.PathLike[str], column: str = "prompt", reference_column: str | None = "reference"
+) -> tuple[list[str], list[str] | None]:
+    """Reads the prompts and, when the file has one, the reference column (one file read).
+
+    Reference-based rewards (chrF, BLEU) compare each completion with its prompt's reference
+    text, row by row.
+
+    Args:
+        path, column: As :func:`load_prompts`.
+        reference_column: Column holding one reference text per prompt; None skips it.
+
+    Returns:
+        ``(prompts, references)``; ``references`` is None when the file has no such column.
+
+    Raises:
+        FileNotFoundError, ValueError: As :func:`load_prompts`, for either column.
+    """
+    table = _read_table(path)
+    if column not in table.column_names:
+        raise ValueError(
+            f"prompts file {path} has no column {column!r}; columns present: {table.column_names}"
+        )
+    prompts = _string_column(table, path, column)
+    if reference_column is None or reference_column not in table.column_names:
+        return prompts, None
+    return prompts, _string_column(table, path, reference_column)
+
+
+def _read_table(path: str | os.PathLike[str]) -> pa.Table:
+    """The dataset file as an Arrow table (reader chosen by suffix), with at least one row."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
@@ -53,12 +87,13 @@ def load_prompts(path: str | os.PathLike[str], column: str = "prompt") -> list[s
             f"prompts file {path} has unsupported extension {suffix!r}; "
             f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
         )
-    if column not in table.column_names:
-        raise ValueError(
-            f"prompts file {path} has no column {column!r}; columns present: {table.column_names}"
-        )
     if table.num_rows == 0:
         raise ValueError(f"prompts file {path} has no rows")
+    return table
+
+
+def _string_column(table: pa.Table, path: str | os.PathLike[str], column: str) -> list[str]:
+    """The column's values, each checked to be a string (nulls included)."""
     values: list[str] = table.column(column).to_pylist()
     for row, value in enumerate(values):
         if not isinstance(value, str):

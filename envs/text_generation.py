@@ -19,7 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
-from envs.prompts import load_prompts
+from envs.prompts import load_prompts_with_references
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -58,6 +58,9 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         prompts: ``None`` for ``BUILTIN_PROMPTS``, a ``.parquet``/``.jsonl`` path for
             ``load_prompts``, or a list of prompt strings.
         prompt_column: Column holding the prompts when ``prompts`` is a path.
+        reference_column: Column holding one reference text per prompt (for reference-based
+            rewards such as chrF) when ``prompts`` is a path; used only if the file has it.
+            Each episode's reference is then in ``info["reference"]`` (reset and every step).
         reward_fn: ``"builtin"`` (``vowel_reward``), a ``"module:function"`` string, a callable
             with the batched reward signature, or ``None`` for a deferred reward.
         max_prompt_tokens: Prompts longer than this keep their last ``max_prompt_tokens``
@@ -80,6 +83,7 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None = None,
         prompts: str | os.PathLike[str] | Sequence[str] | None = None,
         prompt_column: str = "prompt",
+        reference_column: str | None = "reference",
         reward_fn: RewardFn | str | None = "builtin",
         max_prompt_tokens: int = 32,
         max_new_tokens: int = 16,
@@ -105,7 +109,9 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         self.eos_token_id = int(self.tokenizer.eos_token_id)
         pad_token_id = self.tokenizer.pad_token_id
         self.pad_token_id = self.eos_token_id if pad_token_id is None else int(pad_token_id)
-        self.prompts = resolve_prompts(prompts, prompt_column)
+        self.prompts, self.references = resolve_prompts_and_references(
+            prompts, prompt_column, reference_column
+        )
         self.reward_fn = resolve_reward_fn(reward_fn)
         self.reward_deferred = self.reward_fn is None
 
@@ -136,6 +142,7 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         self._generated: list[int] = []
         self._prompt = ""
         self._prompt_index = -1
+        self._reference: str | None = None
         self._completion = ""
         self._has_reset = False
         self._episode_over = False
@@ -147,14 +154,20 @@ class TextGenerationEnv(gym.Env[Observation, int]):
 
         Args:
             seed: Seeds ``self.np_random``, which picks the prompts.
-            options: Optional ``{"prompt": text}`` (any string; ``prompt_index`` is then -1) or
-                ``{"prompt_index": i}`` (an index into ``self.prompts``), not both.
+            options: Optional ``{"prompt": text}`` (any string; ``prompt_index`` is then -1;
+                an optional ``"reference"`` text goes with it) or ``{"prompt_index": i}`` (an
+                index into ``self.prompts``), not both.
 
         Returns:
-            The observation and ``{"prompt": text, "prompt_index": int}``.
+            The observation and ``{"prompt": text, "prompt_index": int}``, plus ``"reference"``
+            when the prompt has one.
         """
         super().reset(seed=seed)
-        self._prompt, self._prompt_index = self._choose_prompt(options or {})
+        options = options or {}
+        self._prompt, self._prompt_index = self._choose_prompt(options)
+        self._reference = options.get("reference")
+        if self._reference is None and self.references is not None and self._prompt_index >= 0:
+            self._reference = self.references[self._prompt_index]
         prompt_ids = self.tokenizer.encode(self._prompt, add_special_tokens=False)
         prompt_ids = prompt_ids[-self.max_prompt_tokens :]
         if not prompt_ids:
@@ -167,7 +180,10 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         self._completion = ""
         self._has_reset = True
         self._episode_over = False
-        return self._observation(), {"prompt": self._prompt, "prompt_index": self._prompt_index}
+        info: dict[str, Any] = {"prompt": self._prompt, "prompt_index": self._prompt_index}
+        if self._reference is not None:
+            info["reference"] = self._reference
+        return self._observation(), info
 
     def step(self, action: int) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
         """Appends one token; pays the sequence reward if this token ends the completion.
@@ -178,7 +194,8 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         Returns:
             ``(obs, reward, terminated, truncated, info)``; ``info`` holds ``prompt``,
             ``completion`` (generated text without EOS, special tokens skipped) and
-            ``num_generated``, plus ``reward_deferred`` on the last step.
+            ``num_generated``, plus ``reward_deferred`` on the last step and ``reference``
+            when the prompt has one.
 
         Raises:
             RuntimeError: If called before ``reset`` or after the episode ended.
@@ -214,6 +231,8 @@ class TextGenerationEnv(gym.Env[Observation, int]):
             "completion": self._completion,
             "num_generated": len(self._generated),
         }
+        if self._reference is not None:
+            info["reference"] = self._reference
         reward = 0.0
         if self._episode_over:
             info["reward_deferred"] = self.reward_deferred
@@ -275,7 +294,7 @@ def resolve_prompts(
     if prompts is None:
         return list(BUILTIN_PROMPTS)
     if isinstance(prompts, str | os.PathLike):
-        return load_prompts(prompts, column)
+        return load_prompts_with_references(prompts, column, None)[0]
     prompts = list(prompts)
     if not prompts:
         raise ValueError("prompts is an empty list; give at least one prompt")
@@ -283,6 +302,17 @@ def resolve_prompts(
         if not isinstance(prompt, str):
             raise ValueError(f"prompts[{i}] must be a string, got {type(prompt).__name__}")
     return prompts
+
+
+def resolve_prompts_and_references(
+    prompts: str | os.PathLike[str] | Sequence[str] | None,
+    column: str = "prompt",
+    reference_column: str | None = "reference",
+) -> tuple[list[str], list[str] | None]:
+    """``resolve_prompts`` plus the file's reference column (None if absent or not a file)."""
+    if isinstance(prompts, str | os.PathLike):
+        return load_prompts_with_references(prompts, column, reference_column)
+    return resolve_prompts(prompts, column), None
 
 
 def resolve_reward_fn(spec: RewardFn | str | None) -> RewardFn | None:

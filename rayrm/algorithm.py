@@ -37,7 +37,7 @@ from rayrm.core_algos import AdaptiveKLController, FixedKLController, RunningMom
 from rayrm.env_runner import RLHFEnvRunner
 from rayrm.learner import RLHFPPOLearner
 from rayrm.policy import LMPolicyModule
-from rayrm.rewards import RewardPool
+from rayrm.rewards import pool_from_config
 
 RAYRM_STATE = "rayrm_state"
 RESOLVED_CONFIG_FILE = "rayrm_config.yaml"
@@ -86,6 +86,7 @@ class RLHFConfig(PPOConfig):
                 "tokenizer": cfg.model.resolved_tokenizer_path,
                 "prompts": cfg.data.prompts,
                 "prompt_column": cfg.data.prompt_column,
+                "reference_column": cfg.data.reference_column,
                 "reward_fn": None,  # deferred: the RewardPool scores in batches
                 "max_prompt_tokens": cfg.data.max_prompt_tokens,
                 "max_new_tokens": cfg.generation.max_new_tokens,
@@ -193,7 +194,8 @@ class RLHFPPO(PPO):
         }
         bundle = {k: float(v) for k, v in bundle.items() if v > 0}
         private = reward.pool_name is None  # a shared pool reserves its own resources
-        extra = [dict(bundle) for _ in range(reward.num_actors)] if bundle and private else []
+        num_actors = reward.num_actors * reward.num_actor_pools  # ensembles/composites: several
+        extra = [dict(bundle) for _ in range(num_actors)] if bundle and private else []
         return PlacementGroupFactory(bundles=pgf.bundles + extra, strategy=pgf.strategy)
 
     def setup(self, config: Any) -> None:
@@ -202,17 +204,8 @@ class RLHFPPO(PPO):
         self.kl_ctl = make_kl_controller(self.rlhf)
         self.reward_moments = RunningMoments()
         r = self.rlhf.reward
-        self.reward_pool = RewardPool(
-            source=r.source,
-            path=r.path,
-            function=r.function,
-            num_actors=r.num_actors,
-            batch_size=r.batch_size,
-            num_cpus_per_actor=r.num_cpus_per_actor,
-            num_gpus_per_actor=r.num_gpus_per_actor,
-            max_length=r.max_length,
-            custom_resources=dict(r.custom_resources_per_actor),
-            name=r.pool_name,
+        self.reward_pool = pool_from_config(
+            r, name=r.pool_name, tokenizer=self.rlhf.model.resolved_tokenizer_path
         )
         self.rollout_node_ids: list[str] = []
         self._setup_eval()
@@ -227,13 +220,18 @@ class RLHFPPO(PPO):
     def _setup_eval(self) -> None:
         from transformers import AutoTokenizer
 
-        from envs.prompts import load_prompts
+        from envs.prompts import load_prompts_with_references
         from rayrm.rewards import resolve_function
 
         e = self.rlhf.eval
         self.tokenizer = AutoTokenizer.from_pretrained(self.rlhf.model.resolved_tokenizer_path)
         path = e.prompts or self.rlhf.data.prompts
-        self.eval_prompts = load_prompts(path, self.rlhf.data.prompt_column)[: e.num_prompts]
+        data = self.rlhf.data
+        prompts, refs = load_prompts_with_references(
+            path, data.prompt_column, data.reference_column
+        )
+        self.eval_prompts = prompts[: e.num_prompts]
+        self.eval_references = None if refs is None else refs[: e.num_prompts]
         self.gold_fn = resolve_function(e.gold_function) if e.gold_function else None
 
     def sample_texts(self, prompts: list[str], *, greedy: bool = False, seed: int = 0) -> list[str]:
@@ -258,7 +256,7 @@ class RLHFPPO(PPO):
         """Proxy (the run's reward source) and gold scores on the held-out prompts."""
         prompts = self.eval_prompts
         completions = self.sample_texts(prompts, seed=self.rlhf.seed)
-        proxy = self.reward_pool.score(prompts, completions)
+        proxy = self.reward_pool.score(prompts, completions, references=self.eval_references)
         out = {
             M.EVAL_UPDATES: float(self.iteration),
             M.EVAL_PROXY_MEAN: float(proxy.mean()),
@@ -331,9 +329,17 @@ class RLHFPPO(PPO):
     def _score(self, episodes: list[Any]) -> np.ndarray:
         """Scores every finished completion through the pool and pays it at the last token."""
         infos = [e.get_infos(-1) for e in episodes]
-        raw = self.reward_pool.score(
-            [i["prompt"] for i in infos], [i["completion"] for i in infos]
-        ).astype(np.float64)
+        references = [i.get("reference") for i in infos]
+        raw, breakdown = self.reward_pool.score_detailed(
+            [i["prompt"] for i in infos],
+            [i["completion"] for i in infos],
+            references=None if all(ref is None for ref in references) else references,
+            finished=[bool(e.is_terminated) for e in episodes],  # EOS, not the length limit
+            lengths=[len(e) - int(e.is_terminated) for e in episodes],  # tokens without EOS
+        )
+        raw = raw.astype(np.float64)
+        for key, values in breakdown.items():  # components, ensemble members, penalties
+            self.metrics.log_value((M.RLHF_RESULTS, key), float(np.mean(values)), window=1)
         scores = raw
         r = self.rlhf.reward
         if r.normalize:

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--iterations", type=int, default=60)
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    from rayrm import data_tools, demo, reward_training, sft
+    from rayrm import data_tools, demo, explain, reward_training, serve, sft
 
     demo.add_arguments(
         sub.add_parser("demo", help="the three RLHF stages end to end, offline on CPU (minutes)")
@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     data_tools.add_inspect_arguments(dsub.add_parser("inspect", help="rows, columns, lengths"))
     data_tools.add_pairs_arguments(
         dsub.add_parser("pairs", help="sample two completions per prompt, label with a judge")
+    )
+
+    serve.add_arguments(
+        sub.add_parser("serve-rm", help="start (or --stop) a shared, named reward service")
+    )
+    explain.add_arguments(
+        sub.add_parser("explain", help="per-token reward attribution and KL to the reference")
     )
 
     g = sub.add_parser("generate", help="sample from a trained policy")
@@ -125,6 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.data_command == "inspect":
                 return data_tools.inspect_main(args)
             return data_tools.pairs_main(args)
+        if args.command == "serve-rm":
+            from rayrm import serve
+
+            return serve.main(args)
+        if args.command == "explain":
+            from rayrm import explain
+
+            return explain.main(args)
         if args.command == "generate":
             from rayrm.export import generate
 

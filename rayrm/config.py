@@ -45,6 +45,7 @@ __all__ = [
     "ModelConfig",
     "PPOConfig",
     "ResourcesConfig",
+    "RewardComponent",
     "RewardConfig",
     "RunConfig",
     "RunSettings",
@@ -52,6 +53,7 @@ __all__ = [
     "load_config",
     "resolve_paths",
     "validate_paths",
+    "validate_reward_paths",
 ]
 
 _T = TypeVar("_T")
@@ -63,6 +65,7 @@ PROMPT_SUFFIXES = (".parquet", ".jsonl", ".json")
 """File extensions that ``data.prompts`` may have."""
 
 _FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_COMPONENT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class ConfigError(ValueError):
@@ -132,11 +135,16 @@ class DataConfig:
         prompts: Prompts file (``.parquet``, ``.jsonl`` or ``.json``). Required.
         prompt_column: Column (or JSON field) that holds the prompt text.
         max_prompt_tokens: Prompts are truncated (left) to this many tokens.
+        reference_column: Column holding one reference text per prompt, for reference-based
+            rewards (``reward.source: metric``, metric components, reward functions with a
+            ``references`` parameter). Read when the file has it; required only when the
+            reward needs references.
     """
 
     prompts: str
     prompt_column: str = "prompt"
     max_prompt_tokens: int = _bounded(32, ge=1)
+    reference_column: str = "reference"
 
 
 @dataclass(kw_only=True)
@@ -162,10 +170,32 @@ class RewardConfig:
 
     Attributes:
         source: ``model`` scores with a reward model at ``path``; ``function`` calls
-            ``function`` on the decoded texts.
+            ``function`` on the decoded texts; ``metric`` compares each completion with its
+            prompt's reference (``data.reference_column``) by ``metric``; ``ensemble`` scores
+            with every reward model in ``members`` and combines them by ``combine``;
+            ``composite`` is the weighted sum of ``components``.
         path: Reward-model directory. Required with ``source=model``; ignored otherwise.
         function: ``"module:function"`` scoring callable. Required with ``source=function``;
-            ignored otherwise.
+            ignored otherwise. A function with a ``references`` parameter also receives the
+            prompts' reference texts.
+        metric: ``chrf`` or ``bleu`` (sacrebleu, sentence level, scaled to [0, 1]; see
+            ``rayrm.reward_metrics``). Used with ``source=metric``. Metrics score in the
+            trial process (a few ms per batch), not in actors.
+        members: Reward-model directories of an ensemble (at least two; each in its own
+            ``num_actors`` actors, all scored in parallel). Only with ``source=ensemble``.
+        combine: How an ensemble's member scores become one: ``mean``, ``min`` (the most
+            pessimistic member) or ``mean_minus_std`` (mean − ``uncertainty_coef`` · std over
+            members, the population std; penalises disagreement, Coste et al. 2023,
+            https://arxiv.org/abs/2310.02743). Each member's mean and the std are logged
+            (``reward/member/<i>``, ``reward/disagreement``).
+        uncertainty_coef: k in mean − k·std.
+        components: Terms of a composite reward, each a mapping with ``name`` (unique;
+            logged as ``reward/component/<name>``, the unweighted score), ``weight`` (default
+            1.0), ``source`` (``model``, ``function``, ``metric`` or ``ensemble``) and that
+            source's keys (``path``, ``function``, ``metric``, ``members``, ``combine``,
+            ``uncertainty_coef``); see :class:`RewardComponent`. Actor settings
+            (``num_actors`` ...) apply to every model/function component and ensemble member.
+            Only with ``source=composite``.
         num_actors: Reward actors that score in parallel.
         batch_size: Texts per reward-model forward pass.
         num_cpus_per_actor: CPUs reserved for each reward actor.
@@ -173,17 +203,32 @@ class RewardConfig:
         custom_resources_per_actor: Custom Ray resources each reward actor needs (e.g.
             ``{rayrm_reward: 1}`` to place it on the reward node type of cluster.yaml).
         pool_name: Score through the SHARED pool of this name (detached named actors in the
-            ``rayrm`` Ray namespace, created on first use) instead of private actors.
+            ``rayrm`` Ray namespace, created on first use) instead of private actors; e.g. a
+            ``rayrm serve-rm`` reward service started from the same reward section. Ensemble
+            members and composite components get sub-pools ``<pool_name>.<component>``.
         shared_in_sweeps: ``rayrm tune`` runs one shared pool for all its trials (N
             concurrent trials do not load N copies of a reward model).
         max_length: Prompt plus completion are truncated to this many reward-model tokens.
         clip: If set, scores are clipped to ``[-clip, clip]`` after normalisation.
         normalize: Whiten scores with a running mean and standard deviation.
+        length_penalty: Subtracted per completion token beyond ``target_length``:
+            ``length_penalty · max(0, n − target_length)``, n = generated tokens without EOS.
+            Applies to any source, before normalisation; logged as ``reward/penalty/length``.
+        target_length: Completion tokens allowed before ``length_penalty`` starts.
+        missing_eos_penalty: If set, subtracted from every completion that ended at
+            ``generation.max_new_tokens`` instead of with EOS (the episode was truncated, not
+            terminated); logged as ``reward/penalty/missing_eos``. Not applied to held-out
+            evaluation samples, whose ending is not recorded.
     """
 
-    source: Literal["model", "function"] = "function"
+    source: Literal["model", "function", "metric", "ensemble", "composite"] = "function"
     path: str | None = None
     function: str | None = "envs.builtin:vowel_reward"
+    metric: Literal["chrf", "bleu"] = "chrf"
+    members: list[str] = field(default_factory=list)
+    combine: Literal["mean", "min", "mean_minus_std"] = "mean"
+    uncertainty_coef: float = _bounded(1.0, ge=0)
+    components: list[dict[str, Any]] = field(default_factory=list)
     num_actors: int = _bounded(1, ge=1)
     batch_size: int = _bounded(32, ge=1)
     num_cpus_per_actor: float = _bounded(1.0, ge=0)
@@ -194,6 +239,65 @@ class RewardConfig:
     max_length: int = _bounded(512, ge=1)
     clip: float | None = _bounded(None, gt=0)
     normalize: bool = False
+    length_penalty: float = _bounded(0.0, ge=0)
+    target_length: int = _bounded(0, ge=0)
+    missing_eos_penalty: float | None = _bounded(None, ge=0)
+
+    @property
+    def component_configs(self) -> list[RewardComponent]:
+        """``components`` as typed entries (each checked like a section of its own)."""
+        return [
+            _build(RewardComponent, c, f"reward.components[{i}]")
+            for i, c in enumerate(self.components)
+        ]
+
+    @property
+    def needs_references(self) -> bool:
+        """Whether a metric source (top-level or component) compares with references."""
+        if self.source == "composite":
+            return any(c.get("source") == "metric" for c in self.components)
+        return self.source == "metric"
+
+    @property
+    def num_actor_pools(self) -> int:
+        """Groups of ``num_actors`` reward actors this reward runs (metrics need none)."""
+
+        def pools(source: Any, members: Any) -> int:
+            if source == "ensemble":
+                return len(members or [])
+            return 1 if source in ("model", "function") else 0
+
+        if self.source == "composite":
+            return sum(pools(c.get("source"), c.get("members")) for c in self.components)
+        return pools(self.source, self.members)
+
+
+@dataclass(kw_only=True)
+class RewardComponent:
+    """One term of a composite reward: an entry of ``reward.components``.
+
+    Attributes:
+        name: Unique within the composite; letters, digits, ``_`` and ``-``. The component's
+            unweighted score is logged as ``reward/component/<name>``.
+        weight: Its coefficient in the weighted sum (negative weights penalise).
+        source: ``model``, ``function``, ``metric`` or ``ensemble`` (composites do not nest).
+        path: As ``reward.path``, for ``source=model``.
+        function: As ``reward.function``, for ``source=function``.
+        metric: As ``reward.metric``, for ``source=metric``.
+        members: As ``reward.members``, for ``source=ensemble``.
+        combine: As ``reward.combine``, for ``source=ensemble``.
+        uncertainty_coef: As ``reward.uncertainty_coef``, for ``source=ensemble``.
+    """
+
+    name: str
+    weight: float = 1.0
+    source: Literal["model", "function", "metric", "ensemble"]
+    path: str | None = None
+    function: str | None = None
+    metric: Literal["chrf", "bleu"] = "chrf"
+    members: list[str] = field(default_factory=list)
+    combine: Literal["mean", "min", "mean_minus_std"] = "mean"
+    uncertainty_coef: float = _bounded(1.0, ge=0)
 
 
 @dataclass(kw_only=True)
@@ -472,6 +576,12 @@ def _check_value(key: str, value: Any, tp: Any) -> None:
     elif tp is str:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} must be a non-empty string{or_null} ({got})", key=key)
+    elif typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list{or_null} ({got})", key=key)
+        (item_tp,) = typing.get_args(tp)
+        for i, item in enumerate(value):
+            _check_value(f"{key}[{i}]", item, item_tp)
     else:  # pragma: no cover - guards against a new field type nobody taught this function
         raise TypeError(f"{key}: unsupported config field type {tp!r}")
 
@@ -531,23 +641,7 @@ def _check_relations(cfg: RunConfig) -> None:
             f"data.prompts {cfg.data.prompts!r} must end with one of {', '.join(PROMPT_SUFFIXES)}",
             key="data.prompts",
         )
-    if reward.source == "model" and reward.path is None:
-        raise ConfigError(
-            "reward.path is required when reward.source=model (the reward-model directory)",
-            key="reward.path",
-        )
-    if reward.source == "function" and reward.function is None:
-        raise ConfigError(
-            "reward.function is required when reward.source=function "
-            "(a 'module:function' callable, e.g. 'envs.builtin:vowel_reward')",
-            key="reward.function",
-        )
-    if reward.function is not None and not _FUNCTION_RE.match(reward.function):
-        raise ConfigError(
-            f"reward.function must look like 'module:function', e.g. "
-            f"'envs.builtin:vowel_reward' (got {reward.function!r})",
-            key="reward.function",
-        )
+    _check_reward(reward)
     gold = cfg.eval.gold_function
     if gold is not None and not _FUNCTION_RE.match(gold):
         raise ConfigError(
@@ -575,6 +669,75 @@ def _check_relations(cfg: RunConfig) -> None:
             f"batch and splits it into ppo.num_minibatches minibatches of whole completions",
             key="ppo.batch_size",
         )
+
+
+def _check_source(prefix: str, source: str, path: Any, function: Any, members: list[str]) -> None:
+    """The keys one reward source needs (top-level ``reward`` or a component) are there."""
+    if source == "model" and path is None:
+        raise ConfigError(
+            f"{prefix}.path is required when {prefix}.source=model (the reward-model directory)",
+            key=f"{prefix}.path",
+        )
+    if source == "function" and function is None:
+        raise ConfigError(
+            f"{prefix}.function is required when {prefix}.source=function "
+            "(a 'module:function' callable, e.g. 'envs.builtin:vowel_reward')",
+            key=f"{prefix}.function",
+        )
+    if function is not None and not _FUNCTION_RE.match(function):
+        raise ConfigError(
+            f"{prefix}.function must look like 'module:function', e.g. "
+            f"'envs.builtin:vowel_reward' (got {function!r})",
+            key=f"{prefix}.function",
+        )
+    if source == "ensemble" and len(members) < 2:
+        raise ConfigError(
+            f"{prefix}.members needs at least two reward-model directories when "
+            f"{prefix}.source=ensemble (got {len(members)})",
+            key=f"{prefix}.members",
+        )
+    if source != "ensemble" and members:
+        raise ConfigError(
+            f"{prefix}.members is only used with {prefix}.source=ensemble (source is "
+            f"{source!r}): set the source or remove members",
+            key=f"{prefix}.members",
+        )
+
+
+def _check_reward(reward: RewardConfig) -> None:
+    """Each reward source has what it needs; composite components are checked one by one."""
+    _check_source("reward", reward.source, reward.path, reward.function, reward.members)
+    if reward.source != "composite":
+        if reward.components:
+            raise ConfigError(
+                f"reward.components is only used with reward.source=composite (source is "
+                f"{reward.source!r}): set the source or remove components",
+                key="reward.components",
+            )
+        return
+    if not reward.components:
+        raise ConfigError(
+            "reward.components needs at least one entry when reward.source=composite",
+            key="reward.components",
+        )
+    names: set[str] = set()
+    for i, comp in enumerate(reward.component_configs):
+        prefix = f"reward.components[{i}]"
+        _check_fields(comp, prefix)
+        if not _COMPONENT_NAME_RE.match(comp.name):
+            raise ConfigError(
+                f"{prefix}.name {comp.name!r} may hold only letters, digits, '_' and '-' "
+                f"(it names a metric and the component's actors)",
+                key=f"{prefix}.name",
+            )
+        if comp.name in names:
+            raise ConfigError(
+                f"{prefix}.name {comp.name!r} is used by an earlier component; names must be "
+                f"unique (each one is logged as reward/component/<name>)",
+                key=f"{prefix}.name",
+            )
+        names.add(comp.name)
+        _check_source(prefix, comp.source, comp.path, comp.function, comp.members)
 
 
 def _check_search_space(cfg: RunConfig) -> None:
@@ -828,10 +991,70 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
             critic_path=_absolute_or_none(model.critic_path),
         ),
         data=dataclasses.replace(data, prompts=_absolute(data.prompts)),
-        reward=dataclasses.replace(reward, path=_absolute_or_none(reward.path)),
+        reward=dataclasses.replace(
+            reward,
+            path=_absolute_or_none(reward.path),
+            members=[_absolute(m) for m in reward.members],
+            components=[_resolve_component(c) for c in reward.components],
+        ),
         run=dataclasses.replace(run, storage_path=_absolute(run.storage_path)),
         eval=dataclasses.replace(cfg.eval, prompts=_absolute_or_none(cfg.eval.prompts)),
     )
+
+
+def _resolve_component(component: Mapping[str, Any]) -> dict[str, Any]:
+    """A composite component with its ``path`` and ``members`` made absolute."""
+    out = dict(component)
+    if isinstance(out.get("path"), str):
+        out["path"] = _absolute(out["path"])
+    if isinstance(out.get("members"), list):
+        out["members"] = [_absolute(m) if isinstance(m, str) else m for m in out["members"]]
+    return out
+
+
+def validate_reward_paths(reward: RewardConfig) -> None:
+    """Reward-model directories exist and reward functions import, components included.
+
+    Part of :func:`validate_paths`; on its own for reward-only configs (``rayrm serve-rm``).
+    """
+    sources: list[tuple[str, Any]] = [("reward", reward)]
+    if reward.source == "composite":
+        sources = [(f"reward.components[{i}]", c) for i, c in enumerate(reward.component_configs)]
+    for prefix, src in sources:
+        if src.source == "model" and src.path is not None:
+            _check_dir(f"{prefix}.path", src.path, "the reward-model directory")
+        if src.source == "function" and src.function is not None:
+            _check_function(src.function, key=f"{prefix}.function")
+        if src.source == "ensemble":
+            for j, member in enumerate(src.members):
+                _check_dir(f"{prefix}.members[{j}]", member, "an ensemble reward-model directory")
+
+
+def _check_references(cfg: RunConfig) -> None:
+    """A reward that compares with references finds a reference column in its prompt files."""
+    if not cfg.reward.needs_references:
+        return
+    # Imported by name, at use: `import rayrm.config` stays cheap, and mypy's strict check of
+    # this module does not follow into the envs package.
+    load_prompts_with_references = importlib.import_module(
+        "envs.prompts"
+    ).load_prompts_with_references
+    files = [("data.prompts", cfg.data.prompts)]
+    if cfg.eval.every and cfg.eval.prompts is not None:
+        files.append(("eval.prompts", cfg.eval.prompts))
+    column = cfg.data.reference_column
+    for key, path in files:
+        try:
+            _, references = load_prompts_with_references(path, cfg.data.prompt_column, column)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}", key=key) from exc
+        if references is None:
+            raise ConfigError(
+                f"data.reference_column {column!r}: {key} {path!r} has no such column, but "
+                f"the reward (reward.source={cfg.reward.source}) has a metric that compares "
+                f"completions with references",
+                key="data.reference_column",
+            )
 
 
 def _check_dir(key: str, path: str, what: str) -> None:
@@ -885,11 +1108,8 @@ def validate_paths(cfg: RunConfig) -> None:
     if not os.path.isfile(prompts):
         raise ConfigError(f"data.prompts {prompts!r} is not a file", key="data.prompts")
 
-    reward = cfg.reward
-    if reward.source == "model" and reward.path is not None:
-        _check_dir("reward.path", reward.path, "the reward-model directory")
-    if reward.source == "function" and reward.function is not None:
-        _check_function(reward.function)
+    validate_reward_paths(cfg.reward)
+    _check_references(cfg)
 
     if cfg.eval.prompts is not None and not os.path.isfile(cfg.eval.prompts):
         raise ConfigError(f"eval.prompts {cfg.eval.prompts!r} is not a file", key="eval.prompts")

@@ -76,13 +76,17 @@ def _plot(path: Path, title: str, curves: list[tuple[str, list[int], list[float]
 
 
 def _score(cfg: RunConfig, prompts: list[str], completions: list[str]) -> dict[str, np.ndarray]:
-    from rayrm.rewards import RewardPool, resolve_function
+    from envs.prompts import load_prompts_with_references
+    from rayrm.rewards import pool_from_config, resolve_function
 
-    r = cfg.reward
-    pool = RewardPool(
-        source=r.source, path=r.path, function=r.function, max_length=r.max_length, local=True
-    )
-    out = {"proxy": pool.score(prompts, completions)}
+    pool = pool_from_config(cfg.reward, local=True, tokenizer=cfg.model.resolved_tokenizer_path)
+    references = None
+    if cfg.reward.needs_references:
+        _, refs = load_prompts_with_references(
+            cfg.eval.prompts or cfg.data.prompts, cfg.data.prompt_column, cfg.data.reference_column
+        )
+        references = None if refs is None else refs[: len(prompts)]
+    out = {"proxy": pool.score(prompts, completions, references=references)}
     if cfg.eval.gold_function:
         gold = resolve_function(cfg.eval.gold_function)(prompts, completions)
         out["gold"] = np.asarray(gold, dtype=np.float64)

@@ -4,6 +4,11 @@ What belongs here: everything that turns ``(prompts, completions)`` into one sca
 item. Every source has the same batched signature,
 ``fn(prompts: list[str], completions: list[str]) -> Sequence[float]``, so the algorithm's
 ``score`` phase does not care whether a learned model or a Python rule produced the numbers.
+Reference-based sources (``rayrm.reward_metrics``: chrF, BLEU; reward functions with a
+``references`` parameter) also receive each prompt's reference text.
+
+Several sources combined (weighted sums, ensembles, length and missing-EOS penalties) live in
+``rayrm.reward_compose``; :func:`pool_from_config` builds whichever a ``RewardConfig`` asks for.
 
 The actors are plain classes (house style): :class:`RewardPool` makes them remote where it
 creates them, and with ``local=True`` builds them in-process, so the scoring logic is testable
@@ -13,6 +18,7 @@ without a Ray cluster. Actors return CPU ``float32`` numpy arrays.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -29,9 +35,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rayrm.reward_metrics import RewardMetricActor
+
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 
-SOURCES = ("model", "function")
+SOURCES = ("model", "function", "metric")
+"""Sources one :class:`RewardPool` serves (ensembles and composites: ``rayrm.reward_compose``)."""
+
+References = Sequence[str | None] | None
+"""Per-item reference texts for reference-based sources; None when the prompts have none."""
 
 
 class RewardSourceError(ValueError):
@@ -157,12 +169,15 @@ class RewardModelActor:
         self.num_calls = 0
         self.num_scored = 0
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[str], references: References = None
+    ) -> np.ndarray:
         """Scores a batch in one forward pass.
 
         Args:
             prompts: N prompts.
             completions: N completions, same order.
+            references: ignored (a reward model reads prompt and completion only).
 
         Returns:
             ``float32`` array of shape (N,), on CPU: the scalar head's logit per text.
@@ -194,6 +209,10 @@ class RewardModelActor:
         """Returns once ``__init__`` finished; lets the pool surface load errors early."""
         return True
 
+    def describe(self) -> tuple[str, str]:
+        """``(source, what)``: lets a client check a shared actor serves what it asked for."""
+        return ("model", self.path)
+
 
 class RewardFunctionActor:
     """Scores with a Python function named by ``"module:function"``.
@@ -210,11 +229,17 @@ class RewardFunctionActor:
         """
         self.function = function
         self.fn = resolve_function(function)
+        self.takes_references = _takes_references(self.fn)
         self.num_calls = 0
         self.num_scored = 0
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[str], references: References = None
+    ) -> np.ndarray:
         """Calls the function once on the whole batch.
+
+        A function with a ``references`` parameter is called as
+        ``fn(prompts, completions, references=references)``; others get no references.
 
         Returns:
             ``float32`` array of shape (N,), on CPU.
@@ -225,7 +250,12 @@ class RewardFunctionActor:
         _check_pair(prompts, completions)
         self.num_calls += 1
         n = len(prompts)
-        out: Any = self.fn(list(prompts), list(completions))
+        if self.takes_references:
+            refs = None if references is None else list(references)
+            fn: Any = self.fn  # the batched signature plus a references keyword
+            out: Any = fn(list(prompts), list(completions), references=refs)
+        else:
+            out = self.fn(list(prompts), list(completions))
         if isinstance(out, torch.Tensor):
             out = out.detach().cpu().numpy()
         try:
@@ -251,6 +281,19 @@ class RewardFunctionActor:
         """Returns once ``__init__`` finished; lets the pool surface load errors early."""
         return True
 
+    def describe(self) -> tuple[str, str]:
+        """``(source, what)``: lets a client check a shared actor serves what it asked for."""
+        return ("function", self.function)
+
+
+def _takes_references(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` accepts ``references=`` (a named parameter or ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return any(p.name == "references" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
 
 POOL_NAMESPACE = "rayrm"
 """Ray namespace of shared (named) reward pools."""
@@ -272,6 +315,7 @@ class RewardPool:
         source: str,
         path: str | None = None,
         function: str | None = None,
+        metric: str | None = None,
         num_actors: int = 1,
         batch_size: int = 32,
         num_cpus_per_actor: float = 1.0,
@@ -287,9 +331,11 @@ class RewardPool:
         """Builds the actors and waits until each has loaded.
 
         Args:
-            source: ``"model"`` (needs ``path``) or ``"function"`` (needs ``function``).
+            source: ``"model"`` (needs ``path``), ``"function"`` (needs ``function``) or
+                ``"metric"`` (needs ``metric``; see ``rayrm.reward_metrics``).
             path: local reward-model directory.
             function: ``"module:function"`` spec; must be importable in the Ray workers.
+            metric: ``"chrf"`` or ``"bleu"``.
             num_actors: actor count; also the in-process instance count when ``local``.
             batch_size: items per actor call.
             num_cpus_per_actor: Ray CPU reservation per actor.
@@ -318,6 +364,8 @@ class RewardPool:
             raise ValueError("reward source 'model' needs path= (a local model directory)")
         if source == "function" and not function:
             raise ValueError("reward source 'function' needs function= ('module:function')")
+        if source == "metric" and not metric:
+            raise ValueError("reward source 'metric' needs metric= ('chrf' or 'bleu')")
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         if batch_size < 1:
@@ -333,8 +381,11 @@ class RewardPool:
             cls: type = RewardModelActor
             args: tuple[Any, ...] = (path,)
             kwargs: dict[str, Any] = {"max_length": max_length}
-        else:
+        elif source == "function":
             cls, args, kwargs = RewardFunctionActor, (function,), {}
+        else:
+            cls, args, kwargs = RewardMetricActor, (metric,), {}
+        self.name = name if self.shared else None
 
         if local:
             self.actors: list[Any] = [cls(*args, **kwargs) for _ in range(num_actors)]
@@ -367,13 +418,39 @@ class RewardPool:
             raise RewardSourceError(
                 f"reward {source} actor failed to start: {_last_line(str(e))}"
             ) from e
+        if self.shared:
+            self._check_shared_actors(name, (source, str(args[0])))
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+    def _check_shared_actors(self, name: str | None, wanted: tuple[str, str]) -> None:
+        """A shared pool joined by name must serve the source this client was configured with
+        (otherwise a job would silently train against another reward)."""
+        for found in ray.get([a.describe.remote() for a in self.actors]):
+            if tuple(found) != wanted:
+                self.actors = []  # not ours to kill
+                raise RewardSourceError(
+                    f"shared reward pool {name!r} already serves {found[0]} {found[1]!r}, but "
+                    f"this job's reward config asks for {wanted[0]} {wanted[1]!r}; use the same "
+                    f"reward section as the pool's owner, or another reward.pool_name"
+                )
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        *,
+        references: References = None,
+        finished: Sequence[bool] | None = None,
+        lengths: Sequence[int] | None = None,
+    ) -> np.ndarray:
         """Scores all items, preserving input order.
 
         Args:
             prompts: N prompts.
             completions: N completions, same order.
+            references: N reference texts (reference-based sources), or None.
+            finished, lengths: accepted for interface parity with the composed rewards of
+                ``rayrm.reward_compose`` (which apply length/EOS penalties); a single source
+                ignores them.
 
         Returns:
             ``float32`` array of shape (N,), on CPU.
@@ -381,24 +458,49 @@ class RewardPool:
         Raises:
             ValueError: lengths differ.
         """
+        return self.collect(self.submit(prompts, completions, references=references))
+
+    def score_detailed(
+        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(score(...), {})``: a single source has no breakdown."""
+        return self.score(prompts, completions, **kwargs), {}
+
+    def submit(
+        self, prompts: Sequence[str], completions: Sequence[str], *, references: References = None
+    ) -> list[Any]:
+        """Sends every chunk out and returns at once (with back-pressure; see ``__init__``).
+
+        Composed rewards submit to all their pools before collecting any, so that several
+        sources (ensemble members, components) score concurrently.
+
+        Returns:
+            Opaque handles for :meth:`collect`: Ray object refs, or arrays when ``local``.
+        """
         _check_pair(prompts, completions)
+        if references is not None and len(references) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
         if not self.actors:
             raise RuntimeError("RewardPool was shut down")
         n = len(prompts)
-        if n == 0:
-            return np.zeros((0,), dtype=np.float32)
-        num_chunks = math.ceil(n / self.batch_size)
         results: list[Any] = []
-        for i in range(num_chunks):
+        for i in range(math.ceil(n / self.batch_size)):
             lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
             actor = self.actors[i % len(self.actors)]
-            chunk = (list(prompts[lo:hi]), list(completions[lo:hi]))
+            refs = None if references is None else list(references[lo:hi])
+            chunk = (list(prompts[lo:hi]), list(completions[lo:hi]), refs)
             if not self.local and i >= self.max_inflight:
                 # Back-pressure: wait until the chunk sent max_inflight chunks ago is done.
                 ray.wait([results[i - self.max_inflight]], num_returns=1)
             results.append(actor.score(*chunk) if self.local else actor.score.remote(*chunk))
             self.num_calls += 1
-        chunks = results if self.local else ray.get(results)
+        return results
+
+    def collect(self, handles: list[Any]) -> np.ndarray:
+        """Waits for the chunks of one :meth:`submit` and concatenates them in order."""
+        if not handles:
+            return np.zeros((0,), dtype=np.float32)
+        chunks = handles if self.local else ray.get(handles)
         return np.concatenate([np.asarray(c, dtype=np.float32) for c in chunks])
 
     def stats(self) -> dict[str, Any]:
@@ -442,6 +544,36 @@ class RewardPool:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def pool_from_config(
+    reward: Any,
+    *,
+    name: str | None = None,
+    local: bool = False,
+    tokenizer: Any = None,
+    namespace: str = POOL_NAMESPACE,
+) -> Any:
+    """The scorer a ``RewardConfig`` describes: the one factory for every reward source.
+
+    A single ``model``/``function``/``metric`` source without penalties is a plain
+    :class:`RewardPool`; ``ensemble``, ``composite`` or any penalty gives a
+    ``rayrm.reward_compose.ComposedReward``. Both offer ``score(prompts, completions, *,
+    references=None, finished=None, lengths=None)``, ``score_detailed(...) -> (scores,
+    breakdown)``, ``stats()`` and ``shutdown()``.
+
+    Args:
+        reward: a validated ``rayrm.config.RewardConfig``.
+        name: shared pool name (``reward.pool_name``): actors are detached and named, see
+            :class:`RewardPool`; components and ensemble members get sub-pools ``{name}.{part}``.
+        local: build in-process instances instead of Ray actors.
+        tokenizer: the policy's tokenizer (or its directory), used to count completion tokens
+            for ``reward.length_penalty`` when the caller passes no ``lengths``.
+        namespace: Ray namespace of shared actors.
+    """
+    from rayrm.reward_compose import build_reward
+
+    return build_reward(reward, name=name, local=local, tokenizer=tokenizer, namespace=namespace)
 
 
 def build_tiny_reward_model(

@@ -127,10 +127,12 @@ def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
         )
         return exp_dir, tuner.fit()
     finally:
-        if pool is not None:
-            from rayrm.rewards import RewardPool
+        # The sweep's own pool goes with it; a reward.pool_name (e.g. a `rayrm serve-rm`
+        # service other jobs use) belongs to whoever started it.
+        if pool is not None and cfg.reward.pool_name is None:
+            from rayrm.reward_compose import kill_shared_pools
 
-            RewardPool.kill_shared(pool, cfg.reward.num_actors)
+            kill_shared_pools(pool)
 
 
 def _start_shared_pool(cfg: RunConfig) -> str | None:
@@ -138,21 +140,9 @@ def _start_shared_pool(cfg: RunConfig) -> str | None:
     name = shared_pool_name(cfg)
     if name is None:
         return None
-    from rayrm.rewards import RewardPool
+    from rayrm.rewards import pool_from_config
 
-    r = cfg.reward
-    RewardPool(
-        source=r.source,
-        path=r.path,
-        function=r.function,
-        num_actors=r.num_actors,
-        batch_size=r.batch_size,
-        num_cpus_per_actor=r.num_cpus_per_actor,
-        num_gpus_per_actor=r.num_gpus_per_actor,
-        max_length=r.max_length,
-        custom_resources=dict(r.custom_resources_per_actor),
-        name=name,
-    )
+    pool_from_config(cfg.reward, name=name)  # trials join its actors by name
     return name
 
 
