@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--iterations", type=int, default=60)
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    from rayrm import data_tools, demo, explain, reward_training, serve, sft
+    from rayrm import bench, data_tools, demo, explain, reward_training, serve, sft
 
     demo.add_arguments(
         sub.add_parser("demo", help="the three RLHF stages end to end, offline on CPU (minutes)")
@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_arguments(
         sub.add_parser("explain", help="per-token reward attribution and KL to the reference")
+    )
+
+    bench.add_arguments(
+        sub.add_parser("bench", help="throughput and memory benchmark, optionally vs TRL's PPO")
     )
 
     g = sub.add_parser("generate", help="sample from a trained policy")
@@ -140,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rayrm import explain
 
             return explain.main(args)
+        if args.command == "bench":
+            from rayrm import bench
+
+            return bench.main(args)
         if args.command == "generate":
             from rayrm.export import generate
 

@@ -194,10 +194,41 @@ class RLHFPPOLearner(PPOTorchLearner):
 
     def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
         params = self._module[module_id].unwrapped().trainable_parameters()
-        optimizer = torch.optim.Adam(params, eps=1e-5)
+        # foreach: one batched kernel per Adam operation instead of one per parameter tensor.
+        # The same arithmetic (PyTorch's default on GPU; bitwise equal to the per-tensor loop it
+        # defaults to on CPU), and about a third less optimizer time on CPU.
+        optimizer = torch.optim.Adam(params, eps=1e-5, foreach=True)
         self.register_optimizer(
             module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr
         )
+
+    def apply_gradients(self, gradients_dict: dict[str, Any]) -> None:
+        """RLlib's ``apply_gradients`` with its finiteness checks batched.
+
+        RLlib tests every gradient tensor with its own ``isfinite().all()`` twice per optimizer
+        step (two ops and a host sync per tensor, about 10% of a small model's update on CPU).
+        One ``_foreach_norm`` over all gradients answers the same question: a norm is finite
+        only if every element is. When they all are, this sets the gradients and steps the
+        optimizers exactly as RLlib would; otherwise (a non-finite gradient, a norm that
+        overflows, grad scalers or LR schedulers) RLlib's own code runs unchanged.
+        """
+        grads = list(gradients_dict.values())
+        fast = (
+            grads
+            and all(g is not None for g in grads)
+            and not self.config.torch_skip_nan_gradients
+            and self._grad_scalers is None
+            and self._lr_scheduler_classes is None
+            and bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+        )
+        if not fast:
+            super().apply_gradients(gradients_dict)
+            return
+        for pid, grad in gradients_dict.items():
+            self._params[pid].grad = grad
+        for module_id, optimizer_names in self._module_optimizers.items():
+            for optimizer_name in optimizer_names:
+                self.get_optimizer(module_id, optimizer_name).step()
 
     def _create_iterator_if_necessary(
         self, *, training_data: Any, num_epochs: int = 1, **kwargs: Any

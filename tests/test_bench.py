@@ -1,0 +1,100 @@
+"""Smoke test of the benchmark (`rayrm bench`, `jobs/benchmark.py`) on a tiny configuration.
+
+Runs ``rayrm.bench.main`` (a lockstep child process with its own local Ray, and the memory
+check in-process) and checks that stdout is JSON lines with the documented keys, that every
+completion ran to the token limit, and that the bytes stored per sampled step are the same
+for a 100- and a 50k-token vocabulary. TRL is never run here: the comparison is reported as
+skipped (TRL is a benchmark extra, not installed in CI). The length series (four more
+training configurations) is checked on the summary it computes from the rayrm lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from rayrm import bench, bench_trl
+
+RAYRM_KEYS = {
+    "config",
+    "model",
+    "batch_size",
+    "max_new_tokens",
+    "num_env_runners",
+    "num_learners",
+    "critic",
+    "iterations",
+    "generated_tokens",
+    "tokens_per_iteration",
+    "tokens_per_s",
+    "tokens_per_s_training_step",
+    "s_per_token",
+    "iteration_s_median",
+    "phase_s",
+    "peak_rss_mb",
+}
+MODEL_KEYS = {"n_layer", "n_head", "n_embd", "vocab_size", "policy_params", "reward_params"}
+PHASES = {"sample", "score", "update", "sync", "iteration"}
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.timeout(180)
+def test_benchmark_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench_trl, "trl_unavailable_reason", lambda: "not installed (test)")
+    args = _args(
+        "--n-layer", "1",
+        "--n-head", "2",
+        "--n-embd", "32",
+        "--batch-size", "4",
+        "--max-new-tokens", "6",
+        "--num-minibatches", "2",
+        "--num-epochs", "1",
+        "--iterations", "1",
+        "--warmup", "1",
+        "--critics", "separate",
+        "--sections", "default,trl,memory",
+        "--memory-vocab-sizes", "100,50000",
+        "--workdir", str(tmp_path),
+    )  # fmt: skip
+    assert bench.main(args) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_kind: dict[str, list[dict]] = {}
+    for line in lines:
+        by_kind.setdefault(line["bench"], []).append(line)
+    assert set(by_kind) == {"rayrm", "trl", "memory_per_step"}, lines
+
+    rayrm = {r["config"]: r for r in by_kind["rayrm"]}
+    assert set(rayrm) == {"default-separate-critic"}
+    for record in rayrm.values():
+        assert RAYRM_KEYS <= set(record), RAYRM_KEYS - set(record)
+        assert MODEL_KEYS <= set(record["model"])
+        assert set(record["phase_s"]) == PHASES
+        assert set(record["peak_rss_mb"]) == {"driver", "workers", "total"}
+        assert record["peak_rss_mb"]["workers"] > 0  # the reward-model actor
+        # Special tokens are suppressed in the benchmark policy: every completion is full length.
+        assert record["tokens_per_iteration"] == 4 * record["max_new_tokens"]
+        assert record["tokens_per_s"] > 0
+    assert rayrm["default-separate-critic"]["model"]["vocab_size"] == 100
+
+    assert by_kind["trl"] == [{"bench": "trl", "skipped": True, "reason": "not installed (test)"}]
+
+    # The length-series line, from rayrm lines as the lengths section produces them.
+    line = rayrm["default-separate-critic"]
+    longer = {**line, "max_new_tokens": 12, "s_per_token": 1.5 * line["s_per_token"]}
+    series = bench.length_summary([line, longer])
+    assert series["lengths"] == [6, 12]
+    assert series["ratio_12_over_6"] == pytest.approx(1.5)
+    assert series["met"] is False and series["target"] == bench.LENGTH_RATIO_TARGET
+    assert set(series["s_per_token"]) == {"6", "12"}
+
+    (memory,) = by_kind["memory_per_step"]
+    small, large = memory["bytes_per_step"]["100"], memory["bytes_per_step"]["50000"]
+    assert small == large and memory["equal"], memory
+    assert large < memory["full_logits_bytes_per_step"]["50000"] / 100
