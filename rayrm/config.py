@@ -868,8 +868,12 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    """Sets ``dotted.key=value`` in ``raw`` after checking the key against the schema."""
+def apply_override(raw: dict[str, Any], override: str, root: type = RunConfig) -> None:
+    """Sets ``dotted.key=value`` in ``raw`` after checking the key against ``root``'s schema.
+
+    ``root`` is the dataclass the YAML fills (:class:`RunConfig` here; the SFT and reward-model
+    stage configs use the same override syntax).
+    """
     dotted, sep, text = override.partition("=")
     dotted = dotted.strip()
     parts = dotted.split(".")
@@ -882,7 +886,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
 
-    cls: Any = RunConfig
+    cls: Any = root
     node = raw
     for i, name in enumerate(parts):
         key = ".".join(parts[: i + 1])
@@ -962,7 +966,7 @@ def load_config(
         raise ConfigError(f"{path}: top level must be a mapping of sections (got {got})")
     raw = copy.deepcopy(raw)
     for override in overrides:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     return config_from_dict(raw, check_paths=check_paths)
 
 

@@ -33,8 +33,7 @@ from rayrm.config import (
     _check_dir,
     _check_fields,
     _Loader,
-    _merged,
-    _unknown_key,
+    apply_override,
 )
 
 __all__ = [
@@ -354,51 +353,6 @@ def stage_config_from_dict(cls: type[_C], d: Mapping[str, Any], *, check_paths: 
     return cfg
 
 
-def _apply_override(raw: dict[str, Any], override: str, root: type) -> None:
-    """Sets ``dotted.key=value`` in ``raw`` after checking the key against ``root``'s schema."""
-    dotted, sep, text = override.partition("=")
-    dotted = dotted.strip()
-    parts = dotted.split(".")
-    if not sep or not all(parts):
-        raise ConfigError(
-            f"malformed override {override!r}: expected dotted.key=value, e.g. train.lr=1e-4"
-        )
-    try:
-        value = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
-    cls: Any = root
-    node = raw
-    for i, name in enumerate(parts):
-        key = ".".join(parts[: i + 1])
-        if cls is None:
-            raise ConfigError(
-                f"unknown key {dotted} in override {override!r}: {'.'.join(parts[:i])} is a "
-                f"value, not a section",
-                key=dotted,
-            )
-        fields = [f.name for f in dataclasses.fields(cls)]
-        if name not in fields:
-            raise _unknown_key(key, name, fields, where=f" in override {override!r}")
-        tp = typing.get_type_hints(cls)[name]
-        cls = tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
-        if i == len(parts) - 1:
-            if cls is not None and isinstance(value, Mapping):
-                value = _merged(node.get(name), value)
-            node[name] = value
-            return
-        child = node.get(name)
-        if child is None:
-            child = node[name] = {}
-        elif not isinstance(child, dict):
-            raise ConfigError(
-                f"section {key} must be a mapping of keys to values "
-                f"(got {type(child).__name__} {child!r})",
-                key=key,
-            )
-        node = child
-
-
 def load_stage_config(
     cls: type[_C], path: str | Path, overrides: Sequence[str] = (), *, check_paths: bool = True
 ) -> _C:
@@ -431,7 +385,7 @@ def load_stage_config(
         raise ConfigError(f"{path}: top level must be a mapping of sections (got {got})")
     raw = copy.deepcopy(raw)
     for override in overrides:
-        _apply_override(raw, override, cls)
+        apply_override(raw, override, cls)
     return stage_config_from_dict(cls, raw, check_paths=check_paths)
 
 

@@ -88,7 +88,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
         tmp_path,
         ppo={"batch_size": 8},
         generation={"max_new_tokens": 6},
-        run={"num_iterations": 150, "checkpoint_every": 3},
+        run={"num_iterations": 100, "checkpoint_every": 3},
     )
     config = tmp_path / "config.yaml"
     cfg.save_yaml(config)
@@ -110,7 +110,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err
     interrupted_at = len(_results(exp_dir))
-    assert 6 <= interrupted_at < 150
+    assert 6 <= interrupted_at < 100
 
     resumed = subprocess.run(
         [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300
@@ -118,7 +118,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
     shutil.rmtree(ray_tmp, ignore_errors=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     iterations = [r["training_iteration"] for r in _results(exp_dir)]
-    assert iterations[-1] == 150
+    assert iterations[-1] == 100
     # The resumed process restored a checkpoint taken before the interruption: it neither
     # started from scratch nor skipped iterations.
     first_resumed = iterations[interrupted_at]
