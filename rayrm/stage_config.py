@@ -26,12 +26,14 @@ import yaml
 
 from rayrm.config import (
     ConfigError,
-    _absolute,
-    _absolute_or_none,
     _bounded,
     _build,
-    _check_dir,
     _check_fields,
+)
+from rayrm.config_io import (
+    _absolute,
+    _absolute_or_none,
+    _check_dir,
     _Loader,
     apply_override,
 )

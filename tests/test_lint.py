@@ -26,6 +26,7 @@ def test_mypy_strict_modules():
             "mypy",
             "rayrm/core_algos.py",
             "rayrm/config.py",
+            "rayrm/config_io.py",
             "rayrm/metrics.py",
         ],
         cwd=REPO,
