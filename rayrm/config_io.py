@@ -113,6 +113,37 @@ def _merged(base: Any, update: Mapping[str, Any]) -> Any:
     return out
 
 
+def read_yaml_with_overrides(
+    path: str | Path, overrides: Sequence[str], root: type
+) -> dict[str, Any]:
+    """The YAML mapping in ``path`` with ``--set`` overrides applied (checked against ``root``).
+
+    Raises:
+        ConfigError: The file is missing, unreadable, not YAML or not a mapping, or an
+            override names an unknown key.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from exc
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from exc
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else f"{type(raw).__name__} {raw!r}"
+        raise ConfigError(f"{path}: top level must be a mapping of sections (got {got})")
+    raw = copy.deepcopy(raw)
+    for override in overrides:
+        apply_override(raw, override, root)
+    return raw
+
+
 def load_config(
     path: str | Path, overrides: Sequence[str] = (), *, check_paths: bool = True
 ) -> RunConfig:
@@ -131,27 +162,7 @@ def load_config(
     Raises:
         ConfigError: Naming the file or the dotted key of the first problem found.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc})") from exc
-    try:
-        raw = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from exc
-    if not isinstance(raw, dict):
-        got = "an empty file" if raw is None else f"{type(raw).__name__} {raw!r}"
-        raise ConfigError(f"{path}: top level must be a mapping of sections (got {got})")
-    raw = copy.deepcopy(raw)
-    for override in overrides:
-        apply_override(raw, override)
+    raw = read_yaml_with_overrides(path, overrides, RunConfig)
     return config_from_dict(raw, check_paths=check_paths)
 
 

@@ -12,7 +12,6 @@ Like :mod:`rayrm.config`, this module must stay cheap to import: no ``ray``, no 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -34,8 +33,7 @@ from rayrm.config_io import (
     _absolute,
     _absolute_or_none,
     _check_dir,
-    _Loader,
-    apply_override,
+    read_yaml_with_overrides,
 )
 
 __all__ = [
@@ -369,25 +367,7 @@ def load_stage_config(
     Raises:
         ConfigError: Naming the file or the dotted key of the first problem found.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc})") from exc
-    try:
-        raw = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from exc
-    if not isinstance(raw, dict):
-        got = "an empty file" if raw is None else f"{type(raw).__name__} {raw!r}"
-        raise ConfigError(f"{path}: top level must be a mapping of sections (got {got})")
-    raw = copy.deepcopy(raw)
-    for override in overrides:
-        apply_override(raw, override, cls)
+    raw = read_yaml_with_overrides(path, overrides, cls)
     return stage_config_from_dict(cls, raw, check_paths=check_paths)
 
 
