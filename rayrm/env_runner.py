@@ -39,8 +39,8 @@ class RLHFEnvRunner(SingleAgentEnvRunner):
 
     def __init__(self, *, config: Any, **kwargs: Any) -> None:
         super().__init__(config=config, **kwargs)
-        seed = self._seed if self._seed is not None else int(time.time_ns() % 2**31)
-        self._generator = torch.Generator().manual_seed(seed)
+        self._sampling_seed = self._seed if self._seed is not None else time.time_ns() % 2**31
+        self._generator: torch.Generator | None = None  # made on the module's device
 
     @property
     def sub_envs(self) -> list[Any]:
@@ -99,6 +99,9 @@ class RLHFEnvRunner(SingleAgentEnvRunner):
         ids, mask = left_pad(prompts, pad_id)
         device = next(module.lm.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
+        if self._generator is None or self._generator.device != ids.device:
+            # torch.multinomial needs a generator on the device of the probabilities (GPU runners).
+            self._generator = torch.Generator(device=ids.device).manual_seed(self._sampling_seed)
         with torch.no_grad():
             logits, cache = module.decode_start(ids, mask)
         active = [True] * len(sub_envs)

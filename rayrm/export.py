@@ -100,7 +100,9 @@ def sample_completions(
         ids = tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] or [eos]
         encoded.append(torch.tensor(ids).numpy())
     ids, mask = left_pad(encoded, pad)
-    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
     logits, cache = decode_start(model, ids, mask)
     out: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
