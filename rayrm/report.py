@@ -62,14 +62,23 @@ def _plot(path: Path, title: str, curves: list[tuple[str, list[int], list[float]
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, xs, ys in curves:
-        if xs:
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=label)
+    lines = []
+    for i, (label, xs, ys) in enumerate(curves):
+        if not xs:
+            continue
+        # Each further curve gets its own y-axis: a reward model's logits and a gold score in
+        # [-1, 1] share the x-axis (when the curves part) but not a scale.
+        axis = ax if not lines else ax.twinx()
+        (line,) = axis.plot(
+            xs, ys, color=f"C{i}", marker="o" if len(xs) < 30 else None, label=label
+        )
+        axis.set_ylabel(label, color=f"C{i}")
+        lines.append(line)
     ax.set_title(title)
     ax.set_xlabel("iteration (PPO updates)")
     ax.grid(alpha=0.3)
-    if any(xs for _, xs, _ in curves):
-        ax.legend()
+    if lines:
+        ax.legend(lines, [line.get_label() for line in lines])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
