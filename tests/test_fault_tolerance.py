@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -141,13 +142,17 @@ def test_killed_trial_restores_from_checkpoint(ray_local, tiny_policy_dir, promp
     assert beta != pytest.approx(results[0][M.RLHF_RESULTS][M.KL_BETA])  # ... and had moved
 
 
-def test_env_runners_spread_over_nodes(tiny_policy_dir, prompts_file, tmp_path):
+def test_env_runners_spread_over_nodes(tiny_policy_dir, prompts_file, tmp_path, monkeypatch):
     """A head and two worker nodes on one machine; SPREAD puts each env runner on its own node."""
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
     temp_dir = tempfile.mkdtemp(prefix="rayrm-", dir="/tmp")
+    # Cluster writes its address file under $RAY_TMPDIR/ray (default /tmp/ray, which need not
+    # exist on a fresh machine): keep it in this test's folder.
+    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
+    os.makedirs(os.path.join(temp_dir, "ray"), exist_ok=True)
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 2, "resources": {"head": 1}, "temp_dir": temp_dir},
