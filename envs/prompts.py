@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from envs.tokenization import Prompt, check_conversation
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -44,7 +46,11 @@ def load_prompts(path: str | os.PathLike[str], column: str = "prompt") -> list[s
 
 
 def load_prompts_with_references(
-    path: str | os.PathLike[str], column: str = "prompt", reference_column: str | None = "reference"
+    path: str | os.PathLike[str],
+    column: str = "prompt",
+    reference_column: str | None = "reference",
+    *,
+    table: pa.Table | None = None,
 ) -> tuple[list[str], list[str] | None]:
     """Reads the prompts and, when the file has one, the reference column (one file read).
 
@@ -54,6 +60,7 @@ def load_prompts_with_references(
     Args:
         path, column: As :func:`load_prompts`.
         reference_column: Column holding one reference text per prompt; None skips it.
+        table: The file already read (by :func:`load_prompt_rows`).
 
     Returns:
         ``(prompts, references)``; ``references`` is None when the file has no such column.
@@ -61,7 +68,8 @@ def load_prompts_with_references(
     Raises:
         FileNotFoundError, ValueError: As :func:`load_prompts`, for either column.
     """
-    table = _read_table(path)
+    if table is None:
+        table = _read_table(path)
     if column not in table.column_names:
         raise ValueError(
             f"prompts file {path} has no column {column!r}; columns present: {table.column_names}"
@@ -70,6 +78,72 @@ def load_prompts_with_references(
     if reference_column is None or reference_column not in table.column_names:
         return prompts, None
     return prompts, _string_column(table, path, reference_column)
+
+
+def load_prompt_rows(
+    path: str | os.PathLike[str],
+    column: str = "prompt",
+    reference_column: str | None = "reference",
+    messages_column: str | None = "messages",
+) -> tuple[list[Prompt], list[str] | None]:
+    """Reads plain prompts, or conversations when the file has no prompt column.
+
+    A file with ``column`` holds plain prompt strings. A file without it but with
+    ``messages_column`` holds one conversation per row (a list of ``{"role", "content"}``
+    messages, the common shape of public chat datasets), rendered later with the policy
+    tokenizer's chat template.
+
+    Returns:
+        ``(prompts, references)``; each prompt is a string or a list of messages.
+
+    Raises:
+        FileNotFoundError, ValueError: As :func:`load_prompts`; a malformed conversation names
+            its row.
+    """
+    table = _read_table(path)
+    names = table.column_names
+    if column in names or messages_column is None or messages_column not in names:
+        return load_prompts_with_references(path, column, reference_column, table=table)
+    prompts: list[Prompt] = [
+        check_conversation(value, f"prompts file {path}, column {messages_column!r}, row {row}")
+        for row, value in enumerate(table.column(messages_column).to_pylist())
+    ]
+    if reference_column is None or reference_column not in names:
+        return prompts, None
+    return prompts, _string_column(table, path, reference_column)
+
+
+def prompt_file_columns(path: str | os.PathLike[str]) -> list[str]:
+    """Column names of a prompts file without reading its rows: the Parquet schema, or the keys
+    of the first JSON line.
+
+    Raises:
+        FileNotFoundError, ValueError: As :func:`load_prompts`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except pa.ArrowException as e:
+            raise ValueError(f"could not read prompts file {path} as Parquet: {e}") from e
+    if suffix not in JSON_SUFFIXES:
+        raise ValueError(
+            f"prompts file {path} has unsupported extension {suffix!r}; "
+            f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    with path.open(encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        row = json.loads(first) if first else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"prompts file {path}, line 1: not a JSON object ({e})") from e
+    return list(row) if isinstance(row, dict) else []
 
 
 def _read_table(path: str | os.PathLike[str]) -> pa.Table:
@@ -132,7 +206,7 @@ def _read_json_lines(path: Path) -> pa.Table:
 
 
 def write_prompts_jsonl(
-    path: str | os.PathLike[str], prompts: Iterable[str], column: str = "prompt"
+    path: str | os.PathLike[str], prompts: Iterable[Prompt], column: str = "prompt"
 ) -> Path:
     """Writes prompts as JSON Lines, one ``{column: prompt}`` object per line.
 
@@ -141,7 +215,7 @@ def write_prompts_jsonl(
 
     Args:
         path: Destination file; parent directories are created.
-        prompts: The prompt strings.
+        prompts: The prompt strings (or conversations, written under ``column="messages"``).
         column: The key to store each prompt under.
 
     Returns:

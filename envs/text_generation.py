@@ -19,7 +19,8 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
-from envs.prompts import load_prompts_with_references
+from envs.prompts import load_prompt_rows
+from envs.tokenization import Prompt, PromptCodec, check_conversation
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -33,12 +34,14 @@ Observation = dict[str, np.ndarray]
 class TextGenerationEnv(gym.Env[Observation, int]):
     """Generates one completion per episode, one token per step, paid once at the end.
 
-    Each episode samples a prompt, tokenizes it once and then appends one token per step.
+    Each episode samples a prompt, tokenizes it once (special tokens and chat templates as in
+    ``envs.tokenization``) and then appends one token per step.
     The observation is the whole sequence so far (prompt tokens, then generated tokens,
     right-padded with the pad id) and its length, so a policy can run a causal LM over it and
     read the logits at position ``length - 1``.
 
-    The episode ends at EOS (``terminated``) or after ``max_new_tokens`` tokens (``truncated``
+    The episode ends at a stop token or stop string (``terminated``) or after
+    ``max_new_tokens`` tokens (``truncated``
     -- Gymnasium's time-limit signal). Because the sequence-level reward is paid in full at
     that last step, there is nothing left to bootstrap: rayrm's advantage estimation treats the
     end of a completion as terminal in both cases (V(s_{T+1}) = 0), and the truncated flag is
@@ -56,16 +59,23 @@ class TextGenerationEnv(gym.Env[Observation, int]):
             ``AutoTokenizer.from_pretrained``, or a tokenizer object. Must define an EOS token;
             the pad id falls back to the EOS id.
         prompts: ``None`` for ``BUILTIN_PROMPTS``, a ``.parquet``/``.jsonl`` path for
-            ``load_prompts``, or a list of prompt strings.
+            ``load_prompt_rows``, or a list of prompts: strings, or conversations (lists of
+            ``{"role", "content"}`` messages) rendered with the tokenizer's chat template.
         prompt_column: Column holding the prompts when ``prompts`` is a path.
+        messages_column: Column holding conversations, read when the file has no
+            ``prompt_column``.
+        chat_template: Render plain prompts as a user turn with the chat template too.
         reference_column: Column holding one reference text per prompt (for reference-based
             rewards such as chrF) when ``prompts`` is a path; used only if the file has it.
             Each episode's reference is then in ``info["reference"]`` (reset and every step).
         reward_fn: ``"builtin"`` (``vowel_reward``), a ``"module:function"`` string, a callable
             with the batched reward signature, or ``None`` for a deferred reward.
-        max_prompt_tokens: Prompts longer than this keep their last ``max_prompt_tokens``
-            tokens (left truncation keeps the text nearest to the completion).
+        max_prompt_tokens: Prompts longer than this keep their BOS and their last tokens
+            (left truncation keeps the text nearest to the completion).
         max_new_tokens: Completion length limit; reaching it truncates the episode.
+        stop_token_ids: Token ids besides the tokenizer's EOS that end (terminate) an episode,
+            e.g. every id of the model's ``generation_config.eos_token_id``.
+        stop_strings: Texts that end an episode once the completion contains them.
         vocab_size: Size of the action space; defaults to ``len(tokenizer)``. May be larger,
             since a model's embedding matrix is often padded beyond the tokenizer.
         render_mode: ``None`` or ``"ansi"`` (``render()`` returns prompt + completion text).
@@ -81,12 +91,16 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         self,
         *,
         tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None = None,
-        prompts: str | os.PathLike[str] | Sequence[str] | None = None,
+        prompts: str | os.PathLike[str] | Sequence[Prompt] | None = None,
         prompt_column: str = "prompt",
         reference_column: str | None = "reference",
+        messages_column: str | None = "messages",
+        chat_template: bool = False,
         reward_fn: RewardFn | str | None = "builtin",
         max_prompt_tokens: int = 32,
         max_new_tokens: int = 16,
+        stop_token_ids: Sequence[int] = (),
+        stop_strings: Sequence[str] = (),
         vocab_size: int | None = None,
         render_mode: str | None = None,
     ) -> None:
@@ -106,11 +120,17 @@ class TextGenerationEnv(gym.Env[Observation, int]):
             raise ValueError(
                 "the tokenizer has no eos_token_id; TextGenerationEnv needs EOS to end episodes"
             )
-        self.eos_token_id = int(self.tokenizer.eos_token_id)
-        pad_token_id = self.tokenizer.pad_token_id
-        self.pad_token_id = self.eos_token_id if pad_token_id is None else int(pad_token_id)
+        self.codec = PromptCodec(
+            self.tokenizer,
+            max_prompt_tokens=max_prompt_tokens,
+            chat_template=chat_template,
+            stop_token_ids=stop_token_ids,
+            stop_strings=stop_strings,
+        )
+        self.eos_token_id = self.codec.eos_token_id
+        self.pad_token_id = self.codec.pad_token_id
         self.prompts, self.references = resolve_prompts_and_references(
-            prompts, prompt_column, reference_column
+            prompts, prompt_column, reference_column, messages_column
         )
         self.reward_fn = resolve_reward_fn(reward_fn)
         self.reward_deferred = self.reward_fn is None
@@ -139,10 +159,13 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         # Episode state; reset() fills it, step() only appends.
         self._input_ids = np.full(self.max_seq_len, self.pad_token_id, dtype=np.int64)  # (L,)
         self._length = 0
+        self._prompt_ids: list[int] = []
         self._generated: list[int] = []
         self._prompt = ""
+        self._messages: list[dict[str, str]] | None = None
         self._prompt_index = -1
         self._reference: str | None = None
+        self._prompt_text = ""
         self._completion = ""
         self._has_reset = False
         self._episode_over = False
@@ -164,23 +187,25 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         """
         super().reset(seed=seed)
         options = options or {}
-        self._prompt, self._prompt_index = self._choose_prompt(options)
+        prompt, self._prompt_index = self._choose_prompt(options)
         self._reference = options.get("reference")
         if self._reference is None and self.references is not None and self._prompt_index >= 0:
             self._reference = self.references[self._prompt_index]
-        prompt_ids = self.tokenizer.encode(self._prompt, add_special_tokens=False)
-        prompt_ids = prompt_ids[-self.max_prompt_tokens :]
-        if not prompt_ids:
-            # The LM needs at least one token to condition its first prediction on.
-            prompt_ids = [self.eos_token_id]
+        self._messages = self.codec.conversation(prompt)
+        self._prompt = prompt if isinstance(prompt, str) else self.codec.render(prompt)
+        prompt_ids = self.codec.encode(prompt)
         self._input_ids.fill(self.pad_token_id)
         self._input_ids[: len(prompt_ids)] = prompt_ids
         self._length = len(prompt_ids)
+        self._prompt_ids = prompt_ids
+        self._prompt_text = self.codec.decode(prompt_ids)
         self._generated = []
         self._completion = ""
         self._has_reset = True
         self._episode_over = False
         info: dict[str, Any] = {"prompt": self._prompt, "prompt_index": self._prompt_index}
+        if self._messages is not None:
+            info["messages"] = self._messages
         if self._reference is not None:
             info["reference"] = self._reference
         return self._observation(), info
@@ -193,9 +218,11 @@ class TextGenerationEnv(gym.Env[Observation, int]):
 
         Returns:
             ``(obs, reward, terminated, truncated, info)``; ``info`` holds ``prompt``,
-            ``completion`` (generated text without EOS, special tokens skipped) and
-            ``num_generated``, plus ``reward_deferred`` on the last step and ``reference``
-            when the prompt has one.
+            ``completion`` (the generated text: prompt and completion decoded together and
+            split at the prompt, without the stop token, special tokens skipped) and
+            ``num_generated``; on the last step also ``prompt_text`` (the decoded prompt, the
+            text rewards read) and ``reward_deferred``; ``messages`` for a conversation and
+            ``reference`` when the prompt has one.
 
         Raises:
             RuntimeError: If called before ``reset`` or after the episode ended.
@@ -217,43 +244,49 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         self._length += 1
         self._generated.append(token)
 
-        terminated = token == self.eos_token_id
+        # Decoding prompt and completion together each step costs microseconds in the Rust
+        # tokenizer; decoding token by token would break multi-token characters, and decoding
+        # the completion alone would lose SentencePiece's leading space (see envs.tokenization).
+        self._prompt_text, self._completion = self.codec.texts(self._prompt_ids, self._generated)
+        terminated = token in self.codec.stop_token_ids or (
+            bool(self.codec.stop_strings)
+            and self.codec.stop_string_end(self._completion) is not None
+        )
         truncated = not terminated and len(self._generated) >= self.max_new_tokens
         self._episode_over = terminated or truncated
-        # Decoding the whole completion each step costs a few microseconds in the Rust
-        # tokenizer; decoding token by token would break multi-token characters and
-        # SentencePiece spacing.
-        completion_ids = self._generated[:-1] if terminated else self._generated
-        self._completion = str(self.tokenizer.decode(completion_ids, skip_special_tokens=True))
 
         info: dict[str, Any] = {
             "prompt": self._prompt,
             "completion": self._completion,
             "num_generated": len(self._generated),
         }
+        if self._messages is not None:
+            info["messages"] = self._messages
         if self._reference is not None:
             info["reference"] = self._reference
         reward = 0.0
         if self._episode_over:
+            # The texts rewards read: what the whole sequence decodes to, split at the prompt.
+            info["prompt_text"] = self._prompt_text
             info["reward_deferred"] = self.reward_deferred
             if self.reward_fn is not None:
-                reward = float(self.reward_fn([self._prompt], [self._completion])[0])
+                reward = float(self.reward_fn([self._prompt_text], [self._completion])[0])
         return self._observation(), reward, terminated, truncated, info
 
     def render(self) -> str | None:  # type: ignore[override]  # ansi frames are str
         """Returns prompt + completion text in ``"ansi"`` mode, else nothing."""
         if self.render_mode == "ansi":
-            return self._prompt + self._completion
+            return self._prompt_text + self._completion
         return None
 
-    def _choose_prompt(self, options: dict[str, Any]) -> tuple[str, int]:
+    def _choose_prompt(self, options: dict[str, Any]) -> tuple[Prompt, int]:
         """Picks the episode's prompt text and index (-1 for a prompt given as text)."""
         if "prompt" in options and "prompt_index" in options:
             raise ValueError("reset options may hold 'prompt' or 'prompt_index', not both")
         if "prompt" in options:
             prompt = options["prompt"]
             if not isinstance(prompt, str):
-                raise ValueError(f"options['prompt'] must be a string, got {type(prompt).__name__}")
+                prompt = check_conversation(prompt, "options['prompt']")
             return prompt, -1
         if "prompt_index" in options:
             index = int(options["prompt_index"])
@@ -288,31 +321,37 @@ def resolve_tokenizer(
 
 
 def resolve_prompts(
-    prompts: str | os.PathLike[str] | Sequence[str] | None, column: str = "prompt"
-) -> list[str]:
-    """Returns ``BUILTIN_PROMPTS`` for None, reads a path, validates an in-memory list."""
+    prompts: str | os.PathLike[str] | Sequence[Prompt] | None,
+    column: str = "prompt",
+    messages_column: str | None = "messages",
+) -> list[Prompt]:
+    """Returns ``BUILTIN_PROMPTS`` for None, reads a path, validates an in-memory list.
+
+    Each prompt is a string or a conversation (a list of ``{"role", "content"}`` messages).
+    """
     if prompts is None:
         return list(BUILTIN_PROMPTS)
     if isinstance(prompts, str | os.PathLike):
-        return load_prompts_with_references(prompts, column, None)[0]
+        return load_prompt_rows(prompts, column, None, messages_column)[0]
     prompts = list(prompts)
     if not prompts:
         raise ValueError("prompts is an empty list; give at least one prompt")
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompts[{i}] must be a string, got {type(prompt).__name__}")
-    return prompts
+    return [
+        p if isinstance(p, str) else check_conversation(p, f"prompts[{i}]")
+        for i, p in enumerate(prompts)
+    ]
 
 
 def resolve_prompts_and_references(
-    prompts: str | os.PathLike[str] | Sequence[str] | None,
+    prompts: str | os.PathLike[str] | Sequence[Prompt] | None,
     column: str = "prompt",
     reference_column: str | None = "reference",
-) -> tuple[list[str], list[str] | None]:
+    messages_column: str | None = "messages",
+) -> tuple[list[Prompt], list[str] | None]:
     """``resolve_prompts`` plus the file's reference column (None if absent or not a file)."""
     if isinstance(prompts, str | os.PathLike):
-        return load_prompts_with_references(prompts, column, reference_column)
-    return resolve_prompts(prompts, column), None
+        return load_prompt_rows(prompts, column, reference_column, messages_column)
+    return resolve_prompts(prompts, column, messages_column), None
 
 
 def resolve_reward_fn(spec: RewardFn | str | None) -> RewardFn | None:

@@ -31,11 +31,14 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
+from envs.tokenization import Prompt
 from rayrm import metrics as M
 from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import AdaptiveKLController, FixedKLController, RunningMoments
 from rayrm.env_runner import RLHFEnvRunner
 from rayrm.learner import RLHFPPOLearner
+from rayrm.models.decoding import sample_sequences
+from rayrm.models.loading import load_tokenizer, prompt_codec, stop_token_ids
 from rayrm.policy import LMPolicyModule
 from rayrm.rewards import pool_from_config
 
@@ -75,7 +78,7 @@ class RLHFConfig(PPOConfig):
         """Sets every RLlib field from ``cfg`` (see the class docstring)."""
         from transformers import AutoConfig
 
-        vocab_size = int(AutoConfig.from_pretrained(cfg.model.path).vocab_size)
+        vocab_size = int(AutoConfig.from_pretrained(cfg.model.path).get_text_config().vocab_size)
         ppo, res = cfg.ppo, cfg.resources
         tokens_per_learner = max(
             1, ppo.batch_size * cfg.generation.max_new_tokens // max(1, res.num_learners)
@@ -87,9 +90,13 @@ class RLHFConfig(PPOConfig):
                 "prompts": cfg.data.prompts,
                 "prompt_column": cfg.data.prompt_column,
                 "reference_column": cfg.data.reference_column,
+                "messages_column": cfg.data.messages_column,
+                "chat_template": cfg.data.chat_template,
                 "reward_fn": None,  # deferred: the RewardPool scores in batches
                 "max_prompt_tokens": cfg.data.max_prompt_tokens,
                 "max_new_tokens": cfg.generation.max_new_tokens,
+                "stop_token_ids": stop_token_ids(cfg),
+                "stop_strings": list(cfg.generation.stop_strings),
                 "vocab_size": vocab_size,
             },
         )
@@ -118,8 +125,7 @@ class RLHFConfig(PPOConfig):
             num_epochs=ppo.num_epochs,
             train_batch_size_per_learner=tokens_per_learner,
             minibatch_size=max(1, tokens_per_learner // ppo.num_minibatches),
-            grad_clip=ppo.max_grad_norm,
-            grad_clip_by="global_norm",
+            grad_clip=None,  # the optimizer clips, after float16 unscaling (rayrm.learner)
             use_kl_loss=False,
             use_critic=True,
             entropy_coeff=ppo.entropy_coef,
@@ -130,6 +136,8 @@ class RLHFConfig(PPOConfig):
                 model_config={
                     "path": cfg.model.path,
                     "dtype": cfg.model.dtype,
+                    "gradient_checkpointing": cfg.model.gradient_checkpointing,
+                    "forward_batch_size": cfg.forward_batch_size,
                     "critic": cfg.model.critic,
                     "critic_path": cfg.model.resolved_critic_path,
                     "temperature": cfg.generation.temperature,
@@ -218,45 +226,50 @@ class RLHFPPO(PPO):
 
     # ------------------------------------------------------------------ evaluation
     def _setup_eval(self) -> None:
-        from transformers import AutoTokenizer
-
-        from envs.prompts import load_prompts_with_references
+        from envs.prompts import load_prompt_rows
         from rayrm.rewards import resolve_function
 
         e = self.rlhf.eval
-        self.tokenizer = AutoTokenizer.from_pretrained(self.rlhf.model.resolved_tokenizer_path)
+        self.tokenizer = load_tokenizer(self.rlhf.model.resolved_tokenizer_path)
+        self.codec = prompt_codec(self.rlhf, self.tokenizer)
         path = e.prompts or self.rlhf.data.prompts
         data = self.rlhf.data
-        prompts, refs = load_prompts_with_references(
-            path, data.prompt_column, data.reference_column
+        prompts, refs = load_prompt_rows(
+            path, data.prompt_column, data.reference_column, data.messages_column
         )
         self.eval_prompts = prompts[: e.num_prompts]
         self.eval_references = None if refs is None else refs[: e.num_prompts]
         self.gold_fn = resolve_function(e.gold_function) if e.gold_function else None
 
-    def sample_texts(self, prompts: list[str], *, greedy: bool = False, seed: int = 0) -> list[str]:
-        """One completion per prompt from the current policy (the synced local copy)."""
-        from rayrm.export import sample_completions
-
+    def sample_texts(
+        self, prompts: list[Prompt], *, greedy: bool = False, seed: int = 0
+    ) -> tuple[list[str], list[str]]:
+        """``(prompt_texts, completions)``: one completion per prompt from the current policy
+        (the synced local copy), and the texts as rewards read them."""
         g = self.rlhf.generation
-        return sample_completions(
+        sequences = sample_sequences(
             self.env_runner.module.lm,
-            self.tokenizer,
+            self.codec,
             prompts,
             max_new_tokens=g.max_new_tokens,
-            max_prompt_tokens=self.rlhf.data.max_prompt_tokens,
             temperature=g.temperature,
             top_k=g.top_k,
             top_p=g.top_p,
             greedy=greedy,
             seed=seed,
         )
+        texts = [self.codec.texts(p, c) for p, c in sequences]
+        return [t[0] for t in texts], [t[1] for t in texts]
 
     def evaluate(self) -> dict[str, float]:
         """Proxy (the run's reward source) and gold scores on the held-out prompts."""
-        prompts = self.eval_prompts
-        completions = self.sample_texts(prompts, seed=self.rlhf.seed)
-        proxy = self.reward_pool.score(prompts, completions, references=self.eval_references)
+        prompts, completions = self.sample_texts(self.eval_prompts, seed=self.rlhf.seed)
+        proxy = self.reward_pool.score(
+            prompts,
+            completions,
+            references=self.eval_references,
+            messages=[self.codec.conversation(p) for p in self.eval_prompts],
+        )
         out = {
             M.EVAL_UPDATES: float(self.iteration),
             M.EVAL_PROXY_MEAN: float(proxy.mean()),
@@ -330,10 +343,12 @@ class RLHFPPO(PPO):
         """Scores every finished completion through the pool and pays it at the last token."""
         infos = [e.get_infos(-1) for e in episodes]
         references = [i.get("reference") for i in infos]
+        messages = [i.get("messages") for i in infos]
         raw, breakdown = self.reward_pool.score_detailed(
-            [i["prompt"] for i in infos],
+            [i["prompt_text"] for i in infos],  # what the tokens decode to (envs.tokenization)
             [i["completion"] for i in infos],
             references=None if all(ref is None for ref in references) else references,
+            messages=None if all(m is None for m in messages) else messages,
             finished=[bool(e.is_terminated) for e in episodes],  # EOS, not the length limit
             lengths=[len(e) - int(e.is_terminated) for e in episodes],  # tokens without EOS
         )
@@ -412,12 +427,13 @@ class RLHFPPO(PPO):
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """RLlib's checkpoint plus the resolved config and the tokenizer, for export/generate."""
         super().save_checkpoint(checkpoint_dir)
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig, GenerationConfig
 
         self.rlhf.save_yaml(Path(checkpoint_dir) / RESOLVED_CONFIG_FILE)
-        tokenizer = AutoTokenizer.from_pretrained(self.rlhf.model.resolved_tokenizer_path)
-        tokenizer.save_pretrained(str(Path(checkpoint_dir) / TOKENIZER_DIR))
-        # The architecture (original config, dropout included) so export needs no model.path.
-        AutoConfig.from_pretrained(self.rlhf.model.path).save_pretrained(
-            str(Path(checkpoint_dir) / HF_CONFIG_DIR)
-        )
+        self.tokenizer.save_pretrained(str(Path(checkpoint_dir) / TOKENIZER_DIR))
+        # The architecture (original config, dropout included) and the generation config (its
+        # EOS ids) so export needs no model.path.
+        hf_dir = str(Path(checkpoint_dir) / HF_CONFIG_DIR)
+        AutoConfig.from_pretrained(self.rlhf.model.path).save_pretrained(hf_dir)
+        if (Path(self.rlhf.model.path) / "generation_config.json").is_file():
+            GenerationConfig.from_pretrained(self.rlhf.model.path).save_pretrained(hf_dir)

@@ -20,12 +20,14 @@ Sections (``--sections``):
 * ``lengths`` -- the same workload at 16, 32, 64, 128 new tokens: seconds per generated token
   and the ratio cost(longest) / cost(shortest).
 * ``memory`` -- bytes stored per sampled step (numpy ``nbytes`` of observations, actions,
-  rewards and extra model outputs, divided by steps) for a small- and a 50k-vocabulary model.
+  rewards and extra model outputs, divided by steps) for a small- and a 50k-vocabulary model;
+  and the peak memory of one learner update at a 151,936-token vocabulary, rayrm's chunked
+  LM head against the full-logits path (``rayrm.bench_memory``).
 * ``trl`` -- the identical workload with TRL's ``PPOTrainer`` (needs ``trl==1.12.0``, the
   ``bench`` extra), stock and with its ``gc.collect()`` calls disabled, plus the ratio line.
 
 Every line has a ``bench`` key: ``rayrm``, ``trl``, ``ratio``, ``length_series``,
-``memory_per_step`` or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
+``memory_per_step``, ``learner_memory`` or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
 ``n_layer``, ``n_head``, ``n_embd``, ``n_positions``, ``vocab_size``, ``policy_params``,
 ``reward_params``); ``batch_size``, ``max_new_tokens``, ``num_env_runners``, ``num_learners``,
 ``critic``, ``num_epochs``, ``num_minibatches``, ``warmup``; ``iterations`` (measured),
@@ -318,6 +320,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[100, 50_000],
         help="vocabulary sizes of the memory-per-step check (default: 100,50000)",
     )
+    r.add_argument(
+        "--learner-memory-vocab",
+        type=int,
+        default=151_936,
+        help="vocabulary of the learner-update peak-memory check, chunked vs full logits "
+        "(default: %(default)s, Qwen2.5's; 0 skips it)",
+    )
     r.add_argument("--workdir", default=None, help="where models are built (default: a temp dir)")
 
 
@@ -375,6 +384,17 @@ def main(args: argparse.Namespace) -> int:
                 run(measure_memory(spec, args.memory_vocab_sizes, str(workdir / "memory")))
             except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
                 run(error_record("measure_memory", RuntimeError(traceback.format_exc())))
+        if "memory" in sections and args.learner_memory_vocab:
+            from rayrm.bench_memory import measure_learner_memory
+
+            try:
+                run(
+                    measure_learner_memory(
+                        str(workdir / "learner_memory"), vocab_size=args.learner_memory_vocab
+                    )
+                )
+            except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
+                run(error_record("measure_learner_memory", RuntimeError(traceback.format_exc())))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -135,7 +135,7 @@ def build_workload(
 
     from envs.builtin import BUILTIN_PROMPTS
     from envs.prompts import write_prompts_jsonl
-    from rayrm.tiny import build_tiny_policy
+    from rayrm.models.tiny import build_tiny_policy
 
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)

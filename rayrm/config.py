@@ -98,7 +98,14 @@ class ModelConfig:
             separate critic model.
         critic_path: Hugging Face model directory the separate critic starts from; None means
             ``path``. Only allowed with ``critic=separate``.
-        dtype: Parameter dtype of policy, critic and reference model.
+        dtype: Dtype of the policy, critic and reference weights and of their forward and
+            backward passes (``bfloat16`` on GPUs that have it, as most checkpoints are
+            published). Updates go through float32 master weights and float32 Adam state
+            (``rayrm.models.precision``); ``float16`` adds dynamic loss scaling. Weight syncs,
+            checkpoints and ``rayrm export`` keep this dtype.
+        gradient_checkpointing: Recompute the policy's (and critic's) activations in backward
+            instead of storing them (Hugging Face's gradient checkpointing): less memory,
+            about a third more update time.
     """
 
     path: str
@@ -106,6 +113,7 @@ class ModelConfig:
     critic: Literal["shared", "separate"] = "shared"
     critic_path: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
 
     @property
     def resolved_tokenizer_path(self) -> str:
@@ -126,9 +134,17 @@ class DataConfig:
     """The prompts sampled each iteration.
 
     Attributes:
-        prompts: Prompts file (``.parquet``, ``.jsonl`` or ``.json``). Required.
+        prompts: Prompts file (``.parquet``, ``.jsonl`` or ``.json``). Required. Each row holds
+            a prompt string (``prompt_column``) or, when the file has no such column, a
+            conversation (``messages_column``: a list of ``{role, content}`` messages, rendered
+            with the policy tokenizer's chat template and its generation prompt).
         prompt_column: Column (or JSON field) that holds the prompt text.
-        max_prompt_tokens: Prompts are truncated (left) to this many tokens.
+        messages_column: Column that holds conversations (read when ``prompt_column`` is
+            absent from the file).
+        chat_template: Also render plain prompts with the chat template, as one user message.
+        max_prompt_tokens: Prompts are truncated (left) to this many tokens; a leading BOS is
+            kept. Prompts are encoded with the special tokens the tokenizer adds by default
+            (BOS for Llama, Mistral, Gemma), or by the chat template.
         reference_column: Column holding one reference text per prompt, for reference-based
             rewards (``reward.source: metric``, metric components, reward functions with a
             ``references`` parameter). Read when the file has it; required only when the
@@ -137,6 +153,8 @@ class DataConfig:
 
     prompts: str
     prompt_column: str = "prompt"
+    messages_column: str = "messages"
+    chat_template: bool = False
     max_prompt_tokens: int = _bounded(32, ge=1)
     reference_column: str = "reference"
 
@@ -150,12 +168,20 @@ class GenerationConfig:
         temperature: Softmax temperature; the logprobs PPO uses are computed at it too.
         top_k: Keep only the k most likely tokens; 0 turns it off.
         top_p: Nucleus sampling mass; 1.0 turns it off.
+        stop_token_ids: Token ids that end a completion besides the tokenizer's EOS and every
+            id of the model's ``generation_config.eos_token_id`` (which always do; chat models
+            list several, e.g. Qwen2.5's ``<|im_end|>`` and ``<|endoftext|>``). The stop token
+            is the completion's last action and receives the score; it is not in the text.
+        stop_strings: Texts that end a completion once it contains one; the text the reward
+            reads keeps the stop string and drops what the last token added after it.
     """
 
     max_new_tokens: int = _bounded(16, ge=1)
     temperature: float = _bounded(1.0, gt=0)
     top_k: int = _bounded(0, ge=0)
     top_p: float = _bounded(1.0, gt=0, le=1)
+    stop_token_ids: list[int] = field(default_factory=list)
+    stop_strings: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -169,6 +195,10 @@ class RewardConfig:
             with every reward model in ``members`` and combines them by ``combine``;
             ``composite`` is the weighted sum of ``components``.
         path: Reward-model directory. Required with ``source=model``; ignored otherwise.
+            Reward models read prompt + completion as text through *their own* tokenizer (and,
+            for conversations, their own chat template), so they need not share the policy's.
+        tokenizer_path: Tokenizer directory for reward models whose directory has none
+            (ensemble members too); None uses each model's own directory.
         function: ``"module:function"`` scoring callable. Required with ``source=function``;
             ignored otherwise. A function with a ``references`` parameter also receives the
             prompts' reference texts.
@@ -217,6 +247,7 @@ class RewardConfig:
 
     source: Literal["model", "function", "metric", "ensemble", "composite"] = "function"
     path: str | None = None
+    tokenizer_path: str | None = None
     function: str | None = "envs.builtin:vowel_reward"
     metric: Literal["chrf", "bleu"] = "chrf"
     members: list[str] = field(default_factory=list)
@@ -276,6 +307,7 @@ class RewardComponent:
         weight: Its coefficient in the weighted sum (negative weights penalise).
         source: ``model``, ``function``, ``metric`` or ``ensemble`` (composites do not nest).
         path: As ``reward.path``, for ``source=model``.
+        tokenizer_path: As ``reward.tokenizer_path``, for this component's reward models.
         function: As ``reward.function``, for ``source=function``.
         metric: As ``reward.metric``, for ``source=metric``.
         members: As ``reward.members``, for ``source=ensemble``.
@@ -287,6 +319,7 @@ class RewardComponent:
     weight: float = 1.0
     source: Literal["model", "function", "metric", "ensemble"]
     path: str | None = None
+    tokenizer_path: str | None = None
     function: str | None = None
     metric: Literal["chrf", "bleu"] = "chrf"
     members: list[str] = field(default_factory=list)
@@ -315,6 +348,13 @@ class PPOConfig:
             2019 (https://arxiv.org/abs/1909.08593).
         target_kl: Per-sequence KL the adaptive controller aims for.
         kl_horizon: Horizon (in completions) of the adaptive controller.
+        forward_batch_size: Completions per no-grad forward pass in the learner (reference
+            log-probs, values, recomputed log-probs); None uses the completions of one
+            learner's training minibatch, which fit in memory with gradients already.
+        recompute_logp: Recompute the sampled tokens' log-probs (PPO's "old" log-probs and the
+            KL penalty's) with the learner's forward instead of using the sampler's. None:
+            only when ``model.dtype`` is not float32, where KV-cached decoding and a full
+            forward round differently and the first ratio would not be exactly 1.
     """
 
     batch_size: int = _bounded(16, ge=1)
@@ -332,6 +372,8 @@ class PPOConfig:
     adaptive_kl: bool = False
     target_kl: float = _bounded(6.0, gt=0)
     kl_horizon: int = _bounded(10000, gt=0)
+    forward_batch_size: int | None = _bounded(None, ge=1)
+    recompute_logp: bool | None = None
 
     @property
     def completions_per_minibatch(self) -> int:
@@ -496,6 +538,18 @@ class RunConfig:
     def completions_per_learner_minibatch(self) -> int:
         """Completions in one learner's share of one optimizer step."""
         return self.ppo.completions_per_minibatch // max(1, self.resources.num_learners)
+
+    @property
+    def forward_batch_size(self) -> int:
+        """Completions per no-grad learner forward (``ppo.forward_batch_size`` resolved)."""
+        return self.ppo.forward_batch_size or max(1, self.completions_per_learner_minibatch)
+
+    @property
+    def recompute_logp(self) -> bool:
+        """Whether the learner recomputes the old log-probs (``ppo.recompute_logp`` resolved)."""
+        if self.ppo.recompute_logp is not None:
+            return self.ppo.recompute_logp
+        return self.model.dtype != "float32"
 
     def validate(self) -> None:
         """Checks every field's type, enum value and range, then the relations between fields.

@@ -28,6 +28,13 @@ from rayrm.config import (
     _unknown_key,
     config_from_dict,
 )
+from rayrm.models.hf_files import (
+    TOKENIZER_FILES,
+    chat_template_of,
+    has_tokenizer,
+    position_limit,
+    vocab_rows,
+)
 
 __all__ = [
     "apply_override",
@@ -194,6 +201,7 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
         reward=dataclasses.replace(
             reward,
             path=_absolute_or_none(reward.path),
+            tokenizer_path=_absolute_or_none(reward.tokenizer_path),
             members=[_absolute(m) for m in reward.members],
             components=[_resolve_component(c) for c in reward.components],
         ),
@@ -203,10 +211,11 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
 
 
 def _resolve_component(component: Mapping[str, Any]) -> dict[str, Any]:
-    """A composite component with its ``path`` and ``members`` made absolute."""
+    """A composite component with its ``path``, ``tokenizer_path`` and ``members`` absolute."""
     out = dict(component)
-    if isinstance(out.get("path"), str):
-        out["path"] = _absolute(out["path"])
+    for key in ("path", "tokenizer_path"):
+        if isinstance(out.get(key), str):
+            out[key] = _absolute(out[key])
     if isinstance(out.get("members"), list):
         out["members"] = [_absolute(m) if isinstance(m, str) else m for m in out["members"]]
     return out
@@ -221,6 +230,8 @@ def validate_reward_paths(reward: RewardConfig) -> None:
     if reward.source == "composite":
         sources = [(f"reward.components[{i}]", c) for i, c in enumerate(reward.component_configs)]
     for prefix, src in sources:
+        if src.tokenizer_path is not None:
+            _check_dir(f"{prefix}.tokenizer_path", src.tokenizer_path, "a tokenizer directory")
         if src.source == "model" and src.path is not None:
             _check_dir(f"{prefix}.path", src.path, "the reward-model directory")
         if src.source == "function" and src.function is not None:
@@ -310,6 +321,9 @@ def validate_paths(cfg: RunConfig) -> None:
 
     validate_reward_paths(cfg.reward)
     _check_references(cfg)
+    conversations = _uses_conversations(cfg)
+    _check_policy_model(cfg, conversations)
+    _check_reward_tokenizers(cfg.reward, conversations)
 
     if cfg.eval.prompts is not None and not os.path.isfile(cfg.eval.prompts):
         raise ConfigError(f"eval.prompts {cfg.eval.prompts!r} is not a file", key="eval.prompts")
@@ -322,3 +336,107 @@ def validate_paths(cfg: RunConfig) -> None:
             f"run.storage_path {storage!r} exists and is not a directory",
             key="run.storage_path",
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and tokenizer checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _uses_conversations(cfg: RunConfig) -> bool:
+    """Whether prompts are rendered with a chat template (the flag, or a messages column)."""
+    if cfg.data.chat_template:
+        return True
+    columns_of = importlib.import_module("envs.prompts").prompt_file_columns
+    data = cfg.data
+    files = [("data.prompts", data.prompts)]
+    if cfg.eval.prompts is not None:
+        files.append(("eval.prompts", cfg.eval.prompts))
+    for key, path in files:
+        try:
+            columns = columns_of(path)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}", key=key) from exc
+        if data.prompt_column not in columns and data.messages_column in columns:
+            return True
+    return False
+
+
+def _check_policy_model(cfg: RunConfig, conversations: bool) -> None:
+    """Tokenizer present and within the embedding, sequences within the position limit, a
+    chat template when prompts are conversations."""
+    model = cfg.model
+    key = "model.tokenizer_path" if model.tokenizer_path is not None else "model.path"
+    tokenizer_dir = model.resolved_tokenizer_path
+    if not has_tokenizer(tokenizer_dir):
+        raise ConfigError(
+            f"{key} {tokenizer_dir!r} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+            "set model.tokenizer_path to the policy's tokenizer directory",
+            key=key,
+        )
+    try:
+        limit, rows = position_limit(model.path), vocab_rows(model.path)
+    except ValueError as exc:
+        raise ConfigError(f"model.path: {exc}", key="model.path") from exc
+    if limit is not None and cfg.max_seq_len > limit:
+        raise ConfigError(
+            f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + generation.max_new_tokens "
+            f"({cfg.generation.max_new_tokens}) = {cfg.max_seq_len} tokens exceeds the position "
+            f"limit of model.path ({limit}, config.json)",
+            key="generation.max_new_tokens",
+        )
+    transformers = importlib.import_module("transformers")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    except Exception as exc:  # any load failure is the user's to see, in one line
+        raise ConfigError(
+            f"{key} {tokenizer_dir!r}: the tokenizer does not load ({type(exc).__name__}: {exc})",
+            key=key,
+        ) from exc
+    if rows is not None and len(tokenizer) > rows:
+        raise ConfigError(
+            f"{key} {tokenizer_dir!r}: the tokenizer has {len(tokenizer)} tokens but model.path "
+            f"embeds only {rows} (config.json vocab_size); is it the model's own tokenizer?",
+            key=key,
+        )
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(
+            f"{key} {tokenizer_dir!r}: the tokenizer has no EOS token; completions need one "
+            "to end (or set generation.stop_token_ids and give the tokenizer an eos_token)",
+            key=key,
+        )
+    if conversations and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"{key} {tokenizer_dir!r}: the tokenizer has no chat template, but the prompts are "
+            f"conversations (data.chat_template, or a {cfg.data.messages_column!r} column)",
+            key="data.chat_template" if cfg.data.chat_template else "data.prompts",
+        )
+
+
+def _check_reward_tokenizers(reward: RewardConfig, conversations: bool) -> None:
+    """Every reward model finds a tokenizer (its own or ``tokenizer_path``), with a chat
+    template when the prompts are conversations."""
+    sources: list[tuple[str, Any]] = [("reward", reward)]
+    if reward.source == "composite":
+        sources = [(f"reward.components[{i}]", c) for i, c in enumerate(reward.component_configs)]
+    for prefix, src in sources:
+        paths = [(f"{prefix}.path", src.path)] if src.source == "model" else []
+        if src.source == "ensemble":
+            paths = [(f"{prefix}.members[{j}]", m) for j, m in enumerate(src.members)]
+        shared = src.tokenizer_path or reward.tokenizer_path
+        for key, path in paths:
+            tokenizer_dir = path if shared is None else shared
+            if not has_tokenizer(tokenizer_dir):
+                raise ConfigError(
+                    f"{key} {path!r} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+                    f"set {prefix}.tokenizer_path to the tokenizer the reward model was trained "
+                    "with",
+                    key=key,
+                )
+            if conversations and chat_template_of(tokenizer_dir) is None:
+                raise ConfigError(
+                    f"{key} {path!r}: its tokenizer ({tokenizer_dir}) has no chat template, but "
+                    f"the prompts are conversations and a reward model reads them through its "
+                    f"own template; set {prefix}.tokenizer_path to a tokenizer with one",
+                    key=key,
+                )

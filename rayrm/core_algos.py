@@ -23,6 +23,7 @@ __all__ = [
     "entropy_from_logits",
     "gae_advantages",
     "kl_penalty_rewards",
+    "logp_and_entropy",
     "masked_mean",
     "ppo_policy_loss",
     "sample_tokens",
@@ -176,6 +177,27 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the categorical distribution per row. (..., V) -> (...)."""
     logp = torch.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(dim=-1)
+
+
+def logp_and_entropy(
+    logits: torch.Tensor, actions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of the chosen token and entropy of each row's categorical distribution.
+
+    One log-sum-exp serves both, and no (N, V) log-softmax copy is kept:
+    ``log p(a) = z_a − lse(z)`` and ``H = lse(z) − Σ_v softmax(z)_v · z_v``.
+
+    Args:
+        logits: (N, V) float logits (already divided by the temperature).
+        actions: (N,) int64 token ids.
+
+    Returns:
+        ``(logp, entropy)``, both (N,).
+    """
+    lse = torch.logsumexp(logits, dim=-1)  # (N,)
+    logp = logits.gather(-1, actions[:, None]).squeeze(-1) - lse  # (N,)
+    entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)  # (N,)
+    return logp, entropy
 
 
 def sample_tokens(

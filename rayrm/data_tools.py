@@ -212,21 +212,28 @@ _STAT_KEYS = ("min", "mean", "p50", "p95", "max")
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_policy(policy: str | os.PathLike[str]) -> tuple[Any, Any]:
-    """A causal LM and its tokenizer from a Hugging Face directory or a rayrm run/checkpoint."""
+def _load_policy(policy: str | os.PathLike[str], max_prompt_tokens: int) -> tuple[Any, Any]:
+    """A causal LM and its prompt codec (tokenizer, special tokens, stop ids) from a Hugging
+    Face directory or a rayrm run/checkpoint."""
+    from envs.tokenization import PromptCodec
+
     path = Path(policy)
     if (path / "config.json").is_file():
-        from transformers import AutoTokenizer
+        from rayrm.models.hf_files import stop_token_ids_of
+        from rayrm.models.loading import load_causal_lm, load_tokenizer
 
-        from rayrm.policy import load_causal_lm
-
-        return load_causal_lm(str(path)), AutoTokenizer.from_pretrained(str(path))
+        codec = PromptCodec(
+            load_tokenizer(path),
+            max_prompt_tokens=max_prompt_tokens,
+            stop_token_ids=stop_token_ids_of(path),
+        )
+        return load_causal_lm(str(path)), codec
     if not path.exists():
         raise ConfigError(f"policy {str(path)!r} does not exist", key="policy")
-    from rayrm.export import load_policy
+    from rayrm.export import checkpoint_codec, load_policy
 
-    model, tokenizer, _, _ = load_policy(path)  # raises ConfigError if it is no run either
-    return model, tokenizer
+    model, tokenizer, cfg, ckpt = load_policy(path)  # ConfigError if it is no run either
+    return model, checkpoint_codec(ckpt, cfg, tokenizer, max_prompt_tokens=max_prompt_tokens)
 
 
 def _resolve_judge(judge: str | Callable[..., Any]) -> Callable[..., Any]:
@@ -335,7 +342,7 @@ def build_preference_pairs(
     """
     from tqdm.auto import tqdm
 
-    from rayrm.export import sample_completions
+    from rayrm.models.decoding import sample_completions
 
     if isinstance(prompts, str | os.PathLike):
         table = read_table(prompts, key="prompts")
@@ -347,7 +354,7 @@ def build_preference_pairs(
     if num_pairs is not None and num_pairs < 1:
         raise ConfigError(f"num_pairs must be >= 1 (got {num_pairs})", key="num_pairs")
     judge_fn = _resolve_judge(judge)
-    model, tokenizer = _load_policy(policy)
+    model, codec = _load_policy(policy, max_prompt_tokens)
 
     order, wanted = _prompt_order(len(prompt_list), num_pairs, seed)
     rows: dict[str, list[Any]] = {c: [] for c in PAIR_COLUMNS}
@@ -359,10 +366,9 @@ def build_preference_pairs(
         batch = [prompt_list[i] for i in order[start : start + batch_size]]
         completions = sample_completions(
             model,
-            tokenizer,
+            codec,
             batch + batch,
             max_new_tokens=max_new_tokens,
-            max_prompt_tokens=max_prompt_tokens,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,

@@ -196,10 +196,10 @@ def build_sft(
     """A random tiny GPT-2, fine-tuned on the corpus with ``rayrm sft`` (one worker)."""
     from transformers import AutoTokenizer
 
+    from rayrm.models.tiny import build_tiny_policy
     from rayrm.sft import run_sft
     from rayrm.stage_config import SFTConfig, stage_config_from_dict
     from rayrm.stages import SFT_EVAL_LOSS, SFT_TRAIN_LOSS
-    from rayrm.tiny import build_tiny_policy
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     init = d / "init"
@@ -326,22 +326,19 @@ def compare_gold(
     """
     import numpy as np
 
-    from rayrm.export import load_policy, sample_completions
+    from rayrm.export import checkpoint_codec, load_policy
     from rayrm.judges import vader_positivity
-    from rayrm.policy import load_causal_lm
+    from rayrm.models.decoding import sample_completions
+    from rayrm.models.loading import load_causal_lm
 
-    final, tokenizer, cfg, _ = load_policy(exp_dir)
+    final, tokenizer, cfg, ckpt = load_policy(exp_dir)
+    codec = checkpoint_codec(ckpt, cfg, tokenizer)
     out: dict[str, Any] = {}
     for name, model in (("sft", load_causal_lm(sft_model)), ("ppo", final)):
         scores: list[float] = []
         for k in range(samples):
             completions = sample_completions(
-                model,
-                tokenizer,
-                prompts,
-                max_new_tokens=max_new_tokens,
-                max_prompt_tokens=cfg.data.max_prompt_tokens,
-                seed=seed + k,
+                model, codec, prompts, max_new_tokens=max_new_tokens, seed=seed + k
             )
             scores += vader_positivity(prompts, completions)
         x = np.asarray(scores)

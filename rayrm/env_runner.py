@@ -20,18 +20,10 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 import envs  # noqa: F401  (registers rayrm/TextGeneration-v0 in this process)
+from rayrm.models.decoding import decode_batch, left_pad
 from rayrm.policy import LMPolicyModule
 
-
-def left_pad(prompts: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stacks variable-length prompts into LEFT-padded (B, P) ids and mask."""
-    P = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), P), pad_id, dtype=np.int64)
-    mask = np.zeros((len(prompts), P), dtype=np.int64)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p) :] = p
-        mask[i, P - len(p) :] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
+__all__ = ["RLHFEnvRunner", "left_pad"]
 
 
 class RLHFEnvRunner(SingleAgentEnvRunner):
@@ -95,38 +87,34 @@ class RLHFEnvRunner(SingleAgentEnvRunner):
             episodes.append(episode)
             prompts.append(obs["input_ids"][: int(obs["length"][0])])
 
-        pad_id = int(sub_envs[0].unwrapped.pad_token_id)
-        ids, mask = left_pad(prompts, pad_id)
         device = next(module.lm.parameters()).device
-        ids, mask = ids.to(device), mask.to(device)
-        if self._generator is None or self._generator.device != ids.device:
+        if self._generator is None or self._generator.device != device:
             # torch.multinomial needs a generator on the device of the probabilities (GPU runners).
-            self._generator = torch.Generator(device=ids.device).manual_seed(self._sampling_seed)
-        with torch.no_grad():
-            logits, cache = module.decode_start(ids, mask)
+            self._generator = torch.Generator(device=device).manual_seed(self._sampling_seed)
+        generator = self._generator if explore else None
         active = [True] * len(sub_envs)
-        while True:
-            tokens, logp = module.sample_next(
-                logits, greedy=not explore, generator=self._generator if explore else None
-            )
-            tokens_np, logp_np = tokens.cpu().numpy(), logp.cpu().numpy()
+
+        def sample(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return module.sample_next(logits, greedy=not explore, generator=generator)
+
+        def on_tokens(tokens: np.ndarray, logp: np.ndarray) -> list[bool]:
+            """Steps every unfinished env once; the env decides termination and reward."""
             for i, env in enumerate(sub_envs):
                 if not active[i]:
                     continue
-                obs, reward, terminated, truncated, info = env.step(int(tokens_np[i]))
+                obs, reward, terminated, truncated, info = env.step(int(tokens[i]))
                 episodes[i].add_env_step(
                     observation=obs,
-                    action=int(tokens_np[i]),
+                    action=int(tokens[i]),
                     reward=float(reward),
                     infos=info,
                     terminated=terminated,
                     truncated=truncated,
-                    extra_model_outputs={Columns.ACTION_LOGP: np.float32(logp_np[i])},
+                    extra_model_outputs={Columns.ACTION_LOGP: np.float32(logp[i])},
                 )
                 active[i] = not (terminated or truncated)
-            if not any(active):
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            with torch.no_grad():
-                logits, cache = module.decode_step(tokens, cache, mask)
+            return active
+
+        pad_id = int(sub_envs[0].unwrapped.pad_token_id)
+        decode_batch(module.lm, prompts, pad_id=pad_id, sample=sample, on_tokens=on_tokens)
         return episodes

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from envs.tokenization import PromptCodec
 from rayrm.config import ConfigError
 
 GREEN, RED, BOLD, RESET = "\x1b[32m", "\x1b[31m", "\x1b[1m", "\x1b[0m"
@@ -185,17 +186,19 @@ def policy_kl(
     temperature: float = 1.0,
     max_prompt_tokens: int = 32,
     eos: bool = False,
+    codec: PromptCodec | None = None,
 ) -> TokenKL:
     """Per-token KL of ``policy`` from ``reference`` on one completion (one pass each).
 
-    The prompt is tokenized and left-truncated as the environment does; the completion is
-    tokenized on its own (the policy generated token by token), plus EOS when ``eos``.
+    The prompt is encoded as the environment does (``codec``: special tokens, chat template,
+    left truncation); the completion is tokenized in the prompt's context, plus EOS when
+    ``eos``.
     """
-    eos_id = tokenizer.eos_token_id
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)[-max_prompt_tokens:] or [eos_id]
-    completion_ids = tokenizer.encode(completion, add_special_tokens=False)
+    codec = codec or PromptCodec(tokenizer, max_prompt_tokens=max_prompt_tokens)
+    prompt_ids = codec.encode(prompt)
+    completion_ids = codec.encode_completion(prompt_ids, completion)
     if eos:
-        completion_ids = completion_ids + [eos_id]
+        completion_ids = completion_ids + [codec.eos_token_id]
     P, T = len(prompt_ids), len(completion_ids)
     x = torch.tensor([prompt_ids + completion_ids])  # (1, P + T)
     target = torch.tensor(completion_ids)  # (T,)
@@ -344,11 +347,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``rayrm explain``. ConfigError propagates (the CLI turns it into exit code 2)."""
-    policy = tokenizer = cfg = None
+    policy = tokenizer = cfg = codec = None
     if args.run:
-        from rayrm.export import load_policy
+        from rayrm.export import checkpoint_codec, load_policy
 
-        policy, tokenizer, cfg, _ = load_policy(args.run)
+        policy, tokenizer, cfg, ckpt = load_policy(args.run)
+        codec = checkpoint_codec(ckpt, cfg, tokenizer)
     rm_path = args.reward_model
     if rm_path is None and cfg is not None and cfg.reward.source == "model":
         rm_path = cfg.reward.path
@@ -356,17 +360,12 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("rayrm explain needs --reward-model DIR and/or --run RUN")
     completion = args.completion
     if completion is None:
-        if policy is None or cfg is None:
+        if policy is None or cfg is None or codec is None:
             raise ConfigError("--completion is required without --run (nothing to sample)")
-        from rayrm.export import sample_completions
+        from rayrm.models.decoding import sample_completions
 
         completion = sample_completions(
-            policy,
-            tokenizer,
-            [args.prompt],
-            max_new_tokens=cfg.generation.max_new_tokens,
-            max_prompt_tokens=cfg.data.max_prompt_tokens,
-            greedy=True,
+            policy, codec, [args.prompt], max_new_tokens=cfg.generation.max_new_tokens, greedy=True
         )[0]
     attribution = kl = None
     if rm_path is not None:
@@ -386,6 +385,7 @@ def main(args: argparse.Namespace) -> int:
             temperature=cfg.generation.temperature,
             max_prompt_tokens=cfg.data.max_prompt_tokens,
             eos=args.eos,
+            codec=codec,
         )
     color = not args.no_color and sys.stdout.isatty()
     print(format_report(args.prompt, attribution, kl, color=color))

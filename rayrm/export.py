@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 
+from envs.tokenization import PromptCodec
 from rayrm.algorithm import HF_CONFIG_DIR, POLICY_STATE_FILE, TOKENIZER_DIR
 from rayrm.config import ConfigError, RunConfig, load_config
-from rayrm.core_algos import sample_tokens
-from rayrm.env_runner import left_pad
+from rayrm.models.decoding import sample_completions
+from rayrm.models.hf_files import stop_token_ids_of
+from rayrm.models.loading import DTYPES
 from rayrm.train import CHECKPOINT_MARKER, find_checkpoint
 
 LM_PREFIX = "lm."
@@ -32,11 +34,12 @@ def _module_state(ckpt: Path) -> dict[str, Any]:
         return pickle.load(f)
 
 
-def _build(ckpt: Path, state: dict[str, Any], prefix: str) -> torch.nn.Module:
+def _build(ckpt: Path, state: dict[str, Any], prefix: str, dtype: str) -> torch.nn.Module:
+    """The causal LM under ``prefix`` of the module state, in ``dtype`` (the run's)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(ckpt / HF_CONFIG_DIR)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config).to(DTYPES[dtype])
     weights = {
         k[len(prefix) :]: torch.as_tensor(v) for k, v in state.items() if k.startswith(prefix)
     }
@@ -45,7 +48,7 @@ def _build(ckpt: Path, state: dict[str, Any], prefix: str) -> torch.nn.Module:
 
 
 def load_policy(run_or_checkpoint: str | Path) -> tuple[torch.nn.Module, Any, RunConfig, Path]:
-    """Loads the trained policy LM.
+    """Loads the trained policy LM, in the run's ``model.dtype``.
 
     Returns:
         ``(model, tokenizer, run_config, checkpoint_dir)``.
@@ -54,77 +57,46 @@ def load_policy(run_or_checkpoint: str | Path) -> tuple[torch.nn.Module, Any, Ru
 
     ckpt = find_checkpoint(run_or_checkpoint)
     state = _module_state(ckpt)
-    model = _build(ckpt, state, LM_PREFIX)
-    tokenizer = AutoTokenizer.from_pretrained(ckpt / TOKENIZER_DIR)
     cfg = load_config(ckpt / CHECKPOINT_MARKER, check_paths=False)
+    model = _build(ckpt, state, LM_PREFIX, cfg.model.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(ckpt / TOKENIZER_DIR)
     return model, tokenizer, cfg, ckpt
 
 
 def load_reference(run_or_checkpoint: str | Path) -> torch.nn.Module:
     """The frozen reference model stored in a checkpoint."""
     ckpt = find_checkpoint(run_or_checkpoint)
-    return _build(ckpt, _module_state(ckpt), REF_PREFIX)
+    cfg = load_config(ckpt / CHECKPOINT_MARKER, check_paths=False)
+    return _build(ckpt, _module_state(ckpt), REF_PREFIX, cfg.model.dtype)
+
+
+def checkpoint_codec(
+    ckpt: Path, cfg: RunConfig, tokenizer: Any, *, max_prompt_tokens: int | None = None
+) -> PromptCodec:
+    """The run's prompt codec, its stop ids read from the checkpoint (no model.path needed)."""
+    declared = stop_token_ids_of(ckpt / HF_CONFIG_DIR)
+    return PromptCodec(
+        tokenizer,
+        max_prompt_tokens=max_prompt_tokens or cfg.data.max_prompt_tokens,
+        chat_template=cfg.data.chat_template,
+        stop_token_ids=[*declared, *cfg.generation.stop_token_ids],
+        stop_strings=cfg.generation.stop_strings,
+    )
 
 
 def export_policy(run_or_checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Writes the policy as a Hugging Face model directory (weights, config, tokenizer)."""
-    model, tokenizer, _, _ = load_policy(run_or_checkpoint)
+    """Writes the policy as a Hugging Face model directory (weights in the run's dtype, config,
+    generation config, tokenizer)."""
+    from transformers import GenerationConfig
+
+    model, tokenizer, _, ckpt = load_policy(run_or_checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
+    if (ckpt / HF_CONFIG_DIR / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(ckpt / HF_CONFIG_DIR).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
-
-
-@torch.no_grad()
-def sample_completions(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    prompts: list[str],
-    *,
-    max_new_tokens: int,
-    max_prompt_tokens: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    greedy: bool = False,
-    seed: int = 0,
-) -> list[str]:
-    """Samples one completion per prompt with the KV cache (stops at EOS or the limit)."""
-    from rayrm.policy import decode_start, decode_step
-
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    encoded = []
-    for p in prompts:
-        ids = tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] or [eos]
-        encoded.append(torch.tensor(ids).numpy())
-    ids, mask = left_pad(encoded, pad)
-    device = next(model.parameters()).device
-    ids, mask = ids.to(device), mask.to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    logits, cache = decode_start(model, ids, mask)
-    out: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    for _ in range(max_new_tokens):
-        tokens, _ = sample_tokens(
-            logits,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            greedy=greedy,
-            generator=generator,
-        )
-        for i, t in enumerate(tokens.tolist()):
-            if not done[i]:
-                done[i] = t == eos
-                if not done[i]:
-                    out[i].append(t)
-        if all(done):
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits, cache = decode_step(model, tokens, cache, mask)
-    return [tokenizer.decode(o, skip_special_tokens=True) for o in out]
 
 
 def generate(
@@ -136,17 +108,18 @@ def generate(
     greedy: bool = False,
     seed: int = 0,
 ) -> list[tuple[str, list[str]]]:
-    """``rayrm generate``: completions per prompt from a trained policy (run's sampling settings)."""
-    model, tokenizer, cfg, _ = load_policy(run_or_checkpoint)
+    """``rayrm generate``: completions per prompt from a trained policy (run's sampling settings,
+    special tokens, chat template and stop tokens)."""
+    model, tokenizer, cfg, ckpt = load_policy(run_or_checkpoint)
+    codec = checkpoint_codec(ckpt, cfg, tokenizer)
     g = cfg.generation
     results = []
     for prompt in prompts:
         completions = sample_completions(
             model,
-            tokenizer,
+            codec,
             [prompt] * num_samples,
             max_new_tokens=max_new_tokens or g.max_new_tokens,
-            max_prompt_tokens=cfg.data.max_prompt_tokens,
             temperature=g.temperature,
             top_k=g.top_k,
             top_p=g.top_p,

@@ -30,7 +30,8 @@ from rayrm.core_algos import (
     value_loss,
     whiten,
 )
-from rayrm.policy import ENTROPY, LOGP, SEQ_ID, VF_PREDS
+from rayrm.models.precision import MasterWeightAdam
+from rayrm.policy import ENTROPY, LOGP, REF_LOGP, SEQ_ID, VF_PREDS
 
 ADVANTAGES = Postprocessing.ADVANTAGES
 VALUE_TARGETS = Postprocessing.VALUE_TARGETS
@@ -48,13 +49,26 @@ class RLHFAdvantages(ConnectorV2):
     token rows. Rows of episode ``k`` are contiguous and in episode order, so each completion is
     a slice of the batch. Adds the columns ``seq_id``, ``vf_preds`` (sampling-time values, for
     value clipping), ``advantages`` (whitened over the batch) and ``value_targets``.
+
+    With ``recompute_logp`` the PPO "old" log-probs (and the KL penalty's) are recomputed here
+    by the learner's own forward instead of taken from the sampler: in bfloat16 the KV-cached
+    decode and the full forward round differently, and the ratio must start at exactly 1.
     """
 
-    def __init__(self, *, learner: RLHFPPOLearner, gamma: float, gae_lambda: float, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        learner: RLHFPPOLearner,
+        gamma: float,
+        gae_lambda: float,
+        recompute_logp: bool = False,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self._learner = learner
         self.gamma = gamma
         self.gae_lambda = gae_lambda
+        self.recompute_logp = recompute_logp
 
     def __call__(  # type: ignore[override]
         self,
@@ -77,8 +91,11 @@ class RLHFAdvantages(ConnectorV2):
                 torch.arange(len(lens)), torch.tensor(lens)
             ).to(device)  # (N,)
             with torch.no_grad():
-                values = module.compute_values(module_batch).cpu().numpy()  # (N,)
-                ref_logp = module.compute_ref_logp(module_batch).cpu().numpy()  # (N,)
+                out = module.rollout_outputs(module_batch, logp=self.recompute_logp)
+            values = out[VF_PREDS].cpu().numpy()  # (N,)
+            ref_logp = out[REF_LOGP].cpu().numpy()  # (N,)
+            if self.recompute_logp:
+                module_batch[Columns.ACTION_LOGP] = out[LOGP].to(device)
             logp = _np(module_batch[Columns.ACTION_LOGP])
             env_rewards = _np(module_batch[Columns.REWARDS])
             advs, rets, kls, scores = [], [], [], []
@@ -178,7 +195,10 @@ class RLHFPPOLearner(PPOTorchLearner):
             pipeline.remove(name)
         pipeline.append(
             RLHFAdvantages(
-                learner=self, gamma=self.rlhf.ppo.gamma, gae_lambda=self.rlhf.ppo.gae_lambda
+                learner=self,
+                gamma=self.rlhf.ppo.gamma,
+                gae_lambda=self.rlhf.ppo.gae_lambda,
+                recompute_logp=self.rlhf.recompute_logp,
             )
         )
 
@@ -193,42 +213,57 @@ class RLHFPPOLearner(PPOTorchLearner):
                 group["lr"] = lr
 
     def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
+        """Adam on float32 master weights, with global-norm clipping and (float16) loss scaling.
+
+        See ``rayrm.models.precision``: parameters stored in bfloat16/float16 are updated
+        through float32 copies, so small updates do not round away.
+        """
         params = self._module[module_id].unwrapped().trainable_parameters()
-        # foreach: one batched kernel per Adam operation instead of one per parameter tensor.
-        # The same arithmetic (PyTorch's default on GPU; bitwise equal to the per-tensor loop it
-        # defaults to on CPU), and about a third less optimizer time on CPU.
-        optimizer = torch.optim.Adam(params, eps=1e-5, foreach=True)
+        optimizer = MasterWeightAdam(
+            params,
+            lr=config.lr,
+            eps=1e-5,
+            max_grad_norm=self.rlhf.ppo.max_grad_norm,
+            dynamic_loss_scale=self.rlhf.model.dtype == "float16",
+            # foreach: one batched kernel per Adam operation instead of one per tensor; the same
+            # arithmetic, about a third less optimizer time on CPU.
+            foreach=True,
+        )
         self.register_optimizer(
             module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=config.lr
         )
 
-    def apply_gradients(self, gradients_dict: dict[str, Any]) -> None:
-        """RLlib's ``apply_gradients`` with its finiteness checks batched.
+    def _optimizers(self) -> list[tuple[str, MasterWeightAdam]]:
+        """``(module_id, optimizer)`` pairs."""
+        return [
+            (module_id, optimizer)
+            for module_id in self.module.keys()
+            for _, optimizer in self.get_optimizers_for_module(module_id)
+        ]
 
-        RLlib tests every gradient tensor with its own ``isfinite().all()`` twice per optimizer
-        step (two ops and a host sync per tensor, about 10% of a small model's update on CPU).
-        One ``_foreach_norm`` over all gradients answers the same question: a norm is finite
-        only if every element is. When they all are, this sets the gradients and steps the
-        optimizers exactly as RLlib would; otherwise (a non-finite gradient, a norm that
-        overflows, grad scalers or LR schedulers) RLlib's own code runs unchanged.
+    def compute_gradients(self, loss_per_module: dict[str, Any], **kwargs: Any) -> Any:
+        """Backward of the loss times the loss scale (1 unless the model is float16)."""
+        scale = max((o.loss_scale for _, o in self._optimizers()), default=1.0)
+        if scale != 1.0:
+            loss_per_module = {mid: loss * scale for mid, loss in loss_per_module.items()}
+        return super().compute_gradients(loss_per_module, **kwargs)
+
+    def apply_gradients(self, gradients_dict: dict[Any, Any]) -> None:
+        """Hands the gradients to the optimizers, which unscale, check, clip and step.
+
+        RLlib's own version tests every gradient tensor for NaN/inf (two ops and a host sync
+        per tensor) and zeroes bad values; :class:`MasterWeightAdam` checks one global norm
+        instead and skips a non-finite step entirely (the float16 loss scale then halves).
         """
-        grads = list(gradients_dict.values())
-        fast = (
-            grads
-            and all(g is not None for g in grads)
-            and not self.config.torch_skip_nan_gradients
-            and self._grad_scalers is None
-            and self._lr_scheduler_classes is None
-            and bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
-        )
-        if not fast:
-            super().apply_gradients(gradients_dict)
-            return
-        for pid, grad in gradients_dict.items():
-            self._params[pid].grad = grad
-        for module_id, optimizer_names in self._module_optimizers.items():
-            for optimizer_name in optimizer_names:
-                self.get_optimizer(module_id, optimizer_name).step()
+        for module_id, optimizer in self._optimizers():
+            for p in optimizer.model_params:
+                p.grad = gradients_dict.get(self.get_param_ref(p), p.grad)
+            optimizer.step()
+            self.metrics.log_dict(
+                {M.GRAD_NORM: optimizer.last_grad_norm, M.SKIPPED_STEPS: optimizer.skipped_steps},
+                key=module_id,
+                window=1,
+            )
 
     def _create_iterator_if_necessary(
         self, *, training_data: Any, num_epochs: int = 1, **kwargs: Any

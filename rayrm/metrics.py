@@ -17,6 +17,10 @@ KL_PER_SEQUENCE = "kl_per_sequence"
 RESPONSE_LENGTH = "response_length"
 NUM_COMPLETIONS = "num_completions"
 VALUE_MEAN = "value_mean"
+GRAD_NORM = "grad_norm"
+"""Global gradient norm before clipping (float32, after unscaling)."""
+SKIPPED_STEPS = "skipped_steps"
+"""Optimizer steps skipped because a gradient was not finite (float16 overflow), so far."""
 
 # Published keys (top level of every training result).
 REWARD_MEAN = "reward/mean"
@@ -46,6 +50,8 @@ LOSS_VALUE = "loss/value"
 LOSS_CLIP_FRACTION = "loss/clip_fraction"
 LOSS_APPROX_KL = "loss/approx_kl"
 LOSS_VF_EXPLAINED_VAR = "loss/vf_explained_var"
+LOSS_GRAD_NORM = "loss/grad_norm"
+LOSS_SKIPPED_STEPS = "loss/skipped_steps"
 THROUGHPUT_TOKENS_PER_S = "throughput/generated_tokens_per_s"
 TIMER_SAMPLE = "timers/sample_s"
 TIMER_SCORE = "timers/score_s"
@@ -71,6 +77,8 @@ FROM_LEARNER = {
     LOSS_CLIP_FRACTION: CLIP_FRACTION,
     LOSS_APPROX_KL: APPROX_KL,
     LOSS_VF_EXPLAINED_VAR: VF_EXPLAINED_VAR,
+    LOSS_GRAD_NORM: GRAD_NORM,
+    LOSS_SKIPPED_STEPS: SKIPPED_STEPS,
 }
 
 RLHF_RESULTS = "rlhf"

@@ -84,18 +84,19 @@ def _plot(path: Path, title: str, curves: list[tuple[str, list[int], list[float]
     plt.close(fig)
 
 
-def _score(cfg: RunConfig, prompts: list[str], completions: list[str]) -> dict[str, np.ndarray]:
-    from envs.prompts import load_prompts_with_references
+def _score(
+    cfg: RunConfig,
+    prompts: list[str],
+    completions: list[str],
+    references: list[str] | None,
+    messages: list[Any],
+) -> dict[str, np.ndarray]:
     from rayrm.rewards import pool_from_config, resolve_function
 
     pool = pool_from_config(cfg.reward, local=True, tokenizer=cfg.model.resolved_tokenizer_path)
-    references = None
-    if cfg.reward.needs_references:
-        _, refs = load_prompts_with_references(
-            cfg.eval.prompts or cfg.data.prompts, cfg.data.prompt_column, cfg.data.reference_column
-        )
-        references = None if refs is None else refs[: len(prompts)]
-    out = {"proxy": pool.score(prompts, completions, references=references)}
+    if all(m is None for m in messages):
+        messages = None  # type: ignore[assignment]
+    out = {"proxy": pool.score(prompts, completions, references=references, messages=messages)}
     if cfg.eval.gold_function:
         gold = resolve_function(cfg.eval.gold_function)(prompts, completions)
         out["gold"] = np.asarray(gold, dtype=np.float64)
@@ -104,31 +105,43 @@ def _score(cfg: RunConfig, prompts: list[str], completions: list[str]) -> dict[s
 
 def _before_after(cfg: RunConfig, exp_dir: Path) -> dict[str, Any]:
     """Completions of the initial and the final policy for the same held-out prompts."""
-    from envs.prompts import load_prompts
-    from rayrm.export import load_policy, sample_completions
-    from rayrm.policy import load_causal_lm
+    from envs.prompts import load_prompt_rows
+    from rayrm.export import checkpoint_codec, load_policy
+    from rayrm.models.decoding import sample_sequences
+    from rayrm.models.loading import load_causal_lm
 
-    final, tokenizer, _, _ = load_policy(exp_dir)
+    final, tokenizer, _, ckpt = load_policy(exp_dir)
     initial = load_causal_lm(cfg.model.path, cfg.model.dtype)
-    prompts = load_prompts(cfg.eval.prompts or cfg.data.prompts, cfg.data.prompt_column)
+    codec = checkpoint_codec(ckpt, cfg, tokenizer)
+    data = cfg.data
+    prompts, refs = load_prompt_rows(
+        cfg.eval.prompts or data.prompts,
+        data.prompt_column,
+        data.reference_column if cfg.reward.needs_references else None,
+        data.messages_column,
+    )
     prompts = prompts[: cfg.eval.num_prompts]
+    references = None if refs is None else refs[: len(prompts)]
+    messages = [codec.conversation(p) for p in prompts]
     g = cfg.generation
     kwargs = dict(
         max_new_tokens=g.max_new_tokens,
-        max_prompt_tokens=cfg.data.max_prompt_tokens,
         temperature=g.temperature,
         top_k=g.top_k,
         top_p=g.top_p,
         seed=cfg.seed,
     )
-    before = sample_completions(initial, tokenizer, prompts, **kwargs)
-    after = sample_completions(final, tokenizer, prompts, **kwargs)
+    texts = {}
+    for name, model in (("before", initial), ("after", final)):
+        pairs = [codec.texts(p, c) for p, c in sample_sequences(model, codec, prompts, **kwargs)]
+        texts[name] = ([t[0] for t in pairs], [t[1] for t in pairs])
+    prompt_texts = texts["before"][0]
     return {
-        "prompts": prompts,
-        "before": before,
-        "after": after,
-        "before_scores": _score(cfg, prompts, before),
-        "after_scores": _score(cfg, prompts, after),
+        "prompts": prompt_texts,
+        "before": texts["before"][1],
+        "after": texts["after"][1],
+        "before_scores": _score(cfg, prompt_texts, texts["before"][1], references, messages),
+        "after_scores": _score(cfg, prompt_texts, texts["after"][1], references, messages),
     }
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import ray
 
 from rayrm import metrics as M
-from rayrm.rewards import POOL_NAMESPACE, References, RewardPool
+from rayrm.rewards import POOL_NAMESPACE, Conversations, References, RewardPool
 
 COMBINE_MODES = ("mean", "min", "mean_minus_std")
 
@@ -86,10 +86,18 @@ class EnsembleReward:
         self.uncertainty_coef = uncertainty_coef
 
     def submit(
-        self, prompts: Sequence[str], completions: Sequence[str], *, references: References = None
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        *,
+        references: References = None,
+        messages: Conversations = None,
     ) -> list[list[Any]]:
         """Sends every member's chunks out (see :meth:`RewardPool.submit`)."""
-        return [m.submit(prompts, completions, references=references) for m in self.members]
+        return [
+            m.submit(prompts, completions, references=references, messages=messages)
+            for m in self.members
+        ]
 
     def collect(self, handles: list[list[Any]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(combined (N,), {reward/member/<i>: (N,), reward/disagreement: (N,)})``."""
@@ -163,6 +171,7 @@ class ComposedReward:
         completions: Sequence[str],
         *,
         references: References = None,
+        messages: Conversations = None,
         finished: Sequence[bool] | None = None,
         lengths: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -171,6 +180,7 @@ class ComposedReward:
         Args:
             prompts, completions: N texts each.
             references: N reference texts for reference-based parts, or None.
+            messages: N conversations of chat prompts, or None.
             finished: per completion, whether it ended with EOS (the episode terminated rather
                 than being truncated at ``max_new_tokens``); without it no missing-EOS
                 penalty is applied.
@@ -186,7 +196,12 @@ class ComposedReward:
             if seq is not None and len(seq) != n:
                 raise ValueError(f"got {n} completions but {len(seq)} {what} flags")
         pending = [
-            (name, weight, scorer, scorer.submit(prompts, completions, references=references))
+            (
+                name,
+                weight,
+                scorer,
+                scorer.submit(prompts, completions, references=references, messages=messages),
+            )
             for name, weight, scorer in self.parts
         ]
         total = np.zeros(n, dtype=np.float64)
@@ -280,14 +295,23 @@ def build_reward(
         def child(part: str) -> str | None:
             return None if sub is None else f"{sub}.{part}"
 
+        tokenizer_path = src.tokenizer_path or reward.tokenizer_path
         if src.source == "ensemble":
             members = [
-                pool("model", child(f"member{j}"), path=path) for j, path in enumerate(src.members)
+                pool("model", child(f"member{j}"), path=path, tokenizer_path=tokenizer_path)
+                for j, path in enumerate(src.members)
             ]
             return EnsembleReward(
                 members, combine=src.combine, uncertainty_coef=src.uncertainty_coef
             )
-        return pool(src.source, sub, path=src.path, function=src.function, metric=src.metric)
+        return pool(
+            src.source,
+            sub,
+            path=src.path,
+            function=src.function,
+            metric=src.metric,
+            tokenizer_path=tokenizer_path,
+        )
 
     penalties = dict(
         length_penalty=reward.length_penalty,
@@ -304,9 +328,7 @@ def build_reward(
             return ComposedReward(parts, **penalties)
         if reward.source == "ensemble":
             return ComposedReward([("", 1.0, scorer(reward, name))], **penalties)
-        single = pool(
-            reward.source, name, path=reward.path, function=reward.function, metric=reward.metric
-        )
+        single = scorer(reward, name)
         if reward.length_penalty or reward.missing_eos_penalty is not None:
             return ComposedReward([("", 1.0, single)], **penalties)
         return single

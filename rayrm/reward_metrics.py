@@ -133,8 +133,9 @@ class RewardMetricActor:
         prompts: Sequence[str],
         completions: Sequence[str],
         references: Sequence[str | None] | None = None,
+        messages: Any = None,
     ) -> np.ndarray:
-        """``float32`` (N,) in [0, 1]; see :func:`sentence_scores`."""
+        """``float32`` (N,) in [0, 1]; see :func:`sentence_scores` (``messages`` unused)."""
         self.num_calls += 1
         scores = sentence_scores(self.metric, completions, references, scorer=self.scorer)
         self.num_scored += len(scores)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,11 +29,9 @@ import torch
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    GPT2Config,
-    GPT2ForSequenceClassification,
-    PreTrainedTokenizerBase,
 )
 
+from rayrm.models.hf_files import TOKENIZER_FILES, has_tokenizer
 from rayrm.reward_metrics import RewardMetricActor
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
@@ -44,6 +41,11 @@ SOURCES = ("model", "function", "metric")
 
 References = Sequence[str | None] | None
 """Per-item reference texts for reference-based sources; None when the prompts have none."""
+
+Conversations = Sequence[list[dict[str, str]] | None] | None
+"""Per-item conversations (``{role, content}`` messages) the prompts were rendered from; None
+for plain prompts. Reward models render ``messages + [assistant: completion]`` with their own
+chat template; reward functions with a ``messages`` parameter receive them."""
 
 
 class RewardSourceError(ValueError):
@@ -122,11 +124,19 @@ class RewardModelActor:
         num_scored: items scored.
     """
 
-    def __init__(self, path: str, *, max_length: int = 512, device: str = "auto") -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_length: int = 512,
+        device: str = "auto",
+        tokenizer_path: str | None = None,
+    ) -> None:
         """Loads tokenizer and model from a local directory.
 
         Args:
-            path: directory written by ``save_pretrained`` (model and tokenizer).
+            path: directory written by ``save_pretrained`` (model, usually tokenizer too).
+            tokenizer_path: tokenizer directory when ``path`` has none.
             max_length: token budget per text; clamped to the model's position limit so long
                 texts truncate instead of indexing past the position embeddings.
             device: ``"auto"`` (CUDA if visible, else CPU), or any torch device string.
@@ -137,7 +147,13 @@ class RewardModelActor:
         """
         self.path = str(path)
         self.device = _resolve_device(device)
-        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        tokenizer_dir = str(tokenizer_path or path)
+        if not has_tokenizer(tokenizer_dir):
+            raise RewardSourceError(
+                f"reward model {self.path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                "set reward.tokenizer_path to the tokenizer it was trained with"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise RewardSourceError(
@@ -170,14 +186,21 @@ class RewardModelActor:
         self.num_scored = 0
 
     def score(
-        self, prompts: Sequence[str], completions: Sequence[str], references: References = None
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        references: References = None,
+        messages: Conversations = None,
     ) -> np.ndarray:
         """Scores a batch in one forward pass.
 
         Args:
-            prompts: N prompts.
+            prompts: N prompt texts.
             completions: N completions, same order.
             references: ignored (a reward model reads prompt and completion only).
+            messages: N conversations (or None each) the prompts came from: those items are
+                scored as ``messages + [{"role": "assistant", "content": completion}]``
+                rendered with this model's chat template.
 
         Returns:
             ``float32`` array of shape (N,), on CPU: the scalar head's logit per text.
@@ -186,12 +209,15 @@ class RewardModelActor:
         self.num_calls += 1
         if len(prompts) == 0:
             return np.zeros((0,), dtype=np.float32)
-        texts = [p + c for p, c in zip(prompts, completions, strict=True)]
+        texts = reward_model_texts(self.tokenizer, prompts, completions, messages)
+        # Chat renderings hold their own special tokens; plain texts get the tokenizer's.
+        special = messages is None or all(m is None for m in messages)
         batch = self.tokenizer(
             texts,
             padding=True,
             truncation=True,
             max_length=self.max_length,
+            add_special_tokens=special,
             return_tensors="pt",
         ).to(self.device)
         with torch.inference_mode():
@@ -229,17 +255,23 @@ class RewardFunctionActor:
         """
         self.function = function
         self.fn = resolve_function(function)
-        self.takes_references = _takes_references(self.fn)
+        self.takes_references = _takes_keyword(self.fn, "references")
+        self.takes_messages = _takes_keyword(self.fn, "messages")
         self.num_calls = 0
         self.num_scored = 0
 
     def score(
-        self, prompts: Sequence[str], completions: Sequence[str], references: References = None
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        references: References = None,
+        messages: Conversations = None,
     ) -> np.ndarray:
         """Calls the function once on the whole batch.
 
         A function with a ``references`` parameter is called as
-        ``fn(prompts, completions, references=references)``; others get no references.
+        ``fn(prompts, completions, references=references)``; others get no references. The
+        same for ``messages`` (the conversations of chat prompts).
 
         Returns:
             ``float32`` array of shape (N,), on CPU.
@@ -250,12 +282,13 @@ class RewardFunctionActor:
         _check_pair(prompts, completions)
         self.num_calls += 1
         n = len(prompts)
+        extra: dict[str, Any] = {}
         if self.takes_references:
-            refs = None if references is None else list(references)
-            fn: Any = self.fn  # the batched signature plus a references keyword
-            out: Any = fn(list(prompts), list(completions), references=refs)
-        else:
-            out = self.fn(list(prompts), list(completions))
+            extra["references"] = None if references is None else list(references)
+        if self.takes_messages:
+            extra["messages"] = None if messages is None else list(messages)
+        fn: Any = self.fn  # the batched signature plus optional keywords
+        out: Any = fn(list(prompts), list(completions), **extra)
         if isinstance(out, torch.Tensor):
             out = out.detach().cpu().numpy()
         try:
@@ -286,13 +319,41 @@ class RewardFunctionActor:
         return ("function", self.function)
 
 
-def _takes_references(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` accepts ``references=`` (a named parameter or ``**kwargs``)."""
+def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` accepts ``name=`` (a named parameter or ``**kwargs``)."""
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # builtins without a signature
         return False
-    return any(p.name == "references" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def reward_model_texts(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    messages: Conversations = None,
+) -> list[str]:
+    """What a reward model reads per item: ``prompt + completion``, or for a conversation the
+    reward model's own chat template over ``messages + [assistant: completion]``.
+
+    Raises:
+        RewardSourceError: A conversation arrives and the tokenizer has no chat template.
+    """
+    texts = []
+    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        conversation = None if messages is None else messages[i]
+        if conversation is None:
+            texts.append(prompt + completion)
+            continue
+        if not getattr(tokenizer, "chat_template", None):
+            raise RewardSourceError(
+                "the reward model's tokenizer has no chat template, but the prompts are "
+                "conversations; set reward.tokenizer_path to a tokenizer with one"
+            )
+        turn = {"role": "assistant", "content": completion}
+        texts.append(str(tokenizer.apply_chat_template([*conversation, turn], tokenize=False)))
+    return texts
 
 
 POOL_NAMESPACE = "rayrm"
@@ -321,6 +382,7 @@ class RewardPool:
         num_cpus_per_actor: float = 1.0,
         num_gpus_per_actor: float = 0.0,
         max_length: int = 512,
+        tokenizer_path: str | None = None,
         max_restarts: int = 2,
         custom_resources: dict[str, float] | None = None,
         name: str | None = None,
@@ -341,6 +403,7 @@ class RewardPool:
             num_cpus_per_actor: Ray CPU reservation per actor.
             num_gpus_per_actor: Ray GPU reservation; with it, ``device="auto"`` picks CUDA.
             max_length: token budget per text (model source only).
+            tokenizer_path: tokenizer directory for a reward model that has none.
             max_restarts: actor restarts after a crash; scoring is idempotent, so the same
                 number of task retries is allowed.
             custom_resources: extra Ray resources per actor (e.g. ``{"rayrm_reward": 1}``).
@@ -380,7 +443,7 @@ class RewardPool:
         if source == "model":
             cls: type = RewardModelActor
             args: tuple[Any, ...] = (path,)
-            kwargs: dict[str, Any] = {"max_length": max_length}
+            kwargs: dict[str, Any] = {"max_length": max_length, "tokenizer_path": tokenizer_path}
         elif source == "function":
             cls, args, kwargs = RewardFunctionActor, (function,), {}
         else:
@@ -439,6 +502,7 @@ class RewardPool:
         completions: Sequence[str],
         *,
         references: References = None,
+        messages: Conversations = None,
         finished: Sequence[bool] | None = None,
         lengths: Sequence[int] | None = None,
     ) -> np.ndarray:
@@ -448,6 +512,7 @@ class RewardPool:
             prompts: N prompts.
             completions: N completions, same order.
             references: N reference texts (reference-based sources), or None.
+            messages: N conversations of chat prompts (see :data:`Conversations`), or None.
             finished, lengths: accepted for interface parity with the composed rewards of
                 ``rayrm.reward_compose`` (which apply length/EOS penalties); a single source
                 ignores them.
@@ -458,7 +523,9 @@ class RewardPool:
         Raises:
             ValueError: lengths differ.
         """
-        return self.collect(self.submit(prompts, completions, references=references))
+        return self.collect(
+            self.submit(prompts, completions, references=references, messages=messages)
+        )
 
     def score_detailed(
         self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
@@ -467,7 +534,12 @@ class RewardPool:
         return self.score(prompts, completions, **kwargs), {}
 
     def submit(
-        self, prompts: Sequence[str], completions: Sequence[str], *, references: References = None
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        *,
+        references: References = None,
+        messages: Conversations = None,
     ) -> list[Any]:
         """Sends every chunk out and returns at once (with back-pressure; see ``__init__``).
 
@@ -480,6 +552,8 @@ class RewardPool:
         _check_pair(prompts, completions)
         if references is not None and len(references) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
+        if messages is not None and len(messages) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(messages)} conversations")
         if not self.actors:
             raise RuntimeError("RewardPool was shut down")
         n = len(prompts)
@@ -488,7 +562,8 @@ class RewardPool:
             lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
             actor = self.actors[i % len(self.actors)]
             refs = None if references is None else list(references[lo:hi])
-            chunk = (list(prompts[lo:hi]), list(completions[lo:hi]), refs)
+            msgs = None if messages is None else list(messages[lo:hi])
+            chunk = (list(prompts[lo:hi]), list(completions[lo:hi]), refs, msgs)
             if not self.local and i >= self.max_inflight:
                 # Back-pressure: wait until the chunk sent max_inflight chunks ago is done.
                 ray.wait([results[i - self.max_inflight]], num_returns=1)
@@ -574,39 +649,3 @@ def pool_from_config(
     from rayrm.reward_compose import build_reward
 
     return build_reward(reward, name=name, local=local, tokenizer=tokenizer, namespace=namespace)
-
-
-def build_tiny_reward_model(
-    out_dir: str | os.PathLike[str], tokenizer: PreTrainedTokenizerBase
-) -> str:
-    """Writes a randomly initialised 2-layer GPT-2 reward model for tests and demos.
-
-    Nothing is downloaded; the seed makes the weights reproducible across runs.
-
-    Args:
-        out_dir: directory to write model and tokenizer into.
-        tokenizer: tokenizer the model's vocabulary is sized for; needs a pad or eos token.
-
-    Returns:
-        ``out_dir`` as a string, loadable by :class:`RewardModelActor`.
-    """
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id
-    config = GPT2Config(
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        n_positions=128,
-        vocab_size=len(tokenizer),
-        num_labels=1,
-        pad_token_id=pad_id,
-        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else pad_id,
-        eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad_id,
-    )
-    torch.manual_seed(0)
-    model = GPT2ForSequenceClassification(config)
-    out = str(out_dir)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out

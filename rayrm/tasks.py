@@ -64,7 +64,7 @@ def write_reference_task(
     Returns:
         Path of the written YAML run config.
     """
-    from rayrm.tiny import build_tiny_policy
+    from rayrm.models.tiny import build_tiny_policy
 
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)

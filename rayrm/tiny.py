@@ -1,65 +1,15 @@
-"""Tiny local models and a quickstart workspace: nothing is downloaded, everything is real.
+"""The quickstart workspace: a tiny local policy, prompts and a run config (nothing downloaded).
 
-The quickstart, the tests and the benchmarks build their models here from small configs and
-``save_pretrained`` them, so the code under test loads them exactly as users load theirs
-(``from_pretrained`` on a local directory).
+The models themselves are built by ``rayrm.models.tiny``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 QUICKSTART_CONFIG = "config.yaml"
-
-
-def build_tiny_policy(
-    out_dir: str | Path,
-    tokenizer: Any = None,
-    *,
-    n_layer: int = 2,
-    n_head: int = 2,
-    n_embd: int = 64,
-    n_positions: int = 128,
-    seed: int = 0,
-) -> str:
-    """Writes a randomly initialised GPT-2 causal LM (plus tokenizer) to ``out_dir``.
-
-    Args:
-        out_dir: target directory (created).
-        tokenizer: a Hugging Face tokenizer; default: the built-in character tokenizer.
-        n_layer, n_head, n_embd, n_positions: GPT-2 size.
-        seed: torch seed for the initial weights.
-
-    Returns:
-        ``out_dir`` as a string.
-    """
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from envs.builtin import build_char_tokenizer
-
-    tokenizer = tokenizer or build_char_tokenizer()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=n_positions,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=pad,
-    )
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
 
 
 def write_quickstart(workdir: str | Path, *, num_iterations: int = 60) -> Path:
@@ -73,6 +23,7 @@ def write_quickstart(workdir: str | Path, *, num_iterations: int = 60) -> Path:
     """
     from envs.builtin import BUILTIN_PROMPTS
     from envs.prompts import write_prompts_jsonl
+    from rayrm.models.tiny import build_tiny_policy
 
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)

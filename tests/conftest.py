@@ -20,7 +20,7 @@ PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
 @pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random GPT-2 (2 layers, width 64) with the built-in char tokenizer, saved to disk."""
-    from rayrm.tiny import build_tiny_policy
+    from rayrm.models.tiny import build_tiny_policy
 
     return build_tiny_policy(tmp_path_factory.mktemp("policy"))
 

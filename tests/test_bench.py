@@ -61,6 +61,7 @@ def test_benchmark_smoke(tmp_path, capsys, monkeypatch):
         "--critics", "separate",
         "--sections", "default,trl,memory",
         "--memory-vocab-sizes", "100,50000",
+        "--learner-memory-vocab", "32000",
         "--workdir", str(tmp_path),
     )  # fmt: skip
     assert bench.main(args) == 0
@@ -68,7 +69,7 @@ def test_benchmark_smoke(tmp_path, capsys, monkeypatch):
     by_kind: dict[str, list[dict]] = {}
     for line in lines:
         by_kind.setdefault(line["bench"], []).append(line)
-    assert set(by_kind) == {"rayrm", "trl", "memory_per_step"}, lines
+    assert set(by_kind) == {"rayrm", "trl", "memory_per_step", "learner_memory"}, lines
 
     rayrm = {r["config"]: r for r in by_kind["rayrm"]}
     assert set(rayrm) == {"default-separate-critic"}
@@ -98,3 +99,9 @@ def test_benchmark_smoke(tmp_path, capsys, monkeypatch):
     small, large = memory["bytes_per_step"]["100"], memory["bytes_per_step"]["50000"]
     assert small == large and memory["equal"], memory
     assert large < memory["full_logits_bytes_per_step"]["50000"] / 100
+
+    (learner,) = by_kind["learner_memory"]
+    assert learner["vocab_size"] == 32000 and set(learner["peak_mb"]) == {"chunked", "full_logits"}
+    # Even at this smaller vocabulary the full-logits path peaks higher.
+    assert learner["peak_mb"]["full_logits"] > learner["peak_mb"]["chunked"] > 0
+    assert learner["ratio_full_over_chunked"] > 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,10 +47,9 @@ def with_value(dotted: str, value: Any, base: dict[str, Any] | None = None) -> d
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A cwd holding a model dir with an empty config.json and a prompts file."""
-    (tmp_path / "models" / "tiny").mkdir(parents=True)
-    (tmp_path / "models" / "tiny" / "config.json").write_text("")
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_policy_dir: str) -> Path:
+    """A cwd holding a model dir (a tiny GPT-2 with its tokenizer) and a prompts file."""
+    shutil.copytree(tiny_policy_dir, tmp_path / "models" / "tiny")
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "hello"}\n')
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -392,9 +392,8 @@ def checked(d: dict[str, Any]) -> None:
 
 
 def test_valid_paths_pass(workdir: Path) -> None:
-    (workdir / "tok").mkdir()
-    (workdir / "critic").mkdir()
-    (workdir / "rm").mkdir()
+    for name in ("tok", "critic", "rm"):  # directories with a tokenizer (and a model)
+        shutil.copytree(workdir / "models" / "tiny", workdir / name)
     d = minimal()
     d["model"].update(tokenizer_path="tok", critic="separate", critic_path="critic")
     d["reward"].update(source="model", path="rm")
@@ -434,7 +433,7 @@ def test_bad_critic_and_reward_model_dirs(workdir: Path) -> None:
 
 
 def test_ignored_reward_function_is_not_imported(workdir: Path) -> None:
-    (workdir / "rm").mkdir()
+    shutil.copytree(workdir / "models" / "tiny", workdir / "rm")
     d = with_value("reward.source", "model", with_value("reward.path", "rm"))
     checked(with_value("reward.function", "no_such_mod:f", d))
 

@@ -251,6 +251,7 @@ def test_eos_terminates_and_reward_is_paid_only_at_the_last_step(char_tokenizer)
     assert calls == [([BUILTIN_PROMPTS[2]], ["ok"])]
     assert info == {
         "prompt": BUILTIN_PROMPTS[2],
+        "prompt_text": BUILTIN_PROMPTS[2],  # what the prompt's tokens decode to
         "completion": "ok",
         "num_generated": 3,
         "reward_deferred": False,

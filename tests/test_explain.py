@@ -28,9 +28,9 @@ from rayrm.explain import (
     policy_kl,
     reward_attribution,
 )
-from rayrm.rewards import RewardModelActor, build_tiny_reward_model
+from rayrm.models.tiny import build_tiny_policy, build_tiny_reward_model
+from rayrm.rewards import RewardModelActor
 from rayrm.tasks import build_mean_value_reward_model
-from rayrm.tiny import build_tiny_policy
 
 torch.set_num_threads(1)
 

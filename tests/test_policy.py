@@ -18,6 +18,7 @@ from transformers import AutoConfig, GPT2LMHeadModel
 
 from envs.text_generation import TextGenerationEnv
 from rayrm.env_runner import left_pad
+from rayrm.models.tiny import build_tiny_policy
 from rayrm.policy import (
     ENTROPY,
     LOGP,
@@ -27,7 +28,6 @@ from rayrm.policy import (
     group_rows,
     load_causal_lm,
 )
-from rayrm.tiny import build_tiny_policy
 
 torch.set_num_threads(1)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -297,9 +298,10 @@ def test_config_errors_name_the_key(reward: dict[str, Any], key: str) -> None:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rms: dict[str, str]) -> Path:
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text("{}")
+def workdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rms: dict[str, str], tiny_policy_dir: str
+) -> Path:
+    shutil.copytree(tiny_policy_dir, tmp_path / "m")  # a policy with its tokenizer
     write_rows_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}])
     write_rows_jsonl(tmp_path / "r.jsonl", [{"prompt": "a", "reference": "b"}])
     monkeypatch.chdir(tmp_path)

@@ -19,6 +19,7 @@ from conftest import REPO
 from envs.builtin import BUILTIN_PROMPTS, VOWELS, build_char_tokenizer
 from rayrm import stages
 from rayrm.config import ConfigError
+from rayrm.models.tiny import build_tiny_reward_model
 from rayrm.reward_training import (
     bradley_terry_loss,
     collate,
@@ -28,7 +29,7 @@ from rayrm.reward_training import (
     prepare_tokenizer,
     run_reward_training,
 )
-from rayrm.rewards import RewardPool, build_tiny_reward_model
+from rayrm.rewards import RewardPool
 from rayrm.stage_config import RMConfig, load_stage_config, stage_config_from_dict
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz "

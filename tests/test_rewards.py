@@ -19,12 +19,12 @@ from transformers import (
 )
 
 from envs.builtin import build_char_tokenizer
+from rayrm.models.tiny import build_tiny_reward_model
 from rayrm.rewards import (
     RewardFunctionActor,
     RewardModelActor,
     RewardPool,
     RewardSourceError,
-    build_tiny_reward_model,
     resolve_function,
 )
 

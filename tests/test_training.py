@@ -21,10 +21,12 @@ from ray.rllib.utils.metrics import (
 )
 
 from envs.builtin import BUILTIN_PROMPTS
+from envs.tokenization import PromptCodec
 from rayrm import metrics as M
 from rayrm.algorithm import RLHFPPO, build_algo_config
-from rayrm.export import load_policy, load_reference, sample_completions
-from rayrm.policy import load_causal_lm
+from rayrm.export import load_policy, load_reference
+from rayrm.models.decoding import sample_completions
+from rayrm.models.loading import load_causal_lm
 
 PROMPTS = BUILTIN_PROMPTS[:8]
 
@@ -110,13 +112,9 @@ def test_save_restore_keeps_policy_and_reference(
 
     # The exported policy (no Ray, no original model dir needed) decodes the same greedy tokens.
     model, tokenizer, _, _ = load_policy(ckpt)
+    codec = PromptCodec(tokenizer, max_prompt_tokens=cfg.data.max_prompt_tokens)
     texts = sample_completions(
-        model,
-        tokenizer,
-        PROMPTS * 2,
-        greedy=True,
-        max_new_tokens=cfg.generation.max_new_tokens,
-        max_prompt_tokens=cfg.data.max_prompt_tokens,
+        model, codec, PROMPTS * 2, greedy=True, max_new_tokens=cfg.generation.max_new_tokens
     )
     eos = tokenizer.eos_token_id
     expected = [tokenizer.decode([t for t in g if t != eos]) for g in before_greedy]

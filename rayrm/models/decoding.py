@@ -1,0 +1,218 @@
+"""The one decoding loop: batched, KV-cached sampling from a causal LM.
+
+The env runner (which steps one Gymnasium env per row and token) and the tools that sample
+from a policy (held-out evaluation, ``rayrm generate``, ``rayrm data pairs``, the report) all
+decode through :func:`decode_batch`. Prompts are LEFT-padded so every row's next token sits in
+the last column; each step feeds one new token per row through the cache, so the cost per token
+does not grow with the length of the completion.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from envs.tokenization import Prompt, PromptCodec
+from rayrm.core_algos import sample_tokens
+
+__all__ = [
+    "decode_batch",
+    "decode_start",
+    "decode_step",
+    "left_pad",
+    "sample_completions",
+    "sample_sequences",
+]
+
+Sampler = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""(B, V) logits -> ((B,) tokens, (B,) log-probs)."""
+
+OnTokens = Callable[[np.ndarray, np.ndarray], Sequence[bool]]
+"""Called with the (B,) tokens and log-probs of a step; returns which rows go on."""
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacks variable-length prompts into LEFT-padded (B, P) ids and mask."""
+    P = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), P), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), P), dtype=np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p) :] = p
+        mask[i, P - len(p) :] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+@torch.no_grad()
+def decode_start(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, Any]:
+    """Runs the prompts through ``model`` and returns next-token logits plus the KV cache.
+
+    Args:
+        model: a Hugging Face causal LM.
+        input_ids: (B, P) LEFT-padded prompt ids.
+        attention_mask: (B, P) 1 for real tokens.
+
+    Returns:
+        ``(logits, cache)``: (B, V) float32 logits at the last position, and the cache.
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    # Only the last position's logits: (B, P, V) would be gigabytes at real vocabularies.
+    keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        **keep,
+    )
+    return out.logits[:, -1].float(), _cache_of(out)
+
+
+@torch.no_grad()
+def decode_step(
+    model: nn.Module, tokens: torch.Tensor, cache: Any, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, Any]:
+    """Feeds one token per row through the cache: cost per token independent of length.
+
+    Args:
+        model: the model that built ``cache``.
+        tokens: (B,) the tokens just sampled.
+        cache: the cache from the previous call.
+        attention_mask: (B, P + t) mask INCLUDING the new tokens.
+
+    Returns:
+        ``(logits, cache)``: (B, V) next-token logits and the grown cache.
+    """
+    position_ids = attention_mask.sum(-1, keepdim=True) - 1  # (B, 1)
+    out = model(
+        input_ids=tokens[:, None],
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        **{_cache_kwarg(model): cache},
+    )
+    return out.logits[:, -1].float(), _cache_of(out)
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    return name in inspect.signature(model.forward).parameters
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """transformers 5.2x renamed ``past_key_values`` to ``cache``; accept both."""
+    return "cache" if _accepts(model, "cache") else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+@torch.no_grad()
+def decode_batch(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    sample: Sampler,
+    on_tokens: OnTokens,
+) -> None:
+    """Decodes all prompts together until ``on_tokens`` says no row goes on.
+
+    Args:
+        model: a Hugging Face causal LM (its device is used).
+        prompts: B prompt id lists.
+        pad_id: id to pad prompts with (masked out).
+        sample: turns a step's logits into tokens and their log-probs.
+        on_tokens: consumes each step's tokens; returns per row whether it continues. A
+            finished row keeps being fed (its tokens are ignored) until all are finished.
+    """
+    ids, mask = left_pad(prompts, pad_id)
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    logits, cache = decode_start(model, ids, mask)
+    while True:
+        tokens, logp = sample(logits)
+        active = on_tokens(tokens.cpu().numpy(), logp.float().cpu().numpy())
+        if not any(active):
+            return
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits, cache = decode_step(model, tokens, cache, mask)
+
+
+def sampler(
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Sampler:
+    """A :data:`Sampler` with fixed sampling settings (see ``core_algos.sample_tokens``)."""
+
+    def sample(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return sample_tokens(
+            logits,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            generator=generator,
+        )
+
+    return sample
+
+
+def sample_sequences(
+    model: nn.Module,
+    codec: PromptCodec,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    seed: int = 0,
+) -> list[tuple[list[int], list[int]]]:
+    """``(prompt_ids, generated_ids)`` per prompt; a row ends at a stop token or stop string
+    (the stop token included, as in the environment) or after ``max_new_tokens``."""
+    encoded = [codec.encode(p) for p in prompts]
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    generated: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+
+    def on_tokens(tokens: np.ndarray, logp: np.ndarray) -> list[bool]:
+        for i, token in enumerate(tokens.tolist()):
+            if done[i]:
+                continue
+            generated[i].append(int(token))
+            done[i] = (
+                token in codec.stop_token_ids
+                or len(generated[i]) >= max_new_tokens
+                or (
+                    bool(codec.stop_strings)
+                    and codec.stop_string_end(codec.texts(encoded[i], generated[i])[1]) is not None
+                )
+            )
+        return [not d for d in done]
+
+    sample = sampler(
+        temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator
+    )
+    decode_batch(model, encoded, pad_id=codec.pad_token_id, sample=sample, on_tokens=on_tokens)
+    return list(zip(encoded, generated, strict=True))
+
+
+def sample_completions(
+    model: nn.Module, codec: PromptCodec, prompts: Sequence[Prompt], **kwargs: Any
+) -> list[str]:
+    """One completion text per prompt (exact text: see ``envs.tokenization``)."""
+    return [codec.texts(p, g)[1] for p, g in sample_sequences(model, codec, prompts, **kwargs)]

@@ -1,0 +1,96 @@
+"""Loading Hugging Face models and tokenizers for RL: local directories, dtype, dropout off.
+
+What belongs here: every ``from_pretrained`` of a policy, critic trunk or tokenizer that the
+RL loop and the tools use, so dtype handling, dropout and stop tokens are decided once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from envs.tokenization import PromptCodec
+from rayrm.config import RunConfig
+from rayrm.models.hf_files import stop_token_ids_of
+
+__all__ = [
+    "DTYPES",
+    "hidden_size",
+    "load_causal_lm",
+    "load_tokenizer",
+    "load_trunk",
+    "prompt_codec",
+    "stop_token_ids",
+    "zero_dropout",
+]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""``model.dtype`` names and their torch dtypes."""
+
+
+def zero_dropout(config: Any) -> None:
+    """Sets every dropout probability of a Hugging Face config to 0.
+
+    Sampling runs in eval mode and training in train mode; with dropout on, the PPO ratio and
+    the KL to the reference would be noisy even before any update.
+    """
+    for key, value in list(config.to_dict().items()):
+        if isinstance(value, float) and ("dropout" in key or "pdrop" in key):
+            setattr(config, key, 0.0)
+
+
+def load_causal_lm(path: str, dtype: str = "float32") -> nn.Module:
+    """``AutoModelForCausalLM`` from a local directory, parameters in ``dtype``, dropout off."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    zero_dropout(config)
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=DTYPES[dtype])
+    return model.eval()
+
+
+def load_trunk(path: str, dtype: str = "float32") -> nn.Module:
+    """``AutoModel`` (no LM head) for a separate critic, parameters in ``dtype``, dropout off."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(path)
+    zero_dropout(config)
+    return AutoModel.from_pretrained(path, config=config, dtype=DTYPES[dtype]).eval()
+
+
+def hidden_size(config: Any) -> int:
+    """Width of the final hidden states (the value head's input)."""
+    text = getattr(config, "text_config", None) or config
+    for key in ("hidden_size", "n_embd", "d_model"):
+        if hasattr(text, key):
+            return int(getattr(text, key))
+    raise ValueError(f"cannot find the hidden size in {type(config).__name__}")
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Any:
+    """``AutoTokenizer`` from a local directory."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(os.fspath(path))
+
+
+def stop_token_ids(cfg: RunConfig) -> list[int]:
+    """Ids that end a completion of a run: every EOS id the model declares (its
+    ``generation_config.json`` and ``config.json``) plus ``generation.stop_token_ids``. (The
+    codec adds the tokenizer's own EOS.)"""
+    ids = [*stop_token_ids_of(cfg.model.path), *cfg.generation.stop_token_ids]
+    return list(dict.fromkeys(ids))
+
+
+def prompt_codec(cfg: RunConfig, tokenizer: Any) -> PromptCodec:
+    """The run's prompt codec, as its environments build it, around a loaded tokenizer."""
+    return PromptCodec(
+        tokenizer,
+        max_prompt_tokens=cfg.data.max_prompt_tokens,
+        chat_template=cfg.data.chat_template,
+        stop_token_ids=stop_token_ids(cfg),
+        stop_strings=cfg.generation.stop_strings,
+    )

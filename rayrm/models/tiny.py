@@ -1,0 +1,321 @@
+"""Tiny random models and real-kind tokenizers, built locally: nothing is downloaded.
+
+Tests, demos and benchmarks build their models here and ``save_pretrained`` them, so the code
+under test loads them exactly as users load theirs (``from_pretrained`` on a local directory).
+The tokenizers are of the kinds real checkpoints ship, trained on a small corpus with the
+``tokenizers`` library:
+
+* ``char``: the built-in character tokenizer (``envs.builtin``);
+* ``gpt2``: byte-level BPE, ``<|endoftext|>`` as BOS/EOS and no pad token (GPT-2);
+* ``llama``: SentencePiece-style BPE (Metaspace ``▁``, byte fallback ``<0x..>``, ``<s>`` added
+  before every text, ``</s>`` as EOS, a decoder that strips the leading space: Llama-2,
+  Mistral, Gemma);
+* ``qwen2``: byte-level BPE with ``<|im_start|>``/``<|im_end|>``, a ChatML chat template, EOS
+  ``<|im_end|>`` and pad ``<|endoftext|>`` (Qwen2.5-Instruct); its models declare both as
+  EOS in ``generation_config.json``.
+
+Architectures: ``gpt2`` (learned positions), ``llama`` (RoPE, grouped-query attention, untied
+head) and ``qwen2`` (RoPE, GQA with one KV head, tied embeddings).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ARCHITECTURES",
+    "TOKENIZER_KINDS",
+    "build_tiny_model",
+    "build_tiny_policy",
+    "build_tiny_reward_model",
+    "build_tokenizer",
+]
+
+TOKENIZER_KINDS = ("char", "gpt2", "llama", "qwen2")
+ARCHITECTURES = ("gpt2", "llama", "qwen2")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""Qwen2.5's chat format (ChatML), without its default system prompt."""
+
+_CORPUS = [
+    "the cat said hello to the dog",
+    "hello world, how are you today?",
+    "the quick brown fox jumps over the lazy dog",
+    "a naïve café serves déjà vu — with 🙂 and ünïcödé",
+    "review: the steak was great but the service was slow",
+    "question: what is two plus two? answer: four",
+    "Once upon a time, there was a little robot who loved to sing.",
+    "She sells sea shells by the sea shore; the shells she sells are sea shells.",
+]
+
+
+def _corpus() -> list[str]:
+    from envs.builtin import BUILTIN_PROMPTS
+
+    return (_CORPUS + list(BUILTIN_PROMPTS)) * 4
+
+
+def build_tokenizer(kind: str = "char", *, vocab_size: int = 400) -> Any:
+    """A tokenizer of ``kind`` (see the module docstring), as a ``PreTrainedTokenizerFast``.
+
+    Save it with ``save_pretrained`` (or pass it to :func:`build_tiny_model`), then load it
+    with ``AutoTokenizer.from_pretrained`` as any checkpoint's tokenizer.
+    """
+    if kind == "char":
+        from envs.builtin import build_char_tokenizer
+
+        return build_char_tokenizer()
+    if kind == "llama":
+        return _sentencepiece_style(vocab_size)
+    if kind in ("gpt2", "qwen2"):
+        return _byte_level(kind, vocab_size)
+    raise ValueError(f"tokenizer kind must be one of {TOKENIZER_KINDS}, got {kind!r}")
+
+
+def _byte_level(kind: str, vocab_size: int) -> Any:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>"] + (["<|im_start|>", "<|im_end|>"] if kind == "qwen2" else [])
+    tok = Tokenizer(models.BPE())
+    # GPT-2's split regex, then bytes mapped to printable characters.
+    split = Regex(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(split, behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    if kind == "gpt2":
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<|endoftext|>",
+            eos_token="<|endoftext|>",
+            unk_token="<|endoftext|>",
+            clean_up_tokenization_spaces=False,
+        )
+    out = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        clean_up_tokenization_spaces=False,
+    )
+    out.chat_template = CHATML_TEMPLATE
+    return out
+
+
+def _sentencepiece_style(vocab_size: int) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    # Merges never cross a word boundary when training (as SentencePiece's); Llama's
+    # tokenizer.json then runs Metaspace without splitting.
+    trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False
+    )
+    trained.train_from_iterator(_corpus(), trainer)
+    model = json.loads(trained.to_str())["model"]
+    # Llama's layout: the specials, then the 256 byte tokens <0x00>..<0xFF> (ordinary tokens,
+    # which byte fallback uses for characters the vocabulary lacks), then the pieces.
+    vocab = {token: i for i, token in enumerate(specials)}
+    for i in range(256):
+        vocab[f"<0x{i:02X}>"] = len(vocab)
+    for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1]):
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tok = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+    )
+    tok.add_special_tokens(specials)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="first", split=False
+    )
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),  # the leading space of the decoded string
+        ]
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+_TOKENIZER_CLASS = {"gpt2": "GPT2Tokenizer", "llama": "LlamaTokenizer", "qwen2": "Qwen2Tokenizer"}
+
+
+def save_tokenizer(tokenizer: Any, out_dir: str | Path, kind: str | None = None) -> None:
+    """``save_pretrained``, recording the tokenizer class real checkpoints of ``kind`` name."""
+    tokenizer.save_pretrained(str(out_dir))
+    if kind in _TOKENIZER_CLASS:
+        path = Path(out_dir) / "tokenizer_config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["tokenizer_class"] = _TOKENIZER_CLASS[kind]
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _model_config(arch: str, tokenizer: Any, **size: Any) -> Any:
+    """A small ``PretrainedConfig`` of ``arch`` sized for ``tokenizer``."""
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    hidden, layers, heads = size["hidden"], size["layers"], size["heads"]
+    positions, vocab = size["positions"], size["vocab_size"] or len(tokenizer)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    ids = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
+    if arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab, n_positions=positions, n_embd=hidden, n_layer=layers, n_head=heads,
+            **ids,
+        )  # fmt: skip
+    common = {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": positions,
+        **ids,
+    }
+    if arch == "llama":
+        return LlamaConfig(**common, num_key_value_heads=size["kv_heads"] or max(1, heads // 2))
+    if arch == "qwen2":
+        return Qwen2Config(
+            **common, num_key_value_heads=size["kv_heads"] or 1, tie_word_embeddings=True
+        )
+    raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    *,
+    arch: str = "gpt2",
+    tokenizer: Any = None,
+    tokenizer_kind: str | None = None,
+    head: str = "causal_lm",
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    kv_heads: int | None = None,
+    positions: int = 128,
+    vocab_size: int | None = None,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> str:
+    """Writes a randomly initialised model of ``arch`` plus its tokenizer to ``out_dir``.
+
+    Args:
+        out_dir: Target directory (created).
+        arch: ``gpt2``, ``llama`` or ``qwen2``.
+        tokenizer: A tokenizer object; default: :func:`build_tokenizer` of ``tokenizer_kind``
+            (default: the architecture's own kind).
+        tokenizer_kind: Kind recorded in ``tokenizer_config.json`` (the real checkpoints'
+            tokenizer class).
+        head: ``causal_lm`` (``AutoModelForCausalLM``) or ``reward`` (a one-label
+            ``AutoModelForSequenceClassification``, a reward model).
+        hidden, layers, heads, kv_heads, positions: Size (``kv_heads``: GQA key/value heads).
+        vocab_size: Embedding rows; default ``len(tokenizer)`` (may be larger, as real models'
+            padded embeddings).
+        dtype: Dtype of the saved weights (``float32``, ``bfloat16``, ``float16``).
+        seed: Torch seed of the initial weights.
+
+    Returns:
+        ``out_dir`` as a string.
+    """
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        GenerationConfig,
+    )
+
+    kind = tokenizer_kind or (arch if tokenizer is None else None)
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(kind or "char")
+    config = _model_config(
+        arch, tokenizer, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
+        positions=positions, vocab_size=vocab_size,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    if head == "reward":
+        config.num_labels = 1
+        model = AutoModelForSequenceClassification.from_config(config)
+    elif head == "causal_lm":
+        model = AutoModelForCausalLM.from_config(config)
+    else:
+        raise ValueError(f"head must be 'causal_lm' or 'reward', got {head!r}")
+    from rayrm.models.loading import DTYPES
+
+    model = model.to(DTYPES[dtype])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    save_tokenizer(tokenizer, out, kind)
+    if head == "causal_lm":
+        stop = [tokenizer.eos_token_id]
+        if "<|endoftext|>" in tokenizer.get_vocab() and kind == "qwen2":
+            stop.append(tokenizer.convert_tokens_to_ids("<|endoftext|>"))  # two EOS ids
+        GenerationConfig(
+            bos_token_id=config.bos_token_id,
+            eos_token_id=stop if len(stop) > 1 else stop[0],
+            pad_token_id=config.pad_token_id,
+        ).save_pretrained(out)
+    return str(out)
+
+
+def build_tiny_policy(
+    out_dir: str | Path,
+    tokenizer: Any = None,
+    *,
+    n_layer: int = 2,
+    n_head: int = 2,
+    n_embd: int = 64,
+    n_positions: int = 128,
+    seed: int = 0,
+) -> str:
+    """A tiny GPT-2 causal LM (default: the built-in character tokenizer) in ``out_dir``."""
+    return build_tiny_model(
+        out_dir,
+        arch="gpt2",
+        tokenizer=tokenizer if tokenizer is not None else build_tokenizer("char"),
+        hidden=n_embd,
+        layers=n_layer,
+        heads=n_head,
+        positions=n_positions,
+        seed=seed,
+    )
+
+
+def build_tiny_reward_model(out_dir: str | Path, tokenizer: Any, *, arch: str = "gpt2") -> str:
+    """A tiny random one-label reward model (width 32, 2 layers) for ``tokenizer``."""
+    return build_tiny_model(
+        out_dir, arch=arch, tokenizer=tokenizer, head="reward", hidden=32, heads=2, seed=0
+    )
