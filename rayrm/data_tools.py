@@ -117,6 +117,31 @@ def string_column(table: pa.Table, column: str, *, path: str, key: str | None = 
 # ---------------------------------------------------------------------------------------------
 
 
+def conversation_column(
+    table: pa.Table, column: str, *, path: str, key: str | None = None
+) -> list[list[dict[str, str]]]:
+    """The values of a column of conversations (lists of ``{role, content}``), checked.
+
+    Raises:
+        ConfigError: The column is missing or a row is not a list of role/content messages.
+    """
+    from envs.tokenization import check_conversation
+
+    if column not in table.column_names:
+        raise ConfigError(
+            f"{key + ': ' if key else ''}{path} has no column {column!r} "
+            f"(columns: {', '.join(table.column_names) or 'none'})",
+            key=key,
+        )
+    out = []
+    for row, value in enumerate(table.column(column).to_pylist()):
+        try:
+            out.append(check_conversation(value, f"{path}, column {column!r}, row {row}"))
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=key) from exc
+    return out
+
+
 def _summary(values: Sequence[float]) -> dict[str, float]:
     """min / mean / p50 / p95 / max of a non-empty list."""
     s = sorted(values)

@@ -7,7 +7,8 @@ epoch loop in :mod:`rayrm.stages`.
 The model is an ``AutoModelForSequenceClassification`` with one label. Starting from a causal
 LM directory, ``from_pretrained(path, num_labels=1)`` keeps the trunk and adds a fresh scalar
 head. Texts are ``prompt + completion`` as one string, tokenized with the tokenizer's default
-special tokens, cut from the left to ``data.max_length`` and right-padded with
+special tokens (conversational pairs -- message lists -- are rendered with the chat template
+instead, as the actors render conversations), cut from the left to ``data.max_length`` and right-padded with
 ``pad_token_id`` (EOS when the tokenizer has no pad token) -- what
 :class:`rayrm.rewards.RewardModelActor` does -- so the head reads the same last token in
 training and in PPO. The written directory loads there unchanged.
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.tokenization import Conversation, require_chat_template
 from rayrm.config import ConfigError
 from rayrm.stage_config import RMConfig, load_stage_config
 from rayrm.stages import (
@@ -94,6 +96,42 @@ def encode_pairs(
 
     c = encode([p + x for p, x in zip(prompts, chosen, strict=True)])
     r = encode([p + x for p, x in zip(prompts, rejected, strict=True)])
+    pairs = [
+        (np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        for a, b in zip(c, r, strict=True)
+        if a != b
+    ]
+    return pairs, len(c) - len(pairs)
+
+
+def encode_conversation_pairs(
+    tokenizer: Any,
+    prompts: Sequence[Conversation],
+    chosen: Sequence[Conversation],
+    rejected: Sequence[Conversation],
+    *,
+    max_length: int,
+) -> tuple[list[Pair], int]:
+    """Renders ``prompt + chosen`` and ``prompt + rejected`` conversations with the chat
+    template (as :class:`rayrm.rewards.RewardModelActor` renders conversations in PPO) and
+    tokenizes them without adding special tokens (the template holds its own).
+
+    Returns:
+        ``(pairs, num_dropped)`` as :func:`encode_pairs`.
+
+    Raises:
+        ValueError: The tokenizer has no chat template.
+    """
+    require_chat_template(tokenizer, "the reward model's tokenizer")
+
+    def encode(conversations: list[Conversation]) -> list[list[int]]:
+        texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+        return tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)[
+            "input_ids"
+        ]
+
+    c = encode([[*p, *x] for p, x in zip(prompts, chosen, strict=True)])
+    r = encode([[*p, *x] for p, x in zip(prompts, rejected, strict=True)])
     pairs = [
         (np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
         for a, b in zip(c, r, strict=True)
@@ -228,25 +266,18 @@ def load_pairs(cfg: RMConfig, tokenizer: Any) -> tuple[list[Pair], dict[str, Any
     """
     from transformers import AutoConfig
 
-    from rayrm.data_tools import read_table, string_column
+    from rayrm.data_tools import read_table
 
     d = cfg.data
     table = read_table(d.path, key="data.path")
-    columns = {}
-    for key in ("prompt_column", "chosen_column", "rejected_column"):
-        column = getattr(d, key)
-        columns[key] = string_column(table, column, path=d.path, key=f"data.{key}")
     max_length = d.max_length
     limit = getattr(AutoConfig.from_pretrained(cfg.model.path), "max_position_embeddings", None)
     if isinstance(limit, int):
         max_length = min(max_length, limit)
-    pairs, dropped = encode_pairs(
-        tokenizer,
-        columns["prompt_column"],
-        columns["chosen_column"],
-        columns["rejected_column"],
-        max_length=max_length,
-    )
+    if _is_conversational(table, d.chosen_column):
+        pairs, dropped = _conversation_pairs(cfg, table, tokenizer, max_length)
+    else:
+        pairs, dropped = _text_pairs(cfg, table, tokenizer, max_length)
     if not pairs:
         raise ConfigError(
             f"data.path {d.path} has no usable pair ({table.num_rows} rows, {dropped} with "
@@ -254,6 +285,62 @@ def load_pairs(cfg: RMConfig, tokenizer: Any) -> tuple[list[Pair], dict[str, Any
             key="data.path",
         )
     return pairs, {"max_length": max_length, "rows": table.num_rows, "dropped": dropped}
+
+
+def _is_conversational(table: Any, column: str) -> bool:
+    """Whether a pairs column holds message lists (the first non-null value says)."""
+    if column not in table.column_names:
+        return False
+    values = table.column(column).to_pylist()
+    return isinstance(next((v for v in values if v is not None), None), list)
+
+
+def _text_pairs(cfg: RMConfig, table: Any, tokenizer: Any, max_length: int) -> Any:
+    from rayrm.data_tools import string_column
+
+    d = cfg.data
+    columns = {}
+    for key in ("prompt_column", "chosen_column", "rejected_column"):
+        column = getattr(d, key)
+        columns[key] = string_column(table, column, path=d.path, key=f"data.{key}")
+    return encode_pairs(
+        tokenizer,
+        columns["prompt_column"],
+        columns["chosen_column"],
+        columns["rejected_column"],
+        max_length=max_length,
+    )
+
+
+def _conversation_pairs(cfg: RMConfig, table: Any, tokenizer: Any, max_length: int) -> Any:
+    """Pairs whose chosen/rejected sides are message lists; the prompt column (a string, which
+    becomes a user message, or a message list) is optional."""
+    from envs.tokenization import check_conversation
+    from rayrm.data_tools import conversation_column
+
+    d = cfg.data
+    chosen = conversation_column(table, d.chosen_column, path=d.path, key="data.chosen_column")
+    rejected = conversation_column(
+        table, d.rejected_column, path=d.path, key="data.rejected_column"
+    )
+    prompts: list[Conversation] = [[] for _ in chosen]
+    if d.prompt_column in table.column_names:
+        for row, value in enumerate(table.column(d.prompt_column).to_pylist()):
+            where = f"{d.path}, column {d.prompt_column!r}, row {row}"
+            try:
+                prompts[row] = (
+                    [{"role": "user", "content": value}]
+                    if isinstance(value, str)
+                    else check_conversation(value, where)
+                )
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="data.prompt_column") from exc
+    try:
+        return encode_conversation_pairs(
+            tokenizer, prompts, chosen, rejected, max_length=max_length
+        )
+    except ValueError as exc:
+        raise ConfigError(f"data.path {d.path}: {exc}", key="model.tokenizer_path") from exc
 
 
 def run_reward_training(

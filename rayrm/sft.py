@@ -4,11 +4,16 @@ What belongs here: turning a corpus into ``(input_ids, labels)`` examples, the m
 next-token loss, and the SFT plug-ins of the shared epoch loop in :mod:`rayrm.stages`.
 
 Examples are encoded the way the PPO environment encodes prompts and the sampler ends
-completions: ``prompt`` and ``response`` are tokenized separately without special tokens and
-joined, then EOS is appended, so the model learns the token boundary and the stop signal it
-will meet in RL. With prompt/response columns the prompt positions get the label
+completions (``envs.tokenization``): the prompt with the special tokens the tokenizer adds by
+default (Llama's ``<s>``), the response tokenized in the prompt's context (so SentencePiece's
+word marker stays on its first token), then EOS, so the model learns the token boundary and the
+stop signal it will meet in RL. With prompt/response columns the prompt positions get the label
 ``IGNORE_INDEX`` and only the response (and EOS) is trained on (InstructGPT's SFT,
-https://arxiv.org/abs/2203.02155); with a text column every token is.
+https://arxiv.org/abs/2203.02155); with a text column every token is. Conversations (a
+messages column) are rendered with the tokenizer's chat template and only the assistant turns
+are learned: each turn's tokens are those between the rendering of the conversation before it
+(with the generation prompt) and the rendering that includes it, its end-of-turn token
+included.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.tokenization import Conversation, Message, PromptCodec, require_chat_template
 from rayrm.config import ConfigError
 from rayrm.stage_config import SFTConfig, load_stage_config
 from rayrm.stages import (
@@ -84,20 +90,72 @@ def encode_examples(
     Returns:
         ``(examples, num_dropped)``; examples without a token to learn are dropped.
     """
-    eos = tokenizer.eos_token_id
+    codec = PromptCodec(tokenizer, max_prompt_tokens=sys.maxsize)  # special tokens, no cut
+    eos = codec.eos_token_id
+    pairs: list[tuple[list[int], list[int]]] = []
     if texts is not None:
-        prompt_ids: list[list[int]] = [[] for _ in texts]
-        response_ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        for text in texts:
+            ids = codec.encode(text) if text else []
+            head = _bos(codec, ids)  # the BOS is context, not a token to learn
+            pairs.append((head, ids[len(head) :]))
     else:
         assert prompts is not None and responses is not None
-        prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+        for prompt, response in zip(prompts, responses, strict=True):
+            prompt_ids = codec.encode(prompt)
+            pairs.append((prompt_ids, codec.encode_completion(prompt_ids, response)))
     examples = []
-    for p, r in zip(prompt_ids, response_ids, strict=True):
+    for p, r in pairs:
         ex = build_example(p, r, eos_id=eos, max_length=max_length)
         if ex is not None:
             examples.append(ex)
-    return examples, len(response_ids) - len(examples)
+    return examples, len(pairs) - len(examples)
+
+
+def _bos(codec: PromptCodec, ids: Sequence[int]) -> list[int]:
+    """The leading BOS of ``ids`` (as a list), or []."""
+    return [ids[0]] if ids and ids[0] == codec.bos_token_id else []
+
+
+def encode_conversations(
+    tokenizer: Any, conversations: Sequence[Conversation], *, max_length: int
+) -> tuple[list[Example], int]:
+    """Renders conversations with the chat template; labels only the assistant turns.
+
+    Returns:
+        ``(examples, num_dropped)``.
+
+    Raises:
+        ValueError: The tokenizer has no chat template, or rendering a conversation turn by
+            turn does not reproduce its full rendering's tokens (row named).
+    """
+    require_chat_template(tokenizer, "the SFT tokenizer")
+
+    def ids_of(messages: Sequence[Message], generation_prompt: bool) -> list[int]:
+        if not messages and not generation_prompt:
+            return []
+        text = tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=generation_prompt
+        )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    examples = []
+    for row, messages in enumerate(conversations):
+        ids = ids_of(messages, False)
+        labels = [IGNORE_INDEX] * len(ids)
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start, upto = len(ids_of(messages[:i], True)), ids_of(messages[: i + 1], False)
+            if ids[: len(upto)] != upto or start > len(upto):
+                raise ValueError(
+                    f"row {row}: the chat template does not render the conversation turn by "
+                    "turn as a prefix of the whole, so assistant turns cannot be located"
+                )
+            labels[start : len(upto)] = ids[start : len(upto)]
+        ids, labels = ids[:max_length], labels[:max_length]
+        if any(label != IGNORE_INDEX for label in labels[1:]):
+            examples.append((np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)))
+    return examples, len(conversations) - len(examples)
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
@@ -218,7 +276,7 @@ def load_examples(cfg: SFTConfig, tokenizer: Any) -> tuple[list[Example], dict[s
     Raises:
         ConfigError: Missing or non-string columns, or no usable example.
     """
-    from rayrm.data_tools import TEXT_COLUMN, read_table, string_column
+    from rayrm.data_tools import TEXT_COLUMN, conversation_column, read_table, string_column
 
     d = cfg.data
     table = read_table(d.path, key="data.path")
@@ -228,8 +286,11 @@ def load_examples(cfg: SFTConfig, tokenizer: Any) -> tuple[list[Example], dict[s
     else:
         text_column = d.text_column
     if fmt == "auto":
-        both = {d.prompt_column, d.response_column} <= set(table.column_names)
-        fmt = "prompt_response" if both else "text"
+        columns = set(table.column_names)
+        if {d.prompt_column, d.response_column} <= columns:
+            fmt = "prompt_response"
+        else:
+            fmt = "messages" if d.messages_column in columns else "text"
     max_length = d.max_length
     limit = _position_limit(cfg.model.path)
     if limit is not None:
@@ -237,6 +298,15 @@ def load_examples(cfg: SFTConfig, tokenizer: Any) -> tuple[list[Example], dict[s
     if fmt == "text":
         texts = string_column(table, text_column, path=d.path, key="data.text_column")
         examples, dropped = encode_examples(tokenizer, texts=texts, max_length=max_length)
+    elif fmt == "messages":
+        key = "data.messages_column"
+        conversations = conversation_column(table, d.messages_column, path=d.path, key=key)
+        try:
+            examples, dropped = encode_conversations(
+                tokenizer, conversations, max_length=max_length
+            )
+        except ValueError as exc:
+            raise ConfigError(f"data.path {d.path}: {exc}", key="data.path") from exc
     else:
         prompts = string_column(table, d.prompt_column, path=d.path, key="data.prompt_column")
         responses = string_column(table, d.response_column, path=d.path, key="data.response_column")

@@ -95,20 +95,25 @@ class SFTDataConfig:
             example per non-empty line, read as column ``text``). Required.
         format: ``text`` trains on every token of ``text_column``; ``prompt_response`` trains
             on ``response_column`` only, with the ``prompt_column`` tokens masked out of the
-            loss; ``auto`` picks ``prompt_response`` when both of those columns exist, else
-            ``text``.
+            loss; ``messages`` renders each row's conversation (``messages_column``: a list of
+            ``{role, content}``) with the tokenizer's chat template and trains on the assistant
+            turns only (everything else masked); ``auto`` picks ``prompt_response`` when both
+            of those columns exist, else ``messages`` when that column exists, else ``text``.
         text_column: Column holding whole training texts (``format: text``).
         prompt_column: Column holding prompts (``format: prompt_response``).
         response_column: Column holding responses (``format: prompt_response``).
-        max_length: Tokens per example (prompt + response + EOS); longer examples are cut at
-            the end, and those left without a response token are dropped.
+        messages_column: Column holding conversations (``format: messages``).
+        max_length: Tokens per example (prompt + response + EOS, or the rendered
+            conversation); longer examples are cut at the end, and those left without a
+            token to learn are dropped.
     """
 
     path: str
-    format: Literal["auto", "text", "prompt_response"] = "auto"
+    format: Literal["auto", "text", "prompt_response", "messages"] = "auto"
     text_column: str = "text"
     prompt_column: str = "prompt"
     response_column: str = "response"
+    messages_column: str = "messages"
     max_length: int = _bounded(512, ge=2)
 
 
@@ -119,11 +124,17 @@ class PreferenceDataConfig:
     Attributes:
         path: ``.parquet`` or ``.jsonl``/``.json`` (one JSON object per line) with one row per
             pair. Required.
-        prompt_column: Column holding the prompt.
+        prompt_column: Column holding the prompt (optional for conversational pairs).
         chosen_column: Column holding the preferred completion.
         rejected_column: Column holding the other completion.
         max_length: ``prompt + completion`` is cut to this many tokens, keeping the end (as
             the reward actors do); clamped to the model's position limit.
+
+    Conversational pairs, the common shape of public preference datasets, are read as such:
+    when ``chosen``/``rejected`` hold lists of ``{role, content}`` messages (whole
+    conversations, or the assistant's reply with the conversation in ``prompt_column``), each
+    side is rendered with the tokenizer's chat template, as the reward actors render
+    conversations in PPO.
     """
 
     path: str
@@ -277,7 +288,7 @@ class SFTConfig(StageConfig):
     def _check_relations(self) -> None:
         super()._check_relations()
         d = self.data
-        if d.format != "text" and d.prompt_column == d.response_column:
+        if d.format in ("auto", "prompt_response") and d.prompt_column == d.response_column:
             raise ConfigError(
                 f"data.response_column must differ from data.prompt_column (both are "
                 f"{d.prompt_column!r}): prompt tokens are masked out of the loss, response "
