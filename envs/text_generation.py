@@ -165,7 +165,7 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         self._messages: list[dict[str, str]] | None = None
         self._prompt_index = -1
         self._reference: str | None = None
-        self._prompt_text = ""
+        self._prompt_text = self._decoded_prompt = ""
         self._completion = ""
         self._has_reset = False
         self._episode_over = False
@@ -198,7 +198,7 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         self._input_ids[: len(prompt_ids)] = prompt_ids
         self._length = len(prompt_ids)
         self._prompt_ids = prompt_ids
-        self._prompt_text = self.codec.decode(prompt_ids)
+        self._decoded_prompt = self._prompt_text = self.codec.decode(prompt_ids)
         self._generated = []
         self._completion = ""
         self._has_reset = True
@@ -247,7 +247,9 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         # Decoding prompt and completion together each step costs microseconds in the Rust
         # tokenizer; decoding token by token would break multi-token characters, and decoding
         # the completion alone would lose SentencePiece's leading space (see envs.tokenization).
-        self._prompt_text, self._completion = self.codec.texts(self._prompt_ids, self._generated)
+        self._prompt_text, self._completion = self.codec.texts(
+            self._prompt_ids, self._generated, prompt_text=self._decoded_prompt
+        )
         terminated = token in self.codec.stop_token_ids or (
             bool(self.codec.stop_strings)
             and self.codec.stop_string_end(self._completion) is not None

@@ -143,14 +143,26 @@ class PromptCodec:
                 return full[len(prompt_ids) :]
         return list(self.tokenizer(completion_text, add_special_tokens=False)["input_ids"])
 
-    def texts(self, prompt_ids: Sequence[int], generated: Sequence[int]) -> tuple[str, str]:
+    def texts(
+        self,
+        prompt_ids: Sequence[int],
+        generated: Sequence[int],
+        *,
+        prompt_text: str | None = None,
+    ) -> tuple[str, str]:
         """``(prompt_text, completion_text)`` of a sequence, decoded together and split.
 
         ``prompt_text + completion_text == decode(prompt_ids + completion_ids)`` (special
         tokens skipped), up to a stop string's tail (see the module docstring).
+
+        Args:
+            prompt_ids, generated: The prompt's ids and the sampled ids (a final stop token
+                included or not).
+            prompt_text: ``decode(prompt_ids)`` when the caller has it already.
         """
         prompt_ids = [int(i) for i in prompt_ids]
-        prompt_text = self.decode(prompt_ids)
+        if prompt_text is None:
+            prompt_text = self.decode(prompt_ids)
         completion = self.completion_ids(generated)
         if not completion:
             return prompt_text, ""

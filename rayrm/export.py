@@ -39,7 +39,7 @@ def _build(ckpt: Path, state: dict[str, Any], prefix: str, dtype: str) -> torch.
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(ckpt / HF_CONFIG_DIR)
-    model = AutoModelForCausalLM.from_config(config).to(DTYPES[dtype])
+    model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
     weights = {
         k[len(prefix) :]: torch.as_tensor(v) for k, v in state.items() if k.startswith(prefix)
     }

@@ -103,7 +103,7 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         self.forward_batch_size = mc.get("forward_batch_size")
         if self.inference_only:
             return
-        check_head_path(self.lm)
+        self._head_checked = False  # on the first learner forward, on the learner's device
         if mc.get("critic", "shared") == "separate":
             self.critic = load_trunk(mc.get("critic_path") or mc["path"], dtype)
             hidden = hidden_size(self.critic.config)
@@ -115,14 +115,10 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         self.ref_model = load_causal_lm(mc["path"], dtype)
         self.ref_model.requires_grad_(False)
         if mc.get("gradient_checkpointing", False):
-            # Activations are recomputed in backward, block by block. HF checkpoints only in
-            # train mode; dropout is off, so train mode changes nothing else.
+            # Activations are recomputed in backward, block by block.
             for model in (self.lm, getattr(self, "critic", None)):
                 if model is not None:
-                    model.gradient_checkpointing_enable(
-                        gradient_checkpointing_kwargs={"use_reentrant": False}
-                    )
-                    model.train()
+                    _enable_checkpointing(model)
 
     def get_non_inference_attributes(self) -> list[str]:
         return ["value_head", "critic", "ref_model"]
@@ -186,7 +182,14 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     def _value(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
+    def _check_head(self) -> None:
+        """Once: trunk + chunked head reproduce the model's logits (``check_head_path``)."""
+        if not self._head_checked:
+            check_head_path(self.lm)
+            self._head_checked = True
+
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        self._check_head()
         hidden = self._hidden(self.lm, batch)  # (N, H)
         logp, entropy = self._logp_entropy(self.lm, batch, hidden)
         critic = getattr(self, "critic", None)
@@ -222,6 +225,7 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             (N,) tensors under ``LOGP`` (current policy), ``VF_PREDS`` and ``REF_LOGP``, as
             asked.
         """
+        self._check_head()
         _, _, seq_id = self._rows(batch)
         ids = torch.unique(seq_id)
         step = int(self.forward_batch_size or len(ids))
@@ -296,6 +300,17 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             greedy=greedy,
             generator=generator,
         )
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    """Hugging Face activation (gradient) checkpointing, non-reentrant; train mode, in which
+    HF checkpoints (dropout is off, so nothing else changes). transformers 5 renamed the API."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.train()
 
 
 def _take_rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:

@@ -484,3 +484,45 @@ def test_module_state_keeps_bfloat16_and_inference_state_is_the_lm(model_dirs):
     runner_copy.set_state(module.get_state(inference_only=True))
     for a, b in zip(runner_copy.lm.parameters(), module.lm.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(model_dirs):
+    """``model.gradient_checkpointing`` recomputes activations; the gradients do not change."""
+    env = TextGenerationEnv(tokenizer=model_dirs["llama"], prompts=PROMPTS, max_new_tokens=4)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same value-head initialisation
+        module = RLModuleSpec(
+            module_class=LMPolicyModule,
+            observation_space=env.observation_space,
+            action_space=env.action_space,
+            model_config={"path": model_dirs["llama"], "gradient_checkpointing": checkpointing},
+            inference_only=False,
+        ).build()
+        # transformers 5 renames it "activation checkpointing"; 4.x has the old name only.
+        flag = getattr(module.lm, "is_activation_checkpointing", None)
+        if flag is None:
+            flag = module.lm.is_gradient_checkpointing
+        assert flag == checkpointing
+        rows, lengths, actions = [], [], []
+        for k, prompt in enumerate(PROMPTS):
+            obs, _ = env.reset(options={"prompt": prompt})
+            for token in (5 + k, 9, 11):
+                rows.append(obs["input_ids"])
+                lengths.append(obs["length"])
+                actions.append(token)
+                obs = env.step(token)[0]
+        batch = {
+            Columns.OBS: {
+                "input_ids": torch.tensor(np.stack(rows)),
+                "length": torch.tensor(np.stack(lengths)),
+            },
+            Columns.ACTIONS: torch.tensor(actions),
+            SEQ_ID: torch.repeat_interleave(torch.arange(len(PROMPTS)), 3),
+        }
+        out = module.forward_train(batch)
+        (out[LOGP].sum() + out["vf_preds"].sum()).backward()
+        grads.append([p.grad.clone() for p in module.lm.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

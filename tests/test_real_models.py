@@ -257,3 +257,27 @@ def test_quickstart_in_bfloat16_learns(tmp_path):
     rewards = [r[M.RLHF_RESULTS][M.REWARD_MEAN] for r in rows]
     assert len(rewards) == 30
     assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.15
+
+
+def test_float16_run_scales_the_loss(ray_local, tiny_policy_dir, prompts_file, tmp_path):
+    """float16 weights train with dynamic loss scaling: finite losses, the scale in use."""
+    cfg = make_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        model={"dtype": "float16"},
+        ppo={"batch_size": 8},
+        run={"num_iterations": 2},
+    )
+    algo = build_algo_config(cfg).build_algo()
+    try:
+        for _ in range(2):
+            rlhf = algo.train()[M.RLHF_RESULTS]
+            assert np.isfinite(rlhf[M.LOSS_POLICY]) and np.isfinite(rlhf[M.LOSS_GRAD_NORM])
+        learner = algo.learner_group._learner
+        optimizer = learner.get_optimizers_for_module("default_policy")[0][1]
+        assert optimizer.dynamic_loss_scale and optimizer.loss_scale >= 1.0
+        assert learner.module["default_policy"].lm.dtype == torch.float16
+        assert optimizer.masters[0].dtype == torch.float32
+    finally:
+        algo.stop()

@@ -105,7 +105,7 @@ class MasterWeightAdam(torch.optim.Adam):
         grads = [p.grad for p, _ in pairs if p.grad is not None]
         if not grads:
             return False
-        norms = torch._foreach_norm([g.float() for g in grads])  # one batched kernel
+        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)  # one batched kernel
         total = torch.linalg.vector_norm(torch.stack(norms)) / self.loss_scale
         self.last_grad_norm = float(total)
         if not math.isfinite(self.last_grad_norm):
