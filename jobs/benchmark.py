@@ -3,7 +3,7 @@
     python jobs/benchmark.py                         # default workload, lengths, memory, TRL
     python jobs/benchmark.py --sections default --iterations 20 --num-env-runners 2
 
-Prints one JSON line per configuration on stdout (see ``rayrm.bench`` for the keys). The TRL
+Prints one JSON line per configuration on stdout (see ``rayrm.bench.run`` for the keys). The TRL
 comparison runs when ``trl==1.12.0`` is installed (``pip install -e '.[bench]'``).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run the submitted code
 
-from rayrm import bench  # noqa: E402
+from rayrm.bench import run as bench  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="benchmark.py", description=bench.__doc__.splitlines()[0])

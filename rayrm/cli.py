@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from rayrm.config import ConfigError
+from rayrm.config.run import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--iterations", type=int, default=60)
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    from rayrm import bench, data_tools, demo, explain, reward_training, serve, sft
+    from rayrm.analysis import explain as explain
+    from rayrm.bench import run as bench
+    from rayrm.demo import run as demo
+    from rayrm.rewards import service as serve
+    from rayrm.stages import preference_data as data_tools
+    from rayrm.stages import reward_model as reward_training
+    from rayrm.stages import sft as sft
 
     demo.add_arguments(
         sub.add_parser("demo", help="the three RLHF stages end to end, offline on CPU (minutes)")
@@ -103,53 +109,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
-            from rayrm.train import main_train
+            from rayrm.experiment.train import main_train
 
             return main_train(args.config, args.overrides, args.resume)
         if args.command == "tune":
-            from rayrm.sweep import main_tune
+            from rayrm.experiment.sweep import main_tune
 
             return main_tune(args.config, args.overrides, args.resume)
         if args.command == "quickstart":
-            from rayrm.tiny import write_quickstart
-            from rayrm.train import main_train
+            from rayrm.demo.quickstart import write_quickstart
+            from rayrm.experiment.train import main_train
 
             path = write_quickstart(args.dir, num_iterations=args.iterations)
             print(f"quickstart workspace: {path.parent} (config: {path})", flush=True)
             resume = (path.parent / "runs" / "quickstart").exists()
             return main_train(str(path), args.overrides, resume)
         if args.command == "demo":
-            from rayrm import demo
+            from rayrm.demo import run as demo
 
             return demo.main(args)
         if args.command == "sft":
-            from rayrm import sft
+            from rayrm.stages import sft as sft
 
             return sft.main(args)
         if args.command == "train-rm":
-            from rayrm import reward_training
+            from rayrm.stages import reward_model as reward_training
 
             return reward_training.main(args)
         if args.command == "data":
-            from rayrm import data_tools
+            from rayrm.stages import preference_data as data_tools
 
             if args.data_command == "inspect":
                 return data_tools.inspect_main(args)
             return data_tools.pairs_main(args)
         if args.command == "serve-rm":
-            from rayrm import serve
+            from rayrm.rewards import service as serve
 
             return serve.main(args)
         if args.command == "explain":
-            from rayrm import explain
+            from rayrm.analysis import explain as explain
 
             return explain.main(args)
         if args.command == "bench":
-            from rayrm import bench
+            from rayrm.bench import run as bench
 
             return bench.main(args)
         if args.command == "generate":
-            from rayrm.export import generate
+            from rayrm.rl.checkpoint import generate
 
             for prompt, completions in generate(
                 args.run,
@@ -163,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"{prompt}\x1b[1m{c}\x1b[0m" if sys.stdout.isatty() else f"{prompt}{c}")
             return 0
         if args.command == "export":
-            from rayrm.export import export_policy
+            from rayrm.rl.checkpoint import export_policy
 
             out = export_policy(args.run, args.out_dir)
             print(f"exported policy to {out}")

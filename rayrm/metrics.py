@@ -26,7 +26,7 @@ SKIPPED_STEPS = "skipped_steps"
 REWARD_MEAN = "reward/mean"
 REWARD_STD = "reward/std"
 REWARD_RAW_MEAN = "reward/raw_mean"
-# Breakdown of composed rewards (rayrm.reward_compose), each published as its batch mean. An
+# Breakdown of composed rewards (rayrm.rewards.compose), each published as its batch mean. An
 # ensemble inside a composite nests: reward/component/<name>/member/<i>, .../disagreement.
 REWARD_COMPONENT = "reward/component/{name}"
 """A composite's component score, unweighted (its contribution is ``weight`` times this)."""

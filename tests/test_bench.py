@@ -1,6 +1,6 @@
 """Smoke test of the benchmark (`rayrm bench`, `jobs/benchmark.py`) on a tiny configuration.
 
-Runs ``rayrm.bench.main`` (a lockstep child process with its own local Ray, and the memory
+Runs ``rayrm.bench.run.main`` (a lockstep child process with its own local Ray, and the memory
 check in-process) and checks that stdout is JSON lines with the documented keys, that every
 completion ran to the token limit, and that the bytes stored per sampled step are the same
 for a 100- and a 50k-token vocabulary. TRL is never run here: the comparison is reported as
@@ -15,7 +15,8 @@ import json
 
 import pytest
 
-from rayrm import bench, bench_trl
+from rayrm.bench import run as bench
+from rayrm.bench import trl as bench_trl
 
 RAYRM_KEYS = {
     "config",

@@ -16,12 +16,17 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rayrm.config import ConfigError
+from rayrm.config.run import ConfigError
+from rayrm.config.stage import RMConfig, SFTConfig, stage_config_from_dict
 from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
-from rayrm.reward_training import collate, encode_conversation_pairs, load_pairs, prepare_tokenizer
-from rayrm.rewards import RewardModelActor
-from rayrm.sft import IGNORE_INDEX, encode_conversations, encode_examples, load_examples
-from rayrm.stage_config import RMConfig, SFTConfig, stage_config_from_dict
+from rayrm.rewards.pool import RewardModelActor
+from rayrm.stages.reward_model import (
+    collate,
+    encode_conversation_pairs,
+    load_pairs,
+    prepare_tokenizer,
+)
+from rayrm.stages.sft import IGNORE_INDEX, encode_conversations, encode_examples, load_examples
 
 CONVERSATION = [
     {"role": "system", "content": "be brief"},

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rayrm.placement import DEFAULT_PLACEMENT_RESOURCES
+from rayrm.experiment.placement import DEFAULT_PLACEMENT_RESOURCES
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
 

@@ -1,4 +1,4 @@
-"""Tests for rayrm.config: defaults, YAML loading, --set overrides and every kind of check."""
+"""Tests for rayrm.config.run: defaults, YAML loading, --set overrides and every kind of check."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rayrm.config import (
+from rayrm.config.run import (
     ConfigError,
     RunConfig,
     config_from_dict,
@@ -130,7 +130,7 @@ def test_empty_section_means_defaults() -> None:
 
 
 def test_import_does_not_pull_in_ray_or_torch() -> None:
-    code = "import sys, rayrm.config; print(sorted({'ray', 'torch'} & set(sys.modules)))"
+    code = "import sys, rayrm.config.run; print(sorted({'ray', 'torch'} & set(sys.modules)))"
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True

@@ -11,8 +11,8 @@ import pytest
 
 from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
 from envs.prompts import write_prompts_jsonl
-from rayrm.config import ConfigError
-from rayrm.data_tools import (
+from rayrm.config.run import ConfigError
+from rayrm.stages.preference_data import (
     PAIR_COLUMNS,
     add_inspect_arguments,
     add_pairs_arguments,

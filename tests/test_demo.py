@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from rayrm.demo import STAGES, run_demo, run_stage, stage_hash
-from rayrm.demo_data import (
+from rayrm.demo.data import (
     NOUNS_HELD_OUT,
     heldout_prompts,
     review_corpus,
     train_prompts,
     train_tokenizer,
 )
-from rayrm.judges import vader_positivity
+from rayrm.demo.run import STAGES, run_demo, run_stage, stage_hash
+from rayrm.rewards.judges import vader_positivity
 
 
 def test_vader_positivity_orders_known_sentences() -> None:

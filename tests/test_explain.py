@@ -1,6 +1,6 @@
 """``rayrm explain``: per-token reward attribution on reward models with known answers.
 
-The known-answer model is ``rayrm.tasks.build_mean_value_reward_model``: a GPT-2 sequence
+The known-answer model is ``rayrm.demo.reference_task.build_mean_value_reward_model``: a GPT-2 sequence
 classifier whose score is the mean of per-character values (here 1 for vowels), so the score of
 each prefix, and each token's contribution, follows by hand.
 """
@@ -16,7 +16,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from envs.builtin import build_char_tokenizer
-from rayrm.explain import (
+from rayrm.analysis.explain import (
     BOLD,
     GREEN,
     RED,
@@ -28,9 +28,9 @@ from rayrm.explain import (
     policy_kl,
     reward_attribution,
 )
+from rayrm.demo.reference_task import build_mean_value_reward_model
 from rayrm.models.tiny import build_tiny_policy, build_tiny_reward_model
-from rayrm.rewards import RewardModelActor
-from rayrm.tasks import build_mean_value_reward_model
+from rayrm.rewards.pool import RewardModelActor
 
 torch.set_num_threads(1)
 

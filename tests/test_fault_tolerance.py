@@ -16,9 +16,9 @@ from conftest import PYTHONPATH, make_config
 from ray import tune
 
 from rayrm import metrics as M
-from rayrm.algorithm import build_algo_config
-from rayrm.rewards import RewardPool
-from rayrm.train import run_train
+from rayrm.experiment.train import run_train
+from rayrm.rewards.pool import RewardPool
+from rayrm.rl.algorithm import build_algo_config
 
 
 def slow_length_reward(prompts: list[str], completions: list[str]) -> list[float]:

@@ -12,10 +12,10 @@ import torch
 from conftest import make_config
 
 from rayrm import metrics as M
-from rayrm.algorithm import build_algo_config
 from rayrm.models.heads import head_logits, token_logp_entropy
 from rayrm.models.precision import MasterWeightAdam
 from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
+from rayrm.rl.algorithm import build_algo_config
 
 pytestmark = [
     pytest.mark.gpu,

@@ -23,7 +23,7 @@ from rayrm.models.heads import check_head_path, head_logits, token_logp_entropy
 from rayrm.models.hf_files import stop_token_ids_of
 from rayrm.models.precision import MasterWeightAdam
 from rayrm.models.tiny import build_tiny_model
-from rayrm.policy import LOGP, SEQ_ID, LMPolicyModule
+from rayrm.rl.module import LOGP, SEQ_ID, LMPolicyModule
 
 torch.set_num_threads(1)
 

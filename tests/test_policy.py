@@ -17,9 +17,9 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from transformers import AutoConfig, GPT2LMHeadModel
 
 from envs.text_generation import TextGenerationEnv
-from rayrm.env_runner import left_pad
 from rayrm.models.tiny import build_tiny_policy
-from rayrm.policy import (
+from rayrm.rl.env_runner import left_pad
+from rayrm.rl.module import (
     ENTROPY,
     LOGP,
     SEQ_ID,

@@ -21,9 +21,9 @@ from transformers import AutoTokenizer
 
 from envs.prompts import write_prompts_jsonl
 from rayrm import metrics as M
-from rayrm.algorithm import RLHFPPO, build_algo_config
 from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
-from rayrm.rewards import RewardModelActor, pool_from_config
+from rayrm.rewards.pool import RewardModelActor, pool_from_config
+from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ import yaml
 
 from rayrm import metrics as M
 from rayrm.cli import main as rayrm_main
-from rayrm.tasks import build_mean_value_reward_model, write_reference_task
+from rayrm.demo.reference_task import build_mean_value_reward_model, write_reference_task
 
 REPO = Path(__file__).resolve().parents[1]
 CHRF = M.REWARD_COMPONENT.format(name="chrf")
@@ -63,8 +63,8 @@ def test_explain_a_trained_run(reference_run: Path, tmp_path: Path, capsys) -> N
     page = html.read_text()
     assert "KL to the reference by token" in page and "Reward by token" in page
 
-    from rayrm.explain import policy_kl
-    from rayrm.export import load_policy, load_reference
+    from rayrm.analysis.explain import policy_kl
+    from rayrm.rl.checkpoint import load_policy, load_reference
 
     policy, tokenizer, cfg, _ = load_policy(reference_run)
     kl = policy_kl(policy, load_reference(reference_run), tokenizer, "dog sun cat:", "cat")
@@ -77,7 +77,7 @@ def rayrm_explain(argv: list[str]) -> int:
     """`rayrm explain ...` through the module's own argument parser (the CLI wires the same)."""
     import argparse
 
-    from rayrm import explain
+    from rayrm.analysis import explain as explain
 
     parser = argparse.ArgumentParser(prog="rayrm explain")
     explain.add_arguments(parser)

@@ -21,12 +21,12 @@ import yaml
 from conftest import make_config
 
 from rayrm import metrics as M
-from rayrm.algorithm import RLHFPPO, build_algo_config
-from rayrm.config import ConfigError
-from rayrm.reward_compose import shared_actor_names
-from rayrm.rewards import RewardSourceError, pool_from_config
-from rayrm.serve import add_arguments, load_reward_config, main, serve
-from rayrm.tasks import build_mean_value_reward_model
+from rayrm.config.run import ConfigError
+from rayrm.demo.reference_task import build_mean_value_reward_model
+from rayrm.rewards.compose import shared_actor_names
+from rayrm.rewards.pool import RewardSourceError, pool_from_config
+from rayrm.rewards.service import add_arguments, load_reward_config, main, serve
+from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 
 NAME = "rayrm-test-service"
 PROMPTS = ["ab ", "xy ", "hello ", "q "]
@@ -35,8 +35,8 @@ COMPLETIONS = ["aaa", "eee", "zzz", "oi"]
 CLIENT = """
 import json, sys
 import ray
-from rayrm.rewards import pool_from_config
-from rayrm.serve import load_reward_config
+from rayrm.rewards.pool import pool_from_config
+from rayrm.rewards.service import load_reward_config
 
 address, config, prompts, completions = sys.argv[1], sys.argv[2], *json.loads(sys.argv[3])
 ray.init(address=address, log_to_driver=False)

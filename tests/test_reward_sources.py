@@ -1,6 +1,6 @@
 """Reference metrics, ensembles, composites, penalties and their config: known answers, no Ray.
 
-The reward models here are built by ``rayrm.tasks.build_mean_value_reward_model``: GPT-2
+The reward models here are built by ``rayrm.demo.reference_task.build_mean_value_reward_model``: GPT-2
 sequence classifiers whose score is exactly the mean of fixed per-character values over the
 text, so every member score is known by hand.
 """
@@ -19,17 +19,21 @@ import torch
 
 from envs.text_generation import TextGenerationEnv
 from rayrm import metrics as M
-from rayrm.config import ConfigError, config_from_dict, resolve_paths, validate_paths
-from rayrm.reward_compose import (
+from rayrm.config.run import ConfigError, config_from_dict, resolve_paths, validate_paths
+from rayrm.demo.reference_task import (
+    build_mean_value_reward_model,
+    last_word_rows,
+    write_rows_jsonl,
+)
+from rayrm.rewards.compose import (
     ComposedReward,
     EnsembleReward,
     combine_scores,
     length_penalties,
     missing_eos_penalties,
 )
-from rayrm.reward_metrics import bleu, chrf, sentence_scores
-from rayrm.rewards import RewardPool, pool_from_config
-from rayrm.tasks import build_mean_value_reward_model, last_word_rows, write_rows_jsonl
+from rayrm.rewards.pool import RewardPool, pool_from_config
+from rayrm.rewards.text_metrics import bleu, chrf, sentence_scores
 
 torch.set_num_threads(1)
 VOWELS = {c: 1.0 for c in "aeiou"}

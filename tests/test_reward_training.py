@@ -17,10 +17,12 @@ import yaml
 from conftest import REPO
 
 from envs.builtin import BUILTIN_PROMPTS, VOWELS, build_char_tokenizer
-from rayrm import stages
-from rayrm.config import ConfigError
+from rayrm.config.run import ConfigError
+from rayrm.config.stage import RMConfig, load_stage_config, stage_config_from_dict
 from rayrm.models.tiny import build_tiny_reward_model
-from rayrm.reward_training import (
+from rayrm.rewards.pool import RewardPool
+from rayrm.stages import trainer as stages
+from rayrm.stages.reward_model import (
     bradley_terry_loss,
     collate,
     compute,
@@ -29,8 +31,6 @@ from rayrm.reward_training import (
     prepare_tokenizer,
     run_reward_training,
 )
-from rayrm.rewards import RewardPool
-from rayrm.stage_config import RMConfig, load_stage_config, stage_config_from_dict
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz "
 

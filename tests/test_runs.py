@@ -19,8 +19,8 @@ from ray.rllib.core.columns import Columns
 
 from envs.builtin import build_char_tokenizer
 from rayrm import metrics as M
-from rayrm.algorithm import build_algo_config
 from rayrm.models.tiny import build_tiny_reward_model
+from rayrm.rl.algorithm import build_algo_config
 
 
 def test_sampled_logp_equals_full_forward(ray_local, tiny_policy_dir, prompts_file, tmp_path):

@@ -18,9 +18,10 @@ import yaml
 from conftest import REPO
 
 from envs.builtin import build_char_tokenizer
-from rayrm import stages
-from rayrm.config import ConfigError
-from rayrm.sft import (
+from rayrm.config.run import ConfigError
+from rayrm.config.stage import SFTConfig, load_stage_config, stage_config_from_dict
+from rayrm.stages import trainer as stages
+from rayrm.stages.sft import (
     IGNORE_INDEX,
     add_arguments,
     build_example,
@@ -30,7 +31,6 @@ from rayrm.sft import (
     run_sft,
     token_nll,
 )
-from rayrm.stage_config import SFTConfig, load_stage_config, stage_config_from_dict
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 

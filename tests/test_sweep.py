@@ -8,9 +8,9 @@ import pytest
 from conftest import make_config
 from ray import tune
 
-from rayrm.algorithm import build_algo_config
-from rayrm.config import config_from_dict
-from rayrm.sweep import param_space
+from rayrm.config.run import config_from_dict
+from rayrm.experiment.sweep import param_space
+from rayrm.rl.algorithm import build_algo_config
 
 
 def _sweep_config(tiny_policy_dir, prompts_file, tmp_path, **tune_settings):
@@ -74,7 +74,7 @@ def test_asha_sweep_table_and_best_export(
 
 
 def test_pbt_sweep_runs(ray_local, tiny_policy_dir, prompts_file, tmp_path):
-    from rayrm.sweep import run_tune
+    from rayrm.experiment.sweep import run_tune
 
     cfg = _sweep_config(
         tiny_policy_dir,

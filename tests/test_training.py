@@ -23,10 +23,10 @@ from ray.rllib.utils.metrics import (
 from envs.builtin import BUILTIN_PROMPTS
 from envs.tokenization import PromptCodec
 from rayrm import metrics as M
-from rayrm.algorithm import RLHFPPO, build_algo_config
-from rayrm.export import load_policy, load_reference
 from rayrm.models.decoding import sample_completions
 from rayrm.models.loading import load_causal_lm
+from rayrm.rl.algorithm import RLHFPPO, build_algo_config
+from rayrm.rl.checkpoint import load_policy, load_reference
 
 PROMPTS = BUILTIN_PROMPTS[:8]
 
@@ -237,7 +237,7 @@ def test_missing_config_file_exits_2(tmp_path):
 
 
 def test_yaml_round_trip_of_shipped_example(tmp_path):
-    from rayrm.tiny import write_quickstart
+    from rayrm.demo.quickstart import write_quickstart
 
     path = write_quickstart(tmp_path / "qs", num_iterations=2)
     assert yaml.safe_load(path.read_text())["run"]["num_iterations"] == 2

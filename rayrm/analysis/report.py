@@ -1,0 +1,245 @@
+"""The per-run report: ``report.md`` plus PNG plots in the run folder, and a terminal headline.
+
+What belongs here: reading a finished run's results, plotting the curves that tell whether
+RLHF worked (training reward, held-out proxy vs gold, KL, response length), and a table of
+completions for the same prompts before and after training, scored by proxy and gold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayrm import metrics as M
+from rayrm.config.run import RunConfig
+
+REPORT_FILE = "report.md"
+
+
+def load_results(exp_dir: Path) -> list[dict[str, Any]]:
+    """Results of the run's (single) trial, one dict per iteration, last write wins."""
+    files = sorted(Path(exp_dir).glob("*/result.json"))
+    if not files:
+        raise FileNotFoundError(f"no result.json under {exp_dir}")
+    by_iteration: dict[int, dict[str, Any]] = {}
+    for line in files[-1].read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            by_iteration[int(r["training_iteration"])] = r
+    return [by_iteration[i] for i in sorted(by_iteration)]
+
+
+def _series(results: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in results:
+        value = r.get(M.RLHF_RESULTS, {}).get(key)
+        if value is not None and math.isfinite(value):
+            xs.append(int(r["training_iteration"]))
+            ys.append(float(value))
+    return xs, ys
+
+
+def _eval_points(results: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """Held-out evaluations, one point per evaluated policy (x = updates done before it)."""
+    points: dict[int, float] = {}
+    for r in results:
+        stats = r.get(M.RLHF_RESULTS, {})
+        x, y = stats.get(M.EVAL_UPDATES, math.nan), stats.get(key, math.nan)
+        if math.isfinite(x) and math.isfinite(y):  # NaN on iterations without an evaluation
+            points[int(x)] = float(y)
+    xs = sorted(points)
+    return xs, [points[x] for x in xs]
+
+
+def _plot(path: Path, title: str, curves: list[tuple[str, list[int], list[float]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    lines = []
+    for i, (label, xs, ys) in enumerate(curves):
+        if not xs:
+            continue
+        # Each further curve gets its own y-axis: a reward model's logits and a gold score in
+        # [-1, 1] share the x-axis (when the curves part) but not a scale.
+        axis = ax if not lines else ax.twinx()
+        (line,) = axis.plot(
+            xs, ys, color=f"C{i}", marker="o" if len(xs) < 30 else None, label=label
+        )
+        axis.set_ylabel(label, color=f"C{i}")
+        lines.append(line)
+    ax.set_title(title)
+    ax.set_xlabel("iteration (PPO updates)")
+    ax.grid(alpha=0.3)
+    if lines:
+        ax.legend(lines, [line.get_label() for line in lines])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _score(
+    cfg: RunConfig,
+    prompts: list[str],
+    completions: list[str],
+    references: list[str] | None,
+    messages: list[Any],
+) -> dict[str, np.ndarray]:
+    from rayrm.rewards.pool import pool_from_config, resolve_function
+
+    pool = pool_from_config(cfg.reward, local=True, tokenizer=cfg.model.resolved_tokenizer_path)
+    if all(m is None for m in messages):
+        messages = None  # type: ignore[assignment]
+    out = {"proxy": pool.score(prompts, completions, references=references, messages=messages)}
+    if cfg.eval.gold_function:
+        gold = resolve_function(cfg.eval.gold_function)(prompts, completions)
+        out["gold"] = np.asarray(gold, dtype=np.float64)
+    return out
+
+
+def _before_after(cfg: RunConfig, exp_dir: Path) -> dict[str, Any]:
+    """Completions of the initial and the final policy for the same held-out prompts."""
+    from envs.prompts import load_prompt_rows
+    from rayrm.models.decoding import sample_sequences
+    from rayrm.models.loading import load_causal_lm
+    from rayrm.rl.checkpoint import checkpoint_codec, load_policy
+
+    final, tokenizer, _, ckpt = load_policy(exp_dir)
+    initial = load_causal_lm(cfg.model.path, cfg.model.dtype)
+    codec = checkpoint_codec(ckpt, cfg, tokenizer)
+    data = cfg.data
+    prompts, refs = load_prompt_rows(
+        cfg.eval.prompts or data.prompts,
+        data.prompt_column,
+        data.reference_column if cfg.reward.needs_references else None,
+        data.messages_column,
+    )
+    prompts = prompts[: cfg.eval.num_prompts]
+    references = None if refs is None else refs[: len(prompts)]
+    messages = [codec.conversation(p) for p in prompts]
+    g = cfg.generation
+    kwargs = dict(
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_k=g.top_k,
+        top_p=g.top_p,
+        seed=cfg.seed,
+    )
+    texts = {}
+    for name, model in (("before", initial), ("after", final)):
+        pairs = [codec.texts(p, c) for p, c in sample_sequences(model, codec, prompts, **kwargs)]
+        texts[name] = ([t[0] for t in pairs], [t[1] for t in pairs])
+    prompt_texts = texts["before"][0]
+    return {
+        "prompts": prompt_texts,
+        "before": texts["before"][1],
+        "after": texts["after"][1],
+        "before_scores": _score(cfg, prompt_texts, texts["before"][1], references, messages),
+        "after_scores": _score(cfg, prompt_texts, texts["after"][1], references, messages),
+    }
+
+
+def _fmt(values: np.ndarray) -> str:
+    return f"{values.mean():+.3f} ± {values.std():.3f}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ") or "∅"
+
+
+def write_report(cfg: RunConfig, exp_dir: str | Path) -> tuple[Path, list[str]]:
+    """Writes ``report.md`` and plots into ``exp_dir``.
+
+    Returns:
+        ``(report_path, headline_lines)``.
+    """
+    exp_dir = Path(exp_dir)
+    results = load_results(exp_dir)
+    plots = {
+        "reward.png": (
+            "training reward (batch mean)",
+            [("proxy", *_series(results, M.REWARD_MEAN))],
+        ),
+        "heldout.png": (
+            "held-out: proxy vs gold",
+            [
+                ("proxy", *_eval_points(results, M.EVAL_PROXY_MEAN)),
+                ("gold", *_eval_points(results, M.EVAL_GOLD_MEAN)),
+            ],
+        ),
+        "kl.png": (
+            "KL to the reference (per sequence)",
+            [("KL", *_series(results, M.KL_SEQUENCE))],
+        ),
+        "length.png": (
+            "response length (tokens)",
+            [("length", *_series(results, M.ROLLOUT_LENGTH))],
+        ),
+    }
+    for name, (title, curves) in plots.items():
+        _plot(exp_dir / name, title, curves)
+
+    ba = _before_after(cfg, exp_dir)
+    _, rewards = _series(results, M.REWARD_MEAN)
+    _, kls = _series(results, M.KL_SEQUENCE)
+    _, lengths = _series(results, M.ROLLOUT_LENGTH)
+    n = len(ba["prompts"])
+    headline = [
+        f"training reward (batch mean): {rewards[0]:+.3f} -> {rewards[-1]:+.3f} "
+        f"over {len(results)} iterations",
+        f"held-out proxy, {n} completions: before {_fmt(ba['before_scores']['proxy'])}, "
+        f"after {_fmt(ba['after_scores']['proxy'])}",
+    ]
+    if "gold" in ba["after_scores"]:
+        headline.append(
+            f"held-out GOLD, {n} completions: before {_fmt(ba['before_scores']['gold'])}, "
+            f"after {_fmt(ba['after_scores']['gold'])}"
+        )
+    headline.append(
+        f"KL per sequence (last): {kls[-1]:.3f}; response length: "
+        f"{lengths[0]:.1f} -> {lengths[-1]:.1f} tokens"
+    )
+
+    lines = [
+        f"# rayrm report: {cfg.name}",
+        "",
+        f"Run folder: `{exp_dir}`. Policy: `{cfg.model.path}`. Reward: {cfg.reward.source} "
+        f"(`{cfg.reward.path or cfg.reward.function}`). Gold scorer: "
+        f"`{cfg.eval.gold_function or 'none'}`.",
+        "",
+        "## Headline",
+        "",
+        *[f"- {h}" for h in headline],
+        "",
+        "Before = the initial policy, after = the final checkpoint; same held-out prompts, same "
+        "sampling seed; mean ± std over the sampled completions.",
+        "",
+        "## Curves",
+        "",
+        *[f"![{title}]({name})" for name, (title, _) in plots.items()],
+        "",
+        "## Completions before and after training",
+        "",
+    ]
+    has_gold = "gold" in ba["after_scores"]
+    scores = ["proxy", "gold"] if has_gold else ["proxy"]
+    columns = ["prompt", "before", *scores, "after", *scores]
+    lines += ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for i in range(min(cfg.eval.report_samples, n)):
+        row = [_cell(ba["prompts"][i]), _cell(ba["before"][i])]
+        row.append(f"{ba['before_scores']['proxy'][i]:+.3f}")
+        if has_gold:
+            row.append(f"{ba['before_scores']['gold'][i]:+.3f}")
+        row += [_cell(ba["after"][i]), f"{ba['after_scores']['proxy'][i]:+.3f}"]
+        if has_gold:
+            row.append(f"{ba['after_scores']['gold'][i]:+.3f}")
+        lines.append("| " + " | ".join(row) + " |")
+    path = exp_dir / REPORT_FILE
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, headline

@@ -1,0 +1,464 @@
+"""Benchmark of rayrm's RLHF loop: throughput, time per phase, peak memory (``rayrm bench``).
+
+What belongs here: the measurements -- throughput and time per phase of rayrm's real code
+path (``build_algo_config(cfg).build_algo()`` then ``algo.train()``), the length series, bytes
+stored per step -- and the command line. Every configuration prints one JSON line on stdout;
+everything else goes to stderr. The workload (built locally, nothing downloaded), the RSS
+sampler and the child processes are in ``rayrm.bench.support``; TRL's side in
+``rayrm.bench.trl``.
+
+Each training configuration (and TRL) runs in its own spawned child process with its own
+local Ray, so its peak RSS is its own and no state leaks between configurations, and all of
+them run in lockstep: they start, warm up, then take turns one iteration at a time, so that a
+2-core machine shared with other jobs loads all of them alike and the ratios between them
+hold. The memory check only samples and runs in the benchmark's own process.
+Sections (``--sections``):
+
+* ``default`` -- the workload of issue 3: GPT-2 (2 layers, 4 heads, width 128), ~100-token
+  vocabulary, 32 prompts x 20 new tokens per iteration, 2 epochs x 2 minibatches, reward from
+  a same-size ``GPT2ForSequenceClassification``, KL penalty to the frozen reference.
+* ``lengths`` -- the same workload at 16, 32, 64, 128 new tokens: seconds per generated token
+  and the ratio cost(longest) / cost(shortest).
+* ``memory`` -- bytes stored per sampled step (numpy ``nbytes`` of observations, actions,
+  rewards and extra model outputs, divided by steps) for a small- and a 50k-vocabulary model;
+  and the peak memory of one learner update at a 151,936-token vocabulary, rayrm's chunked
+  LM head against the full-logits path (``rayrm.bench.memory``).
+* ``trl`` -- the identical workload with TRL's ``PPOTrainer`` (needs ``trl==1.12.0``, the
+  ``bench`` extra), stock and with its ``gc.collect()`` calls disabled, plus the ratio line.
+
+Every line has a ``bench`` key: ``rayrm``, ``trl``, ``ratio``, ``length_series``,
+``memory_per_step``, ``learner_memory`` or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
+``n_layer``, ``n_head``, ``n_embd``, ``n_positions``, ``vocab_size``, ``policy_params``,
+``reward_params``); ``batch_size``, ``max_new_tokens``, ``num_env_runners``, ``num_learners``,
+``critic``, ``num_epochs``, ``num_minibatches``, ``warmup``; ``iterations`` (measured),
+``generated_tokens``, ``tokens_per_iteration``; ``tokens_per_s`` (generated tokens / wall time
+of the measured ``algo.train()`` calls, i.e. whole iterations: sample + score + update + sync
+and RLlib's bookkeeping), ``tokens_per_s_training_step`` (the same over rayrm's own
+``timers/iteration_s``), ``s_per_token``, ``iteration_s_median``; ``phase_s`` (mean seconds
+per iteration of ``sample``, ``score``, ``update``, ``sync``, ``iteration``); ``peak_rss_mb``
+(``driver``: the trial process's ru_maxrss; ``workers``: peak sum of its Ray worker processes
+-- reward actors, remote env runners and learners; ``total``: peak of both together); ``notes``.
+A ``trl`` line has the same throughput keys plus ``variant`` (``stock`` or ``no_gc``) and
+``gc_collect_calls_per_step``, or ``skipped`` and ``reason``; a ``ratio`` line has
+``rayrm_over_trl_stock``, ``rayrm_over_trl_no_gc``, the median-step ratios, ``targets`` and
+``met``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rayrm.bench.support import (
+    NOTE_NO_EOS,
+    BenchSpec,
+    ChildError,
+    PeakRSS,
+    Workload,
+    build_workload,
+    error_record,
+    init_ray,
+    model_info,
+    ray_cpus,
+    run_config,
+    run_lockstep,
+    start_child,
+)
+
+DEFAULT_LENGTHS = (16, 32, 64, 128)
+LENGTH_RATIO_TARGET = 1.3
+PHASES = ("sample", "score", "update", "sync", "iteration")
+
+
+# ------------------------------------------------------------------------------ measuring
+def _iteration_row(result: dict[str, Any], wall_s: float) -> dict[str, float]:
+    """Phase timers (s), generated tokens and wall time of one ``algo.train()`` result."""
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
+
+    from rayrm import metrics as M
+
+    rlhf = result[M.RLHF_RESULTS]
+    row = {p: float(rlhf[f"timers/{p}_s"]) for p in PHASES}
+    row["tokens"] = float(result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED])
+    row["wall"] = wall_s
+    return row
+
+
+def _train(algo: Any) -> dict[str, float]:
+    t0 = time.perf_counter()
+    result = algo.train()
+    return _iteration_row(result, time.perf_counter() - t0)
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, Any]:
+    """Throughput over whole iterations: generated tokens / wall time of ``algo.train()``."""
+    tokens = sum(r["tokens"] for r in rows)
+    walls = [r["wall"] for r in rows]
+    return {
+        "iterations": len(rows),
+        "generated_tokens": int(tokens),
+        "tokens_per_iteration": tokens / len(rows),
+        "tokens_per_s": tokens / sum(walls),
+        "tokens_per_s_training_step": tokens / sum(r["iteration"] for r in rows),
+        "s_per_token": sum(walls) / tokens,
+        "iteration_s_median": statistics.median(walls),
+        "phase_s": {p: statistics.fmean(r[p] for r in rows) for p in PHASES},
+    }
+
+
+def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> dict[str, Any]:
+    """Lockstep server (``rayrm.bench.support.run_lockstep``): one iteration per ``"iterate"``.
+
+    Builds the algorithm with rayrm's real code path, runs ``warmup`` iterations, sends
+    ``("ready", None)``, answers every ``"iterate"`` with ``("row", row)`` after one
+    ``algo.train()``, and on ``"stop"`` returns the configuration's ``"bench": "rayrm"`` line.
+    """
+    import ray
+
+    from rayrm.rl.algorithm import build_algo_config
+
+    temp_dir = init_ray(ray_cpus(spec))
+    storage = tempfile.mkdtemp(prefix="rb-store-")
+    rows = []
+    try:
+        with PeakRSS() as rss:
+            algo = build_algo_config(run_config(spec, workload, storage)).build_algo()
+            try:
+                for _ in range(spec.warmup):
+                    algo.train()
+                conn.send(("ready", None))
+                while conn.recv() == "iterate":
+                    rows.append(_train(algo))
+                    conn.send(("row", rows[-1]))
+            finally:
+                algo.stop()
+            rss.sample()
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(storage, ignore_errors=True)
+    return {
+        "bench": "rayrm",
+        "config": name,
+        "model": model_info(spec, workload),
+        "batch_size": spec.batch_size,
+        "max_new_tokens": spec.max_new_tokens,
+        "num_env_runners": spec.num_env_runners,
+        "num_learners": spec.num_learners,
+        "critic": spec.critic,
+        "num_epochs": spec.num_epochs,
+        "num_minibatches": spec.num_minibatches,
+        "warmup": spec.warmup,
+        **summarize(rows),
+        "peak_rss_mb": rss.report(),
+        "notes": [NOTE_NO_EOS],
+    }
+
+
+def episode_bytes_per_step(episodes: list[Any]) -> dict[str, float]:
+    """Numpy bytes stored per step in sampled episodes, by field, plus their ``total``."""
+    import numpy as np
+    import tree
+    from ray.rllib.core.columns import Columns
+
+    def nbytes(x: Any) -> int:
+        return sum(np.asarray(leaf).nbytes for leaf in tree.flatten(x))
+
+    fields = {"observations": 0, "actions": 0, "rewards": 0, "extra_model_outputs": 0}
+    steps = 0
+    for episode in episodes:
+        e = episode if episode.is_numpy else episode.to_numpy()
+        steps += len(e)
+        fields["observations"] += nbytes(e.get_observations())
+        fields["actions"] += nbytes(e.get_actions())
+        fields["rewards"] += nbytes(e.get_rewards())
+        fields["extra_model_outputs"] += sum(
+            nbytes(e.get_extra_model_outputs(k)) for k in e.extra_model_outputs
+        )
+        assert set(e.extra_model_outputs) <= {Columns.ACTION_LOGP}, set(e.extra_model_outputs)
+    out = {k: v / steps for k, v in fields.items()}
+    out["total"] = sum(fields.values()) / steps
+    return out
+
+
+def measure_memory(spec: BenchSpec, vocab_sizes: list[int], workdir: str) -> dict[str, Any]:
+    """Samples one batch with each vocabulary size and compares the bytes stored per step.
+
+    Runs rayrm's ``RLHFEnvRunner`` -- the class RLlib instantiates for sampling -- in this
+    process, without Ray: sampling needs no reward actor.
+    """
+    import torch
+
+    from rayrm.rl.algorithm import build_algo_config
+    from rayrm.rl.env_runner import RLHFEnvRunner
+
+    torch.set_num_threads(1)
+    per_vocab: dict[str, dict[str, float]] = {}
+    steps: dict[str, int] = {}
+    for vocab in vocab_sizes:
+        vspec = replace(spec, vocab_size=vocab)
+        n_positions = spec.max_prompt_tokens + spec.max_new_tokens
+        workload = build_workload(
+            Path(workdir) / f"vocab{vocab}", vspec, n_positions=n_positions, reward_model=False
+        )
+        runner = RLHFEnvRunner(config=build_algo_config(run_config(vspec, workload, workdir)))
+        try:
+            episodes = runner.sample()
+        finally:
+            runner.stop()
+        per_vocab[str(vocab)] = episode_bytes_per_step(episodes)
+        steps[str(vocab)] = sum(len(e) for e in episodes)
+    totals = {v: b["total"] for v, b in per_vocab.items()}
+    return {
+        "bench": "memory_per_step",
+        "vocab_sizes": vocab_sizes,
+        "bytes_per_step": totals,
+        "breakdown": per_vocab,
+        "sampled_steps": steps,
+        "equal": len(set(totals.values())) == 1,
+        "full_logits_bytes_per_step": {str(v): 4 * v for v in vocab_sizes},
+        "model": {"n_layer": spec.n_layer, "n_head": spec.n_head, "n_embd": spec.n_embd},
+        "batch_size": spec.batch_size,
+        "max_new_tokens": spec.max_new_tokens,
+        "max_prompt_tokens": spec.max_prompt_tokens,
+        "notes": [
+            "observations hold the whole right-padded sequence (int64, max_prompt_tokens + "
+            "max_new_tokens) and its length per step: O(sequence length), independent of V; "
+            "actions, rewards and the chosen token's log-prob are scalars",
+            "an episode stores one observation more than it has steps; all completions run to "
+            "max_new_tokens (see the default lines' notes), so the per-step figures compare",
+        ],
+    }
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Prints one JSON line on stdout (the benchmark's only stdout output)."""
+    print(json.dumps(_rounded(record)), flush=True)
+
+
+def _rounded(x: Any) -> Any:
+    if isinstance(x, float):
+        return float(f"{x:.4g}") if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_rounded(v) for v in x]
+    return x
+
+
+# ------------------------------------------------------------------------------ command line
+SECTIONS = ("default", "lengths", "memory", "trl")
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _critic_list(text: str) -> list[str]:
+    critics = [x.strip() for x in text.split(",") if x.strip()]
+    if not critics or set(critics) - {"separate", "shared"}:
+        raise argparse.ArgumentTypeError(f"critics must be separate and/or shared, got {text!r}")
+    return critics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the benchmark's options to ``parser`` (``rayrm bench`` and ``jobs/benchmark.py``)."""
+    d = BenchSpec()
+    g = parser.add_argument_group("workload")
+    g.add_argument("--n-layer", type=int, default=d.n_layer, help="GPT-2 layers (%(default)s)")
+    g.add_argument("--n-head", type=int, default=d.n_head, help="GPT-2 heads (%(default)s)")
+    g.add_argument("--n-embd", type=int, default=d.n_embd, help="GPT-2 width (%(default)s)")
+    g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="(%(default)s, >= 100)")
+    g.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="prompts per iteration (%(default)s)"
+    )
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="(%(default)s)")
+    g.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
+    g.add_argument("--num-epochs", type=int, default=d.num_epochs)
+    g.add_argument("--num-minibatches", type=int, default=d.num_minibatches)
+    g.add_argument("--kl-coef", type=float, default=d.kl_coef)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument(
+        "--critics",
+        type=_critic_list,
+        default=["separate", "shared"],
+        help="value models to run the default workload with, comma-separated: separate (a "
+        "second GPT-2 trunk, as TRL's PPOTrainer) and/or shared (a head on the policy trunk, "
+        "rayrm's default); the first one is used by the lengths section (default: %(default)s)",
+    )
+    g.add_argument("--seed", type=int, default=d.seed)
+    r = parser.add_argument_group("run")
+    r.add_argument("--iterations", type=int, default=d.iterations, help="measured iterations")
+    r.add_argument("--warmup", type=int, default=d.warmup, help="unmeasured first iterations")
+    r.add_argument("--num-env-runners", type=int, default=d.num_env_runners)
+    r.add_argument("--num-learners", type=int, default=d.num_learners)
+    r.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
+    )
+    r.add_argument(
+        "--lengths",
+        type=_int_list,
+        default=list(DEFAULT_LENGTHS),
+        help="new-token counts of the length series (default: 16,32,64,128)",
+    )
+    r.add_argument(
+        "--memory-vocab-sizes",
+        type=_int_list,
+        default=[100, 50_000],
+        help="vocabulary sizes of the memory-per-step check (default: 100,50000)",
+    )
+    r.add_argument(
+        "--learner-memory-vocab",
+        type=int,
+        default=151_936,
+        help="vocabulary of the learner-update peak-memory check, chunked vs full logits "
+        "(default: %(default)s, Qwen2.5's; 0 skips it)",
+    )
+    r.add_argument("--workdir", default=None, help="where models are built (default: a temp dir)")
+
+
+def spec_from_args(args: argparse.Namespace) -> BenchSpec:
+    fields = BenchSpec.__dataclass_fields__
+    return BenchSpec(**{k: getattr(args, k) for k in fields if hasattr(args, k)})
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs the selected sections and prints one JSON line per configuration.
+
+    Returns:
+        0 when every configuration ran (targets missed are reported, not errors), 1 otherwise.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        print(
+            f"rayrm bench: error: unknown sections {sorted(unknown)}; use {SECTIONS}",
+            file=sys.stderr,
+        )
+        return 2
+    spec = replace(spec_from_args(args), critic=args.critics[0])
+    if spec.warmup < 1 or spec.iterations < 1:
+        print("rayrm bench: error: --warmup and --iterations must be >= 1", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rayrm-bench-"))
+    longest = max([spec.max_new_tokens, *(args.lengths if "lengths" in sections else [])])
+    n_positions = spec.max_prompt_tokens + longest
+    records: list[dict[str, Any]] = []
+
+    def run(record: dict[str, Any]) -> dict[str, Any]:
+        emit(record)
+        records.append(record)
+        return record
+
+    try:
+        groups = []
+        if "default" in sections or "trl" in sections:
+            specs = {f"default-{c}-critic": replace(spec, critic=c) for c in args.critics}
+            groups.append((specs, "trl" in sections))
+        if "lengths" in sections and args.lengths:
+            groups.append(
+                ({f"length-{n}": replace(spec, max_new_tokens=n) for n in args.lengths}, False)
+            )
+        if groups:
+            workload = build_workload(workdir / "workload", spec, n_positions=n_positions)
+        for specs, with_trl in groups:
+            for record in _measure(spec, specs, workload, with_trl=with_trl):
+                run(record)
+        if "memory" in sections and args.memory_vocab_sizes:
+            try:
+                run(measure_memory(spec, args.memory_vocab_sizes, str(workdir / "memory")))
+            except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
+                run(error_record("measure_memory", RuntimeError(traceback.format_exc())))
+        if "memory" in sections and args.learner_memory_vocab:
+            from rayrm.bench.memory import measure_learner_memory
+
+            try:
+                run(
+                    measure_learner_memory(
+                        str(workdir / "learner_memory"), vocab_size=args.learner_memory_vocab
+                    )
+                )
+            except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
+                run(error_record("measure_learner_memory", RuntimeError(traceback.format_exc())))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if any(r.get("bench") == "error" for r in records) else 0
+
+
+def _measure(
+    spec: BenchSpec, specs: dict[str, BenchSpec], workload: Workload, *, with_trl: bool
+) -> list[dict[str, Any]]:
+    """Runs the rayrm configurations ``specs`` and, if asked for and installed, TRL's PPO on
+    ``spec``, all in one lockstep; returns their lines, then the TRL and ratio lines (or the
+    line saying why TRL was skipped), then the length-series line if ``specs`` has lengths.
+    """
+    from rayrm.bench.trl import serve_trl, trl_records, trl_unavailable_reason
+
+    reason = trl_unavailable_reason() if with_trl else None
+    servers = {n: start_child(serve_rayrm, s, workload, n, serve=True) for n, s in specs.items()}
+    turns = [(name, "iterate") for name in specs]
+    if with_trl and reason is None:
+        servers["trl"] = start_child(serve_trl, spec, workload, serve=True)
+        turns += [("trl", "stock"), ("trl", "no_gc")]
+    try:
+        finals = run_lockstep(servers, turns, spec.iterations)
+    except ChildError as e:
+        return [error_record("run_lockstep", e)]
+    rayrm = [finals[name] for name in specs]
+    lines = list(rayrm)
+    defaults = [r for r in rayrm if r["config"].startswith("default-")]
+    if "trl" in finals:
+        lines += trl_records(spec, workload, finals["trl"], defaults)
+    elif with_trl:
+        lines.append({"bench": "trl", "skipped": True, "reason": reason})
+    series = [r for r in rayrm if r["config"].startswith("length-")]
+    if series:
+        lines.append(length_summary(series))
+    return lines
+
+
+def length_summary(series: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cost per generated token across the length series and cost(longest) / cost(shortest)."""
+    ok = [r for r in series if r.get("bench") == "rayrm"]
+    if len(ok) < 2:
+        return {"bench": "length_series", "error": "fewer than two lengths ran"}
+    cost = {str(r["max_new_tokens"]): r["s_per_token"] for r in ok}
+    shortest, longest = ok[0], ok[-1]
+    ratio = longest["s_per_token"] / shortest["s_per_token"]
+    return {
+        "bench": "length_series",
+        "lengths": [r["max_new_tokens"] for r in ok],
+        "s_per_token": cost,
+        "tokens_per_s": {str(r["max_new_tokens"]): r["tokens_per_s"] for r in ok},
+        "sample_s_per_token": {
+            str(r["max_new_tokens"]): r["phase_s"]["sample"] / r["tokens_per_iteration"] for r in ok
+        },
+        "update_s_per_token": {
+            str(r["max_new_tokens"]): r["phase_s"]["update"] / r["tokens_per_iteration"] for r in ok
+        },
+        f"ratio_{longest['max_new_tokens']}_over_{shortest['max_new_tokens']}": ratio,
+        "target": LENGTH_RATIO_TARGET,
+        "met": ratio <= LENGTH_RATIO_TARGET,
+    }
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="rayrm bench", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    raise SystemExit(main(_parser.parse_args()))

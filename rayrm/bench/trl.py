@@ -1,0 +1,272 @@
+"""The TRL side of ``rayrm bench``: the same workload with ``trl.experimental.ppo.PPOTrainer``.
+
+What belongs here: running TRL 1.12's PPO on the workload ``rayrm.bench.run`` builds (the same
+policy, reference, reward-model and value-model sizes and weights, prompts, batch, response
+length, epochs, minibatches and KL coefficient) as a lockstep server in a spawned child
+process, timing whole steps, and the TRL and ratio lines. TRL is an optional extra
+(``pip install -e '.[bench]'``), never imported by the rest of rayrm.
+
+TRL's step calls ``gc.collect()`` twice (after the rollout, and at the end of the step after
+``on_step_end``). The server alternates stock steps and steps in which those calls are
+no-ops (``_GcSwitch`` replaces the ``gc`` module inside TRL's ppo_trainer), counting the
+calls; both variants run in the same trainer and the same rounds as the rayrm iterations.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from rayrm.bench.support import BenchSpec, PeakRSS, Workload, model_info
+
+TRL_VERSION = "1.12.0"
+RAYRM_OVER_TRL_STOCK_TARGET = 1.5
+RAYRM_OVER_TRL_NO_GC_TARGET = 1.0
+
+
+def trl_unavailable_reason() -> str | None:
+    """None when ``trl==1.12.0`` with ``trl.experimental.ppo.PPOTrainer`` is importable."""
+    try:
+        version = importlib.metadata.version("trl")
+    except importlib.metadata.PackageNotFoundError:
+        return f"trl is not installed (pip install trl=={TRL_VERSION}, or the 'bench' extra)"
+    if version != TRL_VERSION:
+        return f"trl {version} is installed; the comparison is defined for trl=={TRL_VERSION}"
+    try:
+        from trl.experimental.ppo import PPOTrainer  # noqa: F401
+    except ImportError as e:
+        return f"trl.experimental.ppo.PPOTrainer cannot be imported: {e}"
+    return None
+
+
+class _Stopped(Exception):
+    """Raised inside TRL's loop when the benchmark is aborted."""
+
+
+class _GcSwitch:
+    """Stands in for the ``gc`` module inside TRL's ppo_trainer: counts and maybe skips collect."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self._gc = gc
+        self.enabled = True
+        self.calls = 0
+
+    def collect(self, *args: Any, **kwargs: Any) -> int:
+        self.calls += 1
+        return self._gc.collect(*args, **kwargs) if self.enabled else 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gc, name)
+
+
+def _trainer(spec: BenchSpec, workload: Workload, callback: Any, output_dir: str) -> Any:
+    """TRL's PPOTrainer on the benchmark workload, for ``warmup + 2 * iterations`` steps."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    from envs.prompts import load_prompts
+
+    torch.manual_seed(spec.seed)
+    tokenizer = AutoTokenizer.from_pretrained(workload.policy, padding_side="left")
+    prompts = load_prompts(workload.prompts)
+    ids = [
+        tokenizer.encode(p, add_special_tokens=False)[-spec.max_prompt_tokens :] for p in prompts
+    ]
+    policy = AutoModelForCausalLM.from_pretrained(workload.policy)
+    ref = AutoModelForCausalLM.from_pretrained(workload.policy)
+    # TRL's value model is a separate sequence-classification model; its trunk starts from the
+    # policy weights, as rayrm's `model.critic: separate` does.
+    value = AutoModelForSequenceClassification.from_pretrained(workload.policy, num_labels=1)
+    value.config.pad_token_id = tokenizer.pad_token_id
+    assert workload.reward is not None, "the TRL comparison needs the reward model"
+    reward = AutoModelForSequenceClassification.from_pretrained(workload.reward)
+    args = PPOConfig(
+        output_dir=output_dir,  # nothing is saved (save_strategy="no")
+        per_device_train_batch_size=spec.batch_size,  # with 1 accumulation step: the batch
+        gradient_accumulation_steps=1,
+        num_mini_batches=spec.num_minibatches,
+        num_ppo_epochs=spec.num_epochs,
+        total_episodes=spec.batch_size * (spec.warmup + 2 * spec.iterations),
+        local_rollout_forward_batch_size=spec.batch_size,
+        response_length=spec.max_new_tokens,
+        stop_token=None,
+        temperature=1.0,
+        kl_coef=spec.kl_coef,
+        kl_estimator="k1",
+        vf_coef=0.1,
+        cliprange=0.2,
+        cliprange_value=0.2,
+        gamma=1.0,
+        lam=0.95,
+        learning_rate=spec.lr,
+        missing_eos_penalty=None,
+        num_sample_generations=0,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=spec.seed,
+        dataloader_num_workers=0,
+    )
+    return PPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref,
+        reward_model=reward,
+        train_dataset=Dataset.from_dict({"input_ids": ids}),
+        value_model=value,
+        callbacks=[callback],
+    )
+
+
+def serve_trl(conn: Any, spec: BenchSpec, workload: Workload) -> dict[str, Any]:
+    """Lockstep server (see ``rayrm.bench.support.run_lockstep``) running TRL's PPO.
+
+    After ``warmup`` free-running steps, every step waits for a command, ``"stock"`` or
+    ``"no_gc"``, and answers with its time. A step's interval runs from the command to
+    ``on_step_end``; TRL's second ``gc.collect()`` of the previous step runs after that
+    ``on_step_end`` returns, so every interval holds exactly two calls, made in its own mode.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    import trl.experimental.ppo.ppo_trainer as ppo_module
+    from transformers import TrainerCallback
+
+    switch = _GcSwitch()
+    setattr(ppo_module, "gc", switch)  # noqa: B010  (TRL's module does `import gc; gc.collect()`)
+    total = spec.warmup + 2 * spec.iterations
+    times: dict[str, list[float]] = {"stock": [], "no_gc": []}
+    calls: dict[str, list[int]] = {"stock": [], "no_gc": []}
+
+    class Lockstep(TrainerCallback):
+        step, start, calls0, mode = 0, 0.0, 0, "stock"
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.step += 1
+            if self.step > spec.warmup:
+                times[self.mode].append(time.perf_counter() - self.start)
+                calls[self.mode].append(switch.calls - self.calls0)
+                conn.send(("row", times[self.mode][-1]))
+            elif self.step == spec.warmup:
+                conn.send(("ready", None))
+            if self.step < spec.warmup or self.step == total:
+                return
+            self.mode = conn.recv()
+            if self.mode == "stop":  # the benchmark is being aborted
+                raise _Stopped
+            assert self.mode in times, self.mode
+            switch.enabled = self.mode == "stock"
+            self.calls0, self.start = switch.calls, time.perf_counter()
+
+    assert spec.warmup >= 1, "the lockstep needs at least one warm-up step"
+    with tempfile.TemporaryDirectory(prefix="rb-trl-") as output_dir, PeakRSS() as rss:
+        trainer = _trainer(spec, workload, Lockstep(), output_dir)
+        try:
+            trainer.train()
+        except _Stopped:
+            return {"stopped": True}
+        rss.sample()
+    tokens_per_step = spec.batch_size * spec.max_new_tokens
+    steps = {}
+    for variant, dts in times.items():
+        steps[variant] = {
+            "iterations": len(dts),
+            "generated_tokens": tokens_per_step * len(dts),
+            "tokens_per_s": tokens_per_step * len(dts) / sum(dts),
+            "s_per_token": sum(dts) / (tokens_per_step * len(dts)),
+            "iteration_s_median": statistics.median(dts),
+            "gc_collect_calls_per_step": statistics.fmean(calls[variant]),
+        }
+    return {"peak_rss_mb": rss.report(), "steps": steps}
+
+
+def _trl_record(
+    spec: BenchSpec, workload: Workload, variant: str, m: dict[str, Any]
+) -> dict[str, Any]:
+    notes = [
+        "same policy/reference/reward/value weights, prompts, batch, response length, epochs, "
+        "minibatches, KL coefficient (k1 estimator), clip ranges, vf_coef, gamma, lambda, "
+        "temperature 1 and lr as the rayrm line",
+        "TRL always trains a separate value model (the rayrm line with critic=separate matches)",
+        "TRL generates with HF generate(output_scores=True) and runs policy, value and reward "
+        "models in this one process; rayrm scores in a Ray reward actor",
+        "TRL's optimizer is transformers' default fused AdamW (adamw_torch_fused) with a linear "
+        "LR decay and no gradient clipping (its PPO loop never clips); rayrm uses Adam "
+        "(foreach) with global-norm clipping 1.0",
+        "TRL draws each batch of prompts from a shuffled DataLoader, rayrm's envs draw prompts "
+        "uniformly; both use the same 64 prompts, left-truncated to max_prompt_tokens",
+        "generated tokens = batch x response_length: stop_token=None, every response is full length",
+        "measured in lockstep with the rayrm lines: each round runs one rayrm iteration per "
+        "critic, one stock TRL step and one no_gc TRL step, each in its own process, one at a "
+        "time, so all see the same machine load",
+    ]
+    if variant == "no_gc":
+        notes.append("TRL's gc.collect() calls are no-ops during these steps")
+    return {
+        "bench": "trl",
+        "variant": variant,
+        "trl_version": TRL_VERSION,
+        "model": model_info(spec, workload),
+        "batch_size": spec.batch_size,
+        "max_new_tokens": spec.max_new_tokens,
+        "num_epochs": spec.num_epochs,
+        "num_minibatches": spec.num_minibatches,
+        "warmup": spec.warmup,
+        **m["steps"][variant],
+        "peak_rss_mb": m["peak_rss_mb"],
+        "notes": notes,
+    }
+
+
+def trl_records(
+    spec: BenchSpec, workload: Workload, trl: dict[str, Any], rayrm: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The TRL lines (stock, no_gc) and one ratio line per rayrm line measured with them."""
+    records = [_trl_record(spec, workload, v, trl) for v in ("stock", "no_gc")]
+    records += [_ratio(r, records[0], records[1]) for r in rayrm if r.get("bench") == "rayrm"]
+    return records
+
+
+def _ratio(rayrm: dict[str, Any], stock: dict[str, Any], no_gc: dict[str, Any]) -> dict[str, Any]:
+    over_stock = rayrm["tokens_per_s"] / stock["tokens_per_s"]
+    over_no_gc = rayrm["tokens_per_s"] / no_gc["tokens_per_s"]
+    identical = rayrm["critic"] == "separate"
+    return {
+        "bench": "ratio",
+        "what": "rayrm tokens/s / TRL PPOTrainer tokens/s",
+        "rayrm_config": rayrm["config"],
+        "rayrm_critic": rayrm["critic"],
+        "identical_workload": identical,
+        "rayrm_tokens_per_s": rayrm["tokens_per_s"],
+        "trl_stock_tokens_per_s": stock["tokens_per_s"],
+        "trl_no_gc_tokens_per_s": no_gc["tokens_per_s"],
+        "rayrm_over_trl_stock": over_stock,
+        "rayrm_over_trl_no_gc": over_no_gc,
+        "median_step_ratio_stock": stock["iteration_s_median"] / rayrm["iteration_s_median"],
+        "median_step_ratio_no_gc": no_gc["iteration_s_median"] / rayrm["iteration_s_median"],
+        "targets": {
+            "rayrm_over_trl_stock": RAYRM_OVER_TRL_STOCK_TARGET,
+            "rayrm_over_trl_no_gc": RAYRM_OVER_TRL_NO_GC_TARGET,
+        },
+        "met": {
+            "rayrm_over_trl_stock": over_stock >= RAYRM_OVER_TRL_STOCK_TARGET,
+            "rayrm_over_trl_no_gc": over_no_gc >= RAYRM_OVER_TRL_NO_GC_TARGET,
+        },
+        "notes": [
+            "identical workload: rayrm trains a separate value model as TRL does"
+            if identical
+            else "not the identical workload: rayrm's default shared critic (a value head on "
+            "the policy trunk) does one transformer forward/backward less per minibatch "
+            "than TRL's separate value model"
+        ],
+    }

@@ -1,0 +1,479 @@
+"""Configs of the two Ray Train stages before PPO: SFT and reward-model training.
+
+One YAML file describes one stage run and fills :class:`SFTConfig` (``rayrm sft``) or
+:class:`RMConfig` (``rayrm train-rm``); every key is documented once, in the ``Attributes``
+section of its dataclass. The conventions are those of :mod:`rayrm.config.run` (whose helpers this
+module reuses): unknown keys, missing required keys, wrong types and out-of-range values raise
+one :class:`~rayrm.config.run.ConfigError` naming the dotted key; ``--set key=value`` overrides any
+key; :func:`load_stage_config` makes every path absolute and checks it before Ray starts.
+
+Like :mod:`rayrm.config.run`, this module must stay cheap to import: no ``ray``, no ``torch``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from rayrm.config.io import (
+    _absolute,
+    _absolute_or_none,
+    _check_dir,
+    read_yaml_with_overrides,
+)
+from rayrm.config.run import (
+    ConfigError,
+    _bounded,
+    _build,
+    _check_fields,
+)
+
+__all__ = [
+    "PREFERENCE_SUFFIXES",
+    "SFT_SUFFIXES",
+    "PreferenceDataConfig",
+    "RMConfig",
+    "SFTConfig",
+    "SFTDataConfig",
+    "StageConfig",
+    "StageModelConfig",
+    "StageOutputConfig",
+    "StageResourcesConfig",
+    "StageTrainConfig",
+    "load_stage_config",
+    "stage_config_from_dict",
+]
+
+SFT_SUFFIXES = (".parquet", ".jsonl", ".json", ".txt")
+"""File extensions ``data.path`` may have for SFT (``.txt``: one example per non-empty line)."""
+
+PREFERENCE_SUFFIXES = (".parquet", ".jsonl", ".json")
+"""File extensions ``data.path`` may have for reward-model training."""
+
+_C = TypeVar("_C", bound="StageConfig")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class StageModelConfig:
+    """The model a stage starts from.
+
+    Attributes:
+        path: Local Hugging Face model directory (must contain ``config.json``). Required.
+            SFT: a causal LM. Reward-model training: a causal LM (its trunk is reused and a
+            fresh scalar head added) or a sequence-classification model with one label.
+        tokenizer_path: Tokenizer directory; None means ``path``.
+    """
+
+    path: str
+    tokenizer_path: str | None = None
+
+    @property
+    def resolved_tokenizer_path(self) -> str:
+        """Directory the tokenizer is loaded from."""
+        return self.tokenizer_path if self.tokenizer_path is not None else self.path
+
+
+@dataclass(kw_only=True)
+class SFTDataConfig:
+    """The SFT corpus.
+
+    Attributes:
+        path: ``.parquet``, ``.jsonl``/``.json`` (one JSON object per line) or ``.txt`` (one
+            example per non-empty line, read as column ``text``). Required.
+        format: ``text`` trains on every token of ``text_column``; ``prompt_response`` trains
+            on ``response_column`` only, with the ``prompt_column`` tokens masked out of the
+            loss; ``messages`` renders each row's conversation (``messages_column``: a list of
+            ``{role, content}``) with the tokenizer's chat template and trains on the assistant
+            turns only (everything else masked); ``auto`` picks ``prompt_response`` when both
+            of those columns exist, else ``messages`` when that column exists, else ``text``.
+        text_column: Column holding whole training texts (``format: text``).
+        prompt_column: Column holding prompts (``format: prompt_response``).
+        response_column: Column holding responses (``format: prompt_response``).
+        messages_column: Column holding conversations (``format: messages``).
+        max_length: Tokens per example (prompt + response + EOS, or the rendered
+            conversation); longer examples are cut at the end, and those left without a
+            token to learn are dropped.
+    """
+
+    path: str
+    format: Literal["auto", "text", "prompt_response", "messages"] = "auto"
+    text_column: str = "text"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    messages_column: str = "messages"
+    max_length: int = _bounded(512, ge=2)
+
+
+@dataclass(kw_only=True)
+class PreferenceDataConfig:
+    """The preference pairs.
+
+    Attributes:
+        path: ``.parquet`` or ``.jsonl``/``.json`` (one JSON object per line) with one row per
+            pair. Required.
+        prompt_column: Column holding the prompt (optional for conversational pairs).
+        chosen_column: Column holding the preferred completion.
+        rejected_column: Column holding the other completion.
+        max_length: ``prompt + completion`` is cut to this many tokens, keeping the end (as
+            the reward actors do); clamped to the model's position limit.
+
+    Conversational pairs, the common shape of public preference datasets, are read as such:
+    when ``chosen``/``rejected`` hold lists of ``{role, content}`` messages (whole
+    conversations, or the assistant's reply with the conversation in ``prompt_column``), each
+    side is rendered with the tokenizer's chat template, as the reward actors render
+    conversations in PPO.
+    """
+
+    path: str
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    max_length: int = _bounded(512, ge=1)
+
+
+@dataclass(kw_only=True)
+class StageTrainConfig:
+    """Optimisation.
+
+    Attributes:
+        lr: AdamW learning rate (constant).
+        epochs: Passes over the training split.
+        batch_size: Examples (SFT) or pairs (reward model) per optimizer step *per worker*;
+            the global batch is ``batch_size * resources.num_workers``.
+        eval_fraction: Share of the rows held out for the per-epoch evaluation (0 disables
+            it). The split depends only on ``seed``.
+        seed: Seed of the split, the shuffling and the new head's initialisation.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Global gradient-norm clip; None disables it.
+    """
+
+    lr: float = _bounded(5.0e-5, gt=0)
+    epochs: int = _bounded(1, ge=1)
+    batch_size: int = _bounded(8, ge=1)
+    eval_fraction: float = _bounded(0.1, ge=0, le=0.5)
+    seed: int = _bounded(0, ge=0)
+    weight_decay: float = _bounded(0.0, ge=0)
+    max_grad_norm: float | None = _bounded(1.0, gt=0)
+
+
+@dataclass(kw_only=True)
+class StageResourcesConfig:
+    """Ray Train workers (data-parallel: DDP over gloo on CPU, NCCL on GPU).
+
+    Attributes:
+        num_workers: Training workers; each holds a full model copy and a shard of the data.
+        use_gpu: Give each worker one GPU.
+        cpus_per_worker: CPUs reserved for each worker.
+        num_cpus: CPUs for a local Ray started in-process; None uses all of them. Ignored
+            when connecting to a cluster (``RAY_ADDRESS``).
+        max_failures: Times the worker group is restarted after a worker dies or raises; it
+            continues from the last epoch checkpoint.
+    """
+
+    num_workers: int = _bounded(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = _bounded(1.0, ge=0)
+    num_cpus: int | None = _bounded(None, ge=1)
+    max_failures: int = _bounded(0, ge=0)
+
+
+@dataclass(kw_only=True)
+class StageOutputConfig:
+    """Where results go.
+
+    Attributes:
+        dir: Hugging Face model directory written at the end (weights, config, tokenizer,
+            plus ``rayrm_stage.yaml`` and ``training_summary.json``). Required.
+        storage_path: Directory under which the Ray Train run folder (``name``) with the
+            per-epoch checkpoints is created; on a cluster, shared storage.
+        num_checkpoints_to_keep: Keep only the newest this many checkpoints; None keeps all.
+        overwrite: Allow writing into an existing, non-empty ``dir``.
+    """
+
+    dir: str
+    storage_path: str = "./rayrm_runs"
+    num_checkpoints_to_keep: int | None = _bounded(None, ge=1)
+    overwrite: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage configs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class StageConfig:
+    """What the stage configs share: validation and (de)serialisation.
+
+    Attributes:
+        name: The Ray Train run's folder under ``output.storage_path``.
+    """
+
+    name: str
+
+    KIND: typing.ClassVar[str] = "stage"
+    DATA_SUFFIXES: typing.ClassVar[tuple[str, ...]] = ()
+
+    def validate(self) -> None:
+        """Checks types, enum values and ranges of every field, then their relations.
+
+        Raises:
+            ConfigError: On the first problem found, naming its dotted key.
+        """
+        _check_fields(self, "")
+        self._check_relations()
+
+    def _check_relations(self) -> None:
+        if "/" in self.name or "\\" in self.name or self.name in ("", ".", ".."):
+            raise ConfigError(
+                f"name {self.name!r} must be a plain folder name: it becomes the run's folder "
+                f"under output.storage_path",
+                key="name",
+            )
+        path: str = self.data.path  # type: ignore[attr-defined]
+        if not path.endswith(self.DATA_SUFFIXES):
+            raise ConfigError(
+                f"data.path {path!r} must end with one of {', '.join(self.DATA_SUFFIXES)}",
+                key="data.path",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain nested dicts; ``stage_config_from_dict(type(c), c.to_dict())``
+        gives it back."""
+        return dataclasses.asdict(self)
+
+    def save_yaml(self, path: str | Path) -> None:
+        """Writes the config as YAML that :func:`load_stage_config` reads back."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+@dataclass(kw_only=True)
+class SFTConfig(StageConfig):
+    """``rayrm sft``: supervised fine-tuning of a causal LM on Ray Train.
+
+    Attributes:
+        name: Run folder name under ``output.storage_path``.
+        model: See :class:`StageModelConfig` (a causal LM).
+        data: See :class:`SFTDataConfig`.
+        train: See :class:`StageTrainConfig`.
+        resources: See :class:`StageResourcesConfig`.
+        output: See :class:`StageOutputConfig`.
+    """
+
+    name: str = "sft"
+    model: StageModelConfig
+    data: SFTDataConfig
+    train: StageTrainConfig = field(default_factory=StageTrainConfig)
+    resources: StageResourcesConfig = field(default_factory=StageResourcesConfig)
+    output: StageOutputConfig
+
+    KIND: typing.ClassVar[str] = "sft"
+    DATA_SUFFIXES: typing.ClassVar[tuple[str, ...]] = SFT_SUFFIXES
+
+    def _check_relations(self) -> None:
+        super()._check_relations()
+        d = self.data
+        if d.format in ("auto", "prompt_response") and d.prompt_column == d.response_column:
+            raise ConfigError(
+                f"data.response_column must differ from data.prompt_column (both are "
+                f"{d.prompt_column!r}): prompt tokens are masked out of the loss, response "
+                f"tokens are trained on",
+                key="data.response_column",
+            )
+
+
+@dataclass(kw_only=True)
+class RMConfig(StageConfig):
+    """``rayrm train-rm``: Bradley–Terry reward-model training on Ray Train.
+
+    Attributes:
+        name: Run folder name under ``output.storage_path``.
+        model: See :class:`StageModelConfig` (a causal LM or a one-label seq-cls model).
+        data: See :class:`PreferenceDataConfig`.
+        train: See :class:`StageTrainConfig`.
+        resources: See :class:`StageResourcesConfig`.
+        output: See :class:`StageOutputConfig`.
+    """
+
+    name: str = "reward-model"
+    model: StageModelConfig
+    data: PreferenceDataConfig
+    train: StageTrainConfig = field(default_factory=StageTrainConfig)
+    resources: StageResourcesConfig = field(default_factory=StageResourcesConfig)
+    output: StageOutputConfig
+
+    KIND: typing.ClassVar[str] = "rm"
+    DATA_SUFFIXES: typing.ClassVar[tuple[str, ...]] = PREFERENCE_SUFFIXES
+
+    def _check_relations(self) -> None:
+        super()._check_relations()
+        d = self.data
+        columns = {
+            "data.prompt_column": d.prompt_column,
+            "data.chosen_column": d.chosen_column,
+            "data.rejected_column": d.rejected_column,
+        }
+        seen: dict[str, str] = {}
+        for key, column in columns.items():
+            if column in seen:
+                raise ConfigError(
+                    f"{key} ({column!r}) must differ from {seen[column]}: prompt, chosen and "
+                    f"rejected texts come from three different columns",
+                    key=key,
+                )
+            seen[column] = key
+
+
+# ---------------------------------------------------------------------------------------------
+# Building, overrides, files
+# ---------------------------------------------------------------------------------------------
+
+
+def stage_config_from_dict(cls: type[_C], d: Mapping[str, Any], *, check_paths: bool = False) -> _C:
+    """Builds and validates a stage config from plain nested mappings.
+
+    Args:
+        cls: :class:`SFTConfig` or :class:`RMConfig`.
+        d: Sections and values, as in the YAML file.
+        check_paths: Also make paths absolute and check them (:func:`validate_stage_paths`).
+            Leave False where the filesystem is not the user's (e.g. in Ray workers).
+
+    Raises:
+        ConfigError: On the first problem found.
+    """
+    cfg = _build(cls, d, "")
+    cfg.validate()
+    if check_paths:
+        cfg = resolve_stage_paths(cfg)
+        validate_stage_paths(cfg)
+    return cfg
+
+
+def load_stage_config(
+    cls: type[_C], path: str | Path, overrides: Sequence[str] = (), *, check_paths: bool = True
+) -> _C:
+    """Reads a stage's YAML config, applies ``--set`` overrides, validates, resolves paths.
+
+    Args:
+        cls: :class:`SFTConfig` or :class:`RMConfig`.
+        path: The YAML file.
+        overrides: ``"dotted.key=value"`` strings applied in order (values parsed as YAML).
+        check_paths: Make every path absolute and check it (:func:`validate_stage_paths`).
+
+    Raises:
+        ConfigError: Naming the file or the dotted key of the first problem found.
+    """
+    raw = read_yaml_with_overrides(path, overrides, cls)
+    return stage_config_from_dict(cls, raw, check_paths=check_paths)
+
+
+def resolve_stage_paths(cfg: _C) -> _C:
+    """A copy of ``cfg`` with every path absolute (``~`` expanded, relative to the cwd).
+
+    Ray Train workers run in their own working directory, so relative paths must not reach
+    them.
+    """
+    c: Any = cfg
+    return dataclasses.replace(
+        c,
+        model=dataclasses.replace(
+            c.model,
+            path=_absolute(c.model.path),
+            tokenizer_path=_absolute_or_none(c.model.tokenizer_path),
+        ),
+        data=dataclasses.replace(c.data, path=_absolute(c.data.path)),
+        output=dataclasses.replace(
+            c.output, dir=_absolute(c.output.dir), storage_path=_absolute(c.output.storage_path)
+        ),
+    )
+
+
+def _read_model_config(path: str) -> dict[str, Any]:
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise ConfigError(
+            f"model.path {path!r} has no config.json (expected a local Hugging Face model "
+            f"directory, written by save_pretrained)",
+            key="model.path",
+        )
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            return dict(json.load(f))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"model.path {config_file!r} is not readable JSON ({exc})", key="model.path"
+        ) from exc
+
+
+def _check_model(cfg: StageConfig) -> None:
+    model: StageModelConfig = cfg.model  # type: ignore[attr-defined]
+    _check_dir("model.path", model.path, "a local Hugging Face model directory")
+    hf = _read_model_config(model.path)
+    architectures = [str(a) for a in hf.get("architectures") or []]
+    seq_cls = any(a.endswith("ForSequenceClassification") for a in architectures)
+    if isinstance(cfg, SFTConfig) and seq_cls:
+        raise ConfigError(
+            f"model.path {model.path!r} holds a sequence-classification model "
+            f"({', '.join(architectures)}); SFT needs a causal LM",
+            key="model.path",
+        )
+    if isinstance(cfg, RMConfig) and seq_cls:
+        num_labels = len(hf.get("id2label") or {}) or int(hf.get("num_labels", 2))
+        if num_labels != 1:
+            raise ConfigError(
+                f"model.path {model.path!r} is a sequence-classification model with "
+                f"{num_labels} labels; a reward model has a single scalar head (num_labels=1). "
+                f"Start from its causal-LM or base model instead",
+                key="model.path",
+            )
+    if model.tokenizer_path is not None:
+        _check_dir("model.tokenizer_path", model.tokenizer_path, "the tokenizer directory")
+
+
+def validate_stage_paths(cfg: StageConfig) -> None:
+    """Checks the model directory, the data file and the output locations.
+
+    Args:
+        cfg: A config that passed :meth:`StageConfig.validate`, with absolute paths.
+
+    Raises:
+        ConfigError: Naming the key and the path at fault.
+    """
+    _check_model(cfg)
+    data_path: str = cfg.data.path  # type: ignore[attr-defined]
+    if not os.path.exists(data_path):
+        raise ConfigError(f"data.path {data_path!r} does not exist", key="data.path")
+    if not os.path.isfile(data_path):
+        raise ConfigError(f"data.path {data_path!r} is not a file", key="data.path")
+    out: StageOutputConfig = cfg.output  # type: ignore[attr-defined]
+    if os.path.exists(out.dir):
+        if not os.path.isdir(out.dir):
+            raise ConfigError(
+                f"output.dir {out.dir!r} exists and is not a directory", key="output.dir"
+            )
+        if os.listdir(out.dir) and not out.overwrite:
+            raise ConfigError(
+                f"output.dir {out.dir!r} exists and is not empty: choose another directory "
+                f"or set output.overwrite=true",
+                key="output.dir",
+            )
+    if os.path.exists(out.storage_path) and not os.path.isdir(out.storage_path):
+        raise ConfigError(
+            f"output.storage_path {out.storage_path!r} exists and is not a directory",
+            key="output.storage_path",
+        )

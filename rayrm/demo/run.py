@@ -1,0 +1,279 @@
+"""``rayrm demo``: the three RLHF stages end to end, offline on a laptop CPU, with a gold judge.
+
+What belongs here: the demo's pipeline — the order of the stages, caching their artifacts, and
+the terminal summary. What each stage runs lives in :mod:`rayrm.demo.steps`, the task (corpus,
+prompts, tokenizer) in :mod:`rayrm.demo.data`.
+
+The task: write a *positive* review. The gold judge is VADER
+(:func:`rayrm.rewards.judges.vader_positivity`), a lexicon-based sentiment analyser that knows nothing
+of the models. It labels pairs of SFT samples; a reward model learns those preferences; PPO
+optimises the reward model only. Whether the policy really got better is measured by the gold
+judge on held-out prompts (subjects no training prompt mentions), so reward over-optimisation
+(Gao et al. 2022, https://arxiv.org/abs/2210.10760) would show as the proxy and gold curves
+parting in the report::
+
+    data ─> tokenizer ─> sft ─> pairs (VADER labels) ─> reward_model ─> ppo ─> report.md
+
+Caching: each stage writes into ``<workdir>/stages/<stage>-<hash12>/``, the hash taken over the
+stage's settings (``STAGE_SETTINGS``) and the hashes of the stages it reads from, and writes a
+``done`` marker (its summary as JSON) last. A folder without the marker is from a killed run:
+it is deleted and the stage redone, never half-used. PPO's folder is its run folder,
+``<workdir>/runs/ppo-<hash12>/``; a second ``rayrm demo`` with the same settings only prints
+its report's headline again. Ray starts only when a stage that needs it is not cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rayrm.demo.steps import SIZES, STAGE_SETTINGS, DemoSizes, gold_line
+
+__all__ = ["DEFAULT_WORKDIR", "STAGES", "add_arguments", "main", "run_demo", "run_stage"]
+
+DEFAULT_WORKDIR = "rayrm-demo"
+DEMO_VERSION = 1
+"""Part of every stage's hash: bump it when a code change changes what a stage produces."""
+DONE = "done"
+"""The marker file a finished stage writes last (its summary, JSON)."""
+STAGES = tuple(STAGE_SETTINGS)
+"""The stages, in the order they run."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage cache
+# ---------------------------------------------------------------------------------------------
+
+
+def stage_hash(name: str, key: dict[str, Any]) -> str:
+    """12 hex digits of SHA-256 over the stage's name, the demo version and ``key`` (JSON)."""
+    text = json.dumps({"stage": name, "version": DEMO_VERSION, **key}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass
+class StageResult:
+    """One stage of one demo run.
+
+    Attributes:
+        name: Stage name.
+        hash: :func:`stage_hash` of its settings and inputs.
+        dir: Its folder.
+        info: Its summary (the ``done`` marker's content).
+        cached: Whether it was found done instead of run.
+        seconds: Wall time in this call (the cache look-up when cached).
+    """
+
+    name: str
+    hash: str
+    dir: Path
+    info: dict[str, Any]
+    cached: bool
+    seconds: float
+
+
+def run_stage(
+    folder: Path,
+    name: str,
+    key: dict[str, Any],
+    build: Callable[[Path], dict[str, Any]],
+    log: Callable[[str], None],
+) -> StageResult:
+    """Runs ``build(stage_dir)`` unless the stage's folder already holds a ``done`` marker.
+
+    Args:
+        folder: Parent folder; the stage's folder is ``folder / f"{name}-{hash}"`` (``_`` in
+            the name written as ``-``).
+        name: Stage name.
+        key: Everything the stage's output depends on (settings, upstream hashes), JSON-able.
+        build: Writes the stage's artifacts into its folder (which does not exist yet) and
+            returns a JSON-able summary.
+        log: Receives the ``stage:``/``cached:``/``done:`` lines.
+    """
+    start = time.perf_counter()
+    digest = stage_hash(name, key)
+    d = folder / f"{name.replace('_', '-')}-{digest}"
+    marker = d / DONE
+    if marker.is_file():
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        log(f"cached: {name} ({d})")
+        return StageResult(name, digest, d, info, True, time.perf_counter() - start)
+    if d.exists():  # a killed run left it: redo the stage rather than trust part of it
+        shutil.rmtree(d)
+    log(f"stage: {name} -> {d}")
+    info = build(d)
+    seconds = time.perf_counter() - start
+    info = {**info, "seconds": seconds}
+    tmp = d / f".{DONE}.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, marker)  # atomic: the marker is complete or absent
+    log(f"done: {name} in {seconds:.1f}s")
+    return StageResult(name, digest, d, info, False, seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+def _quiet_single_threaded() -> None:
+    """One torch thread per process (2-core laptops run several), no Hugging Face load bars."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Read by every Ray worker started after this, as well as here.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
+
+
+def _stages(
+    s: DemoSizes, work: Path, progress: bool, log: Callable[[str], None]
+) -> list[StageResult]:
+    """Runs or finds every stage, in order; each stage's key names the stages it reads."""
+    from rayrm.demo import steps as ds
+
+    settings = dataclasses.asdict(s)
+    done: dict[str, StageResult] = {}
+
+    def stage(
+        name: str, inputs: tuple[str, ...], build: Callable[[Path], dict[str, Any]]
+    ) -> StageResult:
+        key = {k: settings[k] for k in STAGE_SETTINGS[name]}
+        key |= {i: done[i].hash for i in inputs}
+        folder = work / ("runs" if name == "ppo" else "stages")
+        done[name] = run_stage(folder, name, key, build, log)
+        return done[name]
+
+    data = stage("data", (), lambda d: ds.build_data(d, s))
+    corpus = data.dir / "corpus.txt"
+    tok = stage("tokenizer", ("data",), lambda d: ds.build_tokenizer(d, s, corpus))
+    sft = stage(
+        "sft", ("data", "tokenizer"), lambda d: ds.build_sft(d, s, corpus, tok.dir, progress)
+    )
+    sft_model = sft.info["model"]
+    prompts = data.dir / "prompts.jsonl"
+    pairs = stage(
+        "pairs", ("data", "sft"), lambda d: ds.build_pairs(d, s, sft_model, prompts, progress)
+    )
+    rm = stage(
+        "reward_model",
+        ("pairs", "sft"),
+        lambda d: ds.build_reward_model(d, s, sft_model, pairs.info["path"], progress),
+    )
+    log(f"reward model held-out pairwise accuracy: {rm.info['eval_accuracy']:.3f}")
+    rows = [(r.name, r.dir, None if r.cached else r.seconds) for r in done.values()]
+    stage(
+        "ppo",
+        ("data", "sft", "reward_model"),
+        lambda d: ds.build_ppo(d, s, sft_model, rm.info, data.dir, rows),
+    )
+    return list(done.values())
+
+
+def run_demo(
+    workdir: str | os.PathLike[str] = DEFAULT_WORKDIR,
+    *,
+    size: Literal["full", "smoke"] = "full",
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Runs (or finds cached) every stage of the demo; prints the headline and the report path.
+
+    Args:
+        workdir: Folder for every artifact (created).
+        size: ``full`` (the demo) or ``smoke`` (toy sizes, for tests); see
+            :data:`rayrm.demo.steps.SIZES`.
+        progress: Progress bars for SFT, pair sampling and reward-model training.
+        log: Receives the status lines (default: print, flushed).
+
+    Returns:
+        ``{"workdir", "size", "stages": {name: {"dir", "hash", "cached", "seconds", **summary}},
+        "report", "rm_eval_accuracy", "gold", "seconds"}``; ``gold`` is
+        :func:`rayrm.demo.steps.compare_gold`'s result.
+
+    Raises:
+        ConfigError: A stage's config or data is invalid.
+        StageFailed, TrainingFailed: A Ray Train stage or the PPO run failed.
+    """
+    import ray
+
+    _quiet_single_threaded()
+    log = log or (lambda line: print(line, flush=True))
+    start = time.perf_counter()
+    work = Path(workdir).resolve()
+    started_ray = not ray.is_initialized()
+    try:
+        results = _stages(SIZES[size], work, progress, log)
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
+    by_name = {r.name: r for r in results}
+    ppo, rm = by_name["ppo"].info, by_name["reward_model"].info
+    seconds = time.perf_counter() - start
+    times = [f"{r.name} {'cached' if r.cached else f'{r.seconds:.0f}s'}" for r in results]
+    for line in [
+        *ppo["headline"],
+        gold_line(ppo["gold"]),
+        f"reward model held-out pairwise accuracy: {rm['eval_accuracy']:.3f} "
+        f"({rm['eval_pairs']} held-out pairs)",
+        f"wall time: {', '.join(times)}; total {seconds:.0f}s",
+        f"report: {ppo['report']}",
+    ]:
+        log(line)
+    return {
+        "workdir": str(work),
+        "size": size,
+        "stages": {
+            r.name: {"dir": str(r.dir), "hash": r.hash, "cached": r.cached, "seconds": r.seconds}
+            | r.info
+            for r in results
+        },
+        "report": ppo["report"],
+        "rm_eval_accuracy": rm["eval_accuracy"],
+        "gold": ppo["gold"],
+        "seconds": seconds,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``rayrm demo [--dir DIR] [--size full|smoke] [--no-progress]``."""
+    parser.add_argument(
+        "--dir", default=DEFAULT_WORKDIR, help="workspace folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="full",
+        help="full: the demo (minutes on 2 CPU cores); smoke: toy sizes (default: %(default)s)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``rayrm demo``. ConfigError propagates (the CLI turns it into exit code 2)."""
+    from rayrm.experiment.train import TrainingFailed
+    from rayrm.stages.trainer import StageFailed
+
+    try:
+        run_demo(args.dir, size=args.size, progress=not args.no_progress and sys.stderr.isatty())
+    except (StageFailed, TrainingFailed) as exc:
+        print(f"rayrm: {exc}", file=sys.stderr)
+        return 1
+    return 0

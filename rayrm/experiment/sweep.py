@@ -1,0 +1,203 @@
+"""Hyperparameter sweeps: ``rayrm tune CONFIG`` runs many RLHF trials as one Tune experiment.
+
+What belongs here: turning the YAML's ``tune`` section into Tune's param space, scheduler
+(ASHA or PBT) and TuneConfig; the results table; exporting the best trial's policy. Each trial
+is the same ``RLHFPPO`` that ``rayrm train`` runs alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from rayrm import metrics as M
+from rayrm.config.run import RunConfig
+from rayrm.experiment.train import check_experiment_dir, init_ray, make_tuner
+
+BEST_POLICY_DIR = "best_policy"
+
+
+def _sampler(kind: str, args: list[Any]) -> Any:
+    from ray import tune
+
+    if kind == "grid":
+        return tune.grid_search(args)
+    if kind == "choice":
+        return tune.choice(args)
+    if kind == "uniform":
+        return tune.uniform(*args)
+    if kind == "loguniform":
+        return tune.loguniform(*args)
+    return tune.randint(*args)
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree[part]
+    tree[leaf] = value
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def shared_pool_name(cfg: RunConfig) -> str | None:
+    """The sweep's shared reward pool (one per experiment), or None when trials keep their own."""
+    if cfg.reward.pool_name is not None:
+        return cfg.reward.pool_name
+    return f"rayrm-reward-{cfg.name}" if cfg.reward.shared_in_sweeps else None
+
+
+def param_space(cfg: RunConfig) -> dict[str, Any]:
+    """``{"rayrm": run config}`` with each searched key replaced by its Tune sampler."""
+    base = copy.deepcopy(cfg.to_dict())
+    base["reward"]["pool_name"] = shared_pool_name(cfg)
+    for key, spec in cfg.tune.search_space.items():
+        ((kind, args),) = spec.items()
+        _set(base, key, _sampler(kind, args))
+    return {"rayrm": base}
+
+
+def _pbt_mutations(cfg: RunConfig) -> dict[str, Any]:
+    """PBT mutates the learning rate and β; ranges from the search space, else ×/÷10."""
+    from ray import tune
+
+    mutations: dict[str, Any] = {}
+    for key, base in (("ppo.lr", cfg.ppo.lr), ("ppo.kl_coef", cfg.ppo.kl_coef)):
+        spec = cfg.tune.search_space.get(key)
+        if spec is not None:
+            ((kind, args),) = spec.items()
+            mutations[key.split(".")[1]] = _sampler(kind, args)
+        elif base > 0:
+            mutations[key.split(".")[1]] = tune.loguniform(base / 10, base * 10)
+    return {"rayrm": {"ppo": mutations}}
+
+
+def make_scheduler(cfg: RunConfig) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
+    t = cfg.tune
+    if t.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=cfg.run.num_iterations,
+            grace_period=min(t.grace_period, cfg.run.num_iterations),
+            reduction_factor=t.reduction_factor,
+        )
+    if t.scheduler == "pbt":
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=t.perturbation_interval,
+            hyperparam_mutations=_pbt_mutations(cfg),
+        )
+    return None
+
+
+def metric_key(cfg: RunConfig) -> str:
+    """Tune's flattened result key of ``tune.metric``."""
+    return f"{M.RLHF_RESULTS}/{cfg.tune.metric}"
+
+
+def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
+    """Runs (or resumes) the sweep; returns ``(experiment_dir, ResultGrid)``."""
+    from ray import tune
+
+    exp_dir = check_experiment_dir(cfg, resume)
+    init_ray(cfg)
+    pool = _start_shared_pool(cfg)
+    try:
+        tuner = make_tuner(
+            cfg,
+            exp_dir,
+            resume=resume,
+            param_space=param_space(cfg),
+            tune_config=tune.TuneConfig(
+                metric=metric_key(cfg),
+                mode=cfg.tune.mode,
+                scheduler=make_scheduler(cfg),
+                num_samples=cfg.tune.num_samples,
+                max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            ),
+        )
+        return exp_dir, tuner.fit()
+    finally:
+        # The sweep's own pool goes with it; a reward.pool_name (e.g. a `rayrm serve-rm`
+        # service other jobs use) belongs to whoever started it.
+        if pool is not None and cfg.reward.pool_name is None:
+            from rayrm.rewards.compose import kill_shared_pools
+
+            kill_shared_pools(pool)
+
+
+def _start_shared_pool(cfg: RunConfig) -> str | None:
+    """Starts (or finds) the sweep's shared reward actors before any trial needs them."""
+    name = shared_pool_name(cfg)
+    if name is None:
+        return None
+    from rayrm.rewards.pool import pool_from_config
+
+    pool_from_config(cfg.reward, name=name)  # trials join its actors by name
+    return name
+
+
+def results_table(cfg: RunConfig, results: Any) -> list[dict[str, Any]]:
+    """One row per trial: id, searched values, iterations, last metric value, status."""
+    rows = []
+    for result in results:
+        rayrm_cfg = (result.config or {}).get("rayrm", {})
+        metrics = result.metrics or {}
+        value = metrics.get(M.RLHF_RESULTS, {}).get(cfg.tune.metric, math.nan)
+        rows.append(
+            {
+                "trial": metrics.get("trial_id", "?"),
+                **{key: _get(rayrm_cfg, key) for key in cfg.tune.search_space},
+                "iterations": metrics.get("training_iteration", 0),
+                cfg.tune.metric: value,
+                "status": "ERROR" if result.error else "OK",
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no trials)"
+    cols = list(rows[0])
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    widths = {c: max(len(c), *(len(fmt(r[c])) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(fmt(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def main_tune(config_path: str, overrides: list[str], resume: bool) -> int:
+    """``rayrm tune``: sweep, print the table, export the best trial's policy."""
+    from rayrm.config.run import load_config
+    from rayrm.rl.checkpoint import export_policy
+
+    cfg = load_config(config_path, overrides)
+    exp_dir, results = run_tune(cfg, resume=resume)
+    print(format_table(results_table(cfg, results)))
+    try:
+        best = results.get_best_result(metric=metric_key(cfg), mode=cfg.tune.mode, scope="last")
+    except RuntimeError as exc:
+        print(f"rayrm: no trial reported {metric_key(cfg)}: {exc}", file=sys.stderr)
+        return 1
+    if best.checkpoint is None:
+        print("rayrm: the best trial has no checkpoint to export", file=sys.stderr)
+        return 1
+    out = export_policy(best.checkpoint.path, exp_dir / BEST_POLICY_DIR)
+    value = best.metrics[M.RLHF_RESULTS][cfg.tune.metric]
+    print(
+        f"best trial: {Path(best.path).name} ({cfg.tune.metric} {value:.4g}); policy exported to {out}"
+    )
+    return 0 if not results.errors else 1

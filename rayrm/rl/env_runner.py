@@ -1,0 +1,120 @@
+"""EnvRunner that samples exactly one whole completion per env, with batched KV-cached decoding.
+
+RLlib's stock runners either cut episodes at a timestep budget or, with
+``batch_mode="complete_episodes"``, keep the first episodes to finish and drop the rest —
+a silent bias toward short completions. Here every call to ``sample`` resets all
+``num_envs_per_env_runner`` envs (one prompt each), decodes all of them together through the
+policy's KV cache (one new token per row per step, no re-run of the context), steps each env
+once per token (the env decides termination and reward), and returns every episode whole.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+import envs  # noqa: F401  (registers rayrm/TextGeneration-v0 in this process)
+from rayrm.models.decoding import decode_batch, left_pad
+from rayrm.rl.module import LMPolicyModule
+
+__all__ = ["RLHFEnvRunner", "left_pad"]
+
+
+class RLHFEnvRunner(SingleAgentEnvRunner):
+    """Samples one complete completion per env per ``sample()`` call (see module docstring)."""
+
+    def __init__(self, *, config: Any, **kwargs: Any) -> None:
+        super().__init__(config=config, **kwargs)
+        self._sampling_seed = self._seed if self._seed is not None else time.time_ns() % 2**31
+        self._generator: torch.Generator | None = None  # made on the module's device
+
+    @property
+    def sub_envs(self) -> list[Any]:
+        """The individual Gymnasium envs (stepped directly: no vector autoreset)."""
+        return list(self.env.unwrapped.envs)
+
+    def _sample(  # type: ignore[override]
+        self,
+        *,
+        num_timesteps: int | None = None,
+        num_episodes: int | None = None,
+        explore: bool = True,
+        random_actions: bool = False,
+        force_reset: bool = False,
+    ) -> list[SingleAgentEpisode]:
+        """Samples one completion per env; the budget arguments are ignored by design."""
+        episodes = self.generate(explore=explore)
+        num_steps = sum(len(e) for e in episodes)
+        self._increase_sampled_metrics(num_steps, len(episodes))
+        self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=num_steps)
+        return [e.to_numpy() for e in episodes] if self.episodes_to_numpy else episodes
+
+    def generate(
+        self, *, explore: bool = True, options: list[dict[str, Any]] | None = None
+    ) -> list[SingleAgentEpisode]:
+        """Resets every env and decodes all completions together.
+
+        Args:
+            explore: sample from the policy (True) or take greedy tokens (False).
+            options: optional per-env reset options (e.g. ``{"prompt": "..."}``).
+
+        Returns:
+            One finished ``SingleAgentEpisode`` per env, in env order.
+        """
+        module = self.module
+        assert isinstance(module, LMPolicyModule), "RLHFEnvRunner needs an LMPolicyModule"
+        sub_envs = self.sub_envs
+        seed = self._seed if self._needs_initial_reset else None
+        self._needs_initial_reset = False
+        episodes: list[SingleAgentEpisode] = []
+        prompts: list[np.ndarray] = []
+        for i, env in enumerate(sub_envs):
+            obs, info = env.reset(
+                seed=None if seed is None else seed * 1000 + i,
+                options=options[i] if options else None,
+            )
+            episode = SingleAgentEpisode(
+                observation_space=self.env.single_observation_space,
+                action_space=self.env.single_action_space,
+            )
+            episode.add_env_reset(observation=obs, infos=info)
+            episodes.append(episode)
+            prompts.append(obs["input_ids"][: int(obs["length"][0])])
+
+        device = next(module.lm.parameters()).device
+        if self._generator is None or self._generator.device != device:
+            # torch.multinomial needs a generator on the device of the probabilities (GPU runners).
+            self._generator = torch.Generator(device=device).manual_seed(self._sampling_seed)
+        generator = self._generator if explore else None
+        active = [True] * len(sub_envs)
+
+        def sample(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return module.sample_next(logits, greedy=not explore, generator=generator)
+
+        def on_tokens(tokens: np.ndarray, logp: np.ndarray) -> list[bool]:
+            """Steps every unfinished env once; the env decides termination and reward."""
+            for i, env in enumerate(sub_envs):
+                if not active[i]:
+                    continue
+                obs, reward, terminated, truncated, info = env.step(int(tokens[i]))
+                episodes[i].add_env_step(
+                    observation=obs,
+                    action=int(tokens[i]),
+                    reward=float(reward),
+                    infos=info,
+                    terminated=terminated,
+                    truncated=truncated,
+                    extra_model_outputs={Columns.ACTION_LOGP: np.float32(logp[i])},
+                )
+                active[i] = not (terminated or truncated)
+            return active
+
+        pad_id = int(sub_envs[0].unwrapped.pad_token_id)
+        decode_batch(module.lm, prompts, pad_id=pad_id, sample=sample, on_tokens=on_tokens)
+        return episodes

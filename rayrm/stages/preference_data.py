@@ -1,0 +1,510 @@
+"""Datasets for the SFT and reward-model stages: reading, inspecting, building preference pairs.
+
+What belongs here: turning files into columns of strings (Parquet, JSON Lines, plain text), the
+``rayrm data inspect`` statistics, and ``rayrm data pairs``, which samples two completions per
+prompt from a policy and lets a judge function decide which one is *chosen*. The pairs file is
+the input of ``rayrm train-rm`` (columns ``prompt``, ``chosen``, ``rejected``, plus the two
+judge scores).
+
+``pyarrow``, ``torch`` and ``transformers`` are imported inside the functions so that the
+command line stays quick to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rayrm.config.run import ConfigError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".txt")
+"""Files :func:`read_table` reads (``.json`` must hold one JSON object per line)."""
+
+TEXT_COLUMN = "text"
+"""The one column of a ``.txt`` file read by :func:`read_table` (a row per non-empty line)."""
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score")
+"""Columns :func:`build_preference_pairs` writes, in order."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def read_table(path: str | os.PathLike[str], *, key: str | None = None) -> pa.Table:
+    """Reads a ``.parquet``, ``.jsonl``/``.json`` (JSON Lines) or ``.txt`` file as a table.
+
+    A ``.txt`` file becomes one column, ``text``, with one row per non-empty line.
+
+    Args:
+        path: The file.
+        key: Config key or option the path came from, named in errors.
+
+    Raises:
+        ConfigError: The file is missing, has another extension or cannot be parsed.
+    """
+    import pyarrow as pa
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    where = f"{key} " if key else ""
+    if not path.is_file():
+        raise ConfigError(f"{where}{str(path)!r}: file not found", key=key)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pq.read_table(path)
+        if suffix in (".jsonl", ".json"):
+            if path.stat().st_size == 0:
+                return pa.table({})
+            return pj.read_json(path)
+        if suffix == ".txt":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return pa.table({TEXT_COLUMN: [line for line in lines if line.strip()]})
+    except (pa.ArrowException, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{where}{str(path)!r}: cannot read as {suffix} ({exc})", key=key
+        ) from exc
+    raise ConfigError(
+        f"{where}{str(path)!r}: unsupported extension {suffix!r} "
+        f"(supported: {', '.join(TABLE_SUFFIXES)})",
+        key=key,
+    )
+
+
+def string_column(table: pa.Table, column: str, *, path: str, key: str | None = None) -> list[str]:
+    """The values of a column of strings, checked.
+
+    Args:
+        table: From :func:`read_table`.
+        column: Column name.
+        path: File the table came from (for messages).
+        key: Config key naming the column, named in errors.
+
+    Raises:
+        ConfigError: The column is missing or holds a null or a non-string.
+    """
+    if column not in table.column_names:
+        raise ConfigError(
+            f"{key + ': ' if key else ''}{path} has no column {column!r} "
+            f"(columns: {', '.join(table.column_names) or 'none'})",
+            key=key,
+        )
+    values = table.column(column).to_pylist()
+    for row, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"{path}, column {column!r}, row {row}: expected a string, got "
+                f"{type(value).__name__} ({value!r})",
+                key=key,
+            )
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# rayrm data inspect
+# ---------------------------------------------------------------------------------------------
+
+
+def conversation_column(
+    table: pa.Table, column: str, *, path: str, key: str | None = None
+) -> list[list[dict[str, str]]]:
+    """The values of a column of conversations (lists of ``{role, content}``), checked.
+
+    Raises:
+        ConfigError: The column is missing or a row is not a list of role/content messages.
+    """
+    from envs.tokenization import check_conversation
+
+    if column not in table.column_names:
+        raise ConfigError(
+            f"{key + ': ' if key else ''}{path} has no column {column!r} "
+            f"(columns: {', '.join(table.column_names) or 'none'})",
+            key=key,
+        )
+    out = []
+    for row, value in enumerate(table.column(column).to_pylist()):
+        try:
+            out.append(check_conversation(value, f"{path}, column {column!r}, row {row}"))
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=key) from exc
+    return out
+
+
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    """min / mean / p50 / p95 / max of a non-empty list."""
+    s = sorted(values)
+
+    def pct(q: float) -> float:
+        return float(s[min(len(s) - 1, math.ceil(q * len(s)) - 1)])
+
+    return {
+        "min": float(s[0]),
+        "mean": float(sum(s) / len(s)),
+        "p50": pct(0.5),
+        "p95": pct(0.95),
+        "max": float(s[-1]),
+    }
+
+
+def inspect_dataset(
+    path: str | os.PathLike[str], tokenizer: Any = None, *, max_rows: int | None = None
+) -> dict[str, Any]:
+    """Row count, columns and per-column length statistics of a dataset file.
+
+    Args:
+        path: A file :func:`read_table` reads.
+        tokenizer: A Hugging Face tokenizer or a directory holding one; adds token-length
+            statistics (``add_special_tokens=False``, as rayrm encodes prompts and texts).
+        max_rows: Only measure the first this many rows (the row count stays exact).
+
+    Returns:
+        ``{"path", "rows", "columns": {name: {"type", "nulls", "chars"?, "tokens"?,
+        "values"?}}}``; ``chars``/``tokens`` (string columns) and ``values`` (numeric columns)
+        hold ``min``/``mean``/``p50``/``p95``/``max``.
+    """
+    import pyarrow as pa
+
+    if isinstance(tokenizer, str | os.PathLike):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
+    table = read_table(path)
+    measured = table if max_rows is None else table.slice(0, max_rows)
+    columns: dict[str, Any] = {}
+    for name in table.column_names:
+        col = measured.column(name)
+        info: dict[str, Any] = {"type": str(col.type), "nulls": int(col.null_count)}
+        values = [v for v in col.to_pylist() if v is not None]
+        if values and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            info["chars"] = _summary([len(v) for v in values])
+            if tokenizer is not None:
+                ids = tokenizer(values, add_special_tokens=False)["input_ids"]
+                info["tokens"] = _summary([len(x) for x in ids])
+        elif values and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            info["values"] = _summary([float(v) for v in values])
+        columns[name] = info
+    return {"path": str(path), "rows": table.num_rows, "columns": columns}
+
+
+def format_inspection(stats: dict[str, Any]) -> str:
+    """Renders :func:`inspect_dataset`'s result as an aligned text table."""
+
+    def fmt(s: dict[str, float] | None) -> str:
+        if not s:
+            return "-"
+        return " / ".join(f"{s[k]:.4g}" if k == "mean" else f"{s[k]:g}" for k in _STAT_KEYS)
+
+    rows = [("column", "type", "nulls", "chars", "tokens", "values")]
+    for name, info in stats["columns"].items():
+        rows.append(
+            (
+                name,
+                info["type"],
+                str(info["nulls"]),
+                fmt(info.get("chars")),
+                fmt(info.get("tokens")),
+                fmt(info.get("values")),
+            )
+        )
+    keep = [i for i in range(6) if i < 3 or any(r[i] != "-" for r in rows[1:])]
+    widths = [max(len(r[i]) for r in rows) for i in keep]
+    lines = [
+        f"{stats['path']}: {stats['rows']:,} rows, {len(stats['columns'])} columns "
+        f"(lengths: {' / '.join(_STAT_KEYS)})"
+    ]
+    for r in rows:
+        lines.append("  ".join(r[i].ljust(w) for i, w in zip(keep, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+_STAT_KEYS = ("min", "mean", "p50", "p95", "max")
+
+
+# ---------------------------------------------------------------------------------------------
+# rayrm data pairs
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_policy(policy: str | os.PathLike[str], max_prompt_tokens: int) -> tuple[Any, Any]:
+    """A causal LM and its prompt codec (tokenizer, special tokens, stop ids) from a Hugging
+    Face directory or a rayrm run/checkpoint."""
+    from envs.tokenization import PromptCodec
+
+    path = Path(policy)
+    if (path / "config.json").is_file():
+        from rayrm.models.hf_files import stop_token_ids_of
+        from rayrm.models.loading import load_causal_lm, load_tokenizer
+
+        codec = PromptCodec(
+            load_tokenizer(path),
+            max_prompt_tokens=max_prompt_tokens,
+            stop_token_ids=stop_token_ids_of(path),
+        )
+        return load_causal_lm(str(path)), codec
+    if not path.exists():
+        raise ConfigError(f"policy {str(path)!r} does not exist", key="policy")
+    from rayrm.rl.checkpoint import checkpoint_codec, load_policy
+
+    model, tokenizer, cfg, ckpt = load_policy(path)  # ConfigError if it is no run either
+    return model, checkpoint_codec(ckpt, cfg, tokenizer, max_prompt_tokens=max_prompt_tokens)
+
+
+def _resolve_judge(judge: str | Callable[..., Any]) -> Callable[..., Any]:
+    if callable(judge):
+        return judge
+    from rayrm.rewards.pool import RewardSourceError, resolve_function
+
+    try:
+        return resolve_function(judge)
+    except RewardSourceError as exc:
+        raise ConfigError(f"judge: {exc}", key="judge") from exc
+
+
+def _judge_scores(judge: Callable[..., Any], prompts: list[str], completions: list[str]) -> list:
+    out = judge(list(prompts), list(completions))
+    scores = [float(x) for x in out]
+    if len(scores) != len(prompts):
+        raise ValueError(
+            f"judge returned {len(scores)} scores for {len(prompts)} completions; it must "
+            f"return one float per (prompt, completion)"
+        )
+    return scores
+
+
+def _prompt_order(num_prompts: int, num_pairs: int | None, seed: int) -> tuple[list[int], int]:
+    """Prompt indices to try, and how many pairs are wanted.
+
+    None: every prompt once, in order. Otherwise seeded shuffled cycles over the prompts, up to
+    ``4 * num_pairs`` tries (ties are dropped, so more tries than pairs are needed).
+    """
+    import numpy as np
+
+    if num_pairs is None:
+        return list(range(num_prompts)), num_prompts
+    rng = np.random.default_rng(seed)
+    cycles = math.ceil(4 * num_pairs / num_prompts)
+    order = [int(i) for _ in range(cycles) for i in rng.permutation(num_prompts)]
+    return order[: 4 * num_pairs], num_pairs
+
+
+def _write_pairs(
+    rows: dict[str, list[Any]], out_path: str | os.PathLike[str], **metadata: Any
+) -> Path:
+    """Writes the pair columns as Parquet, with ``rayrm.*`` schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = [pa.string()] * 3 + [pa.float64()] * 2
+    table = pa.table({c: pa.array(rows[c], t) for c, t in zip(PAIR_COLUMNS, types, strict=True)})
+    table = table.replace_schema_metadata({f"rayrm.{k}": str(v) for k, v in metadata.items()})
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    return out
+
+
+def build_preference_pairs(
+    policy: str | os.PathLike[str],
+    prompts: str | os.PathLike[str] | Sequence[str],
+    judge: str | Callable[[list[str], list[str]], Sequence[float]],
+    out_path: str | os.PathLike[str],
+    *,
+    num_pairs: int | None = None,
+    prompt_column: str = "prompt",
+    max_new_tokens: int = 32,
+    max_prompt_tokens: int = 64,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    batch_size: int = 32,
+    min_margin: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Samples two completions per prompt, lets a judge pick one, writes the pairs as Parquet.
+
+    Each prompt gets two independent samples from the policy (KV-cached, as in PPO's
+    sampler); the judge scores both and the higher one becomes ``chosen``. Pairs whose scores
+    differ by ``min_margin`` or less (ties), or whose two completions are identical, carry no
+    preference and are dropped.
+
+    Args:
+        policy: Hugging Face causal-LM directory, or a rayrm run folder / checkpoint.
+        prompts: Prompts file (``.parquet``/``.jsonl``, column ``prompt_column``) or a list.
+        judge: ``"module:function"`` (or a callable) with the reward signature
+            ``fn(prompts, completions) -> list[float]``; higher is better.
+        out_path: Parquet file to write (parent directories are created).
+        num_pairs: Pairs wanted. None: one attempt per prompt, in file order. Otherwise
+            prompts are drawn in a seeded shuffled cycle until ``num_pairs`` pairs are kept
+            or ``4 * num_pairs`` prompts were tried.
+        prompt_column: Column of the prompts file holding the prompts.
+        max_new_tokens: Completion length limit in tokens.
+        max_prompt_tokens: Prompts are cut to their last this many tokens for sampling.
+        temperature, top_k, top_p: Sampling settings (0 / 1.0 turn top-k / top-p off).
+        batch_size: Prompts per sampling batch (each batch decodes ``2 * batch_size`` rows).
+        min_margin: Pairs with ``|score_a - score_b| <= min_margin`` are dropped.
+        seed: Seed of the prompt order and the sampling.
+        progress: Show a progress bar on stderr.
+
+    Returns:
+        ``{"path", "num_pairs", "num_attempts", "num_dropped", "chosen_score_mean",
+        "rejected_score_mean"}``.
+
+    Raises:
+        ConfigError: A missing file or column, or a judge that cannot be imported.
+    """
+    from tqdm.auto import tqdm
+
+    from rayrm.models.decoding import sample_completions
+
+    if isinstance(prompts, str | os.PathLike):
+        table = read_table(prompts, key="prompts")
+        prompt_list = string_column(table, prompt_column, path=str(prompts), key="prompt_column")
+    else:
+        prompt_list = list(prompts)
+    if not prompt_list:
+        raise ConfigError("prompts: no prompts given", key="prompts")
+    if num_pairs is not None and num_pairs < 1:
+        raise ConfigError(f"num_pairs must be >= 1 (got {num_pairs})", key="num_pairs")
+    judge_fn = _resolve_judge(judge)
+    model, codec = _load_policy(policy, max_prompt_tokens)
+
+    order, wanted = _prompt_order(len(prompt_list), num_pairs, seed)
+    rows: dict[str, list[Any]] = {c: [] for c in PAIR_COLUMNS}
+    attempts = dropped = 0
+    bar = tqdm(total=wanted, desc="pairs", unit="pair", disable=not progress)
+    for step, start in enumerate(range(0, len(order), batch_size)):
+        if len(rows["prompt"]) >= wanted:
+            break
+        batch = [prompt_list[i] for i in order[start : start + batch_size]]
+        completions = sample_completions(
+            model,
+            codec,
+            batch + batch,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed * 1_000_003 + step,
+        )
+        a, b = completions[: len(batch)], completions[len(batch) :]
+        scores = _judge_scores(judge_fn, batch + batch, a + b)
+        for i, prompt in enumerate(batch):
+            if len(rows["prompt"]) >= wanted:
+                break
+            attempts += 1
+            sa, sb = scores[i], scores[len(batch) + i]
+            if a[i] == b[i] or abs(sa - sb) <= min_margin:
+                dropped += 1
+                continue
+            (chosen, sc), (rejected, sr) = sorted([(a[i], sa), (b[i], sb)], key=lambda x: -x[1])
+            for col, value in zip(PAIR_COLUMNS, (prompt, chosen, rejected, sc, sr), strict=True):
+                rows[col].append(value)
+            bar.update(1)
+    bar.close()
+
+    judge_name = judge if isinstance(judge, str) else getattr(judge, "__qualname__", "callable")
+    out = _write_pairs(rows, out_path, policy=os.fspath(policy), judge=judge_name, seed=seed)
+
+    def mean(xs: list[float]) -> float:
+        return float(sum(xs) / len(xs)) if xs else float("nan")
+
+    return {
+        "path": str(out),
+        "num_pairs": len(rows["prompt"]),
+        "num_attempts": attempts,
+        "num_dropped": dropped,
+        "chosen_score_mean": mean(rows["chosen_score"]),
+        "rejected_score_mean": mean(rows["rejected_score"]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: rayrm data inspect / rayrm data pairs
+# ---------------------------------------------------------------------------------------------
+
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``rayrm data inspect PATH [--tokenizer DIR] [--max-rows N] [--json]``."""
+    parser.add_argument("path", help="dataset file (.parquet, .jsonl, .json, .txt)")
+    parser.add_argument(
+        "--tokenizer", default=None, help="tokenizer (or model) directory: adds token lengths"
+    )
+    parser.add_argument("--max-rows", type=int, default=None, help="measure only the first N rows")
+    parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
+
+
+def inspect_main(args: argparse.Namespace) -> int:
+    """``rayrm data inspect``; ConfigError propagates (the CLI turns it into exit code 2)."""
+    if args.tokenizer is not None and not os.path.isdir(args.tokenizer):
+        raise ConfigError(f"--tokenizer {args.tokenizer!r} is not a directory", key="tokenizer")
+    stats = inspect_dataset(args.path, args.tokenizer, max_rows=args.max_rows)
+    print(json.dumps(stats, indent=2) if args.json else format_inspection(stats))
+    return 0
+
+
+def add_pairs_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``rayrm data pairs --policy DIR --prompts FILE --judge MOD:FN --out FILE``."""
+    parser.add_argument(
+        "--policy", required=True, help="Hugging Face causal-LM dir, or a rayrm run/checkpoint"
+    )
+    parser.add_argument("--prompts", required=True, help="prompts file (.parquet/.jsonl)")
+    parser.add_argument(
+        "--judge", required=True, help="'module:function' scoring fn(prompts, completions)"
+    )
+    parser.add_argument("--out", required=True, help="Parquet file to write")
+    parser.add_argument(
+        "--num-pairs", type=int, default=None, help="pairs wanted (default: one try per prompt)"
+    )
+    parser.add_argument("--prompt-column", default="prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-prompt-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--min-margin", type=float, default=0.0, help="drop pairs whose scores differ by <= this"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def pairs_main(args: argparse.Namespace) -> int:
+    """``rayrm data pairs``; ConfigError propagates (the CLI turns it into exit code 2)."""
+    summary = build_preference_pairs(
+        args.policy,
+        args.prompts,
+        args.judge,
+        args.out,
+        num_pairs=args.num_pairs,
+        prompt_column=args.prompt_column,
+        max_new_tokens=args.max_new_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        min_margin=args.min_margin,
+        seed=args.seed,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(
+        f"wrote {summary['num_pairs']} pairs to {summary['path']} "
+        f"({summary['num_attempts']} prompts tried, {summary['num_dropped']} ties dropped; "
+        f"judge score chosen {summary['chosen_score_mean']:.3f} vs rejected "
+        f"{summary['rejected_score_mean']:.3f})"
+    )
+    return 0
