@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from rayrm.config.run import ConfigError
+from rayrm.config import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,6 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--greedy", action="store_true")
     g.add_argument("--seed", type=int, default=0)
 
+    c = sub.add_parser("config", help="config tools")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    cs = csub.add_parser(
+        "schema", help="print the JSON Schema of the config files (for editors' completion)"
+    )
+    cs.add_argument(
+        "--kind",
+        choices=("run", "sft", "rm"),
+        default="run",
+        help="run (train/tune), sft or rm (train-rm) configs (default: %(default)s)",
+    )
+
     e = sub.add_parser("export", help="write the policy as a Hugging Face model directory")
     e.add_argument("run", help="run folder, trial folder or checkpoint")
     e.add_argument("out_dir")
@@ -167,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             ):
                 for c in completions:
                     print(f"{prompt}\x1b[1m{c}\x1b[0m" if sys.stdout.isatty() else f"{prompt}{c}")
+            return 0
+        if args.command == "config":
+            from rayrm.config.schema import dumps
+
+            sys.stdout.write(dumps(args.kind))
             return 0
         if args.command == "export":
             from rayrm.rl.checkpoint import export_policy

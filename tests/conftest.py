@@ -56,7 +56,7 @@ def ray_local():
 
 def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sections: dict):
     """A small valid RunConfig for tests; ``sections`` update individual sections."""
-    from rayrm.config.run import config_from_dict
+    from rayrm.config import config_from_dict
 
     d = {
         "name": "test",

@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rayrm.config.run import ConfigError
+from rayrm.config import ConfigError
 from rayrm.config.stage import RMConfig, SFTConfig, stage_config_from_dict
 from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
 from rayrm.rewards.pool import RewardModelActor

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rayrm.config.run import (
+from rayrm.config import (
     ConfigError,
     RunConfig,
     config_from_dict,

@@ -11,7 +11,7 @@ import pytest
 
 from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
 from envs.prompts import write_prompts_jsonl
-from rayrm.config.run import ConfigError
+from rayrm.config import ConfigError
 from rayrm.stages.preference_data import (
     PAIR_COLUMNS,
     add_inspect_arguments,

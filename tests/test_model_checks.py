@@ -14,7 +14,7 @@ import yaml
 from conftest import REPO
 
 from envs.prompts import write_prompts_jsonl
-from rayrm.config.run import ConfigError, config_from_dict
+from rayrm.config import ConfigError, config_from_dict
 from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
 
 

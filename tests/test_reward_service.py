@@ -21,7 +21,7 @@ import yaml
 from conftest import make_config
 
 from rayrm import metrics as M
-from rayrm.config.run import ConfigError
+from rayrm.config import ConfigError
 from rayrm.demo.reference_task import build_mean_value_reward_model
 from rayrm.rewards.compose import shared_actor_names
 from rayrm.rewards.pool import RewardSourceError, pool_from_config
@@ -126,7 +126,8 @@ def test_two_jobs_share_the_service_and_it_stops_cleanly(ray_local, service_conf
 
     # A job whose reward section names another model cannot join by the same name.
     other = load_reward_config(service_config)
-    other.components[0]["path"] = other.components[1]["members"][1]
+    first = other.components[0].model_copy(update={"path": other.components[1].members[1]})
+    other = other.model_copy(update={"components": [first, *other.components[1:]]})
     with pytest.raises(RewardSourceError, match="already serves model"):
         pool_from_config(other, name=NAME)
 

@@ -19,7 +19,7 @@ import torch
 
 from envs.text_generation import TextGenerationEnv
 from rayrm import metrics as M
-from rayrm.config.run import ConfigError, config_from_dict, resolve_paths, validate_paths
+from rayrm.config import ConfigError, config_from_dict, resolve_paths, validate_paths
 from rayrm.demo.reference_task import (
     build_mean_value_reward_model,
     last_word_rows,
@@ -326,8 +326,8 @@ def test_paths_of_components_are_resolved_and_checked(workdir: Path, rms: dict[s
         ],
     )
     cfg = checked(d)
-    assert cfg.reward.components[0]["path"] == rms["vowels"]
-    assert cfg.reward.components[1]["members"][0] == rms["vowels"]
+    assert cfg.reward.components[0].path == rms["vowels"]  # typed components
+    assert cfg.reward.components[1].members[0] == rms["vowels"]
     assert cfg.reward.num_actor_pools == 3 and not cfg.reward.needs_references
     assert resolve_paths(cfg) == cfg
     bad = [

@@ -17,7 +17,7 @@ import yaml
 from conftest import REPO
 
 from envs.builtin import BUILTIN_PROMPTS, VOWELS, build_char_tokenizer
-from rayrm.config.run import ConfigError
+from rayrm.config import ConfigError
 from rayrm.config.stage import RMConfig, load_stage_config, stage_config_from_dict
 from rayrm.models.tiny import build_tiny_reward_model
 from rayrm.rewards.pool import RewardPool
@@ -150,8 +150,9 @@ def test_config_errors_name_the_key(tmp_path, tiny_policy_dir):
     e = error(model={"path": str(two_labels)})
     assert e.key == "model.path" and "num_labels=1" in str(e)
 
-    cfg = stage_config_from_dict(RMConfig, rm_dict(tiny_policy_dir, str(data), tmp_path))
-    cfg.data.chosen_column = "better"
+    d = rm_dict(tiny_policy_dir, str(data), tmp_path)
+    d["data"] = {**d["data"], "chosen_column": "better"}  # configs are frozen: build another
+    cfg = stage_config_from_dict(RMConfig, d)
     with pytest.raises(ConfigError) as e:
         load_pairs(cfg, prepare_tokenizer(build_char_tokenizer()))
     assert e.value.key == "data.chosen_column" and "better" in str(e.value)
@@ -162,7 +163,7 @@ def test_example_config_documents_every_key():
     raw["model"]["path"], raw["data"]["path"], raw["output"]["dir"] = "m", "d.jsonl", "o"
     cfg = stage_config_from_dict(RMConfig, raw)
     for section in ("model", "data", "train", "resources", "output"):
-        assert set(raw[section]) == set(getattr(cfg, section).__dataclass_fields__)
+        assert set(raw[section]) == set(type(getattr(cfg, section)).model_fields)
     with pytest.raises(ConfigError) as e:
         load_stage_config(RMConfig, REPO / "jobs/configs/rm_example.yaml", check_paths=False)
     assert e.value.key == "model.path" and "required" in str(e.value)

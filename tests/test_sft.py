@@ -18,7 +18,7 @@ import yaml
 from conftest import REPO
 
 from envs.builtin import build_char_tokenizer
-from rayrm.config.run import ConfigError
+from rayrm.config import ConfigError
 from rayrm.config.stage import SFTConfig, load_stage_config, stage_config_from_dict
 from rayrm.stages import trainer as stages
 from rayrm.stages.sft import (
@@ -197,7 +197,7 @@ def test_example_config_documents_every_key():
     cfg = stage_config_from_dict(SFTConfig, raw)  # unknown keys would raise
     assert cfg.train.epochs == 1
     for section in ("model", "data", "train", "resources", "output"):
-        assert set(raw[section]) == set(getattr(cfg, section).__dataclass_fields__)
+        assert set(raw[section]) == set(type(getattr(cfg, section)).model_fields)
 
 
 def test_cli_arguments():

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_config
 from ray import tune
 
-from rayrm.config.run import config_from_dict
+from rayrm.config import config_from_dict
 from rayrm.experiment.sweep import param_space
 from rayrm.rl.algorithm import build_algo_config
 

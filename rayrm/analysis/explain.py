@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from envs.tokenization import PromptCodec
-from rayrm.config.run import ConfigError
+from rayrm.config import ConfigError
 
 GREEN, RED, BOLD, RESET = "\x1b[32m", "\x1b[31m", "\x1b[1m", "\x1b[0m"
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from rayrm import metrics as M
-from rayrm.config.run import RunConfig
+from rayrm.config import RunConfig
 
 REPORT_FILE = "report.md"
 

@@ -192,7 +192,7 @@ def model_info(spec: BenchSpec, workload: Workload) -> dict[str, Any]:
 
 def run_config(spec: BenchSpec, workload: Workload, storage: str) -> Any:
     """The rayrm RunConfig of one benchmark configuration."""
-    from rayrm.config.run import config_from_dict
+    from rayrm.config import config_from_dict
 
     reward: dict[str, Any] = {"num_cpus_per_actor": 0.5, "batch_size": spec.batch_size}
     if workload.reward is not None:

@@ -1,94 +1,43 @@
-"""The one run config: typed sections and their validation (YAML and files: ``config_io``).
+"""The run config: everything one ``rayrm train``/``rayrm tune`` run is told.
 
-Everything a run can be told lives here, documented once in the ``Attributes`` section of its
-dataclass; one YAML file fills :class:`RunConfig`. The config is checked completely *before* Ray
-starts, so this module must stay cheap to import: no ``ray``, no ``torch``.
-
-Checks come in two layers:
-
-* :meth:`RunConfig.validate` -- types, enum values, numeric ranges and cross-field relations.
-  It never touches the filesystem, so Ray workers can rebuild a config with
-  ``config_from_dict(d)`` anywhere.
-* :func:`rayrm.config.io.validate_paths` -- model/tokenizer/critic/reward directories and the
-  prompts file exist, and ``reward.function`` is importable. :func:`rayrm.config.io.load_config`
-  runs it after making every path absolute, so the resolved config saved beside a checkpoint is
-  self-contained. (Both are also reachable as ``rayrm.config.run.load_config`` etc.)
-
-Every problem is raised as one :class:`ConfigError` whose one-line message names the dotted key
-(``ppo.batch_size``) or the file.
+Typed sections, each documented once in the ``Attributes`` of its class; one YAML file fills
+:class:`RunConfig`. Types, enum values and ranges are checked when the config is built
+(``rayrm.config.base.build``); :meth:`RunConfig.check` adds the relations between fields. Paths
+and imports are checked by ``rayrm.config.checks``, YAML and ``--set`` by ``rayrm.config.io``.
+This module must stay cheap to import: no ``ray``, no ``torch``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import math
-import os
-import re
-import types
-import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
+from pydantic import Field
+
+from rayrm.config.base import ConfigError, NonEmptyStr, Section
+from rayrm.config.reward import FUNCTION_RE, RewardConfig, check_reward
 
 __all__ = [
     "PROMPT_SUFFIXES",
-    "REQUIRED",
-    "ConfigError",
+    "SAMPLERS",
     "DataConfig",
+    "EvalSettings",
     "GenerationConfig",
     "ModelConfig",
     "PPOConfig",
     "ResourcesConfig",
-    "RewardComponent",
-    "RewardConfig",
     "RunConfig",
     "RunSettings",
-    "config_from_dict",
+    "TuneSettings",
 ]
-
-_T = TypeVar("_T")
-
-REQUIRED = "???"
-"""A value that marks a required key as not filled in yet (as written in example configs)."""
 
 PROMPT_SUFFIXES = (".parquet", ".jsonl", ".json")
 """File extensions that ``data.prompts`` may have."""
 
-_FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_COMPONENT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
-
-class ConfigError(ValueError):
-    """A problem with the run config, explained in one line.
-
-    Attributes:
-        key: Dotted key the problem is about (e.g. ``"ppo.batch_size"``), or None when the
-            problem is with the file itself.
-    """
-
-    def __init__(self, message: str, *, key: str | None = None) -> None:
-        super().__init__(" ".join(message.split()))  # one line, whatever the cause said
-        self.key = key
-
-
-def _bounded(
-    default: _T, *, ge: float | None = None, gt: float | None = None, le: float | None = None
-) -> _T:
-    """A dataclass field with a numeric range that :meth:`RunConfig.validate` checks."""
-    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le})
-
-
-# ---------------------------------------------------------------------------------------------
-# Sections
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(kw_only=True)
-class ModelConfig:
+class ModelConfig(Section):
     """The policy (and critic) to fine-tune.
 
     Attributes:
@@ -108,10 +57,10 @@ class ModelConfig:
             about a third more update time.
     """
 
-    path: str
-    tokenizer_path: str | None = None
+    path: NonEmptyStr
+    tokenizer_path: NonEmptyStr | None = None
     critic: Literal["shared", "separate"] = "shared"
-    critic_path: str | None = None
+    critic_path: NonEmptyStr | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
 
@@ -129,8 +78,7 @@ class ModelConfig:
         return self.critic_path if self.critic_path is not None else self.path
 
 
-@dataclass(kw_only=True)
-class DataConfig:
+class DataConfig(Section):
     """The prompts sampled each iteration.
 
     Attributes:
@@ -151,16 +99,15 @@ class DataConfig:
             reward needs references.
     """
 
-    prompts: str
-    prompt_column: str = "prompt"
-    messages_column: str = "messages"
+    prompts: NonEmptyStr
+    prompt_column: NonEmptyStr = "prompt"
+    messages_column: NonEmptyStr = "messages"
     chat_template: bool = False
-    max_prompt_tokens: int = _bounded(32, ge=1)
-    reference_column: str = "reference"
+    max_prompt_tokens: int = Field(32, ge=1)
+    reference_column: NonEmptyStr = "reference"
 
 
-@dataclass(kw_only=True)
-class GenerationConfig:
+class GenerationConfig(Section):
     """How completions are sampled from the policy.
 
     Attributes:
@@ -176,159 +123,15 @@ class GenerationConfig:
             reads keeps the stop string and drops what the last token added after it.
     """
 
-    max_new_tokens: int = _bounded(16, ge=1)
-    temperature: float = _bounded(1.0, gt=0)
-    top_k: int = _bounded(0, ge=0)
-    top_p: float = _bounded(1.0, gt=0, le=1)
-    stop_token_ids: list[int] = field(default_factory=list)
-    stop_strings: list[str] = field(default_factory=list)
+    max_new_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop_token_ids: list[int] = Field(default_factory=list)
+    stop_strings: list[NonEmptyStr] = Field(default_factory=list)
 
 
-@dataclass(kw_only=True)
-class RewardConfig:
-    """Where scores come from and how they are shaped.
-
-    Attributes:
-        source: ``model`` scores with a reward model at ``path``; ``function`` calls
-            ``function`` on the decoded texts; ``metric`` compares each completion with its
-            prompt's reference (``data.reference_column``) by ``metric``; ``ensemble`` scores
-            with every reward model in ``members`` and combines them by ``combine``;
-            ``composite`` is the weighted sum of ``components``.
-        path: Reward-model directory. Required with ``source=model``; ignored otherwise.
-            Reward models read prompt + completion as text through *their own* tokenizer (and,
-            for conversations, their own chat template), so they need not share the policy's.
-        tokenizer_path: Tokenizer directory for reward models whose directory has none
-            (ensemble members too); None uses each model's own directory.
-        function: ``"module:function"`` scoring callable. Required with ``source=function``;
-            ignored otherwise. A function with a ``references`` parameter also receives the
-            prompts' reference texts.
-        metric: ``chrf`` or ``bleu`` (sacrebleu, sentence level, scaled to [0, 1]; see
-            ``rayrm.rewards.text_metrics``). Used with ``source=metric``. Metrics score in the
-            trial process (a few ms per batch), not in actors.
-        members: Reward-model directories of an ensemble (at least two; each in its own
-            ``num_actors`` actors, all scored in parallel). Only with ``source=ensemble``.
-        combine: How an ensemble's member scores become one: ``mean``, ``min`` (the most
-            pessimistic member) or ``mean_minus_std`` (mean − ``uncertainty_coef`` · std over
-            members, the population std; penalises disagreement, Coste et al. 2023,
-            https://arxiv.org/abs/2310.02743). Each member's mean and the std are logged
-            (``reward/member/<i>``, ``reward/disagreement``).
-        uncertainty_coef: k in mean − k·std.
-        components: Terms of a composite reward, each a mapping with ``name`` (unique;
-            logged as ``reward/component/<name>``, the unweighted score), ``weight`` (default
-            1.0), ``source`` (``model``, ``function``, ``metric`` or ``ensemble``) and that
-            source's keys (``path``, ``function``, ``metric``, ``members``, ``combine``,
-            ``uncertainty_coef``); see :class:`RewardComponent`. Actor settings
-            (``num_actors`` ...) apply to every model/function component and ensemble member.
-            Only with ``source=composite``.
-        num_actors: Reward actors that score in parallel.
-        batch_size: Texts per reward-model forward pass.
-        num_cpus_per_actor: CPUs reserved for each reward actor.
-        num_gpus_per_actor: GPUs (fractions allowed) reserved for each reward actor.
-        custom_resources_per_actor: Custom Ray resources each reward actor needs (e.g.
-            ``{rayrm_reward: 1}`` to place it on the reward node type of cluster.yaml).
-        pool_name: Score through the SHARED pool of this name (detached named actors in the
-            ``rayrm`` Ray namespace, created on first use) instead of private actors; e.g. a
-            ``rayrm serve-rm`` reward service started from the same reward section. Ensemble
-            members and composite components get sub-pools ``<pool_name>.<component>``.
-        shared_in_sweeps: ``rayrm tune`` runs one shared pool for all its trials (N
-            concurrent trials do not load N copies of a reward model).
-        max_length: Prompt plus completion are truncated to this many reward-model tokens.
-        clip: If set, scores are clipped to ``[-clip, clip]`` after normalisation.
-        normalize: Whiten scores with a running mean and standard deviation.
-        length_penalty: Subtracted per completion token beyond ``target_length``:
-            ``length_penalty · max(0, n − target_length)``, n = generated tokens without EOS.
-            Applies to any source, before normalisation; logged as ``reward/penalty/length``.
-        target_length: Completion tokens allowed before ``length_penalty`` starts.
-        missing_eos_penalty: If set, subtracted from every completion that ended at
-            ``generation.max_new_tokens`` instead of with EOS (the episode was truncated, not
-            terminated); logged as ``reward/penalty/missing_eos``. Not applied to held-out
-            evaluation samples, whose ending is not recorded.
-    """
-
-    source: Literal["model", "function", "metric", "ensemble", "composite"] = "function"
-    path: str | None = None
-    tokenizer_path: str | None = None
-    function: str | None = "envs.builtin:vowel_reward"
-    metric: Literal["chrf", "bleu"] = "chrf"
-    members: list[str] = field(default_factory=list)
-    combine: Literal["mean", "min", "mean_minus_std"] = "mean"
-    uncertainty_coef: float = _bounded(1.0, ge=0)
-    components: list[dict[str, Any]] = field(default_factory=list)
-    num_actors: int = _bounded(1, ge=1)
-    batch_size: int = _bounded(32, ge=1)
-    num_cpus_per_actor: float = _bounded(1.0, ge=0)
-    num_gpus_per_actor: float = _bounded(0.0, ge=0)
-    custom_resources_per_actor: dict[str, Any] = field(default_factory=dict)
-    pool_name: str | None = None
-    shared_in_sweeps: bool = True
-    max_length: int = _bounded(512, ge=1)
-    clip: float | None = _bounded(None, gt=0)
-    normalize: bool = False
-    length_penalty: float = _bounded(0.0, ge=0)
-    target_length: int = _bounded(0, ge=0)
-    missing_eos_penalty: float | None = _bounded(None, ge=0)
-
-    @property
-    def component_configs(self) -> list[RewardComponent]:
-        """``components`` as typed entries (each checked like a section of its own)."""
-        return [
-            _build(RewardComponent, c, f"reward.components[{i}]")
-            for i, c in enumerate(self.components)
-        ]
-
-    @property
-    def needs_references(self) -> bool:
-        """Whether a metric source (top-level or component) compares with references."""
-        if self.source == "composite":
-            return any(c.get("source") == "metric" for c in self.components)
-        return self.source == "metric"
-
-    @property
-    def num_actor_pools(self) -> int:
-        """Groups of ``num_actors`` reward actors this reward runs (metrics need none)."""
-
-        def pools(source: Any, members: Any) -> int:
-            if source == "ensemble":
-                return len(members or [])
-            return 1 if source in ("model", "function") else 0
-
-        if self.source == "composite":
-            return sum(pools(c.get("source"), c.get("members")) for c in self.components)
-        return pools(self.source, self.members)
-
-
-@dataclass(kw_only=True)
-class RewardComponent:
-    """One term of a composite reward: an entry of ``reward.components``.
-
-    Attributes:
-        name: Unique within the composite; letters, digits, ``_`` and ``-``. The component's
-            unweighted score is logged as ``reward/component/<name>``.
-        weight: Its coefficient in the weighted sum (negative weights penalise).
-        source: ``model``, ``function``, ``metric`` or ``ensemble`` (composites do not nest).
-        path: As ``reward.path``, for ``source=model``.
-        tokenizer_path: As ``reward.tokenizer_path``, for this component's reward models.
-        function: As ``reward.function``, for ``source=function``.
-        metric: As ``reward.metric``, for ``source=metric``.
-        members: As ``reward.members``, for ``source=ensemble``.
-        combine: As ``reward.combine``, for ``source=ensemble``.
-        uncertainty_coef: As ``reward.uncertainty_coef``, for ``source=ensemble``.
-    """
-
-    name: str
-    weight: float = 1.0
-    source: Literal["model", "function", "metric", "ensemble"]
-    path: str | None = None
-    tokenizer_path: str | None = None
-    function: str | None = None
-    metric: Literal["chrf", "bleu"] = "chrf"
-    members: list[str] = field(default_factory=list)
-    combine: Literal["mean", "min", "mean_minus_std"] = "mean"
-    uncertainty_coef: float = _bounded(1.0, ge=0)
-
-
-@dataclass(kw_only=True)
-class PPOConfig:
+class PPOConfig(Section):
     """PPO with a per-token KL penalty against the frozen reference policy.
 
     Attributes:
@@ -357,22 +160,22 @@ class PPOConfig:
             forward round differently and the first ratio would not be exactly 1.
     """
 
-    batch_size: int = _bounded(16, ge=1)
-    num_minibatches: int = _bounded(2, ge=1)
-    num_epochs: int = _bounded(2, ge=1)
-    lr: float = _bounded(1.0e-5, gt=0)
-    gamma: float = _bounded(1.0, ge=0, le=1)
-    gae_lambda: float = _bounded(0.95, ge=0, le=1)
-    clip_ratio: float = _bounded(0.2, gt=0)
-    value_clip: float | None = _bounded(0.2, gt=0)
-    vf_coef: float = _bounded(0.1, ge=0)
-    entropy_coef: float = _bounded(0.0, ge=0)
-    max_grad_norm: float | None = _bounded(1.0, gt=0)
-    kl_coef: float = _bounded(0.05, ge=0)
+    batch_size: int = Field(16, ge=1)
+    num_minibatches: int = Field(2, ge=1)
+    num_epochs: int = Field(2, ge=1)
+    lr: float = Field(1.0e-5, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip_ratio: float = Field(0.2, gt=0)
+    value_clip: float | None = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    entropy_coef: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    kl_coef: float = Field(0.05, ge=0)
     adaptive_kl: bool = False
-    target_kl: float = _bounded(6.0, gt=0)
-    kl_horizon: int = _bounded(10000, gt=0)
-    forward_batch_size: int | None = _bounded(None, ge=1)
+    target_kl: float = Field(6.0, gt=0)
+    kl_horizon: int = Field(10000, gt=0)
+    forward_batch_size: int | None = Field(None, ge=1)
     recompute_logp: bool | None = None
 
     @property
@@ -381,8 +184,7 @@ class PPOConfig:
         return self.batch_size // self.num_minibatches
 
 
-@dataclass(kw_only=True)
-class ResourcesConfig:
+class ResourcesConfig(Section):
     """Ray resources for sampling and learning.
 
     Attributes:
@@ -400,19 +202,18 @@ class ResourcesConfig:
         custom_resources_per_learner: Likewise for learners (e.g. ``{rayrm_learner: 1}``).
     """
 
-    num_env_runners: int = _bounded(0, ge=0)
-    num_cpus_per_env_runner: float = _bounded(1.0, ge=0)
-    num_gpus_per_env_runner: float = _bounded(0.0, ge=0)
-    num_learners: int = _bounded(0, ge=0)
-    num_cpus_per_learner: float = _bounded(1.0, ge=0)
-    num_gpus_per_learner: float = _bounded(0.0, ge=0)
+    num_env_runners: int = Field(0, ge=0)
+    num_cpus_per_env_runner: float = Field(1.0, ge=0)
+    num_gpus_per_env_runner: float = Field(0.0, ge=0)
+    num_learners: int = Field(0, ge=0)
+    num_cpus_per_learner: float = Field(1.0, ge=0)
+    num_gpus_per_learner: float = Field(0.0, ge=0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    custom_resources_per_env_runner: dict[str, Any] = field(default_factory=dict)
-    custom_resources_per_learner: dict[str, Any] = field(default_factory=dict)
+    custom_resources_per_env_runner: dict[str, Any] = Field(default_factory=dict)
+    custom_resources_per_learner: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass(kw_only=True)
-class RunSettings:
+class RunSettings(Section):
     """Length, checkpointing and storage of the run.
 
     Attributes:
@@ -424,15 +225,14 @@ class RunSettings:
             last checkpoint before the run gives up.
     """
 
-    num_iterations: int = _bounded(20, ge=1)
-    checkpoint_every: int = _bounded(5, ge=1)
-    storage_path: str = "./rayrm_runs"
-    num_cpus: int | None = _bounded(None, ge=1)
-    max_failures: int = _bounded(2, ge=0)
+    num_iterations: int = Field(20, ge=1)
+    checkpoint_every: int = Field(5, ge=1)
+    storage_path: NonEmptyStr = "./rayrm_runs"
+    num_cpus: int | None = Field(None, ge=1)
+    max_failures: int = Field(2, ge=0)
 
 
-@dataclass(kw_only=True)
-class EvalSettings:
+class EvalSettings(Section):
     """Held-out evaluation: proxy reward next to an independent gold scorer, and the report.
 
     Reward models can be over-optimised (Gao et al. 2022, https://arxiv.org/abs/2210.10760):
@@ -450,20 +250,19 @@ class EvalSettings:
         report_samples: Prompts in the report's before/after completion table.
     """
 
-    prompts: str | None = None
-    num_prompts: int = _bounded(32, ge=1)
-    every: int = _bounded(5, ge=0)
-    gold_function: str | None = None
+    prompts: NonEmptyStr | None = None
+    num_prompts: int = Field(32, ge=1)
+    every: int = Field(5, ge=0)
+    gold_function: NonEmptyStr | None = None
     report: bool = True
-    report_samples: int = _bounded(6, ge=0)
+    report_samples: int = Field(6, ge=0)
 
 
 SAMPLERS = ("grid", "choice", "uniform", "loguniform", "randint")
 """Search-space kinds for ``tune.search_space`` entries (Ray Tune's samplers of those names)."""
 
 
-@dataclass(kw_only=True)
-class TuneSettings:
+class TuneSettings(Section):
     """Hyperparameter sweep settings, used by ``rayrm tune`` (ignored by ``rayrm train``).
 
     Attributes:
@@ -483,19 +282,18 @@ class TuneSettings:
         perturbation_interval: PBT: iterations between exploit/explore steps.
     """
 
-    search_space: dict[str, Any] = field(default_factory=dict)
-    num_samples: int = _bounded(1, ge=1)
+    search_space: dict[str, Any] = Field(default_factory=dict)
+    num_samples: int = Field(1, ge=1)
     scheduler: Literal["fifo", "asha", "pbt"] = "asha"
-    metric: str = "reward/mean"
+    metric: NonEmptyStr = "reward/mean"
     mode: Literal["max", "min"] = "max"
-    max_concurrent_trials: int | None = _bounded(None, ge=1)
-    grace_period: int = _bounded(5, ge=1)
-    reduction_factor: float = _bounded(2.0, gt=1)
-    perturbation_interval: int = _bounded(5, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    grace_period: int = Field(5, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    perturbation_interval: int = Field(5, ge=1)
 
 
-@dataclass(kw_only=True)
-class RunConfig:
+class RunConfig(Section):
     """Everything one run is told; one YAML file fills it.
 
     Attributes:
@@ -512,17 +310,17 @@ class RunConfig:
         eval: See :class:`EvalSettings`.
     """
 
-    name: str = "rayrm"
-    seed: int = _bounded(0, ge=0)
+    name: NonEmptyStr = "rayrm"
+    seed: int = Field(0, ge=0)
     model: ModelConfig
     data: DataConfig
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    run: RunSettings = field(default_factory=RunSettings)
-    tune: TuneSettings = field(default_factory=TuneSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    generation: GenerationConfig = GenerationConfig()
+    reward: RewardConfig = RewardConfig()
+    ppo: PPOConfig = PPOConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    run: RunSettings = RunSettings()
+    tune: TuneSettings = TuneSettings()
+    eval: EvalSettings = EvalSettings()
 
     @property
     def envs_per_env_runner(self) -> int:
@@ -551,19 +349,14 @@ class RunConfig:
             return self.ppo.recompute_logp
         return self.model.dtype != "float32"
 
-    def validate(self) -> None:
-        """Checks every field's type, enum value and range, then the relations between fields.
+    def check(self) -> None:
+        """Checks the relations between fields (types and ranges are checked on building).
 
         Raises:
             ConfigError: On the first problem found, naming its dotted key.
         """
-        _check_fields(self, "")
         _check_relations(self)
         _check_search_space(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as plain nested dicts; ``config_from_dict(c.to_dict()) == c``."""
-        return dataclasses.asdict(self)
 
     def save_yaml(self, path: str | Path) -> None:
         """Writes the config as YAML that :func:`load_config` reads back.
@@ -577,95 +370,8 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Field checks shared by all sections
+# Relations between fields
 # ---------------------------------------------------------------------------------------------
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _split_optional(tp: Any) -> tuple[Any, bool]:
-    """``X | None`` -> ``(X, True)``; anything else -> ``(tp, False)``."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
-
-
-def _check_value(key: str, value: Any, tp: Any) -> None:
-    """Raises ConfigError unless ``value`` fits the annotation ``tp``."""
-    tp, optional = _split_optional(tp)
-    if value is None and optional:
-        return
-    or_null = " or null" if optional else ""
-    got = f"got {type(value).__name__} {value!r}"
-    if typing.get_origin(tp) is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices or not isinstance(value, str):
-            raise ConfigError(
-                f"{key} must be one of {', '.join(choices)}{or_null} ({got})", key=key
-            )
-    elif tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false{or_null} ({got})", key=key)
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer{or_null} ({got})", key=key)
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number{or_null} ({got})", key=key)
-        if not math.isfinite(value):
-            raise ConfigError(f"{key} must be finite ({got})", key=key)
-    elif typing.get_origin(tp) is dict:
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{key} must be a mapping with string keys ({got})", key=key)
-    elif tp is str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key} must be a non-empty string{or_null} ({got})", key=key)
-    elif typing.get_origin(tp) is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list{or_null} ({got})", key=key)
-        (item_tp,) = typing.get_args(tp)
-        for i, item in enumerate(value):
-            _check_value(f"{key}[{i}]", item, item_tp)
-    else:  # pragma: no cover - guards against a new field type nobody taught this function
-        raise TypeError(f"{key}: unsupported config field type {tp!r}")
-
-
-def _check_bounds(key: str, value: Any, bounds: Mapping[str, Any], optional: bool) -> None:
-    """Raises ConfigError unless ``value`` lies in the field's ``ge``/``gt``/``le`` range."""
-    ge, gt, le = bounds.get("ge"), bounds.get("gt"), bounds.get("le")
-    if value is None:
-        return
-    low_ok = (ge is None or value >= ge) and (gt is None or value > gt)
-    if low_ok and (le is None or value <= le):
-        return
-    low = gt if gt is not None else ge
-    if low is not None and le is not None:
-        rule = f"in {'(' if gt is not None else '['}{low:g}, {le:g}]"
-    elif le is not None:
-        rule = f"<= {le:g}"
-    else:
-        rule = f"{'>' if gt is not None else '>='} {low:g}"
-    or_null = " or null" if optional else ""
-    raise ConfigError(f"{key} must be {rule}{or_null} (got {value!r})", key=key)
-
-
-def _check_fields(obj: Any, prefix: str) -> None:
-    """Checks the type and range of every field of the dataclass ``obj``, sections included."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        tp = hints[f.name]
-        key, value = _join(prefix, f.name), getattr(obj, f.name)
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            if not isinstance(value, tp):
-                raise ConfigError(f"{key} must be a {tp.__name__} (got {value!r})", key=key)
-            _check_fields(value, key)
-            continue
-        _check_value(key, value, tp)
-        _check_bounds(key, value, f.metadata, optional=_split_optional(tp)[1])
 
 
 def _check_relations(cfg: RunConfig) -> None:
@@ -689,9 +395,9 @@ def _check_relations(cfg: RunConfig) -> None:
             f"data.prompts {cfg.data.prompts!r} must end with one of {', '.join(PROMPT_SUFFIXES)}",
             key="data.prompts",
         )
-    _check_reward(reward)
+    check_reward(reward)
     gold = cfg.eval.gold_function
-    if gold is not None and not _FUNCTION_RE.match(gold):
+    if gold is not None and not FUNCTION_RE.match(gold):
         raise ConfigError(
             f"eval.gold_function must look like 'module:function' (got {gold!r})",
             key="eval.gold_function",
@@ -719,78 +425,9 @@ def _check_relations(cfg: RunConfig) -> None:
         )
 
 
-def _check_source(prefix: str, source: str, path: Any, function: Any, members: list[str]) -> None:
-    """The keys one reward source needs (top-level ``reward`` or a component) are there."""
-    if source == "model" and path is None:
-        raise ConfigError(
-            f"{prefix}.path is required when {prefix}.source=model (the reward-model directory)",
-            key=f"{prefix}.path",
-        )
-    if source == "function" and function is None:
-        raise ConfigError(
-            f"{prefix}.function is required when {prefix}.source=function "
-            "(a 'module:function' callable, e.g. 'envs.builtin:vowel_reward')",
-            key=f"{prefix}.function",
-        )
-    if function is not None and not _FUNCTION_RE.match(function):
-        raise ConfigError(
-            f"{prefix}.function must look like 'module:function', e.g. "
-            f"'envs.builtin:vowel_reward' (got {function!r})",
-            key=f"{prefix}.function",
-        )
-    if source == "ensemble" and len(members) < 2:
-        raise ConfigError(
-            f"{prefix}.members needs at least two reward-model directories when "
-            f"{prefix}.source=ensemble (got {len(members)})",
-            key=f"{prefix}.members",
-        )
-    if source != "ensemble" and members:
-        raise ConfigError(
-            f"{prefix}.members is only used with {prefix}.source=ensemble (source is "
-            f"{source!r}): set the source or remove members",
-            key=f"{prefix}.members",
-        )
-
-
-def _check_reward(reward: RewardConfig) -> None:
-    """Each reward source has what it needs; composite components are checked one by one."""
-    _check_source("reward", reward.source, reward.path, reward.function, reward.members)
-    if reward.source != "composite":
-        if reward.components:
-            raise ConfigError(
-                f"reward.components is only used with reward.source=composite (source is "
-                f"{reward.source!r}): set the source or remove components",
-                key="reward.components",
-            )
-        return
-    if not reward.components:
-        raise ConfigError(
-            "reward.components needs at least one entry when reward.source=composite",
-            key="reward.components",
-        )
-    names: set[str] = set()
-    for i, comp in enumerate(reward.component_configs):
-        prefix = f"reward.components[{i}]"
-        _check_fields(comp, prefix)
-        if not _COMPONENT_NAME_RE.match(comp.name):
-            raise ConfigError(
-                f"{prefix}.name {comp.name!r} may hold only letters, digits, '_' and '-' "
-                f"(it names a metric and the component's actors)",
-                key=f"{prefix}.name",
-            )
-        if comp.name in names:
-            raise ConfigError(
-                f"{prefix}.name {comp.name!r} is used by an earlier component; names must be "
-                f"unique (each one is logged as reward/component/<name>)",
-                key=f"{prefix}.name",
-            )
-        names.add(comp.name)
-        _check_source(prefix, comp.source, comp.path, comp.function, comp.members)
-
-
 def _check_search_space(cfg: RunConfig) -> None:
     """Every ``tune.search_space`` entry names a real scalar key and a well-formed sampler."""
-    plain = dataclasses.asdict(cfg)
+    plain = cfg.to_dict()
     for key, spec in cfg.tune.search_space.items():
         where = f"tune.search_space.{key}"
         node: Any = plain
@@ -823,94 +460,3 @@ def _check_search_space(cfg: RunConfig) -> None:
                     f"needs a continuous range (uniform or loguniform)",
                     key=f"tune.search_space.{key}",
                 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Building from plain data
-# ---------------------------------------------------------------------------------------------
-
-
-def _unknown_key(key: str, name: str, valid: Sequence[str], where: str = "") -> ConfigError:
-    """The error for ``key`` (last part ``name``), suggesting the closest of ``valid``."""
-    close = difflib.get_close_matches(name, valid, n=1)
-    prefix = key[: len(key) - len(name)]
-    hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(valid)}"
-    return ConfigError(f"unknown key {key}{where} ({hint})", key=key)
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    """Widens what YAML and callers naturally write: ints for floats, Paths for strings."""
-    tp, _ = _split_optional(tp)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is str and isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
-def _build(cls: type[_T], data: Any, prefix: str) -> _T:
-    """Builds dataclass ``cls`` from a mapping, rejecting unknown keys and missing required ones."""
-    if data is None:  # a YAML section with every key commented out
-        data = {}
-    if not isinstance(data, Mapping):
-        what = f"section {prefix}" if prefix else "the config"
-        raise ConfigError(
-            f"{what} must be a mapping of keys to values (got {type(data).__name__} {data!r})",
-            key=prefix or None,
-        )
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for name in data:
-        if name not in fields:
-            raise _unknown_key(_join(prefix, str(name)), str(name), list(fields))
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        key, tp = _join(prefix, name), hints[name]
-        value = data.get(name, dataclasses.MISSING)
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, None if value is dataclasses.MISSING else value, key)
-            continue
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and (value is dataclasses.MISSING or value is None or value == REQUIRED):
-            raise ConfigError(f"{key} is required", key=key)
-        if value is not dataclasses.MISSING:
-            kwargs[name] = _coerce(value, tp)
-    return cls(**kwargs)
-
-
-def config_from_dict(d: Mapping[str, Any], *, check_paths: bool = False) -> RunConfig:
-    """Builds and validates a :class:`RunConfig` from plain nested mappings.
-
-    Args:
-        d: Sections and values, as in the YAML file (e.g. from :meth:`RunConfig.to_dict`).
-        check_paths: Also make paths absolute and check them with :func:`validate_paths`.
-            Leave False where the filesystem is not the user's (e.g. in Ray workers).
-
-    Returns:
-        The validated config.
-
-    Raises:
-        ConfigError: On the first problem found.
-    """
-    cfg = _build(RunConfig, d, "")
-    cfg.validate()
-    if check_paths:
-        from rayrm.config.io import resolve_paths, validate_paths
-
-        cfg = resolve_paths(cfg)
-        validate_paths(cfg)
-    return cfg
-
-
-_IO_NAMES = frozenset(
-    {"apply_override", "load_config", "resolve_paths", "validate_paths", "validate_reward_paths"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    """Lazy re-exports of :mod:`rayrm.config.io` (YAML, overrides, filesystem checks)."""
-    if name in _IO_NAMES:
-        from rayrm.config import io as config_io
-
-        return getattr(config_io, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

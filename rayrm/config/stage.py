@@ -2,39 +2,29 @@
 
 One YAML file describes one stage run and fills :class:`SFTConfig` (``rayrm sft``) or
 :class:`RMConfig` (``rayrm train-rm``); every key is documented once, in the ``Attributes``
-section of its dataclass. The conventions are those of :mod:`rayrm.config.run` (whose helpers this
-module reuses): unknown keys, missing required keys, wrong types and out-of-range values raise
-one :class:`~rayrm.config.run.ConfigError` naming the dotted key; ``--set key=value`` overrides any
-key; :func:`load_stage_config` makes every path absolute and checks it before Ray starts.
+section of its class. The conventions are those of the run config (``rayrm.config.base``):
+unknown keys, missing required keys, wrong types and out-of-range values raise one
+:class:`~rayrm.config.base.ConfigError` naming the dotted key; ``--set key=value`` overrides
+any key; :func:`load_stage_config` makes every path absolute and checks it before Ray starts.
 
-Like :mod:`rayrm.config.run`, this module must stay cheap to import: no ``ray``, no ``torch``.
+Cheap to import: no ``ray``, no ``torch``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
+from pydantic import Field
 
-from rayrm.config.io import (
-    _absolute,
-    _absolute_or_none,
-    _check_dir,
-    read_yaml_with_overrides,
-)
-from rayrm.config.run import (
-    ConfigError,
-    _bounded,
-    _build,
-    _check_fields,
-)
+from rayrm.config.base import ConfigError, NonEmptyStr, Section, build
+from rayrm.config.checks import check_dir
+from rayrm.config.io import absolute, absolute_or_none, read_yaml_with_overrides
 
 __all__ = [
     "PREFERENCE_SUFFIXES",
@@ -66,8 +56,7 @@ _C = TypeVar("_C", bound="StageConfig")
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(kw_only=True)
-class StageModelConfig:
+class StageModelConfig(Section):
     """The model a stage starts from.
 
     Attributes:
@@ -77,8 +66,8 @@ class StageModelConfig:
         tokenizer_path: Tokenizer directory; None means ``path``.
     """
 
-    path: str
-    tokenizer_path: str | None = None
+    path: NonEmptyStr
+    tokenizer_path: NonEmptyStr | None = None
 
     @property
     def resolved_tokenizer_path(self) -> str:
@@ -86,8 +75,7 @@ class StageModelConfig:
         return self.tokenizer_path if self.tokenizer_path is not None else self.path
 
 
-@dataclass(kw_only=True)
-class SFTDataConfig:
+class SFTDataConfig(Section):
     """The SFT corpus.
 
     Attributes:
@@ -108,17 +96,16 @@ class SFTDataConfig:
             token to learn are dropped.
     """
 
-    path: str
+    path: NonEmptyStr
     format: Literal["auto", "text", "prompt_response", "messages"] = "auto"
-    text_column: str = "text"
-    prompt_column: str = "prompt"
-    response_column: str = "response"
-    messages_column: str = "messages"
-    max_length: int = _bounded(512, ge=2)
+    text_column: NonEmptyStr = "text"
+    prompt_column: NonEmptyStr = "prompt"
+    response_column: NonEmptyStr = "response"
+    messages_column: NonEmptyStr = "messages"
+    max_length: int = Field(512, ge=2)
 
 
-@dataclass(kw_only=True)
-class PreferenceDataConfig:
+class PreferenceDataConfig(Section):
     """The preference pairs.
 
     Attributes:
@@ -137,15 +124,14 @@ class PreferenceDataConfig:
     conversations in PPO.
     """
 
-    path: str
-    prompt_column: str = "prompt"
-    chosen_column: str = "chosen"
-    rejected_column: str = "rejected"
-    max_length: int = _bounded(512, ge=1)
+    path: NonEmptyStr
+    prompt_column: NonEmptyStr = "prompt"
+    chosen_column: NonEmptyStr = "chosen"
+    rejected_column: NonEmptyStr = "rejected"
+    max_length: int = Field(512, ge=1)
 
 
-@dataclass(kw_only=True)
-class StageTrainConfig:
+class StageTrainConfig(Section):
     """Optimisation.
 
     Attributes:
@@ -160,17 +146,16 @@ class StageTrainConfig:
         max_grad_norm: Global gradient-norm clip; None disables it.
     """
 
-    lr: float = _bounded(5.0e-5, gt=0)
-    epochs: int = _bounded(1, ge=1)
-    batch_size: int = _bounded(8, ge=1)
-    eval_fraction: float = _bounded(0.1, ge=0, le=0.5)
-    seed: int = _bounded(0, ge=0)
-    weight_decay: float = _bounded(0.0, ge=0)
-    max_grad_norm: float | None = _bounded(1.0, gt=0)
+    lr: float = Field(5.0e-5, gt=0)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+    eval_fraction: float = Field(0.1, ge=0, le=0.5)
+    seed: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
 
 
-@dataclass(kw_only=True)
-class StageResourcesConfig:
+class StageResourcesConfig(Section):
     """Ray Train workers (data-parallel: DDP over gloo on CPU, NCCL on GPU).
 
     Attributes:
@@ -183,15 +168,14 @@ class StageResourcesConfig:
             continues from the last epoch checkpoint.
     """
 
-    num_workers: int = _bounded(1, ge=1)
+    num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: float = _bounded(1.0, ge=0)
-    num_cpus: int | None = _bounded(None, ge=1)
-    max_failures: int = _bounded(0, ge=0)
+    cpus_per_worker: float = Field(1.0, ge=0)
+    num_cpus: int | None = Field(None, ge=1)
+    max_failures: int = Field(0, ge=0)
 
 
-@dataclass(kw_only=True)
-class StageOutputConfig:
+class StageOutputConfig(Section):
     """Where results go.
 
     Attributes:
@@ -203,9 +187,9 @@ class StageOutputConfig:
         overwrite: Allow writing into an existing, non-empty ``dir``.
     """
 
-    dir: str
-    storage_path: str = "./rayrm_runs"
-    num_checkpoints_to_keep: int | None = _bounded(None, ge=1)
+    dir: NonEmptyStr
+    storage_path: NonEmptyStr = "./rayrm_runs"
+    num_checkpoints_to_keep: int | None = Field(None, ge=1)
     overwrite: bool = False
 
 
@@ -214,26 +198,24 @@ class StageOutputConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(kw_only=True)
-class StageConfig:
+class StageConfig(Section):
     """What the stage configs share: validation and (de)serialisation.
 
     Attributes:
         name: The Ray Train run's folder under ``output.storage_path``.
     """
 
-    name: str
+    name: NonEmptyStr
 
     KIND: typing.ClassVar[str] = "stage"
     DATA_SUFFIXES: typing.ClassVar[tuple[str, ...]] = ()
 
-    def validate(self) -> None:
-        """Checks types, enum values and ranges of every field, then their relations.
+    def check(self) -> None:
+        """Checks the relations between fields (types and ranges are checked on building).
 
         Raises:
             ConfigError: On the first problem found, naming its dotted key.
         """
-        _check_fields(self, "")
         self._check_relations()
 
     def _check_relations(self) -> None:
@@ -250,11 +232,6 @@ class StageConfig:
                 key="data.path",
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        """The config as plain nested dicts; ``stage_config_from_dict(type(c), c.to_dict())``
-        gives it back."""
-        return dataclasses.asdict(self)
-
     def save_yaml(self, path: str | Path) -> None:
         """Writes the config as YAML that :func:`load_stage_config` reads back."""
         path = Path(path)
@@ -262,7 +239,6 @@ class StageConfig:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
 
-@dataclass(kw_only=True)
 class SFTConfig(StageConfig):
     """``rayrm sft``: supervised fine-tuning of a causal LM on Ray Train.
 
@@ -275,11 +251,11 @@ class SFTConfig(StageConfig):
         output: See :class:`StageOutputConfig`.
     """
 
-    name: str = "sft"
+    name: NonEmptyStr = "sft"
     model: StageModelConfig
     data: SFTDataConfig
-    train: StageTrainConfig = field(default_factory=StageTrainConfig)
-    resources: StageResourcesConfig = field(default_factory=StageResourcesConfig)
+    train: StageTrainConfig = StageTrainConfig()
+    resources: StageResourcesConfig = StageResourcesConfig()
     output: StageOutputConfig
 
     KIND: typing.ClassVar[str] = "sft"
@@ -297,7 +273,6 @@ class SFTConfig(StageConfig):
             )
 
 
-@dataclass(kw_only=True)
 class RMConfig(StageConfig):
     """``rayrm train-rm``: Bradley–Terry reward-model training on Ray Train.
 
@@ -310,11 +285,11 @@ class RMConfig(StageConfig):
         output: See :class:`StageOutputConfig`.
     """
 
-    name: str = "reward-model"
+    name: NonEmptyStr = "reward-model"
     model: StageModelConfig
     data: PreferenceDataConfig
-    train: StageTrainConfig = field(default_factory=StageTrainConfig)
-    resources: StageResourcesConfig = field(default_factory=StageResourcesConfig)
+    train: StageTrainConfig = StageTrainConfig()
+    resources: StageResourcesConfig = StageResourcesConfig()
     output: StageOutputConfig
 
     KIND: typing.ClassVar[str] = "rm"
@@ -356,8 +331,8 @@ def stage_config_from_dict(cls: type[_C], d: Mapping[str, Any], *, check_paths: 
     Raises:
         ConfigError: On the first problem found.
     """
-    cfg = _build(cls, d, "")
-    cfg.validate()
+    cfg = build(cls, d)
+    cfg.check()
     if check_paths:
         cfg = resolve_stage_paths(cfg)
         validate_stage_paths(cfg)
@@ -389,17 +364,22 @@ def resolve_stage_paths(cfg: _C) -> _C:
     them.
     """
     c: Any = cfg
-    return dataclasses.replace(
-        c,
-        model=dataclasses.replace(
-            c.model,
-            path=_absolute(c.model.path),
-            tokenizer_path=_absolute_or_none(c.model.tokenizer_path),
-        ),
-        data=dataclasses.replace(c.data, path=_absolute(c.data.path)),
-        output=dataclasses.replace(
-            c.output, dir=_absolute(c.output.dir), storage_path=_absolute(c.output.storage_path)
-        ),
+    return cfg.model_copy(
+        update={
+            "model": c.model.model_copy(
+                update={
+                    "path": absolute(c.model.path),
+                    "tokenizer_path": absolute_or_none(c.model.tokenizer_path),
+                }
+            ),
+            "data": c.data.model_copy(update={"path": absolute(c.data.path)}),
+            "output": c.output.model_copy(
+                update={
+                    "dir": absolute(c.output.dir),
+                    "storage_path": absolute(c.output.storage_path),
+                }
+            ),
+        }
     )
 
 
@@ -422,7 +402,7 @@ def _read_model_config(path: str) -> dict[str, Any]:
 
 def _check_model(cfg: StageConfig) -> None:
     model: StageModelConfig = cfg.model  # type: ignore[attr-defined]
-    _check_dir("model.path", model.path, "a local Hugging Face model directory")
+    check_dir("model.path", model.path, "a local Hugging Face model directory")
     hf = _read_model_config(model.path)
     architectures = [str(a) for a in hf.get("architectures") or []]
     seq_cls = any(a.endswith("ForSequenceClassification") for a in architectures)
@@ -442,7 +422,7 @@ def _check_model(cfg: StageConfig) -> None:
                 key="model.path",
             )
     if model.tokenizer_path is not None:
-        _check_dir("model.tokenizer_path", model.tokenizer_path, "the tokenizer directory")
+        check_dir("model.tokenizer_path", model.tokenizer_path, "the tokenizer directory")
 
 
 def validate_stage_paths(cfg: StageConfig) -> None:
@@ -455,7 +435,7 @@ def validate_stage_paths(cfg: StageConfig) -> None:
         ConfigError: Naming the key and the path at fault.
     """
     _check_model(cfg)
-    data_path: str = cfg.data.path  # type: ignore[attr-defined]
+    data_path: NonEmptyStr = cfg.data.path  # type: ignore[attr-defined]
     if not os.path.exists(data_path):
         raise ConfigError(f"data.path {data_path!r} does not exist", key="data.path")
     if not os.path.isfile(data_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rayrm.config.run import RunConfig
+    from rayrm.config import RunConfig
 
 __all__ = [
     "JUDGE",
@@ -264,7 +264,7 @@ def ppo_config(
 ) -> RunConfig:
     """The ``rayrm train`` config of the PPO stage (reward: the learned model; gold: VADER)."""
     from envs.prompts import load_prompts
-    from rayrm.config.run import config_from_dict
+    from rayrm.config import config_from_dict
 
     heldout_rows = len(load_prompts(data / "heldout.jsonl"))
     return config_from_dict(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rayrm import metrics as M
-from rayrm.config.run import RunConfig
+from rayrm.config import RunConfig
 from rayrm.experiment.train import check_experiment_dir, init_ray, make_tuner
 
 BEST_POLICY_DIR = "best_policy"
@@ -181,7 +181,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main_tune(config_path: str, overrides: list[str], resume: bool) -> int:
     """``rayrm tune``: sweep, print the table, export the best trial's policy."""
-    from rayrm.config.run import load_config
+    from rayrm.config import load_config
     from rayrm.rl.checkpoint import export_policy
 
     cfg = load_config(config_path, overrides)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rayrm import metrics as M
-from rayrm.config.run import ConfigError, RunConfig
+from rayrm.config import ConfigError, RunConfig
 
 CHECKPOINT_MARKER = "rayrm_config.yaml"
 
@@ -173,7 +173,7 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def main_train(config_path: str, overrides: list[str], resume: bool) -> int:
     """``rayrm train``: returns the process exit code."""
-    from rayrm.config.run import load_config
+    from rayrm.config import load_config
 
     cfg = load_config(config_path, overrides)
     exp_dir, last = run_train(cfg, resume=resume)

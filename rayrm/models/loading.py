@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from envs.tokenization import PromptCodec
-from rayrm.config.run import RunConfig
+from rayrm.config import RunConfig
 from rayrm.models.hf_files import stop_token_ids_of
 
 __all__ = [

@@ -323,7 +323,7 @@ def build_reward(
         if reward.source == "composite":
             parts = [
                 (c.name, c.weight, scorer(c, None if name is None else f"{name}.{c.name}"))
-                for c in reward.component_configs
+                for c in reward.components
             ]
             return ComposedReward(parts, **penalties)
         if reward.source == "ensemble":

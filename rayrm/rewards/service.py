@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from rayrm.config.run import (
+from rayrm.config import (
     ConfigError,
     RewardConfig,
     config_from_dict,

@@ -33,7 +33,7 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 
 from envs.tokenization import Prompt
 from rayrm import metrics as M
-from rayrm.config.run import RunConfig, config_from_dict
+from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import AdaptiveKLController, FixedKLController, RunningMoments
 from rayrm.models.decoding import sample_sequences
 from rayrm.models.loading import load_tokenizer, prompt_codec, stop_token_ids

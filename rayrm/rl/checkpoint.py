@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from envs.tokenization import PromptCodec
-from rayrm.config.run import ConfigError, RunConfig, load_config
+from rayrm.config import ConfigError, RunConfig, load_config
 from rayrm.experiment.train import CHECKPOINT_MARKER, find_checkpoint
 from rayrm.models.decoding import sample_completions
 from rayrm.models.hf_files import stop_token_ids_of

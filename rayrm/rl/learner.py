@@ -21,7 +21,7 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.torch_utils import explained_variance
 
 from rayrm import metrics as M
-from rayrm.config.run import RunConfig, config_from_dict
+from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import (
     gae_advantages,
     kl_penalty_rewards,

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rayrm.config.run import ConfigError
+from rayrm.config import ConfigError
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from envs.tokenization import Conversation, require_chat_template
-from rayrm.config.run import ConfigError
+from rayrm.config import ConfigError
 from rayrm.config.stage import RMConfig, load_stage_config
 from rayrm.stages.trainer import (
     RM_EVAL_ACCURACY,

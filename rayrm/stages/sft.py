@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from envs.tokenization import Conversation, Message, PromptCodec, require_chat_template
-from rayrm.config.run import ConfigError
+from rayrm.config import ConfigError
 from rayrm.config.stage import SFTConfig, load_stage_config
 from rayrm.stages.trainer import (
     SFT_EVAL_LOSS,

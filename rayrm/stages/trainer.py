@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rayrm.config.run import ConfigError
+from rayrm.config import ConfigError
 from rayrm.config.stage import StageConfig, stage_config_from_dict
 
 # Metric keys (reported per epoch; all-reduced over workers, so every rank reports the same).
