@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from envs.tables import read_table
 from envs.tokenization import Prompt, check_conversation
 
 if TYPE_CHECKING:
@@ -147,20 +148,8 @@ def prompt_file_columns(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _read_table(path: str | os.PathLike[str]) -> pa.Table:
-    """The dataset file as an Arrow table (reader chosen by suffix), with at least one row."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix in PARQUET_SUFFIXES:
-        table = _read_parquet(path)
-    elif suffix in JSON_SUFFIXES:
-        table = _read_json_lines(path)
-    else:
-        raise ValueError(
-            f"prompts file {path} has unsupported extension {suffix!r}; "
-            f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
-        )
+    """The prompts file as an Arrow table, with at least one row."""
+    table = read_table(path, what="prompts file", suffixes=SUPPORTED_SUFFIXES)
     if table.num_rows == 0:
         raise ValueError(f"prompts file {path} has no rows")
     return table
@@ -176,33 +165,6 @@ def _string_column(table: pa.Table, path: str | os.PathLike[str], column: str) -
                 f"got {type(value).__name__} ({value!r})"
             )
     return values
-
-
-def _read_parquet(path: Path) -> pa.Table:
-    """Reads a Parquet file, turning Arrow's parse errors into one-line ValueErrors."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path)
-    except pa.ArrowException as e:
-        raise ValueError(f"could not read prompts file {path} as Parquet: {e}") from e
-
-
-def _read_json_lines(path: Path) -> pa.Table:
-    """Reads newline-delimited JSON; an empty file is an empty dataset, not a parse error."""
-    import pyarrow as pa
-    import pyarrow.json as pj
-
-    if path.stat().st_size == 0:
-        raise ValueError(f"prompts file {path} has no rows")
-    try:
-        return pj.read_json(path)
-    except pa.ArrowException as e:
-        raise ValueError(
-            f"could not read prompts file {path} as newline-delimited JSON "
-            f"(one object per line): {e}"
-        ) from e
 
 
 def write_prompts_jsonl(

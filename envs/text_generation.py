@@ -8,8 +8,6 @@ a tokenizer, a prompt list and a reward function. It imports no Ray and loads no
 
 from __future__ import annotations
 
-import importlib
-import operator
 import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -19,6 +17,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
+from envs.functions import import_function
 from envs.prompts import load_prompt_rows
 from envs.tokenization import Prompt, PromptCodec, check_conversation
 
@@ -377,17 +376,9 @@ def resolve_reward_fn(spec: RewardFn | str | None) -> RewardFn | None:
         )
     if spec == "builtin":
         return vowel_reward
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
+    if ":" not in spec:
         raise ValueError(f"reward_fn {spec!r} must be 'builtin' or of the form 'module:function'")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"reward_fn {spec!r}: cannot import module {module_name!r}: {e}") from e
-    try:
-        fn: RewardFn = operator.attrgetter(attr)(module)
-    except AttributeError as e:
-        raise ValueError(f"reward_fn {spec!r}: module {module_name!r} has no {attr!r}") from e
-    if not callable(fn):
-        raise ValueError(f"reward_fn {spec!r} is not callable (got {type(fn).__name__})")
-    return fn
+        return import_function(spec)
+    except ValueError as exc:
+        raise ValueError(f"reward_fn {exc}") from exc

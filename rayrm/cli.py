@@ -1,4 +1,9 @@
-"""The ``rayrm`` command line: train, tune, quickstart, sft, train-rm, data, generate, export.
+"""The ``rayrm`` command line: every command's arguments, in one place.
+
+Commands: ``train``, ``tune``, ``quickstart``, ``demo``, ``sft``, ``train-rm``, ``data
+inspect``, ``data pairs``, ``serve-rm``, ``explain``, ``generate``, ``export``, ``bench``,
+``config schema``. Each handler imports what it runs when it runs (torch, transformers and Ray
+take seconds to import), so ``rayrm --help`` and config mistakes are instant.
 
 User mistakes (bad config, missing paths, nothing to resume) exit with code 2 and one line on
 stderr naming the key or file; everything else is a real error and keeps its traceback.
@@ -9,44 +14,49 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rayrm.config import ConfigError
 
+Handler = Callable[[argparse.Namespace], int]
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rayrm",
-        description="RLHF on Ray: RLlib PPO against reward models, run as Tune experiments.",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="run one training (a one-trial Tune experiment)")
-    t.add_argument("config", help="YAML run config")
-    t.add_argument(
+def add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
+    """The one ``--set KEY=VALUE`` option (repeatable; values are YAML)."""
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set ppo.lr=1e-5 (repeatable)",
+        help=f"override a config value, e.g. --set {example} (repeatable)",
     )
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run")
 
-    s = sub.add_parser(
-        "tune", help="hyperparameter sweep (the config's `tune` section) as one Tune experiment"
-    )
-    s.add_argument("config", help="YAML run config with a `tune` section")
-    s.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
-    )
-    s.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
 
+def _config_command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    help_text: str,
+    config_help: str,
+    example: str,
+) -> argparse.ArgumentParser:
+    """A command run from one YAML config: ``CONFIG [--set ...] [--resume]``."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("config", help=config_help)
+    add_overrides(p, example)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    return p
+
+
+def _add_training(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    _config_command(
+        sub, "train", "run one training (a one-trial Tune experiment)", "YAML run config",
+        "ppo.lr=1e-5",
+    )  # fmt: skip
+    _config_command(
+        sub, "tune", "hyperparameter sweep (the config's `tune` section) as one Tune experiment",
+        "YAML run config with a `tune` section", "tune.num_samples=8",
+    )  # fmt: skip
     q = sub.add_parser(
         "quickstart", help="build a tiny local model and prompt set, then train it (CPU, minutes)"
     )
@@ -54,42 +64,78 @@ def _parser() -> argparse.ArgumentParser:
         "--dir", default="rayrm-quickstart", help="workspace folder (default: %(default)s)"
     )
     q.add_argument("--iterations", type=int, default=60)
-    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-
-    from rayrm.analysis import explain as explain
-    from rayrm.bench import run as bench
-    from rayrm.demo import run as demo
-    from rayrm.rewards import service as serve
-    from rayrm.stages import preference_data as data_tools
-    from rayrm.stages import reward_model as reward_training
-    from rayrm.stages import sft as sft
-
-    demo.add_arguments(
-        sub.add_parser("demo", help="the three RLHF stages end to end, offline on CPU (minutes)")
+    add_overrides(q, "model.dtype=bfloat16")
+    d = sub.add_parser("demo", help="the three RLHF stages end to end, offline on CPU (minutes)")
+    d.add_argument("--dir", default="rayrm-demo", help="workspace folder (default: %(default)s)")
+    d.add_argument(
+        "--size",
+        choices=("full", "smoke"),
+        default="full",
+        help="full: the demo (minutes on 2 CPU cores); smoke: toy sizes (default: %(default)s)",
     )
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    sft.add_arguments(sub.add_parser("sft", help="supervised fine-tuning on Ray Train"))
-    reward_training.add_arguments(
-        sub.add_parser("train-rm", help="reward-model training on preference pairs (Ray Train)")
-    )
+
+def _add_stages(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    for name, help_text, config_help, example in (
+        ("sft", "supervised fine-tuning on Ray Train",
+         "YAML SFT config (see jobs/configs/sft_example.yaml)", "train.lr=1e-4"),
+        ("train-rm", "reward-model training on preference pairs (Ray Train)",
+         "YAML reward-model config (see jobs/configs/rm_example.yaml)", "train.epochs=3"),
+    ):  # fmt: skip
+        p = _config_command(sub, name, help_text, config_help, example)
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
     data = sub.add_parser("data", help="inspect datasets, build preference pairs")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    data_tools.add_inspect_arguments(dsub.add_parser("inspect", help="rows, columns, lengths"))
-    data_tools.add_pairs_arguments(
-        dsub.add_parser("pairs", help="sample two completions per prompt, label with a judge")
+    i = dsub.add_parser("inspect", help="rows, columns, lengths")
+    i.add_argument("path", help="dataset file (.parquet, .jsonl, .json, .txt)")
+    i.add_argument(
+        "--tokenizer", default=None, help="tokenizer (or model) directory: adds token lengths"
     )
+    i.add_argument("--max-rows", type=int, default=None, help="measure only the first N rows")
+    i.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p = dsub.add_parser("pairs", help="sample two completions per prompt, label with a judge")
+    p.add_argument(
+        "--policy", required=True, help="Hugging Face causal-LM dir, or a rayrm run/checkpoint"
+    )
+    p.add_argument("--prompts", required=True, help="prompts file (.parquet/.jsonl)")
+    p.add_argument(
+        "--judge", required=True, help="'module:function' scoring fn(prompts, completions)"
+    )
+    p.add_argument("--out", required=True, help="Parquet file to write")
+    p.add_argument(
+        "--num-pairs", type=int, default=None, help="pairs wanted (default: one try per prompt)"
+    )
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-prompt-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--min-margin", type=float, default=0.0, help="drop pairs whose scores differ by <= this"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    serve.add_arguments(
-        sub.add_parser("serve-rm", help="start (or --stop) a shared, named reward service")
-    )
-    explain.add_arguments(
-        sub.add_parser("explain", help="per-token reward attribution and KL to the reference")
-    )
 
-    bench.add_arguments(
-        sub.add_parser("bench", help="throughput and memory benchmark, optionally vs TRL's PPO")
+def _add_using(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    s = sub.add_parser("serve-rm", help="start (or --stop) a shared, named reward service")
+    s.add_argument("config", nargs="?", help="YAML with a `reward` section (a run config works)")
+    s.add_argument("--name", help="service name (default: the config's reward.pool_name)")
+    s.add_argument("--stop", metavar="NAME", help="stop the service NAME instead")
+    s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else 'auto')")
+    e = sub.add_parser("explain", help="per-token reward attribution and KL to the reference")
+    e.add_argument("--prompt", required=True, help="prompt text")
+    e.add_argument(
+        "--completion", help="completion text (default: the --run policy's greedy completion)"
     )
-
+    e.add_argument("--reward-model", help="reward-model directory (default: the run's reward.path)")
+    e.add_argument("--run", help="run folder or checkpoint: adds the per-token KL")
+    e.add_argument("--eos", action="store_true", help="the completion ended with EOS")
+    e.add_argument("--html", metavar="FILE", help="also write an HTML page")
+    e.add_argument("--no-color", action="store_true", help="plain terminal output")
     g = sub.add_parser("generate", help="sample from a trained policy")
     g.add_argument("run", help="run folder, trial folder or checkpoint")
     g.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
@@ -97,104 +143,228 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--greedy", action="store_true")
     g.add_argument("--seed", type=int, default=0)
-
+    x = sub.add_parser("export", help="write the policy as a Hugging Face model directory")
+    x.add_argument("run", help="run folder, trial folder or checkpoint")
+    x.add_argument("out_dir")
     c = sub.add_parser("config", help="config tools")
     csub = c.add_subparsers(dest="config_command", required=True)
-    cs = csub.add_parser(
+    schema = csub.add_parser(
         "schema", help="print the JSON Schema of the config files (for editors' completion)"
     )
-    cs.add_argument(
+    schema.add_argument(
         "--kind",
         choices=("run", "sft", "rm"),
         default="run",
         help="run (train/tune), sft or rm (train-rm) configs (default: %(default)s)",
     )
 
-    e = sub.add_parser("export", help="write the policy as a Hugging Face model directory")
-    e.add_argument("run", help="run folder, trial folder or checkpoint")
-    e.add_argument("out_dir")
+
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _critic_list(text: str) -> list[str]:
+    critics = [x.strip() for x in text.split(",") if x.strip()]
+    if not critics or set(critics) - {"separate", "shared"}:
+        raise argparse.ArgumentTypeError(f"critics must be separate and/or shared, got {text!r}")
+    return critics
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options (``rayrm bench`` and ``jobs/benchmark.py``)."""
+    from rayrm.bench.run import DEFAULT_LENGTHS, SECTIONS
+    from rayrm.bench.support import BenchSpec
+
+    d = BenchSpec()
+    g = parser.add_argument_group("workload")
+    g.add_argument("--n-layer", type=int, default=d.n_layer, help="GPT-2 layers (%(default)s)")
+    g.add_argument("--n-head", type=int, default=d.n_head, help="GPT-2 heads (%(default)s)")
+    g.add_argument("--n-embd", type=int, default=d.n_embd, help="GPT-2 width (%(default)s)")
+    g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="(%(default)s, >= 100)")
+    g.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="prompts per iteration (%(default)s)"
+    )
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="(%(default)s)")
+    g.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
+    g.add_argument("--num-epochs", type=int, default=d.num_epochs)
+    g.add_argument("--num-minibatches", type=int, default=d.num_minibatches)
+    g.add_argument("--kl-coef", type=float, default=d.kl_coef)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument(
+        "--critics",
+        type=_critic_list,
+        default=["separate", "shared"],
+        help="value models to run the default workload with, comma-separated: separate (a "
+        "second GPT-2 trunk, as TRL's PPOTrainer) and/or shared (a head on the policy trunk, "
+        "rayrm's default); the first one is used by the lengths section (default: %(default)s)",
+    )
+    g.add_argument("--seed", type=int, default=d.seed)
+    r = parser.add_argument_group("run")
+    r.add_argument("--iterations", type=int, default=d.iterations, help="measured iterations")
+    r.add_argument("--warmup", type=int, default=d.warmup, help="unmeasured first iterations")
+    r.add_argument("--num-env-runners", type=int, default=d.num_env_runners)
+    r.add_argument("--num-learners", type=int, default=d.num_learners)
+    r.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
+    )
+    r.add_argument(
+        "--lengths",
+        type=_int_list,
+        default=list(DEFAULT_LENGTHS),
+        help="new-token counts of the length series (default: 16,32,64,128)",
+    )
+    r.add_argument(
+        "--memory-vocab-sizes",
+        type=_int_list,
+        default=[100, 50_000],
+        help="vocabulary sizes of the memory-per-step check (default: 100,50000)",
+    )
+    r.add_argument(
+        "--learner-memory-vocab",
+        type=int,
+        default=151_936,
+        help="vocabulary of the learner-update peak-memory check, chunked vs full logits "
+        "(default: %(default)s, Qwen2.5's; 0 skips it)",
+    )
+    r.add_argument("--workdir", default=None, help="where models are built (default: a temp dir)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rayrm`` argument parser (every command)."""
+    p = argparse.ArgumentParser(
+        prog="rayrm",
+        description="RLHF on Ray: RLlib PPO against reward models, run as Tune experiments.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_training(sub)
+    _add_stages(sub)
+    _add_using(sub)
+    add_bench_arguments(
+        sub.add_parser("bench", help="throughput and memory benchmark, optionally vs TRL's PPO")
+    )
     return p
+
+
+# ------------------------------------------------------------------------------ handlers
+def _train(args: argparse.Namespace) -> int:
+    from rayrm.experiment.train import main_train
+
+    return main_train(args.config, args.overrides, args.resume)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from rayrm.experiment.sweep import main_tune
+
+    return main_tune(args.config, args.overrides, args.resume)
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from rayrm.demo.quickstart import write_quickstart
+    from rayrm.experiment.train import main_train
+
+    path = write_quickstart(args.dir, num_iterations=args.iterations)
+    print(f"quickstart workspace: {path.parent} (config: {path})", flush=True)
+    resume = (path.parent / "runs" / "quickstart").exists()
+    return main_train(str(path), args.overrides, resume)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from rayrm.demo.run import main
+
+    return main(args)
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from rayrm.stages.commands import stage_main
+
+    return stage_main(args.command, args.config, args.overrides, args.resume, args.no_progress)
+
+
+def _data(args: argparse.Namespace) -> int:
+    if args.data_command == "inspect":
+        from rayrm.analysis.inspect import inspect_main
+
+        return inspect_main(args)
+    from rayrm.stages.preference_data import pairs_main
+
+    return pairs_main(args)
+
+
+def _serve_rm(args: argparse.Namespace) -> int:
+    from rayrm.rewards.service import main
+
+    return main(args)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from rayrm.analysis.explain import main
+
+    return main(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from rayrm.bench.run import main
+
+    return main(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from rayrm.rl.checkpoint import generate
+
+    for prompt, completions in generate(
+        args.run,
+        args.prompt,
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        greedy=args.greedy,
+        seed=args.seed,
+    ):
+        for c in completions:
+            print(f"{prompt}\x1b[1m{c}\x1b[0m" if sys.stdout.isatty() else f"{prompt}{c}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from rayrm.rl.checkpoint import export_policy
+
+    print(f"exported policy to {export_policy(args.run, args.out_dir)}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from rayrm.config.schema import dumps
+
+    sys.stdout.write(dumps(args.kind))
+    return 0
+
+
+HANDLERS: dict[str, Handler] = {
+    "train": _train,
+    "tune": _tune,
+    "quickstart": _quickstart,
+    "demo": _demo,
+    "sft": _stage,
+    "train-rm": _stage,
+    "data": _data,
+    "serve-rm": _serve_rm,
+    "explain": _explain,
+    "bench": _bench,
+    "generate": _generate,
+    "export": _export,
+    "config": _config,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            from rayrm.experiment.train import main_train
-
-            return main_train(args.config, args.overrides, args.resume)
-        if args.command == "tune":
-            from rayrm.experiment.sweep import main_tune
-
-            return main_tune(args.config, args.overrides, args.resume)
-        if args.command == "quickstart":
-            from rayrm.demo.quickstart import write_quickstart
-            from rayrm.experiment.train import main_train
-
-            path = write_quickstart(args.dir, num_iterations=args.iterations)
-            print(f"quickstart workspace: {path.parent} (config: {path})", flush=True)
-            resume = (path.parent / "runs" / "quickstart").exists()
-            return main_train(str(path), args.overrides, resume)
-        if args.command == "demo":
-            from rayrm.demo import run as demo
-
-            return demo.main(args)
-        if args.command == "sft":
-            from rayrm.stages import sft as sft
-
-            return sft.main(args)
-        if args.command == "train-rm":
-            from rayrm.stages import reward_model as reward_training
-
-            return reward_training.main(args)
-        if args.command == "data":
-            from rayrm.stages import preference_data as data_tools
-
-            if args.data_command == "inspect":
-                return data_tools.inspect_main(args)
-            return data_tools.pairs_main(args)
-        if args.command == "serve-rm":
-            from rayrm.rewards import service as serve
-
-            return serve.main(args)
-        if args.command == "explain":
-            from rayrm.analysis import explain as explain
-
-            return explain.main(args)
-        if args.command == "bench":
-            from rayrm.bench import run as bench
-
-            return bench.main(args)
-        if args.command == "generate":
-            from rayrm.rl.checkpoint import generate
-
-            for prompt, completions in generate(
-                args.run,
-                args.prompt,
-                num_samples=args.num_samples,
-                max_new_tokens=args.max_new_tokens,
-                greedy=args.greedy,
-                seed=args.seed,
-            ):
-                for c in completions:
-                    print(f"{prompt}\x1b[1m{c}\x1b[0m" if sys.stdout.isatty() else f"{prompt}{c}")
-            return 0
-        if args.command == "config":
-            from rayrm.config.schema import dumps
-
-            sys.stdout.write(dumps(args.kind))
-            return 0
-        if args.command == "export":
-            from rayrm.rl.checkpoint import export_policy
-
-            out = export_policy(args.run, args.out_dir)
-            print(f"exported policy to {out}")
-            return 0
+        return HANDLERS[args.command](args)
     except ConfigError as exc:
         print(f"rayrm: error: {exc}", file=sys.stderr)
         return 2
-    return 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import pytest
 
 from rayrm.bench import run as bench
 from rayrm.bench import trl as bench_trl
+from rayrm.cli import build_parser
 
 RAYRM_KEYS = {
     "config",
@@ -41,9 +42,7 @@ PHASES = {"sample", "score", "update", "sync", "iteration"}
 
 
 def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return build_parser().parse_args(["bench", *argv])
 
 
 @pytest.mark.timeout(180)

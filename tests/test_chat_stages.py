@@ -19,7 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from rayrm.config import ConfigError
 from rayrm.config.stage import RMConfig, SFTConfig, stage_config_from_dict
 from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
-from rayrm.rewards.pool import RewardModelActor
+from rayrm.rewards import RewardModelActor
 from rayrm.stages.reward_model import (
     collate,
     encode_conversation_pairs,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pyarrow as pa
@@ -11,19 +10,19 @@ import pytest
 
 from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
 from envs.prompts import write_prompts_jsonl
-from rayrm.config import ConfigError
-from rayrm.stages.preference_data import (
-    PAIR_COLUMNS,
-    add_inspect_arguments,
-    add_pairs_arguments,
-    build_preference_pairs,
+from rayrm.analysis.inspect import (
     format_inspection,
     inspect_dataset,
     inspect_main,
-    pairs_main,
-    read_table,
-    string_column,
 )
+from rayrm.cli import build_parser
+from rayrm.config import ConfigError
+from rayrm.stages.preference_data import (
+    PAIR_COLUMNS,
+    build_preference_pairs,
+    pairs_main,
+)
+from rayrm.stages.tables import read_table, string_column
 
 
 def test_read_table_formats(tmp_path):
@@ -69,11 +68,10 @@ def test_inspect_dataset_stats(tmp_path):
 
 def test_inspect_cli(tmp_path, tiny_policy_dir, capsys):
     path = write_prompts_jsonl(tmp_path / "p.jsonl", BUILTIN_PROMPTS)
-    parser = argparse.ArgumentParser()
-    add_inspect_arguments(parser)
-    assert (
-        inspect_main(parser.parse_args([str(path), "--tokenizer", tiny_policy_dir, "--json"])) == 0
+    args = build_parser().parse_args(
+        ["data", "inspect", str(path), "--tokenizer", tiny_policy_dir, "--json"]
     )
+    assert inspect_main(args) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["rows"] == len(BUILTIN_PROMPTS) and "tokens" in stats["columns"]["prompt"]
 
@@ -105,11 +103,9 @@ def test_build_preference_pairs(tmp_path, tiny_policy_dir):
 
 def test_pairs_cli_num_pairs_and_margin(tmp_path, tiny_policy_dir, capsys):
     prompts = write_prompts_jsonl(tmp_path / "p.jsonl", BUILTIN_PROMPTS[:8])
-    parser = argparse.ArgumentParser()
-    add_pairs_arguments(parser)
     out = tmp_path / "pairs.parquet"
-    args = parser.parse_args(
-        ["--policy", tiny_policy_dir, "--prompts", str(prompts), "--out", str(out)]
+    args = build_parser().parse_args(
+        ["data", "pairs", "--policy", tiny_policy_dir, "--prompts", str(prompts), "--out", str(out)]
         + ["--judge", "envs.builtin:vowel_reward", "--num-pairs", "20", "--min-margin", "0.05"]
         + ["--max-new-tokens", "8", "--batch-size", "16"]
     )

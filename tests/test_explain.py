@@ -21,16 +21,16 @@ from rayrm.analysis.explain import (
     GREEN,
     RED,
     RESET,
-    add_arguments,
     colorize,
     load_reward_model,
     main,
     policy_kl,
     reward_attribution,
 )
+from rayrm.cli import build_parser
 from rayrm.demo.reference_task import build_mean_value_reward_model
 from rayrm.models.tiny import build_tiny_policy, build_tiny_reward_model
-from rayrm.rewards.pool import RewardModelActor
+from rayrm.rewards import RewardModelActor
 
 torch.set_num_threads(1)
 
@@ -41,9 +41,7 @@ def vowel_rm(tmp_path_factory) -> str:
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return build_parser().parse_args(["explain", *argv])
 
 
 def test_known_per_token_contributions(vowel_rm: str) -> None:

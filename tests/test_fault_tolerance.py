@@ -17,7 +17,7 @@ from ray import tune
 
 from rayrm import metrics as M
 from rayrm.experiment.train import run_train
-from rayrm.rewards.pool import RewardPool
+from rayrm.rewards import RewardPool
 from rayrm.rl.algorithm import build_algo_config
 
 
@@ -111,7 +111,7 @@ class _KillTrialOnce(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if not self.killed and result["training_iteration"] == self.at:
             self.killed = True
-            self.beta_at_kill = result[M.RLHF_RESULTS][M.KL_BETA]
+            self.beta_at_kill = result[M.RLHF_RESULTS][M.KL_COEF]
             ray.kill(trial.temporary_state.ray_actor)
 
 
@@ -137,9 +137,9 @@ def test_killed_trial_restores_from_checkpoint(ray_local, tiny_policy_dir, promp
     iterations = [r["training_iteration"] for r in results]
     assert iterations in ([1, 2, 3, 4, 5, 6], [1, 2, 3, 3, 4, 5, 6])
     after_restore = [r for r in results if r["training_iteration"] == 3][-1]
-    beta = after_restore[M.RLHF_RESULTS][M.KL_BETA]
+    beta = after_restore[M.RLHF_RESULTS][M.KL_COEF]
     assert beta == pytest.approx(killer.beta_at_kill)  # adaptive β came back with it
-    assert beta != pytest.approx(results[0][M.RLHF_RESULTS][M.KL_BETA])  # ... and had moved
+    assert beta != pytest.approx(results[0][M.RLHF_RESULTS][M.KL_COEF])  # ... and had moved
 
 
 def test_env_runners_spread_over_nodes(tiny_policy_dir, prompts_file, tmp_path, monkeypatch):

@@ -67,7 +67,7 @@ def test_bfloat16_training_on_gpu_learner_runner_and_reward_actor(ray_local, tmp
             local_env_runner=False,
         )
         assert runner_devices == ["torch.bfloat16@cuda:0"], runner_devices
-        actor = algo.reward_pool.actors[0]
+        actor = algo.rewards.scorer.actors[0]
         assert str(ray.get(actor.__ray_call__.remote(lambda a: a.device))).startswith("cuda")
     finally:
         algo.stop()

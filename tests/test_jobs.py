@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray") or "ray"
@@ -249,3 +250,72 @@ def test_train_job_via_cli(ray_head: LocalHead):
     assert "done: 2 iterations" in logs.stdout, logs.stdout[-4000:]
     # The run folder named in the config received the Tune results.
     assert (ray_head.dir / "tiny" / "runs" / "quickstart").is_dir()
+
+
+def _write_stage_inputs(root: Path, policy: Path) -> dict[str, Path]:
+    """An SFT corpus, preference pairs and their stage configs, for the stage jobs."""
+    corpus = root / "corpus.txt"
+    corpus.write_text("".join(f"the cat said {w}\n" for w in ("hi", "yes", "no", "aha") * 8))
+    pairs = root / "pairs.jsonl"
+    rows = [{"prompt": "p ", "chosen": "aeiou" * (i % 3 + 1), "rejected": "xyz"} for i in range(24)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = {
+        "model": {"path": str(policy)},
+        "train": {"epochs": 1, "batch_size": 8},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1},
+    }
+    sft = {**common, "name": "sft-job", "data": {"path": str(corpus)}}
+    sft["output"] = {"dir": str(root / "sft-out"), "storage_path": str(root / "runs")}
+    rm = {**common, "name": "rm-job", "data": {"path": str(pairs)}}
+    rm["output"] = {"dir": str(root / "rm-out"), "storage_path": str(root / "runs")}
+    configs = {"sft": root / "sft.yaml", "rm": root / "rm.yaml"}
+    configs["sft"].write_text(yaml.safe_dump(sft))
+    configs["rm"].write_text(yaml.safe_dump(rm))
+    return configs
+
+
+def test_sweep_and_stage_jobs_via_cli(ray_head: LocalHead):
+    """jobs/tune.py, jobs/sft.py and jobs/train_rm.py, submitted as a cluster user would."""
+    root = ray_head.dir / "stage-jobs"
+    made = subprocess.run(
+        [sys.executable, "jobs/make_tiny.py", str(root), "--iterations", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    run_config = made.stdout.strip().splitlines()[-1]
+    configs = _write_stage_inputs(root, root / "policy")
+    sweep = "tune={search_space: {seed: {grid: [0, 1]}}, scheduler: fifo, max_concurrent_trials: 1}"
+    jobs = {
+        "tune": ["jobs/tune.py", run_config, "--set", sweep],
+        "sft": ["jobs/sft.py", str(configs["sft"])],
+        "rm": ["jobs/train_rm.py", str(configs["rm"])],
+    }
+    ids = {name: f"rayrm-{name}-{uuid.uuid4().hex[:8]}" for name in jobs}
+    for name, argv in jobs.items():
+        submit = ray_head.job(
+            "submit", "--submission-id", ids[name], "--working-dir", ".", "--no-wait", "--",
+            "python", *argv,
+        )  # fmt: skip
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+    status = dict.fromkeys(jobs, "PENDING")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not all(s in TERMINAL for s in status.values()):
+        for name in jobs:
+            try:
+                status[name] = ray_head.api(f"/api/jobs/{ids[name]}")["status"]
+            except (OSError, ValueError):  # a busy dashboard may time out once
+                pass
+        time.sleep(2)
+    logs = {name: ray_head.job("logs", ids[name]).stdout for name in jobs}
+    for name in jobs:
+        if status[name] not in TERMINAL:
+            ray_head.job("stop", ids[name])
+    for name in jobs:
+        assert status[name] == "SUCCEEDED", f"{name} job {status[name]}:\n{logs[name][-3000:]}"
+    trials = [d for d in (root / "runs" / "quickstart").iterdir() if d.name.startswith("RLHFPPO")]
+    assert len(trials) == 2, logs["tune"][-3000:]  # one per grid point
+    assert (root / "sft-out" / "config.json").is_file(), logs["sft"][-3000:]
+    assert (root / "rm-out" / "config.json").is_file(), logs["rm"][-3000:]

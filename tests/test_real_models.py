@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 from envs.prompts import write_prompts_jsonl
 from rayrm import metrics as M
 from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
-from rayrm.rewards.pool import RewardModelActor, pool_from_config
+from rayrm.rewards import RewardModelActor, pool_from_config
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 
 torch.set_num_threads(1)
@@ -123,8 +123,8 @@ def test_reward_reads_exact_text_for_every_completion(ray_local, archs, prompts_
     tok = AutoTokenizer.from_pretrained(archs["llama"])
     algo = build_algo_config(cfg).build_algo()
     try:
-        algo.reward_pool.shutdown()
-        algo.reward_pool = pool_from_config(cfg.reward, local=True)  # texts stay in-process
+        algo.rewards.scorer.shutdown()
+        algo.rewards.scorer = pool_from_config(cfg.reward, local=True)  # texts stay in-process
         episodes = algo.env_runner.generate()
         RECORDED.clear()
         algo._score(episodes)

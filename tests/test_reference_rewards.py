@@ -75,10 +75,7 @@ def test_explain_a_trained_run(reference_run: Path, tmp_path: Path, capsys) -> N
 
 def rayrm_explain(argv: list[str]) -> int:
     """`rayrm explain ...` through the module's own argument parser (the CLI wires the same)."""
-    import argparse
-
     from rayrm.analysis import explain as explain
+    from rayrm.cli import build_parser
 
-    parser = argparse.ArgumentParser(prog="rayrm explain")
-    explain.add_arguments(parser)
-    return explain.main(parser.parse_args(argv[1:]))
+    return explain.main(build_parser().parse_args(argv))

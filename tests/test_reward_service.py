@@ -8,7 +8,6 @@ scores through the service's actors.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -21,11 +20,12 @@ import yaml
 from conftest import make_config
 
 from rayrm import metrics as M
+from rayrm.cli import build_parser
 from rayrm.config import ConfigError
 from rayrm.demo.reference_task import build_mean_value_reward_model
+from rayrm.rewards import RewardSourceError, pool_from_config
 from rayrm.rewards.compose import shared_actor_names
-from rayrm.rewards.pool import RewardSourceError, pool_from_config
-from rayrm.rewards.service import add_arguments, load_reward_config, main, serve
+from rayrm.rewards.service import load_reward_config, main, serve
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 
 NAME = "rayrm-test-service"
@@ -35,7 +35,7 @@ COMPLETIONS = ["aaa", "eee", "zzz", "oi"]
 CLIENT = """
 import json, sys
 import ray
-from rayrm.rewards.pool import pool_from_config
+from rayrm.rewards import pool_from_config
 from rayrm.rewards.service import load_reward_config
 
 address, config, prompts, completions = sys.argv[1], sys.argv[2], *json.loads(sys.argv[3])
@@ -86,10 +86,8 @@ def test_service_config_needs_a_name(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"model": {"path": "x"}}))
     with pytest.raises(ConfigError, match="reward"):
         load_reward_config(path)
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     with pytest.raises(ConfigError, match="not both"):
-        main(parser.parse_args(["c.yaml", "--stop", "x"]))
+        main(build_parser().parse_args(["serve-rm", "c.yaml", "--stop", "x"]))
 
 
 def test_two_jobs_share_the_service_and_it_stops_cleanly(ray_local, service_config: Path) -> None:
@@ -131,11 +129,10 @@ def test_two_jobs_share_the_service_and_it_stops_cleanly(ray_local, service_conf
     with pytest.raises(RewardSourceError, match="already serves model"):
         pool_from_config(other, name=NAME)
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    assert main(parser.parse_args(["--stop", NAME])) == 0
+    parser = build_parser()
+    assert main(parser.parse_args(["serve-rm", "--stop", NAME])) == 0
     assert shared_actor_names(NAME) == []
-    assert main(parser.parse_args(["--stop", NAME])) == 1  # nothing left to stop
+    assert main(parser.parse_args(["serve-rm", "--stop", NAME])) == 1  # nothing left to stop
 
 
 def test_composite_with_ensemble_in_training(

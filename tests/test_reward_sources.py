@@ -25,6 +25,7 @@ from rayrm.demo.reference_task import (
     last_word_rows,
     write_rows_jsonl,
 )
+from rayrm.rewards import RewardPool, pool_from_config
 from rayrm.rewards.compose import (
     ComposedReward,
     EnsembleReward,
@@ -32,7 +33,6 @@ from rayrm.rewards.compose import (
     length_penalties,
     missing_eos_penalties,
 )
-from rayrm.rewards.pool import RewardPool, pool_from_config
 from rayrm.rewards.text_metrics import bleu, chrf, sentence_scores
 
 torch.set_num_threads(1)

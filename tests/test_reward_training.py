@@ -20,7 +20,7 @@ from envs.builtin import BUILTIN_PROMPTS, VOWELS, build_char_tokenizer
 from rayrm.config import ConfigError
 from rayrm.config.stage import RMConfig, load_stage_config, stage_config_from_dict
 from rayrm.models.tiny import build_tiny_reward_model
-from rayrm.rewards.pool import RewardPool
+from rayrm.rewards import RewardPool
 from rayrm.stages import trainer as stages
 from rayrm.stages.reward_model import (
     bradley_terry_loss,

@@ -1,4 +1,4 @@
-"""Tests for rayrm.rewards.pool: spec resolution, pool dispatch/order, reward-model padding."""
+"""Tests for rayrm.rewards: spec resolution, pool dispatch/order, reward-model padding."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from transformers import (
 
 from envs.builtin import build_char_tokenizer
 from rayrm.models.tiny import build_tiny_reward_model
-from rayrm.rewards.pool import (
+from rayrm.rewards import (
     RewardFunctionActor,
     RewardModelActor,
     RewardPool,

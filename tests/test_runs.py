@@ -64,8 +64,8 @@ def test_reward_model_separate_critic_normalised(
             stats = algo.train()[M.RLHF_RESULTS]
         assert np.isfinite(stats[M.LOSS_VALUE]) and np.isfinite(stats[M.LOSS_POLICY])
         assert abs(stats[M.REWARD_MEAN]) <= 1.5
-        assert algo.reward_moments.count == 2 * cfg.ppo.batch_size
-        assert algo.reward_pool.stats()["num_scored"] == 2 * cfg.ppo.batch_size
+        assert algo.rewards.moments.count == 2 * cfg.ppo.batch_size
+        assert algo.rewards.scorer.stats()["num_scored"] == 2 * cfg.ppo.batch_size
         learner_module = algo.learner_group._learner.module["default_policy"].unwrapped()
         assert learner_module.critic is not None
     finally:

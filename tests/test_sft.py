@@ -3,7 +3,6 @@ run (DDP over gloo) that lowers the held-out loss."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -18,12 +17,12 @@ import yaml
 from conftest import REPO
 
 from envs.builtin import build_char_tokenizer
+from rayrm.cli import build_parser
 from rayrm.config import ConfigError
 from rayrm.config.stage import SFTConfig, load_stage_config, stage_config_from_dict
 from rayrm.stages import trainer as stages
 from rayrm.stages.sft import (
     IGNORE_INDEX,
-    add_arguments,
     build_example,
     collate,
     encode_examples,
@@ -201,9 +200,9 @@ def test_example_config_documents_every_key():
 
 
 def test_cli_arguments():
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["c.yaml", "--set", "train.lr=1", "--set", "name=x", "--resume"])
+    args = build_parser().parse_args(
+        ["sft", "c.yaml", "--set", "train.lr=1", "--set", "name=x", "--resume"]
+    )
     assert args.config == "c.yaml" and args.overrides == ["train.lr=1", "name=x"] and args.resume
 
 

@@ -85,7 +85,7 @@ class TokenKL:
 
 def load_reward_model(path: str | Path) -> tuple[torch.nn.Module, Any]:
     """A reward model and its tokenizer, set up as the reward actors use them."""
-    from rayrm.rewards.pool import RewardModelActor
+    from rayrm.rewards import RewardModelActor
 
     actor = RewardModelActor(str(path), device="cpu")
     return actor.model, actor.tokenizer
@@ -328,21 +328,6 @@ def write_html(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``rayrm explain``."""
-    parser.add_argument("--prompt", required=True, help="prompt text")
-    parser.add_argument(
-        "--completion", help="completion text (default: the --run policy's greedy completion)"
-    )
-    parser.add_argument(
-        "--reward-model", help="reward-model directory (default: the run's reward.path)"
-    )
-    parser.add_argument("--run", help="run folder or checkpoint: adds the per-token KL")
-    parser.add_argument("--eos", action="store_true", help="the completion ended with EOS")
-    parser.add_argument("--html", metavar="FILE", help="also write an HTML page")
-    parser.add_argument("--no-color", action="store_true", help="plain terminal output")
 
 
 def main(args: argparse.Namespace) -> int:

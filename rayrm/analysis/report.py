@@ -91,7 +91,7 @@ def _score(
     references: list[str] | None,
     messages: list[Any],
 ) -> dict[str, np.ndarray]:
-    from rayrm.rewards.pool import pool_from_config, resolve_function
+    from rayrm.rewards import pool_from_config, resolve_function
 
     pool = pool_from_config(cfg.reward, local=True, tokenizer=cfg.model.resolved_tokenizer_path)
     if all(m is None for m in messages):

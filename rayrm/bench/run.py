@@ -68,12 +68,12 @@ from rayrm.bench.support import (
     Workload,
     build_workload,
     error_record,
-    init_ray,
     model_info,
     ray_cpus,
     run_config,
     run_lockstep,
     start_child,
+    start_local_ray,
 )
 
 DEFAULT_LENGTHS = (16, 32, 64, 128)
@@ -128,7 +128,7 @@ def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> di
 
     from rayrm.rl.algorithm import build_algo_config
 
-    temp_dir = init_ray(ray_cpus(spec))
+    temp_dir = start_local_ray(ray_cpus(spec))
     storage = tempfile.mkdtemp(prefix="rb-store-")
     rows = []
     try:
@@ -261,75 +261,6 @@ def _rounded(x: Any) -> Any:
 SECTIONS = ("default", "lengths", "memory", "trl")
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def _critic_list(text: str) -> list[str]:
-    critics = [x.strip() for x in text.split(",") if x.strip()]
-    if not critics or set(critics) - {"separate", "shared"}:
-        raise argparse.ArgumentTypeError(f"critics must be separate and/or shared, got {text!r}")
-    return critics
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the benchmark's options to ``parser`` (``rayrm bench`` and ``jobs/benchmark.py``)."""
-    d = BenchSpec()
-    g = parser.add_argument_group("workload")
-    g.add_argument("--n-layer", type=int, default=d.n_layer, help="GPT-2 layers (%(default)s)")
-    g.add_argument("--n-head", type=int, default=d.n_head, help="GPT-2 heads (%(default)s)")
-    g.add_argument("--n-embd", type=int, default=d.n_embd, help="GPT-2 width (%(default)s)")
-    g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="(%(default)s, >= 100)")
-    g.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help="prompts per iteration (%(default)s)"
-    )
-    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="(%(default)s)")
-    g.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
-    g.add_argument("--num-epochs", type=int, default=d.num_epochs)
-    g.add_argument("--num-minibatches", type=int, default=d.num_minibatches)
-    g.add_argument("--kl-coef", type=float, default=d.kl_coef)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument(
-        "--critics",
-        type=_critic_list,
-        default=["separate", "shared"],
-        help="value models to run the default workload with, comma-separated: separate (a "
-        "second GPT-2 trunk, as TRL's PPOTrainer) and/or shared (a head on the policy trunk, "
-        "rayrm's default); the first one is used by the lengths section (default: %(default)s)",
-    )
-    g.add_argument("--seed", type=int, default=d.seed)
-    r = parser.add_argument_group("run")
-    r.add_argument("--iterations", type=int, default=d.iterations, help="measured iterations")
-    r.add_argument("--warmup", type=int, default=d.warmup, help="unmeasured first iterations")
-    r.add_argument("--num-env-runners", type=int, default=d.num_env_runners)
-    r.add_argument("--num-learners", type=int, default=d.num_learners)
-    r.add_argument(
-        "--sections",
-        default=",".join(SECTIONS),
-        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
-    )
-    r.add_argument(
-        "--lengths",
-        type=_int_list,
-        default=list(DEFAULT_LENGTHS),
-        help="new-token counts of the length series (default: 16,32,64,128)",
-    )
-    r.add_argument(
-        "--memory-vocab-sizes",
-        type=_int_list,
-        default=[100, 50_000],
-        help="vocabulary sizes of the memory-per-step check (default: 100,50000)",
-    )
-    r.add_argument(
-        "--learner-memory-vocab",
-        type=int,
-        default=151_936,
-        help="vocabulary of the learner-update peak-memory check, chunked vs full logits "
-        "(default: %(default)s, Qwen2.5's; 0 skips it)",
-    )
-    r.add_argument("--workdir", default=None, help="where models are built (default: a temp dir)")
-
-
 def spec_from_args(args: argparse.Namespace) -> BenchSpec:
     fields = BenchSpec.__dataclass_fields__
     return BenchSpec(**{k: getattr(args, k) for k in fields if hasattr(args, k)})
@@ -459,6 +390,8 @@ def length_summary(series: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    from rayrm.cli import add_bench_arguments
+
     _parser = argparse.ArgumentParser(prog="rayrm bench", description=__doc__.splitlines()[0])
-    add_arguments(_parser)
+    add_bench_arguments(_parser)
     raise SystemExit(main(_parser.parse_args()))

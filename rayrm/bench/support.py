@@ -302,19 +302,19 @@ class PeakRSS:
         }
 
 
-def init_ray(num_cpus: int) -> str:
-    """Starts a local Ray in a short temp dir (one thread per torch process); returns the dir."""
-    import ray
+def start_local_ray(num_cpus: int) -> str:
+    """A local Ray in a short temp dir (one thread per torch process); returns the dir."""
     import torch
+
+    from rayrm.ray_init import init_ray
 
     torch.set_num_threads(1)
     temp_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        _temp_dir=temp_dir,
+    init_ray(
+        num_cpus,
+        temp_dir=temp_dir,
         log_to_driver=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}},
+        env_vars={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
     )
     return temp_dir
 

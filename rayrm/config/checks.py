@@ -81,19 +81,12 @@ def check_dir(key: str, path: str, what: str) -> None:
 
 
 def check_function(spec: str, key: str = "reward.function") -> None:
-    """Imports ``module:function`` and checks the attribute is callable."""
-    module_name, _, attr = spec.partition(":")
+    """Imports ``module:function`` and checks it is callable (``envs.functions``)."""
+    import_function = importlib.import_module("envs.functions").import_function
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure is the user's to see
-        raise ConfigError(
-            f"{key} {spec!r}: cannot import module {module_name} ({type(exc).__name__}: {exc})",
-            key=key,
-        ) from exc
-    if not hasattr(module, attr):
-        raise ConfigError(f"{key} {spec!r}: module {module_name} has no {attr!r}", key=key)
-    if not callable(getattr(module, attr)):
-        raise ConfigError(f"{key} {spec!r}: {attr} is not callable", key=key)
+        import_function(spec)
+    except ValueError as exc:
+        raise ConfigError(f"{key} {exc}", key=key) from exc
 
 
 def validate_paths(cfg: RunConfig) -> None:

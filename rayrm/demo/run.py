@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from rayrm.demo.steps import SIZES, STAGE_SETTINGS, DemoSizes, gold_line
 
-__all__ = ["DEFAULT_WORKDIR", "STAGES", "add_arguments", "main", "run_demo", "run_stage"]
+__all__ = ["DEFAULT_WORKDIR", "STAGES", "main", "run_demo", "run_stage"]
 
 DEFAULT_WORKDIR = "rayrm-demo"
 DEMO_VERSION = 1
@@ -250,20 +250,6 @@ def run_demo(
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``rayrm demo [--dir DIR] [--size full|smoke] [--no-progress]``."""
-    parser.add_argument(
-        "--dir", default=DEFAULT_WORKDIR, help="workspace folder (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--size",
-        choices=sorted(SIZES),
-        default="full",
-        help="full: the demo (minutes on 2 CPU cores); smoke: toy sizes (default: %(default)s)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(args: argparse.Namespace) -> int:

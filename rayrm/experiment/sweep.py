@@ -15,7 +15,8 @@ from typing import Any
 
 from rayrm import metrics as M
 from rayrm.config import RunConfig
-from rayrm.experiment.train import check_experiment_dir, init_ray, make_tuner
+from rayrm.experiment.train import check_experiment_dir, make_tuner
+from rayrm.ray_init import init_ray
 
 BEST_POLICY_DIR = "best_policy"
 
@@ -109,7 +110,7 @@ def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
     from ray import tune
 
     exp_dir = check_experiment_dir(cfg, resume)
-    init_ray(cfg)
+    init_ray(cfg.run.num_cpus)
     pool = _start_shared_pool(cfg)
     try:
         tuner = make_tuner(
@@ -140,7 +141,7 @@ def _start_shared_pool(cfg: RunConfig) -> str | None:
     name = shared_pool_name(cfg)
     if name is None:
         return None
-    from rayrm.rewards.pool import pool_from_config
+    from rayrm.rewards import pool_from_config
 
     pool_from_config(cfg.reward, name=name)  # trials join its actors by name
     return name

@@ -6,34 +6,17 @@ compact per-iteration terminal line, and finding checkpoints of finished runs.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from rayrm import metrics as M
 from rayrm.config import ConfigError, RunConfig
-
-CHECKPOINT_MARKER = "rayrm_config.yaml"
+from rayrm.ray_init import init_ray
 
 
 class TrainingFailed(RuntimeError):
     """The Tune trial ended in an error (its traceback is in the trial folder)."""
-
-
-def init_ray(cfg: RunConfig | None = None) -> None:
-    """Connects to a running cluster (RAY_ADDRESS, e.g. under ``ray job submit``) or starts a
-    local Ray in-process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if not os.environ.get("RAY_ADDRESS") and cfg is not None and cfg.run.num_cpus:
-        kwargs["num_cpus"] = cfg.run.num_cpus
-    ray.init(**kwargs)
 
 
 def format_line(result: dict[str, Any], total: int | None = None) -> str:
@@ -47,7 +30,7 @@ def format_line(result: dict[str, Any], total: int | None = None) -> str:
     head = f"iter {it:>3}" + (f"/{total}" if total else "")
     return (
         f"{head} | reward {g(M.REWARD_MEAN):+.3f}±{g(M.REWARD_STD):.3f}"
-        f" | kl/tok {g(M.KL_TOKEN):.4f} seq {g(M.KL_SEQUENCE):.3f} β {g(M.KL_BETA):.4f}"
+        f" | kl/tok {g(M.KL_TOKEN):.4f} seq {g(M.KL_SEQUENCE):.3f} β {g(M.KL_COEF):.4f}"
         f" | ent {g(M.ROLLOUT_ENTROPY):.2f} len {g(M.ROLLOUT_LENGTH):.1f}"
         f" | pg {g(M.LOSS_POLICY):+.3f} vf {g(M.LOSS_VALUE):.3f} clip {g(M.LOSS_CLIP_FRACTION):.2f}"
         f" | {g(M.THROUGHPUT_TOKENS_PER_S):.0f} tok/s"
@@ -138,7 +121,7 @@ def run_train(
         TrainingFailed: the trial errored.
     """
     exp_dir = check_experiment_dir(cfg, resume)
-    init_ray(cfg)
+    init_ray(cfg.run.num_cpus)
     # RLHFConfig.update_from_dict derives the whole RLlib config from the run config.
     tuner = make_tuner(
         cfg, exp_dir, resume=resume, param_space={"rayrm": cfg.to_dict()}, callbacks=callbacks
@@ -147,28 +130,6 @@ def run_train(
     if results.errors:
         raise TrainingFailed(f"training failed: {results.errors[0]!s:.2000}")
     return exp_dir, dict(results[0].metrics or {})
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a checkpoint, a trial folder or an experiment folder.
-
-    Picks the checkpoint with the highest index when given a run folder.
-
-    Raises:
-        ConfigError: nothing rayrm-made under ``path``.
-    """
-    p = Path(path).expanduser().resolve()
-    if not p.exists():
-        raise ConfigError(f"{p}: no such run or checkpoint")
-    if (p / CHECKPOINT_MARKER).exists():
-        return p
-    found = sorted(
-        (c.parent for c in p.rglob(CHECKPOINT_MARKER)),
-        key=lambda c: (c.stat().st_mtime, c.name),
-    )
-    if not found:
-        raise ConfigError(f"{p}: no rayrm checkpoint found (looked for */{CHECKPOINT_MARKER})")
-    return found[-1]
 
 
 def main_train(config_path: str, overrides: list[str], resume: bool) -> int:

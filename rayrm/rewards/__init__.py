@@ -1,0 +1,63 @@
+"""Reward sources: what turns ``(prompts, completions)`` into one score per completion.
+
+* ``base``: the batched signature, :class:`~rayrm.rewards.base.RewardActor` and the
+  :class:`~rayrm.rewards.base.Scorer` protocol;
+* ``actors``: reward-model and reward-function actors; ``text_metrics``: chrF/BLEU;
+* ``pool``: :class:`~rayrm.rewards.pool.RewardPool`, actors scoring in parallel batches;
+* ``compose``: ensembles, weighted composites, length and missing-EOS penalties;
+* ``shaping``: normalisation and clipping of the scores, and the score paid at the last token;
+* ``service``: the shared reward service (``rayrm serve-rm``); ``judges``: gold scorers.
+
+:func:`pool_from_config` builds whatever a ``RewardConfig`` describes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rayrm.rewards.actors import RewardFunctionActor, RewardModelActor, reward_model_texts
+from rayrm.rewards.base import RewardSourceError, Scorer, resolve_function
+from rayrm.rewards.compose import ComposedReward, EnsembleReward, build_reward
+from rayrm.rewards.pool import POOL_NAMESPACE, RewardPool
+
+__all__ = [
+    "POOL_NAMESPACE",
+    "ComposedReward",
+    "EnsembleReward",
+    "RewardFunctionActor",
+    "RewardModelActor",
+    "RewardPool",
+    "RewardSourceError",
+    "Scorer",
+    "pool_from_config",
+    "resolve_function",
+    "reward_model_texts",
+]
+
+
+def pool_from_config(
+    reward: Any,
+    *,
+    name: str | None = None,
+    local: bool = False,
+    tokenizer: Any = None,
+    namespace: str = POOL_NAMESPACE,
+) -> Any:
+    """The scorer a ``RewardConfig`` describes: the one factory for every reward source.
+
+    A single ``model``/``function``/``metric`` source without penalties is a plain
+    :class:`RewardPool`; ``ensemble``, ``composite`` or any penalty gives a
+    ``rayrm.rewards.compose.ComposedReward``. Both offer ``score(prompts, completions, *,
+    references=None, finished=None, lengths=None)``, ``score_detailed(...) -> (scores,
+    breakdown)``, ``stats()`` and ``shutdown()``.
+
+    Args:
+        reward: a validated ``rayrm.config.run.RewardConfig``.
+        name: shared pool name (``reward.pool_name``): actors are detached and named, see
+            :class:`RewardPool`; components and ensemble members get sub-pools ``{name}.{part}``.
+        local: build in-process instances instead of Ray actors.
+        tokenizer: the policy's tokenizer (or its directory), used to count completion tokens
+            for ``reward.length_penalty`` when the caller passes no ``lengths``.
+        namespace: Ray namespace of shared actors.
+    """
+    return build_reward(reward, name=name, local=local, tokenizer=tokenizer, namespace=namespace)

@@ -9,7 +9,7 @@ components score concurrently, each in its own actors.
   ``mean_minus_std`` (mean − k·std over members; Coste et al. 2023,
   https://arxiv.org/abs/2310.02743; Eisenstein et al. 2023, https://arxiv.org/abs/2312.09244).
 * :class:`ComposedReward` -- ``Σ_i weight_i · score_i − length penalty − missing-EOS penalty``.
-* :func:`build_reward` -- the scorer a ``RewardConfig`` describes (``rayrm.rewards.pool.pool_from_config``).
+* :func:`build_reward` -- the scorer a ``RewardConfig`` describes (``rayrm.rewards.pool_from_config``).
 
 Breakdown keys are the published metric keys of ``rayrm.metrics`` (``reward/component/<name>``,
 ``reward/member/<i>``, ``reward/disagreement``, ``reward/penalty/...``), each mapped to the
@@ -26,7 +26,8 @@ import numpy as np
 import ray
 
 from rayrm import metrics as M
-from rayrm.rewards.pool import POOL_NAMESPACE, Conversations, References, RewardPool
+from rayrm.rewards.base import Conversations, References
+from rayrm.rewards.pool import POOL_NAMESPACE, RewardPool
 
 COMBINE_MODES = ("mean", "min", "mean_minus_std")
 
@@ -269,7 +270,7 @@ def build_reward(
     tokenizer: Any = None,
     namespace: str = POOL_NAMESPACE,
 ) -> RewardPool | ComposedReward:
-    """See :func:`rayrm.rewards.pool.pool_from_config` (the public entry point)."""
+    """See :func:`rayrm.rewards.pool_from_config` (the public entry point)."""
     built: list[Scorer] = []
 
     def pool(source: str, sub: str | None, **what: Any) -> RewardPool:

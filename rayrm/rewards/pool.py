@@ -1,360 +1,33 @@
-"""Reward sources: reward-model and reward-function actors, and the pool that shards them.
+"""Reward pools: reward actors scoring finished completions in parallel batches.
 
-What belongs here: everything that turns ``(prompts, completions)`` into one scalar reward per
-item. Every source has the same batched signature,
-``fn(prompts: list[str], completions: list[str]) -> Sequence[float]``, so the algorithm's
-``score`` phase does not care whether a learned model or a Python rule produced the numbers.
-Reference-based sources (``rayrm.rewards.text_metrics``: chrF, BLEU; reward functions with a
-``references`` parameter) also receive each prompt's reference text.
-
-Several sources combined (weighted sums, ensembles, length and missing-EOS penalties) live in
-``rayrm.rewards.compose``; :func:`pool_from_config` builds whichever a ``RewardConfig`` asks for.
-
-The actors are plain classes (house style): :class:`RewardPool` makes them remote where it
-creates them, and with ``local=True`` builds them in-process, so the scoring logic is testable
-without a Ray cluster. Actors return CPU ``float32`` numpy arrays.
+:class:`RewardPool` shards a batch over ``num_actors`` actors of one source (a reward model, a
+reward function or a reference metric) and gathers the scores in order; with a name it is a
+shared pool of detached actors that every trial of a sweep (or every job) scores through.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import ray
-import torch
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-)
 
-from rayrm.models.hf_files import TOKENIZER_FILES, has_tokenizer
+from rayrm.rewards.actors import RewardFunctionActor, RewardModelActor
+from rayrm.rewards.base import (
+    Conversations,
+    References,
+    RewardSourceError,
+    check_pair,
+    last_line,
+)
 from rayrm.rewards.text_metrics import RewardMetricActor
 
-RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+__all__ = ["POOL_NAMESPACE", "SOURCES", "RewardPool"]
 
 SOURCES = ("model", "function", "metric")
 """Sources one :class:`RewardPool` serves (ensembles and composites: ``rayrm.rewards.compose``)."""
-
-References = Sequence[str | None] | None
-"""Per-item reference texts for reference-based sources; None when the prompts have none."""
-
-Conversations = Sequence[list[dict[str, str]] | None] | None
-"""Per-item conversations (``{role, content}`` messages) the prompts were rendered from; None
-for plain prompts. Reward models render ``messages + [assistant: completion]`` with their own
-chat template; reward functions with a ``messages`` parameter receive them."""
-
-
-class RewardSourceError(ValueError):
-    """A reward source cannot be built or returned unusable output.
-
-    A ``ValueError`` subclass so callers that validate configs can catch both alike.
-    """
-
-
-def resolve_function(spec: str) -> RewardFn:
-    """Imports a reward function named as ``"module:function"``.
-
-    The string form lets configs (YAML, Tune search spaces) name reward functions and lets
-    Ray workers import them themselves instead of unpickling closures from the driver.
-
-    Args:
-        spec: ``"package.module:function"``; the module may be dotted.
-
-    Returns:
-        The callable, expected to follow the batched reward signature.
-
-    Raises:
-        RewardSourceError: spec malformed, module not importable, attribute missing or not
-            callable. The one-line message names the spec.
-    """
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise RewardSourceError(f"reward function spec {spec!r} must look like 'module:function'")
-    module_name, attr = (part.strip() for part in spec.split(":"))
-    if not module_name or not attr:
-        raise RewardSourceError(f"reward function spec {spec!r} must look like 'module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise RewardSourceError(
-            f"reward function spec {spec!r}: cannot import module {module_name!r} ({e})"
-        ) from e
-    try:
-        fn = getattr(module, attr)
-    except AttributeError as e:
-        raise RewardSourceError(
-            f"reward function spec {spec!r}: module {module_name!r} has no attribute {attr!r}"
-        ) from e
-    if not callable(fn):
-        raise RewardSourceError(
-            f"reward function spec {spec!r}: {attr!r} is a {type(fn).__name__}, not callable"
-        )
-    return fn
-
-
-def _resolve_device(device: str) -> torch.device:
-    """Maps ``"auto"`` to CUDA when the actor was given a GPU, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _last_line(message: str) -> str:
-    """Keeps the final line of a remote traceback: the original exception and its message."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return lines[-1] if lines else message
-
-
-def _check_pair(prompts: Sequence[str], completions: Sequence[str]) -> None:
-    if len(prompts) != len(completions):
-        raise ValueError(
-            f"got {len(prompts)} prompts but {len(completions)} completions; "
-            "each completion needs the prompt it answers"
-        )
-
-
-class RewardModelActor:
-    """Scores ``prompt + completion`` with a scalar-head sequence-classification model.
-
-    Attributes:
-        num_calls: ``score`` calls served (since the last restart, when remote).
-        num_scored: items scored.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        *,
-        max_length: int = 512,
-        device: str = "auto",
-        tokenizer_path: str | None = None,
-    ) -> None:
-        """Loads tokenizer and model from a local directory.
-
-        Args:
-            path: directory written by ``save_pretrained`` (model, usually tokenizer too).
-            tokenizer_path: tokenizer directory when ``path`` has none.
-            max_length: token budget per text; clamped to the model's position limit so long
-                texts truncate instead of indexing past the position embeddings.
-            device: ``"auto"`` (CUDA if visible, else CPU), or any torch device string.
-
-        Raises:
-            RewardSourceError: the model has more than one label, or the tokenizer has
-                neither a pad nor an eos token to pad with.
-        """
-        self.path = str(path)
-        self.device = _resolve_device(device)
-        tokenizer_dir = str(tokenizer_path or path)
-        if not has_tokenizer(tokenizer_dir):
-            raise RewardSourceError(
-                f"reward model {self.path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
-                "set reward.tokenizer_path to the tokenizer it was trained with"
-            )
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise RewardSourceError(
-                    f"reward model tokenizer at {self.path!r} has neither a pad nor an eos "
-                    "token; batched scoring needs one to pad with"
-                )
-            tokenizer.pad_token = tokenizer.eos_token
-        # Right padding keeps absolute position ids identical to the unpadded text (GPT-2 has
-        # learned positions), and the seq-cls head pools the last non-pad token either way.
-        tokenizer.padding_side = "right"
-        # Keep the end of the text when truncating: the head reads the last token, which
-        # must belong to the completion, not the middle of a long prompt.
-        tokenizer.truncation_side = "left"
-        self.tokenizer = tokenizer
-
-        model = AutoModelForSequenceClassification.from_pretrained(self.path)
-        if model.config.num_labels != 1:
-            raise RewardSourceError(
-                f"reward model at {self.path!r} has num_labels={model.config.num_labels}; "
-                "a reward model needs a single scalar head (num_labels=1)"
-            )
-        # The head finds each row's last real token by comparing ids to pad_token_id, so it
-        # must be the id the tokenizer actually pads with.
-        model.config.pad_token_id = tokenizer.pad_token_id
-        self.model = model.to(self.device).eval()
-
-        limit = getattr(model.config, "max_position_embeddings", None)
-        self.max_length = min(max_length, limit) if isinstance(limit, int) else max_length
-        self.num_calls = 0
-        self.num_scored = 0
-
-    def score(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: References = None,
-        messages: Conversations = None,
-    ) -> np.ndarray:
-        """Scores a batch in one forward pass.
-
-        Args:
-            prompts: N prompt texts.
-            completions: N completions, same order.
-            references: ignored (a reward model reads prompt and completion only).
-            messages: N conversations (or None each) the prompts came from: those items are
-                scored as ``messages + [{"role": "assistant", "content": completion}]``
-                rendered with this model's chat template.
-
-        Returns:
-            ``float32`` array of shape (N,), on CPU: the scalar head's logit per text.
-        """
-        _check_pair(prompts, completions)
-        self.num_calls += 1
-        if len(prompts) == 0:
-            return np.zeros((0,), dtype=np.float32)
-        texts = reward_model_texts(self.tokenizer, prompts, completions, messages)
-        # Chat renderings hold their own special tokens; plain texts get the tokenizer's.
-        special = messages is None or all(m is None for m in messages)
-        batch = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            add_special_tokens=special,
-            return_tensors="pt",
-        ).to(self.device)
-        with torch.inference_mode():
-            logits = self.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits  # (N, 1)
-        self.num_scored += len(texts)
-        return logits[:, 0].float().cpu().numpy()
-
-    def stats(self) -> dict[str, int]:
-        """Counters for the pool's aggregate and for tests that count calls."""
-        return {"num_calls": self.num_calls, "num_scored": self.num_scored}
-
-    def ping(self) -> bool:
-        """Returns once ``__init__`` finished; lets the pool surface load errors early."""
-        return True
-
-    def describe(self) -> tuple[str, str]:
-        """``(source, what)``: lets a client check a shared actor serves what it asked for."""
-        return ("model", self.path)
-
-
-class RewardFunctionActor:
-    """Scores with a Python function named by ``"module:function"``.
-
-    Same interface as :class:`RewardModelActor`, so rule-based rewards (exact match, length,
-    format checks) run in the same pool and scale out the same way.
-    """
-
-    def __init__(self, function: str) -> None:
-        """Resolves the function in this process (so Ray workers import it themselves).
-
-        Raises:
-            RewardSourceError: see :func:`resolve_function`.
-        """
-        self.function = function
-        self.fn = resolve_function(function)
-        self.takes_references = _takes_keyword(self.fn, "references")
-        self.takes_messages = _takes_keyword(self.fn, "messages")
-        self.num_calls = 0
-        self.num_scored = 0
-
-    def score(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: References = None,
-        messages: Conversations = None,
-    ) -> np.ndarray:
-        """Calls the function once on the whole batch.
-
-        A function with a ``references`` parameter is called as
-        ``fn(prompts, completions, references=references)``; others get no references. The
-        same for ``messages`` (the conversations of chat prompts).
-
-        Returns:
-            ``float32`` array of shape (N,), on CPU.
-
-        Raises:
-            RewardSourceError: the function returned something that is not N scalars.
-        """
-        _check_pair(prompts, completions)
-        self.num_calls += 1
-        n = len(prompts)
-        extra: dict[str, Any] = {}
-        if self.takes_references:
-            extra["references"] = None if references is None else list(references)
-        if self.takes_messages:
-            extra["messages"] = None if messages is None else list(messages)
-        fn: Any = self.fn  # the batched signature plus optional keywords
-        out: Any = fn(list(prompts), list(completions), **extra)
-        if isinstance(out, torch.Tensor):
-            out = out.detach().cpu().numpy()
-        try:
-            scores = np.asarray(out, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise RewardSourceError(
-                f"reward function {self.function!r} returned {type(out).__name__} that is not "
-                f"convertible to float32 numbers ({e})"
-            ) from e
-        if scores.shape != (n,):
-            raise RewardSourceError(
-                f"reward function {self.function!r} returned shape {scores.shape} for {n} "
-                f"items; it must return one float per (prompt, completion), i.e. shape ({n},)"
-            )
-        self.num_scored += n
-        return scores
-
-    def stats(self) -> dict[str, int]:
-        """Counters for the pool's aggregate and for tests that count calls."""
-        return {"num_calls": self.num_calls, "num_scored": self.num_scored}
-
-    def ping(self) -> bool:
-        """Returns once ``__init__`` finished; lets the pool surface load errors early."""
-        return True
-
-    def describe(self) -> tuple[str, str]:
-        """``(source, what)``: lets a client check a shared actor serves what it asked for."""
-        return ("function", self.function)
-
-
-def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
-    """Whether ``fn`` accepts ``name=`` (a named parameter or ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # builtins without a signature
-        return False
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
-def reward_model_texts(
-    tokenizer: Any,
-    prompts: Sequence[str],
-    completions: Sequence[str],
-    messages: Conversations = None,
-) -> list[str]:
-    """What a reward model reads per item: ``prompt + completion``, or for a conversation the
-    reward model's own chat template over ``messages + [assistant: completion]``.
-
-    Raises:
-        RewardSourceError: A conversation arrives and the tokenizer has no chat template.
-    """
-    texts = []
-    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-        conversation = None if messages is None else messages[i]
-        if conversation is None:
-            texts.append(prompt + completion)
-            continue
-        if not getattr(tokenizer, "chat_template", None):
-            raise RewardSourceError(
-                "the reward model's tokenizer has no chat template, but the prompts are "
-                "conversations; set reward.tokenizer_path to a tokenizer with one"
-            )
-        turn = {"role": "assistant", "content": completion}
-        texts.append(str(tokenizer.apply_chat_template([*conversation, turn], tokenize=False)))
-    return texts
-
 
 POOL_NAMESPACE = "rayrm"
 """Ray namespace of shared (named) reward pools."""
@@ -479,7 +152,7 @@ class RewardPool:
         except ray.exceptions.RayActorError as e:
             self.shutdown()
             raise RewardSourceError(
-                f"reward {source} actor failed to start: {_last_line(str(e))}"
+                f"reward {source} actor failed to start: {last_line(str(e))}"
             ) from e
         if self.shared:
             self._check_shared_actors(name, (source, str(args[0])))
@@ -549,7 +222,7 @@ class RewardPool:
         Returns:
             Opaque handles for :meth:`collect`: Ray object refs, or arrays when ``local``.
         """
-        _check_pair(prompts, completions)
+        check_pair(prompts, completions)
         if references is not None and len(references) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
         if messages is not None and len(messages) != len(prompts):
@@ -619,33 +292,3 @@ class RewardPool:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
-
-
-def pool_from_config(
-    reward: Any,
-    *,
-    name: str | None = None,
-    local: bool = False,
-    tokenizer: Any = None,
-    namespace: str = POOL_NAMESPACE,
-) -> Any:
-    """The scorer a ``RewardConfig`` describes: the one factory for every reward source.
-
-    A single ``model``/``function``/``metric`` source without penalties is a plain
-    :class:`RewardPool`; ``ensemble``, ``composite`` or any penalty gives a
-    ``rayrm.rewards.compose.ComposedReward``. Both offer ``score(prompts, completions, *,
-    references=None, finished=None, lengths=None)``, ``score_detailed(...) -> (scores,
-    breakdown)``, ``stats()`` and ``shutdown()``.
-
-    Args:
-        reward: a validated ``rayrm.config.run.RewardConfig``.
-        name: shared pool name (``reward.pool_name``): actors are detached and named, see
-            :class:`RewardPool`; components and ensemble members get sub-pools ``{name}.{part}``.
-        local: build in-process instances instead of Ray actors.
-        tokenizer: the policy's tokenizer (or its directory), used to count completion tokens
-            for ``reward.length_penalty`` when the caller passes no ``lengths``.
-        namespace: Ray namespace of shared actors.
-    """
-    from rayrm.rewards.compose import build_reward
-
-    return build_reward(reward, name=name, local=local, tokenizer=tokenizer, namespace=namespace)

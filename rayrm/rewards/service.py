@@ -8,7 +8,7 @@ returns; the actors keep running after the command and after every job that uses
 
 A training job uses the service by having the same ``reward`` section plus
 ``reward.pool_name: NAME`` (e.g. the same config file, or ``--set reward.pool_name=NAME``):
-its :func:`rayrm.rewards.pool.pool_from_config` then joins the running actors by name instead of
+its :func:`rayrm.rewards.pool_from_config` then joins the running actors by name instead of
 starting its own, and reserves no reward resources for them. A job whose reward section names
 another model than the one served fails at start-up with a one-line error instead of silently
 scoring with the service's model. Metric sources (chrF, BLEU) have no actors: every job scores
@@ -125,18 +125,6 @@ def stop(name: str, *, address: str | None = None) -> int:
 
     connect(address)
     return kill_shared_pools(name)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``rayrm serve-rm CONFIG [--name NAME]`` / ``rayrm serve-rm --stop NAME``."""
-    parser.add_argument(
-        "config", nargs="?", help="YAML with a `reward` section (a run config works)"
-    )
-    parser.add_argument("--name", help="service name (default: the config's reward.pool_name)")
-    parser.add_argument("--stop", metavar="NAME", help="stop the service NAME instead")
-    parser.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else 'auto')"
-    )
 
 
 def main(args: argparse.Namespace) -> int:

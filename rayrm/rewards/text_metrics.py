@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from rayrm.rewards.base import RewardActor
+
 METRICS = ("chrf", "bleu")
 """Names accepted by ``reward.metric`` and by components with ``source: metric``."""
 
@@ -109,13 +111,8 @@ def bleu(
     return [float(s) for s in sentence_scores("bleu", completions, references)]
 
 
-class RewardMetricActor:
-    """Scores with a reference-based metric; same interface as the other reward actors.
-
-    Attributes:
-        num_calls: ``score`` calls served.
-        num_scored: items scored.
-    """
+class RewardMetricActor(RewardActor):
+    """Scores with a reference-based metric; same interface as the other reward actors."""
 
     def __init__(self, metric: str) -> None:
         """Builds the sacrebleu scorer.
@@ -125,8 +122,7 @@ class RewardMetricActor:
         """
         self.metric = metric
         self.scorer = _sacrebleu_metric(metric)
-        self.num_calls = 0
-        self.num_scored = 0
+        super().__init__("metric", metric)
 
     def score(
         self,
@@ -140,13 +136,3 @@ class RewardMetricActor:
         scores = sentence_scores(self.metric, completions, references, scorer=self.scorer)
         self.num_scored += len(scores)
         return scores
-
-    def stats(self) -> dict[str, int]:
-        return {"num_calls": self.num_calls, "num_scored": self.num_scored}
-
-    def ping(self) -> bool:
-        return True
-
-    def describe(self) -> tuple[str, str]:
-        """``(source, what)``: lets a client check a shared actor serves what it asked for."""
-        return ("metric", self.metric)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,6 @@ import ray
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     LEARNER_RESULTS,
@@ -31,22 +29,19 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
-from envs.tokenization import Prompt
 from rayrm import metrics as M
 from rayrm.config import RunConfig, config_from_dict
-from rayrm.core_algos import AdaptiveKLController, FixedKLController, RunningMoments
-from rayrm.models.decoding import sample_sequences
+from rayrm.core_algos import AdaptiveKLController, FixedKLController
 from rayrm.models.loading import load_tokenizer, prompt_codec, stop_token_ids
-from rayrm.rewards.pool import pool_from_config
+from rayrm.rewards import pool_from_config
+from rayrm.rewards.base import Completion, ScoredBatch
+from rayrm.rewards.shaping import RewardPipeline
+from rayrm.rl.checkpoint import RAYRM_STATE, write_rayrm_files
 from rayrm.rl.env_runner import RLHFEnvRunner
+from rayrm.rl.evaluation import HeldOutEvaluation
 from rayrm.rl.learner import RLHFPPOLearner
 from rayrm.rl.module import LMPolicyModule
-
-RAYRM_STATE = "rayrm_state"
-RESOLVED_CONFIG_FILE = "rayrm_config.yaml"
-TOKENIZER_DIR = "tokenizer"
-HF_CONFIG_DIR = "hf_config"
-POLICY_STATE_FILE = "learner_group/learner/rl_module/default_policy/module_state.pkl"
+from rayrm.rl.rllib_compat import sample_episodes
 
 
 class RLHFConfig(PPOConfig):
@@ -156,6 +151,19 @@ class RLHFConfig(PPOConfig):
         return self
 
 
+def completion_of(episode: Any) -> Completion:
+    """What the reward sources read of a finished episode (its last step's info)."""
+    info = episode.get_infos(-1)
+    return Completion(
+        prompt_text=info["prompt_text"],  # what the tokens decode to (envs.tokenization)
+        completion=info["completion"],
+        finished=bool(episode.is_terminated),  # a stop token, not the length limit
+        num_tokens=len(episode) - int(episode.is_terminated),  # without the stop token
+        reference=info.get("reference"),
+        messages=info.get("messages"),
+    )
+
+
 def build_algo_config(cfg: RunConfig) -> RLHFConfig:
     """The RLlib AlgorithmConfig of a validated rayrm RunConfig."""
     return RLHFConfig().apply_run_config(cfg)
@@ -208,95 +216,37 @@ class RLHFPPO(PPO):
 
     def setup(self, config: Any) -> None:
         super().setup(config)
-        self.rlhf: RunConfig = config_from_dict(self.config.rayrm, check_paths=False)
-        self.kl_ctl = make_kl_controller(self.rlhf)
-        self.reward_moments = RunningMoments()
-        r = self.rlhf.reward
-        self.reward_pool = pool_from_config(
-            r, name=r.pool_name, tokenizer=self.rlhf.model.resolved_tokenizer_path
-        )
+        self.run_config: RunConfig = config_from_dict(self.config.rayrm, check_paths=False)
+        cfg = self.run_config
+        self.kl_ctl = make_kl_controller(cfg)
+        r = cfg.reward
+        scorer = pool_from_config(r, name=r.pool_name, tokenizer=cfg.model.resolved_tokenizer_path)
+        self.rewards = RewardPipeline(scorer, normalize=r.normalize, clip=r.clip)
         self.rollout_node_ids: list[str] = []
-        self._setup_eval()
+        self.tokenizer = load_tokenizer(cfg.model.resolved_tokenizer_path)
+        self.held_out = HeldOutEvaluation(cfg, prompt_codec(cfg, self.tokenizer))
 
     def cleanup(self) -> None:
-        pool = getattr(self, "reward_pool", None)
-        if pool is not None:
-            pool.shutdown()
+        rewards = getattr(self, "rewards", None)
+        if rewards is not None:
+            rewards.shutdown()
         super().cleanup()
-
-    # ------------------------------------------------------------------ evaluation
-    def _setup_eval(self) -> None:
-        from envs.prompts import load_prompt_rows
-        from rayrm.rewards.pool import resolve_function
-
-        e = self.rlhf.eval
-        self.tokenizer = load_tokenizer(self.rlhf.model.resolved_tokenizer_path)
-        self.codec = prompt_codec(self.rlhf, self.tokenizer)
-        path = e.prompts or self.rlhf.data.prompts
-        data = self.rlhf.data
-        prompts, refs = load_prompt_rows(
-            path, data.prompt_column, data.reference_column, data.messages_column
-        )
-        self.eval_prompts = prompts[: e.num_prompts]
-        self.eval_references = None if refs is None else refs[: e.num_prompts]
-        self.gold_fn = resolve_function(e.gold_function) if e.gold_function else None
-
-    def sample_texts(
-        self, prompts: list[Prompt], *, greedy: bool = False, seed: int = 0
-    ) -> tuple[list[str], list[str]]:
-        """``(prompt_texts, completions)``: one completion per prompt from the current policy
-        (the synced local copy), and the texts as rewards read them."""
-        g = self.rlhf.generation
-        sequences = sample_sequences(
-            self.env_runner.module.lm,
-            self.codec,
-            prompts,
-            max_new_tokens=g.max_new_tokens,
-            temperature=g.temperature,
-            top_k=g.top_k,
-            top_p=g.top_p,
-            greedy=greedy,
-            seed=seed,
-        )
-        texts = [self.codec.texts(p, c) for p, c in sequences]
-        return [t[0] for t in texts], [t[1] for t in texts]
-
-    def evaluate(self) -> dict[str, float]:
-        """Proxy (the run's reward source) and gold scores on the held-out prompts."""
-        prompts, completions = self.sample_texts(self.eval_prompts, seed=self.rlhf.seed)
-        proxy = self.reward_pool.score(
-            prompts,
-            completions,
-            references=self.eval_references,
-            messages=[self.codec.conversation(p) for p in self.eval_prompts],
-        )
-        out = {
-            M.EVAL_UPDATES: float(self.iteration),
-            M.EVAL_PROXY_MEAN: float(proxy.mean()),
-            M.EVAL_PROXY_STD: float(proxy.std()),
-        }
-        if self.gold_fn is not None:
-            gold = np.asarray(self.gold_fn(prompts, completions), dtype=np.float64)
-            out[M.EVAL_GOLD_MEAN], out[M.EVAL_GOLD_STD] = float(gold.mean()), float(gold.std())
-        return out
 
     # ------------------------------------------------------------------ training step
     def training_step(self) -> None:
-        every = self.rlhf.eval.every
-        if every and self.iteration % every == 0:
+        if self.held_out.due(self.iteration):
             # The policy after `self.iteration` updates, before this iteration's.
-            for key, value in self.evaluate().items():
+            lm = self.env_runner.module.lm
+            for key, value in self.held_out.evaluate(
+                lm, self.rewards.scorer, self.iteration
+            ).items():
                 self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
         t_start = time.perf_counter()
-        episodes, env_runner_results = synchronous_parallel_sample(
-            worker_set=self.env_runner_group,
-            _uses_new_env_runners=True,
-            _return_metrics=True,
-        )
+        episodes, env_runner_results = sample_episodes(self.env_runner_group)
         self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
         t_sampled = time.perf_counter()
 
-        raw_scores = self._score(episodes)
+        scored = self._score(episodes)
         t_scored = time.perf_counter()
 
         learner_stats = self._update(episodes)
@@ -321,8 +271,8 @@ class RLHFPPO(PPO):
         published = {
             M.REWARD_MEAN: float(scores.mean()),
             M.REWARD_STD: float(scores.std()),
-            M.REWARD_RAW_MEAN: float(raw_scores.mean()),
-            M.KL_BETA: learner_stats.pop("beta"),
+            M.REWARD_RAW_MEAN: float(scored.raw.mean()),
+            M.KL_COEF: learner_stats.pop(M.KL_COEF),
             M.ROLLOUT_COMPLETIONS: len(episodes),
             M.ROLLOUT_NUM_NODES: max(1, len(self.rollout_node_ids)),
             M.THROUGHPUT_TOKENS_PER_S: num_tokens / max(t_end - t_start, 1e-9),
@@ -334,55 +284,38 @@ class RLHFPPO(PPO):
             **learner_stats,
         }
         published[M.OBJECTIVE_REWARD_MINUS_KL] = (
-            published[M.REWARD_MEAN] - published[M.KL_BETA] * published[M.KL_SEQUENCE]
+            published[M.REWARD_MEAN] - published[M.KL_COEF] * published[M.KL_SEQUENCE]
         )
         for key, value in published.items():
             self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
 
-    def _score(self, episodes: list[Any]) -> np.ndarray:
-        """Scores every finished completion through the pool and pays it at the last token."""
-        infos = [e.get_infos(-1) for e in episodes]
-        references = [i.get("reference") for i in infos]
-        messages = [i.get("messages") for i in infos]
-        raw, breakdown = self.reward_pool.score_detailed(
-            [i["prompt_text"] for i in infos],  # what the tokens decode to (envs.tokenization)
-            [i["completion"] for i in infos],
-            references=None if all(ref is None for ref in references) else references,
-            messages=None if all(m is None for m in messages) else messages,
-            finished=[bool(e.is_terminated) for e in episodes],  # EOS, not the length limit
-            lengths=[len(e) - int(e.is_terminated) for e in episodes],  # tokens without EOS
-        )
-        raw = raw.astype(np.float64)
-        for key, values in breakdown.items():  # components, ensemble members, penalties
+    def _score(self, episodes: list[Any]) -> ScoredBatch:
+        """Scores every finished completion (``rayrm.rewards.shaping``) and pays each shaped
+        score at its completion's last token."""
+        scored = self.rewards.score([completion_of(e) for e in episodes])
+        for key, values in scored.breakdown.items():  # components, members, penalties
             self.metrics.log_value((M.RLHF_RESULTS, key), float(np.mean(values)), window=1)
-        scores = raw
-        r = self.rlhf.reward
-        if r.normalize:
-            self.reward_moments.update(raw)
-            scores = (raw - self.reward_moments.mean) / self.reward_moments.std
-        if r.clip is not None:
-            scores = np.clip(scores, -r.clip, r.clip)
-        for episode, score in zip(episodes, scores, strict=True):
+        for episode, score in zip(episodes, scored.scores, strict=True):
             buffer = episode.rewards
             if isinstance(buffer.data, np.ndarray) and not buffer.data.flags.writeable:
                 buffer.data = buffer.data.copy()  # episodes from remote runners are read-only
             rewards = episode.get_rewards()
             episode.set_rewards(new_data=np.asarray(rewards[-1] + score, np.float32), at_indices=-1)
-        return raw
+        return scored
 
     def _update(self, episodes: list[Any]) -> dict[str, float]:
         """Pushes β, runs the PPO update on whole completions, then steps the KL controller."""
-        beta = self.kl_ctl.value
-        self.learner_group.foreach_learner(lambda learner: learner.set_kl_coef(beta))
+        kl_coef = self.kl_ctl.value
+        self.learner_group.foreach_learner(lambda learner: learner.set_kl_coef(kl_coef))
         kwargs = dict(
             timesteps={
                 NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
                     (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
                 )
             },
-            num_epochs=self.rlhf.ppo.num_epochs,
+            num_epochs=self.run_config.ppo.num_epochs,
         )
-        num_learners = self.rlhf.resources.num_learners
+        num_learners = self.run_config.resources.num_learners
         if num_learners >= 2:
             shards = shard_whole_episodes(episodes, num_learners)
             results = self.learner_group.update(
@@ -398,7 +331,7 @@ class RLHFPPO(PPO):
 
         stats = {key: peek(name) for key, name in M.FROM_LEARNER.items()}
         self.kl_ctl.update(stats[M.KL_SEQUENCE], n_steps=len(episodes))
-        stats["beta"] = beta
+        stats[M.KL_COEF] = kl_coef
         return stats
 
     # ------------------------------------------------------------------ state
@@ -406,8 +339,8 @@ class RLHFPPO(PPO):
         state = super().get_state(*args, **kwargs)
         state[RAYRM_STATE] = {
             "kl_ctl": self.kl_ctl.get_state(),
-            "reward_moments": self.reward_moments.get_state(),
-            "config_kl_coef": self.rlhf.ppo.kl_coef,
+            "reward_moments": self.rewards.moments.get_state(),
+            "config_kl_coef": self.run_config.ppo.kl_coef,
         }
         return state
 
@@ -415,25 +348,18 @@ class RLHFPPO(PPO):
         super().set_state(state)
         if RAYRM_STATE in state:
             saved = state[RAYRM_STATE]
-            self.reward_moments.set_state(saved["reward_moments"])
+            self.rewards.moments.set_state(saved["reward_moments"])
             # The adaptive β travels with the checkpoint, unless this trial's config changed
             # the coefficient (PBT's explore step): then the new value is the perturbed β.
-            if saved.get("config_kl_coef", self.rlhf.ppo.kl_coef) == self.rlhf.ppo.kl_coef:
+            kl_coef = self.run_config.ppo.kl_coef
+            if saved.get("config_kl_coef", kl_coef) == kl_coef:
                 self.kl_ctl.set_state(saved["kl_ctl"])
         # The config's learning rate wins over the one stored with the optimizer state (PBT).
-        lr = self.rlhf.ppo.lr
+        lr = self.run_config.ppo.lr
         self.learner_group.foreach_learner(lambda learner: learner.set_lr(lr))
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        """RLlib's checkpoint plus the resolved config and the tokenizer, for export/generate."""
+        """RLlib's checkpoint plus the resolved config, the tokenizer and the policy's Hugging
+        Face configs (``rayrm.rl.checkpoint``), so export and generate need no model.path."""
         super().save_checkpoint(checkpoint_dir)
-        from transformers import AutoConfig, GenerationConfig
-
-        self.rlhf.save_yaml(Path(checkpoint_dir) / RESOLVED_CONFIG_FILE)
-        self.tokenizer.save_pretrained(str(Path(checkpoint_dir) / TOKENIZER_DIR))
-        # The architecture (original config, dropout included) and the generation config (its
-        # EOS ids) so export needs no model.path.
-        hf_dir = str(Path(checkpoint_dir) / HF_CONFIG_DIR)
-        AutoConfig.from_pretrained(self.rlhf.model.path).save_pretrained(hf_dir)
-        if (Path(self.rlhf.model.path) / "generation_config.json").is_file():
-            GenerationConfig.from_pretrained(self.rlhf.model.path).save_pretrained(hf_dir)
+        write_rayrm_files(checkpoint_dir, self.run_config, self.tokenizer)

@@ -1,9 +1,12 @@
-"""Using a trained policy: load it from a checkpoint, export it, sample from it.
+"""The checkpoint layout, and using a trained policy: find, load, export, sample.
 
-A rayrm checkpoint holds the RLlib state plus ``rayrm_config.yaml``, ``tokenizer/`` and
-``hf_config/`` (the policy's original Hugging Face config), so loading needs neither Ray nor
-the original model directory: the policy is rebuilt from its config and given the trained
-weights (the ``lm.`` part of the learner's RLModule state).
+A rayrm checkpoint is RLlib's algorithm checkpoint plus what the named constants below say:
+the resolved run config (:data:`RESOLVED_CONFIG_FILE`, which also marks a directory as a rayrm
+checkpoint), the tokenizer (:data:`TOKENIZER_DIR`) and the policy's original Hugging Face
+config and generation config (:data:`HF_CONFIG_DIR`); the algorithm's own state (β, reward
+moments) is under :data:`RAYRM_STATE` in RLlib's state. So loading needs neither Ray nor the
+original model directory: the policy is rebuilt from its config and given the trained weights
+(the ``lm.`` part of the learner's module state, ``rllib_compat.MODULE_STATE_FILE``).
 """
 
 from __future__ import annotations
@@ -16,20 +19,61 @@ import torch
 
 from envs.tokenization import PromptCodec
 from rayrm.config import ConfigError, RunConfig, load_config
-from rayrm.experiment.train import CHECKPOINT_MARKER, find_checkpoint
 from rayrm.models.decoding import sample_completions
 from rayrm.models.hf_files import stop_token_ids_of
 from rayrm.models.loading import DTYPES
-from rayrm.rl.algorithm import HF_CONFIG_DIR, POLICY_STATE_FILE, TOKENIZER_DIR
+from rayrm.rl.rllib_compat import MODULE_STATE_FILE
 
+RESOLVED_CONFIG_FILE = "rayrm_config.yaml"
+"""The run config a checkpoint was trained with, paths absolute; marks a rayrm checkpoint."""
+TOKENIZER_DIR = "tokenizer"
+HF_CONFIG_DIR = "hf_config"
+"""The policy's ``config.json`` (dropout as published) and ``generation_config.json``."""
+RAYRM_STATE = "rayrm_state"
+"""Key of the algorithm's own state (KL controller, reward moments) in RLlib's state."""
 LM_PREFIX = "lm."
 REF_PREFIX = "ref_model."
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a checkpoint, a trial folder or an experiment folder.
+
+    Picks the newest checkpoint when given a run folder.
+
+    Raises:
+        ConfigError: nothing rayrm-made under ``path``.
+    """
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise ConfigError(f"{p}: no such run or checkpoint")
+    if (p / RESOLVED_CONFIG_FILE).exists():
+        return p
+    found = sorted(
+        (c.parent for c in p.rglob(RESOLVED_CONFIG_FILE)),
+        key=lambda c: (c.stat().st_mtime, c.name),
+    )
+    if not found:
+        raise ConfigError(f"{p}: no rayrm checkpoint found (looked for */{RESOLVED_CONFIG_FILE})")
+    return found[-1]
+
+
+def write_rayrm_files(checkpoint_dir: str | Path, cfg: RunConfig, tokenizer: Any) -> None:
+    """What a rayrm checkpoint holds beside RLlib's state (see the module docstring)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    ckpt = Path(checkpoint_dir)
+    cfg.save_yaml(ckpt / RESOLVED_CONFIG_FILE)
+    tokenizer.save_pretrained(str(ckpt / TOKENIZER_DIR))
+    hf_dir = str(ckpt / HF_CONFIG_DIR)
+    AutoConfig.from_pretrained(cfg.model.path).save_pretrained(hf_dir)
+    if (Path(cfg.model.path) / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(cfg.model.path).save_pretrained(hf_dir)
+
+
 def _module_state(ckpt: Path) -> dict[str, Any]:
-    path = ckpt / POLICY_STATE_FILE
+    path = ckpt / MODULE_STATE_FILE
     if not path.exists():
-        raise ConfigError(f"{ckpt}: not a complete rayrm checkpoint (missing {POLICY_STATE_FILE})")
+        raise ConfigError(f"{ckpt}: not a complete rayrm checkpoint (missing {MODULE_STATE_FILE})")
     with open(path, "rb") as f:
         return pickle.load(f)
 
@@ -57,7 +101,7 @@ def load_policy(run_or_checkpoint: str | Path) -> tuple[torch.nn.Module, Any, Ru
 
     ckpt = find_checkpoint(run_or_checkpoint)
     state = _module_state(ckpt)
-    cfg = load_config(ckpt / CHECKPOINT_MARKER, check_paths=False)
+    cfg = load_config(ckpt / RESOLVED_CONFIG_FILE, check_paths=False)
     model = _build(ckpt, state, LM_PREFIX, cfg.model.dtype)
     tokenizer = AutoTokenizer.from_pretrained(ckpt / TOKENIZER_DIR)
     return model, tokenizer, cfg, ckpt
@@ -66,7 +110,7 @@ def load_policy(run_or_checkpoint: str | Path) -> tuple[torch.nn.Module, Any, Ru
 def load_reference(run_or_checkpoint: str | Path) -> torch.nn.Module:
     """The frozen reference model stored in a checkpoint."""
     ckpt = find_checkpoint(run_or_checkpoint)
-    cfg = load_config(ckpt / CHECKPOINT_MARKER, check_paths=False)
+    cfg = load_config(ckpt / RESOLVED_CONFIG_FILE, check_paths=False)
     return _build(ckpt, _module_state(ckpt), REF_PREFIX, cfg.model.dtype)
 
 

@@ -22,37 +22,35 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 import envs  # noqa: F401  (registers rayrm/TextGeneration-v0 in this process)
 from rayrm.models.decoding import decode_batch, left_pad
 from rayrm.rl.module import LMPolicyModule
+from rayrm.rl.rllib_compat import (
+    SampleHook,
+    initial_reset_seed,
+    record_sampled,
+    runner_seed,
+    sub_envs,
+)
 
 __all__ = ["RLHFEnvRunner", "left_pad"]
 
 
-class RLHFEnvRunner(SingleAgentEnvRunner):
+class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
     """Samples one complete completion per env per ``sample()`` call (see module docstring)."""
 
     def __init__(self, *, config: Any, **kwargs: Any) -> None:
         super().__init__(config=config, **kwargs)
-        self._sampling_seed = self._seed if self._seed is not None else time.time_ns() % 2**31
+        seed = runner_seed(self)
+        self._sampling_seed = seed if seed is not None else time.time_ns() % 2**31
         self._generator: torch.Generator | None = None  # made on the module's device
 
     @property
     def sub_envs(self) -> list[Any]:
         """The individual Gymnasium envs (stepped directly: no vector autoreset)."""
-        return list(self.env.unwrapped.envs)
+        return sub_envs(self)
 
-    def _sample(  # type: ignore[override]
-        self,
-        *,
-        num_timesteps: int | None = None,
-        num_episodes: int | None = None,
-        explore: bool = True,
-        random_actions: bool = False,
-        force_reset: bool = False,
-    ) -> list[SingleAgentEpisode]:
-        """Samples one completion per env; the budget arguments are ignored by design."""
+    def sample_completions(self, *, explore: bool) -> list[SingleAgentEpisode]:
+        """One completion per env (what ``sample()`` returns; no timestep budget applies)."""
         episodes = self.generate(explore=explore)
-        num_steps = sum(len(e) for e in episodes)
-        self._increase_sampled_metrics(num_steps, len(episodes))
-        self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=num_steps)
+        record_sampled(self, sum(len(e) for e in episodes), len(episodes))
         return [e.to_numpy() for e in episodes] if self.episodes_to_numpy else episodes
 
     def generate(
@@ -68,13 +66,13 @@ class RLHFEnvRunner(SingleAgentEnvRunner):
             One finished ``SingleAgentEpisode`` per env, in env order.
         """
         module = self.module
-        assert isinstance(module, LMPolicyModule), "RLHFEnvRunner needs an LMPolicyModule"
-        sub_envs = self.sub_envs
-        seed = self._seed if self._needs_initial_reset else None
-        self._needs_initial_reset = False
+        if not isinstance(module, LMPolicyModule):
+            raise TypeError(f"RLHFEnvRunner needs an LMPolicyModule, got {type(module).__name__}")
+        runner_envs = self.sub_envs
+        seed = initial_reset_seed(self)
         episodes: list[SingleAgentEpisode] = []
         prompts: list[np.ndarray] = []
-        for i, env in enumerate(sub_envs):
+        for i, env in enumerate(runner_envs):
             obs, info = env.reset(
                 seed=None if seed is None else seed * 1000 + i,
                 options=options[i] if options else None,
@@ -92,14 +90,14 @@ class RLHFEnvRunner(SingleAgentEnvRunner):
             # torch.multinomial needs a generator on the device of the probabilities (GPU runners).
             self._generator = torch.Generator(device=device).manual_seed(self._sampling_seed)
         generator = self._generator if explore else None
-        active = [True] * len(sub_envs)
+        active = [True] * len(runner_envs)
 
         def sample(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return module.sample_next(logits, greedy=not explore, generator=generator)
 
         def on_tokens(tokens: np.ndarray, logp: np.ndarray) -> list[bool]:
             """Steps every unfinished env once; the env decides termination and reward."""
-            for i, env in enumerate(sub_envs):
+            for i, env in enumerate(runner_envs):
                 if not active[i]:
                     continue
                 obs, reward, terminated, truncated, info = env.step(int(tokens[i]))
@@ -115,6 +113,6 @@ class RLHFEnvRunner(SingleAgentEnvRunner):
                 active[i] = not (terminated or truncated)
             return active
 
-        pad_id = int(sub_envs[0].unwrapped.pad_token_id)
+        pad_id = int(runner_envs[0].unwrapped.pad_token_id)
         decode_batch(module.lm, prompts, pad_id=pad_id, sample=sample, on_tokens=on_tokens)
         return episodes

@@ -32,6 +32,7 @@ from rayrm.core_algos import (
 )
 from rayrm.models.precision import MasterWeightAdam
 from rayrm.rl.module import ENTROPY, LOGP, REF_LOGP, SEQ_ID, VF_PREDS
+from rayrm.rl.rllib_compat import MinibatchHook, learner_connector, weights_seq_no
 
 ADVANTAGES = Postprocessing.ADVANTAGES
 VALUE_TARGETS = Postprocessing.VALUE_TARGETS
@@ -159,7 +160,8 @@ class CompletionMinibatches:
 
     def __iter__(self) -> Iterator[MultiAgentBatch]:
         (module_id, module_batch), *rest = self._batch.policy_batches.items()
-        assert not rest, "rayrm trains a single policy module"
+        if rest:
+            raise ValueError(f"rayrm trains a single policy module, got {1 + len(rest)}")
         seq_id = _np(module_batch[SEQ_ID])
         num_seqs = int(seq_id.max()) + 1
         for _ in range(self._num_epochs):
@@ -175,7 +177,7 @@ class CompletionMinibatches:
                 yield MultiAgentBatch({module_id: minibatch}, env_steps=len(rows))
 
 
-class RLHFPPOLearner(PPOTorchLearner):
+class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
     """PPO learner for token-level RLHF (Ziegler et al. 2019; Ouyang et al. 2022).
 
     Replaces PPO's bootstrap-and-GAE connector pieces with ``RLHFAdvantages``, keeps β (set
@@ -184,21 +186,22 @@ class RLHFPPOLearner(PPOTorchLearner):
     """
 
     def build(self) -> None:
-        self.rlhf: RunConfig = run_config_of(self.config)
-        self.kl_coef = float(self.rlhf.ppo.kl_coef)
+        self.run_config: RunConfig = run_config_of(self.config)
+        self.kl_coef = float(self.run_config.ppo.kl_coef)
         super().build()
-        pipeline = self._learner_connector
+        pipeline = learner_connector(self)
         names = [type(c).__name__ for c in pipeline.connectors]
         for name in ("AddOneTsToEpisodesAndTruncate", "GeneralAdvantageEstimation"):
-            # Asserted: an unknown name would be silently ignored/mis-placed by RLlib.
-            assert name in names, f"RLlib learner pipeline changed: {name} not in {names}"
+            # Checked: RLlib silently ignores (or misplaces around) an unknown name.
+            if name not in names:
+                raise RuntimeError(f"RLlib's PPO learner pipeline changed: {name} not in {names}")
             pipeline.remove(name)
         pipeline.append(
             RLHFAdvantages(
                 learner=self,
-                gamma=self.rlhf.ppo.gamma,
-                gae_lambda=self.rlhf.ppo.gae_lambda,
-                recompute_logp=self.rlhf.recompute_logp,
+                gamma=self.run_config.ppo.gamma,
+                gae_lambda=self.run_config.ppo.gae_lambda,
+                recompute_logp=self.run_config.recompute_logp,
             )
         )
 
@@ -208,7 +211,7 @@ class RLHFPPOLearner(PPOTorchLearner):
 
     def set_lr(self, lr: float) -> None:
         """Sets the learning rate of every optimizer (after a restore, e.g. by PBT)."""
-        for optimizer in self._named_optimizers.values():
+        for _, optimizer in self._optimizers():
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
@@ -218,13 +221,13 @@ class RLHFPPOLearner(PPOTorchLearner):
         See ``rayrm.models.precision``: parameters stored in bfloat16/float16 are updated
         through float32 copies, so small updates do not round away.
         """
-        params = self._module[module_id].unwrapped().trainable_parameters()
+        params = self.module[module_id].unwrapped().trainable_parameters()
         optimizer = MasterWeightAdam(
             params,
             lr=config.lr,
             eps=1e-5,
-            max_grad_norm=self.rlhf.ppo.max_grad_norm,
-            dynamic_loss_scale=self.rlhf.model.dtype == "float16",
+            max_grad_norm=self.run_config.ppo.max_grad_norm,
+            dynamic_loss_scale=self.run_config.model.dtype == "float16",
             # foreach: one batched kernel per Adam operation instead of one per tensor; the same
             # arithmetic, about a third less optimizer time on CPU.
             foreach=True,
@@ -265,21 +268,19 @@ class RLHFPPOLearner(PPOTorchLearner):
                 window=1,
             )
 
-    def _create_iterator_if_necessary(
-        self, *, training_data: Any, num_epochs: int = 1, **kwargs: Any
-    ) -> Any:
-        batch = self._make_batch_if_necessary(training_data=training_data)
+    def minibatches(self, batch: MultiAgentBatch, *, num_epochs: int) -> CompletionMinibatches:
+        """Minibatches of whole completions, reshuffled with a fresh seed per update."""
         return CompletionMinibatches(
             batch,
             num_epochs=num_epochs,
-            num_minibatches=self.rlhf.ppo.num_minibatches,
-            seed=self.rlhf.seed + self._weights_seq_no,
+            num_minibatches=self.run_config.ppo.num_minibatches,
+            seed=self.run_config.seed + weights_seq_no(self),
         )
 
     def compute_loss_for_module(
         self, *, module_id: str, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> torch.Tensor:
-        ppo = self.rlhf.ppo
+        ppo = self.run_config.ppo
         mask = batch.get(Columns.LOSS_MASK)
         pg_loss, stats = ppo_policy_loss(
             logp=fwd_out[LOGP],

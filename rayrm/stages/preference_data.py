@@ -1,8 +1,6 @@
-"""Datasets for the SFT and reward-model stages: reading, inspecting, building preference pairs.
+"""``rayrm data pairs``: preference pairs sampled from a policy and labelled by a judge.
 
-What belongs here: turning files into columns of strings (Parquet, JSON Lines, plain text), the
-``rayrm data inspect`` statistics, and ``rayrm data pairs``, which samples two completions per
-prompt from a policy and lets a judge function decide which one is *chosen*. The pairs file is
+Two completions per prompt from a policy; a judge function decides which one is *chosen*. The pairs file is
 the input of ``rayrm train-rm`` (columns ``prompt``, ``chosen``, ``rejected``, plus the two
 judge scores).
 
@@ -13,7 +11,6 @@ command line stays quick to start.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -22,219 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rayrm.config import ConfigError
+from rayrm.stages.tables import read_table, string_column
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
-TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".txt")
-"""Files :func:`read_table` reads (``.json`` must hold one JSON object per line)."""
-
-TEXT_COLUMN = "text"
-"""The one column of a ``.txt`` file read by :func:`read_table` (a row per non-empty line)."""
+    pass
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score")
 """Columns :func:`build_preference_pairs` writes, in order."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------
-
-
-def read_table(path: str | os.PathLike[str], *, key: str | None = None) -> pa.Table:
-    """Reads a ``.parquet``, ``.jsonl``/``.json`` (JSON Lines) or ``.txt`` file as a table.
-
-    A ``.txt`` file becomes one column, ``text``, with one row per non-empty line.
-
-    Args:
-        path: The file.
-        key: Config key or option the path came from, named in errors.
-
-    Raises:
-        ConfigError: The file is missing, has another extension or cannot be parsed.
-    """
-    import pyarrow as pa
-    import pyarrow.json as pj
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    where = f"{key} " if key else ""
-    if not path.is_file():
-        raise ConfigError(f"{where}{str(path)!r}: file not found", key=key)
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            return pq.read_table(path)
-        if suffix in (".jsonl", ".json"):
-            if path.stat().st_size == 0:
-                return pa.table({})
-            return pj.read_json(path)
-        if suffix == ".txt":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            return pa.table({TEXT_COLUMN: [line for line in lines if line.strip()]})
-    except (pa.ArrowException, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"{where}{str(path)!r}: cannot read as {suffix} ({exc})", key=key
-        ) from exc
-    raise ConfigError(
-        f"{where}{str(path)!r}: unsupported extension {suffix!r} "
-        f"(supported: {', '.join(TABLE_SUFFIXES)})",
-        key=key,
-    )
-
-
-def string_column(table: pa.Table, column: str, *, path: str, key: str | None = None) -> list[str]:
-    """The values of a column of strings, checked.
-
-    Args:
-        table: From :func:`read_table`.
-        column: Column name.
-        path: File the table came from (for messages).
-        key: Config key naming the column, named in errors.
-
-    Raises:
-        ConfigError: The column is missing or holds a null or a non-string.
-    """
-    if column not in table.column_names:
-        raise ConfigError(
-            f"{key + ': ' if key else ''}{path} has no column {column!r} "
-            f"(columns: {', '.join(table.column_names) or 'none'})",
-            key=key,
-        )
-    values = table.column(column).to_pylist()
-    for row, value in enumerate(values):
-        if not isinstance(value, str):
-            raise ConfigError(
-                f"{path}, column {column!r}, row {row}: expected a string, got "
-                f"{type(value).__name__} ({value!r})",
-                key=key,
-            )
-    return values
-
-
-# ---------------------------------------------------------------------------------------------
-# rayrm data inspect
-# ---------------------------------------------------------------------------------------------
-
-
-def conversation_column(
-    table: pa.Table, column: str, *, path: str, key: str | None = None
-) -> list[list[dict[str, str]]]:
-    """The values of a column of conversations (lists of ``{role, content}``), checked.
-
-    Raises:
-        ConfigError: The column is missing or a row is not a list of role/content messages.
-    """
-    from envs.tokenization import check_conversation
-
-    if column not in table.column_names:
-        raise ConfigError(
-            f"{key + ': ' if key else ''}{path} has no column {column!r} "
-            f"(columns: {', '.join(table.column_names) or 'none'})",
-            key=key,
-        )
-    out = []
-    for row, value in enumerate(table.column(column).to_pylist()):
-        try:
-            out.append(check_conversation(value, f"{path}, column {column!r}, row {row}"))
-        except ValueError as exc:
-            raise ConfigError(str(exc), key=key) from exc
-    return out
-
-
-def _summary(values: Sequence[float]) -> dict[str, float]:
-    """min / mean / p50 / p95 / max of a non-empty list."""
-    s = sorted(values)
-
-    def pct(q: float) -> float:
-        return float(s[min(len(s) - 1, math.ceil(q * len(s)) - 1)])
-
-    return {
-        "min": float(s[0]),
-        "mean": float(sum(s) / len(s)),
-        "p50": pct(0.5),
-        "p95": pct(0.95),
-        "max": float(s[-1]),
-    }
-
-
-def inspect_dataset(
-    path: str | os.PathLike[str], tokenizer: Any = None, *, max_rows: int | None = None
-) -> dict[str, Any]:
-    """Row count, columns and per-column length statistics of a dataset file.
-
-    Args:
-        path: A file :func:`read_table` reads.
-        tokenizer: A Hugging Face tokenizer or a directory holding one; adds token-length
-            statistics (``add_special_tokens=False``, as rayrm encodes prompts and texts).
-        max_rows: Only measure the first this many rows (the row count stays exact).
-
-    Returns:
-        ``{"path", "rows", "columns": {name: {"type", "nulls", "chars"?, "tokens"?,
-        "values"?}}}``; ``chars``/``tokens`` (string columns) and ``values`` (numeric columns)
-        hold ``min``/``mean``/``p50``/``p95``/``max``.
-    """
-    import pyarrow as pa
-
-    if isinstance(tokenizer, str | os.PathLike):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
-    table = read_table(path)
-    measured = table if max_rows is None else table.slice(0, max_rows)
-    columns: dict[str, Any] = {}
-    for name in table.column_names:
-        col = measured.column(name)
-        info: dict[str, Any] = {"type": str(col.type), "nulls": int(col.null_count)}
-        values = [v for v in col.to_pylist() if v is not None]
-        if values and (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-            info["chars"] = _summary([len(v) for v in values])
-            if tokenizer is not None:
-                ids = tokenizer(values, add_special_tokens=False)["input_ids"]
-                info["tokens"] = _summary([len(x) for x in ids])
-        elif values and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
-            info["values"] = _summary([float(v) for v in values])
-        columns[name] = info
-    return {"path": str(path), "rows": table.num_rows, "columns": columns}
-
-
-def format_inspection(stats: dict[str, Any]) -> str:
-    """Renders :func:`inspect_dataset`'s result as an aligned text table."""
-
-    def fmt(s: dict[str, float] | None) -> str:
-        if not s:
-            return "-"
-        return " / ".join(f"{s[k]:.4g}" if k == "mean" else f"{s[k]:g}" for k in _STAT_KEYS)
-
-    rows = [("column", "type", "nulls", "chars", "tokens", "values")]
-    for name, info in stats["columns"].items():
-        rows.append(
-            (
-                name,
-                info["type"],
-                str(info["nulls"]),
-                fmt(info.get("chars")),
-                fmt(info.get("tokens")),
-                fmt(info.get("values")),
-            )
-        )
-    keep = [i for i in range(6) if i < 3 or any(r[i] != "-" for r in rows[1:])]
-    widths = [max(len(r[i]) for r in rows) for i in keep]
-    lines = [
-        f"{stats['path']}: {stats['rows']:,} rows, {len(stats['columns'])} columns "
-        f"(lengths: {' / '.join(_STAT_KEYS)})"
-    ]
-    for r in rows:
-        lines.append("  ".join(r[i].ljust(w) for i, w in zip(keep, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
-_STAT_KEYS = ("min", "mean", "p50", "p95", "max")
-
-
-# ---------------------------------------------------------------------------------------------
-# rayrm data pairs
-# ---------------------------------------------------------------------------------------------
 
 
 def _load_policy(policy: str | os.PathLike[str], max_prompt_tokens: int) -> tuple[Any, Any]:
@@ -264,7 +55,7 @@ def _load_policy(policy: str | os.PathLike[str], max_prompt_tokens: int) -> tupl
 def _resolve_judge(judge: str | Callable[..., Any]) -> Callable[..., Any]:
     if callable(judge):
         return judge
-    from rayrm.rewards.pool import RewardSourceError, resolve_function
+    from rayrm.rewards import RewardSourceError, resolve_function
 
     try:
         return resolve_function(judge)
@@ -432,54 +223,8 @@ def build_preference_pairs(
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: rayrm data inspect / rayrm data pairs
+# Command line: rayrm data pairs
 # ---------------------------------------------------------------------------------------------
-
-
-def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``rayrm data inspect PATH [--tokenizer DIR] [--max-rows N] [--json]``."""
-    parser.add_argument("path", help="dataset file (.parquet, .jsonl, .json, .txt)")
-    parser.add_argument(
-        "--tokenizer", default=None, help="tokenizer (or model) directory: adds token lengths"
-    )
-    parser.add_argument("--max-rows", type=int, default=None, help="measure only the first N rows")
-    parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
-
-
-def inspect_main(args: argparse.Namespace) -> int:
-    """``rayrm data inspect``; ConfigError propagates (the CLI turns it into exit code 2)."""
-    if args.tokenizer is not None and not os.path.isdir(args.tokenizer):
-        raise ConfigError(f"--tokenizer {args.tokenizer!r} is not a directory", key="tokenizer")
-    stats = inspect_dataset(args.path, args.tokenizer, max_rows=args.max_rows)
-    print(json.dumps(stats, indent=2) if args.json else format_inspection(stats))
-    return 0
-
-
-def add_pairs_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``rayrm data pairs --policy DIR --prompts FILE --judge MOD:FN --out FILE``."""
-    parser.add_argument(
-        "--policy", required=True, help="Hugging Face causal-LM dir, or a rayrm run/checkpoint"
-    )
-    parser.add_argument("--prompts", required=True, help="prompts file (.parquet/.jsonl)")
-    parser.add_argument(
-        "--judge", required=True, help="'module:function' scoring fn(prompts, completions)"
-    )
-    parser.add_argument("--out", required=True, help="Parquet file to write")
-    parser.add_argument(
-        "--num-pairs", type=int, default=None, help="pairs wanted (default: one try per prompt)"
-    )
-    parser.add_argument("--prompt-column", default="prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--max-prompt-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--min-margin", type=float, default=0.0, help="drop pairs whose scores differ by <= this"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def pairs_main(args: argparse.Namespace) -> int:

@@ -10,14 +10,12 @@ head. Texts are ``prompt + completion`` as one string, tokenized with the tokeni
 special tokens (conversational pairs -- message lists -- are rendered with the chat template
 instead, as the actors render conversations), cut from the left to ``data.max_length`` and right-padded with
 ``pad_token_id`` (EOS when the tokenizer has no pad token) -- what
-:class:`rayrm.rewards.pool.RewardModelActor` does -- so the head reads the same last token in
+:class:`rayrm.rewards.actors.RewardModelActor` does -- so the head reads the same last token in
 training and in PPO. The written directory loads there unchanged.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +23,7 @@ import numpy as np
 
 from envs.tokenization import Conversation, require_chat_template
 from rayrm.config import ConfigError
-from rayrm.config.stage import RMConfig, load_stage_config
+from rayrm.config.stage import RMConfig
 from rayrm.stages.trainer import (
     RM_EVAL_ACCURACY,
     RM_EVAL_CHOSEN_REWARD,
@@ -34,12 +32,10 @@ from rayrm.stages.trainer import (
     RM_EVAL_REJECTED_REWARD,
     RM_TRAIN_ACCURACY,
     RM_TRAIN_LOSS,
-    StageFailed,
     StageSteps,
     describe_metrics,
-    fit_stage,
     pad_right,
-    split_indices,
+    run_stage,
     worker_loop,
 )
 
@@ -113,7 +109,7 @@ def encode_conversation_pairs(
     max_length: int,
 ) -> tuple[list[Pair], int]:
     """Renders ``prompt + chosen`` and ``prompt + rejected`` conversations with the chat
-    template (as :class:`rayrm.rewards.pool.RewardModelActor` renders conversations in PPO) and
+    template (as :class:`rayrm.rewards.actors.RewardModelActor` renders conversations in PPO) and
     tokenizes them without adding special tokens (the template holds its own).
 
     Returns:
@@ -266,7 +262,7 @@ def load_pairs(cfg: RMConfig, tokenizer: Any) -> tuple[list[Pair], dict[str, Any
     """
     from transformers import AutoConfig
 
-    from rayrm.stages.preference_data import read_table
+    from rayrm.stages.tables import read_table
 
     d = cfg.data
     table = read_table(d.path, key="data.path")
@@ -296,7 +292,7 @@ def _is_conversational(table: Any, column: str) -> bool:
 
 
 def _text_pairs(cfg: RMConfig, table: Any, tokenizer: Any, max_length: int) -> Any:
-    from rayrm.stages.preference_data import string_column
+    from rayrm.stages.tables import string_column
 
     d = cfg.data
     columns = {}
@@ -316,7 +312,7 @@ def _conversation_pairs(cfg: RMConfig, table: Any, tokenizer: Any, max_length: i
     """Pairs whose chosen/rejected sides are message lists; the prompt column (a string, which
     becomes a user message, or a message list) is optional."""
     from envs.tokenization import check_conversation
-    from rayrm.stages.preference_data import conversation_column
+    from rayrm.stages.tables import conversation_column
 
     d = cfg.data
     chosen = conversation_column(table, d.chosen_column, path=d.path, key="data.chosen_column")
@@ -369,50 +365,7 @@ def run_reward_training(
 
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(cfg.model.resolved_tokenizer_path))
     pairs, info = load_pairs(cfg, tokenizer)
-    train_idx, eval_idx = split_indices(len(pairs), cfg.train.eval_fraction, cfg.train.seed)
-    if len(train_idx) < cfg.resources.num_workers:
-        raise ConfigError(
-            f"data.path has {len(train_idx)} training pairs after the eval split; each of the "
-            f"resources.num_workers={cfg.resources.num_workers} workers needs at least one",
-            key="resources.num_workers",
-        )
-    data = {"train": [pairs[i] for i in train_idx], "eval": [pairs[i] for i in eval_idx]}
-    summary = fit_stage(
-        cfg, train_loop, data, pad_id=tokenizer.pad_token_id, resume=resume, progress=progress
-    )
-    summary["data"] = {**info, "train": len(train_idx), "eval": len(eval_idx)}
-    return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``rayrm train-rm CONFIG [--set KEY=VALUE]... [--resume] [--no-progress]``."""
-    parser.add_argument(
-        "config", help="YAML reward-model config (see jobs/configs/rm_example.yaml)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run from its last checkpoint"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def main(args: argparse.Namespace) -> int:
-    """``rayrm train-rm``. ConfigError propagates (the CLI turns it into exit code 2)."""
-    cfg = load_stage_config(RMConfig, args.config, args.overrides)
-    try:
-        summary = run_reward_training(
-            cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty()
-        )
-    except StageFailed as exc:
-        print(f"rayrm: {exc}", file=sys.stderr)
-        return 1
-    print(f"done: {describe(summary['metrics'])}")
-    print(f"reward model: {summary['output_dir']} (run folder: {summary['run_dir']})")
-    return 0
+    return run_stage(
+        cfg, train_loop, pairs, info, pad_id=tokenizer.pad_token_id, unit="pairs", resume=resume,
+        progress=progress,
+    )  # fmt: skip

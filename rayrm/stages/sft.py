@@ -18,7 +18,6 @@ included.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Sequence
@@ -28,18 +27,16 @@ import numpy as np
 
 from envs.tokenization import Conversation, Message, PromptCodec, require_chat_template
 from rayrm.config import ConfigError
-from rayrm.config.stage import SFTConfig, load_stage_config
+from rayrm.config.stage import SFTConfig
 from rayrm.stages.trainer import (
     SFT_EVAL_LOSS,
     SFT_EVAL_PERPLEXITY,
     SFT_TRAIN_LOSS,
     SFT_TRAIN_TOKENS,
-    StageFailed,
     StageSteps,
     describe_metrics,
-    fit_stage,
     pad_right,
-    split_indices,
+    run_stage,
     worker_loop,
 )
 
@@ -276,12 +273,7 @@ def load_examples(cfg: SFTConfig, tokenizer: Any) -> tuple[list[Example], dict[s
     Raises:
         ConfigError: Missing or non-string columns, or no usable example.
     """
-    from rayrm.stages.preference_data import (
-        TEXT_COLUMN,
-        conversation_column,
-        read_table,
-        string_column,
-    )
+    from rayrm.stages.tables import TEXT_COLUMN, conversation_column, read_table, string_column
 
     d = cfg.data
     table = read_table(d.path, key="data.path")
@@ -357,49 +349,10 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = False) -> 
             key="model.tokenizer_path" if cfg.model.tokenizer_path else "model.path",
         )
     examples, info = load_examples(cfg, tokenizer)
-    train_idx, eval_idx = split_indices(len(examples), cfg.train.eval_fraction, cfg.train.seed)
-    if len(train_idx) < cfg.resources.num_workers:
-        raise ConfigError(
-            f"data.path has {len(train_idx)} training examples after the eval split; each of "
-            f"the resources.num_workers={cfg.resources.num_workers} workers needs at least one",
-            key="resources.num_workers",
-        )
-    data = {"train": [examples[i] for i in train_idx], "eval": [examples[i] for i in eval_idx]}
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    summary = fit_stage(cfg, train_loop, data, pad_id=pad_id, resume=resume, progress=progress)
-    summary["data"] = {**info, "train": len(train_idx), "eval": len(eval_idx)}
-    return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``rayrm sft CONFIG [--set KEY=VALUE]... [--resume] [--no-progress]``."""
-    parser.add_argument("config", help="YAML SFT config (see jobs/configs/sft_example.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue the run from its last checkpoint"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def main(args: argparse.Namespace) -> int:
-    """``rayrm sft``. ConfigError propagates (the CLI turns it into exit code 2)."""
-    cfg = load_stage_config(SFTConfig, args.config, args.overrides)
-    try:
-        summary = run_sft(
-            cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty()
-        )
-    except StageFailed as exc:
-        print(f"rayrm: {exc}", file=sys.stderr)
-        return 1
-    print(f"done: {describe(summary['metrics'])}")
-    print(f"model: {summary['output_dir']} (run folder: {summary['run_dir']})")
-    return 0
+    return run_stage(
+        cfg, train_loop, examples, info, pad_id=pad_id, unit="examples", resume=resume,
+        progress=progress,
+    )  # fmt: skip

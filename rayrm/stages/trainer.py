@@ -41,6 +41,8 @@ import numpy as np
 
 from rayrm.config import ConfigError
 from rayrm.config.stage import StageConfig, stage_config_from_dict
+from rayrm.ray_init import init_ray
+from rayrm.rl.rllib_compat import torch_trainer_class
 
 # Metric keys (reported per epoch; all-reduced over workers, so every rank reports the same).
 EPOCH = "epoch"
@@ -339,19 +341,6 @@ def worker_loop(config: dict[str, Any], steps: StageSteps) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def init_ray(num_cpus: int | None) -> None:
-    """Connects to a running cluster (``RAY_ADDRESS``) or starts a local Ray in-process."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    if not os.environ.get("RAY_ADDRESS") and num_cpus:
-        kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
-
-
 def run_dir(cfg: Any) -> Path:
     """The Ray Train run folder: ``output.storage_path / name``."""
     return Path(cfg.output.storage_path) / cfg.name
@@ -376,41 +365,6 @@ def check_run_dir(cfg: Any, resume: bool) -> None:
         )
     if resume and not exists:
         raise ConfigError(f"nothing to resume: no run folder at {folder}", key="name")
-
-
-def _started_ray_here() -> bool:
-    """Whether this process started the Ray it is connected to (a local, in-process Ray)."""
-    import ray._private.worker
-
-    node = ray._private.worker._global_node
-    return node is not None and bool(getattr(node, "head", False))
-
-
-def _trainer_class() -> type:
-    """``TorchTrainer``, minus the placement-group cleaner when Ray was started in-process.
-
-    Ray Train V2 launches a detached ``PlacementGroupCleaner`` that polls the State API for
-    the controller actor and removes the run's placement group when the actor is not found.
-    The State API locates its server through ``RAY_ADDRESS`` or ``/tmp/ray/ray_current_cluster``,
-    so with several Ray instances on one host (a shared workstation, CI running test suites in
-    parallel) it may ask *another* instance, miss the controller, and kill a healthy run's
-    workers (seen on the development machine). An in-process Ray dies with its driver, so
-    there is nothing for the cleaner to clean; on a cluster it is kept.
-    """
-    from ray.train.torch import TorchTrainer
-
-    if not _started_ray_here() or not hasattr(TorchTrainer, "_create_default_callbacks"):
-        return TorchTrainer
-    from ray.train.v2._internal.callbacks.placement_group_callback import (
-        PlacementGroupCleanerCallback,
-    )
-
-    class InProcessTorchTrainer(TorchTrainer):  # type: ignore[misc, valid-type]
-        def _create_default_callbacks(self) -> list[Any]:
-            callbacks = super()._create_default_callbacks()
-            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
-
-    return InProcessTorchTrainer
 
 
 def fit_stage(
@@ -449,7 +403,7 @@ def fit_stage(
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     init_ray(cfg.resources.num_cpus)
     res = cfg.resources
-    trainer = _trainer_class()(
+    trainer = torch_trainer_class()(
         train_loop,
         train_loop_config={
             "cfg": cfg.to_dict(),
@@ -480,6 +434,49 @@ def fit_stage(
     if result.checkpoint is None:
         raise StageFailed(f"{cfg.KIND} run {cfg.name!r} finished without a checkpoint")
     return write_output(cfg, result.checkpoint, run_path=str(result.path))
+
+
+def run_stage(
+    cfg: Any,
+    train_loop: Callable[[dict[str, Any]], None],
+    examples: Sequence[Any],
+    info: dict[str, Any],
+    *,
+    pad_id: int,
+    unit: str,
+    resume: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The driver both stages share: split the encoded examples, check there are enough for
+    the workers, fit on Ray Train, summarise.
+
+    Args:
+        cfg: The stage config (absolute paths).
+        train_loop: The stage's ``train_loop_per_worker`` (a module-level function).
+        examples: Encoded examples (SFT) or pairs (reward model), read before Ray starts.
+        info: What reading the data found (format, rows, dropped, ...), kept in the summary.
+        pad_id: Token id the collate pads with.
+        unit: What an example is called in messages ("examples", "pairs").
+        resume, progress: See :func:`fit_stage`.
+
+    Returns:
+        :func:`fit_stage`'s summary plus ``"data"`` (``info`` and the train/eval sizes).
+
+    Raises:
+        ConfigError: Too few training examples for the workers, or a run-folder conflict.
+        StageFailed: Training failed in a worker.
+    """
+    train_idx, eval_idx = split_indices(len(examples), cfg.train.eval_fraction, cfg.train.seed)
+    if len(train_idx) < cfg.resources.num_workers:
+        raise ConfigError(
+            f"data.path has {len(train_idx)} training {unit} after the eval split; each of "
+            f"the resources.num_workers={cfg.resources.num_workers} workers needs at least one",
+            key="resources.num_workers",
+        )
+    data = {"train": [examples[i] for i in train_idx], "eval": [examples[i] for i in eval_idx]}
+    summary = fit_stage(cfg, train_loop, data, pad_id=pad_id, resume=resume, progress=progress)
+    summary["data"] = {**info, "train": len(train_idx), "eval": len(eval_idx)}
+    return summary
 
 
 def write_output(cfg: Any, checkpoint: Any, *, run_path: str) -> dict[str, Any]:

@@ -1,0 +1,243 @@
+"""The reward-model and reward-function actors (metric actors: ``rayrm.rewards.text_metrics``).
+
+Plain classes (house style): :class:`~rayrm.rewards.pool.RewardPool` makes them remote where it
+creates them, and builds them in-process with ``local=True``, so the scoring logic is testable
+without a Ray cluster. They return CPU ``float32`` numpy arrays.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rayrm.models.hf_files import TOKENIZER_FILES, has_tokenizer
+from rayrm.rewards.base import (
+    Conversations,
+    References,
+    RewardActor,
+    RewardSourceError,
+    check_pair,
+    resolve_device,
+    resolve_function,
+)
+
+__all__ = ["RewardFunctionActor", "RewardModelActor", "reward_model_texts"]
+
+
+class RewardModelActor(RewardActor):
+    """Scores ``prompt + completion`` with a scalar-head sequence-classification model.
+
+    Attributes:
+        num_calls: ``score`` calls served (since the last restart, when remote).
+        num_scored: items scored.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_length: int = 512,
+        device: str = "auto",
+        tokenizer_path: str | None = None,
+    ) -> None:
+        """Loads tokenizer and model from a local directory.
+
+        Args:
+            path: directory written by ``save_pretrained`` (model, usually tokenizer too).
+            tokenizer_path: tokenizer directory when ``path`` has none.
+            max_length: token budget per text; clamped to the model's position limit so long
+                texts truncate instead of indexing past the position embeddings.
+            device: ``"auto"`` (CUDA if visible, else CPU), or any torch device string.
+
+        Raises:
+            RewardSourceError: the model has more than one label, or the tokenizer has
+                neither a pad nor an eos token to pad with.
+        """
+        self.path = str(path)
+        self.device = resolve_device(device)
+        tokenizer_dir = str(tokenizer_path or path)
+        if not has_tokenizer(tokenizer_dir):
+            raise RewardSourceError(
+                f"reward model {self.path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                "set reward.tokenizer_path to the tokenizer it was trained with"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise RewardSourceError(
+                    f"reward model tokenizer at {self.path!r} has neither a pad nor an eos "
+                    "token; batched scoring needs one to pad with"
+                )
+            tokenizer.pad_token = tokenizer.eos_token
+        # Right padding keeps absolute position ids identical to the unpadded text (GPT-2 has
+        # learned positions), and the seq-cls head pools the last non-pad token either way.
+        tokenizer.padding_side = "right"
+        # Keep the end of the text when truncating: the head reads the last token, which
+        # must belong to the completion, not the middle of a long prompt.
+        tokenizer.truncation_side = "left"
+        self.tokenizer = tokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(self.path)
+        if model.config.num_labels != 1:
+            raise RewardSourceError(
+                f"reward model at {self.path!r} has num_labels={model.config.num_labels}; "
+                "a reward model needs a single scalar head (num_labels=1)"
+            )
+        # The head finds each row's last real token by comparing ids to pad_token_id, so it
+        # must be the id the tokenizer actually pads with.
+        model.config.pad_token_id = tokenizer.pad_token_id
+        self.model = model.to(self.device).eval()
+
+        limit = getattr(model.config, "max_position_embeddings", None)
+        self.max_length = min(max_length, limit) if isinstance(limit, int) else max_length
+        super().__init__("model", self.path)
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        references: References = None,
+        messages: Conversations = None,
+    ) -> np.ndarray:
+        """Scores a batch in one forward pass.
+
+        Args:
+            prompts: N prompt texts.
+            completions: N completions, same order.
+            references: ignored (a reward model reads prompt and completion only).
+            messages: N conversations (or None each) the prompts came from: those items are
+                scored as ``messages + [{"role": "assistant", "content": completion}]``
+                rendered with this model's chat template.
+
+        Returns:
+            ``float32`` array of shape (N,), on CPU: the scalar head's logit per text.
+        """
+        check_pair(prompts, completions)
+        self.num_calls += 1
+        if len(prompts) == 0:
+            return np.zeros((0,), dtype=np.float32)
+        texts = reward_model_texts(self.tokenizer, prompts, completions, messages)
+        # Chat renderings hold their own special tokens; plain texts get the tokenizer's.
+        special = messages is None or all(m is None for m in messages)
+        batch = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            add_special_tokens=special,
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits  # (N, 1)
+        self.num_scored += len(texts)
+        return logits[:, 0].float().cpu().numpy()
+
+
+class RewardFunctionActor(RewardActor):
+    """Scores with a Python function named by ``"module:function"``.
+
+    Same interface as :class:`RewardModelActor`, so rule-based rewards (exact match, length,
+    format checks) run in the same pool and scale out the same way.
+    """
+
+    def __init__(self, function: str) -> None:
+        """Resolves the function in this process (so Ray workers import it themselves).
+
+        Raises:
+            RewardSourceError: see :func:`resolve_function`.
+        """
+        self.function = function
+        self.fn = resolve_function(function)
+        self.takes_references = _takes_keyword(self.fn, "references")
+        self.takes_messages = _takes_keyword(self.fn, "messages")
+        super().__init__("function", function)
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        references: References = None,
+        messages: Conversations = None,
+    ) -> np.ndarray:
+        """Calls the function once on the whole batch.
+
+        A function with a ``references`` parameter is called as
+        ``fn(prompts, completions, references=references)``; others get no references. The
+        same for ``messages`` (the conversations of chat prompts).
+
+        Returns:
+            ``float32`` array of shape (N,), on CPU.
+
+        Raises:
+            RewardSourceError: the function returned something that is not N scalars.
+        """
+        check_pair(prompts, completions)
+        self.num_calls += 1
+        n = len(prompts)
+        extra: dict[str, Any] = {}
+        if self.takes_references:
+            extra["references"] = None if references is None else list(references)
+        if self.takes_messages:
+            extra["messages"] = None if messages is None else list(messages)
+        fn: Any = self.fn  # the batched signature plus optional keywords
+        out: Any = fn(list(prompts), list(completions), **extra)
+        if isinstance(out, torch.Tensor):
+            out = out.detach().cpu().numpy()
+        try:
+            scores = np.asarray(out, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise RewardSourceError(
+                f"reward function {self.function!r} returned {type(out).__name__} that is not "
+                f"convertible to float32 numbers ({e})"
+            ) from e
+        if scores.shape != (n,):
+            raise RewardSourceError(
+                f"reward function {self.function!r} returned shape {scores.shape} for {n} "
+                f"items; it must return one float per (prompt, completion), i.e. shape ({n},)"
+            )
+        self.num_scored += n
+        return scores
+
+
+def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` accepts ``name=`` (a named parameter or ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def reward_model_texts(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    messages: Conversations = None,
+) -> list[str]:
+    """What a reward model reads per item: ``prompt + completion``, or for a conversation the
+    reward model's own chat template over ``messages + [assistant: completion]``.
+
+    Raises:
+        RewardSourceError: A conversation arrives and the tokenizer has no chat template.
+    """
+    texts = []
+    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        conversation = None if messages is None else messages[i]
+        if conversation is None:
+            texts.append(prompt + completion)
+            continue
+        if not getattr(tokenizer, "chat_template", None):
+            raise RewardSourceError(
+                "the reward model's tokenizer has no chat template, but the prompts are "
+                "conversations; set reward.tokenizer_path to a tokenizer with one"
+            )
+        turn = {"role": "assistant", "content": completion}
+        texts.append(str(tokenizer.apply_chat_template([*conversation, turn], tokenize=False)))
+    return texts

@@ -1,0 +1,165 @@
+"""What every reward source shares: the batched signature, errors, and the actor base.
+
+Every source scores ``(prompts, completions)`` -- plus, where a source uses them, each item's
+reference text and the conversation its prompt was rendered from -- into one float per item,
+returned as a CPU ``float32`` numpy array. :class:`RewardActor` is the base of the reward-model,
+reward-function and metric actors (plain classes, made remote where a pool creates them): it
+counts calls and items and answers the pool's ``ping``/``describe``/``stats``. :class:`Scorer`
+is the protocol of what the RL loop scores through (a pool, or a composition of pools).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from envs.functions import import_function
+
+__all__ = [
+    "Completion",
+    "Conversations",
+    "References",
+    "RewardActor",
+    "RewardFn",
+    "RewardSourceError",
+    "ScoredBatch",
+    "Scorer",
+    "check_pair",
+    "last_line",
+    "resolve_device",
+    "resolve_function",
+]
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+
+References = Sequence[str | None] | None
+"""Per-item reference texts for reference-based sources; None when the prompts have none."""
+
+Conversations = Sequence[list[dict[str, str]] | None] | None
+"""Per-item conversations (``{role, content}`` messages) the prompts were rendered from; None
+for plain prompts. Reward models render ``messages + [assistant: completion]`` with their own
+chat template; reward functions with a ``messages`` parameter receive them."""
+
+
+class RewardSourceError(ValueError):
+    """A reward source cannot be built or returned unusable output.
+
+    A ``ValueError`` subclass so callers that validate configs can catch both alike.
+    """
+
+
+class Scorer(Protocol):
+    """What the RL loop scores through: :class:`~rayrm.rewards.pool.RewardPool` or
+    :class:`~rayrm.rewards.compose.ComposedReward`."""
+
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
+    ) -> np.ndarray: ...
+
+    def score_detailed(
+        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def shutdown(self) -> None: ...
+
+
+class RewardActor:
+    """Base of the reward actors: call and item counters, liveness and identity.
+
+    Attributes:
+        num_calls: ``score`` calls served (since the last restart, when remote).
+        num_scored: items scored.
+    """
+
+    def __init__(self, source: str, what: str) -> None:
+        self._identity = (source, str(what))
+        self.num_calls = 0
+        self.num_scored = 0
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the pool's aggregate and for tests that count calls."""
+        return {"num_calls": self.num_calls, "num_scored": self.num_scored}
+
+    def ping(self) -> bool:
+        """Returns once ``__init__`` finished; lets the pool surface load errors early."""
+        return True
+
+    def describe(self) -> tuple[str, str]:
+        """``(source, what)``: lets a client check a shared actor serves what it asked for."""
+        return self._identity
+
+
+def resolve_function(spec: str) -> RewardFn:
+    """Imports a reward function named as ``"module:function"`` (``envs.functions``).
+
+    Raises:
+        RewardSourceError: One line naming the spec.
+    """
+    try:
+        return import_function(spec)
+    except ValueError as exc:
+        raise RewardSourceError(f"reward function spec {exc}") from exc
+
+
+def resolve_device(device: str) -> torch.device:
+    """Maps ``"auto"`` to CUDA when the actor was given a GPU, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def last_line(message: str) -> str:
+    """Keeps the final line of a remote traceback: the original exception and its message."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else message
+
+
+def check_pair(prompts: Sequence[str], completions: Sequence[str]) -> None:
+    if len(prompts) != len(completions):
+        raise ValueError(
+            f"got {len(prompts)} prompts but {len(completions)} completions; "
+            "each completion needs the prompt it answers"
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a reward source reads of one finished completion (built from the env's last info).
+
+    Attributes:
+        prompt_text: The prompt's tokens decoded (``envs.tokenization``), the exact text.
+        completion: The completion's text: prompt and completion decoded together, split at
+            the prompt; the stop token excluded.
+        finished: It ended at a stop token or string (terminated), not at the length limit.
+        num_tokens: Generated tokens, the stop token excluded.
+        reference: The prompt's reference text, for reference-based sources.
+        messages: The conversation the prompt was rendered from, for chat prompts.
+    """
+
+    prompt_text: str
+    completion: str
+    finished: bool
+    num_tokens: int
+    reference: str | None = None
+    messages: list[dict[str, str]] | None = None
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Scores of a batch of completions, shape (N,) each.
+
+    Attributes:
+        raw: What the reward source returned (penalties of composed rewards included).
+        scores: ``raw`` shaped (normalised, clipped): what the RL update is paid.
+        breakdown: Published metric key -> (N,) values (components, members, penalties).
+    """
+
+    raw: np.ndarray
+    scores: np.ndarray
+    breakdown: dict[str, np.ndarray] = field(default_factory=dict)

@@ -1,0 +1,70 @@
+"""The reward path, top to bottom: finished completions -> scores -> shaped scores.
+
+1. **Score** (:meth:`RewardPipeline.score`): the run's scorer (``pool_from_config``: a reward
+   model, a function, a metric, an ensemble or a weighted composite) reads each completion's
+   exact text (``Completion``), its reference and its conversation; composed rewards subtract
+   the length and missing-EOS penalties (``rayrm.rewards.compose``).
+2. **Shape**: optionally whiten with running moments across iterations (Ziegler et al. 2019's
+   reward normalisation; the moments travel with checkpoints), then clip to ``[-clip, clip]``.
+3. **Pay**: the algorithm adds each shaped score to the reward of the completion's last token
+   (``rayrm.rl.algorithm``); the learner then adds the per-token KL penalty
+   ``−β·(log π − log π_ref)`` to every token (``rayrm.core_algos.kl_penalty_rewards``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rayrm.core_algos import RunningMoments
+from rayrm.rewards.base import Completion, ScoredBatch, Scorer
+
+__all__ = ["RewardPipeline"]
+
+
+class RewardPipeline:
+    """Scores finished completions through a scorer and shapes the scores.
+
+    Args:
+        scorer: What scores (see :class:`~rayrm.rewards.base.Scorer`).
+        normalize: Whiten scores with running mean and std (``reward.normalize``).
+        clip: Clip shaped scores to ``[-clip, clip]`` (``reward.clip``), or None.
+    """
+
+    def __init__(self, scorer: Scorer, *, normalize: bool = False, clip: float | None = None):
+        self.scorer = scorer
+        self.normalize = normalize
+        self.clip = clip
+        self.moments = RunningMoments()
+
+    def score(self, completions: Sequence[Completion]) -> ScoredBatch:
+        """Scores and shapes a batch (updating the running moments when normalising)."""
+        references = [c.reference for c in completions]
+        messages = [c.messages for c in completions]
+        raw, breakdown = self.scorer.score_detailed(
+            [c.prompt_text for c in completions],
+            [c.completion for c in completions],
+            references=None if all(r is None for r in references) else references,
+            messages=None if all(m is None for m in messages) else messages,
+            finished=[c.finished for c in completions],
+            lengths=[c.num_tokens for c in completions],
+        )
+        raw = np.asarray(raw, dtype=np.float64)
+        scores = raw
+        if self.normalize:
+            self.moments.update(raw)
+            scores = (raw - self.moments.mean) / self.moments.std
+        if self.clip is not None:
+            scores = np.clip(scores, -self.clip, self.clip)
+        return ScoredBatch(raw=raw, scores=scores, breakdown=breakdown)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"moments": self.moments.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.moments.set_state(state["moments"])
+
+    def shutdown(self) -> None:
+        self.scorer.shutdown()

@@ -1,0 +1,95 @@
+"""Held-out evaluation: the proxy reward next to an independent gold scorer.
+
+Reward models can be over-optimised (Gao et al. 2022, https://arxiv.org/abs/2210.10760): the
+proxy keeps rising while the true quality falls. Every ``eval.every`` iterations the policy
+samples one completion per held-out prompt, and both the run's reward source (the proxy) and
+the gold scorer score them, so the two curves parting shows over-optimisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from envs.prompts import load_prompt_rows
+from envs.tokenization import Prompt, PromptCodec
+from rayrm import metrics as M
+from rayrm.config import RunConfig
+from rayrm.models.decoding import sample_sequences
+from rayrm.rewards import Scorer, resolve_function
+
+__all__ = ["HeldOutEvaluation", "sample_texts"]
+
+
+def sample_texts(
+    lm: nn.Module,
+    codec: PromptCodec,
+    cfg: RunConfig,
+    prompts: list[Prompt],
+    *,
+    greedy: bool = False,
+    seed: int = 0,
+) -> tuple[list[str], list[str]]:
+    """``(prompt_texts, completions)``: one completion per prompt with the run's sampling
+    settings, and the texts as reward sources read them."""
+    g = cfg.generation
+    sequences = sample_sequences(
+        lm,
+        codec,
+        prompts,
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_k=g.top_k,
+        top_p=g.top_p,
+        greedy=greedy,
+        seed=seed,
+    )
+    texts = [codec.texts(p, c) for p, c in sequences]
+    return [t[0] for t in texts], [t[1] for t in texts]
+
+
+class HeldOutEvaluation:
+    """The held-out prompts (``eval.prompts``, default ``data.prompts``), their references and
+    the gold scorer of a run."""
+
+    def __init__(self, cfg: RunConfig, codec: PromptCodec) -> None:
+        e, data = cfg.eval, cfg.data
+        prompts, refs = load_prompt_rows(
+            e.prompts or data.prompts,
+            data.prompt_column,
+            data.reference_column,
+            data.messages_column,
+        )
+        self.cfg = cfg
+        self.codec = codec
+        self.prompts = prompts[: e.num_prompts]
+        self.references = None if refs is None else refs[: e.num_prompts]
+        self.gold_fn = resolve_function(e.gold_function) if e.gold_function else None
+
+    def due(self, iteration: int) -> bool:
+        """Whether to evaluate before this iteration's update (every ``eval.every``)."""
+        every = self.cfg.eval.every
+        return bool(every) and iteration % every == 0
+
+    def evaluate(self, lm: nn.Module, proxy: Scorer, iteration: int) -> dict[str, Any]:
+        """Proxy and gold scores of one completion per held-out prompt from ``lm``."""
+        prompts, completions = sample_texts(
+            lm, self.codec, self.cfg, self.prompts, seed=self.cfg.seed
+        )
+        scores = proxy.score(
+            prompts,
+            completions,
+            references=self.references,
+            messages=[self.codec.conversation(p) for p in self.prompts],
+        )
+        out = {
+            M.EVAL_UPDATES: float(iteration),
+            M.EVAL_PROXY_MEAN: float(scores.mean()),
+            M.EVAL_PROXY_STD: float(scores.std()),
+        }
+        if self.gold_fn is not None:
+            gold = np.asarray(self.gold_fn(prompts, completions), dtype=np.float64)
+            out[M.EVAL_GOLD_MEAN], out[M.EVAL_GOLD_STD] = float(gold.mean()), float(gold.std())
+        return out

@@ -1,0 +1,202 @@
+"""The one door to RLlib's and Ray's private internals.
+
+rayrm extends RLlib through its public extension points wherever there is one (connector
+pieces, ``Learner.compute_loss_for_module``, ``configure_optimizers_for_module``,
+``compute_gradients``, ``apply_gradients``, the ``EnvRunner`` class). What has no public hook
+is reached here and only here, each use a small named function or mixin, and
+:data:`HOOKS` lists every private name with the RLlib/Ray object that must have it:
+``tests/test_rllib_compat.py`` checks each one against the installed Ray, so an upgrade that
+moves one fails with a message naming it instead of somewhere deep in a training run.
+
+Private names used (Ray 2.60):
+
+* ``SingleAgentEnvRunner._sample`` -- the sampling loop ``sample()`` wraps (rayrm samples one
+  whole completion per env); ``_increase_sampled_metrics``, ``_log_env_steps`` and
+  ``_metrics_num_env_steps_sampled`` record what was sampled; ``_seed`` and
+  ``_needs_initial_reset`` seed the first reset.
+* ``Learner._create_iterator_if_necessary`` / ``_make_batch_if_necessary`` -- minibatches of
+  whole completions; ``_learner_connector`` -- replacing PPO's GAE piece;
+  ``_weights_seq_no`` -- a fresh shuffle seed per update.
+* ``synchronous_parallel_sample(_uses_new_env_runners=..., _return_metrics=...)``.
+* ``ray._private.worker._global_node`` -- whether this process started the local Ray; and Ray
+  Train V2's ``TorchTrainer._create_default_callbacks`` with its ``PlacementGroupCleaner``.
+* :data:`MODULE_STATE_FILE` -- where an RLlib algorithm checkpoint keeps the learner's module
+  state (read to export a policy without Ray).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = [
+    "HOOKS",
+    "MODULE_STATE_FILE",
+    "MinibatchHook",
+    "SampleHook",
+    "initial_reset_seed",
+    "learner_connector",
+    "record_sampled",
+    "sample_episodes",
+    "started_ray_here",
+    "sub_envs",
+    "torch_trainer_class",
+    "weights_seq_no",
+]
+
+
+def _env_runner_cls() -> Any:
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    return SingleAgentEnvRunner
+
+
+def _learner_cls() -> Any:
+    from ray.rllib.core.learner.learner import Learner
+
+    return Learner
+
+
+def _torch_trainer_cls() -> Any:
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer
+
+
+def _global_worker_module() -> Any:
+    import ray._private.worker
+
+    return ray._private.worker
+
+
+MODULE_STATE_FILE = "learner_group/learner/rl_module/default_policy/module_state.pkl"
+"""The learner module's state inside an algorithm checkpoint (pickled; RLlib's layout)."""
+
+HOOKS: list[tuple[str, Callable[[], Any], str]] = [
+    ("SingleAgentEnvRunner._sample", _env_runner_cls, "_sample"),
+    (
+        "SingleAgentEnvRunner._increase_sampled_metrics",
+        _env_runner_cls,
+        "_increase_sampled_metrics",
+    ),
+    ("SingleAgentEnvRunner._log_env_steps", _env_runner_cls, "_log_env_steps"),
+    ("Learner._create_iterator_if_necessary", _learner_cls, "_create_iterator_if_necessary"),
+    ("Learner._make_batch_if_necessary", _learner_cls, "_make_batch_if_necessary"),
+    ("ray._private.worker._global_node", _global_worker_module, "_global_node"),
+    ("TorchTrainer._create_default_callbacks", _torch_trainer_cls, "_create_default_callbacks"),
+]
+"""``(name, owner, attribute)`` of every private class member rayrm relies on; instance
+attributes set in ``__init__``/``build`` (``_seed``, ``_needs_initial_reset``,
+``_metrics_num_env_steps_sampled``, ``_learner_connector``, ``_weights_seq_no``) are checked on
+built objects by the tests."""
+
+
+# ------------------------------------------------------------------------------ env runners
+class SampleHook:
+    """Mixin for a ``SingleAgentEnvRunner`` subclass: ``sample()`` (public, with RLlib's
+    metrics and weight pulls around it) calls ``self.sample_completions(explore=...)``."""
+
+    def sample_completions(self, *, explore: bool) -> list[Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _sample(  # RLlib's private sampling loop
+        self,
+        *,
+        num_timesteps: int | None = None,
+        num_episodes: int | None = None,
+        explore: bool = True,
+        random_actions: bool = False,
+        force_reset: bool = False,
+    ) -> list[Any]:
+        return self.sample_completions(explore=explore)
+
+
+def sub_envs(env_runner: Any) -> list[Any]:
+    """The individual Gymnasium envs of a runner's sync vector env (stepped directly)."""
+    return list(env_runner.env.unwrapped.envs)
+
+
+def initial_reset_seed(env_runner: Any) -> int | None:
+    """The runner's seed on its first reset (then None: envs keep their own RNG state)."""
+    seed = env_runner._seed if env_runner._needs_initial_reset else None
+    env_runner._needs_initial_reset = False
+    return seed
+
+
+def runner_seed(env_runner: Any) -> int | None:
+    """The seed RLlib gave this runner (``config.seed`` plus its index), or None."""
+    return env_runner._seed
+
+
+def record_sampled(env_runner: Any, num_steps: int, num_episodes: int) -> None:
+    """RLlib's sampled-steps and episodes counters, as its own sampling loop records them."""
+    env_runner._increase_sampled_metrics(num_steps, num_episodes)
+    env_runner._log_env_steps(metric=env_runner._metrics_num_env_steps_sampled, num_steps=num_steps)
+
+
+def sample_episodes(env_runner_group: Any) -> tuple[list[Any], list[Any]]:
+    """Every runner's ``sample()`` in parallel: ``(episodes, metrics)``."""
+    from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+
+    return synchronous_parallel_sample(  # type: ignore[no-any-return]
+        worker_set=env_runner_group, _uses_new_env_runners=True, _return_metrics=True
+    )
+
+
+# ------------------------------------------------------------------------------ learners
+class MinibatchHook:
+    """Mixin for a ``Learner`` subclass: the minibatch iterator of an update comes from
+    ``self.minibatches(batch, num_epochs=...)`` (the whole batch, as a ``MultiAgentBatch``)."""
+
+    def minibatches(self, batch: Any, *, num_epochs: int) -> Iterator[Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _create_iterator_if_necessary(
+        self, *, training_data: Any, num_epochs: int = 1, **kwargs: Any
+    ) -> Any:
+        batch = self._make_batch_if_necessary(training_data=training_data)  # type: ignore[attr-defined]
+        return self.minibatches(batch, num_epochs=num_epochs)
+
+
+def learner_connector(learner: Any) -> Any:
+    """The learner's connector pipeline (built in ``Learner.build``)."""
+    return learner._learner_connector
+
+
+def weights_seq_no(learner: Any) -> int:
+    """How many weight updates the learner has made (a per-update counter)."""
+    return int(learner._weights_seq_no)
+
+
+# ------------------------------------------------------------------------------ Ray, Ray Train
+def started_ray_here() -> bool:
+    """Whether this process started the Ray it is connected to (a local, in-process Ray)."""
+    node = _global_worker_module()._global_node
+    return node is not None and bool(getattr(node, "head", False))
+
+
+def torch_trainer_class() -> type:
+    """``TorchTrainer``, minus the placement-group cleaner when Ray was started in-process.
+
+    Ray Train V2 launches a detached ``PlacementGroupCleaner`` that polls the State API for
+    the controller actor and removes the run's placement group when the actor is not found.
+    The State API locates its server through ``RAY_ADDRESS`` or ``/tmp/ray/ray_current_cluster``,
+    so with several Ray instances on one host (a shared workstation, CI running test suites in
+    parallel) it may ask *another* instance, miss the controller, and kill a healthy run's
+    workers (seen on the development machine). An in-process Ray dies with its driver, so
+    there is nothing for the cleaner to clean; on a cluster it is kept.
+    """
+    from ray.train.torch import TorchTrainer
+
+    if not started_ray_here() or not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
+
+    class InProcessTorchTrainer(TorchTrainer):  # type: ignore[misc, valid-type]
+        def _create_default_callbacks(self) -> list[Any]:
+            callbacks = super()._create_default_callbacks()
+            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return InProcessTorchTrainer

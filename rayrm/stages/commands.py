@@ -1,0 +1,40 @@
+"""``rayrm sft`` and ``rayrm train-rm``: one command driver for both Ray Train stages."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rayrm.config.stage import RMConfig, SFTConfig, StageConfig, load_stage_config
+from rayrm.stages import reward_model, sft
+from rayrm.stages.trainer import StageFailed
+
+__all__ = ["STAGES", "stage_main"]
+
+STAGES: dict[
+    str, tuple[type[StageConfig], Callable[..., dict[str, Any]], Callable[..., str], str]
+] = {
+    "sft": (SFTConfig, sft.run_sft, sft.describe, "model"),
+    "train-rm": (RMConfig, reward_model.run_reward_training, reward_model.describe, "reward model"),
+}
+"""Command -> (config class, run function, metrics line, what the output directory holds)."""
+
+
+def stage_main(
+    command: str, config: str, overrides: Sequence[str], resume: bool, no_progress: bool
+) -> int:
+    """Loads the stage config, runs the stage, prints the result.
+
+    ConfigError propagates (the CLI turns it into exit code 2); a failed run exits 1.
+    """
+    cls, run, describe, label = STAGES[command]
+    cfg = load_stage_config(cls, config, overrides)
+    try:
+        summary = run(cfg, resume=resume, progress=not no_progress and sys.stderr.isatty())
+    except StageFailed as exc:
+        print(f"rayrm: {exc}", file=sys.stderr)
+        return 1
+    print(f"done: {describe(summary['metrics'])}")
+    print(f"{label}: {summary['output_dir']} (run folder: {summary['run_dir']})")
+    return 0
