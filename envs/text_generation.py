@@ -155,7 +155,10 @@ class TextGenerationEnv(gym.Env[Observation, int]):
             }
         )
 
-        # Episode state; reset() fills it, step() only appends.
+        self._init_episode_state()
+
+    def _init_episode_state(self) -> None:
+        """Episode state: reset() fills it, step() only appends."""
         self._input_ids = np.full(self.max_seq_len, self.pad_token_id, dtype=np.int64)  # (L,)
         self._length = 0
         self._prompt_ids: list[int] = []

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from rayrm.experiment.placement import DEFAULT_PLACEMENT_RESOURCES
+from rayrm.rl.rllib_compat import cluster_config_checks
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
 
@@ -28,8 +29,7 @@ def load_cluster_yaml() -> dict[str, Any]:
 
 def ray_schema_problems(config: dict[str, Any]) -> list[str]:
     """Ray's own validation: defaults filled in by ``prepare_config``, then ``validate_config``."""
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
+    prepare_config, validate_config = cluster_config_checks()
     try:
         validate_config(prepare_config(copy.deepcopy(config)))
     except Exception as exc:  # jsonschema.ValidationError, ValueError, ...
@@ -101,8 +101,7 @@ def test_cluster_yaml_is_valid(monkeypatch: pytest.MonkeyPatch):
 
 def test_validate_config_alone_needs_defaults():
     """Why ``prepare_config`` comes first: without it, Ray blames a version mismatch."""
-    from ray.autoscaler._private.util import validate_config
-
+    _, validate_config = cluster_config_checks()
     with pytest.raises(RuntimeError, match="cluster_synced_files"):
         validate_config(load_cluster_yaml())
 

@@ -24,6 +24,7 @@ from rayrm import metrics as M
 from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
 from rayrm.rewards import RewardModelActor, pool_from_config
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
+from rayrm.rl.rllib_compat import local_learner
 
 torch.set_num_threads(1)
 
@@ -196,7 +197,7 @@ def test_bfloat16_update_at_small_lr_changes_weights_and_resumes(
     )
     algo = build_algo_config(cfg).build_algo()
     try:
-        learner = algo.learner_group._learner
+        learner = local_learner(algo.learner_group)
         module = learner.module["default_policy"]
         optimizer = learner.get_optimizers_for_module("default_policy")[0][1]
         initial = [m.detach().clone() for m in optimizer.masters]
@@ -217,7 +218,7 @@ def test_bfloat16_update_at_small_lr_changes_weights_and_resumes(
         algo.stop()
     restored = RLHFPPO.from_checkpoint(ckpt)
     try:
-        learner = restored.learner_group._learner
+        learner = local_learner(restored.learner_group)
         module = learner.module["default_policy"]
         optimizer = learner.get_optimizers_for_module("default_policy")[0][1]
         for a, b in zip(optimizer.masters, masters, strict=True):
@@ -274,7 +275,7 @@ def test_float16_run_scales_the_loss(ray_local, tiny_policy_dir, prompts_file, t
         for _ in range(2):
             rlhf = algo.train()[M.RLHF_RESULTS]
             assert np.isfinite(rlhf[M.LOSS_POLICY]) and np.isfinite(rlhf[M.LOSS_GRAD_NORM])
-        learner = algo.learner_group._learner
+        learner = local_learner(algo.learner_group)
         optimizer = learner.get_optimizers_for_module("default_policy")[0][1]
         assert optimizer.dynamic_loss_scale and optimizer.loss_scale >= 1.0
         assert learner.module["default_policy"].lm.dtype == torch.float16

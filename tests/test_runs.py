@@ -21,6 +21,7 @@ from envs.builtin import build_char_tokenizer
 from rayrm import metrics as M
 from rayrm.models.tiny import build_tiny_reward_model
 from rayrm.rl.algorithm import build_algo_config
+from rayrm.rl.rllib_compat import local_learner
 
 
 def test_sampled_logp_equals_full_forward(ray_local, tiny_policy_dir, prompts_file, tmp_path):
@@ -66,7 +67,7 @@ def test_reward_model_separate_critic_normalised(
         assert abs(stats[M.REWARD_MEAN]) <= 1.5
         assert algo.rewards.moments.count == 2 * cfg.ppo.batch_size
         assert algo.rewards.scorer.stats()["num_scored"] == 2 * cfg.ppo.batch_size
-        learner_module = algo.learner_group._learner.module["default_policy"].unwrapped()
+        learner_module = local_learner(algo.learner_group).module["default_policy"].unwrapped()
         assert learner_module.critic is not None
     finally:
         algo.stop()

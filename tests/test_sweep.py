@@ -121,7 +121,9 @@ def test_adaptive_beta_travels_with_checkpoints(
         assert other.kl_ctl.value == pytest.approx(0.2 if mutated else beta)
         lrs = other.learner_group.foreach_learner(
             lambda learner: [
-                g["lr"] for o in learner._named_optimizers.values() for g in o.param_groups
+                g["lr"]
+                for _, o in learner.get_optimizers_for_module("default_policy")
+                for g in o.param_groups
             ]
         )
         lrs = [x.get() if hasattr(x, "get") else x for x in lrs]

@@ -27,6 +27,7 @@ from rayrm.models.decoding import sample_completions
 from rayrm.models.loading import load_causal_lm
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 from rayrm.rl.checkpoint import load_policy, load_reference
+from rayrm.rl.rllib_compat import local_learner
 
 PROMPTS = BUILTIN_PROMPTS[:8]
 
@@ -37,7 +38,7 @@ def _greedy(algo) -> list[list[int]]:
 
 
 def _ref_state(algo) -> dict[str, torch.Tensor]:
-    module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
+    module = local_learner(algo.learner_group).module[DEFAULT_MODULE_ID].unwrapped()
     return {k: v.detach().clone() for k, v in module.ref_model.state_dict().items()}
 
 

@@ -32,6 +32,9 @@ import torch
 
 from envs.tokenization import PromptCodec
 from rayrm.config import ConfigError
+from rayrm.models.decoding import sample_completions
+from rayrm.rewards import RewardModelActor
+from rayrm.rl.checkpoint import checkpoint_codec, load_policy, load_reference
 
 GREEN, RED, BOLD, RESET = "\x1b[32m", "\x1b[31m", "\x1b[1m", "\x1b[0m"
 
@@ -85,7 +88,6 @@ class TokenKL:
 
 def load_reward_model(path: str | Path) -> tuple[torch.nn.Module, Any]:
     """A reward model and its tokenizer, set up as the reward actors use them."""
-    from rayrm.rewards import RewardModelActor
 
     actor = RewardModelActor(str(path), device="cpu")
     return actor.model, actor.tokenizer
@@ -334,8 +336,6 @@ def main(args: argparse.Namespace) -> int:
     """``rayrm explain``. ConfigError propagates (the CLI turns it into exit code 2)."""
     policy = tokenizer = cfg = codec = None
     if args.run:
-        from rayrm.rl.checkpoint import checkpoint_codec, load_policy
-
         policy, tokenizer, cfg, ckpt = load_policy(args.run)
         codec = checkpoint_codec(ckpt, cfg, tokenizer)
     rm_path = args.reward_model
@@ -347,7 +347,6 @@ def main(args: argparse.Namespace) -> int:
     if completion is None:
         if policy is None or cfg is None or codec is None:
             raise ConfigError("--completion is required without --run (nothing to sample)")
-        from rayrm.models.decoding import sample_completions
 
         completion = sample_completions(
             policy, codec, [args.prompt], max_new_tokens=cfg.generation.max_new_tokens, greedy=True
@@ -359,8 +358,6 @@ def main(args: argparse.Namespace) -> int:
         model, rm_tokenizer = load_reward_model(rm_path)
         attribution = reward_attribution(model, rm_tokenizer, args.prompt, completion)
     if policy is not None and cfg is not None:
-        from rayrm.rl.checkpoint import load_reference
-
         kl = policy_kl(
             policy,
             load_reference(args.run),

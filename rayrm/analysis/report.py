@@ -14,8 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from envs.prompts import load_prompt_rows
 from rayrm import metrics as M
 from rayrm.config import RunConfig
+from rayrm.models.decoding import sample_sequences
+from rayrm.models.loading import load_causal_lm
+from rayrm.rewards import pool_from_config, resolve_function
+from rayrm.rl.checkpoint import checkpoint_codec, load_policy
 
 REPORT_FILE = "report.md"
 
@@ -91,7 +96,6 @@ def _score(
     references: list[str] | None,
     messages: list[Any],
 ) -> dict[str, np.ndarray]:
-    from rayrm.rewards import pool_from_config, resolve_function
 
     pool = pool_from_config(cfg.reward, local=True, tokenizer=cfg.model.resolved_tokenizer_path)
     if all(m is None for m in messages):
@@ -105,10 +109,6 @@ def _score(
 
 def _before_after(cfg: RunConfig, exp_dir: Path) -> dict[str, Any]:
     """Completions of the initial and the final policy for the same held-out prompts."""
-    from envs.prompts import load_prompt_rows
-    from rayrm.models.decoding import sample_sequences
-    from rayrm.models.loading import load_causal_lm
-    from rayrm.rl.checkpoint import checkpoint_codec, load_policy
 
     final, tokenizer, _, ckpt = load_policy(exp_dir)
     initial = load_causal_lm(cfg.model.path, cfg.model.dtype)
@@ -151,6 +151,20 @@ def _fmt(values: np.ndarray) -> str:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ") or "∅"
+
+
+def _completion_table(ba: dict[str, Any], rows: int) -> list[str]:
+    """The Markdown table of completions before and after, with their scores."""
+    scores = ["proxy", "gold"] if "gold" in ba["after_scores"] else ["proxy"]
+    columns = ["prompt", "before", *scores, "after", *scores]
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for i in range(rows):
+        row = [_cell(ba["prompts"][i])]
+        for when in ("before", "after"):
+            row.append(_cell(ba[when][i]))
+            row += [f"{ba[f'{when}_scores'][s][i]:+.3f}" for s in scores]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def write_report(cfg: RunConfig, exp_dir: str | Path) -> tuple[Path, list[str]]:
@@ -227,19 +241,7 @@ def write_report(cfg: RunConfig, exp_dir: str | Path) -> tuple[Path, list[str]]:
         "## Completions before and after training",
         "",
     ]
-    has_gold = "gold" in ba["after_scores"]
-    scores = ["proxy", "gold"] if has_gold else ["proxy"]
-    columns = ["prompt", "before", *scores, "after", *scores]
-    lines += ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    for i in range(min(cfg.eval.report_samples, n)):
-        row = [_cell(ba["prompts"][i]), _cell(ba["before"][i])]
-        row.append(f"{ba['before_scores']['proxy'][i]:+.3f}")
-        if has_gold:
-            row.append(f"{ba['before_scores']['gold'][i]:+.3f}")
-        row += [_cell(ba["after"][i]), f"{ba['after_scores']['proxy'][i]:+.3f}"]
-        if has_gold:
-            row.append(f"{ba['after_scores']['gold'][i]:+.3f}")
-        lines.append("| " + " | ".join(row) + " |")
+    lines += _completion_table(ba, min(cfg.eval.report_samples, n))
     path = exp_dir / REPORT_FILE
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path, headline

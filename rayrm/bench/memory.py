@@ -26,6 +26,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rayrm.bench.support import finish, start_child
+from rayrm.core_algos import entropy_from_logits
+from rayrm.models.precision import MasterWeightAdam
+from rayrm.models.tiny import build_tiny_model, build_tokenizer
+from rayrm.rl.module import LOGP, SEQ_ID, VF_PREDS, LMPolicyModule, _take_rows, group_rows
+
 QWEN_VOCAB = 151_936
 PEAK_RATIO_TARGET = 4.0
 MODES = ("chunked", "full_logits")
@@ -70,8 +76,6 @@ def _batch(vocab: int, completions: int, prompt_tokens: int, new_tokens: int, se
     import torch
     from ray.rllib.core.columns import Columns
 
-    from rayrm.rl.module import SEQ_ID
-
     rng = np.random.default_rng(seed)
     L = prompt_tokens + new_tokens
     ids, lengths, actions, seq = [], [], [], []
@@ -95,9 +99,6 @@ def _full_logits_outputs(module: Any, model: Any, batch: dict[str, Any], values:
     """The full-logits path: (G, L, V) logits, gathered (N, V) float32, log-softmax, entropy."""
     import torch
     from ray.rllib.core.columns import Columns
-
-    from rayrm.core_algos import entropy_from_logits
-    from rayrm.rl.module import group_rows
 
     input_ids, length, seq_id = module._rows(batch)
     rep, inverse = group_rows(seq_id, length)
@@ -125,9 +126,6 @@ def update_peak(
     import tree
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from transformers import AutoConfig
-
-    from rayrm.models.precision import MasterWeightAdam
-    from rayrm.rl.module import LOGP, SEQ_ID, VF_PREDS, LMPolicyModule, _take_rows
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -183,8 +181,6 @@ def measure_learner_memory(
     num_minibatches: int = 2,
 ) -> dict[str, Any]:
     """Runs both paths, each in its own process, and returns the ``learner_memory`` line."""
-    from rayrm.bench.support import finish, start_child
-    from rayrm.models.tiny import build_tiny_model, build_tokenizer
 
     model_dir = build_tiny_model(
         Path(workdir) / "qwen2-vocab",

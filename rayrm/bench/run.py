@@ -60,6 +60,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rayrm import metrics as M
+from rayrm.bench import trl as bench_trl
+from rayrm.bench.memory import measure_learner_memory
 from rayrm.bench.support import (
     NOTE_NO_EOS,
     BenchSpec,
@@ -75,6 +78,8 @@ from rayrm.bench.support import (
     start_child,
     start_local_ray,
 )
+from rayrm.rl.algorithm import build_algo_config
+from rayrm.rl.env_runner import RLHFEnvRunner
 
 DEFAULT_LENGTHS = (16, 32, 64, 128)
 LENGTH_RATIO_TARGET = 1.3
@@ -85,8 +90,6 @@ PHASES = ("sample", "score", "update", "sync", "iteration")
 def _iteration_row(result: dict[str, Any], wall_s: float) -> dict[str, float]:
     """Phase timers (s), generated tokens and wall time of one ``algo.train()`` result."""
     from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
-
-    from rayrm import metrics as M
 
     rlhf = result[M.RLHF_RESULTS]
     row = {p: float(rlhf[f"timers/{p}_s"]) for p in PHASES}
@@ -125,8 +128,6 @@ def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> di
     ``algo.train()``, and on ``"stop"`` returns the configuration's ``"bench": "rayrm"`` line.
     """
     import ray
-
-    from rayrm.rl.algorithm import build_algo_config
 
     temp_dir = start_local_ray(ray_cpus(spec))
     storage = tempfile.mkdtemp(prefix="rb-store-")
@@ -186,7 +187,8 @@ def episode_bytes_per_step(episodes: list[Any]) -> dict[str, float]:
         fields["extra_model_outputs"] += sum(
             nbytes(e.get_extra_model_outputs(k)) for k in e.extra_model_outputs
         )
-        assert set(e.extra_model_outputs) <= {Columns.ACTION_LOGP}, set(e.extra_model_outputs)
+        if not set(e.extra_model_outputs) <= {Columns.ACTION_LOGP}:
+            raise ValueError(f"unexpected extra model outputs {set(e.extra_model_outputs)}")
     out = {k: v / steps for k, v in fields.items()}
     out["total"] = sum(fields.values()) / steps
     return out
@@ -199,9 +201,6 @@ def measure_memory(spec: BenchSpec, vocab_sizes: list[int], workdir: str) -> dic
     process, without Ray: sampling needs no reward actor.
     """
     import torch
-
-    from rayrm.rl.algorithm import build_algo_config
-    from rayrm.rl.env_runner import RLHFEnvRunner
 
     torch.set_num_threads(1)
     per_vocab: dict[str, dict[str, float]] = {}
@@ -316,8 +315,6 @@ def main(args: argparse.Namespace) -> int:
             except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
                 run(error_record("measure_memory", RuntimeError(traceback.format_exc())))
         if "memory" in sections and args.learner_memory_vocab:
-            from rayrm.bench.memory import measure_learner_memory
-
             try:
                 run(
                     measure_learner_memory(
@@ -339,13 +336,12 @@ def _measure(
     ``spec``, all in one lockstep; returns their lines, then the TRL and ratio lines (or the
     line saying why TRL was skipped), then the length-series line if ``specs`` has lengths.
     """
-    from rayrm.bench.trl import serve_trl, trl_records, trl_unavailable_reason
 
-    reason = trl_unavailable_reason() if with_trl else None
+    reason = bench_trl.trl_unavailable_reason() if with_trl else None
     servers = {n: start_child(serve_rayrm, s, workload, n, serve=True) for n, s in specs.items()}
     turns = [(name, "iterate") for name in specs]
     if with_trl and reason is None:
-        servers["trl"] = start_child(serve_trl, spec, workload, serve=True)
+        servers["trl"] = start_child(bench_trl.serve_trl, spec, workload, serve=True)
         turns += [("trl", "stock"), ("trl", "no_gc")]
     try:
         finals = run_lockstep(servers, turns, spec.iterations)
@@ -355,7 +351,7 @@ def _measure(
     lines = list(rayrm)
     defaults = [r for r in rayrm if r["config"].startswith("default-")]
     if "trl" in finals:
-        lines += trl_records(spec, workload, finals["trl"], defaults)
+        lines += bench_trl.trl_records(spec, workload, finals["trl"], defaults)
     elif with_trl:
         lines.append({"bench": "trl", "skipped": True, "reason": reason})
     series = [r for r in rayrm if r["config"].startswith("length-")]
@@ -387,11 +383,3 @@ def length_summary(series: list[dict[str, Any]]) -> dict[str, Any]:
         "target": LENGTH_RATIO_TARGET,
         "met": ratio <= LENGTH_RATIO_TARGET,
     }
-
-
-if __name__ == "__main__":
-    from rayrm.cli import add_bench_arguments
-
-    _parser = argparse.ArgumentParser(prog="rayrm bench", description=__doc__.splitlines()[0])
-    add_bench_arguments(_parser)
-    raise SystemExit(main(_parser.parse_args()))

@@ -20,6 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envs.builtin import BUILTIN_PROMPTS
+from envs.prompts import write_prompts_jsonl
+from rayrm.config import config_from_dict
+from rayrm.models.tiny import build_tiny_policy
+from rayrm.ray_init import init_ray
+
 REPO = Path(__file__).resolve().parents[2]
 BENCH_CHARS = "".join(chr(c) for c in range(32, 127)) + "\t\n"
 """Printable ASCII plus tab and newline: with 3 special tokens, a 100-token vocabulary."""
@@ -133,10 +139,6 @@ def build_workload(
     import torch
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    from envs.builtin import BUILTIN_PROMPTS
-    from envs.prompts import write_prompts_jsonl
-    from rayrm.models.tiny import build_tiny_policy
-
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = build_bench_tokenizer(spec.vocab_size)
@@ -192,7 +194,6 @@ def model_info(spec: BenchSpec, workload: Workload) -> dict[str, Any]:
 
 def run_config(spec: BenchSpec, workload: Workload, storage: str) -> Any:
     """The rayrm RunConfig of one benchmark configuration."""
-    from rayrm.config import config_from_dict
 
     reward: dict[str, Any] = {"num_cpus_per_actor": 0.5, "batch_size": spec.batch_size}
     if workload.reward is not None:
@@ -306,8 +307,6 @@ def start_local_ray(num_cpus: int) -> str:
     """A local Ray in a short temp dir (one thread per torch process); returns the dir."""
     import torch
 
-    from rayrm.ray_init import init_ray
-
     torch.set_num_threads(1)
     temp_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
     init_ray(
@@ -409,13 +408,15 @@ def run_lockstep(
     try:
         for proc, conn in servers.values():
             kind, _ = receive(proc, conn)
-            assert kind == "ready", kind
+            if kind != "ready":
+                raise ChildError(f"expected the server to be ready, got {kind!r}")
         for _ in range(rounds):
             for name, command in turns:
                 proc, conn = servers[name]
                 conn.send(command)
                 kind, _ = receive(proc, conn)
-                assert kind == "row", kind
+                if kind != "row":
+                    raise ChildError(f"expected an iteration row, got {kind!r}")
         for _, conn in servers.values():
             conn.send("stop")
         return {name: finish(proc, conn) for name, (proc, conn) in servers.items()}

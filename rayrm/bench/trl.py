@@ -20,6 +20,7 @@ import tempfile
 import time
 from typing import Any
 
+from envs.prompts import load_prompts
 from rayrm.bench.support import BenchSpec, PeakRSS, Workload, model_info
 
 TRL_VERSION = "1.12.0"
@@ -71,8 +72,6 @@ def _trainer(spec: BenchSpec, workload: Workload, callback: Any, output_dir: str
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    from envs.prompts import load_prompts
-
     torch.manual_seed(spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(workload.policy, padding_side="left")
     prompts = load_prompts(workload.prompts)
@@ -85,7 +84,8 @@ def _trainer(spec: BenchSpec, workload: Workload, callback: Any, output_dir: str
     # policy weights, as rayrm's `model.critic: separate` does.
     value = AutoModelForSequenceClassification.from_pretrained(workload.policy, num_labels=1)
     value.config.pad_token_id = tokenizer.pad_token_id
-    assert workload.reward is not None, "the TRL comparison needs the reward model"
+    if workload.reward is None:
+        raise ValueError("the TRL comparison needs the reward model")
     reward = AutoModelForSequenceClassification.from_pretrained(workload.reward)
     args = PPOConfig(
         output_dir=output_dir,  # nothing is saved (save_strategy="no")
@@ -164,11 +164,13 @@ def serve_trl(conn: Any, spec: BenchSpec, workload: Workload) -> dict[str, Any]:
             self.mode = conn.recv()
             if self.mode == "stop":  # the benchmark is being aborted
                 raise _Stopped
-            assert self.mode in times, self.mode
+            if self.mode not in times:
+                raise ValueError(f"unknown TRL mode {self.mode!r}")
             switch.enabled = self.mode == "stock"
             self.calls0, self.start = switch.calls, time.perf_counter()
 
-    assert spec.warmup >= 1, "the lockstep needs at least one warm-up step"
+    if spec.warmup < 1:
+        raise ValueError("the lockstep needs at least one warm-up step")
     with tempfile.TemporaryDirectory(prefix="rb-trl-") as output_dir, PeakRSS() as rss:
         trainer = _trainer(spec, workload, Lockstep(), output_dir)
         try:

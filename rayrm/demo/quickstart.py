@@ -9,6 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from envs.builtin import BUILTIN_PROMPTS
+from envs.prompts import write_prompts_jsonl
+from rayrm.models.tiny import build_tiny_policy
+
 QUICKSTART_CONFIG = "config.yaml"
 
 
@@ -21,9 +25,6 @@ def write_quickstart(workdir: str | Path, *, num_iterations: int = 60) -> Path:
     Returns:
         Path of the written YAML config.
     """
-    from envs.builtin import BUILTIN_PROMPTS
-    from envs.prompts import write_prompts_jsonl
-    from rayrm.models.tiny import build_tiny_policy
 
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)

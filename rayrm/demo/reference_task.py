@@ -22,6 +22,9 @@ from typing import Any
 
 import yaml
 
+from envs.builtin import build_char_tokenizer
+from rayrm.models.tiny import build_tiny_policy
+
 LAST_WORD_WORDS = ("cat", "dog", "sun", "sea", "red", "owl")
 """Three-letter words of the last-word task (only characters the built-in tokenizer knows).
 Few enough that a random tiny policy hits some of their characters, so chrF has a signal."""
@@ -64,7 +67,6 @@ def write_reference_task(
     Returns:
         Path of the written YAML run config.
     """
-    from rayrm.models.tiny import build_tiny_policy
 
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -114,8 +116,6 @@ def build_mean_value_reward_model(
     """
     import torch
     from transformers import GPT2Config, GPT2ForSequenceClassification
-
-    from envs.builtin import build_char_tokenizer
 
     tokenizer = tokenizer or build_char_tokenizer()
     eps = 1e12

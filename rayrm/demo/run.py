@@ -37,7 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rayrm.demo import steps as ds
 from rayrm.demo.steps import SIZES, STAGE_SETTINGS, DemoSizes, gold_line
+from rayrm.experiment.train import TrainingFailed
+from rayrm.stages.trainer import StageFailed
 
 __all__ = ["DEFAULT_WORKDIR", "STAGES", "main", "run_demo", "run_stage"]
 
@@ -142,7 +145,6 @@ def _stages(
     s: DemoSizes, work: Path, progress: bool, log: Callable[[str], None]
 ) -> list[StageResult]:
     """Runs or finds every stage, in order; each stage's key names the stages it reads."""
-    from rayrm.demo import steps as ds
 
     settings = dataclasses.asdict(s)
     done: dict[str, StageResult] = {}
@@ -254,8 +256,6 @@ def run_demo(
 
 def main(args: argparse.Namespace) -> int:
     """``rayrm demo``. ConfigError propagates (the CLI turns it into exit code 2)."""
-    from rayrm.experiment.train import TrainingFailed
-    from rayrm.stages.trainer import StageFailed
 
     try:
         run_demo(args.dir, size=args.size, progress=not args.no_progress and sys.stderr.isatty())

@@ -16,10 +16,30 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from rayrm.config import RunConfig
+from envs.prompts import load_prompts, write_prompts_jsonl
+from rayrm import metrics as M
+from rayrm.analysis.report import write_report
+from rayrm.config import RunConfig, config_from_dict
+from rayrm.config.stage import RMConfig, SFTConfig, stage_config_from_dict
+from rayrm.demo.data import heldout_prompts, review_corpus, train_prompts, train_tokenizer
+from rayrm.experiment.train import TrainingFailed, run_train
+from rayrm.models.decoding import sample_completions
+from rayrm.models.loading import load_causal_lm
+from rayrm.models.tiny import build_tiny_policy
+from rayrm.rewards.judges import vader_positivity
+from rayrm.rl.checkpoint import checkpoint_codec, load_policy
+from rayrm.stages.preference_data import build_preference_pairs
+from rayrm.stages.reward_model import run_reward_training
+from rayrm.stages.sft import run_sft
+from rayrm.stages.trainer import (
+    RM_EVAL_ACCURACY,
+    RM_EVAL_MARGIN,
+    RM_TRAIN_ACCURACY,
+    SFT_EVAL_LOSS,
+    SFT_TRAIN_LOSS,
+)
 
 __all__ = [
     "JUDGE",
@@ -140,9 +160,6 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
 
 def build_data(d: Path, s: DemoSizes) -> dict[str, Any]:
     """The review corpus, the training prompts and the held-out prompts."""
-    from envs.prompts import write_prompts_jsonl
-    from rayrm.demo.data import heldout_prompts, review_corpus, train_prompts
-    from rayrm.rewards.judges import vader_positivity
 
     d.mkdir(parents=True)
     corpus = review_corpus(s.corpus_lines, seed=s.seed)
@@ -161,7 +178,6 @@ def build_data(d: Path, s: DemoSizes) -> dict[str, Any]:
 
 def build_tokenizer(d: Path, s: DemoSizes, corpus: Path) -> dict[str, Any]:
     """A byte-level BPE tokenizer trained on the corpus."""
-    from rayrm.demo.data import train_tokenizer
 
     lines = corpus.read_text(encoding="utf-8").splitlines()
     tokenizer = train_tokenizer(lines, s.vocab_size, d)
@@ -196,11 +212,6 @@ def build_sft(
     """A random tiny GPT-2, fine-tuned on the corpus with ``rayrm sft`` (one worker)."""
     from transformers import AutoTokenizer
 
-    from rayrm.config.stage import SFTConfig, stage_config_from_dict
-    from rayrm.models.tiny import build_tiny_policy
-    from rayrm.stages.sft import run_sft
-    from rayrm.stages.trainer import SFT_EVAL_LOSS, SFT_TRAIN_LOSS
-
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     init = d / "init"
     build_tiny_policy(
@@ -221,7 +232,6 @@ def build_pairs(
     d: Path, s: DemoSizes, sft_model: str, prompts: Path, progress: bool
 ) -> dict[str, Any]:
     """Two samples per training prompt from the SFT policy; VADER picks the chosen one."""
-    from rayrm.stages.preference_data import build_preference_pairs
 
     return build_preference_pairs(
         sft_model,
@@ -241,9 +251,6 @@ def build_reward_model(
     d: Path, s: DemoSizes, sft_model: str, pairs: str, progress: bool
 ) -> dict[str, Any]:
     """A Bradley–Terry reward model on the pairs, from the SFT trunk, with ``rayrm train-rm``."""
-    from rayrm.config.stage import RMConfig, stage_config_from_dict
-    from rayrm.stages.reward_model import run_reward_training
-    from rayrm.stages.trainer import RM_EVAL_ACCURACY, RM_EVAL_MARGIN, RM_TRAIN_ACCURACY
 
     raw = _stage_common(d, Path(sft_model), s, s.rm_epochs, s.rm_lr, s.rm_batch_size)
     raw |= {"name": "reward-model", "data": {"path": pairs, "max_length": 64}}
@@ -263,8 +270,6 @@ def ppo_config(
     name: str, storage: Path, s: DemoSizes, sft_model: str, rm: str, data: Path
 ) -> RunConfig:
     """The ``rayrm train`` config of the PPO stage (reward: the learned model; gold: VADER)."""
-    from envs.prompts import load_prompts
-    from rayrm.config import config_from_dict
 
     heldout_rows = len(load_prompts(data / "heldout.jsonl"))
     return config_from_dict(
@@ -326,11 +331,6 @@ def compare_gold(
     """
     import numpy as np
 
-    from rayrm.models.decoding import sample_completions
-    from rayrm.models.loading import load_causal_lm
-    from rayrm.rewards.judges import vader_positivity
-    from rayrm.rl.checkpoint import checkpoint_codec, load_policy
-
     final, tokenizer, cfg, ckpt = load_policy(exp_dir)
     codec = checkpoint_codec(ckpt, cfg, tokenizer)
     out: dict[str, Any] = {}
@@ -372,10 +372,6 @@ def build_ppo(
     d.name``). The report gets a section on the whole pipeline (:func:`append_demo_section`),
     with ``earlier`` stages' times.
     """
-    from envs.prompts import load_prompts
-    from rayrm import metrics as M
-    from rayrm.analysis.report import write_report
-    from rayrm.experiment.train import TrainingFailed, run_train
 
     start = time.perf_counter()
     cfg = ppo_config(d.name, d.parent, s, sft_model, rm["model"], data)

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from rayrm import metrics as M
-from rayrm.config import RunConfig
+from rayrm.config import RunConfig, load_config
 from rayrm.experiment.train import check_experiment_dir, make_tuner
 from rayrm.ray_init import init_ray
+from rayrm.rewards import pool_from_config
+from rayrm.rewards.compose import kill_shared_pools
+from rayrm.rl.checkpoint import export_policy
 
 BEST_POLICY_DIR = "best_policy"
 
@@ -131,8 +134,6 @@ def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
         # The sweep's own pool goes with it; a reward.pool_name (e.g. a `rayrm serve-rm`
         # service other jobs use) belongs to whoever started it.
         if pool is not None and cfg.reward.pool_name is None:
-            from rayrm.rewards.compose import kill_shared_pools
-
             kill_shared_pools(pool)
 
 
@@ -141,7 +142,6 @@ def _start_shared_pool(cfg: RunConfig) -> str | None:
     name = shared_pool_name(cfg)
     if name is None:
         return None
-    from rayrm.rewards import pool_from_config
 
     pool_from_config(cfg.reward, name=name)  # trials join its actors by name
     return name
@@ -182,8 +182,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main_tune(config_path: str, overrides: list[str], resume: bool) -> int:
     """``rayrm tune``: sweep, print the table, export the best trial's policy."""
-    from rayrm.config import load_config
-    from rayrm.rl.checkpoint import export_policy
 
     cfg = load_config(config_path, overrides)
     exp_dir, results = run_tune(cfg, resume=resume)

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from rayrm import metrics as M
-from rayrm.config import ConfigError, RunConfig
+from rayrm.analysis.report import write_report
+from rayrm.config import ConfigError, RunConfig, load_config
 from rayrm.ray_init import init_ray
+from rayrm.rl.algorithm import RLHFPPO
 
 
 class TrainingFailed(RuntimeError):
@@ -82,8 +84,6 @@ def make_tuner(
     """A Tuner over ``RLHFPPO`` (restored from ``exp_dir`` when resuming)."""
     from ray import tune
 
-    from rayrm.rl.algorithm import RLHFPPO
-
     if resume:
         if not tune.Tuner.can_restore(str(exp_dir)):
             raise ConfigError(f"nothing to resume in {exp_dir} (no Tune experiment state)")
@@ -134,7 +134,6 @@ def run_train(
 
 def main_train(config_path: str, overrides: list[str], resume: bool) -> int:
     """``rayrm train``: returns the process exit code."""
-    from rayrm.config import load_config
 
     cfg = load_config(config_path, overrides)
     exp_dir, last = run_train(cfg, resume=resume)
@@ -153,8 +152,6 @@ def main_train(config_path: str, overrides: list[str], resume: bool) -> int:
         file=sys.stdout,
     )
     if cfg.eval.report:
-        from rayrm.analysis.report import write_report
-
         report, headline = write_report(cfg, exp_dir)
         print("\n".join(headline) + f"\nreport: {report}", flush=True)
     return 0

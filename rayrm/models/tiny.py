@@ -24,6 +24,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer
+from rayrm.models.loading import DTYPES
+
 __all__ = [
     "ARCHITECTURES",
     "TOKENIZER_KINDS",
@@ -57,7 +60,6 @@ _CORPUS = [
 
 
 def _corpus() -> list[str]:
-    from envs.builtin import BUILTIN_PROMPTS
 
     return (_CORPUS + list(BUILTIN_PROMPTS)) * 4
 
@@ -69,8 +71,6 @@ def build_tokenizer(kind: str = "char", *, vocab_size: int = 400) -> Any:
     with ``AutoTokenizer.from_pretrained`` as any checkpoint's tokenizer.
     """
     if kind == "char":
-        from envs.builtin import build_char_tokenizer
-
         return build_char_tokenizer()
     if kind == "llama":
         return _sentencepiece_style(vocab_size)
@@ -272,7 +272,6 @@ def build_tiny_model(
         model = AutoModelForCausalLM.from_config(config)
     else:
         raise ValueError(f"head must be 'causal_lm' or 'reward', got {head!r}")
-    from rayrm.models.loading import DTYPES
 
     model = model.to(DTYPES[dtype])
     out = Path(out_dir)

@@ -33,6 +33,45 @@ POOL_NAMESPACE = "rayrm"
 """Ray namespace of shared (named) reward pools."""
 
 
+def _check_arguments(
+    source: str,
+    path: str | None,
+    function: str | None,
+    metric: str | None,
+    num_actors: int,
+    batch_size: int,
+) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"reward source must be one of {SOURCES}, got {source!r}")
+    if source == "model" and not path:
+        raise ValueError("reward source 'model' needs path= (a local model directory)")
+    if source == "function" and not function:
+        raise ValueError("reward source 'function' needs function= ('module:function')")
+    if source == "metric" and not metric:
+        raise ValueError("reward source 'metric' needs metric= ('chrf' or 'bleu')")
+    if num_actors < 1:
+        raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _actor_recipe(
+    source: str,
+    path: str | None,
+    function: str | None,
+    metric: str | None,
+    max_length: int,
+    tokenizer_path: str | None,
+) -> tuple[type, tuple[Any, ...], dict[str, Any]]:
+    """``(actor class, args, kwargs)`` of one source's actors."""
+    if source == "model":
+        kwargs = {"max_length": max_length, "tokenizer_path": tokenizer_path}
+        return RewardModelActor, (path,), kwargs
+    if source == "function":
+        return RewardFunctionActor, (function,), {}
+    return RewardMetricActor, (metric,), {}
+
+
 class RewardPool:
     """Shards scoring over ``num_actors`` reward actors in fixed-size chunks.
 
@@ -94,33 +133,16 @@ class RewardPool:
             ValueError: inconsistent arguments.
             RewardSourceError: an actor failed to load (bad path, spec or head).
         """
-        if source not in SOURCES:
-            raise ValueError(f"reward source must be one of {SOURCES}, got {source!r}")
-        if source == "model" and not path:
-            raise ValueError("reward source 'model' needs path= (a local model directory)")
-        if source == "function" and not function:
-            raise ValueError("reward source 'function' needs function= ('module:function')")
-        if source == "metric" and not metric:
-            raise ValueError("reward source 'metric' needs metric= ('chrf' or 'bleu')")
-        if num_actors < 1:
-            raise ValueError(f"num_actors must be >= 1, got {num_actors}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
+        _check_arguments(source, path, function, metric, num_actors, batch_size)
         self.source = source
         self.batch_size = batch_size
         self.local = local
         self.shared = name is not None and not local
         self.max_inflight = max(1, max_inflight_per_actor) * num_actors
         self.num_calls = 0
-        if source == "model":
-            cls: type = RewardModelActor
-            args: tuple[Any, ...] = (path,)
-            kwargs: dict[str, Any] = {"max_length": max_length, "tokenizer_path": tokenizer_path}
-        elif source == "function":
-            cls, args, kwargs = RewardFunctionActor, (function,), {}
-        else:
-            cls, args, kwargs = RewardMetricActor, (metric,), {}
+        cls, args, kwargs = _actor_recipe(
+            source, path, function, metric, max_length, tokenizer_path
+        )
         self.name = name if self.shared else None
 
         if local:

@@ -37,6 +37,8 @@ from rayrm.config import (
     resolve_paths,
     validate_reward_paths,
 )
+from rayrm.rewards.compose import kill_shared_pools, shared_actor_names
+from rayrm.rewards.pool import POOL_NAMESPACE, pool_from_config
 
 
 def load_reward_config(path: str | Path, name: str | None = None) -> RewardConfig:
@@ -105,8 +107,6 @@ def serve(
     Returns:
         ``{"name": ..., "actors": [actor names], "stats": pool stats}``.
     """
-    from rayrm.rewards.compose import shared_actor_names
-    from rayrm.rewards.pool import POOL_NAMESPACE, pool_from_config
 
     reward = load_reward_config(cfg_path, name)
     connect(address)
@@ -121,7 +121,6 @@ def serve(
 
 def stop(name: str, *, address: str | None = None) -> int:
     """Stops every actor of the service ``name``; returns how many were running."""
-    from rayrm.rewards.compose import kill_shared_pools
 
     connect(address)
     return kill_shared_pools(name)

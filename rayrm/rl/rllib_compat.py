@@ -22,6 +22,10 @@ Private names used (Ray 2.60):
   Train V2's ``TorchTrainer._create_default_callbacks`` with its ``PlacementGroupCleaner``.
 * :data:`MODULE_STATE_FILE` -- where an RLlib algorithm checkpoint keeps the learner's module
   state (read to export a policy without Ray).
+* ``LearnerGroup._learner`` -- the in-process learner of a local learner group (tests and
+  benchmarks inspect its optimizer and module).
+* ``ray.autoscaler._private.util.prepare_config``/``validate_config`` -- Ray's own check of
+  a cluster-launcher YAML (used by the test of ``cluster.yaml``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ __all__ = [
     "MODULE_STATE_FILE",
     "MinibatchHook",
     "SampleHook",
+    "cluster_config_checks",
     "initial_reset_seed",
+    "local_learner",
     "learner_connector",
     "record_sampled",
     "sample_episodes",
@@ -63,6 +69,18 @@ def _torch_trainer_cls() -> Any:
     return TorchTrainer
 
 
+def _learner_group_cls() -> Any:
+    from ray.rllib.core.learner.learner_group import LearnerGroup
+
+    return LearnerGroup
+
+
+def _autoscaler_util() -> Any:
+    import ray.autoscaler._private.util
+
+    return ray.autoscaler._private.util
+
+
 def _global_worker_module() -> Any:
     import ray._private.worker
 
@@ -84,6 +102,8 @@ HOOKS: list[tuple[str, Callable[[], Any], str]] = [
     ("Learner._make_batch_if_necessary", _learner_cls, "_make_batch_if_necessary"),
     ("ray._private.worker._global_node", _global_worker_module, "_global_node"),
     ("TorchTrainer._create_default_callbacks", _torch_trainer_cls, "_create_default_callbacks"),
+    ("ray.autoscaler._private.util.prepare_config", _autoscaler_util, "prepare_config"),
+    ("ray.autoscaler._private.util.validate_config", _autoscaler_util, "validate_config"),
 ]
 """``(name, owner, attribute)`` of every private class member rayrm relies on; instance
 attributes set in ``__init__``/``build`` (``_seed``, ``_needs_initial_reset``,
@@ -163,6 +183,14 @@ def learner_connector(learner: Any) -> Any:
     return learner._learner_connector
 
 
+def local_learner(learner_group: Any) -> Any:
+    """The in-process learner of a learner group with ``num_learners=0``."""
+    learner = learner_group._learner
+    if learner is None:
+        raise ValueError("the learner group has remote learners; there is no local learner")
+    return learner
+
+
 def weights_seq_no(learner: Any) -> int:
     """How many weight updates the learner has made (a per-update counter)."""
     return int(learner._weights_seq_no)
@@ -200,3 +228,9 @@ def torch_trainer_class() -> type:
             return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
 
     return InProcessTorchTrainer
+
+
+def cluster_config_checks() -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """Ray's ``(prepare_config, validate_config)`` for cluster-launcher YAML."""
+    util = _autoscaler_util()
+    return util.prepare_config, util.validate_config

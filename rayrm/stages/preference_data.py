@@ -16,13 +16,16 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from envs.tokenization import PromptCodec
 from rayrm.config import ConfigError
+from rayrm.models.decoding import sample_completions
+from rayrm.models.hf_files import stop_token_ids_of
+from rayrm.models.loading import load_causal_lm, load_tokenizer
+from rayrm.rewards import RewardSourceError, resolve_function
+from rayrm.rl.checkpoint import checkpoint_codec, load_policy
 from rayrm.stages.tables import read_table, string_column
-
-if TYPE_CHECKING:
-    pass
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score")
 """Columns :func:`build_preference_pairs` writes, in order."""
@@ -31,13 +34,9 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score"
 def _load_policy(policy: str | os.PathLike[str], max_prompt_tokens: int) -> tuple[Any, Any]:
     """A causal LM and its prompt codec (tokenizer, special tokens, stop ids) from a Hugging
     Face directory or a rayrm run/checkpoint."""
-    from envs.tokenization import PromptCodec
 
     path = Path(policy)
     if (path / "config.json").is_file():
-        from rayrm.models.hf_files import stop_token_ids_of
-        from rayrm.models.loading import load_causal_lm, load_tokenizer
-
         codec = PromptCodec(
             load_tokenizer(path),
             max_prompt_tokens=max_prompt_tokens,
@@ -46,16 +45,26 @@ def _load_policy(policy: str | os.PathLike[str], max_prompt_tokens: int) -> tupl
         return load_causal_lm(str(path)), codec
     if not path.exists():
         raise ConfigError(f"policy {str(path)!r} does not exist", key="policy")
-    from rayrm.rl.checkpoint import checkpoint_codec, load_policy
 
     model, tokenizer, cfg, ckpt = load_policy(path)  # ConfigError if it is no run either
     return model, checkpoint_codec(ckpt, cfg, tokenizer, max_prompt_tokens=max_prompt_tokens)
 
 
+def _prompt_list(prompts: str | os.PathLike[str] | Sequence[str], column: str) -> list[str]:
+    """The prompts: a file's ``column``, or the strings given."""
+    if isinstance(prompts, str | os.PathLike):
+        table = read_table(prompts, key="prompts")
+        out = string_column(table, column, path=str(prompts), key="prompt_column")
+    else:
+        out = list(prompts)
+    if not out:
+        raise ConfigError("prompts: no prompts given", key="prompts")
+    return out
+
+
 def _resolve_judge(judge: str | Callable[..., Any]) -> Callable[..., Any]:
     if callable(judge):
         return judge
-    from rayrm.rewards import RewardSourceError, resolve_function
 
     try:
         return resolve_function(judge)
@@ -158,15 +167,7 @@ def build_preference_pairs(
     """
     from tqdm.auto import tqdm
 
-    from rayrm.models.decoding import sample_completions
-
-    if isinstance(prompts, str | os.PathLike):
-        table = read_table(prompts, key="prompts")
-        prompt_list = string_column(table, prompt_column, path=str(prompts), key="prompt_column")
-    else:
-        prompt_list = list(prompts)
-    if not prompt_list:
-        raise ConfigError("prompts: no prompts given", key="prompts")
+    prompt_list = _prompt_list(prompts, prompt_column)
     if num_pairs is not None and num_pairs < 1:
         raise ConfigError(f"num_pairs must be >= 1 (got {num_pairs})", key="num_pairs")
     judge_fn = _resolve_judge(judge)

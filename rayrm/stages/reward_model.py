@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from envs.tokenization import Conversation, require_chat_template
+from envs.tokenization import Conversation, check_conversation, require_chat_template
 from rayrm.config import ConfigError
 from rayrm.config.stage import RMConfig
+from rayrm.stages.tables import conversation_column, read_table, string_column
 from rayrm.stages.trainer import (
     RM_EVAL_ACCURACY,
     RM_EVAL_CHOSEN_REWARD,
@@ -262,8 +263,6 @@ def load_pairs(cfg: RMConfig, tokenizer: Any) -> tuple[list[Pair], dict[str, Any
     """
     from transformers import AutoConfig
 
-    from rayrm.stages.tables import read_table
-
     d = cfg.data
     table = read_table(d.path, key="data.path")
     max_length = d.max_length
@@ -292,7 +291,6 @@ def _is_conversational(table: Any, column: str) -> bool:
 
 
 def _text_pairs(cfg: RMConfig, table: Any, tokenizer: Any, max_length: int) -> Any:
-    from rayrm.stages.tables import string_column
 
     d = cfg.data
     columns = {}
@@ -311,8 +309,6 @@ def _text_pairs(cfg: RMConfig, table: Any, tokenizer: Any, max_length: int) -> A
 def _conversation_pairs(cfg: RMConfig, table: Any, tokenizer: Any, max_length: int) -> Any:
     """Pairs whose chosen/rejected sides are message lists; the prompt column (a string, which
     becomes a user message, or a message list) is optional."""
-    from envs.tokenization import check_conversation
-    from rayrm.stages.tables import conversation_column
 
     d = cfg.data
     chosen = conversation_column(table, d.chosen_column, path=d.path, key="data.chosen_column")

@@ -28,6 +28,7 @@ import numpy as np
 from envs.tokenization import Conversation, Message, PromptCodec, require_chat_template
 from rayrm.config import ConfigError
 from rayrm.config.stage import SFTConfig
+from rayrm.stages.tables import TEXT_COLUMN, conversation_column, read_table, string_column
 from rayrm.stages.trainer import (
     SFT_EVAL_LOSS,
     SFT_EVAL_PERPLEXITY,
@@ -96,7 +97,8 @@ def encode_examples(
             head = _bos(codec, ids)  # the BOS is context, not a token to learn
             pairs.append((head, ids[len(head) :]))
     else:
-        assert prompts is not None and responses is not None
+        if prompts is None or responses is None:
+            raise ValueError("encode_examples needs texts, or prompts with responses")
         for prompt, response in zip(prompts, responses, strict=True):
             prompt_ids = codec.encode(prompt)
             pairs.append((prompt_ids, codec.encode_completion(prompt_ids, response)))
@@ -273,7 +275,6 @@ def load_examples(cfg: SFTConfig, tokenizer: Any) -> tuple[list[Example], dict[s
     Raises:
         ConfigError: Missing or non-string columns, or no usable example.
     """
-    from rayrm.stages.tables import TEXT_COLUMN, conversation_column, read_table, string_column
 
     d = cfg.data
     table = read_table(d.path, key="data.path")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from envs.tables import TABLE_SUFFIXES, TEXT_COLUMN
 from envs.tables import read_table as _read_table
+from envs.tokenization import check_conversation
 from rayrm.config import ConfigError
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ def conversation_column(
     Raises:
         ConfigError: The column is missing or a row is not a list of role/content messages.
     """
-    from envs.tokenization import check_conversation
 
     if column not in table.column_names:
         raise ConfigError(

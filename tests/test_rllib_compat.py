@@ -1,0 +1,80 @@
+"""Every private RLlib/Ray name rayrm relies on, checked against the installed Ray.
+
+``rayrm.rl.rllib_compat`` is the only module that touches them; when a Ray upgrade renames or
+removes one, these tests say which, instead of a training run failing deep inside RLlib.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from conftest import make_config
+
+from rayrm.rl import rllib_compat
+from rayrm.rl.algorithm import build_algo_config
+
+
+@pytest.mark.parametrize(("name", "owner", "attribute"), rllib_compat.HOOKS, ids=lambda x: str(x))
+def test_private_member_exists(name, owner, attribute):
+    assert hasattr(owner(), attribute), (
+        f"{name} is gone from the installed Ray: update rllib_compat"
+    )
+
+
+def test_sample_hook_signature_matches_rllib():
+    """RLlib calls ``_sample`` with these keywords; SampleHook must accept them all."""
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    rllib = set(inspect.signature(SingleAgentEnvRunner._sample).parameters) - {"self"}
+    ours = set(inspect.signature(rllib_compat.SampleHook._sample).parameters) - {"self"}
+    assert rllib <= ours, f"SingleAgentEnvRunner._sample takes {rllib - ours} now"
+
+
+def test_synchronous_parallel_sample_keywords():
+    from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+
+    params = inspect.signature(synchronous_parallel_sample).parameters
+    assert {"_uses_new_env_runners", "_return_metrics", "worker_set"} <= set(params)
+
+
+def test_instance_attributes_of_built_runner_learner_and_group(
+    tiny_policy_dir, prompts_file, tmp_path
+):
+    """What ``__init__``/``build`` set: the runner's seed state and metrics key, the learner's
+    connector pipeline and update counter, the local learner of a learner group (no Ray)."""
+    from rayrm.rl.env_runner import RLHFEnvRunner
+
+    algo_config = build_algo_config(make_config(tiny_policy_dir, prompts_file, tmp_path))
+    runner = RLHFEnvRunner(config=algo_config)
+    try:
+        assert rllib_compat.initial_reset_seed(runner) == rllib_compat.runner_seed(runner)
+        assert rllib_compat.initial_reset_seed(runner) is None  # only the first reset is seeded
+        assert hasattr(runner, "_metrics_num_env_steps_sampled")
+        assert len(rllib_compat.sub_envs(runner)) == algo_config.num_envs_per_env_runner
+    finally:
+        runner.stop()
+    learner_group = algo_config.build_learner_group(
+        spaces={
+            "default_policy": (runner.env.single_observation_space, runner.env.single_action_space)
+        }
+    )
+    try:
+        learner = rllib_compat.local_learner(learner_group)
+        names = [type(c).__name__ for c in rllib_compat.learner_connector(learner).connectors]
+        assert "RLHFAdvantages" in names
+        assert rllib_compat.weights_seq_no(learner) >= 0
+    finally:
+        learner_group.shutdown()
+
+
+def test_module_state_file_is_where_rllib_saves_it(
+    ray_local, tiny_policy_dir, prompts_file, tmp_path
+):
+    algo = build_algo_config(make_config(tiny_policy_dir, prompts_file, tmp_path)).build_algo()
+    try:
+        ckpt = tmp_path / "ckpt"
+        algo.save_to_path(str(ckpt))
+    finally:
+        algo.stop()
+    assert (ckpt / rllib_compat.MODULE_STATE_FILE).is_file()
