@@ -37,8 +37,8 @@ from rayrm.config import (
     resolve_paths,
     validate_reward_paths,
 )
+from rayrm.rewards import POOL_NAMESPACE, pool_from_config
 from rayrm.rewards.compose import kill_shared_pools, shared_actor_names
-from rayrm.rewards.pool import POOL_NAMESPACE, pool_from_config
 
 
 def load_reward_config(path: str | Path, name: str | None = None) -> RewardConfig:
