@@ -138,8 +138,11 @@ def prompt_file_columns(path: str | os.PathLike[str]) -> list[str]:
             f"prompts file {path} has unsupported extension {suffix!r}; "
             f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
         )
-    with path.open(encoding="utf-8") as f:
-        first = next((line for line in f if line.strip()), "")
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"could not read prompts file {path} as UTF-8 text: {e}") from e
     try:
         row = json.loads(first) if first else {}
     except json.JSONDecodeError as e:

@@ -15,8 +15,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from rayrm.config import ConfigError
+from rayrm.console import LOG_NAME, quiet, say, warn
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -33,6 +35,15 @@ def add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    """``--verbose``: show Ray's, RLlib's and transformers' output, not just rayrm's lines."""
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show everything Ray, RLlib and transformers print (default: in the run's rayrm.log)",
+    )
+
+
 def _config_command(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     name: str,
@@ -45,6 +56,7 @@ def _config_command(
     p.add_argument("config", help=config_help)
     add_overrides(p, example)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    add_verbose(p)
     return p
 
 
@@ -64,6 +76,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--dir", default="rayrm-quickstart", help="workspace folder (default: %(default)s)"
     )
     q.add_argument("--iterations", type=int, default=60)
+    add_verbose(q)
     add_overrides(q, "model.dtype=bfloat16")
     d = sub.add_parser("demo", help="the three RLHF stages end to end, offline on CPU (minutes)")
     d.add_argument("--dir", default="rayrm-demo", help="workspace folder (default: %(default)s)")
@@ -74,6 +87,7 @@ def _add_training(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="full: the demo (minutes on 2 CPU cores); smoke: toy sizes (default: %(default)s)",
     )
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_verbose(d)
 
 
 def _add_stages(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -229,6 +243,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s, Qwen2.5's; 0 skips it)",
     )
     r.add_argument("--workdir", default=None, help="where models are built (default: a temp dir)")
+    add_verbose(r)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,23 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from rayrm.experiment.train import main_train
 
-    return main_train(args.config, args.overrides, args.resume)
+    return main_train(args.config, args.overrides, args.resume, args.verbose)
 
 
 def _tune(args: argparse.Namespace) -> int:
     from rayrm.experiment.sweep import main_tune
 
-    return main_tune(args.config, args.overrides, args.resume)
+    return main_tune(args.config, args.overrides, args.resume, args.verbose)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
     from rayrm.demo.quickstart import write_quickstart
     from rayrm.experiment.train import main_train
 
-    path = write_quickstart(args.dir, num_iterations=args.iterations)
-    print(f"quickstart workspace: {path.parent} (config: {path})", flush=True)
+    with quiet(Path(args.dir) / LOG_NAME, verbose=args.verbose):  # the tiny model's build
+        path = write_quickstart(args.dir, num_iterations=args.iterations)
+    say(f"quickstart workspace: {path.parent} (config: {path})")
     resume = (path.parent / "runs" / "quickstart").exists()
-    return main_train(str(path), args.overrides, resume)
+    return main_train(str(path), args.overrides, resume, args.verbose)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -279,7 +295,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _stage(args: argparse.Namespace) -> int:
     from rayrm.stages.commands import stage_main
 
-    return stage_main(args.command, args.config, args.overrides, args.resume, args.no_progress)
+    return stage_main(
+        args.command, args.config, args.overrides, args.resume, args.no_progress, args.verbose
+    )
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -363,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return HANDLERS[args.command](args)
     except ConfigError as exc:
-        print(f"rayrm: error: {exc}", file=sys.stderr)
+        warn(f"rayrm: error: {exc}")
         return 2
 
 

@@ -26,6 +26,8 @@ SKIPPED_STEPS = "skipped_steps"
 REWARD_MEAN = "reward/mean"
 REWARD_STD = "reward/std"
 REWARD_RAW_MEAN = "reward/raw_mean"
+REWARD_SKIPPED = "reward/skipped"
+"""Completions left out of the update for a NaN/infinite score (``reward.on_nan: skip``)."""
 # Breakdown of composed rewards (rayrm.rewards.compose), each published as its batch mean. An
 # ensemble inside a composite nests: reward/component/<name>/member/<i>, .../disagreement.
 REWARD_COMPONENT = "reward/component/{name}"

@@ -9,9 +9,11 @@ the Ray workers this process starts.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["init_ray"]
+__all__ = ["init_ray", "owned_ray"]
 
 
 def init_ray(
@@ -44,3 +46,21 @@ def init_ray(
         if env_vars:
             kwargs["runtime_env"] = {"env_vars": dict(env_vars)}
     ray.init(**kwargs)
+
+
+@contextmanager
+def owned_ray() -> Iterator[None]:
+    """Shuts down, on leaving the block, a Ray that was not running when it began.
+
+    A command that started a local Ray stops it before it returns, so that the workers' last
+    words reach the run's log rather than the terminal; a Ray someone else started (a test's,
+    a job's cluster) stays up.
+    """
+    import ray
+
+    started = not ray.is_initialized()
+    try:
+        yield
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()

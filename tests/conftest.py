@@ -87,3 +87,37 @@ def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sectio
         else:
             d[name] = values
     return config_from_dict(d, check_paths=True)
+
+
+# What the terminal may show of a run (rayrm.console): live lines, stage lines, results.
+LIVE_LINES = {
+    "prompts": r"prompts: \d+ \(",
+    "stage": r"stage: \w+ -> ",
+    "done": r"done: ",
+    "cached": r"cached: \w+ \(",
+    "epoch": r"(sft|rm) epoch \d+/\d+ \| ",
+    "iter": r"iter +\d+(/\d+)? \| reward ",
+    "headline": r"(training reward|held-out |KL per sequence|reward model held-out|wall time: )",
+    "report": r"report: ",
+    "workspace": r"quickstart workspace: ",
+}
+NOISE = (
+    "WARNING", "INFO", "ERROR", "Deprecat", "deprecated", "Loading weights", "pid=",
+    "Traceback", "╭", "LOAD REPORT", "PreemptionWatcher", "Reporting training result",
+    "View detailed results", "it/s]", "tensorboard", "Trial ",
+)  # fmt: skip
+
+
+def check_quiet_output(out: str, err: str) -> dict[str, int]:
+    """Asserts a quiet run's terminal held only known lines (none on stderr, no known noise);
+    returns how many lines of each kind it held."""
+    import re
+
+    assert not err.strip(), err
+    counts = dict.fromkeys(LIVE_LINES, 0)
+    for line in out.splitlines():
+        assert not any(n in line for n in NOISE), line
+        kinds = [k for k, pattern in LIVE_LINES.items() if re.match(pattern, line)]
+        assert kinds, f"unexpected line: {line!r}"
+        counts[kinds[0]] += 1
+    return counts

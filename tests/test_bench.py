@@ -46,7 +46,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 @pytest.mark.timeout(180)
-def test_benchmark_smoke(tmp_path, capsys, monkeypatch):
+def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
     monkeypatch.setattr(bench_trl, "trl_unavailable_reason", lambda: "not installed (test)")
     args = _args(
         "--n-layer", "1",
@@ -65,7 +65,7 @@ def test_benchmark_smoke(tmp_path, capsys, monkeypatch):
         "--workdir", str(tmp_path),
     )  # fmt: skip
     assert bench.main(args) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
     by_kind: dict[str, list[dict]] = {}
     for line in lines:
         by_kind.setdefault(line["bench"], []).append(line)

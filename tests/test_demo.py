@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import check_quiet_output
 
+from rayrm.console import LOG_NAME
 from rayrm.demo.data import (
     NOUNS_HELD_OUT,
     heldout_prompts,
@@ -87,11 +89,23 @@ def test_stage_cache_redoes_a_killed_stage(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_smoke_demo_runs_every_stage_then_is_cached(ray_local, tmp_path: Path) -> None:
+def test_smoke_demo_runs_every_stage_then_is_cached(ray_local, tmp_path: Path, capfd) -> None:
+    from rayrm.cli import main
+
+    assert main(["demo", "--dir", str(tmp_path / "demo"), "--size", "smoke"]) == 0
+    out, err = capfd.readouterr()
+    counts = check_quiet_output(out, err)
+    assert counts["stage"] == counts["done"] == len(STAGES) and counts["iter"] == 2
+    assert counts["epoch"] == 2 and sum(counts.values()) == len(out.splitlines()) == 25
     lines: list[str] = []
+    start = time.perf_counter()
     result = run_demo(tmp_path / "demo", size="smoke", progress=False, log=lines.append)
+    assert time.perf_counter() - start < 30  # a second run finds every stage cached
+    assert [line.split(" ")[1] for line in lines if line.startswith("cached:")] == list(STAGES)
+    assert out.splitlines()[-1] == f"report: {result['report']}"
+    assert (tmp_path / "demo" / LOG_NAME).stat().st_size > 0  # the rest went to the log
     stages = result["stages"]
-    assert list(stages) == list(STAGES) and not any(s["cached"] for s in stages.values())
+    assert list(stages) == list(STAGES) and all(s["cached"] for s in stages.values())
     for s in stages.values():
         assert json.loads((Path(s["dir"]) / "done").read_text())["seconds"] >= 0
     data = Path(stages["data"]["dir"])
@@ -113,12 +127,3 @@ def test_smoke_demo_runs_every_stage_then_is_cached(ray_local, tmp_path: Path) -
     assert lines[-1] == f"report: {report}"
     gold = result["gold"]
     assert gold["sft"]["n"] == gold["ppo"]["n"] > 0 and gold["sft"]["std"] >= 0
-
-    lines.clear()
-    start = time.perf_counter()
-    again = run_demo(tmp_path / "demo", size="smoke", progress=False, log=lines.append)
-    assert time.perf_counter() - start < 30
-    assert all(s["cached"] for s in again["stages"].values())
-    assert [line.split(" ")[1] for line in lines if line.startswith("cached:")] == list(STAGES)
-    assert again["report"] == result["report"] and lines[-1] == f"report: {report}"
-    assert again["gold"] == gold

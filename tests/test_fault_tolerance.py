@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,15 +104,26 @@ def test_env_runner_killed_is_replaced(ray_local, tiny_policy_dir, prompts_file,
 
 
 class _KillTrialOnce(tune.Callback):
-    """Kills the trial's process (its Ray actor) once, right after iteration ``at``."""
+    """Kills the trial's process (its Ray actor) once, right after iteration ``at``.
 
-    def __init__(self, at: int) -> None:
-        self.at, self.killed, self.beta_at_kill = at, False, None
+    ``rayrm train`` restores a crashed run with ``Tuner.restore``, which unpickles its own copy
+    of this callback: "once" is kept in a marker file, which also holds β at the kill.
+    """
+
+    def __init__(self, at: int, marker: Path) -> None:
+        self.at, self.marker = at, marker
+
+    @property
+    def killed(self) -> bool:
+        return self.marker.exists()
+
+    @property
+    def beta_at_kill(self) -> float:
+        return float(self.marker.read_text())
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if not self.killed and result["training_iteration"] == self.at:
-            self.killed = True
-            self.beta_at_kill = result[M.RLHF_RESULTS][M.KL_COEF]
+            self.marker.write_text(repr(float(result[M.RLHF_RESULTS][M.KL_COEF])))
             ray.kill(trial.temporary_state.ray_actor)
 
 
@@ -124,7 +136,7 @@ def test_killed_trial_restores_from_checkpoint(ray_local, tiny_policy_dir, promp
         generation={"max_new_tokens": 6},
         run={"num_iterations": 6, "checkpoint_every": 2, "max_failures": 1},
     )
-    killer = _KillTrialOnce(at=3)
+    killer = _KillTrialOnce(at=3, marker=tmp_path / "killed")
     exp_dir, last = run_train(cfg, callbacks=[killer])
     assert killer.killed
     assert last["training_iteration"] == 6

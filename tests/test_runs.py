@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import REPO, make_config
+from conftest import REPO, check_quiet_output, make_config
 from ray.rllib.core.columns import Columns
 
 from envs.builtin import build_char_tokenizer
 from rayrm import metrics as M
+from rayrm.console import LOG_NAME
 from rayrm.models.tiny import build_tiny_reward_model
 from rayrm.rl.algorithm import build_algo_config
 from rayrm.rl.rllib_compat import local_learner
@@ -109,7 +110,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err[-2000:]
-    assert "--resume" in err
+    assert "--resume" in err and len(err.strip().splitlines()) == 1, err
     interrupted_at = len(_results(exp_dir))
     assert 6 <= interrupted_at < 100
 
@@ -124,6 +125,12 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
     # started from scratch nor skipped iterations.
     first_resumed = iterations[interrupted_at]
     assert 1 < first_resumed <= interrupted_at + 1
+    # The terminal showed the preflight summary, a line per iteration and the result; Ray's
+    # and RLlib's output went to the run folder's log.
+    counts = check_quiet_output(resumed.stdout, resumed.stderr)
+    assert counts == {**dict.fromkeys(counts, 0), "prompts": 1, "iter": 101 - first_resumed,
+                      "done": 1}, resumed.stdout  # fmt: skip
+    assert "Started a local Ray instance" in (exp_dir / LOG_NAME).read_text()
 
     from rayrm.cli import main
 

@@ -45,7 +45,7 @@ def test_param_space_places_samplers(tiny_policy_dir, prompts_file, tmp_path):
 
 
 def test_asha_sweep_table_and_best_export(
-    ray_local, tiny_policy_dir, prompts_file, tmp_path, capsys
+    ray_local, tiny_policy_dir, prompts_file, tmp_path, capfd
 ):
     from transformers import AutoModelForCausalLM
 
@@ -63,7 +63,7 @@ def test_asha_sweep_table_and_best_export(
     path = tmp_path / "sweep.yaml"
     cfg.save_yaml(path)
     assert main(["tune", str(path)]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     table = out[out.index("trial ") :].splitlines()
     assert "ppo.lr" in table[0] and "objective/reward_minus_kl" in table[0]
     assert sum(1 for line in table if line.split()[1:2] in (["0.0001"], ["0.001"])) == 2

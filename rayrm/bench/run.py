@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ from rayrm.bench.support import (
     start_child,
     start_local_ray,
 )
+from rayrm.console import LOG_NAME, quiet, say
 from rayrm.rl.algorithm import build_algo_config
 from rayrm.rl.env_runner import RLHFEnvRunner
 
@@ -243,7 +245,7 @@ def measure_memory(spec: BenchSpec, vocab_sizes: list[int], workdir: str) -> dic
 
 def emit(record: dict[str, Any]) -> None:
     """Prints one JSON line on stdout (the benchmark's only stdout output)."""
-    print(json.dumps(_rounded(record)), flush=True)
+    say(json.dumps(_rounded(record)))
 
 
 def _rounded(x: Any) -> Any:
@@ -295,38 +297,53 @@ def main(args: argparse.Namespace) -> int:
         records.append(record)
         return record
 
+    # Everything but the JSON lines (Ray's, RLlib's, TRL's output) goes to the log.
+    log = workdir / LOG_NAME if args.workdir else Path(f"{workdir}.log")
     try:
-        groups = []
-        if "default" in sections or "trl" in sections:
-            specs = {f"default-{c}-critic": replace(spec, critic=c) for c in args.critics}
-            groups.append((specs, "trl" in sections))
-        if "lengths" in sections and args.lengths:
-            groups.append(
-                ({f"length-{n}": replace(spec, max_new_tokens=n) for n in args.lengths}, False)
-            )
-        if groups:
-            workload = build_workload(workdir / "workload", spec, n_positions=n_positions)
-        for specs, with_trl in groups:
-            for record in _measure(spec, specs, workload, with_trl=with_trl):
-                run(record)
-        if "memory" in sections and args.memory_vocab_sizes:
-            try:
-                run(measure_memory(spec, args.memory_vocab_sizes, str(workdir / "memory")))
-            except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
-                run(error_record("measure_memory", RuntimeError(traceback.format_exc())))
-        if "memory" in sections and args.learner_memory_vocab:
-            try:
-                run(
-                    measure_learner_memory(
-                        str(workdir / "learner_memory"), vocab_size=args.learner_memory_vocab
-                    )
-                )
-            except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
-                run(error_record("measure_learner_memory", RuntimeError(traceback.format_exc())))
+        with quiet(log, verbose=args.verbose):
+            _sections(args, sections, spec, workdir, n_positions, run)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     return 1 if any(r.get("bench") == "error" for r in records) else 0
+
+
+def _sections(
+    args: argparse.Namespace,
+    sections: list[str],
+    spec: BenchSpec,
+    workdir: Path,
+    n_positions: int,
+    run: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    """Measures the selected sections; ``run`` prints and keeps each line."""
+    groups = []
+    if "default" in sections or "trl" in sections:
+        specs = {f"default-{c}-critic": replace(spec, critic=c) for c in args.critics}
+        groups.append((specs, "trl" in sections))
+    if "lengths" in sections and args.lengths:
+        groups.append(
+            ({f"length-{n}": replace(spec, max_new_tokens=n) for n in args.lengths}, False)
+        )
+    if groups:
+        workload = build_workload(workdir / "workload", spec, n_positions=n_positions)
+    for specs, with_trl in groups:
+        for record in _measure(spec, specs, workload, with_trl=with_trl):
+            run(record)
+    if "memory" in sections and args.memory_vocab_sizes:
+        try:
+            run(measure_memory(spec, args.memory_vocab_sizes, str(workdir / "memory")))
+        except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
+            run(error_record("measure_memory", RuntimeError(traceback.format_exc())))
+    if "memory" in sections and args.learner_memory_vocab:
+        try:
+            run(
+                measure_learner_memory(
+                    str(workdir / "learner_memory"), vocab_size=args.learner_memory_vocab
+                )
+            )
+        except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
+            run(error_record("measure_learner_memory", RuntimeError(traceback.format_exc())))
 
 
 def _measure(

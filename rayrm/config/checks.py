@@ -117,14 +117,14 @@ def validate_paths(cfg: RunConfig) -> None:
     if not os.path.isfile(prompts):
         raise ConfigError(f"data.prompts {prompts!r} is not a file", key="data.prompts")
 
+    if cfg.eval.prompts is not None and not os.path.isfile(cfg.eval.prompts):
+        raise ConfigError(f"eval.prompts {cfg.eval.prompts!r} is not a file", key="eval.prompts")
     validate_reward_paths(cfg.reward)
     _check_references(cfg)
     conversations = _uses_conversations(cfg)
     _check_policy_model(cfg, conversations)
     _check_reward_tokenizers(cfg.reward, conversations)
 
-    if cfg.eval.prompts is not None and not os.path.isfile(cfg.eval.prompts):
-        raise ConfigError(f"eval.prompts {cfg.eval.prompts!r} is not a file", key="eval.prompts")
     if cfg.eval.gold_function is not None:
         check_function(cfg.eval.gold_function, key="eval.gold_function")
 

@@ -105,6 +105,9 @@ class RewardConfig(Section):
             ``length_penalty · max(0, n − target_length)``, n = generated tokens without EOS.
             Applies to any source, before normalisation; logged as ``reward/penalty/length``.
         target_length: Completion tokens allowed before ``length_penalty`` starts.
+        on_nan: What a NaN or infinite score does: ``error`` ends the run with one line naming
+            the source and the first bad completion; ``skip`` leaves those completions out
+            of the update (counted as ``reward/skipped``).
         missing_eos_penalty: If set, subtracted from every completion that ended at
             ``generation.max_new_tokens`` instead of with EOS (the episode was truncated, not
             terminated); logged as ``reward/penalty/missing_eos``. Not applied to held-out
@@ -133,6 +136,7 @@ class RewardConfig(Section):
     length_penalty: float = Field(0.0, ge=0)
     target_length: int = Field(0, ge=0)
     missing_eos_penalty: float | None = Field(None, ge=0)
+    on_nan: Literal["error", "skip"] = "error"
 
     @property
     def needs_references(self) -> bool:

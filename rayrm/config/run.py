@@ -221,8 +221,13 @@ class RunSettings(Section):
         checkpoint_every: Save a checkpoint every this many iterations (and at the end).
         storage_path: Directory under which the run's folder (``name``) is created.
         num_cpus: CPUs for a local Ray started in-process; None uses all of them.
-        max_failures: Times a failed trial (its process died or raised) is restarted from its
-            last checkpoint before the run gives up.
+        max_failures: Times a trial whose process or node died (or Ray failed) is restarted
+            from its last checkpoint before the run gives up. Errors of user code or data (a
+            reward function that raises, a prompt the tokenizer cannot take) end the run at
+            once: a restart would fail the same way.
+        pending_timeout_s: Seconds to wait for the cluster to be able to hold a trial's
+            resources (an autoscaling cluster adds nodes) before the run ends with what was
+            asked and what the cluster has.
     """
 
     num_iterations: int = Field(20, ge=1)
@@ -230,6 +235,7 @@ class RunSettings(Section):
     storage_path: NonEmptyStr = "./rayrm_runs"
     num_cpus: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0)
+    pending_timeout_s: float = Field(120.0, ge=0)
 
 
 class EvalSettings(Section):

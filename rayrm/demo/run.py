@@ -37,9 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rayrm.console import LOG_NAME, quiet, say, warn
 from rayrm.demo import steps as ds
 from rayrm.demo.steps import SIZES, STAGE_SETTINGS, DemoSizes, gold_line
 from rayrm.experiment.train import TrainingFailed
+from rayrm.ray_init import owned_ray
 from rayrm.stages.trainer import StageFailed
 
 __all__ = ["DEFAULT_WORKDIR", "STAGES", "main", "run_demo", "run_stage"]
@@ -209,18 +211,12 @@ def run_demo(
         ConfigError: A stage's config or data is invalid.
         StageFailed, TrainingFailed: A Ray Train stage or the PPO run failed.
     """
-    import ray
-
     _quiet_single_threaded()
-    log = log or (lambda line: print(line, flush=True))
+    log = log or say
     start = time.perf_counter()
     work = Path(workdir).resolve()
-    started_ray = not ray.is_initialized()
-    try:
+    with owned_ray():
         results = _stages(SIZES[size], work, progress, log)
-    finally:
-        if started_ray and ray.is_initialized():
-            ray.shutdown()
     by_name = {r.name: r for r in results}
     ppo, rm = by_name["ppo"].info, by_name["reward_model"].info
     seconds = time.perf_counter() - start
@@ -257,9 +253,11 @@ def run_demo(
 def main(args: argparse.Namespace) -> int:
     """``rayrm demo``. ConfigError propagates (the CLI turns it into exit code 2)."""
 
+    progress = args.verbose and not args.no_progress and sys.stderr.isatty()
     try:
-        run_demo(args.dir, size=args.size, progress=not args.no_progress and sys.stderr.isatty())
+        with quiet(Path(args.dir) / LOG_NAME, verbose=args.verbose):
+            run_demo(args.dir, size=args.size, progress=progress, log=say)
     except (StageFailed, TrainingFailed) as exc:
-        print(f"rayrm: {exc}", file=sys.stderr)
+        warn(f"rayrm: {exc}")
         return 1
     return 0

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 from rayrm import metrics as M
 from rayrm.config import RunConfig, load_config
+from rayrm.console import LOG_NAME, quiet, say, warn
+from rayrm.experiment.preflight import check_storage, preflight
+from rayrm.experiment.resources import wait_for_resources
 from rayrm.experiment.train import check_experiment_dir, make_tuner
-from rayrm.ray_init import init_ray
+from rayrm.ray_init import init_ray, owned_ray
 from rayrm.rewards import pool_from_config
 from rayrm.rewards.compose import kill_shared_pools
 from rayrm.rl.checkpoint import export_policy
@@ -114,6 +116,7 @@ def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
 
     exp_dir = check_experiment_dir(cfg, resume)
     init_ray(cfg.run.num_cpus)
+    wait_for_resources(cfg)
     pool = _start_shared_pool(cfg)
     try:
         tuner = make_tuner(
@@ -180,23 +183,30 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main_tune(config_path: str, overrides: list[str], resume: bool) -> int:
+def main_tune(config_path: str, overrides: list[str], resume: bool, verbose: bool = False) -> int:
     """``rayrm tune``: sweep, print the table, export the best trial's policy."""
 
     cfg = load_config(config_path, overrides)
-    exp_dir, results = run_tune(cfg, resume=resume)
-    print(format_table(results_table(cfg, results)))
-    try:
-        best = results.get_best_result(metric=metric_key(cfg), mode=cfg.tune.mode, scope="last")
-    except RuntimeError as exc:
-        print(f"rayrm: no trial reported {metric_key(cfg)}: {exc}", file=sys.stderr)
-        return 1
-    if best.checkpoint is None:
-        print("rayrm: the best trial has no checkpoint to export", file=sys.stderr)
-        return 1
-    out = export_policy(best.checkpoint.path, exp_dir / BEST_POLICY_DIR)
-    value = best.metrics[M.RLHF_RESULTS][cfg.tune.metric]
-    print(
-        f"best trial: {Path(best.path).name} ({cfg.tune.metric} {value:.4g}); policy exported to {out}"
-    )
+    check_storage(cfg.run.storage_path)
+    log = check_experiment_dir(cfg, resume) / LOG_NAME
+    with quiet(log, verbose=verbose), owned_ray():
+        say(preflight(cfg))
+        exp_dir, results = run_tune(cfg, resume=resume)
+        say(format_table(results_table(cfg, results)))
+        try:
+            best = results.get_best_result(metric=metric_key(cfg), mode=cfg.tune.mode, scope="last")
+        except RuntimeError as exc:
+            warn(f"rayrm: no trial reported {metric_key(cfg)}: {exc}")
+            return 1
+        if best.checkpoint is None:
+            warn("rayrm: the best trial has no checkpoint to export")
+            return 1
+        out = export_policy(best.checkpoint.path, exp_dir / BEST_POLICY_DIR)
+        value = best.metrics[M.RLHF_RESULTS][cfg.tune.metric]
+        say(
+            f"best trial: {Path(best.path).name} ({cfg.tune.metric} {value:.4g}); "
+            f"policy exported to {out}"
+        )
+    for error in results.errors:
+        warn(f"rayrm: a trial failed: {error!s:.300}")
     return 0 if not results.errors else 1

@@ -6,19 +6,33 @@ compact per-iteration terminal line, and finding checkpoints of finished runs.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 from rayrm import metrics as M
 from rayrm.analysis.report import write_report
 from rayrm.config import ConfigError, RunConfig, load_config
-from rayrm.ray_init import init_ray
+from rayrm.console import LOG_NAME, holds_run, quiet, say, warn
+from rayrm.experiment.failures import failure_summary, is_retriable, trial_dir_of
+from rayrm.experiment.preflight import check_storage, preflight
+from rayrm.experiment.resources import wait_for_resources
+from rayrm.ray_init import init_ray, owned_ray
 from rayrm.rl.algorithm import RLHFPPO
 
 
 class TrainingFailed(RuntimeError):
-    """The Tune trial ended in an error (its traceback is in the trial folder)."""
+    """The Tune trial ended in an error (its traceback is in the trial folder).
+
+    The message is one line: the root cause and where the full traceback is.
+
+    Attributes:
+        retriable: A restart could have fixed it (a process, node or Ray failure), but the
+            run's ``run.max_failures`` restarts were used up.
+    """
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 def format_line(result: dict[str, Any], total: int | None = None) -> str:
@@ -49,7 +63,7 @@ def live_line_callback(total: int) -> Any:
 
         def on_trial_result(self, iteration: int, trials: Any, trial: Any, result: dict, **kw: Any):
             prefix = f"[{trial.trial_id}] " if len(trials) > 1 else ""
-            print(prefix + format_line(result, total), flush=True)
+            say(prefix + format_line(result, total))
 
     return LiveLine()
 
@@ -61,9 +75,9 @@ def experiment_dir(cfg: RunConfig) -> Path:
 def check_experiment_dir(cfg: RunConfig, resume: bool) -> Path:
     """The run folder, refusing to overwrite a run or to resume a missing one (no data lost)."""
     exp_dir = experiment_dir(cfg)
-    if resume and not exp_dir.exists():
+    if resume and not holds_run(exp_dir):
         raise ConfigError(f"nothing to resume: no run folder at {exp_dir}", key="run.storage_path")
-    if not resume and exp_dir.exists() and any(exp_dir.iterdir()):
+    if not resume and holds_run(exp_dir):
         raise ConfigError(
             f"run folder {exp_dir} already holds a run: pass --resume to continue it, "
             "or choose another name",
@@ -80,8 +94,13 @@ def make_tuner(
     param_space: dict[str, Any],
     tune_config: Any = None,
     callbacks: list[Any] | None = None,
+    max_failures: int | None = None,
 ) -> Any:
-    """A Tuner over ``RLHFPPO`` (restored from ``exp_dir`` when resuming)."""
+    """A Tuner over ``RLHFPPO`` (restored from ``exp_dir`` when resuming).
+
+    ``max_failures`` is Tune's own restart budget per trial (default ``run.max_failures``;
+    ``rayrm train`` passes 0 and restarts only what a restart can fix, see :func:`run_train`).
+    """
     from ray import tune
 
     if resume:
@@ -102,7 +121,9 @@ def make_tuner(
                 checkpoint_frequency=cfg.run.checkpoint_every, checkpoint_at_end=True
             ),
             callbacks=[live_line_callback(cfg.run.num_iterations), *(callbacks or [])],
-            failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
+            failure_config=tune.FailureConfig(
+                max_failures=cfg.run.max_failures if max_failures is None else max_failures
+            ),
             verbose=0,
         ),
     )
@@ -120,38 +141,74 @@ def run_train(
         ConfigError: the run folder exists without ``resume``, or is missing with it.
         TrainingFailed: the trial errored.
     """
+    from ray import tune
+
     exp_dir = check_experiment_dir(cfg, resume)
     init_ray(cfg.run.num_cpus)
-    # RLHFConfig.update_from_dict derives the whole RLlib config from the run config.
+    wait_for_resources(cfg)
+    # RLHFConfig.update_from_dict derives the whole RLlib config from the run config. Tune
+    # itself restarts nothing: a user-code or data error would fail the same way again.
     tuner = make_tuner(
-        cfg, exp_dir, resume=resume, param_space={"rayrm": cfg.to_dict()}, callbacks=callbacks
+        cfg,
+        exp_dir,
+        resume=resume,
+        param_space={"rayrm": cfg.to_dict()},
+        callbacks=callbacks,
+        max_failures=0,
     )
-    results = tuner.fit()
-    if results.errors:
-        raise TrainingFailed(f"training failed: {results.errors[0]!s:.2000}")
-    return exp_dir, dict(results[0].metrics or {})
+    restarts = 0
+    while True:
+        results = tuner.fit()
+        if not results.errors:
+            return exp_dir, dict(results[0].metrics or {})
+        error = results.errors[0]
+        retriable = is_retriable(error)
+        summary = failure_summary(error, trial_dir_of(results[0]))
+        if not retriable or restarts >= cfg.run.max_failures:
+            raise TrainingFailed(summary, retriable=retriable)
+        restarts += 1
+        warn(
+            f"rayrm: {summary}; restarting from the last checkpoint "
+            f"({restarts}/{cfg.run.max_failures}, run.max_failures)"
+        )
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=RLHFPPO, resume_errored=True)
 
 
-def main_train(config_path: str, overrides: list[str], resume: bool) -> int:
-    """``rayrm train``: returns the process exit code."""
+def main_train(config_path: str, overrides: list[str], resume: bool, verbose: bool = False) -> int:
+    """``rayrm train``: returns the process exit code.
 
+    The terminal shows the preflight summary, the live lines and the result; everything else
+    goes to the run folder's log (``verbose`` shows it instead).
+    """
     cfg = load_config(config_path, overrides)
-    exp_dir, last = run_train(cfg, resume=resume)
+    check_storage(cfg.run.storage_path)
+    log = check_experiment_dir(cfg, resume) / LOG_NAME
+    try:
+        with quiet(log, verbose=verbose), owned_ray():
+            say(preflight(cfg))
+            exp_dir, last = run_train(cfg, resume=resume)
+            return _report(cfg, config_path, exp_dir, last)
+    except TrainingFailed as exc:
+        hint = "continue" if exc.retriable else "fix the cause, then continue"
+        warn(f"rayrm: {exc}; {hint} with: rayrm train {config_path} --resume")
+        return 1
+
+
+def _report(cfg: RunConfig, config_path: str, exp_dir: Path, last: dict[str, Any]) -> int:
+    """The result lines (and the report) of a finished or interrupted run; the exit code."""
     r = last.get(M.RLHF_RESULTS, {})
     iterations = int(last.get("training_iteration", 0))
     if iterations < cfg.run.num_iterations:
-        print(
+        warn(
             f"interrupted after {iterations}/{cfg.run.num_iterations} iterations; continue with: "
-            f"rayrm train {config_path} --resume",
-            file=sys.stderr,
+            f"rayrm train {config_path} --resume"
         )
         return 130
-    print(
+    say(
         f"done: {iterations} iterations, final reward "
-        f"{r.get(M.REWARD_MEAN, float('nan')):+.3f}; run folder {exp_dir}",
-        file=sys.stdout,
+        f"{r.get(M.REWARD_MEAN, float('nan')):+.3f}; run folder {exp_dir}"
     )
     if cfg.eval.report:
         report, headline = write_report(cfg, exp_dir)
-        print("\n".join(headline) + f"\nreport: {report}", flush=True)
+        say("\n".join(headline) + f"\nreport: {report}")
     return 0

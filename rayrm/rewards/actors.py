@@ -21,7 +21,9 @@ from rayrm.rewards.base import (
     References,
     RewardActor,
     RewardSourceError,
+    call_scorer,
     check_pair,
+    check_scores,
     resolve_device,
     resolve_function,
 )
@@ -186,22 +188,9 @@ class RewardFunctionActor(RewardActor):
             extra["references"] = None if references is None else list(references)
         if self.takes_messages:
             extra["messages"] = None if messages is None else list(messages)
-        fn: Any = self.fn  # the batched signature plus optional keywords
-        out: Any = fn(list(prompts), list(completions), **extra)
-        if isinstance(out, torch.Tensor):
-            out = out.detach().cpu().numpy()
-        try:
-            scores = np.asarray(out, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise RewardSourceError(
-                f"reward function {self.function!r} returned {type(out).__name__} that is not "
-                f"convertible to float32 numbers ({e})"
-            ) from e
-        if scores.shape != (n,):
-            raise RewardSourceError(
-                f"reward function {self.function!r} returned shape {scores.shape} for {n} "
-                f"items; it must return one float per (prompt, completion), i.e. shape ({n},)"
-            )
+        what = f"reward function {self.function!r}"
+        out = call_scorer(self.fn, what, list(prompts), list(completions), **extra)
+        scores = check_scores(out, n, what)
         self.num_scored += n
         return scores
 

@@ -28,7 +28,9 @@ __all__ = [
     "RewardSourceError",
     "ScoredBatch",
     "Scorer",
+    "call_scorer",
     "check_pair",
+    "check_scores",
     "last_line",
     "resolve_device",
     "resolve_function",
@@ -120,6 +122,44 @@ def last_line(message: str) -> str:
     return lines[-1] if lines else message
 
 
+def check_scores(out: Any, n: int, what: str) -> np.ndarray:
+    """A scorer's output as ``float32`` (N,), or a one-line error naming ``what``.
+
+    NaN and infinite scores pass through (the reward pipeline applies ``reward.on_nan``).
+
+    Raises:
+        RewardSourceError: Not numbers, or not one per item.
+    """
+    if isinstance(out, torch.Tensor):
+        out = out.detach().cpu().numpy()
+    try:
+        scores = np.asarray(out, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise RewardSourceError(
+            f"{what} returned {type(out).__name__} that is not convertible to float32 numbers "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from e
+    if scores.shape != (n,):
+        raise RewardSourceError(
+            f"{what} returned shape {scores.shape} for {n} items; it must return one float per "
+            f"(prompt, completion), i.e. shape ({n},)"
+        )
+    return scores
+
+
+def call_scorer(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any:
+    """Calls user scoring code; what it raises becomes one line naming ``what``.
+
+    Raises:
+        RewardSourceError: ``fn`` raised (its type and message, first line).
+    """
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # user code: anything it raises is the user's to see
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise RewardSourceError(f"{what} raised {type(e).__name__}: {first}") from e
+
+
 def check_pair(prompts: Sequence[str], completions: Sequence[str]) -> None:
     if len(prompts) != len(completions):
         raise ValueError(
@@ -158,8 +198,11 @@ class ScoredBatch:
         raw: What the reward source returned (penalties of composed rewards included).
         scores: ``raw`` shaped (normalised, clipped): what the RL update is paid.
         breakdown: Published metric key -> (N,) values (components, members, penalties).
+        skipped: (N,) bool, completions whose score was NaN or infinite and that the update
+            leaves out (``reward.on_nan: skip``); None when none were.
     """
 
     raw: np.ndarray
     scores: np.ndarray
     breakdown: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: np.ndarray | None = None

@@ -34,8 +34,8 @@ from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import AdaptiveKLController, FixedKLController
 from rayrm.models.loading import load_tokenizer, prompt_codec, stop_token_ids
 from rayrm.rewards import pool_from_config
-from rayrm.rewards.base import Completion, ScoredBatch
-from rayrm.rewards.shaping import RewardPipeline
+from rayrm.rewards.base import Completion, RewardSourceError, ScoredBatch
+from rayrm.rewards.shaping import RewardPipeline, describe_reward
 from rayrm.rl.checkpoint import RAYRM_STATE, write_rayrm_files
 from rayrm.rl.env_runner import RLHFEnvRunner
 from rayrm.rl.evaluation import HeldOutEvaluation
@@ -221,7 +221,9 @@ class RLHFPPO(PPO):
         self.kl_ctl = make_kl_controller(cfg)
         r = cfg.reward
         scorer = pool_from_config(r, name=r.pool_name, tokenizer=cfg.model.resolved_tokenizer_path)
-        self.rewards = RewardPipeline(scorer, normalize=r.normalize, clip=r.clip)
+        self.rewards = RewardPipeline(
+            scorer, normalize=r.normalize, clip=r.clip, on_nan=r.on_nan, what=describe_reward(r)
+        )
         self.rollout_node_ids: list[str] = []
         self.tokenizer = load_tokenizer(cfg.model.resolved_tokenizer_path)
         self.held_out = HeldOutEvaluation(cfg, prompt_codec(cfg, self.tokenizer))
@@ -249,6 +251,20 @@ class RLHFPPO(PPO):
         scored = self._score(episodes)
         t_scored = time.perf_counter()
 
+        kept = np.ones(len(episodes), bool) if scored.skipped is None else ~scored.skipped
+        if not kept.all():  # reward.on_nan: skip
+            episodes = [e for e, k in zip(episodes, kept, strict=True) if k]
+            # Every learner runs the same number of minibatch steps (DDP): each needs a
+            # completion per minibatch.
+            needed = self.run_config.ppo.num_minibatches * max(
+                1, self.run_config.resources.num_learners
+            )
+            if len(episodes) < needed:
+                raise RewardSourceError(
+                    f"{self.rewards.what} gave non-finite scores to {int((~kept).sum())} of "
+                    f"{len(kept)} completions: {len(episodes)} left, fewer than the {needed} "
+                    "an update needs (a completion per minibatch and learner)"
+                )
         learner_stats = self._update(episodes)
         t_updated = time.perf_counter()
 
@@ -271,7 +287,8 @@ class RLHFPPO(PPO):
         published = {
             M.REWARD_MEAN: float(scores.mean()),
             M.REWARD_STD: float(scores.std()),
-            M.REWARD_RAW_MEAN: float(scored.raw.mean()),
+            M.REWARD_RAW_MEAN: float(scored.raw[kept].mean()),
+            M.REWARD_SKIPPED: int((~kept).sum()),
             M.KL_COEF: learner_stats.pop(M.KL_COEF),
             M.ROLLOUT_COMPLETIONS: len(episodes),
             M.ROLLOUT_NUM_NODES: max(1, len(self.rollout_node_ids)),

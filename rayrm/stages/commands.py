@@ -7,8 +7,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rayrm.config.stage import RMConfig, SFTConfig, StageConfig, load_stage_config
+from rayrm.console import LOG_NAME, quiet, say, warn
+from rayrm.ray_init import owned_ray
 from rayrm.stages import reward_model, sft
-from rayrm.stages.trainer import StageFailed
+from rayrm.stages.trainer import StageFailed, run_dir
 
 __all__ = ["STAGES", "stage_main"]
 
@@ -22,19 +24,28 @@ STAGES: dict[
 
 
 def stage_main(
-    command: str, config: str, overrides: Sequence[str], resume: bool, no_progress: bool
+    command: str,
+    config: str,
+    overrides: Sequence[str],
+    resume: bool,
+    no_progress: bool,
+    verbose: bool = False,
 ) -> int:
     """Loads the stage config, runs the stage, prints the result.
 
-    ConfigError propagates (the CLI turns it into exit code 2); a failed run exits 1.
+    The terminal shows the epoch lines and the result (progress bars with ``verbose`` only);
+    the rest goes to the run folder's log. ConfigError propagates (the CLI turns it into exit
+    code 2); a failed run exits 1.
     """
     cls, run, describe, label = STAGES[command]
     cfg = load_stage_config(cls, config, overrides)
+    progress = verbose and not no_progress and sys.stderr.isatty()
     try:
-        summary = run(cfg, resume=resume, progress=not no_progress and sys.stderr.isatty())
+        with quiet(run_dir(cfg) / LOG_NAME, verbose=verbose), owned_ray():
+            summary = run(cfg, resume=resume, progress=progress)
     except StageFailed as exc:
-        print(f"rayrm: {exc}", file=sys.stderr)
+        warn(f"rayrm: {exc}")
         return 1
-    print(f"done: {describe(summary['metrics'])}")
-    print(f"{label}: {summary['output_dir']} (run folder: {summary['run_dir']})")
+    say(f"done: {describe(summary['metrics'])}")
+    say(f"{label}: {summary['output_dir']} (run folder: {summary['run_dir']})")
     return 0

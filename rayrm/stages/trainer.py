@@ -41,6 +41,7 @@ import numpy as np
 
 from rayrm.config import ConfigError
 from rayrm.config.stage import StageConfig, stage_config_from_dict
+from rayrm.console import holds_run, live
 from rayrm.ray_init import init_ray
 from rayrm.rl.rllib_compat import torch_trainer_class
 
@@ -324,7 +325,7 @@ def worker_loop(config: dict[str, Any], steps: StageSteps) -> None:
         metrics[TIMER_EPOCH] = time.perf_counter() - start
         state = {"epoch": epoch, "history": [*state["history"], metrics]}
         if rank == 0:
-            print(f"{desc} | {steps.describe(metrics)}", flush=True)
+            live(f"{desc} | {steps.describe(metrics)}")
         _save_and_report(
             metrics,
             rank=rank,
@@ -356,7 +357,7 @@ def check_run_dir(cfg: Any, resume: bool) -> None:
         ConfigError: The folder holds a run and ``resume`` is False, or the reverse.
     """
     folder = run_dir(cfg)
-    exists = folder.is_dir() and any(folder.iterdir())
+    exists = holds_run(folder)
     if exists and not resume:
         raise ConfigError(
             f"run folder {folder} already holds a run: pass --resume to continue it, or "

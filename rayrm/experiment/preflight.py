@@ -1,0 +1,168 @@
+"""Preflight: open and try everything a run config points at, in the driver, before Ray starts.
+
+The config checks (``rayrm.config.checks``) make sure the files exist and the models have
+tokenizers; preflight reads and tries them: the prompts files parse, hold strings and no empty
+prompt; the policy tokenizer encodes the first prompts (chat template included); a reward
+function and the gold function are called once on a small batch of those prompts and must
+return one finite number each; a reward model's config says one label; the run folder's
+storage is writable. Every failure is one :class:`~rayrm.config.ConfigError` naming the key and
+the file or row (exit code 2), where it would otherwise fail inside a trial, be retried and
+print a page of tracebacks.
+
+What it learns goes into one line, e.g. ``prompts: 72 (prompts.jsonl), 7.1 tokens on average,
+max 12; 0 longer than data.max_prompt_tokens=24``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.functions import import_function
+from envs.prompts import load_prompt_rows
+from envs.tokenization import Prompt, PromptCodec
+from rayrm.config import ConfigError, RunConfig
+from rayrm.models.hf_files import read_json
+from rayrm.models.loading import load_tokenizer, prompt_codec
+from rayrm.rewards.actors import RewardFunctionActor
+from rayrm.rewards.base import RewardSourceError, call_scorer, check_scores
+
+__all__ = ["check_storage", "preflight"]
+
+PROBE_PROMPTS = 2
+"""Prompts a reward or gold function is called on in preflight (with empty completions)."""
+
+
+def preflight(cfg: RunConfig) -> str:
+    """Reads and tries what ``cfg`` (paths already checked) names; returns a summary line.
+
+    Raises:
+        ConfigError: One line naming the key and the file or row at fault.
+    """
+    codec = prompt_codec(cfg, load_tokenizer(cfg.model.resolved_tokenizer_path))
+    prompts, references = _prompts(cfg, "data.prompts", cfg.data.prompts)
+    summary = _encode_summary(cfg, codec, prompts)
+    if cfg.eval.every and cfg.eval.prompts is not None:
+        _encode_summary(cfg, codec, _prompts(cfg, "eval.prompts", cfg.eval.prompts)[0])
+    probe = [codec.texts(codec.encode(p), [])[0] for p in prompts[:PROBE_PROMPTS]]
+    _probe_reward(cfg, probe, references[: len(probe)] if references else None)
+    if cfg.eval.gold_function is not None:
+        _probe_gold(cfg.eval.gold_function, probe)
+    check_storage(cfg.run.storage_path)
+    return summary
+
+
+def _prompts(cfg: RunConfig, key: str, path: str) -> tuple[list[Prompt], list[str] | None]:
+    data = cfg.data
+    try:
+        prompts, references = load_prompt_rows(
+            path, data.prompt_column, data.reference_column, data.messages_column
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"{key}: {exc}", key=key) from exc
+    for row, prompt in enumerate(prompts):
+        if isinstance(prompt, str) and not prompt.strip():
+            raise ConfigError(
+                f"{key}: {path}, row {row}: the prompt is empty (a completion needs something "
+                "to answer)",
+                key=key,
+            )
+    return prompts, references
+
+
+def _encode_summary(cfg: RunConfig, codec: PromptCodec, prompts: list[Prompt]) -> str:
+    """Encodes the prompts (at most the first 1,000) and summarises their token lengths."""
+    sample = prompts[:1000]
+    lengths = []
+    for row, prompt in enumerate(sample):
+        try:
+            text = codec.render(prompt)
+            lengths.append(len(codec.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        except Exception as exc:  # a template or tokenizer that cannot take this row
+            raise ConfigError(
+                f"data.prompts row {row}: the policy tokenizer cannot encode it "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                key="data.prompts",
+            ) from exc
+    limit = cfg.data.max_prompt_tokens
+    longer = sum(n > limit for n in lengths)
+    measured = "" if len(sample) == len(prompts) else f" (first {len(sample)} measured)"
+    return (
+        f"prompts: {len(prompts)} ({Path(cfg.data.prompts).name}){measured}, "
+        f"{np.mean(lengths):.1f} tokens on average, max {max(lengths)}; {longer} longer than "
+        f"data.max_prompt_tokens={limit} (cut from the left)"
+    )
+
+
+def _probe_reward(cfg: RunConfig, probe: list[str], references: list[str] | None) -> None:
+    """Reward functions called once, as their actors call them; reward models' configs read."""
+    reward = cfg.reward
+    sources: list[tuple[str, Any]] = [("reward", reward)]
+    if reward.source == "composite":
+        sources = [(f"reward.components[{i}]", c) for i, c in enumerate(reward.components)]
+    for prefix, src in sources:
+        if src.source == "function" and src.function is not None:
+            key = f"{prefix}.function"
+            try:
+                actor = RewardFunctionActor(src.function)
+                scores = actor.score(probe, [""] * len(probe), references)
+            except (RewardSourceError, ValueError) as exc:
+                raise ConfigError(f"{key}: {exc}", key=key) from exc
+            _check_finite(scores, key, src.function)
+        if src.source == "model" and src.path is not None:
+            _check_reward_model(src.path, f"{prefix}.path")
+        for j, member in enumerate(src.members if src.source == "ensemble" else []):
+            _check_reward_model(member, f"{prefix}.members[{j}]")
+
+
+def _probe_gold(spec: str, probe: list[str]) -> None:
+    """The gold function called once, as held-out evaluation calls it."""
+    key = "eval.gold_function"
+    try:
+        fn = import_function(spec)
+    except ValueError as exc:
+        raise ConfigError(f"{key} {exc}", key=key) from exc
+    what = f"{key} {spec!r}"
+    try:
+        scores = check_scores(call_scorer(fn, what, probe, [""] * len(probe)), len(probe), what)
+    except RewardSourceError as exc:
+        raise ConfigError(str(exc), key=key) from exc
+    _check_finite(scores, key, spec)
+
+
+def _check_finite(scores: np.ndarray, key: str, spec: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise ConfigError(
+            f"{key} {spec!r} returned {scores[bad[0]]} for item {int(bad[0])} of a probe batch "
+            "(prompts with empty completions); scores must be finite numbers",
+            key=key,
+        )
+
+
+def _check_reward_model(path: str, key: str) -> None:
+    config = read_json(Path(path) / "config.json")
+    labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 1))
+    if labels != 1:
+        raise ConfigError(
+            f"{key} {path!r} has {labels} labels; a reward model needs a single scalar head "
+            "(num_labels=1)",
+            key=key,
+        )
+
+
+def check_storage(storage: str) -> None:
+    """The storage folder exists (or can be made) and takes a file."""
+    try:
+        os.makedirs(storage, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=storage, prefix=".rayrm-write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"run.storage_path {storage!r} is not writable ({exc.strerror or exc})",
+            key="run.storage_path",
+        ) from exc

@@ -1,0 +1,472 @@
+"""Malformed inputs through the real CLI: each ends with its exit code, one line on stderr naming
+the problem, and no traceback (issue 12).
+
+Config, data, model and reward-function mistakes are found in the driver before Ray starts
+(exit 2). The policy is a tiny Qwen2 with a byte-level BPE tokenizer and a chat template; the
+reward model a tiny one-label GPT-2 with its tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from envs.builtin import BUILTIN_PROMPTS
+from envs.prompts import write_prompts_jsonl
+from rayrm import metrics as M
+from rayrm.cli import main
+
+# ----------------------------------------------------------------- reward functions under test
+
+
+def raises(prompts: list[str], completions: list[str]) -> list[float]:
+    raise KeyError("score_table")
+
+
+def wrong_length(prompts: list[str], completions: list[str]) -> list[float]:
+    return [0.0] * (len(completions) + 1)
+
+
+def not_numbers(prompts: list[str], completions: list[str]) -> list[str]:
+    return ["good"] * len(completions)
+
+
+def returns_none(prompts: list[str], completions: list[str]) -> None:
+    return None
+
+
+def nan_scores(prompts: list[str], completions: list[str]) -> list[float]:
+    return [0.5, math.nan] + [0.5] * (len(completions) - 2)
+
+
+def inf_scores(prompts: list[str], completions: list[str]) -> list[float]:
+    return [math.inf] * len(completions)
+
+
+def no_arguments() -> list[float]:
+    return []
+
+
+def nested(prompts: list[str], completions: list[str]) -> list[list[float]]:
+    return [[1.0, 2.0] for _ in completions]
+
+
+not_callable = 3
+
+
+# ----------------------------------------------------------------------------- the workspace
+
+
+@dataclass
+class Workspace:
+    """A valid run (config dict, files); a case breaks one thing in it."""
+
+    root: Path
+    policy: str
+    reward_model: str
+    prompts: str
+    cfg: dict[str, Any] = field(default_factory=dict)
+    config_name: str = "run.yaml"
+
+    def write(self, name: str, text: str) -> str:
+        path = self.root / name
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    def copy_model(self, source: str, name: str) -> Path:
+        out = self.root / name
+        shutil.copytree(source, out)
+        return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    from transformers import AutoTokenizer
+
+    from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model
+
+    root = tmp_path_factory.mktemp("failure-models")
+    policy = build_tiny_model(root / "policy", arch="qwen2", hidden=32, positions=256)
+    rm = build_tiny_reward_model(root / "rm", AutoTokenizer.from_pretrained(policy))
+    return policy, rm
+
+
+@pytest.fixture
+def ws(models: tuple[str, str], tmp_path: Path) -> Workspace:
+    policy, rm = models
+    prompts = str(write_prompts_jsonl(tmp_path / "prompts.jsonl", BUILTIN_PROMPTS[:8]))
+    w = Workspace(tmp_path, policy, rm, prompts)
+    w.cfg = {
+        "name": "broken",
+        "model": {"path": policy},
+        "data": {"prompts": prompts, "max_prompt_tokens": 32},
+        "generation": {"max_new_tokens": 4},
+        "reward": {"source": "function", "function": "envs.builtin:vowel_reward"},
+        "ppo": {"batch_size": 4, "num_minibatches": 2, "num_epochs": 1},
+        "run": {"num_iterations": 2, "storage_path": str(tmp_path / "runs"), "num_cpus": 2},
+        "eval": {"every": 0, "report": False},
+    }
+    return w
+
+
+def run_cli(ws: Workspace, capfd: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
+    written = ws.root / "run.yaml"
+    if not written.exists():
+        written.write_text(yaml.safe_dump(ws.cfg), encoding="utf-8")
+    code = main(["train", str(ws.root / ws.config_name), *extra])
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err, err
+    return code, err
+
+
+# ---------------------------------------------------------------------------- the cases
+
+
+Edit = Callable[[Workspace], "list[str] | None"]
+
+
+def _set(section: str, **values: Any) -> Edit:
+    def edit(w: Workspace) -> None:
+        w.cfg.setdefault(section, {}).update(values)
+
+    return edit
+
+
+def _prompts_file(name: str, text: str, key: str = "prompts") -> Edit:
+    def edit(w: Workspace) -> None:
+        path = w.write(name, text)
+        if key == "prompts":
+            w.cfg["data"]["prompts"] = path
+        else:
+            w.cfg["eval"].update(prompts=path, every=1)
+
+    return edit
+
+
+def _parquet(table: dict[str, list[Any]]) -> Edit:
+    def edit(w: Workspace) -> None:
+        path = w.root / "prompts.parquet"
+        pq.write_table(pa.table(table), path)
+        w.cfg["data"]["prompts"] = str(path)
+
+    return edit
+
+
+def _corrupt_parquet(w: Workspace) -> None:
+    path = w.root / "prompts.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b"]}), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    w.cfg["data"]["prompts"] = str(path)
+
+
+def _reward_fn(name: str) -> Edit:
+    return _set("reward", function=f"test_failures:{name}")
+
+
+def _gold_fn(name: str) -> Edit:
+    return _set("eval", every=1, gold_function=f"test_failures:{name}")
+
+
+def _model_edit(fix: Callable[[Path], None], key: str = "model") -> Edit:
+    """A copy of the policy (or the reward model) with ``fix`` applied."""
+
+    def edit(w: Workspace) -> None:
+        if key == "model":
+            out = w.copy_model(w.policy, "policy")
+            w.cfg["model"]["path"] = str(out)
+        else:
+            out = w.copy_model(w.reward_model, "rm")
+            w.cfg["reward"] = {"source": "model", "path": str(out)}
+        fix(out)
+
+    return edit
+
+
+def _json_edit(name: str, **values: Any) -> Callable[[Path], None]:
+    def fix(d: Path) -> None:
+        data = json.loads((d / name).read_text())
+        data.update(values)
+        (d / name).write_text(json.dumps(data))
+
+    return fix
+
+
+def _remove(*names: str) -> Callable[[Path], None]:
+    def fix(d: Path) -> None:
+        for name in names:
+            (d / name).unlink(missing_ok=True)
+
+    return fix
+
+
+def _write(name: str, text: str) -> Callable[[Path], None]:
+    def fix(d: Path) -> None:
+        (d / name).write_text(text)
+
+    return fix
+
+
+def _config_text(text: str) -> Edit:
+    def edit(w: Workspace) -> None:
+        w.write("run.yaml", text)
+
+    return edit
+
+
+def _argv(*args: str) -> Edit:
+    def edit(w: Workspace) -> list[str]:
+        return list(args)
+
+    return edit
+
+
+def _config_missing(w: Workspace) -> None:
+    w.config_name = "missing.yaml"
+
+
+def _not_utf8(w: Workspace) -> None:
+    path = w.root / "p.jsonl"
+    path.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    w.cfg["data"]["prompts"] = str(path)
+
+
+def _storage_is_a_file(w: Workspace) -> None:
+    w.cfg["run"]["storage_path"] = w.write("a-file", "x") + "/runs"
+
+
+def _existing_run(w: Workspace) -> None:
+    run = Path(w.cfg["run"]["storage_path"]) / w.cfg["name"]
+    run.mkdir(parents=True)
+    (run / "experiment_state.json").write_text("{}")
+
+
+# (id, edit, exit code, text the one line must hold)
+CASES: list[tuple[str, Edit, int, str]] = [
+    # --- configs and command lines
+    ("config-missing", _config_missing, 2, "missing.yaml"),
+    ("config-not-yaml", _config_text("model: [unclosed\n"), 2, "run.yaml"),
+    ("config-a-list", _config_text("- model\n- data\n"), 2, "run.yaml"),
+    ("unknown-key", _set("ppo", lrr=1e-5), 2, "ppo.lrr"),
+    ("wrong-type", _set("ppo", lr="fast"), 2, "ppo.lr"),
+    ("negative-batch", _set("ppo", batch_size=-4), 2, "ppo.batch_size"),
+    ("batch-not-divisible", _set("ppo", batch_size=5), 2, "ppo.batch_size"),
+    ("bad-set-syntax", _argv("--set", "ppo.lr"), 2, "override"),
+    ("set-unknown-key", _argv("--set", "ppo.nope=1"), 2, "ppo.nope"),
+    ("resume-nothing", _argv("--resume"), 2, "nothing to resume"),
+    ("run-exists", _existing_run, 2, "already holds a run"),
+    ("storage-under-a-file", _storage_is_a_file, 2, "run.storage_path"),
+    # --- prompts files
+    ("prompts-missing", _set("data", prompts="/nonexistent/prompts.jsonl"), 2, "data.prompts"),
+    ("prompts-empty-file", _prompts_file("p.jsonl", ""), 2, "no rows"),
+    ("prompts-no-column", _prompts_file("p.jsonl", '{"text": "hi"}\n'), 2, "prompt"),
+    ("prompts-bad-line", _prompts_file("p.jsonl", '{"prompt": "a"}\n{"prompt": \n'), 2, "p.jsonl"),
+    ("prompts-not-strings", _prompts_file("p.jsonl", '{"prompt": 3}\n'), 2, "row 0"),
+    ("prompts-null", _prompts_file("p.jsonl", '{"prompt": "a"}\n{"prompt": null}\n'), 2, "row 1"),
+    (
+        "prompts-empty-prompt",
+        _prompts_file("p.jsonl", '{"prompt": "a"}\n{"prompt": ""}\n'),
+        2,
+        "row 1",
+    ),  # fmt: skip
+    ("prompts-blank-prompt", _prompts_file("p.jsonl", '{"prompt": "   "}\n'), 2, "row 0"),
+    ("prompts-extension", _prompts_file("p.csv", "prompt\nhi\n"), 2, ".csv"),
+    ("prompts-not-utf8", _not_utf8, 2, "p.jsonl"),
+    ("prompts-corrupt-parquet", _corrupt_parquet, 2, "Parquet"),
+    ("prompts-parquet-no-column", _parquet({"question": ["hi"]}), 2, "prompt"),
+    (
+        "prompts-bad-messages",
+        _prompts_file("p.jsonl", '{"messages": [{"role": "user"}]}\n'),
+        2,
+        "row 0",
+    ),  # fmt: skip
+    (
+        "prompts-messages-not-list",
+        _prompts_file("p.jsonl", '{"messages": "hello"}\n'),
+        2,
+        "row 0",
+    ),  # fmt: skip
+    # --- held-out prompts
+    ("eval-missing", _set("eval", every=1, prompts="/nonexistent/held.jsonl"), 2, "eval.prompts"),
+    ("eval-empty", _prompts_file("held.jsonl", "", key="eval"), 2, "eval.prompts"),
+    (
+        "eval-no-column",
+        _prompts_file("held.jsonl", '{"q": "x"}\n', key="eval"),
+        2,
+        "eval.prompts",
+    ),  # fmt: skip
+    (
+        "eval-empty-prompt",
+        _prompts_file("held.jsonl", '{"prompt": ""}\n', key="eval"),
+        2,
+        "eval.prompts",
+    ),  # fmt: skip
+    # --- reward functions that misbehave
+    ("reward-module-missing", _set("reward", function="no_such_module:f"), 2, "reward.function"),
+    ("reward-attr-missing", _reward_fn("no_such_function"), 2, "no_such_function"),
+    (
+        "reward-no-colon",
+        _set("reward", function="envs.builtin.vowel_reward"),
+        2,
+        "reward.function",
+    ),  # fmt: skip
+    ("reward-not-callable", _reward_fn("not_callable"), 2, "not_callable"),
+    ("reward-raises", _reward_fn("raises"), 2, "KeyError"),
+    ("reward-wrong-length", _reward_fn("wrong_length"), 2, "shape"),
+    ("reward-not-numbers", _reward_fn("not_numbers"), 2, "not_numbers"),
+    ("reward-none", _reward_fn("returns_none"), 2, "returns_none"),
+    ("reward-nan", _reward_fn("nan_scores"), 2, "item 1"),
+    ("reward-inf", _reward_fn("inf_scores"), 2, "item 0"),
+    ("reward-no-arguments", _reward_fn("no_arguments"), 2, "no_arguments"),
+    ("reward-nested", _reward_fn("nested"), 2, "shape"),
+    # --- gold functions
+    ("gold-missing", _gold_fn("nope"), 2, "eval.gold_function"),
+    ("gold-raises", _gold_fn("raises"), 2, "eval.gold_function"),
+    ("gold-nan", _gold_fn("nan_scores"), 2, "eval.gold_function"),
+    # --- model and tokenizer directories
+    ("model-missing", _set("model", path="/nonexistent/model"), 2, "model.path"),
+    ("model-no-config", _model_edit(_remove("config.json")), 2, "config.json"),
+    ("model-config-corrupt", _model_edit(_write("config.json", "{not json")), 2, "config.json"),
+    (
+        "model-no-tokenizer",
+        _model_edit(_remove("tokenizer.json", "tokenizer_config.json")),
+        2,
+        "tokenizer",
+    ),  # fmt: skip
+    ("tokenizer-corrupt", _model_edit(_write("tokenizer.json", "{}")), 2, "tokenizer"),
+    (
+        "tokenizer-path-missing",
+        _set("model", tokenizer_path="/nonexistent/tok"),
+        2,
+        "model.tokenizer_path",
+    ),  # fmt: skip
+    (
+        "vocab-larger-than-model",
+        _model_edit(_json_edit("config.json", vocab_size=8)),
+        2,
+        "vocab",
+    ),  # fmt: skip
+    (
+        "rm-two-labels",
+        _model_edit(
+            _json_edit(
+                "config.json",
+                num_labels=2,
+                id2label={"0": "a", "1": "b"},
+                label2id={"a": 0, "b": 1},
+            ),
+            key="rm",
+        ),
+        2,
+        "labels",
+    ),  # fmt: skip
+    (
+        "rm-no-tokenizer",
+        _model_edit(_remove("tokenizer.json", "tokenizer_config.json"), key="rm"),
+        2,
+        "tokenizer",
+    ),  # fmt: skip
+    ("rm-missing", _set("reward", source="model", path="/nonexistent/rm"), 2, "reward.path"),
+]
+
+
+@pytest.mark.parametrize(("edit", "code", "needle"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_malformed_input_fails_in_one_line(ws, capfd, edit, code, needle):
+    got, err = run_cli(ws, capfd, *(edit(ws) or []))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert got == code, err
+    assert len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+    assert lines[0].startswith("rayrm: error: "), lines[0]
+
+
+def test_at_least_forty_cases():
+    assert len({c[0] for c in CASES}) == len(CASES) >= 40
+
+
+# ------------------------------------------------- resources that cannot be met (Ray needed)
+
+
+@pytest.mark.parametrize(
+    ("resources", "needle"),
+    [
+        ({"num_learners": 1, "num_gpus_per_learner": 1}, "GPU"),
+        ({"num_env_runners": 1, "custom_resources_per_env_runner": {"rollout_node": 1}},
+         "rollout_node"),
+        ({"num_env_runners": 2, "num_cpus_per_env_runner": 3}, "CPU"),
+    ],
+    ids=["gpu-on-cpu-machine", "unknown-custom-resource", "more-cpus-than-exist"],
+)  # fmt: skip
+def test_unmeetable_resources_end_in_one_line(ray_local, ws, capfd, resources, needle):
+    ws.cfg["resources"] = resources
+    ws.cfg["run"]["pending_timeout_s"] = 1
+    code, err = run_cli(ws, capfd)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert needle in lines[0] and "run.pending_timeout_s=1s" in lines[0], lines[0]
+    assert "autoscaling" in lines[0] and "the cluster's 1 node(s) have CPU 4" in lines[0]
+
+
+# ------------------------------------------- user-code errors inside the trial: no restart
+
+
+def raises_on_text(prompts: list[str], completions: list[str]) -> list[float]:
+    """Scores the preflight probe (empty completions), fails on the first real one."""
+    for c in completions:
+        if c:
+            raise ValueError(f"cannot score {c[:10]!r}")
+    return [0.0] * len(completions)
+
+
+def nan_on_text(prompts: list[str], completions: list[str]) -> list[float]:
+    """A NaN for every other real completion."""
+    return [math.nan if c and i % 2 else 0.5 for i, c in enumerate(completions)]
+
+
+def _failures(run: Path) -> int:
+    (trial,) = run.glob("RLHFPPO_*")
+    error = trial / "error.txt"
+    return error.read_text().count("Failure #") if error.exists() else 0
+
+
+def test_user_code_error_in_trial_is_not_retried(ray_local, ws, capfd):
+    ws.cfg["reward"]["function"] = "test_failures:raises_on_text"
+    ws.cfg["run"]["max_failures"] = 2
+    code, err = run_cli(ws, capfd)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    assert "reward function 'test_failures:raises_on_text' raised ValueError" in lines[0]
+    assert "error.txt" in lines[0] and "--resume" in lines[0]
+    run = Path(ws.cfg["run"]["storage_path"]) / "broken"
+    assert _failures(run) == 1  # one failure, no restart
+    assert (run / "rayrm.log").stat().st_size > 0  # Ray's output went to the log
+
+
+def test_nan_scores_in_trial(ray_local, ws, capfd):
+    ws.cfg["reward"]["function"] = "test_failures:nan_on_text"
+    code, err = run_cli(ws, capfd)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "non-finite score (nan)" in err and "reward.on_nan: skip" in err
+
+    ws.cfg.update(name="skip", reward={**ws.cfg["reward"], "on_nan": "skip"})
+    ws.cfg["ppo"]["batch_size"] = 8
+    (ws.root / "run.yaml").unlink()
+    code, err = run_cli(ws, capfd)
+    assert code == 0, err
+    trial = next((Path(ws.cfg["run"]["storage_path"]) / "skip").glob("RLHFPPO_*"))
+    results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    skipped = [r[M.RLHF_RESULTS][M.REWARD_SKIPPED] for r in results]
+    completions = [r[M.RLHF_RESULTS][M.ROLLOUT_COMPLETIONS] for r in results]
+    assert all(s > 0 for s in skipped), skipped
+    assert [c + s for c, s in zip(completions, skipped, strict=True)] == [8, 8]
