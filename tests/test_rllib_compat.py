@@ -78,3 +78,27 @@ def test_module_state_file_is_where_rllib_saves_it(
     finally:
         algo.stop()
     assert (ckpt / rllib_compat.MODULE_STATE_FILE).is_file()
+
+
+def test_trainable_storage_and_counters(tmp_path):
+    """What ``NeverLoseCheckpoints`` reaches in Tune: a Trainable's counters and storage, and the
+    storage context's checkpoint index and trial folder."""
+    from ray import tune
+    from ray.train._internal.storage import StorageContext
+
+    class Counting(tune.Trainable):
+        def step(self):
+            return {}
+
+    storage = StorageContext(
+        storage_path=str(tmp_path), experiment_dir_name="e", trial_dir_name="t"
+    )
+    trainable = Counting(config={}, storage=storage)
+    try:
+        trainable.train()
+        assert rllib_compat.tune_counters(trainable)["training_iteration"] == 1
+        assert rllib_compat.trial_dir(trainable) == tmp_path / "e" / "t"
+        rllib_compat.skip_checkpoint_indices(trainable, 4)
+        assert storage.current_checkpoint_index == 4
+    finally:
+        trainable.stop()

@@ -6,6 +6,7 @@ compact per-iteration terminal line, and finding checkpoints of finished runs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from rayrm.experiment.preflight import check_storage, preflight
 from rayrm.experiment.resources import wait_for_resources
 from rayrm.ray_init import init_ray, owned_ray
 from rayrm.rl.algorithm import RLHFPPO
+
+SNAPSHOT_PERIOD_S = 2
+"""Seconds between Tune's experiment snapshots (and result copies) in ``rayrm train``."""
 
 
 class TrainingFailed(RuntimeError):
@@ -146,6 +150,10 @@ def run_train(
     exp_dir = check_experiment_dir(cfg, resume)
     init_ray(cfg.run.num_cpus)
     wait_for_resources(cfg)
+    # Tune keeps result.json and its experiment snapshot in a staging folder and copies them to
+    # the run folder with each snapshot (by default every 10 s or more): a killed driver loses
+    # what came after the last one. One trial's snapshot is small; take it every 2 s.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_PERIOD_S))
     # RLHFConfig.update_from_dict derives the whole RLlib config from the run config. Tune
     # itself restarts nothing: a user-code or data error would fail the same way again.
     tuner = make_tuner(

@@ -36,7 +36,7 @@ from rayrm.models.loading import load_tokenizer, prompt_codec, stop_token_ids
 from rayrm.rewards import pool_from_config
 from rayrm.rewards.base import Completion, RewardSourceError, ScoredBatch
 from rayrm.rewards.shaping import RewardPipeline, describe_reward
-from rayrm.rl.checkpoint import RAYRM_STATE, write_rayrm_files
+from rayrm.rl.checkpoint import RAYRM_STATE, NeverLoseCheckpoints, write_rayrm_files
 from rayrm.rl.env_runner import RLHFEnvRunner
 from rayrm.rl.evaluation import HeldOutEvaluation
 from rayrm.rl.learner import RLHFPPOLearner
@@ -190,7 +190,7 @@ def shard_whole_episodes(episodes: list[Any], num_shards: int) -> list[list[Any]
     return shards
 
 
-class RLHFPPO(PPO):
+class RLHFPPO(NeverLoseCheckpoints, PPO):
     """RLlib PPO specialised for token-level RLHF against a reward pool (see module docstring)."""
 
     @classmethod
@@ -227,6 +227,7 @@ class RLHFPPO(PPO):
         self.rollout_node_ids: list[str] = []
         self.tokenizer = load_tokenizer(cfg.model.resolved_tokenizer_path)
         self.held_out = HeldOutEvaluation(cfg, prompt_codec(cfg, self.tokenizer))
+        self.resume_from_disk()
 
     def cleanup(self) -> None:
         rewards = getattr(self, "rewards", None)

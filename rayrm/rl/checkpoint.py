@@ -11,6 +11,8 @@ original model directory: the policy is rebuilt from its config and given the tr
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from rayrm.config import ConfigError, RunConfig, load_config
 from rayrm.models.decoding import sample_completions
 from rayrm.models.hf_files import stop_token_ids_of
 from rayrm.models.loading import DTYPES
+from rayrm.rl import rllib_compat as compat
 from rayrm.rl.rllib_compat import MODULE_STATE_FILE
 
 RESOLVED_CONFIG_FILE = "rayrm_config.yaml"
@@ -29,6 +32,10 @@ RESOLVED_CONFIG_FILE = "rayrm_config.yaml"
 TOKENIZER_DIR = "tokenizer"
 HF_CONFIG_DIR = "hf_config"
 """The policy's ``config.json`` (dropout as published) and ``generation_config.json``."""
+COMPLETE_FILE = "rayrm_complete.json"
+"""Written last, once Tune has persisted a checkpoint: its absence marks a torn checkpoint (a
+kill mid-write). Holds the Tune counters the checkpoint resumes with (iteration, time)."""
+CHECKPOINT_PREFIX = "checkpoint_"
 RAYRM_STATE = "rayrm_state"
 """Key of the algorithm's own state (KL controller, reward moments) in RLlib's state."""
 LM_PREFIX = "lm."
@@ -38,7 +45,7 @@ REF_PREFIX = "ref_model."
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from a checkpoint, a trial folder or an experiment folder.
 
-    Picks the newest checkpoint when given a run folder.
+    Picks the newest complete checkpoint when given a run folder.
 
     Raises:
         ConfigError: nothing rayrm-made under ``path``.
@@ -48,13 +55,86 @@ def find_checkpoint(path: str | Path) -> Path:
         raise ConfigError(f"{p}: no such run or checkpoint")
     if (p / RESOLVED_CONFIG_FILE).exists():
         return p
-    found = sorted(
-        (c.parent for c in p.rglob(RESOLVED_CONFIG_FILE)),
-        key=lambda c: (c.stat().st_mtime, c.name),
-    )
+    found = [c.parent for c in p.rglob(RESOLVED_CONFIG_FILE)]
+    complete = [c for c in found if (c / COMPLETE_FILE).is_file()]
+    # The newest complete checkpoint (a torn one, without COMPLETE_FILE, is skipped); runs
+    # written before COMPLETE_FILE existed have none marked.
+    found = sorted(complete or found, key=lambda c: (c.stat().st_mtime, c.name))
     if not found:
         raise ConfigError(f"{p}: no rayrm checkpoint found (looked for */{RESOLVED_CONFIG_FILE})")
     return found[-1]
+
+
+def checkpoint_index(path: Path) -> int | None:
+    """``N`` of a ``checkpoint_N`` folder, None for other names."""
+    suffix = path.name[len(CHECKPOINT_PREFIX) :]
+    return int(suffix) if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
+
+
+def mark_complete(checkpoint_dir: str | Path, counters: dict[str, Any]) -> None:
+    """Writes :data:`COMPLETE_FILE` (atomically: a temporary name, then a rename)."""
+    ckpt = Path(checkpoint_dir)
+    tmp = ckpt / f".{COMPLETE_FILE}.tmp"
+    tmp.write_text(json.dumps(counters), encoding="utf-8")
+    os.replace(tmp, ckpt / COMPLETE_FILE)
+
+
+def trial_checkpoints(trial_dir: Path) -> tuple[int, list[tuple[int, Path, dict[str, Any]]]]:
+    """The highest ``checkpoint_N`` index in a trial folder (-1 if none), torn ones included,
+    and its complete checkpoints ``(N, path, counters)``, oldest first."""
+    highest, complete = -1, []
+    for path in trial_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+        index = checkpoint_index(path)
+        if index is None or not path.is_dir():
+            continue
+        highest = max(highest, index)
+        marker = path / COMPLETE_FILE
+        if marker.is_file():
+            complete.append((index, path, json.loads(marker.read_text(encoding="utf-8"))))
+    return highest, sorted(complete, key=lambda c: c[0])
+
+
+class NeverLoseCheckpoints:
+    """Mixin for a Tune ``Trainable``: resume from the newest complete checkpoint on disk,
+    never overwrite one, mark each complete once persisted.
+
+    Tune resumes a run from its experiment snapshot, saved every few seconds; after a driver
+    killed between a checkpoint and the next snapshot, it would restart from an older
+    checkpoint (or from scratch) and write its next checkpoints over newer ones. So at
+    :meth:`resume_from_disk` (the end of ``setup``) the trial folder decides: the newest
+    checkpoint with :data:`COMPLETE_FILE` is restored with its counters, the next index is
+    past every existing ``checkpoint_N`` (torn ones too), and Tune's own ``restore`` of an older
+    checkpoint of this trial is then skipped. A checkpoint from elsewhere (PBT's exploit
+    step) is restored as Tune asks.
+    """
+
+    _restored_from_disk: Path | None = None
+
+    def resume_from_disk(self) -> None:
+        trial = compat.trial_dir(self)
+        if trial is None:
+            return
+        highest, complete = trial_checkpoints(trial)
+        compat.skip_checkpoint_indices(self, highest)
+        if complete:
+            _, path, counters = complete[-1]
+            compat.restore_counted(self, path, counters)
+            self._restored_from_disk = path
+
+    def restore(self, checkpoint_path: Any) -> None:
+        path, newest = compat.restored_path(checkpoint_path), self._restored_from_disk
+        if path is not None and newest is not None and path.parent == newest.parent:
+            index, restored = checkpoint_index(path), checkpoint_index(newest)
+            if index is not None and restored is not None and index <= restored:
+                return  # resume_from_disk restored this trial's newest complete checkpoint
+        super().restore(checkpoint_path)  # type: ignore[misc]
+
+    def save(self, checkpoint_dir: str | None = None) -> Any:
+        result = super().save(checkpoint_dir)  # type: ignore[misc]
+        path = compat.restored_path(result)
+        if path is not None and path.is_dir():
+            mark_complete(path, compat.tune_counters(self))
+        return result
 
 
 def write_rayrm_files(checkpoint_dir: str | Path, cfg: RunConfig, tokenizer: Any) -> None:

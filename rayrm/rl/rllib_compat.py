@@ -26,11 +26,17 @@ Private names used (Ray 2.60):
   benchmarks inspect its optimizer and module).
 * ``ray.autoscaler._private.util.prepare_config``/``validate_config`` -- Ray's own check of
   a cluster-launcher YAML (used by the test of ``cluster.yaml``).
+* Tune's ``Trainable._storage`` (``trial_fs_path``, ``storage_filesystem``,
+  ``current_checkpoint_index``), its counters ``_iteration``, ``_time_total``,
+  ``_timesteps_total``, ``_episodes_total``, and ``ray.train._internal.session._TrainingResult``
+  -- resuming from the newest complete checkpoint on disk, counters included, without
+  overwriting a checkpoint Tune's experiment snapshot does not know of.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -43,10 +49,15 @@ __all__ = [
     "local_learner",
     "learner_connector",
     "record_sampled",
+    "restored_path",
     "sample_episodes",
+    "restore_counted",
+    "skip_checkpoint_indices",
     "started_ray_here",
     "sub_envs",
     "torch_trainer_class",
+    "trial_dir",
+    "tune_counters",
     "weights_seq_no",
 ]
 
@@ -81,6 +92,18 @@ def _autoscaler_util() -> Any:
     return ray.autoscaler._private.util
 
 
+def _training_result_cls() -> Any:
+    from ray.train._internal.session import _TrainingResult
+
+    return _TrainingResult
+
+
+def _session_module() -> Any:
+    import ray.train._internal.session
+
+    return ray.train._internal.session
+
+
 def _global_worker_module() -> Any:
     import ray._private.worker
 
@@ -104,11 +127,12 @@ HOOKS: list[tuple[str, Callable[[], Any], str]] = [
     ("TorchTrainer._create_default_callbacks", _torch_trainer_cls, "_create_default_callbacks"),
     ("ray.autoscaler._private.util.prepare_config", _autoscaler_util, "prepare_config"),
     ("ray.autoscaler._private.util.validate_config", _autoscaler_util, "validate_config"),
+    ("ray.train._internal.session._TrainingResult", _session_module, "_TrainingResult"),
 ]
 """``(name, owner, attribute)`` of every private class member rayrm relies on; instance
 attributes set in ``__init__``/``build`` (``_seed``, ``_needs_initial_reset``,
-``_metrics_num_env_steps_sampled``, ``_learner_connector``, ``_weights_seq_no``) are checked on
-built objects by the tests."""
+``_metrics_num_env_steps_sampled``, ``_learner_connector``, ``_weights_seq_no``, a Trainable's
+``_storage`` and counters) are checked on built objects by the tests."""
 
 
 # ------------------------------------------------------------------------------ env runners
@@ -234,3 +258,55 @@ def cluster_config_checks() -> tuple[Callable[[Any], Any], Callable[[Any], Any]]
     """Ray's ``(prepare_config, validate_config)`` for cluster-launcher YAML."""
     util = _autoscaler_util()
     return util.prepare_config, util.validate_config
+
+
+# ------------------------------------------------------------------------------ Tune trainables
+TUNE_COUNTERS = {
+    "training_iteration": "_iteration",
+    "time_total_s": "_time_total",
+    "timesteps_total": "_timesteps_total",
+    "episodes_total": "_episodes_total",
+}
+"""Tune result key -> the ``Trainable`` attribute that counts it (restored with a checkpoint)."""
+
+
+def trial_dir(trainable: Any) -> Path | None:
+    """A Tune trainable's trial folder, when it is on the local filesystem (or a mount)."""
+    storage = getattr(trainable, "_storage", None)
+    if storage is None or storage.storage_filesystem.type_name != "local":
+        return None
+    return Path(storage.trial_fs_path)
+
+
+def skip_checkpoint_indices(trainable: Any, highest: int) -> None:
+    """The trainable's next checkpoint is ``checkpoint_{highest + 1}`` or later: one Tune's
+    snapshot does not know of is never overwritten."""
+    storage = trainable._storage
+    storage.current_checkpoint_index = max(storage.current_checkpoint_index, highest)
+
+
+def tune_counters(trainable: Any) -> dict[str, Any]:
+    """The counters Tune restores with a checkpoint (iteration, time, timesteps, episodes)."""
+    return {key: getattr(trainable, attr) for key, attr in TUNE_COUNTERS.items()}
+
+
+def restore_counted(trainable: Any, path: Path, counters: dict[str, Any]) -> None:
+    """``trainable.restore`` from a checkpoint folder, counters included (a plain path would
+    restart the iteration count at 0)."""
+    from ray.tune import Checkpoint
+
+    result = _training_result_cls()(
+        checkpoint=Checkpoint.from_directory(str(path)), metrics=dict(counters)
+    )
+    trainable.restore(result)
+
+
+def restored_path(checkpoint: Any) -> Path | None:
+    """The local folder of what Tune passes to ``Trainable.restore`` (a result, a
+    ``Checkpoint`` or a path), None when it is not on the local filesystem."""
+    checkpoint = getattr(checkpoint, "checkpoint", checkpoint)
+    if isinstance(checkpoint, str | Path):
+        return Path(checkpoint)
+    if getattr(checkpoint.filesystem, "type_name", "local") != "local":
+        return None
+    return Path(checkpoint.path)

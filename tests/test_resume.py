@@ -1,0 +1,118 @@
+"""A driver killed with SIGKILL resumes from the newest complete checkpoint on disk and loses
+nothing (issue 13): Tune's experiment snapshot lags the checkpoints by seconds, so without
+rayrm's own resume the run restarted from an older checkpoint or from scratch and wrote its
+next checkpoints over the newer ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, make_config
+
+from rayrm.rl.checkpoint import COMPLETE_FILE, find_checkpoint, trial_checkpoints
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _iterations(trial: Path) -> list[int]:
+    results = trial / "result.json"
+    lines = results.read_text().splitlines() if results.exists() else []
+    return [json.loads(line)["training_iteration"] for line in lines if line.strip()]
+
+
+def _end_session(pid: int, ray_tmp: str) -> None:
+    """Ends what the killed driver started: its process group, and the Ray processes of its
+    session (found by the session folder only this test uses)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if ray_tmp in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_from_newest_complete_checkpoint(
+    tiny_policy_dir, prompts_file, tmp_path
+):
+    cfg = make_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        ppo={"batch_size": 8},
+        generation={"max_new_tokens": 6},
+        run={"num_iterations": 30, "checkpoint_every": 2},
+    )
+    config = tmp_path / "config.yaml"
+    cfg.save_yaml(config)
+    ray_tmp = tempfile.mkdtemp(prefix="rayrm-", dir="/tmp")  # short: Ray's socket paths
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "rayrm.cli", "train", str(config)]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    exp_dir = tmp_path / "test"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(exp_dir.glob(f"*/checkpoint_000002/{COMPLETE_FILE}")):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "no third checkpoint within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        _end_session(proc.pid, ray_tmp)
+    (trial,) = exp_dir.glob("RLHFPPO_*")
+    highest, complete = trial_checkpoints(trial)
+    newest_iteration = complete[-1][2]["training_iteration"]
+    before = {path.name: _digest(path) for _, path, _ in complete}
+    logged = len(_iterations(trial))
+    # A checkpoint torn by the kill: a folder past the newest, without its marker.
+    torn = trial / f"checkpoint_{highest + 1:06d}"
+    shutil.copytree(complete[-1][1], torn)
+    (torn / COMPLETE_FILE).unlink()
+    (torn / "torn-by-the-test").write_text("x")
+    assert find_checkpoint(exp_dir) == complete[-1][1]  # export/generate skip it too
+
+    resumed = subprocess.run(
+        [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300
+    )
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    iterations = _iterations(trial)
+    # Continued after the newest complete checkpoint (not from scratch, not from an older one).
+    assert iterations[logged:] == list(range(newest_iteration + 1, 31)), iterations
+    # Nothing lost: every checkpoint from before the kill is byte-identical, the torn one is
+    # untouched, and the new ones were written past both.
+    assert {name: _digest(trial / name) for name in before} == before
+    assert (torn / "torn-by-the-test").exists() and not (torn / COMPLETE_FILE).exists()
+    highest_after, complete_after = trial_checkpoints(trial)
+    new = [index for index, _, _ in complete_after if f"checkpoint_{index:06d}" not in before]
+    assert new and min(new) > highest + 1 and highest_after == max(new)
+    assert complete_after[-1][2]["training_iteration"] == 30
