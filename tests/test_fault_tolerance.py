@@ -72,7 +72,18 @@ def test_shared_pool_is_one_set_of_actors(ray_local):
         assert RewardPool.kill_shared("rayrm-test-shared", 2) == 2
 
 
-def test_env_runner_killed_is_replaced(ray_local, tiny_policy_dir, prompts_file, tmp_path):
+def _runner_actors(algo):
+    return list(algo.env_runner_group._worker_manager._actors.values())
+
+
+@pytest.mark.parametrize("victims", ["one", "all"])
+def test_lost_env_runners_keep_the_batch_full(
+    ray_local, tiny_policy_dir, prompts_file, tmp_path, victims
+):
+    """Runners killed mid-run (a crash, a preempted node): every iteration still trains on
+    ppo.batch_size completions -- the survivors sample the missing share, or, with every
+    runner gone, the iteration waits for Ray to restart one -- and the lost ones come back
+    (probed, re-synced) while the metrics flag the degraded capacity."""
     cfg = make_config(
         tiny_policy_dir,
         prompts_file,
@@ -84,23 +95,71 @@ def test_env_runner_killed_is_replaced(ray_local, tiny_policy_dir, prompts_file,
     algo = build_algo_config(cfg).build_algo()
     try:
         algo.train()
-        victim = algo.env_runner_group._worker_manager._actors[1]
-        ray.kill(victim, no_restart=False)  # a crash: Ray restarts the process, RLlib re-syncs it
-        # Training goes on while Ray restarts the runner's process (on the survivor's
-        # completions); RLlib then probes it back into service, re-syncs its weights, and full
-        # batches resume.
-        completions: list[float] = []
+        actors = _runner_actors(algo)
+        for victim in actors if victims == "all" else actors[1:]:
+            ray.kill(victim, no_restart=False)  # Ray restarts the process; RLlib re-syncs it
+        results = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            completions.append(algo.train()[M.RLHF_RESULTS][M.ROLLOUT_COMPLETIONS])
-            if completions[-1] == cfg.ppo.batch_size:
+            results.append(algo.train()[M.RLHF_RESULTS])
+            if results[-1][M.ROLLOUT_HEALTHY_RUNNERS] == 2 and len(results) > 1:
                 break
             time.sleep(0.5)
-        assert completions[0] == cfg.ppo.batch_size // 2
-        assert completions[-1] == cfg.ppo.batch_size
+        assert all(r[M.ROLLOUT_COMPLETIONS] == cfg.ppo.batch_size for r in results), results
+        assert results[0][M.ROLLOUT_HEALTHY_RUNNERS] < 2  # flagged while degraded
         assert algo.env_runner_group.num_healthy_remote_workers() == 2
     finally:
         algo.stop()
+
+
+def hang_once(prompts: list[str], completions: list[str]) -> list[float]:
+    """Hangs (a stuck judge) the first time it sees its marker path, the prompt; then scores."""
+    marker = Path(prompts[0])
+    if not marker.exists():
+        marker.write_text("hung")
+        time.sleep(600)
+    return [float(len(c)) for c in completions]
+
+
+def hang_always(prompts: list[str], completions: list[str]) -> list[float]:
+    time.sleep(600)
+    return [0.0] * len(completions)
+
+
+def test_hung_reward_actor_is_restarted_and_rescored(ray_local, tmp_path):
+    pool = RewardPool(
+        source="function",
+        function="test_fault_tolerance:hang_once",
+        num_actors=1,
+        batch_size=4,
+        num_cpus_per_actor=0.25,
+        timeout_s=3,
+    )
+    try:
+        start = time.monotonic()
+        scores = pool.score([str(tmp_path / "hung")] * 6, ["x" * i for i in range(6)])
+        np.testing.assert_array_equal(scores, np.arange(6, dtype=np.float32))
+        assert pool.num_timeouts == 1 and time.monotonic() - start < 60
+    finally:
+        pool.shutdown()
+
+
+def test_reward_actor_that_keeps_hanging_times_out(ray_local):
+    from rayrm.errors import TimedOut
+
+    pool = RewardPool(
+        source="function",
+        function="test_fault_tolerance:hang_always",
+        num_actors=1,
+        num_cpus_per_actor=0.25,
+        timeout_s=1,
+        max_restarts=1,
+    )
+    try:
+        with pytest.raises(TimedOut, match=r"reward.timeout_s=1s, 2 times"):
+            pool.score(["p"], ["x"])
+    finally:
+        pool.shutdown()
 
 
 class _KillTrialOnce(tune.Callback):

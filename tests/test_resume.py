@@ -67,7 +67,7 @@ def test_killed_driver_resumes_from_newest_complete_checkpoint(
         tmp_path,
         ppo={"batch_size": 8},
         generation={"max_new_tokens": 6},
-        run={"num_iterations": 30, "checkpoint_every": 2},
+        run={"num_iterations": 30, "checkpoint_every": 2, "keep_checkpoints": None},
     )
     config = tmp_path / "config.yaml"
     cfg.save_yaml(config)
@@ -116,3 +116,25 @@ def test_killed_driver_resumes_from_newest_complete_checkpoint(
     new = [index for index, _, _ in complete_after if f"checkpoint_{index:06d}" not in before]
     assert new and min(new) > highest + 1 and highest_after == max(new)
     assert complete_after[-1][2]["training_iteration"] == 30
+
+
+def test_retention_keeps_the_newest_and_the_best(tmp_path):
+    """``run.keep_checkpoints``: the newest N complete checkpoints and the best scored one stay;
+    a torn one (no marker) is left alone."""
+    from rayrm.rl.checkpoint import NeverLoseCheckpoints, mark_complete
+
+    scores = [0.1, 0.9, 0.3, None, 0.2, 0.4]
+    for i, score in enumerate(scores):
+        ckpt = tmp_path / f"checkpoint_{i:06d}"
+        ckpt.mkdir()
+        mark_complete(ckpt, {"training_iteration": i + 1, "score": score})
+    (tmp_path / "checkpoint_000006").mkdir()  # torn
+
+    class KeepTwo(NeverLoseCheckpoints):
+        def checkpoints_to_keep(self) -> int:
+            return 2
+
+    KeepTwo()._prune(tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["checkpoint_000001", "checkpoint_000004", "checkpoint_000005",
+                    "checkpoint_000006"]  # fmt: skip

@@ -80,9 +80,10 @@ def test_module_state_file_is_where_rllib_saves_it(
     assert (ckpt / rllib_compat.MODULE_STATE_FILE).is_file()
 
 
-def test_trainable_storage_and_counters(tmp_path):
+def test_trainable_storage_and_counters(tmp_path, monkeypatch):
     """What ``NeverLoseCheckpoints`` reaches in Tune: a Trainable's counters and storage, and the
     storage context's checkpoint index and trial folder."""
+    monkeypatch.chdir(tmp_path)  # a Trainable with storage changes into its trial folder
     from ray import tune
     from ray.train._internal.storage import StorageContext
 

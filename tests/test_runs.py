@@ -90,7 +90,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
         tmp_path,
         ppo={"batch_size": 8},
         generation={"max_new_tokens": 6},
-        run={"num_iterations": 100, "checkpoint_every": 3},
+        run={"num_iterations": 100, "checkpoint_every": 3, "keep_checkpoints": None},
     )
     config = tmp_path / "config.yaml"
     cfg.save_yaml(config)

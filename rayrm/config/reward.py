@@ -108,6 +108,12 @@ class RewardConfig(Section):
         on_nan: What a NaN or infinite score does: ``error`` ends the run with one line naming
             the source and the first bad completion; ``skip`` leaves those completions out
             of the update (counted as ``reward/skipped``).
+        timeout_s: Seconds a reward actor may take for one chunk of ``batch_size`` texts. A
+            chunk that takes longer (a stuck judge, a wedged GPU) restarts its actor, which
+            scores it again; after ``max_restarts`` such restarts the trial fails (and is
+            restored from its checkpoint, ``run.max_failures``). None waits forever.
+        max_restarts: Restarts of a reward actor after a crash or a timeout (its chunk is
+            re-scored each time: scoring is at-least-once); -1 restarts without limit.
         missing_eos_penalty: If set, subtracted from every completion that ended at
             ``generation.max_new_tokens`` instead of with EOS (the episode was truncated, not
             terminated); logged as ``reward/penalty/missing_eos``. Not applied to held-out
@@ -137,6 +143,8 @@ class RewardConfig(Section):
     target_length: int = Field(0, ge=0)
     missing_eos_penalty: float | None = Field(None, ge=0)
     on_nan: Literal["error", "skip"] = "error"
+    timeout_s: float | None = Field(600.0, gt=0)
+    max_restarts: int = Field(2, ge=-1)
 
     @property
     def needs_references(self) -> bool:

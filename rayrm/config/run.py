@@ -200,6 +200,11 @@ class ResourcesConfig(Section):
         custom_resources_per_env_runner: Custom Ray resources each env runner needs, e.g.
             ``{rayrm_rollout: 1}`` to pin rollouts to the rollout node type of cluster.yaml.
         custom_resources_per_learner: Likewise for learners (e.g. ``{rayrm_learner: 1}``).
+        sample_timeout_s: Seconds an iteration's sampling may take. A runner that does not
+            answer in time is left out (and restarted by RLlib when it died); the healthy ones
+            sample the missing share. An iteration still short of ``ppo.batch_size``
+            completions after this long fails the trial (restored from its checkpoint,
+            ``run.max_failures``). None waits forever.
     """
 
     num_env_runners: int = Field(0, ge=0)
@@ -211,6 +216,7 @@ class ResourcesConfig(Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     custom_resources_per_env_runner: dict[str, Any] = Field(default_factory=dict)
     custom_resources_per_learner: dict[str, Any] = Field(default_factory=dict)
+    sample_timeout_s: float | None = Field(300.0, gt=0)
 
 
 class RunSettings(Section):
@@ -225,6 +231,8 @@ class RunSettings(Section):
             from its last checkpoint before the run gives up. Errors of user code or data (a
             reward function that raises, a prompt the tokenizer cannot take) end the run at
             once: a restart would fail the same way.
+        keep_checkpoints: Newest checkpoints kept per trial; older ones are deleted, except
+            the best by ``tune.metric`` (``tune.mode``). None keeps every checkpoint.
         pending_timeout_s: Seconds to wait for the cluster to be able to hold a trial's
             resources (an autoscaling cluster adds nodes) before the run ends with what was
             asked and what the cluster has.
@@ -236,6 +244,7 @@ class RunSettings(Section):
     num_cpus: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0)
     pending_timeout_s: float = Field(120.0, ge=0)
+    keep_checkpoints: int | None = Field(3, ge=1)
 
 
 class EvalSettings(Section):

@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rayrm.errors import TimedOut
+
 __all__ = ["SYSTEM_ERRORS", "failure_summary", "is_retriable", "root_cause"]
 
 
@@ -61,8 +63,9 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def is_retriable(exc: BaseException) -> bool:
     """Whether a restart from the last checkpoint can fix ``exc``: a Ray system failure
-    somewhere in its chain (a died process or node, a lost object, OOM)."""
-    return any(isinstance(e, SYSTEM_ERRORS) for e in _chain(exc))
+    somewhere in its chain (a died process or node, a lost object, OOM) or a hang
+    (:class:`~rayrm.errors.TimedOut`)."""
+    return any(isinstance(e, (*SYSTEM_ERRORS, TimedOut)) for e in _chain(exc))
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -39,13 +39,15 @@ class TrainingFailed(RuntimeError):
         self.retriable = retriable
 
 
-def format_line(result: dict[str, Any], total: int | None = None) -> str:
+def format_line(result: dict[str, Any], total: int | None = None, runners: int = 0) -> str:
     """One compact terminal line per iteration."""
     r = result.get(M.RLHF_RESULTS, {})
 
     def g(key: str) -> float:
         return float(r.get(key, float("nan")))
 
+    healthy = int(r.get(M.ROLLOUT_HEALTHY_RUNNERS, runners))
+    degraded = f" | DEGRADED: {healthy}/{runners} env runners" if healthy < runners else ""
     it = result.get("training_iteration", 0)
     head = f"iter {it:>3}" + (f"/{total}" if total else "")
     return (
@@ -55,11 +57,11 @@ def format_line(result: dict[str, Any], total: int | None = None) -> str:
         f" | pg {g(M.LOSS_POLICY):+.3f} vf {g(M.LOSS_VALUE):.3f} clip {g(M.LOSS_CLIP_FRACTION):.2f}"
         f" | {g(M.THROUGHPUT_TOKENS_PER_S):.0f} tok/s"
         f" | sample {g(M.TIMER_SAMPLE):.2f}s score {g(M.TIMER_SCORE):.2f}s"
-        f" update {g(M.TIMER_UPDATE):.2f}s sync {g(M.TIMER_SYNC):.2f}s"
+        f" update {g(M.TIMER_UPDATE):.2f}s sync {g(M.TIMER_SYNC):.2f}s" + degraded
     )
 
 
-def live_line_callback(total: int) -> Any:
+def live_line_callback(total: int, runners: int = 0) -> Any:
     from ray.tune import Callback
 
     class LiveLine(Callback):
@@ -67,7 +69,7 @@ def live_line_callback(total: int) -> Any:
 
         def on_trial_result(self, iteration: int, trials: Any, trial: Any, result: dict, **kw: Any):
             prefix = f"[{trial.trial_id}] " if len(trials) > 1 else ""
-            say(prefix + format_line(result, total))
+            say(prefix + format_line(result, total, runners))
 
     return LiveLine()
 
@@ -124,7 +126,10 @@ def make_tuner(
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=cfg.run.checkpoint_every, checkpoint_at_end=True
             ),
-            callbacks=[live_line_callback(cfg.run.num_iterations), *(callbacks or [])],
+            callbacks=[
+                live_line_callback(cfg.run.num_iterations, cfg.resources.num_env_runners),
+                *(callbacks or []),
+            ],
             failure_config=tune.FailureConfig(
                 max_failures=cfg.run.max_failures if max_failures is None else max_failures
             ),

@@ -284,6 +284,8 @@ def build_reward(
             num_gpus_per_actor=reward.num_gpus_per_actor,
             max_length=reward.max_length,
             custom_resources=dict(reward.custom_resources_per_actor),
+            timeout_s=reward.timeout_s,
+            max_restarts=reward.max_restarts,
             name=None if in_process or name is None else sub,
             namespace=namespace,
             local=in_process,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from rayrm.errors import TimedOut
 from rayrm.rewards.actors import RewardFunctionActor, RewardModelActor
 from rayrm.rewards.base import (
     Conversations,
@@ -101,6 +102,7 @@ class RewardPool:
         namespace: str = POOL_NAMESPACE,
         max_inflight_per_actor: int = 2,
         local: bool = False,
+        timeout_s: float | None = None,
     ) -> None:
         """Builds the actors and waits until each has loaded.
 
@@ -116,8 +118,9 @@ class RewardPool:
             num_gpus_per_actor: Ray GPU reservation; with it, ``device="auto"`` picks CUDA.
             max_length: token budget per text (model source only).
             tokenizer_path: tokenizer directory for a reward model that has none.
-            max_restarts: actor restarts after a crash; scoring is idempotent, so the same
-                number of task retries is allowed.
+            max_restarts: actor restarts after a crash or a timeout (-1: no limit); the
+                same number of task retries is allowed, so a chunk whose actor died is scored
+                again (at-least-once: a side-effecting scorer may see a chunk twice).
             custom_resources: extra Ray resources per actor (e.g. ``{"rayrm_reward": 1}``).
             name: makes the pool SHARED: its actors are detached, named ``{name}-{i}`` in
                 ``namespace``, and reused by every pool built with the same name (e.g. all
@@ -128,6 +131,9 @@ class RewardPool:
                 outstanding from this client; further chunks wait for earlier ones instead of
                 piling up on a busy (shared) actor.
             local: build plain in-process instances instead of Ray actors.
+            timeout_s: seconds one chunk may take; a slower chunk's actor is restarted and
+                the chunk re-scored, up to ``max_restarts`` times (then :class:`TimedOut`).
+                None waits forever; in-process instances are not timed.
 
         Raises:
             ValueError: inconsistent arguments.
@@ -140,6 +146,9 @@ class RewardPool:
         self.shared = name is not None and not local
         self.max_inflight = max(1, max_inflight_per_actor) * num_actors
         self.num_calls = 0
+        self.num_timeouts = 0
+        self.timeout_s, self.max_restarts = timeout_s, max_restarts
+        self._owner: dict[Any, int] = {}  # object ref of a chunk -> index of its actor
         cls, args, kwargs = _actor_recipe(
             source, path, function, metric, max_length, tokenizer_path
         )
@@ -262,7 +271,11 @@ class RewardPool:
             if not self.local and i >= self.max_inflight:
                 # Back-pressure: wait until the chunk sent max_inflight chunks ago is done.
                 ray.wait([results[i - self.max_inflight]], num_returns=1)
-            results.append(actor.score(*chunk) if self.local else actor.score.remote(*chunk))
+            if self.local:
+                results.append(actor.score(*chunk))
+            else:
+                results.append(actor.score.remote(*chunk))
+                self._owner[results[-1]] = i % len(self.actors)
             self.num_calls += 1
         return results
 
@@ -270,8 +283,32 @@ class RewardPool:
         """Waits for the chunks of one :meth:`submit` and concatenates them in order."""
         if not handles:
             return np.zeros((0,), dtype=np.float32)
-        chunks = handles if self.local else ray.get(handles)
+        chunks = handles if self.local else [self._get(ref) for ref in handles]
         return np.concatenate([np.asarray(c, dtype=np.float32) for c in chunks])
+
+    def _get(self, ref: Any) -> Any:
+        """One chunk's scores; a chunk slower than ``timeout_s`` restarts its actor (Ray then
+        runs the chunk again on the restarted actor), up to ``max_restarts`` times."""
+        owner = self._owner.pop(ref, None)
+        restarts = 0
+        while True:
+            try:
+                return ray.get(ref, timeout=self.timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                if owner is None or (0 <= self.max_restarts <= restarts):
+                    raise TimedOut(
+                        f"a reward {self.source} actor did not return a chunk within "
+                        f"reward.timeout_s={self.timeout_s:g}s, {restarts + 1} times "
+                        f"(restarted {restarts} times, reward.max_restarts={self.max_restarts})"
+                    ) from None
+                restarts += 1
+                self.num_timeouts += 1
+                actor = self.actors[owner]
+                ray.kill(actor, no_restart=False)
+                try:  # the restarted actor's start-up does not count against the chunk
+                    ray.get(actor.ping.remote(), timeout=self.timeout_s)
+                except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+                    pass
 
     def stats(self) -> dict[str, Any]:
         """Sums actor counters; ``pool_num_calls`` also counts calls lost to actor restarts."""
@@ -285,6 +322,7 @@ class RewardPool:
             "num_calls": sum(s["num_calls"] for s in per_actor),
             "num_scored": sum(s["num_scored"] for s in per_actor),
             "pool_num_calls": self.num_calls,
+            "pool_num_timeouts": self.num_timeouts,
             "per_actor": per_actor,
         }
 

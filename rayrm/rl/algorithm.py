@@ -32,6 +32,7 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from rayrm import metrics as M
 from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import AdaptiveKLController, FixedKLController
+from rayrm.errors import TimedOut
 from rayrm.models.loading import load_tokenizer, prompt_codec, stop_token_ids
 from rayrm.rewards import pool_from_config
 from rayrm.rewards.base import Completion, RewardSourceError, ScoredBatch
@@ -245,7 +246,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             ).items():
                 self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
         t_start = time.perf_counter()
-        episodes, env_runner_results = sample_episodes(self.env_runner_group)
+        episodes, env_runner_results = self._sample_batch()
         self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
         t_sampled = time.perf_counter()
 
@@ -293,6 +294,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             M.KL_COEF: learner_stats.pop(M.KL_COEF),
             M.ROLLOUT_COMPLETIONS: len(episodes),
             M.ROLLOUT_NUM_NODES: max(1, len(self.rollout_node_ids)),
+            M.ROLLOUT_HEALTHY_RUNNERS: self.healthy_runners,
             M.THROUGHPUT_TOKENS_PER_S: num_tokens / max(t_end - t_start, 1e-9),
             M.TIMER_SAMPLE: t_sampled - t_start,
             M.TIMER_SCORE: t_scored - t_sampled,
@@ -304,8 +306,34 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         published[M.OBJECTIVE_REWARD_MINUS_KL] = (
             published[M.REWARD_MEAN] - published[M.KL_COEF] * published[M.KL_SEQUENCE]
         )
+        self.last_published = published
         for key, value in published.items():
             self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
+
+    def _sample_batch(self) -> tuple[list[Any], list[Any]]:
+        """``ppo.batch_size`` completions, whatever runners were lost: the healthy ones sample
+        the missing share while RLlib restores the others, until
+        ``resources.sample_timeout_s`` (then :class:`~rayrm.errors.TimedOut`)."""
+        want, timeout = self.run_config.ppo.batch_size, self.run_config.resources.sample_timeout_s
+        group = self.env_runner_group
+        deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
+        episodes, results = sample_episodes(group, timeout)
+        self.healthy_runners = group.num_healthy_remote_workers()
+        while len(episodes) < want:
+            if time.monotonic() > deadline:
+                raise TimedOut(
+                    f"sampling gave {len(episodes)} of ppo.batch_size={want} completions within "
+                    f"resources.sample_timeout_s={timeout:g}s "
+                    f"({group.num_healthy_remote_workers()} of "
+                    f"{group.num_remote_env_runners()} env runners healthy)"
+                )
+            self.restore_env_runners(group)  # probes lost runners back, with current weights
+            if group.num_remote_env_runners() > 0 and group.num_healthy_remote_workers() == 0:
+                time.sleep(1.0)  # every runner lost: wait for Ray to restart one
+                continue
+            more, more_results = sample_episodes(group, timeout)
+            episodes, results = episodes + more, results + more_results
+        return episodes[:want], results
 
     def _score(self, episodes: list[Any]) -> ScoredBatch:
         """Scores every finished completion (``rayrm.rewards.shaping``) and pays each shaped
@@ -375,6 +403,16 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         # The config's learning rate wins over the one stored with the optimizer state (PBT).
         lr = self.run_config.ppo.lr
         self.learner_group.foreach_learner(lambda learner: learner.set_lr(lr))
+
+    def checkpoint_score(self) -> float | None:
+        """``tune.metric`` of the last iteration, signed so that higher is better."""
+        value = getattr(self, "last_published", {}).get(self.run_config.tune.metric)
+        if value is None:
+            return None
+        return float(value) if self.run_config.tune.mode == "max" else -float(value)
+
+    def checkpoints_to_keep(self) -> int | None:
+        return self.run_config.run.keep_checkpoints
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """RLlib's checkpoint plus the resolved config, the tokenizer and the policy's Hugging

@@ -12,8 +12,10 @@ original model directory: the policy is rebuilt from its config and given the tr
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -129,12 +131,36 @@ class NeverLoseCheckpoints:
                 return  # resume_from_disk restored this trial's newest complete checkpoint
         super().restore(checkpoint_path)  # type: ignore[misc]
 
+    def checkpoint_score(self) -> float | None:
+        """Higher is better: which old checkpoint retention keeps (None: none scored)."""
+        return None
+
+    def checkpoints_to_keep(self) -> int | None:
+        """Newest complete checkpoints kept per trial, besides the best; None keeps all."""
+        return None
+
     def save(self, checkpoint_dir: str | None = None) -> Any:
         result = super().save(checkpoint_dir)  # type: ignore[misc]
         path = compat.restored_path(result)
         if path is not None and path.is_dir():
-            mark_complete(path, compat.tune_counters(self))
+            score = self.checkpoint_score()
+            valid = score is not None and math.isfinite(score)
+            mark_complete(path, {**compat.tune_counters(self), "score": score if valid else None})
+            self._prune(path.parent)
         return result
+
+    def _prune(self, trial: Path) -> None:
+        """Deletes complete checkpoints older than the newest ``checkpoints_to_keep()``, except
+        the best scored; torn ones are left for a person to look at."""
+        keep = self.checkpoints_to_keep()
+        if keep is None:
+            return
+        _, complete = trial_checkpoints(trial)
+        scored = [c for c in complete if c[2].get("score") is not None]
+        best = max(scored, key=lambda c: c[2]["score"])[0] if scored else None
+        for index, path, _ in complete[:-keep]:
+            if index != best and path != self._restored_from_disk:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def write_rayrm_files(checkpoint_dir: str | Path, cfg: RunConfig, tokenizer: Any) -> None:

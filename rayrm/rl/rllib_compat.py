@@ -178,12 +178,18 @@ def record_sampled(env_runner: Any, num_steps: int, num_episodes: int) -> None:
     env_runner._log_env_steps(metric=env_runner._metrics_num_env_steps_sampled, num_steps=num_steps)
 
 
-def sample_episodes(env_runner_group: Any) -> tuple[list[Any], list[Any]]:
-    """Every runner's ``sample()`` in parallel: ``(episodes, metrics)``."""
+def sample_episodes(
+    env_runner_group: Any, timeout_s: float | None = None
+) -> tuple[list[Any], list[Any]]:
+    """Every healthy runner's ``sample()`` in parallel: ``(episodes, metrics)``; a runner that
+    does not answer within ``timeout_s`` is left out."""
     from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 
     return synchronous_parallel_sample(  # type: ignore[no-any-return]
-        worker_set=env_runner_group, _uses_new_env_runners=True, _return_metrics=True
+        worker_set=env_runner_group,
+        sample_timeout_s=timeout_s,
+        _uses_new_env_runners=True,
+        _return_metrics=True,
     )
 
 
