@@ -28,6 +28,9 @@ REWARD_STD = "reward/std"
 REWARD_RAW_MEAN = "reward/raw_mean"
 REWARD_SKIPPED = "reward/skipped"
 """Completions left out of the update for a NaN/infinite score (``reward.on_nan: skip``)."""
+REWARD_RESUBMITTED = "reward/resubmitted_chunks"
+"""Reward chunks sent again so far (after an actor crash, a hang or a retried exception):
+scoring is at-least-once, so each may have run twice."""
 # Breakdown of composed rewards (rayrm.rewards.compose), each published as its batch mean. An
 # ensemble inside a composite nests: reward/component/<name>/member/<i>, .../disagreement.
 REWARD_COMPONENT = "reward/component/{name}"

@@ -434,6 +434,31 @@ def nan_on_text(prompts: list[str], completions: list[str]) -> list[float]:
     return [math.nan if c and i % 2 else 0.5 for i, c in enumerate(completions)]
 
 
+_judge_calls = 0
+
+
+def flaky_judge(prompts: list[str], completions: list[str], ids: Any = None) -> list[float]:
+    """A judge whose connection drops on its first real call in each process; it wants the
+    completions' stable ids (the preflight probe, in the driver, passes none)."""
+    global _judge_calls
+    if any(completions):
+        _judge_calls += 1
+        if _judge_calls == 1:
+            raise ConnectionResetError("judge connection reset by peer")
+        if ids is None or len(set(ids)) != len(ids) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"bad completion ids {ids!r}")
+    return [float(len(c)) for c in completions]
+
+
+def test_transient_reward_error_in_trial_is_retried(ray_local, ws, capfd):
+    ws.cfg["reward"].update(function="test_failures:flaky_judge", retry_exceptions=["OSError"])
+    code, err = run_cli(ws, capfd)
+    assert code == 0, err
+    trial = next((Path(ws.cfg["run"]["storage_path"]) / "broken").glob("RLHFPPO_*"))
+    results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    assert [r[M.RLHF_RESULTS][M.REWARD_RESUBMITTED] for r in results] == [1, 1]
+
+
 def _failures(run: Path) -> int:
     (trial,) = run.glob("RLHFPPO_*")
     error = trial / "error.txt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from ray import tune
 from rayrm import metrics as M
 from rayrm.experiment.train import run_train
 from rayrm.rewards import RewardPool
-from rayrm.rl.algorithm import build_algo_config
+from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 
 
 def slow_length_reward(prompts: list[str], completions: list[str]) -> list[float]:
@@ -213,52 +214,148 @@ def test_killed_trial_restores_from_checkpoint(ray_local, tiny_policy_dir, promp
     assert beta != pytest.approx(results[0][M.RLHF_RESULTS][M.KL_COEF])  # ... and had moved
 
 
-def test_env_runners_spread_over_nodes(tiny_policy_dir, prompts_file, tmp_path, monkeypatch):
-    """A head and two worker nodes on one machine; SPREAD puts each env runner on its own node."""
+ROLLOUT = "rayrm_rollout"
+
+
+@pytest.fixture(scope="module")
+def rollout_cluster():
+    """A head and two rollout nodes on one machine: ``(cluster, [rollout nodes])``.
+
+    A rollout node has room for exactly two env runners (1 CPU and two ``rayrm_rollout``; a
+    runner takes 0.5 CPU and one ``rayrm_rollout``), so the strategy alone decides where they
+    go, and deterministically: Ray places a group's custom-resource bundles (the runners)
+    first; PACK then adds the second runner to the first one's node, SPREAD puts it on the
+    other rollout node. Under SPREAD the trial process and the reward actor (1 CPU each) then
+    fit on the head only (a rollout node holding a runner has 0.5 CPU left): losing a rollout
+    node loses one runner and nothing else. (Under PACK either may take the empty rollout
+    node; the runners' node is what that test checks.)"""
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
     temp_dir = tempfile.mkdtemp(prefix="rayrm-", dir="/tmp")
-    # Cluster writes its address file under $RAY_TMPDIR/ray (default /tmp/ray, which need not
-    # exist on a fresh machine): keep it in this test's folder.
-    monkeypatch.setenv("RAY_TMPDIR", temp_dir)
-    os.makedirs(os.path.join(temp_dir, "ray"), exist_ok=True)
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 2, "resources": {"head": 1}, "temp_dir": temp_dir},
-    )
-    workers = [cluster.add_node(num_cpus=1, resources={"rayrm_rollout": 1}) for _ in range(2)]
-    try:
-        ray.init(
-            address=cluster.address,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": PYTHONPATH}},
-        )
-        cfg = make_config(
-            tiny_policy_dir,
-            prompts_file,
-            tmp_path,
-            ppo={"batch_size": 8},
-            generation={"max_new_tokens": 6},
-            reward={"num_cpus_per_actor": 0.5},
-            resources={
-                "num_env_runners": 2,
-                "num_cpus_per_env_runner": 1,
-                "custom_resources_per_env_runner": {"rayrm_rollout": 1},
-                "placement_strategy": "SPREAD",
-            },
-            run={"num_iterations": 2},
-        )
-        _, last = run_train(cfg)
-        assert last[M.RLHF_RESULTS][M.ROLLOUT_NUM_NODES] == 2
-        algo = build_algo_config(cfg).build_algo()
+    cluster = None
+    with pytest.MonkeyPatch.context() as mp:
+        # Cluster writes its address file under $RAY_TMPDIR/ray (default /tmp/ray, which need
+        # not exist on a fresh machine): keep it in this test's folder.
+        mp.setenv("RAY_TMPDIR", temp_dir)
+        os.makedirs(os.path.join(temp_dir, "ray"), exist_ok=True)
         try:
-            algo.train()
-            worker_ids = {w.node_id for w in workers}
-            assert set(algo.rollout_node_ids) == worker_ids
+            # No metrics export: after a node is lost, the driver's exporter would spend 10 s
+            # timing out in ray.shutdown().
+            head = {"num_cpus": 2, "temp_dir": temp_dir}
+            head["_system_config"] = {"enable_metrics_collection": False}
+            cluster = Cluster(initialize_head=True, head_node_args=head)
+            workers = [cluster.add_node(num_cpus=1, resources={ROLLOUT: 2}) for _ in range(2)]
+            ray.init(
+                address=cluster.address,
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": PYTHONPATH}},
+            )
+            yield cluster, workers
         finally:
-            algo.stop()
+            ray.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _two_runner_config(tiny_policy_dir, prompts_file, tmp_path, strategy):
+    return make_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        ppo={"batch_size": 8},
+        generation={"max_new_tokens": 6},
+        reward={"num_cpus_per_actor": 1},
+        resources={
+            "num_env_runners": 2,
+            "num_cpus_per_env_runner": 0.5,
+            "custom_resources_per_env_runner": {ROLLOUT: 1},
+            "placement_strategy": strategy,
+        },
+    )
+
+
+@contextlib.contextmanager
+def _trial(cfg):
+    """The algorithm run as Tune runs a trial, without Tune: the placement group of
+    ``RLHFPPO.default_resource_request``, the algorithm as an actor in its first bundle, and
+    everything it starts (env runners, reward actors) captured in the group. (``build_algo()``
+    in this process would use no placement group: ``placement_strategy`` would not apply.)"""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    config = build_algo_config(cfg)
+    pgf = RLHFPPO.default_resource_request(config)
+    pg = pgf.to_placement_group()
+    actor = None
+    try:
+        ray.get(pg.ready(), timeout=60)
+        head = dict(pgf.bundles[0])
+        actor = (
+            ray.remote(RLHFPPO)
+            .options(
+                num_cpus=head.pop("CPU", 0),
+                num_gpus=head.pop("GPU", 0),
+                resources=head,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+                ),
+            )
+            .remote(config=config)
+        )
+        yield actor
     finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        if actor is not None:
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(actor.stop.remote(), timeout=60)
+            ray.kill(actor)
+        ray.util.remove_placement_group(pg)
+
+
+def _train(actor) -> tuple[dict, set[str]]:
+    """One iteration: its ``rlhf`` results and the nodes of the env runners that sampled."""
+    result = ray.get(actor.train.remote(), timeout=300)[M.RLHF_RESULTS]
+    return result, set(ray.get(actor.__ray_call__.remote(lambda algo: algo.rollout_node_ids)))
+
+
+def test_pack_keeps_env_runners_on_one_node(
+    rollout_cluster, tiny_policy_dir, prompts_file, tmp_path
+):
+    """PACK: both env runners share one rollout node (either one: each has room for both)."""
+    _, workers = rollout_cluster
+    cfg = _two_runner_config(tiny_policy_dir, prompts_file, tmp_path, "PACK")
+    with _trial(cfg) as actor:
+        result, nodes = _train(actor)
+    assert result[M.ROLLOUT_NUM_NODES] == 1
+    assert len(nodes) == 1 and nodes <= {w.node_id for w in workers}
+    assert result[M.ROLLOUT_COMPLETIONS] == cfg.ppo.batch_size
+
+
+def test_spread_env_runners_survive_losing_a_node(
+    rollout_cluster, tiny_policy_dir, prompts_file, tmp_path
+):
+    """SPREAD: each env runner on its own rollout node. When one node is lost mid-run for good
+    (no spare capacity to restart its runner on), every iteration still trains on
+    ppo.batch_size completions -- the surviving runner samples the missing share -- without
+    hanging on the lost runner, and the metrics flag the lost capacity. (Runs after the PACK
+    test: it takes a node out of the shared cluster.)"""
+    cluster, workers = rollout_cluster
+    cfg = _two_runner_config(tiny_policy_dir, prompts_file, tmp_path, "SPREAD")
+    with _trial(cfg) as actor:
+        result, nodes = _train(actor)
+        assert result[M.ROLLOUT_NUM_NODES] == 2
+        assert nodes == {w.node_id for w in workers}
+        assert result[M.ROLLOUT_HEALTHY_RUNNERS] == 2
+        # Take the spare runner slot of both rollout nodes: the lost runner's bundle cannot be
+        # rescheduled on the survivor, so that runner stays down.
+        filler = ray.util.placement_group([{ROLLOUT: 1}] * 2, strategy="STRICT_SPREAD")
+        try:
+            ray.get(filler.ready(), timeout=60)
+            cluster.remove_node(workers[0])
+            after = [_train(actor) for _ in range(2)]
+        finally:
+            ray.util.remove_placement_group(filler)
+    for result, nodes in after:
+        assert result[M.ROLLOUT_COMPLETIONS] == cfg.ppo.batch_size, result
+        assert result[M.ROLLOUT_HEALTHY_RUNNERS] == 1  # flagged while degraded
+        assert result[M.ROLLOUT_NUM_NODES] == 1 and nodes == {workers[1].node_id}

@@ -248,6 +248,12 @@ def test_train_job_via_cli(ray_head: LocalHead):
     assert status == "SUCCEEDED", f"job {status}; logs:\n{logs.stdout[-4000:]}{logs.stderr}"
     assert logs.returncode == 0, logs.stderr
     assert "done: 2 iterations" in logs.stdout, logs.stdout[-4000:]
+    # The job joined the head's cluster: its trial ran as an actor of this job there (a job
+    # that started a private Ray of its own would leave no trace in the head's state).
+    driver_job = ray_head.api(f"/api/jobs/{job_id}")["job_id"]
+    actors = ray_head.api("/api/v0/actors?limit=10000")["data"]["result"]["result"]
+    trials = [a for a in actors if a.get("class_name", "").startswith("RLHFPPO")]
+    assert trials and all(a["job_id"] == driver_job for a in trials), (driver_job, actors)
     # The run folder named in the config received the Tune results.
     assert (ray_head.dir / "tiny" / "runs" / "quickstart").is_dir()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_config
 
+from rayrm.experiment.leftovers import DRIVER_FILE, end_session, session_processes
 from rayrm.rl.checkpoint import COMPLETE_FILE, find_checkpoint, trial_checkpoints
 
 
@@ -84,10 +85,24 @@ def test_killed_driver_resumes_from_newest_complete_checkpoint(
             assert proc.poll() is None, proc.communicate()[1][-2000:]
             assert time.monotonic() < deadline, "no third checkpoint within 120 s"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        # A second driver on the same run folder would write the same checkpoints: refused.
+        proc.send_signal(signal.SIGSTOP)  # (paused, so that it cannot finish meanwhile)
+        second = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True)
+        assert second.returncode != 0 and len(second.stderr.strip().splitlines()) == 1
+        assert f"still running (driver pid {proc.pid})" in second.stderr
+        proc.send_signal(signal.SIGKILL)  # the driver alone, as the OOM killer would
         proc.wait(timeout=30)
+        session = json.loads((exp_dir / DRIVER_FILE).read_text())["session_dir"]
+        leftovers = session_processes(session)  # on Linux, Ray 2.60's die with the driver
+        _resume_and_check(cmd, env, exp_dir)
+        assert not set(session_processes(session)) & set(leftovers)  # ended by --resume
+        assert not (exp_dir / DRIVER_FILE).exists()  # a clean end removes the record
     finally:
         _end_session(proc.pid, ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _resume_and_check(cmd: list[str], env: dict[str, str], exp_dir: Path) -> None:
     (trial,) = exp_dir.glob("RLHFPPO_*")
     highest, complete = trial_checkpoints(trial)
     newest_iteration = complete[-1][2]["training_iteration"]
@@ -103,11 +118,12 @@ def test_killed_driver_resumes_from_newest_complete_checkpoint(
     resumed = subprocess.run(
         [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300
     )
-    shutil.rmtree(ray_tmp, ignore_errors=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     iterations = _iterations(trial)
     # Continued after the newest complete checkpoint (not from scratch, not from an older one).
-    assert iterations[logged:] == list(range(newest_iteration + 1, 31)), iterations
+    # (The killed run's log may hold an iteration or two past that checkpoint.)
+    assert iterations[-(30 - newest_iteration) :] == list(range(newest_iteration + 1, 31))
+    assert iterations.count(1) == 1 and len(iterations) - logged <= 30 - newest_iteration
     # Nothing lost: every checkpoint from before the kill is byte-identical, the torn one is
     # untouched, and the new ones were written past both.
     assert {name: _digest(trial / name) for name in before} == before
@@ -138,3 +154,29 @@ def test_retention_keeps_the_newest_and_the_best(tmp_path):
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["checkpoint_000001", "checkpoint_000004", "checkpoint_000005",
                     "checkpoint_000006"]  # fmt: skip
+
+
+def test_leftover_session_processes_are_ended(tmp_path):
+    """What ``--resume`` ends: processes naming the killed driver's Ray session folder, and
+    their descendants (Ray's workers rename themselves), nothing else."""
+    session = str(tmp_path / "session_2026-12-01_00-00-00_000000_1")
+    parent = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        "time.sleep(600)"
+    )
+    leftover = subprocess.Popen([sys.executable, "-c", parent, f"--session-dir={session}"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        deadline = time.monotonic() + 30
+        while len(session_processes(session)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        found = session_processes(session)
+        assert leftover.pid in found and len(found) == 2 and bystander.pid not in found
+        assert end_session(session, grace_s=5) == found
+        assert leftover.wait(timeout=10) is not None
+        assert session_processes(session) == [] and bystander.poll() is None
+    finally:
+        for p in (leftover, bystander):
+            p.kill()
+            p.wait()

@@ -45,7 +45,13 @@ def test_instance_attributes_of_built_runner_learner_and_group(
     connector pipeline and update counter, the local learner of a learner group (no Ray)."""
     from rayrm.rl.env_runner import RLHFEnvRunner
 
-    algo_config = build_algo_config(make_config(tiny_policy_dir, prompts_file, tmp_path))
+    algo_config = build_algo_config(
+        make_config(
+            tiny_policy_dir, prompts_file, tmp_path, resources={"env_runner_max_restarts": 5}
+        )
+    )
+    # Ray's restart budget of each runner actor (EnvRunnerGroup's remote args) comes from here.
+    assert algo_config.max_num_env_runner_restarts == 5 and algo_config.restart_failed_env_runners
     runner = RLHFEnvRunner(config=algo_config)
     try:
         assert rllib_compat.initial_reset_seed(runner) == rllib_compat.runner_seed(runner)

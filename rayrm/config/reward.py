@@ -109,11 +109,20 @@ class RewardConfig(Section):
             the source and the first bad completion; ``skip`` leaves those completions out
             of the update (counted as ``reward/skipped``).
         timeout_s: Seconds a reward actor may take for one chunk of ``batch_size`` texts. A
-            chunk that takes longer (a stuck judge, a wedged GPU) restarts its actor, which
-            scores it again; after ``max_restarts`` such restarts the trial fails (and is
-            restored from its checkpoint, ``run.max_failures``). None waits forever.
-        max_restarts: Restarts of a reward actor after a crash or a timeout (its chunk is
-            re-scored each time: scoring is at-least-once); -1 restarts without limit.
+            chunk that takes longer (a stuck judge, a wedged GPU) restarts its actor and is
+            scored again on the next one; after ``max_restarts`` such resubmissions the trial
+            fails (and is restored from its checkpoint, ``run.max_failures``). None waits
+            forever.
+        max_restarts: Restarts of a reward actor after a crash or a timeout, and
+            resubmissions of one chunk (after a crash, a timeout or a ``retry_exceptions``
+            error; each waits 0.5 s, doubling up to 30 s, except after a timeout). Scoring is
+            at-least-once: a resubmitted chunk may have run before; reward functions with an
+            ``ids`` parameter get stable completion ids to deduplicate by. -1: no limit;
+            unset: no limit for a shared pool (``pool_name``, a ``serve-rm`` service), else 2.
+        retry_exceptions: Errors raised by the scoring code that resubmit the chunk instead of
+            ending the run (transient ones: a CUDA OOM, a judge's connection reset): ``true``
+            for any, or a list of exception names, bare or qualified, matched against the
+            raised type and its bases (``[OutOfMemoryError, ConnectionError]``). Default: none.
         missing_eos_penalty: If set, subtracted from every completion that ended at
             ``generation.max_new_tokens`` instead of with EOS (the episode was truncated, not
             terminated); logged as ``reward/penalty/missing_eos``. Not applied to held-out
@@ -144,7 +153,8 @@ class RewardConfig(Section):
     missing_eos_penalty: float | None = Field(None, ge=0)
     on_nan: Literal["error", "skip"] = "error"
     timeout_s: float | None = Field(600.0, gt=0)
-    max_restarts: int = Field(2, ge=-1)
+    max_restarts: int | None = Field(None, ge=-1)
+    retry_exceptions: bool | list[NonEmptyStr] = False
 
     @property
     def needs_references(self) -> bool:

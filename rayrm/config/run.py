@@ -200,11 +200,14 @@ class ResourcesConfig(Section):
         custom_resources_per_env_runner: Custom Ray resources each env runner needs, e.g.
             ``{rayrm_rollout: 1}`` to pin rollouts to the rollout node type of cluster.yaml.
         custom_resources_per_learner: Likewise for learners (e.g. ``{rayrm_learner: 1}``).
-        sample_timeout_s: Seconds an iteration's sampling may take. A runner that does not
-            answer in time is left out (and restarted by RLlib when it died); the healthy ones
-            sample the missing share. An iteration still short of ``ppo.batch_size``
-            completions after this long fails the trial (restored from its checkpoint,
-            ``run.max_failures``). None waits forever.
+        sample_timeout_s: Seconds an env runner may take to answer one sampling call. A
+            runner that does not answer in time (hung) is restarted, one that died is restored
+            by RLlib, and the healthy ones sample the missing share meanwhile. Sampling that
+            gets no new completion for this long fails the trial (restored from its
+            checkpoint, ``run.max_failures``). None waits forever.
+        env_runner_max_restarts: Restarts of each env runner after a crash, hang or lost
+            node (Ray restarts the process, RLlib re-syncs it); -1: no limit. Past it the
+            runner stays lost and the others sample its share.
     """
 
     num_env_runners: int = Field(0, ge=0)
@@ -217,6 +220,7 @@ class ResourcesConfig(Section):
     custom_resources_per_env_runner: dict[str, Any] = Field(default_factory=dict)
     custom_resources_per_learner: dict[str, Any] = Field(default_factory=dict)
     sample_timeout_s: float | None = Field(300.0, gt=0)
+    env_runner_max_restarts: int = Field(-1, ge=-1)
 
 
 class RunSettings(Section):
@@ -236,6 +240,10 @@ class RunSettings(Section):
         pending_timeout_s: Seconds to wait for the cluster to be able to hold a trial's
             resources (an autoscaling cluster adds nodes) before the run ends with what was
             asked and what the cluster has.
+        iteration_timeout_s: Seconds one training iteration may take (sample, score, update,
+            sync, evaluation); past it the trial fails with a line naming the phase and is
+            restored from its checkpoint (``max_failures``): a hung learner or a collective
+            that never completes cannot stall the run. None: no limit.
     """
 
     num_iterations: int = Field(20, ge=1)
@@ -245,6 +253,7 @@ class RunSettings(Section):
     max_failures: int = Field(2, ge=0)
     pending_timeout_s: float = Field(120.0, ge=0)
     keep_checkpoints: int | None = Field(3, ge=1)
+    iteration_timeout_s: float | None = Field(3600.0, gt=0)
 
 
 class EvalSettings(Section):

@@ -15,10 +15,12 @@ from rayrm.analysis.report import write_report
 from rayrm.config import ConfigError, RunConfig, load_config
 from rayrm.console import LOG_NAME, holds_run, quiet, say, warn
 from rayrm.experiment.failures import failure_summary, is_retriable, trial_dir_of
+from rayrm.experiment.leftovers import claim_run_folder, record_driver, release
 from rayrm.experiment.preflight import check_storage, preflight
 from rayrm.experiment.resources import wait_for_resources
 from rayrm.ray_init import init_ray, owned_ray
 from rayrm.rl.algorithm import RLHFPPO
+from rayrm.rl.rllib_compat import local_session_dir
 
 SNAPSHOT_PERIOD_S = 2
 """Seconds between Tune's experiment snapshots (and result copies) in ``rayrm train``."""
@@ -150,10 +152,22 @@ def run_train(
         ConfigError: the run folder exists without ``resume``, or is missing with it.
         TrainingFailed: the trial errored.
     """
+    exp_dir = check_experiment_dir(cfg, resume)
+    claim_run_folder(exp_dir)  # a killed driver's Ray: ended before this one starts
+    init_ray(cfg.run.num_cpus)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    record_driver(exp_dir, local_session_dir())
+    try:
+        return _fit(cfg, exp_dir, resume, callbacks)
+    finally:
+        release(exp_dir)
+
+
+def _fit(
+    cfg: RunConfig, exp_dir: Path, resume: bool, callbacks: list[Any] | None
+) -> tuple[Path, dict[str, Any]]:
     from ray import tune
 
-    exp_dir = check_experiment_dir(cfg, resume)
-    init_ray(cfg.run.num_cpus)
     wait_for_resources(cfg)
     # Tune keeps result.json and its experiment snapshot in a staging folder and copies them to
     # the run folder with each snapshot (by default every 10 s or more): a killed driver loses

@@ -105,13 +105,14 @@ class RewardModelActor(RewardActor):
         completions: Sequence[str],
         references: References = None,
         messages: Conversations = None,
+        ids: Sequence[str] | None = None,
     ) -> np.ndarray:
         """Scores a batch in one forward pass.
 
         Args:
             prompts: N prompt texts.
             completions: N completions, same order.
-            references: ignored (a reward model reads prompt and completion only).
+            references, ids: ignored (a reward model reads prompt and completion only).
             messages: N conversations (or None each) the prompts came from: those items are
                 scored as ``messages + [{"role": "assistant", "content": completion}]``
                 rendered with this model's chat template.
@@ -159,6 +160,7 @@ class RewardFunctionActor(RewardActor):
         self.fn = resolve_function(function)
         self.takes_references = _takes_keyword(self.fn, "references")
         self.takes_messages = _takes_keyword(self.fn, "messages")
+        self.takes_ids = _takes_keyword(self.fn, "ids")
         super().__init__("function", function)
 
     def score(
@@ -167,12 +169,15 @@ class RewardFunctionActor(RewardActor):
         completions: Sequence[str],
         references: References = None,
         messages: Conversations = None,
+        ids: Sequence[str] | None = None,
     ) -> np.ndarray:
         """Calls the function once on the whole batch.
 
         A function with a ``references`` parameter is called as
         ``fn(prompts, completions, references=references)``; others get no references. The
-        same for ``messages`` (the conversations of chat prompts).
+        same for ``messages`` (the conversations of chat prompts) and ``ids`` (one stable id
+        per completion: a chunk scored again after a crash or a timeout carries the same ids,
+        so a scorer with side effects, e.g. a paid judge, can skip what it already did).
 
         Returns:
             ``float32`` array of shape (N,), on CPU.
@@ -188,6 +193,8 @@ class RewardFunctionActor(RewardActor):
             extra["references"] = None if references is None else list(references)
         if self.takes_messages:
             extra["messages"] = None if messages is None else list(messages)
+        if self.takes_ids:
+            extra["ids"] = None if ids is None else list(ids)
         what = f"reward function {self.function!r}"
         out = call_scorer(self.fn, what, list(prompts), list(completions), **extra)
         scores = check_scores(out, n, what)

@@ -31,6 +31,7 @@ __all__ = [
     "call_scorer",
     "check_pair",
     "check_scores",
+    "exception_names",
     "last_line",
     "resolve_device",
     "resolve_function",
@@ -51,7 +52,13 @@ class RewardSourceError(ValueError):
     """A reward source cannot be built or returned unusable output.
 
     A ``ValueError`` subclass so callers that validate configs can catch both alike.
+
+    Attributes:
+        raised: when user scoring code raised, the names of what it raised
+            (:func:`exception_names`); they travel with the error out of a Ray actor.
     """
+
+    raised: list[str] = []  # noqa: RUF012  (class default; instances set their own list)
 
 
 class Scorer(Protocol):
@@ -67,6 +74,9 @@ class Scorer(Protocol):
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+    @property
+    def num_resubmitted(self) -> int: ...
 
     def shutdown(self) -> None: ...
 
@@ -157,7 +167,18 @@ def call_scorer(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) ->
         return fn(*args, **kwargs)
     except Exception as e:  # user code: anything it raises is the user's to see
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise RewardSourceError(f"{what} raised {type(e).__name__}: {first}") from e
+        error = RewardSourceError(f"{what} raised {type(e).__name__}: {first}")
+        error.raised = exception_names(e)
+        raise error from e
+
+
+def exception_names(exc: BaseException) -> list[str]:
+    """Names ``exc`` answers to, for ``reward.retry_exceptions``: each class of its type's MRO
+    by bare and by qualified name (``OutOfMemoryError``, ``torch.OutOfMemoryError``, ...)."""
+    names = []
+    for cls in type(exc).__mro__:
+        names += [cls.__name__, f"{cls.__module__}.{cls.__qualname__}"]
+    return names
 
 
 def check_pair(prompts: Sequence[str], completions: Sequence[str]) -> None:
@@ -180,6 +201,7 @@ class Completion:
         num_tokens: Generated tokens, the stop token excluded.
         reference: The prompt's reference text, for reference-based sources.
         messages: The conversation the prompt was rendered from, for chat prompts.
+        id: A stable, unique id (the episode's): the same when a chunk is scored again.
     """
 
     prompt_text: str
@@ -188,6 +210,7 @@ class Completion:
     num_tokens: int
     reference: str | None = None
     messages: list[dict[str, str]] | None = None
+    id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -93,10 +93,11 @@ class EnsembleReward:
         *,
         references: References = None,
         messages: Conversations = None,
+        ids: Sequence[str] | None = None,
     ) -> list[list[Any]]:
         """Sends every member's chunks out (see :meth:`RewardPool.submit`)."""
         return [
-            m.submit(prompts, completions, references=references, messages=messages)
+            m.submit(prompts, completions, references=references, messages=messages, ids=ids)
             for m in self.members
         ]
 
@@ -114,6 +115,11 @@ class EnsembleReward:
 
     def stats(self) -> dict[str, Any]:
         return {"members": [m.stats() for m in self.members]}
+
+    @property
+    def num_resubmitted(self) -> int:
+        """Chunks sent again after a crash, hang or retried exception (all members)."""
+        return sum(m.num_resubmitted for m in self.members)
 
     def shutdown(self) -> None:
         for m in self.members:
@@ -173,6 +179,7 @@ class ComposedReward:
         *,
         references: References = None,
         messages: Conversations = None,
+        ids: Sequence[str] | None = None,
         finished: Sequence[bool] | None = None,
         lengths: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -182,6 +189,7 @@ class ComposedReward:
             prompts, completions: N texts each.
             references: N reference texts for reference-based parts, or None.
             messages: N conversations of chat prompts, or None.
+            ids: N stable completion ids (for reward functions that take ``ids``), or None.
             finished: per completion, whether it ended with EOS (the episode terminated rather
                 than being truncated at ``max_new_tokens``); without it no missing-EOS
                 penalty is applied.
@@ -201,7 +209,9 @@ class ComposedReward:
                 name,
                 weight,
                 scorer,
-                scorer.submit(prompts, completions, references=references, messages=messages),
+                scorer.submit(
+                    prompts, completions, references=references, messages=messages, ids=ids
+                ),
             )
             for name, weight, scorer in self.parts
         ]
@@ -251,6 +261,11 @@ class ComposedReward:
             "parts": {name or "main": scorer.stats() for name, _, scorer in self.parts},
         }
 
+    @property
+    def num_resubmitted(self) -> int:
+        """Chunks sent again after a crash, hang or retried exception (all parts)."""
+        return sum(scorer.num_resubmitted for _, _, scorer in self.parts)
+
     def shutdown(self) -> None:
         for _, _, scorer in self.parts:
             scorer.shutdown()
@@ -286,6 +301,7 @@ def build_reward(
             custom_resources=dict(reward.custom_resources_per_actor),
             timeout_s=reward.timeout_s,
             max_restarts=reward.max_restarts,
+            retry_exceptions=reward.retry_exceptions,
             name=None if in_process or name is None else sub,
             namespace=namespace,
             local=in_process,

@@ -8,7 +8,9 @@ shared pool of detached actors that every trial of a sweep (or every job) scores
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from rayrm.rewards.base import (
     References,
     RewardSourceError,
     check_pair,
+    exception_names,
     last_line,
 )
 from rayrm.rewards.text_metrics import RewardMetricActor
@@ -32,6 +35,28 @@ SOURCES = ("model", "function", "metric")
 
 POOL_NAMESPACE = "rayrm"
 """Ray namespace of shared (named) reward pools."""
+
+BACKOFF_S = (0.5, 30.0)
+"""A chunk's first resubmission after a crash or an exception waits 0.5 s, each further one
+twice as long, at most 30 s (a crash-looping actor is not hammered; timeouts already waited)."""
+
+
+_ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+"""A chunk's actor died or is restarting: the chunk may or may not have run."""
+
+
+STARTUP_S = 300.0
+"""Seconds a restarted actor may take to come up (load its model) before its chunk's
+``timeout_s`` starts counting."""
+
+
+@dataclass
+class _Chunk:
+    """One outstanding chunk: its actor's index, the call's arguments, resubmissions so far."""
+
+    actor: int
+    args: tuple[Any, ...]
+    resubmitted: int = 0
 
 
 def _check_arguments(
@@ -96,7 +121,8 @@ class RewardPool:
         num_gpus_per_actor: float = 0.0,
         max_length: int = 512,
         tokenizer_path: str | None = None,
-        max_restarts: int = 2,
+        max_restarts: int | None = None,
+        retry_exceptions: bool | Sequence[str] = False,
         custom_resources: dict[str, float] | None = None,
         name: str | None = None,
         namespace: str = POOL_NAMESPACE,
@@ -118,9 +144,14 @@ class RewardPool:
             num_gpus_per_actor: Ray GPU reservation; with it, ``device="auto"`` picks CUDA.
             max_length: token budget per text (model source only).
             tokenizer_path: tokenizer directory for a reward model that has none.
-            max_restarts: actor restarts after a crash or a timeout (-1: no limit); the
-                same number of task retries is allowed, so a chunk whose actor died is scored
-                again (at-least-once: a side-effecting scorer may see a chunk twice).
+            max_restarts: actor restarts after a crash or a timeout (-1: no limit; None: no
+                limit for a shared pool, whose actors serve every job, else 2); also the
+                resubmissions allowed per chunk: a chunk whose actor died, hung or raised a
+                ``retry_exceptions`` error is sent again, to the next actor (scoring is
+                at-least-once; ``ids`` let a side-effecting scorer deduplicate).
+            retry_exceptions: exceptions of the scoring code that resubmit the chunk instead
+                of failing: True for any, or names (bare or qualified, matched against the
+                raised type and its bases, e.g. ``["OutOfMemoryError", "ConnectionError"]``).
             custom_resources: extra Ray resources per actor (e.g. ``{"rayrm_reward": 1}``).
             name: makes the pool SHARED: its actors are detached, named ``{name}-{i}`` in
                 ``namespace``, and reused by every pool built with the same name (e.g. all
@@ -147,8 +178,12 @@ class RewardPool:
         self.max_inflight = max(1, max_inflight_per_actor) * num_actors
         self.num_calls = 0
         self.num_timeouts = 0
+        self.num_resubmitted = 0
+        if max_restarts is None:
+            max_restarts = -1 if self.shared else 2
         self.timeout_s, self.max_restarts = timeout_s, max_restarts
-        self._owner: dict[Any, int] = {}  # object ref of a chunk -> index of its actor
+        self.retry_exceptions = retry_exceptions
+        self._pending: dict[Any, _Chunk] = {}  # object ref -> the chunk it computes
         cls, args, kwargs = _actor_recipe(
             source, path, function, metric, max_length, tokenizer_path
         )
@@ -162,7 +197,7 @@ class RewardPool:
             num_gpus=num_gpus_per_actor,
             resources=custom_resources or None,
             max_restarts=max_restarts,
-            max_task_retries=max_restarts,
+            max_task_retries=0,  # the pool resubmits chunks itself (_get), and counts them
         )(cls)
         if self.shared:
             # Outside any trial's placement group, alive until kill_shared.
@@ -207,6 +242,7 @@ class RewardPool:
         *,
         references: References = None,
         messages: Conversations = None,
+        ids: Sequence[str] | None = None,
         finished: Sequence[bool] | None = None,
         lengths: Sequence[int] | None = None,
     ) -> np.ndarray:
@@ -217,6 +253,7 @@ class RewardPool:
             completions: N completions, same order.
             references: N reference texts (reference-based sources), or None.
             messages: N conversations of chat prompts (see :data:`Conversations`), or None.
+            ids: N stable completion ids, passed to reward functions that take ``ids``.
             finished, lengths: accepted for interface parity with the composed rewards of
                 ``rayrm.rewards.compose`` (which apply length/EOS penalties); a single source
                 ignores them.
@@ -228,7 +265,7 @@ class RewardPool:
             ValueError: lengths differ.
         """
         return self.collect(
-            self.submit(prompts, completions, references=references, messages=messages)
+            self.submit(prompts, completions, references=references, messages=messages, ids=ids)
         )
 
     def score_detailed(
@@ -244,6 +281,7 @@ class RewardPool:
         *,
         references: References = None,
         messages: Conversations = None,
+        ids: Sequence[str] | None = None,
     ) -> list[Any]:
         """Sends every chunk out and returns at once (with back-pressure; see ``__init__``).
 
@@ -254,10 +292,9 @@ class RewardPool:
             Opaque handles for :meth:`collect`: Ray object refs, or arrays when ``local``.
         """
         check_pair(prompts, completions)
-        if references is not None and len(references) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
-        if messages is not None and len(messages) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(messages)} conversations")
+        for what, seq in (("references", references), ("conversations", messages), ("ids", ids)):
+            if seq is not None and len(seq) != len(prompts):
+                raise ValueError(f"got {len(prompts)} prompts but {len(seq)} {what}")
         if not self.actors:
             raise RuntimeError("RewardPool was shut down")
         n = len(prompts)
@@ -267,7 +304,8 @@ class RewardPool:
             actor = self.actors[i % len(self.actors)]
             refs = None if references is None else list(references[lo:hi])
             msgs = None if messages is None else list(messages[lo:hi])
-            chunk = (list(prompts[lo:hi]), list(completions[lo:hi]), refs, msgs)
+            chunk_ids = None if ids is None else list(ids[lo:hi])
+            chunk = (list(prompts[lo:hi]), list(completions[lo:hi]), refs, msgs, chunk_ids)
             if not self.local and i >= self.max_inflight:
                 # Back-pressure: wait until the chunk sent max_inflight chunks ago is done.
                 ray.wait([results[i - self.max_inflight]], num_returns=1)
@@ -275,7 +313,7 @@ class RewardPool:
                 results.append(actor.score(*chunk))
             else:
                 results.append(actor.score.remote(*chunk))
-                self._owner[results[-1]] = i % len(self.actors)
+                self._pending[results[-1]] = _Chunk(i % len(self.actors), chunk)
             self.num_calls += 1
         return results
 
@@ -287,28 +325,63 @@ class RewardPool:
         return np.concatenate([np.asarray(c, dtype=np.float32) for c in chunks])
 
     def _get(self, ref: Any) -> Any:
-        """One chunk's scores; a chunk slower than ``timeout_s`` restarts its actor (Ray then
-        runs the chunk again on the restarted actor), up to ``max_restarts`` times."""
-        owner = self._owner.pop(ref, None)
-        restarts = 0
+        """One chunk's scores. A chunk whose actor hung (``timeout_s``; the actor is restarted),
+        died, or raised one of ``retry_exceptions`` is resubmitted to the next actor, up to
+        ``max_restarts`` times (then :class:`TimedOut` for a hang, the error otherwise)."""
+        chunk = self._pending.pop(ref, None)
         while True:
             try:
                 return ray.get(ref, timeout=self.timeout_s)
             except ray.exceptions.GetTimeoutError:
-                if owner is None or (0 <= self.max_restarts <= restarts):
-                    raise TimedOut(
-                        f"a reward {self.source} actor did not return a chunk within "
-                        f"reward.timeout_s={self.timeout_s:g}s, {restarts + 1} times "
-                        f"(restarted {restarts} times, reward.max_restarts={self.max_restarts})"
-                    ) from None
-                restarts += 1
                 self.num_timeouts += 1
-                actor = self.actors[owner]
-                ray.kill(actor, no_restart=False)
-                try:  # the restarted actor's start-up does not count against the chunk
-                    ray.get(actor.ping.remote(), timeout=self.timeout_s)
-                except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
-                    pass
+                if chunk is not None and not self._exhausted(chunk):
+                    ray.kill(self.actors[chunk.actor], no_restart=False)
+                    ref = self._resubmit(chunk, backoff=False)
+                    continue
+                restarts = 0 if chunk is None else chunk.resubmitted
+                raise TimedOut(
+                    f"a reward {self.source} actor did not return a chunk within "
+                    f"reward.timeout_s={self.timeout_s:g}s, {restarts + 1} times "
+                    f"(resubmitted {restarts} times, reward.max_restarts={self.max_restarts})"
+                ) from None
+            except _ACTOR_LOST:
+                if chunk is None or self._exhausted(chunk):
+                    raise
+                ref = self._resubmit(chunk, backoff=True)
+            except ray.exceptions.RayTaskError as e:
+                if chunk is None or self._exhausted(chunk) or not self._retriable(e):
+                    raise
+                ref = self._resubmit(chunk, backoff=True)
+
+    def _exhausted(self, chunk: _Chunk) -> bool:
+        return 0 <= self.max_restarts <= chunk.resubmitted
+
+    def _retriable(self, error: Any) -> bool:
+        """Whether a task error is one of ``retry_exceptions`` (see ``__init__``)."""
+        if self.retry_exceptions is True:
+            return True
+        if not self.retry_exceptions:
+            return False
+        cause = getattr(error, "cause", error)
+        names = getattr(cause, "raised", None) or exception_names(cause)
+        return any(name in names for name in self.retry_exceptions)
+
+    def _resubmit(self, chunk: _Chunk, *, backoff: bool) -> Any:
+        """Sends ``chunk`` again, to the next actor, after its start-up (a restart's model load
+        does not count against the chunk's timeout) and, after a crash, a back-off."""
+        chunk.resubmitted += 1
+        self.num_resubmitted += 1
+        if backoff:
+            first, cap = BACKOFF_S
+            time.sleep(min(cap, first * 2 ** (chunk.resubmitted - 1)))
+        chunk.actor = (chunk.actor + 1) % len(self.actors)
+        actor = self.actors[chunk.actor]
+        try:
+            startup = None if self.timeout_s is None else max(self.timeout_s, STARTUP_S)
+            ray.get(actor.ping.remote(), timeout=startup)
+        except (ray.exceptions.GetTimeoutError, *_ACTOR_LOST):
+            pass  # the chunk's own call reports it
+        return actor.score.remote(*chunk.args)
 
     def stats(self) -> dict[str, Any]:
         """Sums actor counters; ``pool_num_calls`` also counts calls lost to actor restarts."""
@@ -323,6 +396,7 @@ class RewardPool:
             "num_scored": sum(s["num_scored"] for s in per_actor),
             "pool_num_calls": self.num_calls,
             "pool_num_timeouts": self.num_timeouts,
+            "pool_num_resubmitted": self.num_resubmitted,
             "per_actor": per_actor,
         }
 

@@ -74,6 +74,7 @@ class RewardPipeline:
             [c.completion for c in completions],
             references=None if all(r is None for r in references) else references,
             messages=None if all(m is None for m in messages) else messages,
+            ids=None if any(c.id is None for c in completions) else [c.id for c in completions],
             finished=[c.finished for c in completions],
             lengths=[c.num_tokens for c in completions],
         )

@@ -42,7 +42,8 @@ from rayrm.rl.env_runner import RLHFEnvRunner
 from rayrm.rl.evaluation import HeldOutEvaluation
 from rayrm.rl.learner import RLHFPPOLearner
 from rayrm.rl.module import LMPolicyModule
-from rayrm.rl.rllib_compat import sample_episodes
+from rayrm.rl.rllib_compat import restart_env_runners, sample_episodes
+from rayrm.rl.watchdog import iteration_watchdog
 
 
 class RLHFConfig(PPOConfig):
@@ -106,7 +107,8 @@ class RLHFConfig(PPOConfig):
             gym_env_vectorize_mode="sync",
         )
         self.resources(placement_strategy=res.placement_strategy)
-        self.fault_tolerance(restart_failed_env_runners=True)
+        restarts = res.env_runner_max_restarts
+        self.fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=restarts)
         self.learners(
             learner_class=RLHFPPOLearner,
             num_learners=res.num_learners,
@@ -162,6 +164,7 @@ def completion_of(episode: Any) -> Completion:
         num_tokens=len(episode) - int(episode.is_terminated),  # without the stop token
         reference=info.get("reference"),
         messages=info.get("messages"),
+        id=str(episode.id_),
     )
 
 
@@ -238,7 +241,17 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
 
     # ------------------------------------------------------------------ training step
     def training_step(self) -> None:
+        """One iteration (``run_iteration``), bounded by ``run.iteration_timeout_s``."""
+        self.phase = "start"
+        with iteration_watchdog(
+            self.run_config.run.iteration_timeout_s,
+            lambda: f"iteration {self.iteration + 1} (in its {self.phase} phase)",
+        ):
+            self.run_iteration()
+
+    def run_iteration(self) -> None:
         if self.held_out.due(self.iteration):
+            self.phase = "held-out evaluation"
             # The policy after `self.iteration` updates, before this iteration's.
             lm = self.env_runner.module.lm
             for key, value in self.held_out.evaluate(
@@ -246,10 +259,12 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             ).items():
                 self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
         t_start = time.perf_counter()
+        self.phase = "sample"
         episodes, env_runner_results = self._sample_batch()
         self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
         t_sampled = time.perf_counter()
 
+        self.phase = "score"
         scored = self._score(episodes)
         t_scored = time.perf_counter()
 
@@ -267,8 +282,10 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
                     f"{len(kept)} completions: {len(episodes)} left, fewer than the {needed} "
                     "an update needs (a completion per minibatch and learner)"
                 )
+        self.phase = "update"
         learner_stats = self._update(episodes)
         t_updated = time.perf_counter()
+        self.phase = "weight sync"
 
         self.env_runner_group.sync_weights(
             from_worker_or_learner_group=self.learner_group, inference_only=True
@@ -291,6 +308,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             M.REWARD_STD: float(scores.std()),
             M.REWARD_RAW_MEAN: float(scored.raw[kept].mean()),
             M.REWARD_SKIPPED: int((~kept).sum()),
+            M.REWARD_RESUBMITTED: int(self.rewards.scorer.num_resubmitted),
             M.KL_COEF: learner_stats.pop(M.KL_COEF),
             M.ROLLOUT_COMPLETIONS: len(episodes),
             M.ROLLOUT_NUM_NODES: max(1, len(self.rollout_node_ids)),
@@ -311,29 +329,37 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
 
     def _sample_batch(self) -> tuple[list[Any], list[Any]]:
-        """``ppo.batch_size`` completions, whatever runners were lost: the healthy ones sample
-        the missing share while RLlib restores the others, until
-        ``resources.sample_timeout_s`` (then :class:`~rayrm.errors.TimedOut`)."""
+        """``ppo.batch_size`` completions, whatever runners were lost or hung: the healthy
+        ones sample the missing share while RLlib restores the others (a runner silent for
+        ``resources.sample_timeout_s`` is restarted); no new completion for that long raises
+        :class:`~rayrm.errors.TimedOut`."""
         want, timeout = self.run_config.ppo.batch_size, self.run_config.resources.sample_timeout_s
         group = self.env_runner_group
-        deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
-        episodes, results = sample_episodes(group, timeout)
-        self.healthy_runners = group.num_healthy_remote_workers()
-        while len(episodes) < want:
-            if time.monotonic() > deadline:
+        episodes: list[Any] = []
+        results: list[Any] = []
+        progress = time.monotonic()
+        healthy: int | None = None
+        while True:
+            more, more_results, silent = sample_episodes(group, timeout)
+            restart_env_runners(group, silent)  # hung: Ray restarts the process
+            if more:
+                episodes, results = episodes + more, results + more_results
+                progress = time.monotonic()
+            if healthy is None:  # what this iteration started with (published)
+                healthy = group.num_healthy_remote_workers()
+            if len(episodes) >= want:
+                self.healthy_runners = healthy
+                return episodes[:want], results
+            if timeout is not None and time.monotonic() - progress > timeout:
                 raise TimedOut(
-                    f"sampling gave {len(episodes)} of ppo.batch_size={want} completions within "
-                    f"resources.sample_timeout_s={timeout:g}s "
+                    f"sampling gave {len(episodes)} of ppo.batch_size={want} completions and "
+                    f"no more for resources.sample_timeout_s={timeout:g}s "
                     f"({group.num_healthy_remote_workers()} of "
                     f"{group.num_remote_env_runners()} env runners healthy)"
                 )
             self.restore_env_runners(group)  # probes lost runners back, with current weights
             if group.num_remote_env_runners() > 0 and group.num_healthy_remote_workers() == 0:
                 time.sleep(1.0)  # every runner lost: wait for Ray to restart one
-                continue
-            more, more_results = sample_episodes(group, timeout)
-            episodes, results = episodes + more, results + more_results
-        return episodes[:want], results
 
     def _score(self, episodes: list[Any]) -> ScoredBatch:
         """Scores every finished completion (``rayrm.rewards.shaping``) and pays each shaped

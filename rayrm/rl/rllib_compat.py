@@ -47,9 +47,11 @@ __all__ = [
     "cluster_config_checks",
     "initial_reset_seed",
     "local_learner",
+    "local_session_dir",
     "learner_connector",
     "record_sampled",
     "restored_path",
+    "restart_env_runners",
     "sample_episodes",
     "restore_counted",
     "skip_checkpoint_indices",
@@ -180,17 +182,48 @@ def record_sampled(env_runner: Any, num_steps: int, num_episodes: int) -> None:
 
 def sample_episodes(
     env_runner_group: Any, timeout_s: float | None = None
-) -> tuple[list[Any], list[Any]]:
-    """Every healthy runner's ``sample()`` in parallel: ``(episodes, metrics)``; a runner that
-    does not answer within ``timeout_s`` is left out."""
-    from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+) -> tuple[list[Any], list[Any], list[int]]:
+    """Every healthy runner's ``sample()`` in parallel: ``(episodes, metrics, silent)``.
 
-    return synchronous_parallel_sample(  # type: ignore[no-any-return]
-        worker_set=env_runner_group,
-        sample_timeout_s=timeout_s,
-        _uses_new_env_runners=True,
-        _return_metrics=True,
+    ``silent`` are the ids of the runners that did not answer within ``timeout_s`` (hung:
+    RLlib would leave them in and wait on them again next time); runners whose process died
+    are marked unhealthy by RLlib as usual. Without remote runners the local one samples.
+    """
+    from ray.rllib.utils.actor_manager import FaultTolerantActorManager
+
+    group = env_runner_group
+    if group.num_remote_env_runners() == 0:
+        local = group.local_env_runner
+        return list(local.sample()), [local.get_metrics()], []
+    manager = group._worker_manager
+    asked = manager.healthy_actor_ids()
+    results = manager.foreach_actor(
+        lambda runner: (runner.sample(), runner.get_metrics()),
+        healthy_only=True,
+        timeout_seconds=timeout_s,
     )
+    FaultTolerantActorManager.handle_remote_call_result_errors(
+        results, ignore_ray_errors=group._ignore_ray_errors_on_env_runners
+    )
+    answered = {r.actor_id for r in results}
+    episodes: list[Any] = []
+    metrics: list[Any] = []
+    for result in results.ignore_errors():
+        sampled, stats = result.get()
+        episodes.extend(sampled)
+        metrics.append(stats)
+    return episodes, metrics, [i for i in asked if i not in answered]
+
+
+def restart_env_runners(env_runner_group: Any, runner_ids: list[int]) -> None:
+    """Kills hung remote runners so Ray restarts their processes, and marks them unhealthy:
+    ``Algorithm.restore_env_runners`` then probes them back and syncs the current weights."""
+    import ray
+
+    manager = env_runner_group._worker_manager
+    for runner_id in runner_ids:
+        ray.kill(manager._actors[runner_id], no_restart=False)
+        manager.set_actor_state(runner_id, healthy=False)
 
 
 # ------------------------------------------------------------------------------ learners
@@ -231,6 +264,14 @@ def started_ray_here() -> bool:
     """Whether this process started the Ray it is connected to (a local, in-process Ray)."""
     node = _global_worker_module()._global_node
     return node is not None and bool(getattr(node, "head", False))
+
+
+def local_session_dir() -> str | None:
+    """The session folder of the Ray this process started (None when it joined a cluster):
+    every Ray system process of that session names it on its command line."""
+    if not started_ray_here():
+        return None
+    return str(_global_worker_module()._global_node.get_session_dir_path())
 
 
 def torch_trainer_class() -> type:

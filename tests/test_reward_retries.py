@@ -1,0 +1,80 @@
+"""Reward scoring under faults: resubmission of a crashed or failing chunk, its budget, the
+stable completion ids a side-effecting scorer deduplicates by, and the counts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rayrm.rewards import RewardPool
+from rayrm.rewards.base import RewardSourceError
+
+
+def crash_once_logging_ids(prompts: list[str], completions: list[str], ids: list[str]) -> list:
+    """A judge with side effects: logs every (id, completion) it is asked about to the file
+    named by the prompt, and its process dies the first time (marker next to the log)."""
+    log = Path(prompts[0])
+    with log.open("a") as f:
+        f.write(json.dumps(list(zip(ids, completions, strict=True))) + "\n")
+    marker = log.with_suffix(".crashed")
+    if not marker.exists():
+        marker.write_text("x")
+        os._exit(1)  # the actor's process dies mid-chunk
+    return [float(len(c)) for c in completions]
+
+
+def always_resets(prompts: list[str], completions: list[str]) -> list[float]:
+    raise ConnectionResetError("judge connection reset by peer")
+
+
+def test_crashed_chunk_is_resubmitted_with_the_same_ids(ray_local, tmp_path):
+    log = tmp_path / "judge.jsonl"
+    pool = RewardPool(
+        source="function",
+        function="test_reward_retries:crash_once_logging_ids",
+        num_actors=2,
+        batch_size=3,
+        num_cpus_per_actor=0.25,
+    )
+    try:
+        completions = ["x" * i for i in range(3)]
+        ids = ["a-0", "b-1", "c-2"]
+        scores = pool.score([str(log)] * 3, completions, ids=ids)
+        np.testing.assert_array_equal(scores, [0.0, 1.0, 2.0])
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        # At-least-once: the chunk ran twice, both times with the same ids.
+        assert len(calls) == 2 and calls[0] == calls[1]
+        assert [i for i, _ in calls[0]] == ids
+        assert pool.num_resubmitted == 1
+    finally:
+        pool.shutdown()
+
+
+def test_retry_exceptions_resubmit_up_to_the_budget(ray_local):
+    """Named errors (by the raised type or a base, bare or qualified) are resubmitted up to
+    max_restarts times, then end the scoring naming the function; others end it at once."""
+    pool = RewardPool(
+        source="function",
+        function="test_reward_retries:always_resets",
+        num_cpus_per_actor=0.25,
+        max_restarts=2,
+    )
+    cases = [
+        (["ConnectionError"], 2),
+        (["builtins.ConnectionResetError"], 2),
+        (True, 2),
+        (False, 0),
+        (["OutOfMemoryError", "TimeoutError"], 0),
+    ]
+    try:
+        for retry, resubmitted in cases:
+            pool.retry_exceptions, pool.num_resubmitted = retry, 0
+            with pytest.raises(RewardSourceError, match="always_resets.* raised ConnectionReset"):
+                pool.score(["p"], ["x"])
+            assert pool.num_resubmitted == resubmitted, retry
+    finally:
+        pool.shutdown()
