@@ -86,6 +86,12 @@ def _add_training(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         default="full",
         help="full: the demo (minutes on 2 CPU cores); smoke: toy sizes (default: %(default)s)",
     )
+    d.add_argument(
+        "--algo",
+        choices=("ppo", "grpo"),
+        default="ppo",
+        help="the RL stage: PPO with a value head, or critic-free GRPO (default: %(default)s)",
+    )
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_verbose(d)
 

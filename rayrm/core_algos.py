@@ -11,18 +11,28 @@ flattened batch (all completions' tokens concatenated), ``V`` vocabulary size.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
 
 __all__ = [
+    "ESTIMATORS",
+    "KL_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
     "AdaptiveKLController",
     "FixedKLController",
     "RunningMoments",
+    "aggregate_tokens",
     "entropy_from_logits",
     "gae_advantages",
+    "group_advantages",
+    "kl_estimate",
     "kl_penalty_rewards",
+    "reinforce_returns",
+    "token_advantages",
     "logp_and_entropy",
     "masked_mean",
     "ppo_policy_loss",
@@ -44,6 +54,144 @@ def whiten(values: np.ndarray, *, eps: float = 1e-8) -> np.ndarray:
     """Zero-mean, unit-std normalisation (used for advantages, as in PPO implementations)."""
     out: np.ndarray = (values - values.mean()) / (values.std() + eps)
     return out
+
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+ESTIMATORS = ("gae", "grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+"""Advantage estimators: GAE with a critic, or critic-free ones (see :func:`group_advantages`
+and :func:`reinforce_returns`)."""
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+"""Per-token estimators of KL(π‖π_ref) from samples of π (see :func:`kl_estimate`)."""
+
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+"""How per-token losses become one number (see :func:`aggregate_tokens`)."""
+
+
+def kl_estimate(
+    *, logp: ArrayT, ref_logp: ArrayT, kind: Literal["k1", "k2", "k3"] = "k1"
+) -> ArrayT:
+    """Per-token estimate of KL(π‖π_ref) at tokens sampled from π, (T,) -> (T,).
+
+    With ``r = π_ref(a)/π(a)`` (Schulman 2020, "Approximating KL Divergence",
+    http://joschu.net/blog/kl-approx.html): ``k1 = −log r`` (unbiased, can be negative),
+    ``k2 = (log r)²/2`` (biased, low variance), ``k3 = (r − 1) − log r`` (unbiased and
+    non-negative; GRPO's KL term, Shao et al. 2024, https://arxiv.org/abs/2402.03300, eq. 4).
+    Numpy arrays (computed in float64) or torch tensors (differentiable, in their dtype).
+    """
+    if kind not in KL_ESTIMATORS:
+        raise ValueError(f"kind must be one of {KL_ESTIMATORS}, got {kind!r}")
+    if isinstance(logp, torch.Tensor) and isinstance(ref_logp, torch.Tensor):
+        log_r_t = ref_logp - logp
+        if kind == "k3":
+            return torch.expm1(log_r_t) - log_r_t
+        return -log_r_t if kind == "k1" else 0.5 * log_r_t**2
+    log_r = np.asarray(ref_logp, dtype=np.float64) - np.asarray(logp, dtype=np.float64)
+    if kind == "k3":
+        return np.expm1(log_r) - log_r
+    return -log_r if kind == "k1" else 0.5 * log_r**2
+
+
+def group_advantages(
+    *,
+    scores: np.ndarray,
+    groups: np.ndarray,
+    estimator: Literal["grpo", "rloo"],
+    std_normalize: bool = True,
+    eps: float = 1e-6,
+) -> np.ndarray:
+    """One advantage per completion from the rewards of the other samples of its prompt.
+
+    * ``grpo`` (Shao et al. 2024, https://arxiv.org/abs/2402.03300, §4.1.2): the reward minus
+      its group's mean, divided by the group's standard deviation (sample std, ddof=1, as TRL
+      and verl compute it, plus ``eps``); ``std_normalize=False`` is Dr. GRPO's unnormalised
+      variant (Liu et al. 2025, https://arxiv.org/abs/2503.20783, §3.2).
+    * ``rloo`` (Ahmadian et al. 2024, https://arxiv.org/abs/2402.14740, eq. 6): the reward
+      minus the mean of the OTHER ``n − 1`` rewards of its group, ``n/(n−1)·(r_i − mean)``.
+
+    A group of one sample has no baseline: its advantage is 0.
+
+    Args:
+        scores: (B,) sequence rewards.
+        groups: (B,) group key of each completion (samples of one prompt share it).
+        estimator: ``"grpo"`` or ``"rloo"``.
+        std_normalize: GRPO only: divide by the group std.
+        eps: GRPO only: added to the std.
+
+    Returns:
+        (B,) float64 advantages.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    groups = np.asarray(groups)
+    out = np.zeros_like(scores)
+    for key in np.unique(groups):
+        idx = np.flatnonzero(groups == key)
+        r = scores[idx]
+        n = len(r)
+        if n < 2:
+            continue
+        if estimator == "grpo":
+            a = r - r.mean()
+            out[idx] = a / (r.std(ddof=1) + eps) if std_normalize else a
+        elif estimator == "rloo":
+            out[idx] = r - (r.sum() - r) / (n - 1)
+        else:
+            raise ValueError(f"estimator must be 'grpo' or 'rloo', got {estimator!r}")
+    return out
+
+
+def reinforce_returns(rewards: np.ndarray) -> np.ndarray:
+    """Undiscounted reward-to-go ``G_t = Σ_{s≥t} r_s`` over ONE completion, (T,) -> (T,).
+
+    REINFORCE++ (Hu 2025, https://arxiv.org/abs/2501.03262, §3): the per-token rewards hold the
+    KL penalty on every token and the score at the last; the advantages are these returns
+    normalised over the whole batch (:func:`whiten` of all tokens).
+    """
+    return np.cumsum(np.asarray(rewards, dtype=np.float64)[::-1])[::-1].copy()
+
+
+def aggregate_tokens(
+    values: torch.Tensor,
+    *,
+    mode: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"],
+    seq_id: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    norm: float | None = None,
+) -> torch.Tensor:
+    """Per-token losses (N,) -> scalar.
+
+    * ``token_mean``: mean over all tokens (long completions weigh more).
+    * ``seq_mean_token_mean``: mean over completions of each one's token mean (GRPO's
+      ``1/|o_i|`` normalisation, Shao et al. 2024, eq. 3).
+    * ``seq_mean_token_sum_norm``: mean over completions of each one's token SUM divided by
+      the constant ``norm`` (e.g. ``max_new_tokens``): Dr. GRPO's length-unbiased loss (Liu
+      et al. 2025, §3.2).
+
+    Args:
+        values: (N,) per-token losses.
+        mode: one of :data:`LOSS_AGGREGATIONS`.
+        seq_id: (N,) completion id of each token row (needed unless ``token_mean``).
+        mask: optional (N,) bool; masked rows do not count.
+        norm: the constant of ``seq_mean_token_sum_norm``.
+    """
+    if mode == "token_mean":
+        return masked_mean(values, mask)
+    if seq_id is None:
+        raise ValueError(f"loss aggregation {mode!r} needs seq_id")
+    weight = torch.ones_like(values) if mask is None else mask.to(values.dtype)
+    _, inverse = torch.unique(seq_id, return_inverse=True)  # (N,)
+    num_seqs = int(inverse.max().item()) + 1
+    sums = torch.zeros(num_seqs, dtype=values.dtype, device=values.device)
+    sums = sums.index_add(0, inverse, values * weight)  # (G,)
+    if mode == "seq_mean_token_mean":
+        counts = torch.zeros_like(sums).index_add(0, inverse, weight)
+        return (sums / counts.clamp(min=1.0)).mean()
+    if mode == "seq_mean_token_sum_norm":
+        if norm is None or norm <= 0:
+            raise ValueError("loss aggregation 'seq_mean_token_sum_norm' needs norm > 0")
+        return sums.mean() / norm
+    raise ValueError(f"mode must be one of {LOSS_AGGREGATIONS}, got {mode!r}")
 
 
 def kl_penalty_rewards(
@@ -110,6 +258,81 @@ def gae_advantages(
     return advantages.astype(np.float32), returns.astype(np.float32)
 
 
+def token_advantages(
+    *,
+    estimator: str,
+    rewards: list[np.ndarray],
+    kls: list[np.ndarray],
+    kl_coef: float,
+    groups: Sequence[object] | None = None,
+    values: list[np.ndarray] | None = None,
+    gamma: float = 1.0,
+    gae_lambda: float = 1.0,
+    std_normalize: bool = True,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per-token advantages and returns (value targets) of a batch, by estimator.
+
+    * ``gae``: rewards minus β·KL per token, :func:`gae_advantages` with ``values``, then
+      whitened over the batch's tokens.
+    * ``reinforce_pp``: rewards minus β·KL per token, :func:`reinforce_returns`, whitened over
+      the batch's tokens (Hu 2025); ``reinforce_pp_baseline`` first subtracts from each
+      completion's score the mean score of its group.
+    * ``grpo`` / ``rloo``: one sequence reward, the score minus β·ΣKL (the KL-regularised
+      return, as RLOO, Ahmadian et al. 2024, §3), turned into one advantage per completion by
+      :func:`group_advantages` and given to every token of it.
+
+    Args:
+        estimator: one of :data:`ESTIMATORS`.
+        rewards: per completion, (T_i,) env rewards (the score at the last token).
+        kls: per completion, (T_i,) per-token KL estimates (for the reward penalty).
+        kl_coef: β of the reward penalty (0 when the KL is a loss term instead).
+        groups: (B,) group keys (the group estimators).
+        values: per completion, (T_i,) value estimates (``gae``).
+        gamma, gae_lambda: GAE's γ and λ.
+        std_normalize: GRPO's std normalisation.
+
+    Returns:
+        ``(advantages, returns)``: per completion, (T_i,) float32 arrays.
+    """
+    shaped = [
+        np.asarray(r, np.float64) - kl_coef * np.asarray(k, np.float64)
+        for r, k in zip(rewards, kls, strict=True)
+    ]
+    lens = [len(r) for r in rewards]
+    keys = np.asarray(groups if groups is not None else range(len(rewards)))
+    if estimator in ("grpo", "rloo"):
+        seq = np.array([r.sum() for r in shaped])
+        adv = group_advantages(
+            scores=seq,
+            groups=keys,
+            estimator="grpo" if estimator == "grpo" else "rloo",
+            std_normalize=std_normalize,
+        )
+        out = [np.full(n, a, dtype=np.float32) for n, a in zip(lens, adv, strict=True)]
+        return out, out
+    if estimator == "gae":
+        if values is None:
+            raise ValueError("the gae estimator needs values")
+        pairs = [
+            gae_advantages(rewards=r, values=v, gamma=gamma, gae_lambda=gae_lambda)
+            for r, v in zip(shaped, values, strict=True)
+        ]
+        advs, rets = [a for a, _ in pairs], [r for _, r in pairs]
+    elif estimator in ("reinforce_pp", "reinforce_pp_baseline"):
+        if estimator == "reinforce_pp_baseline":
+            scores = np.array([float(np.sum(r)) for r in rewards])
+            means = {key: scores[keys == key].mean() for key in np.unique(keys)}
+            for r, key in zip(shaped, keys, strict=True):
+                r[-1] -= means[key]
+        rets = [reinforce_returns(r).astype(np.float32) for r in shaped]
+        advs = rets
+    else:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    flat = whiten(np.concatenate(advs).astype(np.float64)).astype(np.float32)
+    bounds = np.cumsum([0, *lens])
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], rets
+
+
 def ppo_policy_loss(
     *,
     logp: torch.Tensor,
@@ -117,6 +340,8 @@ def ppo_policy_loss(
     advantages: torch.Tensor,
     clip_ratio: float,
     mask: torch.Tensor | None = None,
+    clip_ratio_high: float | None = None,
+    aggregate: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate objective (Schulman et al. 2017, https://arxiv.org/abs/1707.06347, eq. 7).
 
@@ -124,20 +349,27 @@ def ppo_policy_loss(
         logp: (N,) log-probs of the taken tokens under the current policy (with grad).
         old_logp: (N,) log-probs recorded at sampling time.
         advantages: (N,) advantage estimates.
-        clip_ratio: ε.
+        clip_ratio: ε (the lower bound ``1 − ε``, and the upper one unless ``clip_ratio_high``).
         mask: optional (N,) bool; masked-out rows do not count.
+        clip_ratio_high: ε_high of DAPO's clip-higher, ratio clipped to ``[1 − ε, 1 + ε_high]``
+            (Yu et al. 2025, https://arxiv.org/abs/2503.14476, §3.1); None: ε.
+        aggregate: per-token objective (N,) -> scalar (:func:`aggregate_tokens`); default: the
+            masked token mean.
 
     Returns:
         ``(loss, stats)``: the scalar loss to minimise and detached statistics
         ``clip_fraction`` and ``approx_kl`` (the k3 estimator of KL(old‖new)).
     """
+    high = clip_ratio if clip_ratio_high is None else clip_ratio_high
     log_ratio = logp - old_logp  # (N,)
     ratio = torch.exp(log_ratio)
     unclipped = advantages * ratio
-    clipped = advantages * torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
-    loss = -masked_mean(torch.min(unclipped, clipped), mask)
+    clipped = advantages * torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + high)
+    objective = torch.min(unclipped, clipped)  # (N,)
+    loss = -(masked_mean(objective, mask) if aggregate is None else aggregate(objective))
     with torch.no_grad():
-        clip_fraction = masked_mean(((ratio - 1.0).abs() > clip_ratio).float(), mask)
+        outside = (ratio < 1.0 - clip_ratio) | (ratio > 1.0 + high)
+        clip_fraction = masked_mean(outside.float(), mask)
         approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
     return loss, {"clip_fraction": clip_fraction, "approx_kl": approx_kl}
 

@@ -19,6 +19,8 @@ NUM_COMPLETIONS = "num_completions"
 VALUE_MEAN = "value_mean"
 GRAD_NORM = "grad_norm"
 """Global gradient norm before clipping (float32, after unscaling)."""
+KL_LOSS = "kl_loss"
+"""The KL loss term before β (``ppo.kl_mode: loss``)."""
 SKIPPED_STEPS = "skipped_steps"
 """Optimizer steps skipped because a gradient was not finite (float16 overflow), so far."""
 
@@ -51,6 +53,10 @@ ROLLOUT_ENTROPY = "rollout/entropy"
 ROLLOUT_LENGTH = "rollout/response_length"
 ROLLOUT_COMPLETIONS = "rollout/num_completions"
 ROLLOUT_NUM_NODES = "rollout/num_nodes"
+ROLLOUT_GROUP_STD = "rollout/group_reward_std"
+"""Mean over groups (``generation.samples_per_prompt`` > 1) of the std of their raw scores."""
+ROLLOUT_UNIFORM_GROUPS = "rollout/uniform_groups"
+"""Fraction of groups whose raw scores are all equal (no signal for GRPO/RLOO)."""
 ROLLOUT_HEALTHY_RUNNERS = "rollout/healthy_env_runners"
 """Remote env runners that sampled this iteration (fewer than configured: degraded capacity,
 the others sampled the missing share)."""
@@ -59,6 +65,8 @@ LOSS_VALUE = "loss/value"
 LOSS_CLIP_FRACTION = "loss/clip_fraction"
 LOSS_APPROX_KL = "loss/approx_kl"
 LOSS_VF_EXPLAINED_VAR = "loss/vf_explained_var"
+LOSS_KL = "loss/kl"
+"""The KL term of the loss, before β (``ppo.kl_mode: loss``; absent otherwise)."""
 LOSS_GRAD_NORM = "loss/grad_norm"
 LOSS_SKIPPED_STEPS = "loss/skipped_steps"
 THROUGHPUT_TOKENS_PER_S = "throughput/generated_tokens_per_s"
@@ -86,6 +94,7 @@ FROM_LEARNER = {
     LOSS_CLIP_FRACTION: CLIP_FRACTION,
     LOSS_APPROX_KL: APPROX_KL,
     LOSS_VF_EXPLAINED_VAR: VF_EXPLAINED_VAR,
+    LOSS_KL: KL_LOSS,
     LOSS_GRAD_NORM: GRAD_NORM,
     LOSS_SKIPPED_STEPS: SKIPPED_STEPS,
 }

@@ -16,12 +16,17 @@ from rayrm.core_algos import (
     AdaptiveKLController,
     FixedKLController,
     RunningMoments,
+    aggregate_tokens,
     entropy_from_logits,
     gae_advantages,
+    group_advantages,
+    kl_estimate,
     kl_penalty_rewards,
     masked_mean,
     ppo_policy_loss,
+    reinforce_returns,
     sample_tokens,
+    token_advantages,
     value_loss,
     whiten,
 )
@@ -411,3 +416,146 @@ def test_sample_tokens_seeded_generator_is_reproducible():
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(la, lb)
     assert not torch.equal(a, c)
+
+
+# --- critic-free estimators (GRPO, RLOO, REINFORCE++) ----------------------------------------
+
+
+def test_grpo_group_normalised_by_hand():
+    # Group a: [1, 2, 3]: mean 2, sample std sqrt((1 + 0 + 1) / 2) = 1 -> [-1, 0, 1].
+    # Group b: [0, 4]: mean 2, sample std sqrt((4 + 4) / 1) = 2*sqrt(2) -> -+1/sqrt(2).
+    scores = np.array([1.0, 0.0, 2.0, 4.0, 3.0])
+    groups = np.array(["a", "b", "a", "b", "a"])  # groups need not be contiguous
+    adv = group_advantages(scores=scores, groups=groups, estimator="grpo", eps=0.0)
+    r = 1 / math.sqrt(2)
+    np.testing.assert_allclose(adv, [-1.0, -r, 0.0, r, 1.0], atol=1e-12)
+
+
+def test_dr_grpo_is_the_unnormalised_group_centring():
+    scores = np.array([1.0, 0.0, 2.0, 4.0, 3.0])
+    groups = np.array([0, 1, 0, 1, 0])
+    adv = group_advantages(scores=scores, groups=groups, estimator="grpo", std_normalize=False)
+    np.testing.assert_allclose(adv, [-1.0, -2.0, 0.0, 2.0, 1.0], atol=1e-12)
+
+
+def test_rloo_leave_one_out_baseline_by_hand():
+    # [1, 2, 3]: 1 - (2+3)/2 = -1.5, 2 - (1+3)/2 = 0, 3 - (1+2)/2 = 1.5; [0, 4]: -4, +4.
+    scores = np.array([1.0, 2.0, 3.0, 0.0, 4.0])
+    groups = np.array([7, 7, 7, 9, 9])
+    adv = group_advantages(scores=scores, groups=groups, estimator="rloo")
+    np.testing.assert_allclose(adv, [-1.5, 0.0, 1.5, -4.0, 4.0], atol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_uniform_and_single_groups_have_zero_advantage(estimator):
+    scores = np.array([5.0, 5.0, 5.0, 2.0])
+    adv = group_advantages(scores=scores, groups=np.array([0, 0, 0, 1]), estimator=estimator)
+    np.testing.assert_array_equal(adv, [0.0, 0.0, 0.0, 0.0])
+
+
+def test_reinforce_returns_are_reward_to_go():
+    # [0.1, -0.2, 1.0] -> [0.1 - 0.2 + 1.0, -0.2 + 1.0, 1.0]
+    np.testing.assert_allclose(reinforce_returns(np.array([0.1, -0.2, 1.0])), [0.9, 0.8, 1.0])
+
+
+def test_kl_estimators_by_hand():
+    # pi(a) = 1/2, pi_ref(a) = 1/4: log r = -ln 2.
+    logp, ref = np.array([math.log(0.5)]), np.array([math.log(0.25)])
+    assert kl_estimate(logp=logp, ref_logp=ref, kind="k1")[0] == pytest.approx(LN2)
+    assert kl_estimate(logp=logp, ref_logp=ref, kind="k2")[0] == pytest.approx(LN2**2 / 2)
+    assert kl_estimate(logp=logp, ref_logp=ref, kind="k3")[0] == pytest.approx(-0.5 + LN2)
+
+
+def test_k1_and_k3_are_unbiased_k3_non_negative():
+    pi, ref = np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.3, 0.5])
+    kl = float((pi * np.log(pi / ref)).sum())  # KL(pi || ref), the exact value
+    logp, ref_logp = np.log(pi), np.log(ref)
+    for kind in ("k1", "k3"):  # the expectation under pi: weight each token by pi
+        estimate = kl_estimate(logp=logp, ref_logp=ref_logp, kind=kind)
+        assert float((pi * estimate).sum()) == pytest.approx(kl)
+    assert (kl_estimate(logp=logp, ref_logp=ref_logp, kind="k3") >= 0).all()
+    assert (kl_estimate(logp=logp, ref_logp=ref_logp, kind="k1") < 0).any()
+
+
+def test_loss_aggregations_by_hand():
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    seq = torch.tensor([0, 0, 1, 1, 1])
+    assert aggregate_tokens(values, mode="token_mean").item() == pytest.approx(3.0)
+    # (mean(1, 2) + mean(3, 4, 5)) / 2 = (1.5 + 4) / 2
+    got = aggregate_tokens(values, mode="seq_mean_token_mean", seq_id=seq)
+    assert got.item() == pytest.approx(2.75)
+    # (sum(1, 2) + sum(3, 4, 5)) / 2 / 4 = (3 + 12) / 8
+    got = aggregate_tokens(values, mode="seq_mean_token_sum_norm", seq_id=seq, norm=4)
+    assert got.item() == pytest.approx(1.875)
+    mask = torch.tensor([True, True, True, True, False])
+    got = aggregate_tokens(values, mode="seq_mean_token_mean", seq_id=seq, mask=mask)
+    assert got.item() == pytest.approx((1.5 + 3.5) / 2)
+    got = aggregate_tokens(values, mode="seq_mean_token_sum_norm", seq_id=seq, mask=mask, norm=4)
+    assert got.item() == pytest.approx((3 + 7) / 2 / 4)
+
+
+def test_clip_higher_lets_a_positive_advantage_rise_further():
+    # ratio 1.25, A = 1: eps = 0.2 clips at 1.2; eps_high = 0.28 does not.
+    logp, old = torch.tensor([math.log(1.25)]), torch.tensor([0.0])
+    adv = torch.tensor([1.0])
+    loss, _ = ppo_policy_loss(logp=logp, old_logp=old, advantages=adv, clip_ratio=0.2)
+    assert loss.item() == pytest.approx(-1.2)
+    loss, stats = ppo_policy_loss(
+        logp=logp, old_logp=old, advantages=adv, clip_ratio=0.2, clip_ratio_high=0.28
+    )
+    assert loss.item() == pytest.approx(-1.25) and stats["clip_fraction"].item() == 0.0
+    # The lower bound stays 1 - eps: ratio 0.7 with A = -1 -> min(-0.7, -0.8) = -0.8.
+    low = torch.tensor([math.log(0.7)])
+    loss, stats = ppo_policy_loss(
+        logp=low, old_logp=old, advantages=-adv, clip_ratio=0.2, clip_ratio_high=0.28
+    )
+    assert loss.item() == pytest.approx(0.8) and stats["clip_fraction"].item() == 1.0
+
+
+def test_token_advantages_grpo_uses_the_kl_regularised_sequence_reward():
+    # Sequence rewards: 1 - 0.5 * 0.2 = 0.9 and 3; mean 1.95, sample std 2.1 / sqrt(2).
+    adv, _ = token_advantages(
+        estimator="grpo",
+        rewards=[np.array([0.0, 1.0]), np.array([0.0, 0.0, 3.0])],
+        kls=[np.array([0.2, 0.0]), np.zeros(3)],
+        kl_coef=0.5,
+        groups=["a", "a"],
+    )
+    r = 1 / math.sqrt(2)
+    np.testing.assert_allclose(adv[0], [-r, -r], atol=1e-5)
+    np.testing.assert_allclose(adv[1], [r, r, r], atol=1e-5)
+
+
+def test_token_advantages_reinforce_pp_by_hand():
+    # Token rewards [0 - 1*0.5, 2] -> returns [1.5, 2]; [0, 0, -1] -> [-1, -1, -1].
+    # All tokens [1.5, 2, -1, -1, -1]: mean 0.1, std sqrt((1.96 + 3.61 + 3 * 1.21) / 5).
+    rewards = [np.array([0.0, 2.0]), np.array([0.0, 0.0, -1.0])]
+    kls = [np.array([0.5, 0.0]), np.zeros(3)]
+    adv, ret = token_advantages(estimator="reinforce_pp", rewards=rewards, kls=kls, kl_coef=1.0)
+    np.testing.assert_allclose(ret[0], [1.5, 2.0])
+    np.testing.assert_allclose(ret[1], [-1.0, -1.0, -1.0])
+    std = math.sqrt((1.96 + 3.61 + 3 * 1.21) / 5)
+    np.testing.assert_allclose(
+        np.concatenate(adv), np.array([1.4, 1.9, -1.1, -1.1, -1.1]) / std, atol=1e-5
+    )
+    # With the group baseline: scores 2 and -1, group mean 0.5, taken off each last token:
+    # [-0.5, 1.5] -> returns [1.0, 1.5]; [0, 0, -1.5] -> [-1.5, -1.5, -1.5].
+    _, ret = token_advantages(
+        estimator="reinforce_pp_baseline", rewards=rewards, kls=kls, kl_coef=1.0, groups=[3, 3]
+    )
+    np.testing.assert_allclose(np.concatenate(ret), [1.0, 1.5, -1.5, -1.5, -1.5])
+
+
+def test_token_advantages_gae_is_whitened_gae():
+    rewards, values = (
+        [np.array([0.0, 1.0]), np.array([2.0])],
+        [np.array([0.5, 0.5]), np.array([0.0])],
+    )
+    adv, ret = token_advantages(
+        estimator="gae", rewards=rewards, kls=[np.zeros(2), np.zeros(1)], kl_coef=0.0,
+        values=values, gamma=1.0, gae_lambda=1.0,
+    )  # fmt: skip
+    # GAE(1, 1): advantages = reward-to-go - value: [1 - 0.5, 1 - 0.5] and [2 - 0].
+    raw = np.array([0.5, 0.5, 2.0])
+    np.testing.assert_allclose(np.concatenate(adv), (raw - raw.mean()) / raw.std(), atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(ret), [1.0, 1.0, 2.0])

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import check_quiet_output
 
 from rayrm.console import LOG_NAME
@@ -127,3 +128,16 @@ def test_smoke_demo_runs_every_stage_then_is_cached(ray_local, tmp_path: Path, c
     assert lines[-1] == f"report: {report}"
     gold = result["gold"]
     assert gold["sft"]["n"] == gold["ppo"]["n"] > 0 and gold["sft"]["std"] >= 0
+
+    # --algo grpo: the earlier stages are reused, the RL stage runs critic-free in its own folder.
+    assert main(["demo", "--dir", str(tmp_path / "demo"), "--size", "smoke", "--algo", "grpo"]) == 0
+    out, _ = capfd.readouterr()
+    assert [line.split(" ")[1] for line in out.splitlines() if line.startswith("cached:")] == [
+        s for s in STAGES if s != "ppo"
+    ]
+    assert "-> GRPO " in out
+    runs = (tmp_path / "demo" / "runs").iterdir()
+    (grpo_dir,) = [p for p in runs if p.is_dir() and p != report.parent]
+    used = yaml.safe_load((grpo_dir / "config.yaml").read_text())
+    assert used["ppo"]["advantage_estimator"] == "grpo"
+    assert used["generation"]["samples_per_prompt"] == 4

@@ -420,3 +420,37 @@ def test_dropout_would_be_detected(model_dir):
     torch.manual_seed(0)
     with torch.no_grad():
         assert not torch.equal(lm(input_ids=x).logits, lm(input_ids=x).logits)
+
+
+def test_critic_started_from_a_reward_model_predicts_its_scores(
+    model_dir, env, completions, tmp_path
+):
+    """``model.critic_path`` at a reward model: trunk AND score head, so before any update the
+    value of every state equals the reward model's score of that prefix (as InstructGPT and
+    TRL start the value model)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    with torch.no_grad():
+        rm.score.weight.normal_()  # a head that is not the value head's initialisation
+    rm.config.pad_token_id = rm.config.eos_token_id
+    rm.save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp_path / "rm")
+    spec = RLModuleSpec(
+        module_class=LMPolicyModule,
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config={"path": model_dir, "critic": "separate", "critic_path": str(tmp_path / "rm")},
+        inference_only=False,
+    )
+    module = spec.build()
+    batch = make_batch(env, completions)
+    values = module.compute_values(batch)  # (N,)
+    ids, lengths = batch[Columns.OBS]["input_ids"], batch[Columns.OBS]["length"].reshape(-1)
+    rm.eval()
+    with torch.no_grad():
+        scores = torch.stack(
+            [rm(input_ids=ids[i : i + 1, : lengths[i]]).logits[0, 0] for i in range(len(ids))]
+        )
+    torch.testing.assert_close(values, scores, atol=1e-5, rtol=0)

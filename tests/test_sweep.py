@@ -20,7 +20,7 @@ def _sweep_config(tiny_policy_dir, prompts_file, tmp_path, **tune_settings):
         tmp_path,
         name="sweep",
         ppo={"batch_size": 8},
-        generation={"max_new_tokens": 6},
+        generation={"max_new_tokens": 6, "samples_per_prompt": 2},
         run={"num_iterations": 3, "checkpoint_every": 1},
         tune=tune_settings,
     )
@@ -55,7 +55,8 @@ def test_asha_sweep_table_and_best_export(
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        search_space={"ppo.lr": {"grid": [1e-4, 1e-3]}},
+        # The estimator is searched like any key: PPO with a critic against critic-free RLOO.
+        search_space={"ppo.advantage_estimator": {"grid": ["gae", "rloo"]}},
         scheduler="asha",
         grace_period=1,
         metric="objective/reward_minus_kl",
@@ -65,8 +66,8 @@ def test_asha_sweep_table_and_best_export(
     assert main(["tune", str(path)]) == 0
     out = capfd.readouterr().out
     table = out[out.index("trial ") :].splitlines()
-    assert "ppo.lr" in table[0] and "objective/reward_minus_kl" in table[0]
-    assert sum(1 for line in table if line.split()[1:2] in (["0.0001"], ["0.001"])) == 2
+    assert "ppo.advantage_estimator" in table[0] and "objective/reward_minus_kl" in table[0]
+    assert sorted(line.split()[1] for line in table[1:3]) == ["gae", "rloo"]
     best = Path(cfg.run.storage_path) / "sweep" / "best_policy"
     assert AutoModelForCausalLM.from_pretrained(best).config.vocab_size > 0
     # A finished sweep resumes to the same end without re-running trials.

@@ -46,7 +46,10 @@ class ModelConfig(Section):
         critic: ``shared`` puts the value head on the policy trunk; ``separate`` trains a
             separate critic model.
         critic_path: Hugging Face model directory the separate critic starts from; None means
-            ``path``. Only allowed with ``critic=separate``.
+            ``path``. A reward model (``*ForSequenceClassification``, one label) gives its
+            trunk and its score head, so the critic starts out predicting the reward (as
+            InstructGPT and TRL do); other models give their trunk and a fresh head. Only
+            allowed with ``critic=separate``.
         dtype: Dtype of the policy, critic and reference weights and of their forward and
             backward passes (``bfloat16`` on GPUs that have it, as most checkpoints are
             published). Updates go through float32 master weights and float32 Adam state
@@ -121,6 +124,8 @@ class GenerationConfig(Section):
             is the completion's last action and receives the score; it is not in the text.
         stop_strings: Texts that end a completion once it contains one; the text the reward
             reads keeps the stop string and drops what the last token added after it.
+        samples_per_prompt: Completions sampled per prompt per iteration (a group; GRPO,
+            RLOO). ``ppo.batch_size`` counts completions; a group is sampled by one env runner.
     """
 
     max_new_tokens: int = Field(16, ge=1)
@@ -129,6 +134,7 @@ class GenerationConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     stop_token_ids: list[int] = Field(default_factory=list)
     stop_strings: list[NonEmptyStr] = Field(default_factory=list)
+    samples_per_prompt: int = Field(1, ge=1)
 
 
 class PPOConfig(Section):
@@ -158,6 +164,23 @@ class PPOConfig(Section):
             KL penalty's) with the learner's forward instead of using the sampler's. None:
             only when ``model.dtype`` is not float32, where KV-cached decoding and a full
             forward round differently and the first ratio would not be exactly 1.
+        advantage_estimator: ``gae`` (a critic), or critic-free: ``grpo`` (group-normalised
+            reward), ``rloo`` (leave-one-out baseline), ``reinforce_pp`` (REINFORCE++: KL in
+            the return, batch-normalised), ``reinforce_pp_baseline`` (group mean subtracted
+            first); see ``rayrm.core_algos``. Critic-free estimators build no value model; the
+            group ones need ``generation.samples_per_prompt`` >= 2.
+        grpo_std_normalize: GRPO divides by the group's std; false: Dr. GRPO.
+        loss_aggregation: ``token_mean``, ``seq_mean_token_mean`` (GRPO) or
+            ``seq_mean_token_sum_norm`` (Dr. GRPO: sum / ``generation.max_new_tokens``).
+        clip_ratio_high: Upper clip ``1 + clip_ratio_high`` (DAPO's clip-higher); None:
+            ``clip_ratio``.
+        kl_mode: ``reward``: β·KL is subtracted from the rewards (per token for GAE and
+            REINFORCE++, summed per completion for GRPO/RLOO); ``loss``: β·KL is a loss term
+            (GRPO's), the rewards are the scores alone.
+        kl_estimator: ``k1``, ``k2`` or ``k3`` (``rayrm.core_algos.kl_estimate``).
+        filter_uniform_groups: Leave out of the update the groups whose scores are all equal
+            (no signal under GRPO/RLOO; DAPO's dynamic sampling), counted as
+            ``rollout/uniform_groups``.
     """
 
     batch_size: int = Field(16, ge=1)
@@ -177,6 +200,27 @@ class PPOConfig(Section):
     kl_horizon: int = Field(10000, gt=0)
     forward_batch_size: int | None = Field(None, ge=1)
     recompute_logp: bool | None = None
+    advantage_estimator: Literal["gae", "grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = (
+        "gae"
+    )
+    grpo_std_normalize: bool = True
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = (
+        "token_mean"
+    )
+    clip_ratio_high: float | None = Field(None, gt=0)
+    kl_mode: Literal["reward", "loss"] = "reward"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    filter_uniform_groups: bool = False
+
+    @property
+    def uses_critic(self) -> bool:
+        """Whether the estimator needs a value model (GAE does; the others are critic-free)."""
+        return self.advantage_estimator == "gae"
+
+    @property
+    def uses_groups(self) -> bool:
+        """Whether advantages compare the samples of one prompt."""
+        return self.advantage_estimator in ("grpo", "rloo", "reinforce_pp_baseline")
 
     @property
     def completions_per_minibatch(self) -> int:
@@ -439,12 +483,38 @@ def _check_relations(cfg: RunConfig) -> None:
             key="ppo.batch_size",
         )
     learners = max(1, res.num_learners)
+    _check_groups(cfg, learners)
     if ppo.batch_size % (ppo.num_minibatches * learners):
         raise ConfigError(
             f"ppo.batch_size ({ppo.batch_size}) must be divisible by ppo.num_minibatches "
             f"({ppo.num_minibatches}) * max(1, resources.num_learners) ({learners}) = "
             f"{ppo.num_minibatches * learners}: each learner takes an equal share of the "
             f"batch and splits it into ppo.num_minibatches minibatches of whole completions",
+            key="ppo.batch_size",
+        )
+
+
+def _check_groups(cfg: RunConfig, learners: int) -> None:
+    """Group sampling and the critic-free estimators."""
+    ppo, n = cfg.ppo, cfg.generation.samples_per_prompt
+    if ppo.uses_groups and n < 2:
+        raise ConfigError(
+            f"ppo.advantage_estimator={ppo.advantage_estimator} compares the samples of a "
+            f"prompt: set generation.samples_per_prompt >= 2 (it is {n})",
+            key="generation.samples_per_prompt",
+        )
+    if not ppo.uses_critic and cfg.model.critic == "separate":
+        raise ConfigError(
+            f"model.critic=separate has no use with ppo.advantage_estimator="
+            f"{ppo.advantage_estimator}, which needs no value model: remove it",
+            key="model.critic",
+        )
+    per_runner = cfg.envs_per_env_runner
+    if n > 1 and (per_runner % n or (ppo.batch_size // n) % learners):
+        raise ConfigError(
+            f"ppo.batch_size ({ppo.batch_size}) must hold whole groups of "
+            f"generation.samples_per_prompt ({n}) per env runner ({per_runner} completions "
+            f"each) and per learner ({learners}): a group is sampled and trained together",
             key="ppo.batch_size",
         )
 

@@ -190,6 +190,7 @@ def run_demo(
     workdir: str | os.PathLike[str] = DEFAULT_WORKDIR,
     *,
     size: Literal["full", "smoke"] = "full",
+    algo: Literal["ppo", "grpo"] = "ppo",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -199,6 +200,7 @@ def run_demo(
         workdir: Folder for every artifact (created).
         size: ``full`` (the demo) or ``smoke`` (toy sizes, for tests); see
             :data:`rayrm.demo.steps.SIZES`.
+        algo: the RL stage's algorithm: ``ppo`` or ``grpo`` (:class:`DemoSizes`).
         progress: Progress bars for SFT, pair sampling and reward-model training.
         log: Receives the status lines (default: print, flushed).
 
@@ -216,7 +218,7 @@ def run_demo(
     start = time.perf_counter()
     work = Path(workdir).resolve()
     with owned_ray():
-        results = _stages(SIZES[size], work, progress, log)
+        results = _stages(dataclasses.replace(SIZES[size], algo=algo), work, progress, log)
     by_name = {r.name: r for r in results}
     ppo, rm = by_name["ppo"].info, by_name["reward_model"].info
     seconds = time.perf_counter() - start
@@ -256,7 +258,7 @@ def main(args: argparse.Namespace) -> int:
     progress = args.verbose and not args.no_progress and sys.stderr.isatty()
     try:
         with quiet(Path(args.dir) / LOG_NAME, verbose=args.verbose):
-            run_demo(args.dir, size=args.size, progress=progress, log=say)
+            run_demo(args.dir, size=args.size, algo=args.algo, progress=progress, log=say)
     except (StageFailed, TrainingFailed) as exc:
         warn(f"rayrm: {exc}")
         return 1

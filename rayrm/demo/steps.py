@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from envs.prompts import load_prompts, write_prompts_jsonl
 from rayrm import metrics as M
@@ -75,6 +75,9 @@ class DemoSizes:
         pair_min_margin: Pairs whose two gold scores differ by this or less are dropped.
         rm_epochs, rm_lr, rm_batch_size: Reward-model training (from the SFT trunk).
         ppo_iterations, ppo_batch_size, ppo_lr: PPO against the reward model.
+        algo: ``ppo`` (GAE with a value head) or ``grpo`` (critic-free: 4 samples per prompt,
+            group-normalised rewards, β·KL (k3) as a loss term with a fixed β, GRPO's
+            per-completion loss normalisation).
         kl_coef, target_kl: Initial β and the per-sequence KL the adaptive controller aims at.
         max_new_tokens: Completion limit for pairs, PPO and evaluation.
         heldout_repeats: Each held-out prompt appears this many times in the held-out file, so
@@ -100,6 +103,7 @@ class DemoSizes:
     ppo_iterations: int = 40
     ppo_batch_size: int = 64
     ppo_lr: float = 1.0e-4
+    algo: Literal["ppo", "grpo"] = "ppo"
     kl_coef: float = 0.05
     target_kl: float = 4.0
     max_new_tokens: int = 16
@@ -108,6 +112,17 @@ class DemoSizes:
     final_samples: int = 4
     seed: int = 0
 
+
+GRPO_SAMPLES = 4
+"""Completions per prompt of ``rayrm demo --algo grpo``."""
+
+GRPO_SETTINGS: dict[str, Any] = {
+    "advantage_estimator": "grpo",
+    "kl_mode": "loss",
+    "kl_estimator": "k3",
+    "loss_aggregation": "seq_mean_token_mean",
+}
+"""The ``ppo`` section of ``rayrm demo --algo grpo`` besides the PPO stage's own."""
 
 SIZES: dict[str, DemoSizes] = {
     "full": DemoSizes(),
@@ -139,6 +154,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "pairs": ("num_pairs", "pair_min_margin", "max_new_tokens", "seed"),
     "reward_model": ("rm_epochs", "rm_lr", "rm_batch_size", "seed"),
     "ppo": (
+        "algo",
         "ppo_iterations",
         "ppo_batch_size",
         "ppo_lr",
@@ -278,7 +294,10 @@ def ppo_config(
             "seed": s.seed,
             "model": {"path": sft_model},
             "data": {"prompts": str(data / "prompts.jsonl"), "max_prompt_tokens": 16},
-            "generation": {"max_new_tokens": s.max_new_tokens},
+            "generation": {
+                "max_new_tokens": s.max_new_tokens,
+                "samples_per_prompt": GRPO_SAMPLES if s.algo == "grpo" else 1,
+            },
             "reward": {"source": "model", "path": rm, "num_cpus_per_actor": 0.5},
             "ppo": {
                 "batch_size": s.ppo_batch_size,
@@ -287,9 +306,10 @@ def ppo_config(
                 "lr": s.ppo_lr,
                 "vf_coef": 0.5,
                 "kl_coef": s.kl_coef,
-                "adaptive_kl": True,
+                "adaptive_kl": s.algo == "ppo",
                 "target_kl": s.target_kl,
                 "kl_horizon": 2000,
+                **(GRPO_SETTINGS if s.algo == "grpo" else {}),
             },
             "resources": {"num_env_runners": 0},
             "run": {
@@ -388,6 +408,7 @@ def build_ppo(
         max_new_tokens=s.max_new_tokens,
         seed=s.seed + 1,
     )
+    gold["algo"] = s.algo.upper()
     r = last.get(M.RLHF_RESULTS, {})
     info = {
         "report": str(report),
@@ -407,7 +428,7 @@ def gold_line(gold: dict[str, Any]) -> str:
     a, b = gold["sft"], gold["ppo"]
     return (
         f"held-out gold (VADER), {a['n']} completions each: SFT {a['mean']:+.3f} ± {a['std']:.3f} "
-        f"(se {a['se']:.3f}) -> PPO {b['mean']:+.3f} ± {b['std']:.3f} (se {b['se']:.3f}); "
+        f"(se {a['se']:.3f}) -> {gold.get('algo', 'PPO')} {b['mean']:+.3f} ± {b['std']:.3f} (se {b['se']:.3f}); "
         f"difference {gold['difference']:+.3f} = {gold['z']:.1f} standard errors"
     )
 

@@ -27,9 +27,10 @@ DRIVER_FILE = "rayrm_driver.json"
 
 
 def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process (``ps``: Linux and macOS)."""
+    """pid -> (parent pid, command line) of every process (``ps``: Linux and macOS; ``-ww``:
+    whole command lines, whatever the terminal width)."""
     out = subprocess.run(
-        ["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
+        ["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
     ).stdout
     table = {}
     for line in out.splitlines():

@@ -52,11 +52,17 @@ def format_line(result: dict[str, Any], total: int | None = None, runners: int =
     degraded = f" | DEGRADED: {healthy}/{runners} env runners" if healthy < runners else ""
     it = result.get("training_iteration", 0)
     head = f"iter {it:>3}" + (f"/{total}" if total else "")
+    vf = f" vf {g(M.LOSS_VALUE):.3f}" if M.LOSS_VALUE in r else ""  # critic-free: none
+    groups = (
+        f" | group std {g(M.ROLLOUT_GROUP_STD):.3f} uniform {g(M.ROLLOUT_UNIFORM_GROUPS):.2f}"
+        if M.ROLLOUT_GROUP_STD in r
+        else ""
+    )
     return (
-        f"{head} | reward {g(M.REWARD_MEAN):+.3f}±{g(M.REWARD_STD):.3f}"
+        f"{head} | reward {g(M.REWARD_MEAN):+.3f}±{g(M.REWARD_STD):.3f}{groups}"
         f" | kl/tok {g(M.KL_TOKEN):.4f} seq {g(M.KL_SEQUENCE):.3f} β {g(M.KL_COEF):.4f}"
         f" | ent {g(M.ROLLOUT_ENTROPY):.2f} len {g(M.ROLLOUT_LENGTH):.1f}"
-        f" | pg {g(M.LOSS_POLICY):+.3f} vf {g(M.LOSS_VALUE):.3f} clip {g(M.LOSS_CLIP_FRACTION):.2f}"
+        f" | pg {g(M.LOSS_POLICY):+.3f}{vf} clip {g(M.LOSS_CLIP_FRACTION):.2f}"
         f" | {g(M.THROUGHPUT_TOKENS_PER_S):.0f} tok/s"
         f" | sample {g(M.TIMER_SAMPLE):.2f}s score {g(M.TIMER_SCORE):.2f}s"
         f" update {g(M.TIMER_UPDATE):.2f}s sync {g(M.TIMER_SYNC):.2f}s" + degraded

@@ -17,6 +17,7 @@ from rayrm.config import RunConfig
 from rayrm.models.hf_files import stop_token_ids_of
 
 __all__ = [
+    "load_critic",
     "DTYPES",
     "hidden_size",
     "load_causal_lm",
@@ -59,6 +60,36 @@ def load_trunk(path: str, dtype: str = "float32") -> nn.Module:
     config = AutoConfig.from_pretrained(path)
     zero_dropout(config)
     return AutoModel.from_pretrained(path, config=config, dtype=DTYPES[dtype]).eval()
+
+
+def load_critic(path: str, dtype: str = "float32") -> tuple[nn.Module, nn.Linear | None]:
+    """A separate critic's start: ``(trunk, score head or None)``.
+
+    A reward-model directory (``*ForSequenceClassification``, one label) gives its trunk AND
+    its score head, so the critic starts out predicting the reward model's score, as
+    InstructGPT and TRL start the value model from the reward model; any other directory (a
+    causal LM, a bare trunk) gives its trunk and no head.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(path)
+    archs = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        return load_trunk(path, dtype), None
+    if getattr(config, "num_labels", 1) != 1:
+        raise ValueError(
+            f"critic {path!r}: a reward model needs one label, it has {config.num_labels}"
+        )
+    zero_dropout(config)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, dtype=DTYPES[dtype]
+    )
+    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if not isinstance(head, nn.Linear) or head.out_features != 1:
+        raise ValueError(
+            f"critic {path!r}: no one-output linear score head found ({type(head).__name__})"
+        )
+    return model.base_model.eval(), head
 
 
 def hidden_size(config: Any) -> int:

@@ -13,7 +13,6 @@ controller (β) and the running reward statistics.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -38,7 +37,7 @@ from rayrm.rewards import pool_from_config
 from rayrm.rewards.base import Completion, RewardSourceError, ScoredBatch
 from rayrm.rewards.shaping import RewardPipeline, describe_reward
 from rayrm.rl.checkpoint import RAYRM_STATE, NeverLoseCheckpoints, write_rayrm_files
-from rayrm.rl.env_runner import RLHFEnvRunner
+from rayrm.rl.env_runner import GROUP, RLHFEnvRunner
 from rayrm.rl.evaluation import HeldOutEvaluation
 from rayrm.rl.learner import RLHFPPOLearner
 from rayrm.rl.module import LMPolicyModule
@@ -125,7 +124,7 @@ class RLHFConfig(PPOConfig):
             minibatch_size=max(1, tokens_per_learner // ppo.num_minibatches),
             grad_clip=None,  # the optimizer clips, after float16 unscaling (rayrm.rl.learner)
             use_kl_loss=False,
-            use_critic=True,
+            use_critic=ppo.uses_critic,
             entropy_coeff=ppo.entropy_coef,
         )
         self.rl_module(
@@ -136,7 +135,7 @@ class RLHFConfig(PPOConfig):
                     "dtype": cfg.model.dtype,
                     "gradient_checkpointing": cfg.model.gradient_checkpointing,
                     "forward_batch_size": cfg.forward_batch_size,
-                    "critic": cfg.model.critic,
+                    "critic": cfg.model.critic if cfg.ppo.uses_critic else "none",
                     "critic_path": cfg.model.resolved_critic_path,
                     "temperature": cfg.generation.temperature,
                     "top_k": cfg.generation.top_k,
@@ -181,17 +180,53 @@ def make_kl_controller(cfg: RunConfig) -> FixedKLController | AdaptiveKLControll
 
 
 def shard_whole_episodes(episodes: list[Any], num_shards: int) -> list[list[Any]]:
-    """Deals completions to learners whole and in equal numbers, balancing token counts.
+    """Deals completions to learners whole, and groups of samples of one prompt (GRPO, RLOO)
+    whole, in equal numbers, balancing token counts.
 
     RLlib's own sharding cuts episodes to balance timesteps; a cut completion would lose its
-    end (and its score) on one learner.
+    end (and its score) on one learner, and a split group its baseline.
     """
-    order = sorted(range(len(episodes)), key=lambda i: -len(episodes[i]))
+    units: dict[Any, list[Any]] = {}
+    for i, episode in enumerate(episodes):
+        units.setdefault(episode.get_infos(0).get(GROUP, ("single", i)), []).append(episode)
+    order = sorted(units.values(), key=lambda unit: -sum(len(e) for e in unit))
     shards: list[list[Any]] = [[] for _ in range(num_shards)]
-    for rank, i in enumerate(order):
+    for rank, unit in enumerate(order):
         lap, pos = divmod(rank, num_shards)
-        shards[pos if lap % 2 == 0 else num_shards - 1 - pos].append(episodes[i])
+        shards[pos if lap % 2 == 0 else num_shards - 1 - pos].extend(unit)
     return shards
+
+
+def group_filter(
+    episodes: list[Any], raw: np.ndarray, *, drop_uniform: bool, needed: int
+) -> tuple[list[Any], dict[str, float]]:
+    """The completions to train on, and the group metrics (with samples_per_prompt > 1).
+
+    A group whose raw scores are all equal carries no signal under GRPO/RLOO (zero advantage);
+    with ``drop_uniform`` (``ppo.filter_uniform_groups``, DAPO's dynamic sampling, Yu et al.
+    2025, §3.2) such groups are left out of the update, unless fewer than ``needed``
+    completions would remain.
+
+    Returns:
+        ``(episodes to train on, {rollout/group_reward_std, rollout/uniform_groups})``; no
+        metrics without groups.
+    """
+    keys = [e.get_infos(0).get(GROUP) for e in episodes]
+    if all(key is None for key in keys):
+        return episodes, {}
+    members: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    uniform = {key for key, idx in members.items() if np.ptp(raw[idx]) == 0}
+    stats = {
+        M.ROLLOUT_GROUP_STD: float(np.mean([raw[idx].std() for idx in members.values()])),
+        M.ROLLOUT_UNIFORM_GROUPS: len(uniform) / len(members),
+    }
+    if drop_uniform:
+        informative = [e for e, key in zip(episodes, keys, strict=True) if key not in uniform]
+        if len(informative) >= needed:
+            return informative, stats
+    return episodes, stats
 
 
 class RLHFPPO(NeverLoseCheckpoints, PPO):
@@ -268,22 +303,9 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         scored = self._score(episodes)
         t_scored = time.perf_counter()
 
-        kept = np.ones(len(episodes), bool) if scored.skipped is None else ~scored.skipped
-        if not kept.all():  # reward.on_nan: skip
-            episodes = [e for e, k in zip(episodes, kept, strict=True) if k]
-            # Every learner runs the same number of minibatch steps (DDP): each needs a
-            # completion per minibatch.
-            needed = self.run_config.ppo.num_minibatches * max(
-                1, self.run_config.resources.num_learners
-            )
-            if len(episodes) < needed:
-                raise RewardSourceError(
-                    f"{self.rewards.what} gave non-finite scores to {int((~kept).sum())} of "
-                    f"{len(kept)} completions: {len(episodes)} left, fewer than the {needed} "
-                    "an update needs (a completion per minibatch and learner)"
-                )
+        episodes, kept, train_on, group_stats = self._select(episodes, scored)
         self.phase = "update"
-        learner_stats = self._update(episodes)
+        learner_stats = self._update(train_on)
         t_updated = time.perf_counter()
         self.phase = "weight sync"
 
@@ -313,6 +335,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             M.ROLLOUT_COMPLETIONS: len(episodes),
             M.ROLLOUT_NUM_NODES: max(1, len(self.rollout_node_ids)),
             M.ROLLOUT_HEALTHY_RUNNERS: self.healthy_runners,
+            **group_stats,
             M.THROUGHPUT_TOKENS_PER_S: num_tokens / max(t_end - t_start, 1e-9),
             M.TIMER_SAMPLE: t_sampled - t_start,
             M.TIMER_SCORE: t_scored - t_sampled,
@@ -327,6 +350,34 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         self.last_published = published
         for key, value in published.items():
             self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
+
+    def _select(
+        self, episodes: list[Any], scored: ScoredBatch
+    ) -> tuple[list[Any], np.ndarray, list[Any], dict[str, float]]:
+        """Leaves out completions with non-finite scores (``reward.on_nan: skip``) and, with
+        ``ppo.filter_uniform_groups``, uniform groups from the update: ``(episodes kept,
+        kept mask, episodes to train on, group metrics)``."""
+        needed = self.run_config.ppo.num_minibatches * max(
+            1, self.run_config.resources.num_learners
+        )
+        kept = np.ones(len(episodes), bool) if scored.skipped is None else ~scored.skipped
+        if not kept.all():  # reward.on_nan: skip
+            episodes = [e for e, k in zip(episodes, kept, strict=True) if k]
+            # Every learner runs the same number of minibatch steps (DDP): each needs a
+            # completion per minibatch.
+            if len(episodes) < needed:
+                raise RewardSourceError(
+                    f"{self.rewards.what} gave non-finite scores to {int((~kept).sum())} of "
+                    f"{len(kept)} completions: {len(episodes)} left, fewer than the {needed} "
+                    "an update needs (a completion per minibatch and learner)"
+                )
+        train_on, group_stats = group_filter(
+            episodes,
+            scored.raw[kept],
+            drop_uniform=self.run_config.ppo.filter_uniform_groups,
+            needed=needed,
+        )
+        return episodes, kept, train_on, group_stats
 
     def _sample_batch(self) -> tuple[list[Any], list[Any]]:
         """``ppo.batch_size`` completions, whatever runners were lost or hung: the healthy
@@ -397,11 +448,15 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             results = self.learner_group.update(episodes=episodes, **kwargs)
         self.metrics.aggregate(results, key=LEARNER_RESULTS)
 
-        def peek(name: str) -> float:
-            value = self.metrics.peek((LEARNER_RESULTS, DEFAULT_MODULE_ID, name), default=math.nan)
-            return float(value)
+        def peek(name: str) -> float | None:
+            try:  # (default=None means "no default" to RLlib)
+                return float(self.metrics.peek((LEARNER_RESULTS, DEFAULT_MODULE_ID, name)))
+            except KeyError:
+                return None
 
-        stats = {key: peek(name) for key, name in M.FROM_LEARNER.items()}
+        # Absent keys stay absent (a critic-free estimator has no value loss).
+        peeked = {key: peek(name) for key, name in M.FROM_LEARNER.items()}
+        stats = {key: value for key, value in peeked.items() if value is not None}
         self.kl_ctl.update(stats[M.KL_SEQUENCE], n_steps=len(episodes))
         stats[M.KL_COEF] = kl_coef
         return stats

@@ -6,11 +6,16 @@ a silent bias toward short completions. Here every call to ``sample`` resets all
 ``num_envs_per_env_runner`` envs (one prompt each), decodes all of them together through the
 policy's KV cache (one new token per row per step, no re-run of the context), steps each env
 once per token (the env decides termination and reward), and returns every episode whole.
+
+With ``generation.samples_per_prompt = n`` the envs go in blocks of n: the first of a block
+draws a prompt, the others take the same one, and all n carry the block's group id in their
+first info (``GROUP``), so a group is always sampled by one runner and the learner can find it.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -30,7 +35,10 @@ from rayrm.rl.rllib_compat import (
     sub_envs,
 )
 
-__all__ = ["RLHFEnvRunner", "left_pad"]
+__all__ = ["GROUP", "RLHFEnvRunner", "left_pad"]
+
+GROUP = "group"
+"""Key of an episode's first info: the id its group of samples of one prompt shares."""
 
 
 class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
@@ -41,6 +49,8 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
         seed = runner_seed(self)
         self._sampling_seed = seed if seed is not None else time.time_ns() % 2**31
         self._generator: torch.Generator | None = None  # made on the module's device
+        rayrm = getattr(config, "rayrm", None) or {}
+        self.samples_per_prompt = int(rayrm.get("generation", {}).get("samples_per_prompt", 1))
 
     @property
     def sub_envs(self) -> list[Any]:
@@ -72,11 +82,17 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
         seed = initial_reset_seed(self)
         episodes: list[SingleAgentEpisode] = []
         prompts: list[np.ndarray] = []
+        n = 1 if options else self.samples_per_prompt
+        group: dict[str, Any] = {}
         for i, env in enumerate(runner_envs):
-            obs, info = env.reset(
-                seed=None if seed is None else seed * 1000 + i,
-                options=options[i] if options else None,
-            )
+            option = options[i] if options else None
+            if i % n:  # a later sample of the block's prompt
+                option = {"prompt_index": group["prompt_index"]}
+            obs, info = env.reset(seed=None if seed is None else seed * 1000 + i, options=option)
+            if n > 1:
+                if i % n == 0:
+                    group = {"prompt_index": info["prompt_index"], "id": uuid.uuid4().hex}
+                info = {**info, GROUP: group["id"]}
             episode = SingleAgentEpisode(
                 observation_space=self.env.single_observation_space,
                 action_space=self.env.single_action_space,

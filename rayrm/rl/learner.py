@@ -23,14 +23,14 @@ from ray.rllib.utils.torch_utils import explained_variance
 from rayrm import metrics as M
 from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import (
-    gae_advantages,
-    kl_penalty_rewards,
-    masked_mean,
+    aggregate_tokens,
+    kl_estimate,
     ppo_policy_loss,
+    token_advantages,
     value_loss,
-    whiten,
 )
 from rayrm.models.precision import MasterWeightAdam
+from rayrm.rl.env_runner import GROUP
 from rayrm.rl.module import ENTROPY, LOGP, REF_LOGP, SEQ_ID, VF_PREDS
 from rayrm.rl.rllib_compat import MinibatchHook, learner_connector, weights_seq_no
 
@@ -84,50 +84,57 @@ class RLHFAdvantages(ConnectorV2):
             self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False)
         )
         kl_coef = self._learner.kl_coef
+        ppo = self._learner.run_config.ppo
         for module_id, module_batch in batch.items():
             module = rl_module[module_id].unwrapped()
-            lens = [len(e) for e in episodes if e.module_id in (None, module_id)]
+            mine = [e for e in episodes if e.module_id in (None, module_id)]
+            lens = [len(e) for e in mine]
             device = module_batch[Columns.ACTIONS].device
             module_batch[SEQ_ID] = torch.repeat_interleave(
                 torch.arange(len(lens)), torch.tensor(lens)
             ).to(device)  # (N,)
             with torch.no_grad():
-                out = module.rollout_outputs(module_batch, logp=self.recompute_logp)
-            values = out[VF_PREDS].cpu().numpy()  # (N,)
+                out = module.rollout_outputs(
+                    module_batch, logp=self.recompute_logp, values=ppo.uses_critic
+                )
+            values = out[VF_PREDS].cpu().numpy() if VF_PREDS in out else None  # (N,)
             ref_logp = out[REF_LOGP].cpu().numpy()  # (N,)
             if self.recompute_logp:
                 module_batch[Columns.ACTION_LOGP] = out[LOGP].to(device)
             logp = _np(module_batch[Columns.ACTION_LOGP])
             env_rewards = _np(module_batch[Columns.REWARDS])
-            advs, rets, kls, scores = [], [], [], []
-            for sl in _slices(lens):
-                rewards, kl = kl_penalty_rewards(
-                    rewards=env_rewards[sl], logp=logp[sl], ref_logp=ref_logp[sl], kl_coef=kl_coef
-                )
-                adv, ret = gae_advantages(
-                    rewards=rewards, values=values[sl], gamma=self.gamma, gae_lambda=self.gae_lambda
-                )
-                advs.append(adv)
-                rets.append(ret)
-                kls.append(kl)
-                scores.append(env_rewards[sl].sum())
-            advantages = whiten(np.concatenate(advs))
-            module_batch[ADVANTAGES] = torch.from_numpy(advantages).to(device)
+            slices = list(_slices(lens))
+            advs, rets = token_advantages(
+                estimator=ppo.advantage_estimator,
+                rewards=[env_rewards[sl] for sl in slices],
+                kls=[
+                    kl_estimate(logp=logp[sl], ref_logp=ref_logp[sl], kind=ppo.kl_estimator)
+                    for sl in slices
+                ],
+                kl_coef=kl_coef if ppo.kl_mode == "reward" else 0.0,  # else a loss term
+                groups=[e.get_infos(0).get(GROUP) for e in mine],
+                values=None if values is None else [values[sl] for sl in slices],
+                gamma=self.gamma,
+                gae_lambda=self.gae_lambda,
+                std_normalize=ppo.grpo_std_normalize,
+            )
+            module_batch[ADVANTAGES] = torch.from_numpy(np.concatenate(advs)).to(device)
             module_batch[VALUE_TARGETS] = torch.from_numpy(np.concatenate(rets)).to(device)
-            module_batch[VF_PREDS] = torch.from_numpy(values.astype(np.float32)).to(device)
+            if values is not None:
+                module_batch[VF_PREDS] = torch.from_numpy(values.astype(np.float32)).to(device)
+            if ppo.kl_mode == "loss":
+                module_batch[REF_LOGP] = torch.from_numpy(ref_logp.astype(np.float32)).to(device)
             if metrics is not None:
-                all_kl = np.concatenate(kls)
-                metrics.log_dict(
-                    {
-                        M.KL_PER_TOKEN: float(all_kl.mean()),
-                        M.KL_PER_SEQUENCE: float(np.mean([k.sum() for k in kls])),
-                        M.RESPONSE_LENGTH: float(np.mean(lens)),
-                        M.NUM_COMPLETIONS: len(lens),
-                        M.VALUE_MEAN: float(values.mean()),
-                    },
-                    key=module_id,
-                    window=1,
-                )
+                kls = [logp[sl] - ref_logp[sl] for sl in slices]  # k1: the sequence KL's estimate
+                logged = {
+                    M.KL_PER_TOKEN: float(np.concatenate(kls).mean()),
+                    M.KL_PER_SEQUENCE: float(np.mean([k.sum() for k in kls])),
+                    M.RESPONSE_LENGTH: float(np.mean(lens)),
+                    M.NUM_COMPLETIONS: len(lens),
+                }
+                if values is not None:
+                    logged[M.VALUE_MEAN] = float(values.mean())
+                metrics.log_dict(logged, key=module_id, window=1)
         return batch
 
 
@@ -282,34 +289,48 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
     ) -> torch.Tensor:
         ppo = self.run_config.ppo
         mask = batch.get(Columns.LOSS_MASK)
+        norm = float(self.run_config.generation.max_new_tokens)
+
+        def aggregate(values: torch.Tensor) -> torch.Tensor:
+            return aggregate_tokens(
+                values, mode=ppo.loss_aggregation, seq_id=batch.get(SEQ_ID), mask=mask, norm=norm
+            )
+
         pg_loss, stats = ppo_policy_loss(
             logp=fwd_out[LOGP],
             old_logp=batch[Columns.ACTION_LOGP],
             advantages=batch[ADVANTAGES],
             clip_ratio=ppo.clip_ratio,
             mask=mask,
+            clip_ratio_high=ppo.clip_ratio_high,
+            aggregate=aggregate,
         )
-        vf_loss = value_loss(
-            values=fwd_out[VF_PREDS],
-            old_values=batch[VF_PREDS],
-            returns=batch[VALUE_TARGETS],
-            value_clip=ppo.value_clip,
-            mask=mask,
-        )
-        entropy = masked_mean(fwd_out[ENTROPY], mask)
-        total = pg_loss + ppo.vf_coef * vf_loss - ppo.entropy_coef * entropy
-        self.metrics.log_dict(
-            {
-                M.POLICY_LOSS: pg_loss.detach(),
-                M.VF_LOSS: vf_loss.detach(),
-                M.ENTROPY: entropy.detach(),
-                M.CLIP_FRACTION: stats["clip_fraction"],
-                M.APPROX_KL: stats["approx_kl"],
-                M.VF_EXPLAINED_VAR: explained_variance(
-                    batch[VALUE_TARGETS], fwd_out[VF_PREDS].detach()
-                ),
-            },
-            key=module_id,
-            window=1,
-        )
+        entropy = aggregate(fwd_out[ENTROPY])
+        total = pg_loss - ppo.entropy_coef * entropy
+        logged = {
+            M.POLICY_LOSS: pg_loss.detach(),
+            M.ENTROPY: entropy.detach(),
+            M.CLIP_FRACTION: stats["clip_fraction"],
+            M.APPROX_KL: stats["approx_kl"],
+        }
+        if ppo.uses_critic:
+            vf_loss = value_loss(
+                values=fwd_out[VF_PREDS],
+                old_values=batch[VF_PREDS],
+                returns=batch[VALUE_TARGETS],
+                value_clip=ppo.value_clip,
+                mask=mask,
+            )
+            total = total + ppo.vf_coef * vf_loss
+            logged[M.VF_LOSS] = vf_loss.detach()
+            logged[M.VF_EXPLAINED_VAR] = explained_variance(
+                batch[VALUE_TARGETS], fwd_out[VF_PREDS].detach()
+            )
+        if ppo.kl_mode == "loss":  # GRPO's KL term (Shao et al. 2024, eq. 3)
+            kl = aggregate(
+                kl_estimate(logp=fwd_out[LOGP], ref_logp=batch[REF_LOGP], kind=ppo.kl_estimator)
+            )
+            total = total + self.kl_coef * kl
+            logged[M.KL_LOSS] = kl.detach()
+        self.metrics.log_dict(logged, key=module_id, window=1)
         return total

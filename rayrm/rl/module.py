@@ -29,7 +29,7 @@ from torch import nn
 from rayrm.core_algos import sample_tokens
 from rayrm.models.decoding import decode_start, decode_step
 from rayrm.models.heads import check_head_path, head_logits, token_logp_entropy, trunk_hidden
-from rayrm.models.loading import hidden_size, load_causal_lm, load_trunk
+from rayrm.models.loading import hidden_size, load_causal_lm, load_critic
 
 __all__ = [
     "ENTROPY",
@@ -79,7 +79,7 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     """Hugging Face causal LM policy with a value head (shared trunk or separate critic).
 
     ``model_config`` keys: ``path`` (HF directory), ``dtype``, ``critic`` ("shared" |
-    "separate"), ``critic_path``, ``temperature``, ``top_k``, ``top_p``,
+    "separate" | "none": no value model at all, for critic-free estimators), ``critic_path``, ``temperature``, ``top_k``, ``top_p``,
     ``gradient_checkpointing``, ``forward_batch_size`` (completions per no-grad forward).
 
     The learner copy also holds ``ref_model``: the frozen reference policy, loaded from the
@@ -104,14 +104,7 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         if self.inference_only:
             return
         self._head_checked = False  # on the first learner forward, on the learner's device
-        if mc.get("critic", "shared") == "separate":
-            self.critic = load_trunk(mc.get("critic_path") or mc["path"], dtype)
-            hidden = hidden_size(self.critic.config)
-        else:
-            hidden = hidden_size(self.lm.config)
-        self.value_head = nn.Linear(hidden, 1)  # float32 whatever the model's dtype
-        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
-        nn.init.zeros_(self.value_head.bias)
+        self._build_critic(mc.get("critic", "shared"), mc.get("critic_path") or mc["path"], dtype)
         self.ref_model = load_causal_lm(mc["path"], dtype)
         self.ref_model.requires_grad_(False)
         if mc.get("gradient_checkpointing", False):
@@ -119,6 +112,29 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             for model in (self.lm, getattr(self, "critic", None)):
                 if model is not None:
                     _enable_checkpointing(model)
+
+    def _build_critic(self, kind: str, path: str, dtype: str) -> None:
+        """The value model: a head on the policy trunk, a separate trunk and head, or none."""
+        if kind == "none":
+            return
+        score = None
+        if kind == "separate":
+            self.critic, score = load_critic(path, dtype)
+            hidden = hidden_size(self.critic.config)
+        else:
+            hidden = hidden_size(self.lm.config)
+        self.value_head = nn.Linear(hidden, 1)  # float32 whatever the model's dtype
+        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.value_head.bias)
+        if score is not None:  # a reward model: the critic starts as its scorer
+            with torch.no_grad():
+                self.value_head.weight.copy_(score.weight.float())
+                if score.bias is not None:
+                    self.value_head.bias.copy_(score.bias.float())
+
+    @property
+    def has_critic(self) -> bool:
+        return hasattr(self, "value_head")
 
     def get_non_inference_attributes(self) -> list[str]:
         return ["value_head", "critic", "ref_model"]
@@ -192,13 +208,24 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         self._check_head()
         hidden = self._hidden(self.lm, batch)  # (N, H)
         logp, entropy = self._logp_entropy(self.lm, batch, hidden)
-        critic = getattr(self, "critic", None)
-        value_hidden = hidden if critic is None else self._hidden(critic, batch)
-        return {LOGP: logp, ENTROPY: entropy, VF_PREDS: self._value(value_hidden)}
+        out = {LOGP: logp, ENTROPY: entropy}
+        if self.has_critic:
+            critic = getattr(self, "critic", None)
+            value_hidden = hidden if critic is None else self._hidden(critic, batch)
+            out[VF_PREDS] = self._value(value_hidden)
+        return out
 
     @torch.no_grad()
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
-        """V(s_t) for every row, (N,)."""
+        """V(s_t) for every row, (N,).
+
+        Raises:
+            ValueError: the module has no value model (a critic-free estimator).
+        """
+        if not self.has_critic:
+            raise ValueError(
+                "this policy has no value model (ppo.advantage_estimator is critic-free)"
+            )
         return self.rollout_outputs(batch, logp=False, ref_logp=False)[VF_PREDS]
 
     @torch.no_grad()
@@ -244,6 +271,7 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     ) -> dict[str, torch.Tensor]:
         out = {}
         critic = getattr(self, "critic", None)
+        values = values and self.has_critic
         if logp or (values and critic is None):
             hidden = self._hidden(self.lm, batch)
             if logp:
