@@ -90,7 +90,7 @@ def test_hung_env_runner_is_restarted_with_current_weights(
         resources={
             "num_env_runners": 2,
             "num_cpus_per_env_runner": 0.5,
-            "sample_timeout_s": 6,
+            "sample_timeout_s": 4,
         },
     )
     algo = build_algo_config(cfg).build_algo()

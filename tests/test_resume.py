@@ -22,6 +22,8 @@ from conftest import REPO, make_config
 from rayrm.experiment.leftovers import DRIVER_FILE, end_session, session_processes
 from rayrm.rl.checkpoint import COMPLETE_FILE, find_checkpoint, trial_checkpoints
 
+ITERATIONS = 16  # the kill lands after iteration 6 (the third checkpoint)
+
 
 def _digest(folder: Path) -> dict[str, str]:
     return {
@@ -68,7 +70,7 @@ def test_killed_driver_resumes_from_newest_complete_checkpoint(
         tmp_path,
         ppo={"batch_size": 8},
         generation={"max_new_tokens": 6},
-        run={"num_iterations": 30, "checkpoint_every": 2, "keep_checkpoints": None},
+        run={"num_iterations": ITERATIONS, "checkpoint_every": 2, "keep_checkpoints": None},
     )
     config = tmp_path / "config.yaml"
     cfg.save_yaml(config)
@@ -124,8 +126,12 @@ def _resume_and_check(cmd: list[str], env: dict[str, str], exp_dir: Path) -> Non
     # resume, so the killed run's lines need not all be there.)
     results = _results(trial)
     resumed = [r for r in results if r["pid"] == results[-1]["pid"]]
-    assert [r["training_iteration"] for r in resumed] == list(range(newest_iteration + 1, 31))
-    assert [r["iterations_since_restore"] for r in resumed] == list(range(1, 31 - newest_iteration))
+    assert [r["training_iteration"] for r in resumed] == list(
+        range(newest_iteration + 1, ITERATIONS + 1)
+    )
+    assert [r["iterations_since_restore"] for r in resumed] == list(
+        range(1, ITERATIONS + 1 - newest_iteration)
+    )
     # Nothing lost: every checkpoint from before the kill is byte-identical, the torn one is
     # untouched, and the new ones were written past both.
     assert {name: _digest(trial / name) for name in before} == before
@@ -133,7 +139,7 @@ def _resume_and_check(cmd: list[str], env: dict[str, str], exp_dir: Path) -> Non
     highest_after, complete_after = trial_checkpoints(trial)
     new = [index for index, _, _ in complete_after if f"checkpoint_{index:06d}" not in before]
     assert new and min(new) > highest + 1 and highest_after == max(new)
-    assert complete_after[-1][2]["training_iteration"] == 30
+    assert complete_after[-1][2]["training_iteration"] == ITERATIONS
 
 
 def test_retention_keeps_the_newest_and_the_best(tmp_path):
