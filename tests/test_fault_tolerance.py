@@ -284,6 +284,13 @@ def _trial(cfg):
     in this process would use no placement group: ``placement_strategy`` would not apply.)"""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    # A placement group is removed asynchronously: wait until the previous trial's is gone,
+    # or best-effort SPREAD may find one rollout node still taken and place both runners on
+    # the other.
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get(ROLLOUT, 0) < ray.cluster_resources().get(ROLLOUT, 0):
+        assert time.monotonic() < deadline, "the previous trial's resources were not released"
+        time.sleep(0.2)
     config = build_algo_config(cfg)
     pgf = RLHFPPO.default_resource_request(config)
     pg = pgf.to_placement_group()

@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_config
 
-from rayrm.experiment.leftovers import DRIVER_FILE, end_session, session_processes
+from rayrm.config import ConfigError
+from rayrm.experiment.leftovers import (
+    DRIVER_FILE,
+    claim_run_folder,
+    end_session,
+    session_processes,
+)
 from rayrm.rl.checkpoint import COMPLETE_FILE, find_checkpoint, trial_checkpoints
 
 ITERATIONS = 16  # the kill lands after iteration 6 (the third checkpoint)
@@ -89,9 +95,8 @@ def test_killed_driver_resumes_from_newest_complete_checkpoint(
             time.sleep(0.05)
         # A second driver on the same run folder would write the same checkpoints: refused.
         proc.send_signal(signal.SIGSTOP)  # (paused, so that it cannot finish meanwhile)
-        second = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True)
-        assert second.returncode != 0 and len(second.stderr.strip().splitlines()) == 1
-        assert f"still running (driver pid {proc.pid})" in second.stderr
+        with pytest.raises(ConfigError, match=f"still running \\(driver pid {proc.pid}\\)"):
+            claim_run_folder(exp_dir)  # what `rayrm train --resume` does first
         proc.send_signal(signal.SIGKILL)  # the driver alone, as the OOM killer would
         proc.wait(timeout=30)
         session = json.loads((exp_dir / DRIVER_FILE).read_text())["session_dir"]
