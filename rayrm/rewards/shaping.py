@@ -11,7 +11,7 @@
    reward normalisation; the moments travel with checkpoints), then clip to ``[-clip, clip]``.
 4. **Pay**: the algorithm adds each shaped score to the reward of the completion's last token
    (``rayrm.rl.algorithm``); the learner then adds the per-token KL penalty
-   ``−β·(log π − log π_ref)`` to every token (``rayrm.core_algos.kl_penalty_rewards``).
+   ``−β·(log π − log π_ref)`` to every token (``rayrm.core_algos.token_advantages``).
 """
 
 from __future__ import annotations
