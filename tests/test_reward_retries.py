@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 
 from rayrm.rewards import RewardPool
 from rayrm.rewards.base import RewardSourceError
@@ -78,3 +81,31 @@ def test_retry_exceptions_resubmit_up_to_the_budget(ray_local):
             assert pool.num_resubmitted == resubmitted, retry
     finally:
         pool.shutdown()
+
+
+def test_shared_pool_outlives_any_number_of_crashes(ray_local):
+    """A shared pool (a `serve-rm` service) restarts its actors without limit by default; a
+    private pool's actors restart twice."""
+    pool = RewardPool(
+        source="function",
+        function="envs.builtin:vowel_reward",
+        num_cpus_per_actor=0.25,
+        name="rayrm-test-crashes",
+    )
+    actor = pool.actors[0]
+    try:
+        for _ in range(3):
+            pid = ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
+            os.kill(pid, signal.SIGKILL)  # a crash (ray.kill's restarts are counted otherwise)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if ray.get(actor.__ray_call__.remote(lambda _: os.getpid()), timeout=60) != pid:
+                        break  # restarted in a new process
+                except ray.exceptions.ActorUnavailableError:  # still restarting
+                    pass
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert pool.score(["x"], ["a"])[0] == 1.0
+    finally:
+        RewardPool.kill_shared("rayrm-test-crashes", 1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -129,19 +128,6 @@ def test_two_jobs_share_the_service_and_it_stops_cleanly(ray_local, service_conf
     other = other.model_copy(update={"components": [first, *other.components[1:]]})
     with pytest.raises(RewardSourceError, match="already serves model"):
         pool_from_config(other, name=NAME)
-
-    # The service outlives any number of crashes (a private pool's actors restart twice).
-    actor = ray.get_actor(f"{NAME}.rm-0", namespace="rayrm")
-    for _ in range(3):
-        ray.kill(actor, no_restart=False)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert ray.get(actor.ping.remote(), timeout=60)
-                break
-            except ray.exceptions.RayActorError:  # still restarting
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
 
     parser = build_parser()
     assert main(parser.parse_args(["serve-rm", "--stop", NAME])) == 0
