@@ -183,11 +183,21 @@ def _int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def _critic_list(text: str) -> list[str]:
-    critics = [x.strip() for x in text.split(",") if x.strip()]
-    if not critics or set(critics) - {"separate", "shared"}:
-        raise argparse.ArgumentTypeError(f"critics must be separate and/or shared, got {text!r}")
-    return critics
+def _choice_list(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated, non-empty subset of ``choices``."""
+
+    def parse(text: str) -> list[str]:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items or set(items) - set(choices):
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {','.join(choices)}, got {text!r}"
+            )
+        return items
+
+    return parse
+
+
+_critic_list = _choice_list(("separate", "shared"))
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -248,8 +258,50 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="vocabulary of the learner-update peak-memory check, chunked vs full logits "
         "(default: %(default)s, Qwen2.5's; 0 skips it)",
     )
+    r.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=4,
+        help="completions per prompt of the groups section's GRPO and RLOO (%(default)s)",
+    )
     r.add_argument("--workdir", default=None, help="where models are built (default: a temp dir)")
+    _add_learning_arguments(parser)
     add_verbose(r)
+
+
+def _add_learning_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's learning-section options."""
+    from rayrm.bench.learning import LEARN_ALGOS, LearnSettings
+
+    ls = LearnSettings()
+    learn = parser.add_argument_group("learning section")
+    learn.add_argument(
+        "--learning-iterations",
+        type=int,
+        default=ls.iterations,
+        help=f"iterations of {ls.batch_size} completions per run (%(default)s)",
+    )
+    learn.add_argument(
+        "--learning-seeds", type=_int_list, default=[0, 1, 2], help="(default: 0,1,2)"
+    )
+    learn.add_argument(
+        "--learning-algos",
+        type=_choice_list(LEARN_ALGOS),
+        default=list(LEARN_ALGOS),
+        help=f"comma-separated subset of {','.join(LEARN_ALGOS)} (default: all)",
+    )
+    learn.add_argument(
+        "--learning-eval-samples",
+        type=int,
+        default=ls.eval_samples,
+        help="completions per held-out row when a policy is evaluated (%(default)s)",
+    )
+    learn.add_argument(
+        "--learning-demo-size",
+        choices=("full", "smoke"),
+        default=ls.demo_size,
+        help="size of the demo task the runs start from (smoke: toy models, for tests)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,13 +84,19 @@ class _Router(io.TextIOBase):
 
 
 def _stream_handlers() -> list[logging.StreamHandler]:  # type: ignore[type-arg]
-    """Every console handler of every logger (Ray's hold the stderr of when they were made)."""
+    """Every console handler of every logger (Ray's hold the stderr of when they were made).
+
+    Handlers that always write to the current ``sys.stderr`` (``logging.lastResort``'s kind,
+    which dill attaches to its logger: ``stream`` is a read-only property) need no redirecting.
+    """
     loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
     handlers = [h for lg in loggers for h in getattr(lg, "handlers", [])]
     return [
         h
         for h in handlers
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        if isinstance(h, logging.StreamHandler)
+        and not isinstance(h, logging.FileHandler)
+        and not isinstance(getattr(type(h), "stream", None), property)
     ]
 
 

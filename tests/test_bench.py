@@ -59,7 +59,8 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
         "--iterations", "1",
         "--warmup", "1",
         "--critics", "separate",
-        "--sections", "default,trl,memory",
+        "--sections", "default,trl,memory,groups",
+        "--samples-per-prompt", "2",
         "--memory-vocab-sizes", "100,50000",
         "--learner-memory-vocab", "32000",
         "--workdir", str(tmp_path),
@@ -69,10 +70,18 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
     by_kind: dict[str, list[dict]] = {}
     for line in lines:
         by_kind.setdefault(line["bench"], []).append(line)
-    assert set(by_kind) == {"rayrm", "trl", "memory_per_step", "learner_memory"}, lines
+    assert set(by_kind) == {"rayrm", "trl", "trl_group", "memory_per_step", "learner_memory"}
+    assert by_kind["trl_group"] == [
+        {"bench": "trl_group", "skipped": True, "reason": "not installed (test)"}
+    ]
 
     rayrm = {r["config"]: r for r in by_kind["rayrm"]}
-    assert set(rayrm) == {"default-separate-critic"}
+    assert set(rayrm) == {"default-separate-critic", "groups-grpo", "groups-rloo"}
+    for algo in ("grpo", "rloo"):  # critic-free, groups of 2 completions per prompt
+        record = rayrm[f"groups-{algo}"]
+        assert record["estimator"] == algo and record["critic"] == "none"
+        assert record["samples_per_prompt"] == 2
+    assert rayrm["default-separate-critic"]["estimator"] == "gae"
     for record in rayrm.values():
         assert RAYRM_KEYS <= set(record), RAYRM_KEYS - set(record)
         assert MODEL_KEYS <= set(record["model"])

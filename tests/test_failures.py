@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,14 +120,31 @@ def ws(models: tuple[str, str], tmp_path: Path) -> Workspace:
     return w
 
 
+RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\(.* pid=\d+\)")
+"""How a Ray worker's forwarded output line starts: ``(ActorName pid=123)``, maybe coloured."""
+
+
 def run_cli(ws: Workspace, capfd: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
     written = ws.root / "run.yaml"
     if not written.exists():
         written.write_text(yaml.safe_dump(ws.cfg), encoding="utf-8")
+    capfd.readouterr()  # what earlier tests left
     code = main(["train", str(ws.root / ws.config_name), *extra])
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err, err
-    return code, err
+    return code, _without_other_tests_workers(err, ws.root)
+
+
+def _without_other_tests_workers(err: str, root: Path) -> str:
+    """``err`` less the lines an earlier test's Ray worker printed late, through the local Ray
+    the tests share (its log monitor forwards them after that test's run ended): a worker's
+    prefixed line naming another test's folder. A CLI run is one process with its own Ray."""
+    tmp = str(root.parent)
+    return "\n".join(
+        line
+        for line in err.splitlines()
+        if not (RAY_WORKER_LINE.match(line) and tmp in line and str(root) not in line)
+    )
 
 
 # ---------------------------------------------------------------------------- the cases

@@ -66,10 +66,20 @@ def _greedy(algo: RLHFPPO) -> list[list[int]]:
     return [list(map(int, e.get_actions())) for e in episodes]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
-def test_whole_loop_on_each_architecture(ray_local, archs, prompts_file, tmp_path, arch):
-    """Sample, score, update, save, restore: the restored policy decodes what it did."""
+@pytest.mark.parametrize(
+    ("arch", "estimator"),
+    [("gpt2", "gae"), ("llama", "grpo"), ("qwen2", "gae"), ("qwen2", "rloo")],
+)
+def test_whole_loop_on_each_architecture(ray_local, archs, prompts_file, tmp_path, arch, estimator):
+    """Sample, score, update, save, restore: the restored policy decodes what it did. The
+    critic-free cases sample groups of 2 (with Llama's BOS; with Qwen2's chat template); the
+    value head is tested on GPT-2's and Qwen2's trunks."""
     prompts = prompts_file
+    ppo: dict = {"batch_size": 8}
+    generation: dict = {"max_new_tokens": 8}
+    if estimator != "gae":
+        ppo |= {"advantage_estimator": estimator, "kl_mode": "loss", "kl_estimator": "k3"}
+        generation["samples_per_prompt"] = 2
     data: dict = {"max_prompt_tokens": 24}
     if arch == "qwen2":  # conversations through the chat template, two EOS ids
         prompts = str(write_prompts_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS, "messages"))
@@ -79,8 +89,8 @@ def test_whole_loop_on_each_architecture(ray_local, archs, prompts_file, tmp_pat
         prompts,
         tmp_path,
         data={**data, "prompts": prompts},
-        ppo={"batch_size": 8},
-        generation={"max_new_tokens": 8},
+        ppo=ppo,
+        generation=generation,
     )
     algo = build_algo_config(cfg).build_algo()
     try:
@@ -97,7 +107,12 @@ def test_whole_loop_on_each_architecture(ray_local, archs, prompts_file, tmp_pat
         for r in results:
             rlhf = r[M.RLHF_RESULTS]
             assert rlhf[M.ROLLOUT_COMPLETIONS] == 8
-            assert np.isfinite(rlhf[M.LOSS_POLICY]) and np.isfinite(rlhf[M.LOSS_VALUE])
+            assert np.isfinite(rlhf[M.LOSS_POLICY])
+            if estimator == "gae":
+                assert np.isfinite(rlhf[M.LOSS_VALUE])
+            else:  # no critic; 4 groups of 2
+                assert M.LOSS_VALUE not in rlhf and np.isfinite(rlhf[M.ROLLOUT_GROUP_STD])
+                assert np.isfinite(rlhf[M.LOSS_KL])
         before = _greedy(algo)
         ckpt = algo.save(str(tmp_path / "ckpt")).checkpoint.path
     finally:

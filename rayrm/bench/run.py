@@ -25,9 +25,16 @@ Sections (``--sections``):
   LM head against the full-logits path (``rayrm.bench.memory``).
 * ``trl`` -- the identical workload with TRL's ``PPOTrainer`` (needs ``trl==1.12.0``, the
   ``bench`` extra), stock and with its ``gc.collect()`` calls disabled, plus the ratio line.
+* ``groups`` -- the default workload critic-free: rayrm's GRPO and RLOO with
+  ``--samples-per-prompt`` completions per prompt against TRL's ``GRPOTrainer`` and
+  ``RLOOTrainer`` with matching settings (``rayrm.bench.trl_groups``), seconds per iteration.
+* ``learning`` -- reward gained after the same number of completions on the demo's task,
+  rayrm against TRL, PPO / GRPO / RLOO, several seeds (``rayrm.bench.learning``).
 
 Every line has a ``bench`` key: ``rayrm``, ``trl``, ``ratio``, ``length_series``,
-``memory_per_step``, ``learner_memory`` or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
+``memory_per_step``, ``learner_memory``, ``trl_group``, ``group_ratio`` (``groups``),
+``learning_start``, ``learning``, ``learning_ratio``, ``learning_trl`` (``learning``; see
+``rayrm.bench.learning``) or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
 ``n_layer``, ``n_head``, ``n_embd``, ``n_positions``, ``vocab_size``, ``policy_params``,
 ``reward_params``); ``batch_size``, ``max_new_tokens``, ``num_env_runners``, ``num_learners``,
 ``critic``, ``num_epochs``, ``num_minibatches``, ``warmup``; ``iterations`` (measured),
@@ -63,6 +70,7 @@ from typing import Any
 
 from rayrm import metrics as M
 from rayrm.bench import trl as bench_trl
+from rayrm.bench.learning import measure_learning
 from rayrm.bench.memory import measure_learner_memory
 from rayrm.bench.support import (
     NOTE_NO_EOS,
@@ -79,6 +87,7 @@ from rayrm.bench.support import (
     start_child,
     start_local_ray,
 )
+from rayrm.bench.trl_groups import GROUP_ALGOS, group_records, serve_trl_group
 from rayrm.console import LOG_NAME, quiet, say
 from rayrm.rl.algorithm import build_algo_config
 from rayrm.rl.env_runner import RLHFEnvRunner
@@ -117,6 +126,7 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, Any]:
         "tokens_per_s": tokens / sum(walls),
         "tokens_per_s_training_step": tokens / sum(r["iteration"] for r in rows),
         "s_per_token": sum(walls) / tokens,
+        "iteration_s_mean": statistics.fmean(walls),
         "iteration_s_median": statistics.median(walls),
         "phase_s": {p: statistics.fmean(r[p] for r in rows) for p in PHASES},
     }
@@ -159,7 +169,9 @@ def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> di
         "max_new_tokens": spec.max_new_tokens,
         "num_env_runners": spec.num_env_runners,
         "num_learners": spec.num_learners,
-        "critic": spec.critic,
+        "critic": spec.critic if spec.estimator == "gae" else "none",
+        "estimator": spec.estimator,
+        "samples_per_prompt": spec.samples_per_prompt,
         "num_epochs": spec.num_epochs,
         "num_minibatches": spec.num_minibatches,
         "warmup": spec.warmup,
@@ -259,7 +271,7 @@ def _rounded(x: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ command line
-SECTIONS = ("default", "lengths", "memory", "trl")
+SECTIONS = ("default", "lengths", "memory", "trl", "groups", "learning")
 
 
 def spec_from_args(args: argparse.Namespace) -> BenchSpec:
@@ -325,10 +337,17 @@ def _sections(
         groups.append(
             ({f"length-{n}": replace(spec, max_new_tokens=n) for n in args.lengths}, False)
         )
-    if groups:
+    if groups or "groups" in sections:
         workload = build_workload(workdir / "workload", spec, n_positions=n_positions)
     for specs, with_trl in groups:
         for record in _measure(spec, specs, workload, with_trl=with_trl):
+            run(record)
+    if "groups" in sections:
+        group_spec = replace(spec, samples_per_prompt=args.samples_per_prompt)
+        for record in _measure_groups(group_spec, workload):
+            run(record)
+    if "learning" in sections:
+        for record in measure_learning(args, workdir / "learning"):
             run(record)
     if "memory" in sections and args.memory_vocab_sizes:
         try:
@@ -375,6 +394,30 @@ def _measure(
     if series:
         lines.append(length_summary(series))
     return lines
+
+
+def _measure_groups(spec: BenchSpec, workload: Workload) -> list[dict[str, Any]]:
+    """rayrm's GRPO and RLOO and, if installed, TRL's GRPOTrainer and RLOOTrainer on ``spec``
+    (``spec.samples_per_prompt`` completions per prompt), all in one lockstep."""
+    reason = bench_trl.trl_unavailable_reason()
+    specs = {a: replace(spec, estimator=a) for a in GROUP_ALGOS}
+    servers = {
+        f"groups-{a}": start_child(serve_rayrm, s, workload, f"groups-{a}", serve=True)
+        for a, s in specs.items()
+    }
+    if reason is None:
+        for algo in GROUP_ALGOS:
+            servers[f"trl-{algo}"] = start_child(serve_trl_group, spec, workload, algo, serve=True)
+    try:
+        finals = run_lockstep(servers, [(n, "iterate") for n in servers], spec.iterations)
+    except ChildError as e:
+        return [error_record("run_lockstep", e)]
+    rayrm = {a: finals[f"groups-{a}"] for a in GROUP_ALGOS}
+    lines: list[dict[str, Any]] = list(rayrm.values())
+    if reason is not None:
+        return [*lines, {"bench": "trl_group", "skipped": True, "reason": reason}]
+    trl = {a: finals[f"trl-{a}"] for a in GROUP_ALGOS}
+    return lines + group_records(spec, workload, trl, rayrm)
 
 
 def length_summary(series: list[dict[str, Any]]) -> dict[str, Any]:

@@ -73,6 +73,31 @@ class BenchSpec:
     lr: float = 1.0e-5
     critic: str = "separate"
     seed: int = 0
+    estimator: str = "gae"
+    samples_per_prompt: int = 1
+
+
+ESTIMATOR_SETTINGS: dict[str, dict[str, Any]] = {
+    "gae": {},
+    # TRL 1.12 GRPOTrainer's defaults: beta as a k3 loss term, loss_type="dapo" (token mean
+    # over the minibatch), scale_rewards="group".
+    "grpo": {
+        "advantage_estimator": "grpo",
+        "kl_mode": "loss",
+        "kl_estimator": "k3",
+        "loss_aggregation": "token_mean",
+    },
+    # TRL 1.12 RLOOTrainer: beta times the summed k1 KL subtracted from the sequence reward,
+    # leave-one-out baseline, the loss averaged per completion.
+    "rloo": {
+        "advantage_estimator": "rloo",
+        "kl_mode": "reward",
+        "kl_estimator": "k1",
+        "loss_aggregation": "seq_mean_token_mean",
+    },
+}
+"""The ``ppo`` settings of a benchmark configuration per ``BenchSpec.estimator``: for the
+critic-free ones, those that match TRL's trainer of the same name."""
 
 
 def build_bench_tokenizer(vocab_size: int = 100) -> Any:
@@ -200,13 +225,17 @@ def run_config(spec: BenchSpec, workload: Workload, storage: str) -> Any:
         reward.update(source="model", path=workload.reward)
     else:
         reward.update(source="function", function="envs.builtin:vowel_reward")
+    critic = {"critic": spec.critic} if spec.estimator == "gae" else {}
     return config_from_dict(
         {
             "name": "bench",
             "seed": spec.seed,
-            "model": {"path": workload.policy, "critic": spec.critic},
+            "model": {"path": workload.policy, **critic},
             "data": {"prompts": workload.prompts, "max_prompt_tokens": spec.max_prompt_tokens},
-            "generation": {"max_new_tokens": spec.max_new_tokens},
+            "generation": {
+                "max_new_tokens": spec.max_new_tokens,
+                "samples_per_prompt": spec.samples_per_prompt,
+            },
             "reward": reward,
             "ppo": {
                 "batch_size": spec.batch_size,
@@ -214,6 +243,7 @@ def run_config(spec: BenchSpec, workload: Workload, storage: str) -> Any:
                 "num_epochs": spec.num_epochs,
                 "lr": spec.lr,
                 "kl_coef": spec.kl_coef,
+                **ESTIMATOR_SETTINGS[spec.estimator],
             },
             "resources": {
                 "num_env_runners": spec.num_env_runners,
@@ -418,7 +448,10 @@ def run_lockstep(
                 if kind != "row":
                     raise ChildError(f"expected an iteration row, got {kind!r}")
         for _, conn in servers.values():
-            conn.send("stop")
+            try:
+                conn.send("stop")
+            except BrokenPipeError:  # a trainer that ends after its last step is gone already
+                pass
         return {name: finish(proc, conn) for name, (proc, conn) in servers.items()}
     except BaseException:
         _stop_all(servers)

@@ -26,6 +26,15 @@ from rayrm.bench.support import BenchSpec, PeakRSS, Workload, model_info
 TRL_VERSION = "1.12.0"
 RAYRM_OVER_TRL_STOCK_TARGET = 1.5
 RAYRM_OVER_TRL_NO_GC_TARGET = 1.0
+QUIET_CPU_ARGS: dict[str, Any] = {
+    "report_to": "none",
+    "save_strategy": "no",  # nothing is saved in output_dir
+    "logging_strategy": "no",
+    "disable_tqdm": True,
+    "use_cpu": True,
+    "dataloader_num_workers": 0,
+}
+"""Every TRL trainer's arguments in the benchmark: on the CPU, nothing logged or saved."""
 
 
 def trl_unavailable_reason() -> str | None:
@@ -65,8 +74,25 @@ class _GcSwitch:
         return getattr(self._gc, name)
 
 
-def _trainer(spec: BenchSpec, workload: Workload, callback: Any, output_dir: str) -> Any:
-    """TRL's PPOTrainer on the benchmark workload, for ``warmup + 2 * iterations`` steps."""
+def ppo_trainer(
+    spec: BenchSpec,
+    workload: Workload,
+    callbacks: list[Any],
+    output_dir: str,
+    *,
+    steps: int,
+    value_path: str | None = None,
+    stop_at_eos: bool = False,
+    constant_lr: bool = False,
+) -> Any:
+    """TRL's PPOTrainer on the benchmark workload, for ``steps`` steps (batches).
+
+    Args:
+        value_path: Directory the value model starts from (default: the policy's, as rayrm's
+            ``model.critic: separate``; a reward model gives its trunk and score head).
+        stop_at_eos: Responses end at the tokenizer's EOS (TRL's ``stop_token="eos"``).
+        constant_lr: A constant learning rate (rayrm's) instead of TRL's linear decay.
+    """
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -82,7 +108,9 @@ def _trainer(spec: BenchSpec, workload: Workload, callback: Any, output_dir: str
     ref = AutoModelForCausalLM.from_pretrained(workload.policy)
     # TRL's value model is a separate sequence-classification model; its trunk starts from the
     # policy weights, as rayrm's `model.critic: separate` does.
-    value = AutoModelForSequenceClassification.from_pretrained(workload.policy, num_labels=1)
+    value = AutoModelForSequenceClassification.from_pretrained(
+        value_path or workload.policy, num_labels=1
+    )
     value.config.pad_token_id = tokenizer.pad_token_id
     if workload.reward is None:
         raise ValueError("the TRL comparison needs the reward model")
@@ -93,10 +121,10 @@ def _trainer(spec: BenchSpec, workload: Workload, callback: Any, output_dir: str
         gradient_accumulation_steps=1,
         num_mini_batches=spec.num_minibatches,
         num_ppo_epochs=spec.num_epochs,
-        total_episodes=spec.batch_size * (spec.warmup + 2 * spec.iterations),
+        total_episodes=spec.batch_size * steps,
         local_rollout_forward_batch_size=spec.batch_size,
         response_length=spec.max_new_tokens,
-        stop_token=None,
+        stop_token="eos" if stop_at_eos else None,
         temperature=1.0,
         kl_coef=spec.kl_coef,
         kl_estimator="k1",
@@ -106,15 +134,11 @@ def _trainer(spec: BenchSpec, workload: Workload, callback: Any, output_dir: str
         gamma=1.0,
         lam=0.95,
         learning_rate=spec.lr,
+        lr_scheduler_type="constant" if constant_lr else "linear",
         missing_eos_penalty=None,
         num_sample_generations=0,
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        use_cpu=True,
         seed=spec.seed,
-        dataloader_num_workers=0,
+        **QUIET_CPU_ARGS,
     )
     return PPOTrainer(
         args=args,
@@ -124,7 +148,7 @@ def _trainer(spec: BenchSpec, workload: Workload, callback: Any, output_dir: str
         reward_model=reward,
         train_dataset=Dataset.from_dict({"input_ids": ids}),
         value_model=value,
-        callbacks=[callback],
+        callbacks=callbacks,
     )
 
 
@@ -172,7 +196,7 @@ def serve_trl(conn: Any, spec: BenchSpec, workload: Workload) -> dict[str, Any]:
     if spec.warmup < 1:
         raise ValueError("the lockstep needs at least one warm-up step")
     with tempfile.TemporaryDirectory(prefix="rb-trl-") as output_dir, PeakRSS() as rss:
-        trainer = _trainer(spec, workload, Lockstep(), output_dir)
+        trainer = ppo_trainer(spec, workload, [Lockstep()], output_dir, steps=total)
         try:
             trainer.train()
         except _Stopped:

@@ -44,7 +44,7 @@ from rayrm.experiment.train import TrainingFailed
 from rayrm.ray_init import owned_ray
 from rayrm.stages.trainer import StageFailed
 
-__all__ = ["DEFAULT_WORKDIR", "STAGES", "main", "run_demo", "run_stage"]
+__all__ = ["DEFAULT_WORKDIR", "STAGES", "build_rl_inputs", "main", "run_demo", "run_stage"]
 
 DEFAULT_WORKDIR = "rayrm-demo"
 DEMO_VERSION = 1
@@ -144,9 +144,15 @@ def _quiet_single_threaded() -> None:
 
 
 def _stages(
-    s: DemoSizes, work: Path, progress: bool, log: Callable[[str], None]
+    s: DemoSizes,
+    work: Path,
+    progress: bool,
+    log: Callable[[str], None],
+    *,
+    until: str = "ppo",
 ) -> list[StageResult]:
-    """Runs or finds every stage, in order; each stage's key names the stages it reads."""
+    """Runs or finds every stage up to ``until``, in order; each stage's key names the stages
+    it reads."""
 
     settings = dataclasses.asdict(s)
     done: dict[str, StageResult] = {}
@@ -177,6 +183,8 @@ def _stages(
         lambda d: ds.build_reward_model(d, s, sft_model, pairs.info["path"], progress),
     )
     log(f"reward model held-out pairwise accuracy: {rm.info['eval_accuracy']:.3f}")
+    if until == "reward_model":
+        return list(done.values())
     rows = [(r.name, r.dir, None if r.cached else r.seconds) for r in done.values()]
     stage(
         "ppo",
@@ -184,6 +192,34 @@ def _stages(
         lambda d: ds.build_ppo(d, s, sft_model, rm.info, data.dir, rows),
     )
     return list(done.values())
+
+
+def build_rl_inputs(
+    workdir: str | os.PathLike[str],
+    *,
+    size: Literal["full", "smoke"] = "full",
+    log: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """Runs (or finds cached) the demo's stages before RL: what an RL stage starts from.
+
+    Returns:
+        ``{"sft_model", "reward_model", "prompts", "heldout", "tokenizer"}``: directories of the
+        SFT policy and the reward model, the training and held-out prompt files and the
+        tokenizer directory.
+    """
+    _quiet_single_threaded()
+    work = Path(workdir).resolve()
+    with owned_ray():
+        results = _stages(SIZES[size], work, False, log or say, until="reward_model")
+    by_name = {r.name: r for r in results}
+    data = by_name["data"].dir
+    return {
+        "sft_model": by_name["sft"].info["model"],
+        "reward_model": by_name["reward_model"].info["model"],
+        "prompts": str(data / "prompts.jsonl"),
+        "heldout": str(data / "heldout.jsonl"),
+        "tokenizer": str(by_name["tokenizer"].dir),
+    }
 
 
 def run_demo(

@@ -31,7 +31,9 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score"
 """Columns :func:`build_preference_pairs` writes, in order."""
 
 
-def _load_policy(policy: str | os.PathLike[str], max_prompt_tokens: int) -> tuple[Any, Any]:
+def load_policy_with_codec(
+    policy: str | os.PathLike[str], max_prompt_tokens: int
+) -> tuple[Any, Any]:
     """A causal LM and its prompt codec (tokenizer, special tokens, stop ids) from a Hugging
     Face directory or a rayrm run/checkpoint."""
 
@@ -171,7 +173,7 @@ def build_preference_pairs(
     if num_pairs is not None and num_pairs < 1:
         raise ConfigError(f"num_pairs must be >= 1 (got {num_pairs})", key="num_pairs")
     judge_fn = _resolve_judge(judge)
-    model, codec = _load_policy(policy, max_prompt_tokens)
+    model, codec = load_policy_with_codec(policy, max_prompt_tokens)
 
     order, wanted = _prompt_order(len(prompt_list), num_pairs, seed)
     rows: dict[str, list[Any]] = {c: [] for c in PAIR_COLUMNS}

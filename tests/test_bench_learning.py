@@ -1,0 +1,143 @@
+"""The benchmark's learning section (rayrm.bench.learning) and its TRL side.
+
+In the default suite: the configs of the learning runs, the shared evaluation (byte-level BPE
+policy and reward model built locally, the real loading code) and the side-by-side summary.
+With TRL installed (the ``bench`` extra; CI does not install it): the groups and learning
+sections end to end against TRL's GRPOTrainer, RLOOTrainer and PPOTrainer at toy sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from envs.prompts import write_prompts_jsonl
+from rayrm.bench import learning
+from rayrm.bench.learning import LearnSettings, learn_spec, rayrm_config, task_workload
+from rayrm.cli import build_parser
+from rayrm.models.tiny import build_tiny_policy, build_tiny_reward_model, build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """A byte-level BPE policy, a reward model for it, training and held-out prompts."""
+    d = tmp_path_factory.mktemp("task")
+    tokenizer = build_tokenizer("gpt2")
+    prompts = ["the food was", "the room was", "service was", "the view was"]
+    return {
+        "sft_model": build_tiny_policy(d / "sft", tokenizer, n_positions=64),
+        "reward_model": build_tiny_reward_model(d / "rm", tokenizer),
+        "prompts": str(write_prompts_jsonl(d / "prompts.jsonl", prompts)),
+        "heldout": str(write_prompts_jsonl(d / "heldout.jsonl", ["the salad was", "the bed was"])),
+    }
+
+
+def test_learning_run_configs(task, tmp_path):
+    s = LearnSettings()
+    workload = task_workload(task)
+    ppo = rayrm_config(learn_spec(s, "ppo", 3), workload, str(tmp_path), "x")
+    # TRL's PPO settings: a separate critic started from the reward model, beta fixed.
+    assert ppo.model.critic == "separate" and ppo.model.critic_path == task["reward_model"]
+    assert ppo.ppo.advantage_estimator == "gae" and not ppo.ppo.adaptive_kl
+    assert ppo.generation.samples_per_prompt == 1 and ppo.seed == 3
+    assert (ppo.ppo.batch_size, ppo.ppo.lr, ppo.ppo.kl_coef) == (32, 1e-4, 0.05)
+    grpo = rayrm_config(learn_spec(s, "grpo", 0), workload, str(tmp_path), "x")
+    assert grpo.ppo.advantage_estimator == "grpo" and grpo.generation.samples_per_prompt == 4
+    assert (grpo.ppo.kl_mode, grpo.ppo.kl_estimator) == ("loss", "k3")
+    assert grpo.ppo.loss_aggregation == "token_mean"
+    rloo = rayrm_config(learn_spec(s, "rloo", 0), workload, str(tmp_path), "x")
+    assert (rloo.ppo.advantage_estimator, rloo.ppo.kl_mode, rloo.ppo.kl_estimator) == (
+        "rloo",
+        "reward",
+        "k1",
+    )
+    for cfg in (ppo, grpo, rloo):  # the same completions per run
+        assert cfg.ppo.batch_size * cfg.run.num_iterations == s.batch_size * s.iterations
+
+
+def test_evaluation_is_the_same_for_every_policy(task, tmp_path):
+    s = LearnSettings(eval_samples=2, max_new_tokens=6)
+    first = learning.evaluate(task["sft_model"], task, s)
+    assert first["n"] == 2 * 2  # held-out rows x samples
+    assert set(first) == {"n", "reward", "reward_se", "gold", "gold_se"}
+    assert first == learning.evaluate(task["sft_model"], task, s)  # same seeds, same scores
+    other = build_tiny_policy(tmp_path / "other", build_tokenizer("gpt2"), n_positions=64, seed=5)
+    assert learning.evaluate(other, task, s)["reward"] != first["reward"]
+
+
+def test_learning_summary():
+    runs = [
+        {
+            "bench": "learning",
+            "trainer": t,
+            "algo": "grpo",
+            "seed": i,
+            "reward_gain": r,
+            "gold_gain": g,
+        }
+        for t, i, r, g in [
+            ("rayrm", 0, 1.0, 0.2),
+            ("rayrm", 1, 2.0, 0.4),
+            ("trl", 0, 1.0, 0.1),
+            ("trl", 1, 1.0, 0.1),
+        ]
+    ]
+    runs.append({"bench": "error", "trainer": "trl", "algo": "grpo", "seed": 2})
+    line = learning._learning_ratio("grpo", runs, LearnSettings(iterations=10))
+    assert line["completions"] == 320
+    assert line["rayrm_reward_gain"] == pytest.approx(1.5)
+    assert line["rayrm_reward_gain_per_seed"] == [1.0, 2.0]
+    assert line["trl_reward_gain"] == pytest.approx(1.0)
+    assert line["rayrm_over_trl_reward_gain"] == pytest.approx(1.5)
+    assert line["rayrm_minus_trl_gold_gain"] == pytest.approx(0.2)
+    assert line["met"] is True
+    for r in runs:
+        if r["trainer"] == "trl" and "reward_gain" in r:
+            r["reward_gain"] = -1.0  # TRL lost reward: no ratio, rayrm still ahead
+    line = learning._learning_ratio("grpo", runs, LearnSettings())
+    assert line["rayrm_over_trl_reward_gain"] is None and line["met"] is True
+
+
+@pytest.mark.trl
+@pytest.mark.timeout(900)
+def test_groups_and_learning_against_trl(tmp_path, capfd):
+    """End to end with TRL 1.12: both sections print TRL lines and ratio lines."""
+    from rayrm.bench import run as bench
+    from rayrm.bench import trl as bench_trl
+
+    if bench_trl.trl_unavailable_reason() is not None:
+        pytest.skip(bench_trl.trl_unavailable_reason())
+    args = build_parser().parse_args(
+        [
+            "bench",
+            "--n-layer", "1",
+            "--n-head", "2",
+            "--n-embd", "32",
+            "--batch-size", "8",
+            "--max-new-tokens", "4",
+            "--iterations", "1",
+            "--warmup", "1",
+            "--sections", "groups,learning",
+            "--learning-demo-size", "smoke",
+            "--learning-iterations", "1",
+            "--learning-seeds", "0",
+            "--learning-eval-samples", "1",
+            "--workdir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert bench.main(args) == 0
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
+    kinds = [line["bench"] for line in lines]
+    assert kinds.count("trl_group") == 2 and kinds.count("group_ratio") == 2, kinds
+    for ratio in (line for line in lines if line["bench"] == "group_ratio"):
+        assert ratio["trl_over_rayrm_s_per_iteration"] > 0
+    runs = [line for line in lines if line["bench"] == "learning"]
+    assert {(r["trainer"], r["algo"]) for r in runs} == {
+        (t, a) for t in ("rayrm", "trl") for a in ("ppo", "grpo", "rloo")
+    }
+    assert all(math.isfinite(r["reward_gain"]) for r in runs)
+    summaries = [line for line in lines if line["bench"] == "learning_ratio"]
+    assert [s["algo"] for s in summaries] == ["ppo", "grpo", "rloo"]
+    assert all("met" in s for s in summaries)
