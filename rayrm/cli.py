@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rayrm.config import ConfigError
 from rayrm.console import LOG_NAME, quiet, say, warn
@@ -200,21 +201,26 @@ def _choice_list(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 _critic_list = _choice_list(("separate", "shared"))
 
 
-def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """The benchmark's options (``rayrm bench`` and ``jobs/benchmark.py``)."""
-    from rayrm.bench.run import DEFAULT_LENGTHS, SECTIONS
-    from rayrm.bench.support import BenchSpec
+def _add_workload_arguments(parser: argparse.ArgumentParser, d: Any) -> None:
+    """The benchmark's workload options; ``d`` is the default ``BenchSpec``."""
+    from rayrm.bench.support import PRESETS
 
-    d = BenchSpec()
     g = parser.add_argument_group("workload")
-    g.add_argument("--n-layer", type=int, default=d.n_layer, help="GPT-2 layers (%(default)s)")
-    g.add_argument("--n-head", type=int, default=d.n_head, help="GPT-2 heads (%(default)s)")
-    g.add_argument("--n-embd", type=int, default=d.n_embd, help="GPT-2 width (%(default)s)")
-    g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="(%(default)s, >= 100)")
+    g.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="tiny",
+        help="model size and completion length (mid: GPT-2 4x256, vocabulary 8000, 64 new "
+        "tokens); the size flags below override it (default: %(default)s)",
+    )
+    g.add_argument("--n-layer", type=int, default=None, help=f"GPT-2 layers ({d.n_layer})")
+    g.add_argument("--n-head", type=int, default=None, help=f"GPT-2 heads ({d.n_head})")
+    g.add_argument("--n-embd", type=int, default=None, help=f"GPT-2 width ({d.n_embd})")
+    g.add_argument("--vocab-size", type=int, default=None, help=f"({d.vocab_size}, >= 100)")
     g.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="prompts per iteration (%(default)s)"
     )
-    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="(%(default)s)")
+    g.add_argument("--max-new-tokens", type=int, default=None, help=f"({d.max_new_tokens})")
     g.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
     g.add_argument("--num-epochs", type=int, default=d.num_epochs)
     g.add_argument("--num-minibatches", type=int, default=d.num_minibatches)
@@ -229,11 +235,27 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "rayrm's default); the first one is used by the lengths section (default: %(default)s)",
     )
     g.add_argument("--seed", type=int, default=d.seed)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options (``rayrm bench`` and ``jobs/benchmark.py``)."""
+    from rayrm.bench.run import DEFAULT_LENGTHS, SECTIONS
+    from rayrm.bench.support import BenchSpec
+
+    d = BenchSpec()
+    _add_workload_arguments(parser, d)
     r = parser.add_argument_group("run")
     r.add_argument("--iterations", type=int, default=d.iterations, help="measured iterations")
     r.add_argument("--warmup", type=int, default=d.warmup, help="unmeasured first iterations")
     r.add_argument("--num-env-runners", type=int, default=d.num_env_runners)
     r.add_argument("--num-learners", type=int, default=d.num_learners)
+    r.add_argument(
+        "--trial-cpus",
+        type=int,
+        default=d.trial_cpus,
+        help="CPUs the trial reserves with a local learner, hence its torch threads "
+        "(resources.num_cpus_per_learner; default %(default)s, rayrm's)",
+    )
     r.add_argument(
         "--sections",
         default=",".join(SECTIONS),
@@ -260,6 +282,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     r.add_argument(
         "--samples-per-prompt",
+        dest="group_samples",
         type=int,
         default=4,
         help="completions per prompt of the groups section's GRPO and RLOO (%(default)s)",

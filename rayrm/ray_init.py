@@ -3,7 +3,8 @@
 Under ``ray job submit`` (and wherever ``RAY_ADDRESS`` is set) ``ray.init()`` joins that
 cluster; otherwise it starts a local Ray that lives as long as this process. Processes sharing
 cores must not each start a full torch thread pool, so ``OMP_NUM_THREADS`` defaults to 1 for
-the Ray workers this process starts.
+the Ray workers this process starts; each of them then sets torch's threads to the CPUs it
+reserves (:func:`use_reserved_cpus`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["init_ray", "owned_ray"]
+__all__ = ["THREADS_ENV", "init_ray", "owned_ray", "reserved_cpus", "use_reserved_cpus"]
 
 
 def init_ray(
@@ -64,3 +65,52 @@ def owned_ray() -> Iterator[None]:
     finally:
         if started and ray.is_initialized():
             ray.shutdown()
+
+
+THREADS_ENV = "RAYRM_TORCH_THREADS"
+"""Environment variable: torch intra-op threads for every rayrm process (an integer >= 1),
+instead of the CPUs each reserves."""
+
+
+def reserved_cpus() -> float | None:
+    """The CPUs Ray reserved for this process when it is an actor (a trial, env runner,
+    learner, reward actor or Ray Train worker; in a placement group too); None in a driver."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if context.get_actor_id() is None:
+        return None
+    return float(context.get_assigned_resources().get("CPU", 0.0))
+
+
+def use_reserved_cpus() -> int | None:
+    """Sets torch's intra-op threads to the CPUs this process reserves (at least one).
+
+    Processes that share cores must not each start a full thread pool, and a process should
+    use the CPUs it reserves: a trial with a local learner reserves ``num_cpus_per_learner``,
+    a remote env runner ``num_cpus_per_env_runner``, a reward actor ``num_cpus_per_actor``
+    (fractions round down, to at least 1). ``RAYRM_TORCH_THREADS`` overrides the count
+    everywhere, drivers included.
+
+    Returns:
+        The thread count set; None where nothing was set (a driver without the override).
+
+    Raises:
+        ValueError: ``RAYRM_TORCH_THREADS`` is not an integer >= 1 (named in the message).
+    """
+    import torch
+
+    override = os.environ.get(THREADS_ENV, "").strip()
+    if override:
+        if not override.isdigit() or int(override) < 1:
+            raise ValueError(f"{THREADS_ENV} must be an integer >= 1, got {override!r}")
+        threads = int(override)
+    else:
+        cpus = reserved_cpus()
+        if cpus is None:
+            return None
+        threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    return threads

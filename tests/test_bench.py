@@ -59,8 +59,7 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
         "--iterations", "1",
         "--warmup", "1",
         "--critics", "separate",
-        "--sections", "default,trl,memory,groups",
-        "--samples-per-prompt", "2",
+        "--sections", "default,trl,memory",
         "--memory-vocab-sizes", "100,50000",
         "--learner-memory-vocab", "32000",
         "--workdir", str(tmp_path),
@@ -70,17 +69,10 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
     by_kind: dict[str, list[dict]] = {}
     for line in lines:
         by_kind.setdefault(line["bench"], []).append(line)
-    assert set(by_kind) == {"rayrm", "trl", "trl_group", "memory_per_step", "learner_memory"}
-    assert by_kind["trl_group"] == [
-        {"bench": "trl_group", "skipped": True, "reason": "not installed (test)"}
-    ]
+    assert set(by_kind) == {"rayrm", "trl", "memory_per_step", "learner_memory"}, lines
 
     rayrm = {r["config"]: r for r in by_kind["rayrm"]}
-    assert set(rayrm) == {"default-separate-critic", "groups-grpo", "groups-rloo"}
-    for algo in ("grpo", "rloo"):  # critic-free, groups of 2 completions per prompt
-        record = rayrm[f"groups-{algo}"]
-        assert record["estimator"] == algo and record["critic"] == "none"
-        assert record["samples_per_prompt"] == 2
+    assert set(rayrm) == {"default-separate-critic"}
     assert rayrm["default-separate-critic"]["estimator"] == "gae"
     for record in rayrm.values():
         assert RAYRM_KEYS <= set(record), RAYRM_KEYS - set(record)
@@ -91,6 +83,10 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
         # Special tokens are suppressed in the benchmark policy: every completion is full length.
         assert record["tokens_per_iteration"] == 4 * record["max_new_tokens"]
         assert record["tokens_per_s"] > 0
+        flops = record["flops"]
+        assert flops["threads"] >= 1 and flops["peak_matmul_flops_per_s"] > 0
+        assert set(flops["mfu"]) == {"sample", "score", "update"}
+        assert 0 < flops["mfu"]["update"] < 1
     assert rayrm["default-separate-critic"]["model"]["vocab_size"] == 100
 
     assert by_kind["trl"] == [{"bench": "trl", "skipped": True, "reason": "not installed (test)"}]
@@ -114,3 +110,62 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
     # Even at this smaller vocabulary the full-logits path peaks higher.
     assert learner["peak_mb"]["full_logits"] > learner["peak_mb"]["chunked"] > 0
     assert learner["ratio_full_over_chunked"] > 1
+
+
+def test_model_flops_by_hand(tmp_path):
+    from transformers import GPT2Config, GPT2Model
+
+    from rayrm.bench.flops import (
+        ModelShape,
+        gpt2_shape,
+        iteration_flops,
+        peak_matmul_flops,
+        utilisation,
+    )
+
+    # N = 100 non-embedding parameters, 1 layer, width 2, 10-token vocabulary: a forward costs
+    # tokens * (2N + 2 * 1 * context * 2) + logit rows * 2 * 2 * 10.
+    shape = ModelShape(non_embedding_params=100, n_layer=1, d_model=2, vocab_size=10)
+    assert shape.forward(tokens=4, context=2, logit_tokens=2) == 4 * 208 + 80
+    common = {"completions": 1, "prompt_tokens": 2, "completion_tokens": 2, "num_epochs": 1}
+    # sample: prefill 2 tokens (mean context 1), decode 2 (mean context 3) with their logits:
+    # 2*204 + 2*212 + 80 = 912. Update without a critic: reference 912 + 3 * policy 912.
+    none = iteration_flops(policy=shape, reward=None, critic="none", **common)
+    assert none == {"sample": 912, "score": 0, "update": 912 + 3 * 912}
+    # A separate critic (no logits: 4 * 208 = 832) adds its old-values forward and training.
+    sep = iteration_flops(policy=shape, reward=shape, critic="separate", **common)
+    assert sep == {"sample": 912, "score": 832, "update": 912 + 832 + 3 * (912 + 832)}
+    shared = iteration_flops(policy=shape, reward=shape, critic="shared", **common)
+    assert shared["update"] == 912 + 832 + 3 * 912  # old values need a trunk pass
+
+    # GPT-2's non-embedding parameters: 12 d^2 + 13 d per layer, plus the final layer norm.
+    GPT2Model(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50)).save_pretrained(tmp_path)
+    assert gpt2_shape(str(tmp_path)) == ModelShape(2 * (12 * 32**2 + 13 * 32) + 2 * 32, 2, 32, 50)
+
+    peak = peak_matmul_flops(1, n=256, repeats=2)
+    assert peak > 1e8  # any CPU multiplies faster than 0.1 GFLOP/s
+    u = utilisation({"update": peak / 2}, {"update": 1.0, "sample": 0.5}, peak)
+    assert u["mfu"] == {"update": 0.5} and u["achieved_flops_per_s"] == {"update": peak / 2}
+
+
+def test_group_configurations_match_trl(tiny_policy_dir, prompts_file, tmp_path):
+    """The groups section's rayrm configurations (run in lockstep like the default ones; with
+    TRL in tests/test_bench_learning.py): TRL's GRPO and RLOO settings, no critic."""
+    from rayrm.bench.support import BenchSpec, Workload, run_config
+
+    workload = Workload(tiny_policy_dir, None, prompts_file, 100, 64, 0, 0)
+    grpo = run_config(BenchSpec(estimator="grpo", samples_per_prompt=4), workload, str(tmp_path))
+    assert grpo.generation.samples_per_prompt == 4 and not grpo.ppo.uses_critic
+    assert (grpo.ppo.kl_mode, grpo.ppo.kl_estimator, grpo.ppo.loss_aggregation) == (
+        "loss",
+        "k3",
+        "token_mean",
+    )
+    rloo = run_config(BenchSpec(estimator="rloo", samples_per_prompt=4), workload, str(tmp_path))
+    assert (rloo.ppo.advantage_estimator, rloo.ppo.kl_mode, rloo.ppo.kl_estimator) == (
+        "rloo",
+        "reward",
+        "k1",
+    )
+    ppo = run_config(BenchSpec(trial_cpus=2), workload, str(tmp_path))
+    assert ppo.model.critic == "separate" and ppo.resources.num_cpus_per_learner == 2

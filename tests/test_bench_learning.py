@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -100,10 +103,21 @@ def test_learning_summary():
     assert line["rayrm_over_trl_reward_gain"] is None and line["met"] is True
 
 
+def _default_torch_threads() -> int:
+    """torch's thread count in a fresh process started without OMP_NUM_THREADS."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    code = "import torch; print(torch.get_num_threads())"
+    return int(
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+
+
 @pytest.mark.trl
 @pytest.mark.timeout(900)
 def test_groups_and_learning_against_trl(tmp_path, capfd):
-    """End to end with TRL 1.12: both sections print TRL lines and ratio lines."""
+    """End to end with TRL 1.12: PPO, GRPO, RLOO and learning print TRL and ratio lines."""
     from rayrm.bench import run as bench
     from rayrm.bench import trl as bench_trl
 
@@ -119,7 +133,8 @@ def test_groups_and_learning_against_trl(tmp_path, capfd):
             "--max-new-tokens", "4",
             "--iterations", "1",
             "--warmup", "1",
-            "--sections", "groups,learning",
+            "--sections", "default,trl,groups,learning",
+            "--critics", "separate",
             "--learning-demo-size", "smoke",
             "--learning-iterations", "1",
             "--learning-seeds", "0",
@@ -133,6 +148,12 @@ def test_groups_and_learning_against_trl(tmp_path, capfd):
     assert kinds.count("trl_group") == 2 and kinds.count("group_ratio") == 2, kinds
     for ratio in (line for line in lines if line["bench"] == "group_ratio"):
         assert ratio["trl_over_rayrm_s_per_iteration"] > 0
+    variants = {line["variant"]: line for line in lines if line["bench"] == "trl"}
+    assert set(variants) == {"stock", "no_gc", "stock_default", "no_gc_default"}
+    assert variants["no_gc"]["threads"] == 1  # rayrm's trial's
+    assert variants["no_gc_default"]["threads"] == _default_torch_threads()
+    (ratio,) = [line for line in lines if line["bench"] == "ratio"]
+    assert ratio["rayrm_over_trl_no_gc_default"] > 0 and ratio["rayrm_threads"] == 1
     runs = [line for line in lines if line["bench"] == "learning"]
     assert {(r["trainer"], r["algo"]) for r in runs} == {
         (t, a) for t in ("rayrm", "trl") for a in ("ppo", "grpo", "rloo")

@@ -58,7 +58,7 @@ def test_wedged_learner_fails_the_iteration_in_one_line(
         ppo={"batch_size": 4, "num_minibatches": 1},
         generation={"max_new_tokens": 4},
         resources={"num_learners": 1, "num_cpus_per_learner": 0.5},
-        run={"iteration_timeout_s": 8},
+        run={"iteration_timeout_s": 5},
     )
     algo = build_algo_config(cfg).build_algo()
     (pid,) = [r.get() for r in algo.learner_group.foreach_learner(lambda _: os.getpid())]
@@ -70,7 +70,7 @@ def test_wedged_learner_fails_the_iteration_in_one_line(
             algo.train()
         assert time.monotonic() - start < 30
         assert str(failed.value) == (
-            "iteration 2 (in its update phase) ran past run.iteration_timeout_s=8s "
+            "iteration 2 (in its update phase) ran past run.iteration_timeout_s=5s "
             "(a hung learner, runner or reward actor)"
         )
     finally:

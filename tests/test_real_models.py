@@ -9,14 +9,12 @@ keep small updates (float32 master weights) and resume from checkpoints.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_config
+from conftest import make_config
 from transformers import AutoTokenizer
 
 from envs.prompts import write_prompts_jsonl
@@ -247,27 +245,12 @@ def test_bfloat16_update_at_small_lr_changes_weights_and_resumes(
         restored.stop()
 
 
-def test_quickstart_in_bfloat16_learns(tmp_path):
+def test_quickstart_in_bfloat16_learns(ray_local, tmp_path):
     """``rayrm quickstart --set model.dtype=bfloat16`` finishes and its reward rises."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rayrm.cli",
-            "quickstart",
-            "--dir",
-            str(tmp_path / "qs"),
-            "--iterations",
-            "30",
-            "--set",
-            "model.dtype=bfloat16",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from rayrm.cli import main
+
+    argv = ["quickstart", "--dir", str(tmp_path / "qs"), "--iterations", "30"]
+    assert main([*argv, "--set", "model.dtype=bfloat16"]) == 0
     [result] = (tmp_path / "qs" / "runs" / "quickstart").glob("*/result.json")
     rows = [json.loads(line) for line in result.read_text().splitlines()]
     rewards = [r[M.RLHF_RESULTS][M.REWARD_MEAN] for r in rows]

@@ -68,12 +68,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from envs.prompts import load_prompts
 from rayrm import metrics as M
 from rayrm.bench import trl as bench_trl
+from rayrm.bench.flops import gpt2_shape, iteration_flops, peak_matmul_flops, utilisation
 from rayrm.bench.learning import measure_learning
 from rayrm.bench.memory import measure_learner_memory
 from rayrm.bench.support import (
     NOTE_NO_EOS,
+    PRESETS,
     BenchSpec,
     ChildError,
     PeakRSS,
@@ -86,6 +89,7 @@ from rayrm.bench.support import (
     run_lockstep,
     start_child,
     start_local_ray,
+    without_env,
 )
 from rayrm.bench.trl_groups import GROUP_ALGOS, group_records, serve_trl_group
 from rayrm.console import LOG_NAME, quiet, say
@@ -140,8 +144,12 @@ def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> di
     ``algo.train()``, and on ``"stop"`` returns the configuration's ``"bench": "rayrm"`` line.
     """
     import ray
+    import torch
 
     temp_dir = start_local_ray(ray_cpus(spec))
+    # The trial's threads, as use_reserved_cpus gives a trial reserving trial_cpus (this child
+    # is the driver: it reserves nothing itself).
+    torch.set_num_threads(spec.trial_cpus)
     storage = tempfile.mkdtemp(prefix="rb-store-")
     rows = []
     try:
@@ -161,6 +169,7 @@ def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> di
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
         shutil.rmtree(storage, ignore_errors=True)
+    summary = summarize(rows)
     return {
         "bench": "rayrm",
         "config": name,
@@ -175,9 +184,40 @@ def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> di
         "num_epochs": spec.num_epochs,
         "num_minibatches": spec.num_minibatches,
         "warmup": spec.warmup,
-        **summarize(rows),
+        **summary,
         "peak_rss_mb": rss.report(),
+        "flops": phase_utilisation(spec, workload, summary),
         "notes": [NOTE_NO_EOS],
+    }
+
+
+def phase_utilisation(
+    spec: BenchSpec, workload: Workload, summary: dict[str, Any]
+) -> dict[str, Any]:
+    """Model FLOPs, achieved FLOP/s and MFU per phase (``rayrm.bench.flops``), the peak
+    measured in this process at the thread count the trial ran with."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(workload.policy)
+    lengths = [
+        min(len(tokenizer.encode(p, add_special_tokens=False)), spec.max_prompt_tokens)
+        for p in load_prompts(workload.prompts)
+    ]
+    policy = gpt2_shape(workload.policy)
+    flops = iteration_flops(
+        policy=policy,
+        reward=gpt2_shape(workload.reward) if workload.reward else None,
+        completions=spec.batch_size,
+        prompt_tokens=statistics.fmean(lengths),
+        completion_tokens=summary["tokens_per_iteration"] / spec.batch_size,
+        num_epochs=spec.num_epochs,
+        critic=spec.critic if spec.estimator == "gae" else "none",
+    )
+    threads = torch.get_num_threads()
+    return {
+        "threads": threads,
+        **utilisation(flops, summary["phase_s"], peak_matmul_flops(threads)),
     }
 
 
@@ -275,8 +315,10 @@ SECTIONS = ("default", "lengths", "memory", "trl", "groups", "learning")
 
 
 def spec_from_args(args: argparse.Namespace) -> BenchSpec:
+    """The preset's spec, with every size flag given on the command line applied over it."""
     fields = BenchSpec.__dataclass_fields__
-    return BenchSpec(**{k: getattr(args, k) for k in fields if hasattr(args, k)})
+    given = {k: getattr(args, k) for k in fields if getattr(args, k, None) is not None}
+    return BenchSpec(**{**PRESETS[getattr(args, "preset", "tiny")], **given})
 
 
 def main(args: argparse.Namespace) -> int:
@@ -343,7 +385,7 @@ def _sections(
         for record in _measure(spec, specs, workload, with_trl=with_trl):
             run(record)
     if "groups" in sections:
-        group_spec = replace(spec, samples_per_prompt=args.samples_per_prompt)
+        group_spec = replace(spec, samples_per_prompt=args.group_samples)
         for record in _measure_groups(group_spec, workload):
             run(record)
     if "learning" in sections:
@@ -377,8 +419,9 @@ def _measure(
     servers = {n: start_child(serve_rayrm, s, workload, n, serve=True) for n, s in specs.items()}
     turns = [(name, "iterate") for name in specs]
     if with_trl and reason is None:
-        servers["trl"] = start_child(bench_trl.serve_trl, spec, workload, serve=True)
-        turns += [("trl", "stock"), ("trl", "no_gc")]
+        with without_env("OMP_NUM_THREADS"):  # the TRL child sees torch's default threads
+            servers["trl"] = start_child(bench_trl.serve_trl, spec, workload, serve=True)
+        turns += [("trl", v) for v in bench_trl.VARIANTS]
     try:
         finals = run_lockstep(servers, turns, spec.iterations)
     except ChildError as e:

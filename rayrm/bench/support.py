@@ -15,7 +15,8 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,14 @@ class BenchSpec:
     seed: int = 0
     estimator: str = "gae"
     samples_per_prompt: int = 1
+    trial_cpus: int = 1
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "mid": {"n_layer": 4, "n_head": 4, "n_embd": 256, "vocab_size": 8000, "max_new_tokens": 64},
+}
+"""``rayrm bench --preset``: :class:`BenchSpec` fields that differ from the tiny defaults."""
 
 
 ESTIMATOR_SETTINGS: dict[str, dict[str, Any]] = {
@@ -249,7 +258,7 @@ def run_config(spec: BenchSpec, workload: Workload, storage: str) -> Any:
                 "num_env_runners": spec.num_env_runners,
                 "num_learners": spec.num_learners,
                 "num_cpus_per_env_runner": 1,
-                "num_cpus_per_learner": 1,
+                "num_cpus_per_learner": spec.trial_cpus if spec.num_learners == 0 else 1,
             },
             "run": {"num_iterations": spec.warmup + spec.iterations, "storage_path": storage},
             # Held-out evaluation would sample and score inside some algo.train() calls.
@@ -374,6 +383,18 @@ def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], serve: bool
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
+
+
+@contextmanager
+def without_env(name: str) -> Iterator[None]:
+    """``name`` removed from this process's environment within the block (children started
+    in it do not inherit it)."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
 
 
 def start_child(fn: Callable[..., Any], *args: Any, serve: bool = False) -> tuple[Any, Any]:

@@ -26,6 +26,9 @@ from rayrm.bench.support import BenchSpec, PeakRSS, Workload, model_info
 TRL_VERSION = "1.12.0"
 RAYRM_OVER_TRL_STOCK_TARGET = 1.5
 RAYRM_OVER_TRL_NO_GC_TARGET = 1.0
+VARIANTS = ("stock", "no_gc", "stock_default", "no_gc_default")
+"""TRL steps: stock or with its ``gc.collect()`` calls as no-ops, at rayrm's thread count or at
+torch's default in a process of its own."""
 QUIET_CPU_ARGS: dict[str, Any] = {
     "report_to": "none",
     "save_strategy": "no",  # nothing is saved in output_dir
@@ -155,22 +158,26 @@ def ppo_trainer(
 def serve_trl(conn: Any, spec: BenchSpec, workload: Workload) -> dict[str, Any]:
     """Lockstep server (see ``rayrm.bench.support.run_lockstep``) running TRL's PPO.
 
-    After ``warmup`` free-running steps, every step waits for a command, ``"stock"`` or
-    ``"no_gc"``, and answers with its time. A step's interval runs from the command to
+    After ``warmup`` free-running steps, every step waits for a command, one of
+    :data:`VARIANTS`, and answers with its time. A step's interval runs from the command to
     ``on_step_end``; TRL's second ``gc.collect()`` of the previous step runs after that
     ``on_step_end`` returns, so every interval holds exactly two calls, made in its own mode.
+    ``*_default`` steps run at torch's default thread count in this process (the child is
+    started without ``OMP_NUM_THREADS``: what a user running TRL gets), the others at
+    ``spec.trial_cpus``, the threads of rayrm's trial.
     """
     import torch
 
-    torch.set_num_threads(1)
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.trial_cpus)
     import trl.experimental.ppo.ppo_trainer as ppo_module
     from transformers import TrainerCallback
 
     switch = _GcSwitch()
     setattr(ppo_module, "gc", switch)  # noqa: B010  (TRL's module does `import gc; gc.collect()`)
-    total = spec.warmup + 2 * spec.iterations
-    times: dict[str, list[float]] = {"stock": [], "no_gc": []}
-    calls: dict[str, list[int]] = {"stock": [], "no_gc": []}
+    total = spec.warmup + len(VARIANTS) * spec.iterations
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    calls: dict[str, list[int]] = {v: [] for v in VARIANTS}
 
     class Lockstep(TrainerCallback):
         step, start, calls0, mode = 0, 0.0, 0, "stock"
@@ -190,7 +197,9 @@ def serve_trl(conn: Any, spec: BenchSpec, workload: Workload) -> dict[str, Any]:
                 raise _Stopped
             if self.mode not in times:
                 raise ValueError(f"unknown TRL mode {self.mode!r}")
-            switch.enabled = self.mode == "stock"
+            switch.enabled = self.mode.startswith("stock")
+            default = self.mode.endswith("_default")
+            torch.set_num_threads(default_threads if default else spec.trial_cpus)
             self.calls0, self.start = switch.calls, time.perf_counter()
 
     if spec.warmup < 1:
@@ -212,6 +221,7 @@ def serve_trl(conn: Any, spec: BenchSpec, workload: Workload) -> dict[str, Any]:
             "s_per_token": sum(dts) / (tokens_per_step * len(dts)),
             "iteration_s_median": statistics.median(dts),
             "gc_collect_calls_per_step": statistics.fmean(calls[variant]),
+            "threads": default_threads if variant.endswith("_default") else spec.trial_cpus,
         }
     return {"peak_rss_mb": rss.report(), "steps": steps}
 
@@ -233,11 +243,12 @@ def _trl_record(
         "uniformly; both use the same 64 prompts, left-truncated to max_prompt_tokens",
         "generated tokens = batch x response_length: stop_token=None, every response is full length",
         "measured in lockstep with the rayrm lines: each round runs one rayrm iteration per "
-        "critic, one stock TRL step and one no_gc TRL step, each in its own process, one at a "
-        "time, so all see the same machine load",
+        "critic and one TRL step of each variant, one at a time, so all see the same load",
     ]
-    if variant == "no_gc":
+    if variant.startswith("no_gc"):
         notes.append("TRL's gc.collect() calls are no-ops during these steps")
+    if variant.endswith("_default"):
+        notes.append("torch's default thread count in a process started without OMP_NUM_THREADS")
     return {
         "bench": "trl",
         "variant": variant,
@@ -257,15 +268,19 @@ def _trl_record(
 def trl_records(
     spec: BenchSpec, workload: Workload, trl: dict[str, Any], rayrm: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The TRL lines (stock, no_gc) and one ratio line per rayrm line measured with them."""
-    records = [_trl_record(spec, workload, v, trl) for v in ("stock", "no_gc")]
-    records += [_ratio(r, records[0], records[1]) for r in rayrm if r.get("bench") == "rayrm"]
-    return records
+    """The TRL lines (one per variant) and one ratio line per rayrm line measured with them."""
+    records = {v: _trl_record(spec, workload, v, trl) for v in VARIANTS}
+    ratios = [_ratio(r, records) for r in rayrm if r.get("bench") == "rayrm"]
+    return [*records.values(), *ratios]
 
 
-def _ratio(rayrm: dict[str, Any], stock: dict[str, Any], no_gc: dict[str, Any]) -> dict[str, Any]:
-    over_stock = rayrm["tokens_per_s"] / stock["tokens_per_s"]
-    over_no_gc = rayrm["tokens_per_s"] / no_gc["tokens_per_s"]
+def _ratio(rayrm: dict[str, Any], trl: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    over = {v: rayrm["tokens_per_s"] / line["tokens_per_s"] for v, line in trl.items()}
+    targets = {
+        "rayrm_over_trl_stock": RAYRM_OVER_TRL_STOCK_TARGET,
+        "rayrm_over_trl_no_gc": RAYRM_OVER_TRL_NO_GC_TARGET,
+        "rayrm_over_trl_no_gc_default": RAYRM_OVER_TRL_NO_GC_TARGET,
+    }
     identical = rayrm["critic"] == "separate"
     return {
         "bench": "ratio",
@@ -273,21 +288,18 @@ def _ratio(rayrm: dict[str, Any], stock: dict[str, Any], no_gc: dict[str, Any]) 
         "rayrm_config": rayrm["config"],
         "rayrm_critic": rayrm["critic"],
         "identical_workload": identical,
+        "workload": rayrm["model"] | {"max_new_tokens": rayrm["max_new_tokens"]},
+        "rayrm_threads": rayrm["flops"]["threads"],
+        "trl_threads": {v: line["threads"] for v, line in trl.items()},
         "rayrm_tokens_per_s": rayrm["tokens_per_s"],
-        "trl_stock_tokens_per_s": stock["tokens_per_s"],
-        "trl_no_gc_tokens_per_s": no_gc["tokens_per_s"],
-        "rayrm_over_trl_stock": over_stock,
-        "rayrm_over_trl_no_gc": over_no_gc,
-        "median_step_ratio_stock": stock["iteration_s_median"] / rayrm["iteration_s_median"],
-        "median_step_ratio_no_gc": no_gc["iteration_s_median"] / rayrm["iteration_s_median"],
-        "targets": {
-            "rayrm_over_trl_stock": RAYRM_OVER_TRL_STOCK_TARGET,
-            "rayrm_over_trl_no_gc": RAYRM_OVER_TRL_NO_GC_TARGET,
+        **{f"trl_{v}_tokens_per_s": line["tokens_per_s"] for v, line in trl.items()},
+        **{f"rayrm_over_trl_{v}": ratio for v, ratio in over.items()},
+        **{
+            f"median_step_ratio_{v}": line["iteration_s_median"] / rayrm["iteration_s_median"]
+            for v, line in trl.items()
         },
-        "met": {
-            "rayrm_over_trl_stock": over_stock >= RAYRM_OVER_TRL_STOCK_TARGET,
-            "rayrm_over_trl_no_gc": over_no_gc >= RAYRM_OVER_TRL_NO_GC_TARGET,
-        },
+        "targets": targets,
+        "met": {k: over[k.removeprefix("rayrm_over_trl_")] >= t for k, t in targets.items()},
         "notes": [
             "identical workload: rayrm trains a separate value model as TRL does"
             if identical

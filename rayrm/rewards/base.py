@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from envs.functions import import_function
+from rayrm.ray_init import use_reserved_cpus
 
 __all__ = [
     "Completion",
@@ -90,6 +91,7 @@ class RewardActor:
     """
 
     def __init__(self, source: str, what: str) -> None:
+        use_reserved_cpus()  # a remote actor: num_cpus_per_actor
         self._identity = (source, str(what))
         self.num_calls = 0
         self.num_scored = 0

@@ -33,6 +33,7 @@ from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import AdaptiveKLController, FixedKLController
 from rayrm.errors import TimedOut
 from rayrm.models.loading import load_tokenizer, prompt_codec, stop_token_ids
+from rayrm.ray_init import use_reserved_cpus
 from rayrm.rewards import pool_from_config
 from rayrm.rewards.base import Completion, RewardSourceError, ScoredBatch
 from rayrm.rewards.shaping import RewardPipeline, describe_reward
@@ -254,6 +255,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         return PlacementGroupFactory(bundles=pgf.bundles + extra, strategy=pgf.strategy)
 
     def setup(self, config: Any) -> None:
+        use_reserved_cpus()  # the trial's bundle: its local learner and env runner use it
         super().setup(config)
         self.run_config: RunConfig = config_from_dict(self.config.rayrm, check_paths=False)
         cfg = self.run_config

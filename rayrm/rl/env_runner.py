@@ -26,6 +26,7 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 import envs  # noqa: F401  (registers rayrm/TextGeneration-v0 in this process)
 from rayrm.models.decoding import decode_batch, left_pad
+from rayrm.ray_init import use_reserved_cpus
 from rayrm.rl.module import LMPolicyModule
 from rayrm.rl.rllib_compat import (
     SampleHook,
@@ -45,6 +46,7 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
     """Samples one complete completion per env per ``sample()`` call (see module docstring)."""
 
     def __init__(self, *, config: Any, **kwargs: Any) -> None:
+        use_reserved_cpus()  # a remote runner: num_cpus_per_env_runner
         super().__init__(config=config, **kwargs)
         seed = runner_seed(self)
         self._sampling_seed = seed if seed is not None else time.time_ns() % 2**31

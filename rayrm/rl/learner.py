@@ -30,6 +30,7 @@ from rayrm.core_algos import (
     value_loss,
 )
 from rayrm.models.precision import MasterWeightAdam
+from rayrm.ray_init import use_reserved_cpus
 from rayrm.rl.env_runner import GROUP
 from rayrm.rl.module import ENTROPY, LOGP, REF_LOGP, SEQ_ID, VF_PREDS
 from rayrm.rl.rllib_compat import MinibatchHook, learner_connector, weights_seq_no
@@ -193,6 +194,7 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
     """
 
     def build(self) -> None:
+        use_reserved_cpus()  # a remote learner: num_cpus_per_learner
         self.run_config: RunConfig = run_config_of(self.config)
         self.kl_coef = float(self.run_config.ppo.kl_coef)
         super().build()

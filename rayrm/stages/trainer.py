@@ -42,7 +42,7 @@ import numpy as np
 from rayrm.config import ConfigError
 from rayrm.config.stage import StageConfig, stage_config_from_dict
 from rayrm.console import holds_run, live
-from rayrm.ray_init import init_ray
+from rayrm.ray_init import init_ray, use_reserved_cpus
 from rayrm.rl.rllib_compat import torch_trainer_class
 
 # Metric keys (reported per epoch; all-reduced over workers, so every rank reports the same).
@@ -286,7 +286,8 @@ def worker_loop(config: dict[str, Any], steps: StageSteps) -> None:
     pad_id = int(config["pad_id"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    if use_reserved_cpus() is None:  # Ray Train workers are actors: this is a fallback
+        torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.resolved_tokenizer_path)
