@@ -219,12 +219,13 @@ class TextGenerationEnv(gym.Env[Observation, int]):
             action: The next token id, in ``[0, vocab_size)``.
 
         Returns:
-            ``(obs, reward, terminated, truncated, info)``; ``info`` holds ``prompt``,
-            ``completion`` (the generated text: prompt and completion decoded together and
-            split at the prompt, without the stop token, special tokens skipped) and
-            ``num_generated``; on the last step also ``prompt_text`` (the decoded prompt, the
-            text rewards read) and ``reward_deferred``; ``messages`` for a conversation and
-            ``reference`` when the prompt has one.
+            ``(obs, reward, terminated, truncated, info)``; ``info`` holds ``prompt`` and
+            ``num_generated``; on the last step also ``completion`` (the generated text:
+            prompt and completion decoded together -- once per episode, unless stop strings
+            are looked for every step -- and split at the prompt, without the stop token,
+            special tokens skipped), ``prompt_text`` (the decoded prompt, the text rewards
+            read) and ``reward_deferred``; ``messages`` for a conversation and ``reference``
+            when the prompt has one.
 
         Raises:
             RuntimeError: If called before ``reset`` or after the episode ended.
@@ -246,24 +247,24 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         self._length += 1
         self._generated.append(token)
 
-        # Decoding prompt and completion together each step costs microseconds in the Rust
-        # tokenizer; decoding token by token would break multi-token characters, and decoding
-        # the completion alone would lose SentencePiece's leading space (see envs.tokenization).
-        self._prompt_text, self._completion = self.codec.texts(
-            self._prompt_ids, self._generated, prompt_text=self._decoded_prompt
-        )
-        terminated = token in self.codec.stop_token_ids or (
-            bool(self.codec.stop_strings)
-            and self.codec.stop_string_end(self._completion) is not None
-        )
+        # The text is decoded once, when the completion ends -- or every step when stop strings
+        # must be looked for in it. Prompt and completion are decoded together: token by token
+        # would break multi-token characters, and the completion alone would lose
+        # SentencePiece's leading space (see envs.tokenization).
+        terminated = token in self.codec.stop_token_ids
+        decoded = False
+        if not terminated and self.codec.stop_strings:
+            self._decode()
+            decoded = True
+            terminated = self.codec.stop_string_end(self._completion) is not None
         truncated = not terminated and len(self._generated) >= self.max_new_tokens
         self._episode_over = terminated or truncated
+        if self._episode_over and not decoded:
+            self._decode()
 
-        info: dict[str, Any] = {
-            "prompt": self._prompt,
-            "completion": self._completion,
-            "num_generated": len(self._generated),
-        }
+        info: dict[str, Any] = {"prompt": self._prompt, "num_generated": len(self._generated)}
+        if self._episode_over:
+            info["completion"] = self._completion
         if self._messages is not None:
             info["messages"] = self._messages
         if self._reference is not None:
@@ -280,8 +281,15 @@ class TextGenerationEnv(gym.Env[Observation, int]):
     def render(self) -> str | None:  # type: ignore[override]  # ansi frames are str
         """Returns prompt + completion text in ``"ansi"`` mode, else nothing."""
         if self.render_mode == "ansi":
+            self._decode()
             return self._prompt_text + self._completion
         return None
+
+    def _decode(self) -> None:
+        """The prompt and completion texts of the tokens so far."""
+        self._prompt_text, self._completion = self.codec.texts(
+            self._prompt_ids, self._generated, prompt_text=self._decoded_prompt
+        )
 
     def _choose_prompt(self, options: dict[str, Any]) -> tuple[Prompt, int]:
         """Picks the episode's prompt text and index (-1 for a prompt given as text)."""

@@ -214,7 +214,7 @@ def test_observation_holds_prompt_then_generated_ids(char_tokenizer):
     obs, _, _, _, info = env.step(np.int64(b))
     np.testing.assert_array_equal(obs["input_ids"], prompt_ids + [a, b, PAD, PAD])
     np.testing.assert_array_equal(obs["length"], [10])
-    assert info == {"prompt": "hi there", "completion": "ab", "num_generated": 2}
+    assert info == {"prompt": "hi there", "num_generated": 2}  # the text comes at the end
     assert env.observation_space.contains(obs)
 
 
@@ -336,3 +336,21 @@ def test_tokenizer_without_pad_falls_back_to_eos(char_tokenizer, tmp_path: Path)
     obs, _ = env.reset(seed=0)
     assert env.pad_token_id == EOS
     assert list(obs["input_ids"][2:]) == [EOS] * (env.max_seq_len - 2)
+
+
+def test_text_is_decoded_once_per_completion_unless_stop_strings_are_watched(monkeypatch):
+    for stop_strings, decodes in (((), 1), (("zzz",), 4)):
+        env = TextGenerationEnv(max_new_tokens=4, stop_strings=stop_strings, reward_fn=None)
+        calls: list[int] = []
+
+        def counted(*args, texts=env.codec.texts, calls=calls, **kwargs):
+            calls.append(1)
+            return texts(*args, **kwargs)
+
+        monkeypatch.setattr(env.codec, "texts", counted)
+        env.reset(seed=0, options={"prompt": "hi"})
+        a = char_id(env.tokenizer, "a")
+        infos = [env.step(a)[4] for _ in range(4)]
+        assert len(calls) == decodes, stop_strings
+        assert ["completion" in i for i in infos] == [False, False, False, True]
+        assert infos[-1]["completion"] == "aaaa" and infos[-1]["prompt_text"] == "hi"

@@ -29,6 +29,19 @@ def slow_length_reward(prompts: list[str], completions: list[str]) -> list[float
     return [float(len(c)) for c in completions]
 
 
+def _ping_when_back(actor, timeout_s: float = 60.0) -> bool:
+    """The actor's ping once it has restarted: until then calls fail at once (the pool's
+    actors have max_task_retries=0), with ActorUnavailableError."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(actor.ping.remote())
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_reward_actor_killed_mid_batch_is_restarted_and_rescored(ray_local):
     pool = RewardPool(
         source="function",
@@ -46,7 +59,7 @@ def test_reward_actor_killed_mid_batch_is_restarted_and_rescored(ray_local):
         # Every completion scored exactly once, in order, despite the restart.
         np.testing.assert_array_equal(scores, np.arange(12, dtype=np.float32))
         assert pool.num_calls == 4
-        assert ray.get(pool.actors[0].ping.remote())  # the actor came back
+        assert _ping_when_back(pool.actors[0])  # the actor came back
     finally:
         pool.shutdown()
 
