@@ -257,6 +257,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "(resources.num_cpus_per_learner; default %(default)s, rayrm's)",
     )
     r.add_argument(
+        "--async-rollouts",
+        action="store_true",
+        default=None,
+        help="rayrm samples the next batch while it updates (ppo.async_rollouts; without "
+        "remote env runners in a second thread of the trial, one more CPU)",
+    )
+    r.add_argument(
         "--sections",
         default=",".join(SECTIONS),
         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",

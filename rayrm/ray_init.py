@@ -85,7 +85,7 @@ def reserved_cpus() -> float | None:
     return float(context.get_assigned_resources().get("CPU", 0.0))
 
 
-def use_reserved_cpus() -> int | None:
+def use_reserved_cpus(exclude: float = 0.0) -> int | None:
     """Sets torch's intra-op threads to the CPUs this process reserves (at least one).
 
     Processes that share cores must not each start a full thread pool, and a process should
@@ -93,6 +93,11 @@ def use_reserved_cpus() -> int | None:
     a remote env runner ``num_cpus_per_env_runner``, a reward actor ``num_cpus_per_actor``
     (fractions round down, to at least 1). ``RAYRM_TORCH_THREADS`` overrides the count
     everywhere, drivers included.
+
+    Args:
+        exclude: CPUs of the reservation that a second busy thread of this process uses
+            (torch's thread count is per process: a trial sampling in a thread alongside its
+            update gives each thread the remaining count).
 
     Returns:
         The thread count set; None where nothing was set (a driver without the override).
@@ -111,6 +116,6 @@ def use_reserved_cpus() -> int | None:
         cpus = reserved_cpus()
         if cpus is None:
             return None
-        threads = max(1, int(cpus))
+        threads = max(1, int(cpus - exclude))
     torch.set_num_threads(threads)
     return threads

@@ -38,7 +38,7 @@ RAYRM_KEYS = {
     "peak_rss_mb",
 }
 MODEL_KEYS = {"n_layer", "n_head", "n_embd", "vocab_size", "policy_params", "reward_params"}
-PHASES = {"sample", "score", "update", "sync", "iteration"}
+PHASES = {"sample", "score", "update", "wait", "sync", "iteration"}
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -56,8 +56,9 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
         "--max-new-tokens", "6",
         "--num-minibatches", "2",
         "--num-epochs", "1",
-        "--iterations", "1",
+        "--iterations", "2",
         "--warmup", "1",
+        "--async-rollouts",
         "--critics", "separate",
         "--sections", "default,trl,memory",
         "--memory-vocab-sizes", "100,50000",
@@ -74,6 +75,7 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
     rayrm = {r["config"]: r for r in by_kind["rayrm"]}
     assert set(rayrm) == {"default-separate-critic"}
     assert rayrm["default-separate-critic"]["estimator"] == "gae"
+    assert rayrm["default-separate-critic"]["async_rollouts"] is True
     for record in rayrm.values():
         assert RAYRM_KEYS <= set(record), RAYRM_KEYS - set(record)
         assert MODEL_KEYS <= set(record["model"])

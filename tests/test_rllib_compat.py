@@ -15,7 +15,9 @@ from rayrm.rl import rllib_compat
 from rayrm.rl.algorithm import build_algo_config
 
 
-@pytest.mark.parametrize(("name", "owner", "attribute"), rllib_compat.HOOKS, ids=lambda x: str(x))
+@pytest.mark.parametrize(
+    ("name", "owner", "attribute"), rllib_compat.HOOKS, ids=[h[0] for h in rllib_compat.HOOKS]
+)
 def test_private_member_exists(name, owner, attribute):
     assert hasattr(owner(), attribute), (
         f"{name} is gone from the installed Ray: update rllib_compat"

@@ -98,7 +98,9 @@ from rayrm.rl.env_runner import RLHFEnvRunner
 
 DEFAULT_LENGTHS = (16, 32, 64, 128)
 LENGTH_RATIO_TARGET = 1.3
-PHASES = ("sample", "score", "update", "sync", "iteration")
+PHASES = ("sample", "score", "update", "wait", "sync", "iteration")
+"""Timers of a rayrm line (``timers/<phase>_s``): under ``async_rollouts`` sample and score
+run alongside the update, and ``wait`` is what the update then waited for the next batch."""
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -181,6 +183,7 @@ def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> di
         "critic": spec.critic if spec.estimator == "gae" else "none",
         "estimator": spec.estimator,
         "samples_per_prompt": spec.samples_per_prompt,
+        "async_rollouts": spec.async_rollouts,
         "num_epochs": spec.num_epochs,
         "num_minibatches": spec.num_minibatches,
         "warmup": spec.warmup,

@@ -77,6 +77,7 @@ class BenchSpec:
     estimator: str = "gae"
     samples_per_prompt: int = 1
     trial_cpus: int = 1
+    async_rollouts: bool = False
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -252,6 +253,7 @@ def run_config(spec: BenchSpec, workload: Workload, storage: str) -> Any:
                 "num_epochs": spec.num_epochs,
                 "lr": spec.lr,
                 "kl_coef": spec.kl_coef,
+                "async_rollouts": spec.async_rollouts,
                 **ESTIMATOR_SETTINGS[spec.estimator],
             },
             "resources": {

@@ -290,6 +290,7 @@ def _ratio(rayrm: dict[str, Any], trl: dict[str, dict[str, Any]]) -> dict[str, A
         "identical_workload": identical,
         "workload": rayrm["model"] | {"max_new_tokens": rayrm["max_new_tokens"]},
         "rayrm_threads": rayrm["flops"]["threads"],
+        "rayrm_async_rollouts": rayrm.get("async_rollouts", False),
         "trl_threads": {v: line["threads"] for v, line in trl.items()},
         "rayrm_tokens_per_s": rayrm["tokens_per_s"],
         **{f"trl_{v}_tokens_per_s": line["tokens_per_s"] for v, line in trl.items()},

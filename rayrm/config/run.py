@@ -163,7 +163,8 @@ class PPOConfig(Section):
         recompute_logp: Recompute the sampled tokens' log-probs (PPO's "old" log-probs and the
             KL penalty's) with the learner's forward instead of using the sampler's. None:
             only when ``model.dtype`` is not float32, where KV-cached decoding and a full
-            forward round differently and the first ratio would not be exactly 1.
+            forward round differently and the first ratio would not be exactly 1 (and never
+            under ``async_rollouts``).
         advantage_estimator: ``gae`` (a critic), or critic-free: ``grpo`` (group-normalised
             reward), ``rloo`` (leave-one-out baseline), ``reinforce_pp`` (REINFORCE++: KL in
             the return, batch-normalised), ``reinforce_pp_baseline`` (group mean subtracted
@@ -181,6 +182,13 @@ class PPOConfig(Section):
         filter_uniform_groups: Leave out of the update the groups whose scores are all equal
             (no signal under GRPO/RLOO; DAPO's dynamic sampling), counted as
             ``rollout/uniform_groups``.
+        async_rollouts: Pipelined (one-step off-policy) rollouts: iteration k+1's batch is
+            sampled and scored with the weights of iteration k while the learners update on
+            iteration k's, so each batch trains weights exactly one update newer than the ones
+            that sampled it; the sampler's log-probs are PPO's "old" ones, and the ratio
+            corrects for the lag (``recompute_logp`` must stay off). Without remote env
+            runners the trial samples in a second thread and reserves
+            ``resources.num_cpus_per_env_runner`` more CPUs for it.
     """
 
     batch_size: int = Field(16, ge=1)
@@ -211,6 +219,7 @@ class PPOConfig(Section):
     kl_mode: Literal["reward", "loss"] = "reward"
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     filter_uniform_groups: bool = False
+    async_rollouts: bool = False
 
     @property
     def uses_critic(self) -> bool:
@@ -415,7 +424,7 @@ class RunConfig(Section):
         """Whether the learner recomputes the old log-probs (``ppo.recompute_logp`` resolved)."""
         if self.ppo.recompute_logp is not None:
             return self.ppo.recompute_logp
-        return self.model.dtype != "float32"
+        return self.model.dtype != "float32" and not self.ppo.async_rollouts
 
     def check(self) -> None:
         """Checks the relations between fields (types and ranges are checked on building).
@@ -481,6 +490,13 @@ def _check_relations(cfg: RunConfig) -> None:
             f"resources.num_env_runners ({res.num_env_runners}): each env runner samples "
             f"the same number of completions",
             key="ppo.batch_size",
+        )
+    if ppo.async_rollouts and ppo.recompute_logp:
+        raise ConfigError(
+            "ppo.recompute_logp would replace the sampler's log-probs with the updated "
+            "policy's, and under ppo.async_rollouts the ratio must correct for the one update "
+            "between sampling and learning: leave recompute_logp unset or false",
+            key="ppo.recompute_logp",
         )
     learners = max(1, res.num_learners)
     _check_groups(cfg, learners)

@@ -7,6 +7,10 @@
     update   learners: reference log-probs, KL-penalised rewards, GAE, clipped PPO
     sync     new weights go back to the EnvRunners
 
+With ``ppo.async_rollouts`` the next iteration's sample and score run in a background thread
+while this iteration's update runs (one-step off-policy: the batch an update trains on was
+sampled by the weights one update older; ``rollout/policy_lag`` says by how many).
+
 The algorithm owns the state that must survive restores besides the weights: the KL
 controller (β) and the running reward statistics.
 """
@@ -14,6 +18,8 @@ controller (β) and the running reward statistics.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +31,7 @@ from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     LEARNER_RESULTS,
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    WEIGHTS_SEQ_NO,
 )
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
@@ -38,7 +45,7 @@ from rayrm.rewards import pool_from_config
 from rayrm.rewards.base import Completion, RewardSourceError, ScoredBatch
 from rayrm.rewards.shaping import RewardPipeline, describe_reward
 from rayrm.rl.checkpoint import RAYRM_STATE, NeverLoseCheckpoints, write_rayrm_files
-from rayrm.rl.env_runner import GROUP, RLHFEnvRunner
+from rayrm.rl.env_runner import GROUP, WEIGHTS_VERSION, RLHFEnvRunner
 from rayrm.rl.evaluation import HeldOutEvaluation
 from rayrm.rl.learner import RLHFPPOLearner
 from rayrm.rl.module import LMPolicyModule
@@ -173,6 +180,14 @@ def build_algo_config(cfg: RunConfig) -> RLHFConfig:
     return RLHFConfig().apply_run_config(cfg)
 
 
+def local_sampler_cpus(cfg: RunConfig) -> float:
+    """CPUs the trial reserves beyond its learner's for sampling in a second thread
+    (``ppo.async_rollouts`` without remote env runners): ``num_cpus_per_env_runner``."""
+    if cfg.ppo.async_rollouts and cfg.resources.num_env_runners == 0:
+        return cfg.resources.num_cpus_per_env_runner
+    return 0.0
+
+
 def make_kl_controller(cfg: RunConfig) -> FixedKLController | AdaptiveKLController:
     """β controller from the config: fixed, or Ziegler et al.'s adaptive controller."""
     if cfg.ppo.adaptive_kl:
@@ -230,6 +245,18 @@ def group_filter(
     return episodes, stats
 
 
+@dataclass
+class Rollout:
+    """One sampled and scored batch (made in the background under ``ppo.async_rollouts``)."""
+
+    episodes: list[Any]
+    runner_results: list[Any]
+    scored: ScoredBatch
+    healthy_runners: int
+    sample_s: float
+    score_s: float
+
+
 class RLHFPPO(NeverLoseCheckpoints, PPO):
     """RLlib PPO specialised for token-level RLHF against a reward pool (see module docstring)."""
 
@@ -242,7 +269,9 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         """PPO's bundles plus one bundle per reward actor, so the trial reserves them too."""
         pgf = super().default_resource_request(config)
         rayrm = config["rayrm"] if isinstance(config, dict) else config.rayrm
-        reward = config_from_dict(rayrm, check_paths=False).reward
+        cfg = config_from_dict(rayrm, check_paths=False)
+        reward, main = cfg.reward, dict(pgf.bundles[0])
+        main["CPU"] = main.get("CPU", 0) + local_sampler_cpus(cfg)
         bundle = {
             "CPU": reward.num_cpus_per_actor,
             "GPU": reward.num_gpus_per_actor,
@@ -252,10 +281,14 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         private = reward.pool_name is None  # a shared pool reserves its own resources
         num_actors = reward.num_actors * reward.num_actor_pools  # ensembles/composites: several
         extra = [dict(bundle) for _ in range(num_actors)] if bundle and private else []
-        return PlacementGroupFactory(bundles=pgf.bundles + extra, strategy=pgf.strategy)
+        bundles = [main, *pgf.bundles[1:], *extra]
+        return PlacementGroupFactory(bundles=bundles, strategy=pgf.strategy)
 
     def setup(self, config: Any) -> None:
-        use_reserved_cpus()  # the trial's bundle: its local learner and env runner use it
+        # The trial's bundle: its local learner (and env runner) use it; the sampler thread
+        # of ppo.async_rollouts its own share of it (torch's threads are per process).
+        rayrm = config["rayrm"] if isinstance(config, dict) else config.rayrm
+        use_reserved_cpus(exclude=local_sampler_cpus(config_from_dict(rayrm, check_paths=False)))
         super().setup(config)
         self.run_config: RunConfig = config_from_dict(self.config.rayrm, check_paths=False)
         cfg = self.run_config
@@ -268,9 +301,14 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         self.rollout_node_ids: list[str] = []
         self.tokenizer = load_tokenizer(cfg.model.resolved_tokenizer_path)
         self.held_out = HeldOutEvaluation(cfg, prompt_codec(cfg, self.tokenizer))
+        # ppo.async_rollouts: the next batch, sampled while the learners update.
+        self.next_rollout: Rollout | None = None
+        self.sampler = ThreadPoolExecutor(1, "rayrm-sampler") if cfg.ppo.async_rollouts else None
         self.resume_from_disk()
 
     def cleanup(self) -> None:
+        if getattr(self, "sampler", None) is not None:
+            self.sampler.shutdown(wait=False, cancel_futures=True)
         rewards = getattr(self, "rewards", None)
         if rewards is not None:
             rewards.shutdown()
@@ -297,35 +335,32 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
                 self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
         t_start = time.perf_counter()
         self.phase = "sample"
-        episodes, env_runner_results = self._sample_batch()
-        self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
-        t_sampled = time.perf_counter()
-
-        self.phase = "score"
-        scored = self._score(episodes)
-        t_scored = time.perf_counter()
-
-        episodes, kept, train_on, group_stats = self._select(episodes, scored)
-        self.phase = "update"
-        learner_stats = self._update(train_on)
+        rollout, self.next_rollout = self.next_rollout or self._rollout(), None
+        ahead = self._sample_ahead()
+        self.phase = "update" if ahead is None else "update (sampling the next batch alongside)"
+        try:
+            self.metrics.aggregate(rollout.runner_results, key=ENV_RUNNER_RESULTS)
+            for key, values in rollout.scored.breakdown.items():  # components, members, ...
+                self.metrics.log_value((M.RLHF_RESULTS, key), float(np.mean(values)), window=1)
+            episodes, kept, train_on, group_stats = self._select(rollout.episodes, rollout.scored)
+            t_update = time.perf_counter()
+            learner_stats = self._update(train_on)
+        except BaseException:
+            if ahead is not None:  # no thread left sampling into a failed iteration
+                ahead.cancel() or ahead.exception()
+            raise
         t_updated = time.perf_counter()
+        if ahead is not None:
+            self.phase = "sample (the next batch)"
+            self.next_rollout = ahead.result()
+        t_waited = time.perf_counter()
         self.phase = "weight sync"
-
         self.env_runner_group.sync_weights(
             from_worker_or_learner_group=self.learner_group, inference_only=True
         )
         t_end = time.perf_counter()
-
-        if self.env_runner_group.num_remote_env_runners() > 0:
-            self.rollout_node_ids = sorted(
-                set(
-                    self.env_runner_group.foreach_env_runner(
-                        lambda er: ray.get_runtime_context().get_node_id(),
-                        local_env_runner=False,
-                    )
-                )
-            )
-        num_tokens = sum(len(e) for e in episodes)
+        self._find_rollout_nodes()
+        scored, num_tokens = rollout.scored, sum(len(e) for e in episodes)
         scores = np.array([float(e.get_rewards()[-1]) for e in episodes])
         published = {
             M.REWARD_MEAN: float(scores.mean()),
@@ -336,13 +371,15 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             M.KL_COEF: learner_stats.pop(M.KL_COEF),
             M.ROLLOUT_COMPLETIONS: len(episodes),
             M.ROLLOUT_NUM_NODES: max(1, len(self.rollout_node_ids)),
-            M.ROLLOUT_HEALTHY_RUNNERS: self.healthy_runners,
+            M.ROLLOUT_HEALTHY_RUNNERS: rollout.healthy_runners,
+            M.ROLLOUT_POLICY_LAG: self._policy_lag(train_on),
             **group_stats,
             M.THROUGHPUT_TOKENS_PER_S: num_tokens / max(t_end - t_start, 1e-9),
-            M.TIMER_SAMPLE: t_sampled - t_start,
-            M.TIMER_SCORE: t_scored - t_sampled,
-            M.TIMER_UPDATE: t_updated - t_scored,
-            M.TIMER_SYNC: t_end - t_updated,
+            M.TIMER_SAMPLE: rollout.sample_s,
+            M.TIMER_SCORE: rollout.score_s,
+            M.TIMER_UPDATE: t_updated - t_update,
+            M.TIMER_WAIT: t_waited - t_updated,
+            M.TIMER_SYNC: t_end - t_waited,
             M.TIMER_ITERATION: t_end - t_start,
             **learner_stats,
         }
@@ -352,6 +389,42 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         self.last_published = published
         for key, value in published.items():
             self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
+
+    def _rollout(self) -> Rollout:
+        """Samples ``ppo.batch_size`` completions and scores them (maybe in the sampler
+        thread: nothing here logs metrics or touches the learners)."""
+        t_start = time.perf_counter()
+        episodes, results, healthy = self._sample_batch()
+        t_sampled = time.perf_counter()
+        scored = self._score(episodes)
+        return Rollout(
+            episodes, results, scored, healthy, t_sampled - t_start, time.perf_counter() - t_sampled
+        )
+
+    def _sample_ahead(self) -> Future | None:
+        """Under ``ppo.async_rollouts``, starts sampling the next iteration's batch with the
+        current weights (none after the run's last iteration: every batch is trained on)."""
+        if self.sampler is None or self.iteration + 1 >= self.run_config.run.num_iterations:
+            return None
+        return self.sampler.submit(self._rollout)
+
+    def _policy_lag(self, episodes: list[Any]) -> int:
+        """Updates between the weights that sampled ``episodes`` and those this iteration's
+        update started from (0 synchronous, 1 with ``ppo.async_rollouts``)."""
+        updated = self.metrics.peek((LEARNER_RESULTS, DEFAULT_MODULE_ID, WEIGHTS_SEQ_NO), default=0)
+        sampled = min(int(e.get_infos(0).get(WEIGHTS_VERSION, 0)) for e in episodes)
+        return max(0, int(updated) - 1 - sampled)
+
+    def _find_rollout_nodes(self) -> None:
+        if self.env_runner_group.num_remote_env_runners() > 0:
+            self.rollout_node_ids = sorted(
+                set(
+                    self.env_runner_group.foreach_env_runner(
+                        lambda er: ray.get_runtime_context().get_node_id(),
+                        local_env_runner=False,
+                    )
+                )
+            )
 
     def _select(
         self, episodes: list[Any], scored: ScoredBatch
@@ -381,11 +454,12 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         )
         return episodes, kept, train_on, group_stats
 
-    def _sample_batch(self) -> tuple[list[Any], list[Any]]:
+    def _sample_batch(self) -> tuple[list[Any], list[Any], int]:
         """``ppo.batch_size`` completions, whatever runners were lost or hung: the healthy
         ones sample the missing share while RLlib restores the others (a runner silent for
         ``resources.sample_timeout_s`` is restarted); no new completion for that long raises
-        :class:`~rayrm.errors.TimedOut`."""
+        :class:`~rayrm.errors.TimedOut`. Returns the episodes, the runners' metrics and how
+        many remote runners were healthy when it began."""
         want, timeout = self.run_config.ppo.batch_size, self.run_config.resources.sample_timeout_s
         group = self.env_runner_group
         episodes: list[Any] = []
@@ -401,8 +475,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             if healthy is None:  # what this iteration started with (published)
                 healthy = group.num_healthy_remote_workers()
             if len(episodes) >= want:
-                self.healthy_runners = healthy
-                return episodes[:want], results
+                return episodes[:want], results, healthy
             if timeout is not None and time.monotonic() - progress > timeout:
                 raise TimedOut(
                     f"sampling gave {len(episodes)} of ppo.batch_size={want} completions and "
@@ -418,8 +491,6 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         """Scores every finished completion (``rayrm.rewards.shaping``) and pays each shaped
         score at its completion's last token."""
         scored = self.rewards.score([completion_of(e) for e in episodes])
-        for key, values in scored.breakdown.items():  # components, members, penalties
-            self.metrics.log_value((M.RLHF_RESULTS, key), float(np.mean(values)), window=1)
         for episode, score in zip(episodes, scored.scores, strict=True):
             buffer = episode.rewards
             if isinstance(buffer.data, np.ndarray) and not buffer.data.flags.writeable:

@@ -10,6 +10,8 @@ once per token (the env decides termination and reward), and returns every episo
 With ``generation.samples_per_prompt = n`` the envs go in blocks of n: the first of a block
 draws a prompt, the others take the same one, and all n carry the block's group id in their
 first info (``GROUP``), so a group is always sampled by one runner and the learner can find it.
+Every first info also carries the version of the weights that sampled it (``WEIGHTS_VERSION``:
+the learner updates they had seen), from which the algorithm measures the policy lag.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ from rayrm.rl.rllib_compat import (
     record_sampled,
     runner_seed,
     sub_envs,
+    weights_seq_no,
 )
 
-__all__ = ["GROUP", "RLHFEnvRunner", "left_pad"]
+__all__ = ["GROUP", "WEIGHTS_VERSION", "RLHFEnvRunner", "left_pad"]
 
 GROUP = "group"
 """Key of an episode's first info: the id its group of samples of one prompt shares."""
+WEIGHTS_VERSION = "weights_version"
+"""Key of an episode's first info: the learner updates the sampling weights had seen."""
 
 
 class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
@@ -86,6 +91,7 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
         prompts: list[np.ndarray] = []
         n = 1 if options else self.samples_per_prompt
         group: dict[str, Any] = {}
+        version = weights_seq_no(self)
         for i, env in enumerate(runner_envs):
             option = options[i] if options else None
             if i % n:  # a later sample of the block's prompt
@@ -95,6 +101,7 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
                 if i % n == 0:
                     group = {"prompt_index": info["prompt_index"], "id": uuid.uuid4().hex}
                 info = {**info, GROUP: group["id"]}
+            info = {**info, WEIGHTS_VERSION: version}
             episode = SingleAgentEpisode(
                 observation_space=self.env.single_observation_space,
                 action_space=self.env.single_action_space,

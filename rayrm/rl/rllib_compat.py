@@ -16,7 +16,8 @@ Private names used (Ray 2.60):
   ``_needs_initial_reset`` seed the first reset.
 * ``Learner._create_iterator_if_necessary`` / ``_make_batch_if_necessary`` -- minibatches of
   whole completions; ``_learner_connector`` -- replacing PPO's GAE piece;
-  ``_weights_seq_no`` -- a fresh shuffle seed per update.
+  ``_weights_seq_no`` -- a fresh shuffle seed per update; an env runner's copy, the version
+  of the weights it samples with (``ppo.async_rollouts``' lag).
 * ``synchronous_parallel_sample(_uses_new_env_runners=..., _return_metrics=...)``.
 * ``ray._private.worker._global_node`` -- whether this process started the local Ray; and Ray
   Train V2's ``TorchTrainer._create_default_callbacks`` with its ``PlacementGroupCleaner``.
@@ -255,7 +256,8 @@ def local_learner(learner_group: Any) -> Any:
 
 
 def weights_seq_no(learner: Any) -> int:
-    """How many weight updates the learner has made (a per-update counter)."""
+    """How many weight updates a learner has made (a per-update counter); of an env runner,
+    the learner's count when its weights were last synced (0: never)."""
     return int(learner._weights_seq_no)
 
 

@@ -1,0 +1,123 @@
+"""Pipelined rollouts (``ppo.async_rollouts``): the next batch is sampled and scored while the
+learner updates on this one; every batch is trained on exactly once, by weights exactly one
+update newer than the ones that sampled it, and PPO still learns the rule reward."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import make_config
+
+from rayrm import metrics as M
+from rayrm.config import ConfigError, config_from_dict
+from rayrm.rl.algorithm import RLHFPPO, build_algo_config
+from rayrm.rl.env_runner import WEIGHTS_VERSION
+from rayrm.rl.rllib_compat import local_learner, weights_seq_no
+
+
+def _async_config(tiny_policy_dir, prompts_file, tmp_path, **sections):
+    sections.setdefault("ppo", {})
+    sections["ppo"] = {"async_rollouts": True, **sections["ppo"]}
+    return make_config(tiny_policy_dir, prompts_file, tmp_path, **sections)
+
+
+def test_each_batch_trained_once_one_update_late(
+    ray_local, tiny_policy_dir, prompts_file, tmp_path
+):
+    cfg = _async_config(tiny_policy_dir, prompts_file, tmp_path, run={"num_iterations": 4})
+    algo = build_algo_config(cfg).build_algo()
+    sampled: list[list[str]] = []  # episode ids of each batch, in sampling order
+    trained: list[tuple[list[str], list[int], int]] = []  # ids, versions, learner's before
+    spans: dict[str, list[tuple[float, float]]] = {"sample": [], "update": []}
+    threads: set[str] = set()
+    rollout, update = algo._rollout, algo._update
+
+    def spy_rollout():
+        start = time.perf_counter()
+        result = rollout()
+        spans["sample"].append((start, time.perf_counter()))
+        threads.add(threading.current_thread().name)
+        sampled.append([e.id_ for e in result.episodes])
+        return result
+
+    def spy_update(episodes):
+        before = weights_seq_no(local_learner(algo.learner_group))
+        versions = [int(e.get_infos(0)[WEIGHTS_VERSION]) for e in episodes]
+        trained.append(([e.id_ for e in episodes], versions, before))
+        start = time.perf_counter()
+        stats = update(episodes)
+        spans["update"].append((start, time.perf_counter()))
+        return stats
+
+    algo._rollout, algo._update = spy_rollout, spy_update
+    try:
+        results = [algo.train()[M.RLHF_RESULTS] for _ in range(4)]
+    finally:
+        algo.stop()
+    # Every batch sampled is trained on, once; none after the last iteration is sampled.
+    assert len(sampled) == len(trained) == 4
+    assert [ids for ids, _, _ in trained] == sampled
+    all_ids = [i for ids in sampled for i in ids]
+    assert len(set(all_ids)) == len(all_ids) == 4 * cfg.ppo.batch_size
+    # The first batch is on-policy; every later one was sampled by the weights one update
+    # older than those its update starts from (and it is said so in the results).
+    assert trained[0][1] == [0] * cfg.ppo.batch_size and trained[0][2] == 0
+    for k, (_, versions, before) in enumerate(trained[1:], start=1):
+        assert before == k and set(versions) == {k - 1}, (k, before, set(versions))
+    assert [r[M.ROLLOUT_POLICY_LAG] for r in results] == [0, 1, 1, 1]
+    # Batches 2..4 were sampled in the sampler thread, while updates 1..3 ran.
+    assert "rayrm-sampler_0" in threads
+    for (s_start, s_end), (u_start, u_end) in zip(
+        spans["sample"][1:], spans["update"][:-1], strict=True
+    ):
+        assert s_start < u_end and u_start < s_end, "sampling did not overlap the update"
+    assert all(r[M.TIMER_WAIT] >= 0 for r in results)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_async_ppo_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, tmp_path, seed):
+    """PPO with pipelined rollouts learns the vowel reward for any seed (as synchronous PPO
+    does in test_training)."""
+    cfg = _async_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        ppo={"batch_size": 32},
+        run={"num_iterations": 30, "checkpoint_every": 30},
+    ).model_copy(update={"seed": seed})
+    algo = build_algo_config(cfg).build_algo()
+    try:
+        results = [algo.train()[M.RLHF_RESULTS] for _ in range(30)]
+    finally:
+        algo.stop()
+    rewards = [r[M.REWARD_MEAN] for r in results]
+    first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
+    assert last > first + 0.1, (first, last)
+    assert {r[M.ROLLOUT_POLICY_LAG] for r in results[1:]} == {1}
+
+
+def test_async_rollouts_reserve_and_refuse_recompute(tiny_policy_dir, prompts_file, tmp_path):
+    cfg = _async_config(tiny_policy_dir, prompts_file, tmp_path)
+    base = make_config(tiny_policy_dir, prompts_file, tmp_path)
+
+    def main_cpus(c):
+        return RLHFPPO.default_resource_request(build_algo_config(c)).bundles[0]["CPU"]
+
+    # The sampler thread of a trial without remote env runners has its own CPU reserved.
+    assert main_cpus(cfg) == main_cpus(base) + cfg.resources.num_cpus_per_env_runner
+    remote = _async_config(
+        tiny_policy_dir, prompts_file, tmp_path, resources={"num_env_runners": 2}
+    )
+    assert main_cpus(remote) == main_cpus(base)
+    # The sampler's log-probs are PPO's old ones (bf16 too): recomputing them is refused.
+    assert not cfg.model_copy(
+        update={"model": cfg.model.model_copy(update={"dtype": "bfloat16"})}
+    ).recompute_logp
+    d = cfg.model_dump()
+    d["ppo"]["recompute_logp"] = True
+    with pytest.raises(ConfigError, match="ppo.recompute_logp") as err:
+        config_from_dict(d, check_paths=False)
+    assert err.value.key == "ppo.recompute_logp"
