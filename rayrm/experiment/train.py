@@ -18,6 +18,7 @@ from rayrm.experiment.failures import failure_summary, is_retriable, trial_dir_o
 from rayrm.experiment.leftovers import claim_run_folder, record_driver, release
 from rayrm.experiment.preflight import check_storage, preflight
 from rayrm.experiment.resources import wait_for_resources
+from rayrm.experiment.tracking import log_artifacts, logger_callbacks
 from rayrm.ray_init import init_ray, owned_ray
 from rayrm.rl.algorithm import RLHFPPO
 from rayrm.rl.rllib_compat import local_session_dir
@@ -136,6 +137,7 @@ def make_tuner(
             ),
             callbacks=[
                 live_line_callback(cfg.run.num_iterations, cfg.resources.num_env_runners),
+                *logger_callbacks(cfg, exp_dir),
                 *(callbacks or []),
             ],
             failure_config=tune.FailureConfig(
@@ -244,4 +246,6 @@ def _report(cfg: RunConfig, config_path: str, exp_dir: Path, last: dict[str, Any
     if cfg.eval.report:
         report, headline = write_report(cfg, exp_dir)
         say("\n".join(headline) + f"\nreport: {report}")
+        plots = sorted(exp_dir.glob("*.png"))
+        log_artifacts(cfg, exp_dir, str(last.get("trial_id", "")), [report, *plots])
     return 0

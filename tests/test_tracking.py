@@ -1,0 +1,134 @@
+"""Experiment tracking (``run.loggers``): a run logs its ``result["rlhf"]`` metrics, its
+config and its report to a local MLflow store and to W&B in offline mode, and they are found
+there afterwards (no network); a logger whose package is missing is a one-line error."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from conftest import make_config
+
+from rayrm import metrics as M
+
+pytestmark = pytest.mark.tracking
+pytest.importorskip("mlflow")
+pytest.importorskip("wandb")
+
+
+def _wandb_records(path: Path) -> list:
+    """The records of an offline W&B run file (``run-<id>.wandb``): a LevelDB-style log of
+    ``wandb_internal_pb2.Record`` protobufs in 32 KiB blocks after a 7-byte header."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, records = path.read_bytes(), []
+    assert data[:4] == b":W&B", data[:8]
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header: padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        buf, pos = buf + data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # a FULL record, or the LAST chunk of one
+            record = pb.Record()
+            record.ParseFromString(buf)
+            records.append(record)
+            buf = b""
+    return records
+
+
+def _write(tiny_policy_dir, prompts_file, tmp_path, run: dict) -> Path:
+    cfg = make_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        run={"num_iterations": 3, "checkpoint_every": 3, **run},
+        eval={"report": True},
+    )
+    path = tmp_path / "config.yaml"
+    cfg.save_yaml(path)
+    return path
+
+
+def test_train_logs_to_mlflow_and_wandb(ray_local, tiny_policy_dir, prompts_file, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from rayrm.cli import main
+
+    store = (tmp_path / "mlruns").as_uri()
+    path = _write(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        {
+            "loggers": ["csv", "mlflow", "wandb"],
+            "mlflow": {"tracking_uri": store, "experiment": "rayrm-test"},
+            "wandb": {"project": "rayrm-test", "mode": "offline"},
+        },
+    )
+    assert main(["train", str(path)]) == 0
+    (result_file,) = (tmp_path / "test").glob("*/result.json")
+    trial_dir = result_file.parent
+    results = [json.loads(line) for line in result_file.read_text().splitlines()]
+    rewards = [r[M.RLHF_RESULTS][M.REWARD_MEAN] for r in results]
+    assert len(rewards) == 3
+    # Exactly the loggers named: CSV yes, TensorBoard no.
+    assert (trial_dir / "progress.csv").is_file()
+    assert not list(trial_dir.glob("events.out.tfevents*"))
+
+    # MLflow: the metrics under result["rlhf"]'s names, one per iteration; the config as
+    # parameters; the report and its plots as artifacts.
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("rayrm-test")
+    (run,) = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(run.info.run_id, M.REWARD_MEAN)
+    assert [(m.step, m.value) for m in history] == pytest.approx(list(enumerate(rewards, 1)))
+    assert M.KL_SEQUENCE in run.data.metrics and M.TIMER_UPDATE in run.data.metrics
+    assert float(run.data.params["rayrm/ppo/lr"]) == 3e-4
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.md", "reward.png", "kl.png"} <= artifacts, artifacts
+
+    # W&B, offline: the run (id = the trial's) in the run folder, its history and config;
+    # the report added to the same run id afterwards.
+    trial_id = results[-1]["trial_id"]
+    wandb_dir = tmp_path / "test" / "wandb"
+    parts = sorted(wandb_dir.glob(f"offline-run-*-{trial_id}/run-{trial_id}.wandb"))
+    assert len(parts) == 2, parts
+    logged, config, saved = {}, {}, set()
+    for record in (r for part in parts for r in _wandb_records(part)):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            items = {
+                i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                for i in record.history.item
+            }
+            logged[items["_step"]] = items
+        elif kind == "run":  # wandb.init's config
+            config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "files":
+            saved.update(f.path for f in record.files.files)
+    assert [logged[step][M.REWARD_MEAN] for step in (1, 2, 3)] == pytest.approx(rewards)
+    assert config["rayrm"]["ppo"]["lr"] == 3e-4
+    assert {"report.md", "reward.png"} <= saved, saved
+    assert (parts[1].parent / "files" / "report.md").read_text().startswith("#")
+
+
+def test_missing_tracking_package_is_one_line(
+    tiny_policy_dir, prompts_file, tmp_path, capsys, monkeypatch
+):
+    from rayrm.cli import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "wandb" else find_spec(name, *a),
+    )
+    path = _write(tiny_policy_dir, prompts_file, tmp_path, {"loggers": ["wandb"]})
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run.loggers" in err[0] and "pip install 'rayrm[wandb]'" in err[0], err
