@@ -199,6 +199,7 @@ def _choice_list(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 _critic_list = _choice_list(("separate", "shared"))
+_rollouts_list = _choice_list(("sync", "async"))
 
 
 def _add_workload_arguments(parser: argparse.ArgumentParser, d: Any) -> None:
@@ -257,11 +258,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "(resources.num_cpus_per_learner; default %(default)s, rayrm's)",
     )
     r.add_argument(
-        "--async-rollouts",
-        action="store_true",
-        default=None,
-        help="rayrm samples the next batch while it updates (ppo.async_rollouts; without "
-        "remote env runners in a second thread of the trial, one more CPU)",
+        "--rollouts",
+        type=_rollouts_list,
+        default=["sync"],
+        help="rayrm's rollouts in the default section, comma-separated: sync and/or async "
+        "(ppo.async_rollouts: the next batch sampled while the learner updates; without "
+        "remote env runners in a second thread of the trial); each runs in the same lockstep "
+        "(default: sync)",
     )
     r.add_argument(
         "--sections",

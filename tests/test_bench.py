@@ -58,7 +58,7 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
         "--num-epochs", "1",
         "--iterations", "2",
         "--warmup", "1",
-        "--async-rollouts",
+        "--rollouts", "async",
         "--critics", "separate",
         "--sections", "default,trl,memory",
         "--memory-vocab-sizes", "100,50000",
@@ -73,9 +73,9 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
     assert set(by_kind) == {"rayrm", "trl", "memory_per_step", "learner_memory"}, lines
 
     rayrm = {r["config"]: r for r in by_kind["rayrm"]}
-    assert set(rayrm) == {"default-separate-critic"}
-    assert rayrm["default-separate-critic"]["estimator"] == "gae"
-    assert rayrm["default-separate-critic"]["async_rollouts"] is True
+    assert set(rayrm) == {"default-separate-critic-async"}
+    assert rayrm["default-separate-critic-async"]["estimator"] == "gae"
+    assert rayrm["default-separate-critic-async"]["async_rollouts"] is True
     for record in rayrm.values():
         assert RAYRM_KEYS <= set(record), RAYRM_KEYS - set(record)
         assert MODEL_KEYS <= set(record["model"])
@@ -89,12 +89,12 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
         assert flops["threads"] >= 1 and flops["peak_matmul_flops_per_s"] > 0
         assert set(flops["mfu"]) == {"sample", "score", "update"}
         assert 0 < flops["mfu"]["update"] < 1
-    assert rayrm["default-separate-critic"]["model"]["vocab_size"] == 100
+    assert rayrm["default-separate-critic-async"]["model"]["vocab_size"] == 100
 
     assert by_kind["trl"] == [{"bench": "trl", "skipped": True, "reason": "not installed (test)"}]
 
     # The length-series line, from rayrm lines as the lengths section produces them.
-    line = rayrm["default-separate-critic"]
+    line = rayrm["default-separate-critic-async"]
     longer = {**line, "max_new_tokens": 12, "s_per_token": 1.5 * line["s_per_token"]}
     series = bench.length_summary([line, longer])
     assert series["lengths"] == [6, 12]

@@ -162,7 +162,7 @@ def test_example_config_documents_every_key():
     raw = yaml.safe_load((REPO / "jobs/configs/rm_example.yaml").read_text(encoding="utf-8"))
     raw["model"]["path"], raw["data"]["path"], raw["output"]["dir"] = "m", "d.jsonl", "o"
     cfg = stage_config_from_dict(RMConfig, raw)
-    for section in ("model", "data", "train", "resources", "output"):
+    for section in ("model", "data", "train", "resources", "output", "run"):
         assert set(raw[section]) == set(type(getattr(cfg, section)).model_fields)
     with pytest.raises(ConfigError) as e:
         load_stage_config(RMConfig, REPO / "jobs/configs/rm_example.yaml", check_paths=False)

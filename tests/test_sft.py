@@ -195,7 +195,7 @@ def test_example_config_documents_every_key():
         raw[section].update(values)
     cfg = stage_config_from_dict(SFTConfig, raw)  # unknown keys would raise
     assert cfg.train.epochs == 1
-    for section in ("model", "data", "train", "resources", "output"):
+    for section in ("model", "data", "train", "resources", "output", "run"):
         assert set(raw[section]) == set(type(getattr(cfg, section)).model_fields)
 
 

@@ -41,6 +41,11 @@ def _wandb_records(path: Path) -> list:
     return records
 
 
+def _history_items(record) -> dict:
+    """A W&B history record's values by name (a name with ``/`` may come as a nested key)."""
+    return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+
+
 def _write(tiny_policy_dir, prompts_file, tmp_path, run: dict) -> Path:
     cfg = make_config(
         tiny_policy_dir,
@@ -102,10 +107,7 @@ def test_train_logs_to_mlflow_and_wandb(ray_local, tiny_policy_dir, prompts_file
     for record in (r for part in parts for r in _wandb_records(part)):
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            items = {
-                i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                for i in record.history.item
-            }
+            items = _history_items(record)
             logged[items["_step"]] = items
         elif kind == "run":  # wandb.init's config
             config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
@@ -132,3 +134,48 @@ def test_missing_tracking_package_is_one_line(
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run.loggers" in err[0] and "pip install 'rayrm[wandb]'" in err[0], err
+
+
+def test_sft_stage_logs_every_epoch(ray_local, tiny_policy_dir, tmp_path, monkeypatch):
+    """Ray Train stages log rank 0's epoch metrics from the controller: TensorBoard and CSV in
+    the run folder, MLflow (a finished run, the config as parameters), W&B offline."""
+    from mlflow.tracking import MlflowClient
+    from test_sft import sft_dict, write_corpus
+
+    from rayrm.config.stage import SFTConfig, stage_config_from_dict
+    from rayrm.stages import trainer as stages
+    from rayrm.stages.sft import run_sft
+
+    store = (tmp_path / "mlruns").as_uri()
+    run = {
+        "loggers": ["tensorboard", "csv", "mlflow", "wandb"],
+        "mlflow": {"tracking_uri": store},
+        "wandb": {"project": "rayrm-test", "mode": "offline"},
+    }
+    data = write_corpus(tmp_path / "corpus.parquet", n=64)
+    d = sft_dict(tiny_policy_dir, data, tmp_path, train={"epochs": 2}, run=run)
+    d["resources"] = {"num_workers": 1, "cpus_per_worker": 1}
+    summary = run_sft(stage_config_from_dict(SFTConfig, d, check_paths=True))
+    history = summary["history"]
+    losses = [h[stages.SFT_EVAL_LOSS] for h in history]
+    run_dir = Path(summary["run_dir"])
+
+    rows = (run_dir / "progress.csv").read_text().splitlines()
+    assert len(rows) == 3 and stages.SFT_EVAL_LOSS in rows[0].split(",")
+    assert list(run_dir.glob("events.out.tfevents*"))
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what rayrm sets for a file: URI
+    client = MlflowClient(store)
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("sft-test").experiment_id])
+    assert mlrun.info.status == "FINISHED"
+    logged = client.get_metric_history(mlrun.info.run_id, stages.SFT_EVAL_LOSS)
+    assert [(m.step, m.value) for m in logged] == pytest.approx([(1, losses[0]), (2, losses[1])])
+    assert float(mlrun.data.params["train/lr"]) == 3e-3
+
+    (part,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    steps = {}
+    for record in _wandb_records(part):
+        if record.WhichOneof("record_type") == "history":
+            items = _history_items(record)
+            steps[items["_step"]] = items[stages.SFT_EVAL_LOSS]
+    assert [steps[1], steps[2]] == pytest.approx(losses)

@@ -376,7 +376,13 @@ def _sections(
     """Measures the selected sections; ``run`` prints and keeps each line."""
     groups = []
     if "default" in sections or "trl" in sections:
-        specs = {f"default-{c}-critic": replace(spec, critic=c) for c in args.critics}
+        specs = {
+            f"default-{c}-critic{'-async' if mode == 'async' else ''}": replace(
+                spec, critic=c, async_rollouts=mode == "async"
+            )
+            for c in args.critics
+            for mode in getattr(args, "rollouts", ["sync"])
+        }
         groups.append((specs, "trl" in sections))
     if "lengths" in sections and args.lengths:
         groups.append(

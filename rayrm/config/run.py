@@ -18,7 +18,7 @@ from pydantic import Field
 
 from rayrm.config.base import ConfigError, NonEmptyStr, Section
 from rayrm.config.reward import FUNCTION_RE, RewardConfig, check_reward
-from rayrm.config.tracking import Logger, MLflowSettings, WandbSettings, default_loggers
+from rayrm.config.tracking import TrackingSettings
 
 __all__ = [
     "PROMPT_SUFFIXES",
@@ -277,7 +277,7 @@ class ResourcesConfig(Section):
     env_runner_max_restarts: int = Field(-1, ge=-1)
 
 
-class RunSettings(Section):
+class RunSettings(TrackingSettings):
     """Length, checkpointing and storage of the run.
 
     Attributes:
@@ -298,11 +298,8 @@ class RunSettings(Section):
             sync, evaluation); past it the trial fails with a line naming the phase and is
             restored from its checkpoint (``max_failures``): a hung learner or a collective
             that never completes cannot stall the run. None: no limit.
-        loggers: Where each iteration's ``result["rlhf"]`` metrics also go: ``tensorboard``,
-            ``csv`` (both in the run folder), ``mlflow``, ``wandb`` (the extras
-            ``rayrm[mlflow]``, ``rayrm[wandb]``); ``result.json`` is always written.
-        mlflow: See :class:`~rayrm.config.tracking.MLflowSettings`.
-        wandb: See :class:`~rayrm.config.tracking.WandbSettings`.
+        loggers, mlflow, wandb: Where each iteration's ``result["rlhf"]`` metrics also go
+            (:class:`~rayrm.config.tracking.TrackingSettings`).
     """
 
     num_iterations: int = Field(20, ge=1)
@@ -313,9 +310,6 @@ class RunSettings(Section):
     pending_timeout_s: float = Field(120.0, ge=0)
     keep_checkpoints: int | None = Field(3, ge=1)
     iteration_timeout_s: float | None = Field(3600.0, gt=0)
-    loggers: list[Logger] = Field(default_factory=default_loggers)
-    mlflow: MLflowSettings = MLflowSettings()
-    wandb: WandbSettings = WandbSettings()
 
 
 class EvalSettings(Section):

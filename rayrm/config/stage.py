@@ -25,6 +25,7 @@ from pydantic import Field
 from rayrm.config.base import ConfigError, NonEmptyStr, Section, build
 from rayrm.config.checks import check_dir
 from rayrm.config.io import absolute, absolute_or_none, read_yaml_with_overrides
+from rayrm.config.tracking import TrackingSettings
 
 __all__ = [
     "PREFERENCE_SUFFIXES",
@@ -249,6 +250,8 @@ class SFTConfig(StageConfig):
         train: See :class:`StageTrainConfig`.
         resources: See :class:`StageResourcesConfig`.
         output: See :class:`StageOutputConfig`.
+        run: Where each epoch's metrics also go
+            (:class:`~rayrm.config.tracking.TrackingSettings`).
     """
 
     name: NonEmptyStr = "sft"
@@ -257,6 +260,7 @@ class SFTConfig(StageConfig):
     train: StageTrainConfig = StageTrainConfig()
     resources: StageResourcesConfig = StageResourcesConfig()
     output: StageOutputConfig
+    run: TrackingSettings = TrackingSettings()
 
     KIND: typing.ClassVar[str] = "sft"
     DATA_SUFFIXES: typing.ClassVar[tuple[str, ...]] = SFT_SUFFIXES
@@ -283,6 +287,8 @@ class RMConfig(StageConfig):
         train: See :class:`StageTrainConfig`.
         resources: See :class:`StageResourcesConfig`.
         output: See :class:`StageOutputConfig`.
+        run: Where each epoch's metrics also go
+            (:class:`~rayrm.config.tracking.TrackingSettings`).
     """
 
     name: NonEmptyStr = "reward-model"
@@ -291,6 +297,7 @@ class RMConfig(StageConfig):
     train: StageTrainConfig = StageTrainConfig()
     resources: StageResourcesConfig = StageResourcesConfig()
     output: StageOutputConfig
+    run: TrackingSettings = TrackingSettings()
 
     KIND: typing.ClassVar[str] = "rm"
     DATA_SUFFIXES: typing.ClassVar[tuple[str, ...]] = PREFERENCE_SUFFIXES

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from rayrm.config.base import NonEmptyStr, Section
 
-__all__ = ["Logger", "MLflowSettings", "WandbSettings", "default_loggers"]
+__all__ = ["Logger", "MLflowSettings", "TrackingSettings", "WandbSettings", "default_loggers"]
 
 Logger = Literal["tensorboard", "csv", "mlflow", "wandb"]
 """What ``run.loggers`` may name (Tune's JSON results, ``result.json``, are always written)."""
@@ -50,3 +52,21 @@ class WandbSettings(Section):
     project: NonEmptyStr | None = None
     entity: NonEmptyStr | None = None
     mode: Literal["online", "offline", "disabled"] = "online"
+
+
+class TrackingSettings(Section):
+    """``run.loggers``, ``run.mlflow``, ``run.wandb``: where metrics go besides the run folder's
+    own files (the ``run`` section of RL runs has them; SFT and reward-model configs have a
+    ``run`` section of just these).
+
+    Attributes:
+        loggers: ``tensorboard``, ``csv`` (both written in the run folder), ``mlflow``,
+            ``wandb`` (the extras ``rayrm[mlflow]``, ``rayrm[wandb]``). RL runs always write
+            Tune's ``result.json`` too.
+        mlflow: See :class:`MLflowSettings`.
+        wandb: See :class:`WandbSettings`.
+    """
+
+    loggers: list[Logger] = Field(default_factory=default_loggers)
+    mlflow: MLflowSettings = MLflowSettings()
+    wandb: WandbSettings = WandbSettings()

@@ -26,11 +26,11 @@ from envs.functions import import_function
 from envs.prompts import load_prompt_rows
 from envs.tokenization import Prompt, PromptCodec
 from rayrm.config import ConfigError, RunConfig
-from rayrm.experiment.tracking import check_tracking
 from rayrm.models.hf_files import read_json
 from rayrm.models.loading import load_tokenizer, prompt_codec
 from rayrm.rewards.actors import RewardFunctionActor
 from rayrm.rewards.base import RewardSourceError, call_scorer, check_scores
+from rayrm.tracking import check_tracking
 
 __all__ = ["check_storage", "preflight"]
 
@@ -44,7 +44,7 @@ def preflight(cfg: RunConfig) -> str:
     Raises:
         ConfigError: One line naming the key and the file or row at fault.
     """
-    check_tracking(cfg)  # a logger's package installed
+    check_tracking(cfg.run)  # a logger's package installed
     codec = prompt_codec(cfg, load_tokenizer(cfg.model.resolved_tokenizer_path))
     prompts, references = _prompts(cfg, "data.prompts", cfg.data.prompts)
     summary = _encode_summary(cfg, codec, prompts)

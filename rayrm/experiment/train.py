@@ -18,10 +18,10 @@ from rayrm.experiment.failures import failure_summary, is_retriable, trial_dir_o
 from rayrm.experiment.leftovers import claim_run_folder, record_driver, release
 from rayrm.experiment.preflight import check_storage, preflight
 from rayrm.experiment.resources import wait_for_resources
-from rayrm.experiment.tracking import log_artifacts, logger_callbacks
 from rayrm.ray_init import init_ray, owned_ray
 from rayrm.rl.algorithm import RLHFPPO
 from rayrm.rl.rllib_compat import local_session_dir
+from rayrm.tracking import log_artifacts, logger_callbacks
 
 SNAPSHOT_PERIOD_S = 2
 """Seconds between Tune's experiment snapshots (and result copies) in ``rayrm train``."""

@@ -44,6 +44,7 @@ from rayrm.config.stage import StageConfig, stage_config_from_dict
 from rayrm.console import holds_run, live
 from rayrm.ray_init import init_ray, use_reserved_cpus
 from rayrm.rl.rllib_compat import torch_trainer_class
+from rayrm.tracking import check_tracking
 
 # Metric keys (reported per epoch; all-reduced over workers, so every rank reports the same).
 EPOCH = "epoch"
@@ -399,7 +400,10 @@ def fit_stage(
     import ray
     import ray.train
 
+    from rayrm.stages.tracking import StageTracker
+
     check_run_dir(cfg, resume)
+    check_tracking(cfg.run)  # a logger's package installed
     # Ray Train's print patch tees worker prints into its logger, which shows our epoch lines
     # twice and turns tqdm_ray's updates into blank lines; plain prints reach the driver once.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -425,6 +429,7 @@ def fit_stage(
                 num_to_keep=cfg.output.num_checkpoints_to_keep
             ),
             failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
+            callbacks=[StageTracker(cfg, str(run_dir(cfg)))],
         ),
     )
     try:

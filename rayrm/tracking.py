@@ -1,13 +1,14 @@
 """Run metrics into TensorBoard, CSV, MLflow and Weights & Biases (``run.loggers``).
 
-Every experiment (``rayrm train`` and ``rayrm tune``) gets Tune's logger callbacks for exactly
+Every RL experiment (``rayrm train`` and ``rayrm tune``) gets Tune's logger callbacks for exactly
 the loggers the config names, plus Tune's JSON logger, whose ``result.json`` rayrm reads
 itself. MLflow and W&B go through Ray's own integrations (``MLflowLoggerCallback``,
 ``WandbLoggerCallback``), given the metrics of ``result["rlhf"]`` under their own names
 (``reward/mean``, ``kl/per_sequence``, ...) at step ``training_iteration``, and the resolved
 config as parameters. After a run, :func:`log_artifacts` adds its report and plots to the
-same MLflow and W&B runs. A logger whose package is missing is a one-line
-:class:`~rayrm.config.ConfigError` naming the extra to install, before Ray starts.
+same MLflow and W&B runs. The SFT and reward-model stages log from Ray Train's controller
+(``rayrm.stages.tracking``) with the helpers here. A logger whose package is missing is a
+one-line :class:`~rayrm.config.ConfigError` naming the extra to install, before Ray starts.
 """
 
 from __future__ import annotations
@@ -19,8 +20,17 @@ from typing import Any
 
 from rayrm import metrics as M
 from rayrm.config import ConfigError, RunConfig
+from rayrm.config.tracking import TrackingSettings
 
-__all__ = ["EXTRAS", "check_tracking", "log_artifacts", "logger_callbacks", "published"]
+__all__ = [
+    "EXTRAS",
+    "check_tracking",
+    "log_artifacts",
+    "logger_callbacks",
+    "mlflow_uri",
+    "published",
+    "wandb_project",
+]
 
 EXTRAS = {"mlflow": ("mlflow", "rayrm[mlflow]"), "wandb": ("wandb", "rayrm[wandb]")}
 """Logger -> (module it needs, the pip extra that installs it)."""
@@ -29,9 +39,10 @@ RUN_TAG = "rayrm_run"
 """MLflow tag of every run an experiment logs: its run folder (how artifacts find the run)."""
 
 
-def check_tracking(cfg: RunConfig) -> None:
-    """Raises a one-line :class:`ConfigError` for a logger whose package is not installed."""
-    for name in cfg.run.loggers:
+def check_tracking(run: TrackingSettings) -> None:
+    """Raises a one-line :class:`ConfigError` for a logger whose package is not installed
+    (and for W&B online without an API key)."""
+    for name in run.loggers:
         if name in EXTRAS and importlib.util.find_spec(EXTRAS[name][0]) is None:
             module, extra = EXTRAS[name]
             raise ConfigError(
@@ -39,13 +50,13 @@ def check_tracking(cfg: RunConfig) -> None:
                 f"pip install '{extra}'",
                 key="run.loggers",
             )
-    _check_wandb_key(cfg)
+    _check_wandb_key(run)
 
 
-def _check_wandb_key(cfg: RunConfig) -> None:
+def _check_wandb_key(run: TrackingSettings) -> None:
     """W&B online needs an API key (``WANDB_API_KEY`` or ``wandb login``): say so before Ray
     starts rather than in a trial's traceback."""
-    if "wandb" not in cfg.run.loggers or cfg.run.wandb.mode != "online":
+    if "wandb" not in run.loggers or run.wandb.mode != "online":
         return
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
         return
@@ -70,23 +81,25 @@ def published(result: dict[str, Any]) -> dict[str, Any]:
     return {**result.get(M.RLHF_RESULTS, {}), "training_iteration": result["training_iteration"]}
 
 
-def _mlflow_uri(cfg: RunConfig) -> str | None:
-    uri = cfg.run.mlflow.tracking_uri
+def mlflow_uri(run: TrackingSettings) -> str | None:
+    """``run.mlflow.tracking_uri``; a ``file:`` store is allowed (MLflow 3 asks for that)."""
+    uri = run.mlflow.tracking_uri
     if uri is not None and uri.startswith("file:"):
         # MLflow 3 refuses file stores unless told they are wanted; the config says so.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return uri
 
 
-def _wandb_project(cfg: RunConfig) -> str:
-    return cfg.run.wandb.project or os.environ.get("WANDB_PROJECT") or cfg.name
+def wandb_project(run: TrackingSettings, name: str) -> str:
+    """``run.wandb.project``, else ``$WANDB_PROJECT``, else the run's name."""
+    return run.wandb.project or os.environ.get("WANDB_PROJECT") or name
 
 
 def logger_callbacks(cfg: RunConfig, exp_dir: Path) -> list[Any]:
     """Tune's logger callbacks for ``cfg.run.loggers`` (JSON always; Tune adds no others)."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
-    check_tracking(cfg)
+    check_tracking(cfg.run)
     # Tune would add CSV and TensorBoard loggers whatever the config says.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     loggers = cfg.run.loggers
@@ -112,7 +125,7 @@ def _mlflow_callback(cfg: RunConfig, exp_dir: Path) -> Any:
             super().log_trial_result(iteration, trial, published(result))
 
     return RLHFMLflowCallback(
-        tracking_uri=_mlflow_uri(cfg),
+        tracking_uri=mlflow_uri(cfg.run),
         experiment_name=cfg.run.mlflow.experiment or cfg.name,
         tags={RUN_TAG: str(exp_dir)},
     )
@@ -134,7 +147,9 @@ def _wandb_callback(cfg: RunConfig, exp_dir: Path) -> Any:
     extra = {"entity": w.entity} if w.entity else {}
     # W&B's files go to the run folder itself: Tune's copy of a trial's staging folder is
     # taken before the logging actor has finished writing.
-    return RLHFWandbCallback(project=_wandb_project(cfg), mode=w.mode, dir=str(exp_dir), **extra)
+    return RLHFWandbCallback(
+        project=wandb_project(cfg.run, cfg.name), mode=w.mode, dir=str(exp_dir), **extra
+    )
 
 
 def log_artifacts(cfg: RunConfig, exp_dir: Path, trial_id: str, files: list[Path]) -> None:
@@ -147,7 +162,7 @@ def log_artifacts(cfg: RunConfig, exp_dir: Path, trial_id: str, files: list[Path
     if "mlflow" in cfg.run.loggers:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(_mlflow_uri(cfg))
+        client = MlflowClient(mlflow_uri(cfg.run))
         experiment = client.get_experiment_by_name(cfg.run.mlflow.experiment or cfg.name)
         if experiment is not None:
             runs = client.search_runs(
@@ -165,7 +180,7 @@ def log_artifacts(cfg: RunConfig, exp_dir: Path, trial_id: str, files: list[Path
         w = cfg.run.wandb
         run = wandb.init(
             id=trial_id,
-            project=_wandb_project(cfg),
+            project=wandb_project(cfg.run, cfg.name),
             entity=w.entity,
             mode=w.mode,
             dir=str(exp_dir),
