@@ -23,7 +23,7 @@ def init_ray(
     temp_dir: str | None = None,
     log_to_driver: bool = True,
     env_vars: dict[str, str] | None = None,
-) -> None:
+) -> bool:
     """Joins ``RAY_ADDRESS``'s cluster or starts a local Ray; does nothing if Ray is up.
 
     Args:
@@ -31,11 +31,14 @@ def init_ray(
         temp_dir: Where a local Ray keeps its session files (default: Ray's).
         log_to_driver: Show the workers' output in this process's terminal.
         env_vars: Environment variables of every worker (a local Ray's runtime env).
+
+    Returns:
+        Whether it started a local Ray (this process's command has the machine to itself).
     """
     import ray  # deferred: configs are checked before Ray is imported
 
     if ray.is_initialized():
-        return
+        return False
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": log_to_driver}
@@ -47,6 +50,7 @@ def init_ray(
         if env_vars:
             kwargs["runtime_env"] = {"env_vars": dict(env_vars)}
     ray.init(**kwargs)
+    return not os.environ.get("RAY_ADDRESS")
 
 
 @contextmanager

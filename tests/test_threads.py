@@ -86,3 +86,23 @@ def test_reward_actors_fractions_and_the_override(ray_local, monkeypatch):
     monkeypatch.setenv(THREADS_ENV, "0")
     with pytest.raises(ValueError, match=f"{THREADS_ENV} must be an integer >= 1, got '0'"):
         use_reserved_cpus()
+
+
+def test_a_lone_local_trial_takes_the_spare_cores(tiny_policy_dir, prompts_file, tmp_path):
+    """`rayrm train` on a local Ray of its own: the trial's learner reserves what the reward
+    actors, env runners and a pipelined sampler leave (hence as many torch threads)."""
+    from rayrm.experiment.resources import claim_local_cores
+
+    def learner_cpus(local_cpus: float, **sections: dict) -> float:
+        cfg = make_config(tiny_policy_dir, prompts_file, tmp_path, **sections)
+        return claim_local_cores(cfg, local_cpus).resources.num_cpus_per_learner
+
+    # make_config's reward actor reserves 0.25 CPU.
+    assert learner_cpus(8) == 7 and learner_cpus(2) == 1 and learner_cpus(1) == 1
+    assert learner_cpus(8, resources={"num_env_runners": 2}) == 5  # two runners, one CPU each
+    assert learner_cpus(8, ppo={"async_rollouts": True}) == 6  # the sampler thread's CPU
+    reward = {"num_cpus_per_actor": 1, "num_actors": 2}
+    assert learner_cpus(4, reward=reward) == 2
+    # Given explicitly, or remote learners: left alone.
+    assert learner_cpus(8, resources={"num_cpus_per_learner": 2}) == 2
+    assert learner_cpus(8, resources={"num_learners": 2}) == 1

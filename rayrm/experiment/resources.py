@@ -19,7 +19,7 @@ from typing import Any
 from rayrm.config import ConfigError, RunConfig
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 
-__all__ = ["trial_bundles", "unmet", "wait_for_resources"]
+__all__ = ["claim_local_cores", "trial_bundles", "unmet", "wait_for_resources"]
 
 Bundle = dict[str, float]
 _EPS = 1e-9
@@ -30,6 +30,23 @@ def trial_bundles(cfg: RunConfig) -> tuple[list[Bundle], str]:
     pgf = RLHFPPO.default_resource_request(build_algo_config(cfg))
     bundles = [{k: float(v) for k, v in b.items() if v} for b in pgf.bundles]
     return bundles, pgf.strategy
+
+
+def claim_local_cores(cfg: RunConfig, local_cpus: float) -> RunConfig:
+    """A lone trial on a local Ray of ``local_cpus`` CPUs: its local learner reserves what the
+    other bundles (env runners, reward actors, a pipelined sampler) leave, at least one CPU,
+    unless ``resources.num_cpus_per_learner`` was given or learners are remote. Its update
+    then runs on that many torch threads (``use_reserved_cpus``)."""
+    res = cfg.resources
+    if res.num_learners or "num_cpus_per_learner" in res.model_fields_set:
+        return cfg
+    bundles, _ = trial_bundles(cfg)
+    others = sum(b.get("CPU", 0.0) for b in bundles) - res.num_cpus_per_learner
+    cpus = float(max(1, int(local_cpus - others + _EPS)))
+    if cpus == res.num_cpus_per_learner:
+        return cfg
+    claimed = res.model_copy(update={"num_cpus_per_learner": cpus})
+    return cfg.model_copy(update={"resources": claimed})
 
 
 def _fits(need: Bundle, node: Bundle) -> bool:

@@ -17,7 +17,7 @@ from rayrm.console import LOG_NAME, holds_run, quiet, say, warn
 from rayrm.experiment.failures import failure_summary, is_retriable, trial_dir_of
 from rayrm.experiment.leftovers import claim_run_folder, record_driver, release
 from rayrm.experiment.preflight import check_storage, preflight
-from rayrm.experiment.resources import wait_for_resources
+from rayrm.experiment.resources import claim_local_cores, wait_for_resources
 from rayrm.ray_init import init_ray, owned_ray
 from rayrm.rl.algorithm import RLHFPPO
 from rayrm.rl.rllib_compat import local_session_dir
@@ -162,7 +162,10 @@ def run_train(
     """
     exp_dir = check_experiment_dir(cfg, resume)
     claim_run_folder(exp_dir)  # a killed driver's Ray: ended before this one starts
-    init_ray(cfg.run.num_cpus)
+    if init_ray(cfg.run.num_cpus):  # a local Ray of its own: the trial takes the spare cores
+        import ray
+
+        cfg = claim_local_cores(cfg, ray.cluster_resources().get("CPU", 0.0))
     exp_dir.mkdir(parents=True, exist_ok=True)
     record_driver(exp_dir, local_session_dir())
     try:
