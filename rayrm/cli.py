@@ -167,6 +167,11 @@ def _add_using(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     x = sub.add_parser("export", help="write the policy as a Hugging Face model directory")
     x.add_argument("run", help="run folder, trial folder or checkpoint")
     x.add_argument("out_dir")
+    x.add_argument(
+        "--adapter",
+        action="store_true",
+        help="a LoRA run's adapter as a peft directory instead of the merged model",
+    )
     c = sub.add_parser("config", help="config tools")
     csub = c.add_subparsers(dest="config_command", required=True)
     schema = csub.add_parser(
@@ -438,7 +443,8 @@ def _generate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from rayrm.rl.checkpoint import export_policy
 
-    print(f"exported policy to {export_policy(args.run, args.out_dir)}")
+    out = export_policy(args.run, args.out_dir, adapter=args.adapter)
+    print(f"exported {'adapter' if args.adapter else 'policy'} to {out}")
     return 0
 
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field
 
 from rayrm.config.base import ConfigError, NonEmptyStr, Section
+from rayrm.config.lora import LoraSettings
 from rayrm.config.reward import FUNCTION_RE, RewardConfig, check_reward
 from rayrm.config.tracking import TrackingSettings
 
@@ -59,6 +60,9 @@ class ModelConfig(Section):
         gradient_checkpointing: Recompute the policy's (and critic's) activations in backward
             instead of storing them (Hugging Face's gradient checkpointing): less memory,
             about a third more update time.
+        lora: Train LoRA adapters on the policy instead of all its weights
+            (:class:`~rayrm.config.lora.LoraSettings`; the extra ``rayrm[lora]``); None: full
+            fine-tuning.
     """
 
     path: NonEmptyStr
@@ -67,6 +71,7 @@ class ModelConfig(Section):
     critic_path: NonEmptyStr | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
+    lora: LoraSettings | None = None
 
     @property
     def resolved_tokenizer_path(self) -> str:

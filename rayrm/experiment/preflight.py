@@ -15,6 +15,7 @@ max 12; 0 longer than data.max_prompt_tokens=24``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -45,6 +46,11 @@ def preflight(cfg: RunConfig) -> str:
         ConfigError: One line naming the key and the file or row at fault.
     """
     check_tracking(cfg.run)  # a logger's package installed
+    if cfg.model.lora is not None and importlib.util.find_spec("peft") is None:
+        raise ConfigError(
+            "model.lora needs the peft package, which is not installed: pip install 'rayrm[lora]'",
+            key="model.lora",
+        )
     codec = prompt_codec(cfg, load_tokenizer(cfg.model.resolved_tokenizer_path))
     prompts, references = _prompts(cfg, "data.prompts", cfg.data.prompts)
     summary = _encode_summary(cfg, codec, prompts)

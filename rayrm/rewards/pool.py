@@ -45,6 +45,24 @@ _ACTOR_LOST = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableErro
 """A chunk's actor died or is restarting: the chunk may or may not have run."""
 
 
+def _wait_until_up(actor: Any, timeout_s: float | None) -> None:
+    """Waits for ``actor`` to answer a ping: through a restart (Ray refuses calls to a
+    restarting actor at once), for up to ``timeout_s``. A dead actor, or one still silent,
+    is left to the chunk's own call to report."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            ray.get(actor.ping.remote(), timeout=left)
+            return
+        except ray.exceptions.ActorUnavailableError:  # restarting: ask again shortly
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(0.2)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+            return
+
+
 STARTUP_S = 300.0
 """Seconds a restarted actor may take to come up (load its model) before its chunk's
 ``timeout_s`` starts counting."""
@@ -376,11 +394,8 @@ class RewardPool:
             time.sleep(min(cap, first * 2 ** (chunk.resubmitted - 1)))
         chunk.actor = (chunk.actor + 1) % len(self.actors)
         actor = self.actors[chunk.actor]
-        try:
-            startup = None if self.timeout_s is None else max(self.timeout_s, STARTUP_S)
-            ray.get(actor.ping.remote(), timeout=startup)
-        except (ray.exceptions.GetTimeoutError, *_ACTOR_LOST):
-            pass  # the chunk's own call reports it
+        startup = None if self.timeout_s is None else max(self.timeout_s, STARTUP_S)
+        _wait_until_up(actor, startup)
         return actor.score.remote(*chunk.args)
 
     def stats(self) -> dict[str, Any]:

@@ -138,17 +138,7 @@ class RLHFConfig(PPOConfig):
         self.rl_module(
             rl_module_spec=RLModuleSpec(
                 module_class=LMPolicyModule,
-                model_config={
-                    "path": cfg.model.path,
-                    "dtype": cfg.model.dtype,
-                    "gradient_checkpointing": cfg.model.gradient_checkpointing,
-                    "forward_batch_size": cfg.forward_batch_size,
-                    "critic": cfg.model.critic if cfg.ppo.uses_critic else "none",
-                    "critic_path": cfg.model.resolved_critic_path,
-                    "temperature": cfg.generation.temperature,
-                    "top_k": cfg.generation.top_k,
-                    "top_p": cfg.generation.top_p,
-                },
+                model_config=module_config(cfg),
             )
         )
         self.reporting(
@@ -159,6 +149,22 @@ class RLHFConfig(PPOConfig):
         self.debugging(seed=cfg.seed, log_level="WARN")
         self.rayrm = cfg.to_dict()
         return self
+
+
+def module_config(cfg: RunConfig) -> dict[str, Any]:
+    """The ``model_config`` of the policy RLModule (``LMPolicyModule``)."""
+    return {
+        "path": cfg.model.path,
+        "dtype": cfg.model.dtype,
+        "gradient_checkpointing": cfg.model.gradient_checkpointing,
+        "forward_batch_size": cfg.forward_batch_size,
+        "critic": cfg.model.critic if cfg.ppo.uses_critic else "none",
+        "critic_path": cfg.model.resolved_critic_path,
+        "temperature": cfg.generation.temperature,
+        "top_k": cfg.generation.top_k,
+        "top_p": cfg.generation.top_p,
+        "lora": cfg.model.lora.to_dict() if cfg.model.lora else None,
+    }
 
 
 def completion_of(episode: Any) -> Completion:

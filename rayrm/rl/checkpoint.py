@@ -6,7 +6,9 @@ checkpoint), the tokenizer (:data:`TOKENIZER_DIR`) and the policy's original Hug
 config and generation config (:data:`HF_CONFIG_DIR`); the algorithm's own state (β, reward
 moments) is under :data:`RAYRM_STATE` in RLlib's state. So loading needs neither Ray nor the
 original model directory: the policy is rebuilt from its config and given the trained weights
-(the ``lm.`` part of the learner's module state, ``rllib_compat.MODULE_STATE_FILE``).
+(the ``lm.`` part of the learner's module state, ``rllib_compat.MODULE_STATE_FILE``). A LoRA
+run (``model.lora``) keeps its adapters only: its base model is read from ``model.path`` again,
+and the adapters are merged into it (or exported as a peft adapter directory).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from envs.tokenization import PromptCodec
 from rayrm.config import ConfigError, RunConfig, load_config
 from rayrm.models.decoding import sample_completions
 from rayrm.models.hf_files import stop_token_ids_of
-from rayrm.models.loading import DTYPES
+from rayrm.models.loading import DTYPES, load_causal_lm
+from rayrm.models.lora import peft_model
 from rayrm.rl import rllib_compat as compat
 from rayrm.rl.rllib_compat import MODULE_STATE_FILE
 
@@ -197,8 +200,36 @@ def _build(ckpt: Path, state: dict[str, Any], prefix: str, dtype: str) -> torch.
     return model.eval()
 
 
+def _lora_base(ckpt: Path, cfg: RunConfig) -> torch.nn.Module:
+    """A LoRA run's base model (``model.path``, which its checkpoints do not hold)."""
+    if not (Path(cfg.model.path) / "config.json").is_file():
+        raise ConfigError(
+            f"{ckpt}: a LoRA run's checkpoint holds its adapters, not its base model; the "
+            f"base model.path {cfg.model.path} is needed and is not there",
+            key="model.path",
+        )
+    return load_causal_lm(cfg.model.path, cfg.model.dtype)
+
+
+def lora_policy(run_or_checkpoint: str | Path) -> tuple[Any, RunConfig, Path]:
+    """A LoRA run's policy as a ``peft.PeftModel``: base (``model.path``) and trained adapters.
+
+    Returns:
+        ``(peft_model, run_config, checkpoint_dir)``.
+    """
+    ckpt = find_checkpoint(run_or_checkpoint)
+    cfg = load_config(ckpt / RESOLVED_CONFIG_FILE, check_paths=False)
+    if cfg.model.lora is None:
+        raise ConfigError(f"{ckpt}: not a LoRA run (model.lora is not set)", key="model.lora")
+    adapters = {
+        k[len(LM_PREFIX) :]: v for k, v in _module_state(ckpt).items() if k.startswith(LM_PREFIX)
+    }
+    model = peft_model(_lora_base(ckpt, cfg), cfg.model.lora.to_dict(), adapters)
+    return model.eval(), cfg, ckpt
+
+
 def load_policy(run_or_checkpoint: str | Path) -> tuple[torch.nn.Module, Any, RunConfig, Path]:
-    """Loads the trained policy LM, in the run's ``model.dtype``.
+    """Loads the trained policy LM, in the run's ``model.dtype`` (a LoRA run's merged).
 
     Returns:
         ``(model, tokenizer, run_config, checkpoint_dir)``.
@@ -206,17 +237,21 @@ def load_policy(run_or_checkpoint: str | Path) -> tuple[torch.nn.Module, Any, Ru
     from transformers import AutoTokenizer
 
     ckpt = find_checkpoint(run_or_checkpoint)
-    state = _module_state(ckpt)
     cfg = load_config(ckpt / RESOLVED_CONFIG_FILE, check_paths=False)
-    model = _build(ckpt, state, LM_PREFIX, cfg.model.dtype)
+    if cfg.model.lora is not None:
+        model = lora_policy(ckpt)[0].merge_and_unload().eval()
+    else:
+        model = _build(ckpt, _module_state(ckpt), LM_PREFIX, cfg.model.dtype)
     tokenizer = AutoTokenizer.from_pretrained(ckpt / TOKENIZER_DIR)
     return model, tokenizer, cfg, ckpt
 
 
 def load_reference(run_or_checkpoint: str | Path) -> torch.nn.Module:
-    """The frozen reference model stored in a checkpoint."""
+    """The frozen reference model stored in a checkpoint (a LoRA run's: its base model)."""
     ckpt = find_checkpoint(run_or_checkpoint)
     cfg = load_config(ckpt / RESOLVED_CONFIG_FILE, check_paths=False)
+    if cfg.model.lora is not None:
+        return _lora_base(ckpt, cfg).eval()
     return _build(ckpt, _module_state(ckpt), REF_PREFIX, cfg.model.dtype)
 
 
@@ -234,13 +269,20 @@ def checkpoint_codec(
     )
 
 
-def export_policy(run_or_checkpoint: str | Path, out_dir: str | Path) -> Path:
+def export_policy(
+    run_or_checkpoint: str | Path, out_dir: str | Path, *, adapter: bool = False
+) -> Path:
     """Writes the policy as a Hugging Face model directory (weights in the run's dtype, config,
-    generation config, tokenizer)."""
-    from transformers import GenerationConfig
+    generation config, tokenizer); a LoRA run's merged, or with ``adapter`` as a peft adapter
+    directory (``adapter_config.json``, adapter weights; the base is ``model.path``)."""
+    from transformers import AutoTokenizer, GenerationConfig
 
-    model, tokenizer, _, ckpt = load_policy(run_or_checkpoint)
     out = Path(out_dir)
+    if adapter:
+        model, _, ckpt = lora_policy(run_or_checkpoint)
+        tokenizer = AutoTokenizer.from_pretrained(ckpt / TOKENIZER_DIR)
+    else:
+        model, tokenizer, _, ckpt = load_policy(run_or_checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     if (ckpt / HF_CONFIG_DIR / "generation_config.json").is_file():

@@ -17,6 +17,8 @@ says which rows share a completion; without it each row is its own sequence.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -30,6 +32,7 @@ from rayrm.core_algos import sample_tokens
 from rayrm.models.decoding import decode_start, decode_step
 from rayrm.models.heads import check_head_path, head_logits, token_logp_entropy, trunk_hidden
 from rayrm.models.loading import hidden_size, load_causal_lm, load_critic
+from rayrm.models.lora import adapters_disabled, add_lora, is_adapter_key
 
 __all__ = [
     "ENTROPY",
@@ -45,6 +48,9 @@ __all__ = [
 SEQ_ID = "seq_id"
 """Batch column: integer id of the completion a token row belongs to (rows of one id share a
 prefix, so one forward pass serves them all)."""
+
+_SYNCED = ("lm",)
+"""Top-level submodules whose trained weights every copy of the module must receive."""
 
 VF_PREDS = Columns.VF_PREDS
 LOGP = "logp"
@@ -79,13 +85,19 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     """Hugging Face causal LM policy with a value head (shared trunk or separate critic).
 
     ``model_config`` keys: ``path`` (HF directory), ``dtype``, ``critic`` ("shared" |
-    "separate" | "none": no value model at all, for critic-free estimators), ``critic_path``, ``temperature``, ``top_k``, ``top_p``,
-    ``gradient_checkpointing``, ``forward_batch_size`` (completions per no-grad forward).
+    "separate" | "none": no value model at all, for critic-free estimators), ``critic_path``,
+    ``temperature``, ``top_k``, ``top_p``, ``gradient_checkpointing``, ``forward_batch_size``
+    (completions per no-grad forward), ``lora`` (``model.lora`` as a dict, or None).
 
     The learner copy also holds ``ref_model``: the frozen reference policy, loaded from the
     same initial weights, never trained (no grad, excluded from the optimizer) and saved with
     the module's state so a restored run keeps exactly the reference it started with. The
     env-runner copy (``inference_only``) holds the LM alone.
+
+    With ``lora`` (``model.lora``) the LM carries LoRA adapters (``rayrm.models.lora``) and
+    its base weights are frozen; there is no ``ref_model``: the reference is the LM with its
+    adapters switched off. The state (syncs, checkpoints) then holds the adapters and the
+    value model only; the base comes from ``path``.
 
     Parameters live in ``dtype`` (the value head in float32); the learner's optimizer keeps
     float32 master weights (``rayrm.models.precision``). ``get_state`` returns torch tensors,
@@ -97,6 +109,9 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         mc = self.model_config
         dtype = mc.get("dtype", "float32")
         self.lm = load_causal_lm(mc["path"], dtype)
+        self.lora = mc.get("lora")  # LoRA: adapters on self.lm, the base frozen
+        if self.lora:
+            add_lora(self.lm, self.lora)
         self.temperature = float(mc.get("temperature", 1.0))
         self.top_k = int(mc.get("top_k", 0))
         self.top_p = float(mc.get("top_p", 1.0))
@@ -105,8 +120,9 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             return
         self._head_checked = False  # on the first learner forward, on the learner's device
         self._build_critic(mc.get("critic", "shared"), mc.get("critic_path") or mc["path"], dtype)
-        self.ref_model = load_causal_lm(mc["path"], dtype)
-        self.ref_model.requires_grad_(False)
+        if not self.lora:  # with LoRA the reference is self.lm with its adapters off
+            self.ref_model = load_causal_lm(mc["path"], dtype)
+            self.ref_model.requires_grad_(False)
         if mc.get("gradient_checkpointing", False):
             # Activations are recomputed in backward, block by block.
             for model in (self.lm, getattr(self, "critic", None)):
@@ -166,7 +182,34 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             key: value.detach().cpu()
             for key, value in self.state_dict().items()
             if not any(key == a or key.startswith(a + ".") for a in skip)
+            and not self._frozen_base(key)
         }
+
+    def _frozen_base(self, key: str) -> bool:
+        """A base weight of a LoRA policy: never trained, never synced or saved (it is read
+        from ``path`` again)."""
+        return bool(self.lora) and key.startswith("lm.") and not is_adapter_key(key)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Loads ``state``; a LoRA policy's state (adapters, heads) leaves its base as is."""
+        if not self.lora:
+            super().set_state(state)
+            return
+        tensors = {k: torch.as_tensor(v) for k, v in state.items()}
+        missing, _ = self.load_state_dict(tensors, strict=False)
+        lost = [k for k in missing if not self._frozen_base(k) and k.split(".")[0] in _SYNCED]
+        if self.inference_only and lost:
+            raise ValueError(f"the state lacks the policy's trained weights {lost[:3]}")
+
+    @contextmanager
+    def _reference(self) -> Iterator[nn.Module]:
+        """The frozen reference policy: ``ref_model``, or under LoRA ``lm`` with its adapters
+        switched off (no second copy)."""
+        if self.lora:
+            with adapters_disabled(self.lm) as base:
+                yield base
+        else:
+            yield self.ref_model
 
     # ----------------------------------------------------------------- one-pass forwards
     def _rows(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -281,8 +324,8 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         if values and critic is not None:
             out[VF_PREDS] = self._value(self._hidden(critic, batch))
         if ref_logp:
-            hidden = self._hidden(self.ref_model, batch)
-            out[REF_LOGP] = self._logp_entropy(self.ref_model, batch, hidden)[0]
+            with self._reference() as ref:
+                out[REF_LOGP] = self._logp_entropy(ref, batch, self._hidden(ref, batch))[0]
         return out
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

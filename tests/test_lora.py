@@ -1,0 +1,145 @@
+"""LoRA policies (``model.lora``, peft): only the adapters and the value head train, the
+reference is the base model (adapters switched off, no second copy), weight syncs carry the
+adapters alone, checkpoints restore them, and export merges them (or writes a peft adapter).
+On GPT-2 (Conv1D layers, byte-level BPE) and Llama (SentencePiece-style, BOS)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_config
+
+from rayrm import metrics as M
+from rayrm.models.loading import load_causal_lm
+from rayrm.models.lora import is_adapter_key
+from rayrm.models.tiny import build_tiny_model
+from rayrm.rl.algorithm import build_algo_config
+from rayrm.rl.checkpoint import export_policy
+from rayrm.rl.module import SEQ_ID
+from rayrm.rl.rllib_compat import local_learner
+
+pytest.importorskip("peft")
+LORA = {"r": 8, "alpha": 16}
+
+
+@pytest.fixture(scope="module")
+def archs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("lora")
+    return {
+        arch: build_tiny_model(root / arch, arch=arch, hidden=32, heads=4, positions=96)
+        for arch in ("gpt2", "llama")
+    }
+
+
+def _module(algo):
+    return local_learner(algo.learner_group).module["default_policy"].unwrapped()
+
+
+def _prefix_batch(ids: torch.Tensor, start: int) -> dict:
+    """The rows of one completion: states ``ids[:t]`` for t >= ``start``, actions ``ids[t]``."""
+    from ray.rllib.core.columns import Columns
+
+    T = len(ids)
+    rows = torch.arange(start, T)
+    input_ids = ids.repeat(len(rows), 1)
+    return {
+        Columns.OBS: {"input_ids": input_ids, "length": rows[:, None]},
+        Columns.ACTIONS: ids[rows],
+        SEQ_ID: torch.zeros(len(rows), dtype=torch.long),
+    }
+
+
+def _expected_logp(model, ids: torch.Tensor, start: int) -> torch.Tensor:
+    logits = model(ids[None]).logits[0].float()
+    logp = torch.log_softmax(logits, -1)
+    return logp[torch.arange(start - 1, len(ids) - 1), ids[start:]]
+
+
+def _nbytes(state: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in state.values())
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lora_trains_adapters_against_the_base_and_exports(
+    ray_local, archs, prompts_file, tmp_path, arch
+):
+    path = archs[arch]
+    cfg = make_config(
+        path, prompts_file, tmp_path, model={"lora": LORA}, ppo={"lr": 2e-3, "batch_size": 16}
+    )
+    algo = build_algo_config(cfg).build_algo()
+    try:
+        module = _module(algo)
+        trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+        assert trainable and all(is_adapter_key(n) or n.startswith("value_head") for n in trainable)
+        assert not hasattr(module, "ref_model")  # the reference is the base, not a copy
+        for _ in range(3):
+            algo.train()
+        base = load_causal_lm(path, "float32")
+        # The frozen base weights are the checkpoint's, bit for bit; the adapters moved.
+        frozen = {k: v for k, v in module.lm.state_dict().items() if not is_adapter_key(k)}
+        for key, value in base.state_dict().items():
+            name = key if key in frozen else key.replace(".weight", ".base_layer.weight")
+            name = name if name in frozen else name.replace(".bias", ".base_layer.bias")
+            torch.testing.assert_close(frozen[name], value, rtol=0, atol=0)
+        assert any(v.abs().sum() > 0 for k, v in module.lm.state_dict().items() if "lora_B" in k)
+        # Reference log-probs: the base model's exactly; the policy's differ.
+        ids = torch.randint(3, 60, (14,))
+        ref = module.compute_ref_logp(_prefix_batch(ids, 4))
+        torch.testing.assert_close(ref, _expected_logp(base, ids, 4), rtol=1e-5, atol=1e-5)
+        policy = module.rollout_outputs(_prefix_batch(ids, 4), values=False, ref_logp=False)
+        assert not torch.allclose(policy["logp"], ref, atol=1e-6)
+        # What the env runners receive: the adapters alone, a small fraction of the model.
+        synced = module.get_state(inference_only=True)
+        assert synced and all(is_adapter_key(k) for k in synced)
+        assert _nbytes(synced) < 0.1 * _nbytes(base.state_dict())
+        runner_lm = algo.env_runner.module.lm
+        torch.testing.assert_close(
+            runner_lm(ids[None]).logits, module.lm(ids[None]).logits, rtol=1e-5, atol=1e-5
+        )
+        checkpoint = algo.save_to_path(str(tmp_path / "ckpt"))
+        from rayrm.rl.checkpoint import write_rayrm_files
+
+        write_rayrm_files(checkpoint, cfg, algo.tokenizer)
+        trained_logits = module.lm(ids[None]).logits
+    finally:
+        algo.stop()
+
+    # Restored: the same adapters on the same base.
+    again = build_algo_config(cfg).build_algo()
+    try:
+        again.restore_from_path(checkpoint)
+        restored = _module(again)
+        torch.testing.assert_close(restored.lm(ids[None]).logits, trained_logits)
+    finally:
+        again.stop()
+    # Exported: merged into a plain Hugging Face model, or as a peft adapter of the base.
+    from peft import PeftModel
+
+    merged = load_causal_lm(str(export_policy(checkpoint, tmp_path / "merged")), "float32")
+    assert not any(is_adapter_key(k) for k in merged.state_dict())
+    torch.testing.assert_close(merged(ids[None]).logits, trained_logits, rtol=1e-4, atol=1e-4)
+    adapter_dir = export_policy(checkpoint, tmp_path / "adapter", adapter=True)
+    assert (adapter_dir / "adapter_config.json").is_file()
+    peft = PeftModel.from_pretrained(load_causal_lm(path, "float32"), str(adapter_dir))
+    torch.testing.assert_close(peft(ids[None]).logits, trained_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_lora_ppo_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, tmp_path):
+    cfg = make_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        model={"lora": {"r": 16, "alpha": 32, "target_modules": ["all-linear"]}},
+        ppo={"batch_size": 32, "lr": 3e-3},
+        run={"num_iterations": 30, "checkpoint_every": 30},
+    )
+    algo = build_algo_config(cfg).build_algo()
+    try:
+        results = [algo.train()[M.RLHF_RESULTS] for _ in range(30)]
+    finally:
+        algo.stop()
+    rewards = [r[M.REWARD_MEAN] for r in results]
+    first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
+    assert last > first + 0.1, (first, last)
