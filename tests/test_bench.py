@@ -108,10 +108,15 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
     assert large < memory["full_logits_bytes_per_step"]["50000"] / 100
 
     (learner,) = by_kind["learner_memory"]
-    assert learner["vocab_size"] == 32000 and set(learner["peak_mb"]) == {"chunked", "full_logits"}
+    modes = {"chunked", "full_logits", "chunked_lora"}
+    assert learner["vocab_size"] == 32000 and set(learner["peak_mb"]) == modes
     # Even at this smaller vocabulary the full-logits path peaks higher.
     assert learner["peak_mb"]["full_logits"] > learner["peak_mb"]["chunked"] > 0
     assert learner["ratio_full_over_chunked"] > 1
+    # LoRA: no reference copy, no Adam state for the base; a sync sends the adapters alone.
+    peak, sync = learner["learner_peak_mb"], learner["sync_mb"]
+    assert peak["chunked_lora"] < peak["chunked"], peak
+    assert 0 < sync["chunked_lora"] < 0.1 * sync["chunked"], sync
 
 
 def test_model_flops_by_hand(tmp_path):

@@ -143,3 +143,56 @@ def test_lora_ppo_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, t
     rewards = [r[M.REWARD_MEAN] for r in results]
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
     assert last > first + 0.1, (first, last)
+
+
+def test_lora_sft_and_reward_model_stages(ray_local, archs, tmp_path):
+    """`rayrm sft` and `rayrm train-rm` with model.lora: adapters (and the RM's score head)
+    train, the output is the merged plain Hugging Face model, and a resumed run continues
+    from the adapters. SFT on Llama (SentencePiece-style), the reward model on GPT-2."""
+    import json
+
+    import pyarrow as pa
+    from test_reward_training import rm_dict, vowel_pairs
+    from test_sft import sft_dict, write_corpus
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from rayrm.config.stage import RMConfig, SFTConfig, stage_config_from_dict
+    from rayrm.stages import trainer as stages
+    from rayrm.stages.reward_model import run_reward_training
+    from rayrm.stages.sft import run_sft
+
+    path = archs["llama"]
+    data = write_corpus(tmp_path / "corpus.parquet", n=96)
+
+    def sft(epochs: int, **extra: dict):
+        d = sft_dict(path, data, tmp_path, train={"epochs": epochs, "lr": 1e-2}, **extra)
+        d["model"]["lora"] = LORA
+        d["resources"] = {"num_workers": 1, "cpus_per_worker": 1}
+        return stage_config_from_dict(SFTConfig, d, check_paths=True)
+
+    first = run_sft(sft(1))
+    resumed = run_sft(sft(2, output={"overwrite": True}), resume=True)
+    assert [h[stages.EPOCH] for h in resumed["history"]] == [1, 2]
+    assert resumed["history"][0] == first["history"][0]
+    losses = [h[stages.SFT_EVAL_LOSS] for h in resumed["history"]]
+    assert losses[1] < losses[0], losses
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "sft-out")
+    base = AutoModelForCausalLM.from_pretrained(path)
+    m, b = merged.state_dict(), base.state_dict()
+    assert set(m) == set(b)  # a plain model: no adapter weights, no base_layer names
+    changed = {k for k in b if not torch.equal(m[k], b[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = pa.table(vowel_pairs(200, seed=0)).to_pylist()
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    d = rm_dict(archs["gpt2"], str(pairs), tmp_path)
+    d["model"]["lora"] = {"r": 8, "alpha": 16, "target_modules": ["all-linear"]}
+    d["train"] = {**d["train"], "epochs": 2, "lr": 1e-2}
+    d["resources"] = {"num_workers": 1, "cpus_per_worker": 1}
+    cfg = stage_config_from_dict(RMConfig, d, check_paths=True)
+    summary = run_reward_training(cfg)
+    acc = [h[stages.RM_EVAL_ACCURACY] for h in summary["history"]]
+    assert acc[-1] > 0.5, acc
+    rm = AutoModelForSequenceClassification.from_pretrained(cfg.output.dir)
+    assert rm.config.num_labels == 1 and not any("lora_" in k for k in rm.state_dict())

@@ -12,6 +12,13 @@ the same model and batch:
 * ``full_logits`` -- the path rayrm had before (and most trainers have): the model's full
   forward, logits for every position over the whole vocabulary, gathered to (N, V) float32,
   a log-softmax and an entropy over them, and a separate values pass.
+* ``chunked_lora`` -- rayrm's path with ``model.lora`` (r 8 on peft's default layers): no
+  reference copy, Adam state for the adapters and the value head only.
+
+Besides the update's peak growth, each run reports the learner's peak during the update counted
+from before the module was built (the module with its reference, the optimizer state, the
+update) and the bytes one weight sync sends to the env runners
+(``get_state(inference_only=True)``).
 
 Peak memory is the process's peak RSS growth during the update (Linux ``VmHWM`` after resetting
 it through ``/proc/self/clear_refs``), or ``torch.cuda.max_memory_allocated`` on a GPU. The
@@ -34,7 +41,8 @@ from rayrm.rl.module import LOGP, SEQ_ID, VF_PREDS, LMPolicyModule, _take_rows, 
 
 QWEN_VOCAB = 151_936
 PEAK_RATIO_TARGET = 4.0
-MODES = ("chunked", "full_logits")
+MODES = ("chunked", "full_logits", "chunked_lora")
+LORA = {"r": 8, "alpha": 16}
 
 
 def _status_kb(field: str) -> int:
@@ -132,14 +140,19 @@ def update_peak(
     vocab = AutoConfig.from_pretrained(model_dir).vocab_size
     per_minibatch = completions // num_minibatches
     space = gym.spaces.Dict({})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    whole = _Peak(device).__enter__()  # the learner's whole peak: module, optimizer, update
     module = RLModuleSpec(
         module_class=LMPolicyModule,
         observation_space=space,
         action_space=gym.spaces.Discrete(vocab),
-        model_config={"path": model_dir, "forward_batch_size": per_minibatch},
+        model_config={
+            "path": model_dir,
+            "forward_batch_size": per_minibatch,
+            "lora": LORA if mode.endswith("_lora") else None,
+        },
         inference_only=False,
     ).build()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
     module.train()
     optimizer = MasterWeightAdam(module.trainable_parameters(), lr=1e-5, max_grad_norm=1.0)
@@ -147,14 +160,15 @@ def update_peak(
     batch = tree.map_structure(lambda x: x.to(device), batch)
     rows = torch.nonzero(batch[SEQ_ID] < per_minibatch).squeeze(-1)
     minibatch = _take_rows(batch, rows)
+    chunked = mode.startswith("chunked")
     with _Peak(device) as peak:
         with torch.no_grad():
-            if mode == "chunked":
+            if chunked:
                 module.rollout_outputs(batch, logp=False)
             else:
                 _full_logits_outputs(module, module.ref_model, batch, values=False)
                 _full_logits_outputs(module, module.lm, batch, values=True)
-        if mode == "chunked":
+        if chunked:
             out = module.forward_train(minibatch)
             logp, values = out[LOGP], out[VF_PREDS]
         else:
@@ -162,9 +176,13 @@ def update_peak(
         loss = -logp.mean() + 0.5 * (values**2).mean()
         loss.backward()
         optimizer.step()
+    whole.__exit__(None, None, None)
+    synced = module.get_state(inference_only=True)
     return {
         "mode": mode,
         "peak_mb": round(peak.growth_mb, 1),
+        "learner_peak_mb": round(whole.growth_mb, 1),
+        "sync_mb": round(sum(v.numel() * v.element_size() for v in synced.values()) / 2**20, 3),
         "device": device.type,
         "rows_per_update": int(batch[SEQ_ID].numel()),
         "rows_per_minibatch": int(rows.numel()),
@@ -217,6 +235,9 @@ def measure_learner_memory(
         "device": runs["chunked"]["device"],
         "peak_mb": {mode: runs[mode]["peak_mb"] for mode in MODES},
         "ratio_full_over_chunked": ratio,
+        "learner_peak_mb": {mode: runs[mode]["learner_peak_mb"] for mode in MODES},
+        "sync_mb": {mode: runs[mode]["sync_mb"] for mode in MODES},
+        "lora": LORA,
         "one_float32_n_by_v_tensor_mb": round(N * vocab_size * 4 / 2**20, 1),
         "target": PEAK_RATIO_TARGET,
         "met": ratio >= PEAK_RATIO_TARGET,

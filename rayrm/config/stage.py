@@ -25,6 +25,7 @@ from pydantic import Field
 from rayrm.config.base import ConfigError, NonEmptyStr, Section, build
 from rayrm.config.checks import check_dir
 from rayrm.config.io import absolute, absolute_or_none, read_yaml_with_overrides
+from rayrm.config.lora import LoraSettings
 from rayrm.config.tracking import TrackingSettings
 
 __all__ = [
@@ -65,10 +66,14 @@ class StageModelConfig(Section):
             SFT: a causal LM. Reward-model training: a causal LM (its trunk is reused and a
             fresh scalar head added) or a sequence-classification model with one label.
         tokenizer_path: Tokenizer directory; None means ``path``.
+        lora: Train LoRA adapters (and a reward model's scalar head) instead of every weight
+            (:class:`~rayrm.config.lora.LoraSettings`); checkpoints and the output hold the
+            merged model. None: full fine-tuning.
     """
 
     path: NonEmptyStr
     tokenizer_path: NonEmptyStr | None = None
+    lora: LoraSettings | None = None
 
     @property
     def resolved_tokenizer_path(self) -> str:

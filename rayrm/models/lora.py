@@ -5,7 +5,8 @@ model keeps its class and module tree, so the chunked LM head, the KV-cached dec
 one-pass forwards work on it unchanged. Every base weight is frozen; only the adapters train.
 :func:`adapters_disabled` runs the base model (the reference policy) on the same weights.
 For export, :func:`peft_model` rebuilds a ``PeftModel`` around a fresh base with the trained
-adapter weights (to merge them, or to save a peft adapter directory).
+adapter weights (to merge them, or to save a peft adapter directory); the SFT and reward-model
+stages save :func:`merged_copy` and resume from :func:`trained_state`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ __all__ = [
     "add_lora",
     "is_adapter_key",
     "lora_config",
+    "merged_copy",
     "peft_model",
+    "trained_state",
 ]
 
 LORA_MARK = "lora_"
@@ -53,8 +56,12 @@ def lora_config(settings: dict[str, Any]) -> Any:
     )
 
 
-def add_lora(model: nn.Module, settings: dict[str, Any]) -> nn.Module:
-    """Injects adapters into ``model`` in place and freezes every other weight; returns it.
+def add_lora(
+    model: nn.Module, settings: dict[str, Any], *, also_train: tuple[str, ...] = ()
+) -> nn.Module:
+    """Injects adapters into ``model`` in place and freezes every other weight (but those of
+    the submodules named in ``also_train``, e.g. a reward model's fresh ``score`` head);
+    returns it.
 
     The adapters start as the identity (``B = 0``): the model computes what the base does.
     Adapter weights take the model's dtype.
@@ -64,7 +71,8 @@ def add_lora(model: nn.Module, settings: dict[str, Any]) -> nn.Module:
     dtype = next(model.parameters()).dtype
     model = inject_adapter_in_model(lora_config(settings), model)
     for name, param in model.named_parameters():
-        param.requires_grad_(is_adapter_key(name))
+        head = any(name.startswith(f"{m}.") for m in also_train)
+        param.requires_grad_(is_adapter_key(name) or head)
         if is_adapter_key(name) and param.dtype != dtype:
             param.data = param.data.to(dtype)
     return model
@@ -92,6 +100,28 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights of ``model``, by the names of its own module tree."""
     return {k: v for k, v in model.state_dict().items() if is_adapter_key(k)}
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights that train (adapters, heads), on CPU: what a LoRA checkpoint keeps."""
+    return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every adapter merged into its base layer and removed: a plain
+    Hugging Face model of the same class (``save_pretrained`` writes no adapter)."""
+    import copy
+
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = copy.deepcopy(model)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in layers:
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer.get_base_layer())
+    return model
 
 
 def peft_model(base: nn.Module, settings: dict[str, Any], adapters: dict[str, Any]) -> Any:

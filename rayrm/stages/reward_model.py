@@ -238,6 +238,7 @@ STEPS = StageSteps(
     metrics=metrics,
     describe=describe,
     sum_keys=("loss", "correct", "margin", "chosen", "rejected", "pairs"),
+    heads=("score",),
 )
 
 

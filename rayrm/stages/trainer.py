@@ -64,6 +64,9 @@ RM_EVAL_REJECTED_REWARD = "rm/eval_rejected_reward"
 # Checkpoint and output layout.
 MODEL_DIR = "model"
 OPTIMIZER_FILE = "optimizer.pt"
+TRAINED_FILE = "trained_weights.pt"
+"""Under ``model.lora``: the adapters and heads a checkpoint resumes from (its ``model/`` is
+the merged model, the stage's output)."""
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "rayrm_stage.yaml"
 SUMMARY_FILE = "training_summary.json"
@@ -88,6 +91,8 @@ class StageSteps:
             added over batches and workers (``eval_sums`` empty without evaluation).
         describe: ``(metrics) -> str``, the end-of-epoch line.
         sum_keys: The keys ``compute`` returns in ``sums``.
+        heads: Submodules trained beside the adapters under ``model.lora`` (a reward
+            model's fresh ``score`` head).
     """
 
     config_cls: type[StageConfig]
@@ -97,6 +102,7 @@ class StageSteps:
     metrics: Callable[[dict[str, float], dict[str, float]], dict[str, float]]
     describe: Callable[[dict[str, float]], str]
     sum_keys: tuple[str, ...]
+    heads: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,10 +196,16 @@ def _save_and_report(
     import ray.train
     import torch
 
+    from rayrm.models.lora import merged_copy, trained_state
+
     with tempfile.TemporaryDirectory(prefix="rayrm-ckpt-") as tmp:
         checkpoint = None
         if rank == 0:
-            _unwrap(model).save_pretrained(os.path.join(tmp, MODEL_DIR))
+            lm = _unwrap(model)
+            if cfg.model.lora is not None:
+                torch.save(trained_state(lm), os.path.join(tmp, TRAINED_FILE))
+                lm = merged_copy(lm)
+            lm.save_pretrained(os.path.join(tmp, MODEL_DIR))
             tokenizer.save_pretrained(os.path.join(tmp, MODEL_DIR))
             torch.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER_FILE))
             Path(tmp, STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
@@ -243,19 +255,32 @@ def _start(cfg: Any, steps: StageSteps, tokenizer: Any) -> tuple[Any, Any, dict[
     import ray.train.torch
     import torch
 
+    from rayrm.models.lora import add_lora
+
     state: dict[str, Any] = {"epoch": -1, "history": []}
     optimizer_state = None
     checkpoint = ray.train.get_checkpoint()
+    lora = cfg.model.lora.to_dict() if cfg.model.lora is not None else None
     if checkpoint is None:
         model = steps.build_model(cfg.model.path, cfg, tokenizer)
+        if lora:
+            add_lora(model, lora, also_train=steps.heads)
     else:
         with checkpoint.as_directory() as d:
             state = json.loads(Path(d, STATE_FILE).read_text(encoding="utf-8"))
-            model = steps.build_model(os.path.join(d, MODEL_DIR), cfg, tokenizer)
+            if lora:  # the base again, then the trained adapters and heads
+                model = add_lora(
+                    steps.build_model(cfg.model.path, cfg, tokenizer), lora, also_train=steps.heads
+                )
+                model.load_state_dict(torch.load(os.path.join(d, TRAINED_FILE)), strict=False)
+            else:
+                model = steps.build_model(os.path.join(d, MODEL_DIR), cfg, tokenizer)
             optimizer_state = torch.load(os.path.join(d, OPTIMIZER_FILE), map_location="cpu")
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
     )
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
