@@ -266,10 +266,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--rollouts",
         type=_rollouts_list,
         default=["sync"],
-        help="rayrm's rollouts in the default section, comma-separated: sync and/or async "
-        "(ppo.async_rollouts: the next batch sampled while the learner updates; without "
-        "remote env runners in a second thread of the trial); each runs in the same lockstep "
-        "(default: sync)",
+        help="rayrm's rollouts in the default and learning sections, comma-separated: sync "
+        "and/or async (ppo.async_rollouts: the next batch sampled while the learner updates; "
+        "without remote env runners in a second thread of the trial); the default section "
+        "runs each in the same lockstep (default: sync)",
     )
     r.add_argument(
         "--sections",

@@ -89,6 +89,30 @@ def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sectio
     return config_from_dict(d, check_paths=True)
 
 
+def train_in_process(cfg, iterations: int) -> list[dict]:
+    """Builds ``cfg``'s algorithm in this process, trains ``iterations`` times and returns
+    each iteration's ``result["rlhf"]``."""
+    from rayrm import metrics as M
+    from rayrm.rl.algorithm import build_algo_config
+
+    algo = build_algo_config(cfg).build_algo()
+    try:
+        return [algo.train()[M.RLHF_RESULTS] for _ in range(iterations)]
+    finally:
+        algo.stop()
+
+
+def assert_reward_rises(results: list[dict], margin: float = 0.1) -> None:
+    """The mean reward of the last 5 iterations beats the first 5 by ``margin``."""
+    import numpy as np
+
+    from rayrm import metrics as M
+
+    rewards = [r[M.REWARD_MEAN] for r in results]
+    first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
+    assert last > first + margin, (first, last)
+
+
 # What the terminal may show of a run (rayrm.console): live lines, stage lines, results.
 LIVE_LINES = {
     "prompts": r"prompts: \d+ \(",

@@ -7,9 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import pytest
-from conftest import make_config
+from conftest import assert_reward_rises, make_config, train_in_process
 
 from rayrm import metrics as M
 from rayrm.config import ConfigError, config_from_dict
@@ -88,14 +87,8 @@ def test_async_ppo_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, 
         ppo={"batch_size": 32},
         run={"num_iterations": 30, "checkpoint_every": 30},
     ).model_copy(update={"seed": seed})
-    algo = build_algo_config(cfg).build_algo()
-    try:
-        results = [algo.train()[M.RLHF_RESULTS] for _ in range(30)]
-    finally:
-        algo.stop()
-    rewards = [r[M.REWARD_MEAN] for r in results]
-    first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
-    assert last > first + 0.1, (first, last)
+    results = train_in_process(cfg, 30)
+    assert_reward_rises(results)
     assert {r[M.ROLLOUT_POLICY_LAG] for r in results[1:]} == {1}
 
 

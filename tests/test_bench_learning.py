@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -46,6 +47,9 @@ def test_learning_run_configs(task, tmp_path):
     assert ppo.ppo.advantage_estimator == "gae" and not ppo.ppo.adaptive_kl
     assert ppo.generation.samples_per_prompt == 1 and ppo.seed == 3
     assert (ppo.ppo.batch_size, ppo.ppo.lr, ppo.ppo.kl_coef) == (32, 1e-4, 0.05)
+    assert not ppo.ppo.async_rollouts
+    pipelined = replace(learn_spec(s, "ppo", 3), async_rollouts=True)
+    assert rayrm_config(pipelined, workload, str(tmp_path), "x").ppo.async_rollouts
     grpo = rayrm_config(learn_spec(s, "grpo", 0), workload, str(tmp_path), "x")
     assert grpo.ppo.advantage_estimator == "grpo" and grpo.generation.samples_per_prompt == 4
     assert (grpo.ppo.kl_mode, grpo.ppo.kl_estimator) == ("loss", "k3")
@@ -101,6 +105,15 @@ def test_learning_summary():
             r["reward_gain"] = -1.0  # TRL lost reward: no ratio, rayrm still ahead
     line = learning._learning_ratio("grpo", runs, LearnSettings())
     assert line["rayrm_over_trl_reward_gain"] is None and line["met"] is True
+    # Pipelined rayrm runs (--rollouts sync,async) are summed apart and set against sync.
+    runs += [
+        {**runs[0], "trainer": learning.ASYNC, "reward_gain": 1.25},
+        {**runs[1], "trainer": learning.ASYNC, "reward_gain": 1.75},
+    ]
+    line = learning._learning_ratio("grpo", runs, LearnSettings())
+    assert line[f"{learning.ASYNC}_reward_gain_per_seed"] == [1.25, 1.75]
+    assert line["async_minus_sync_reward_gain"] == pytest.approx(0.0)
+    assert line["rayrm_reward_gain"] == pytest.approx(1.5)
 
 
 def _default_torch_threads() -> int:

@@ -5,12 +5,10 @@ On GPT-2 (Conv1D layers, byte-level BPE) and Llama (SentencePiece-style, BOS).""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from conftest import make_config
+from conftest import assert_reward_rises, make_config, train_in_process
 
-from rayrm import metrics as M
 from rayrm.models.loading import load_causal_lm
 from rayrm.models.lora import is_adapter_key
 from rayrm.models.tiny import build_tiny_model
@@ -135,14 +133,7 @@ def test_lora_ppo_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, t
         ppo={"batch_size": 32, "lr": 3e-3},
         run={"num_iterations": 30, "checkpoint_every": 30},
     )
-    algo = build_algo_config(cfg).build_algo()
-    try:
-        results = [algo.train()[M.RLHF_RESULTS] for _ in range(30)]
-    finally:
-        algo.stop()
-    rewards = [r[M.REWARD_MEAN] for r in results]
-    first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
-    assert last > first + 0.1, (first, last)
+    assert_reward_rises(train_in_process(cfg, 30))
 
 
 def test_lora_sft_and_reward_model_stages(ray_local, archs, tmp_path):

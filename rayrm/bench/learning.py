@@ -46,6 +46,8 @@ from rayrm.bench.support import (
 from rayrm.bench.trl_groups import GROUP_ALGOS, group_trainer
 
 LEARN_ALGOS = ("ppo", *GROUP_ALGOS)
+ASYNC = "rayrm_async"
+"""The learning runs' name for rayrm with pipelined rollouts (``--rollouts ...,async``)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ def rayrm_config(spec: BenchSpec, workload: Workload, storage: str, name: str) -
                 "num_epochs": spec.num_epochs,
                 "lr": spec.lr,
                 "kl_coef": spec.kl_coef,
+                "async_rollouts": spec.async_rollouts,
                 **ESTIMATOR_SETTINGS[spec.estimator],
             },
             "resources": {"num_env_runners": 0},
@@ -136,7 +139,7 @@ def train_rayrm(spec: BenchSpec, workload: Workload, out: str) -> str:
     from rayrm.experiment.train import run_train
     from rayrm.rl.checkpoint import export_policy
 
-    temp_dir = start_local_ray(2)
+    temp_dir = start_local_ray(3 if spec.async_rollouts else 2)  # the sampler thread's CPU
     storage = tempfile.mkdtemp(prefix="rb-learn-")
     try:
         exp_dir, _ = run_train(rayrm_config(spec, workload, storage, "learn"))
@@ -248,7 +251,12 @@ def measure_learning(args: argparse.Namespace, workdir: Path) -> Iterator[dict[s
         yield error_record("build_rl_inputs", e)
         return
     reason = bench_trl.trl_unavailable_reason()
-    trainers = ["rayrm"] + ([] if reason else ["trl"])
+    rollouts = getattr(args, "rollouts", ["sync"])
+    trainers = [
+        *(["rayrm"] if "sync" in rollouts else []),
+        *([ASYNC] if "async" in rollouts else []),
+        *([] if reason else ["trl"]),
+    ]
     start = evaluate(inputs["sft_model"], inputs, s)
     yield {"bench": "learning_start", "policy": "sft", **start}
     runs: list[dict[str, Any]] = []
@@ -272,12 +280,12 @@ def _one_run(
     start: dict[str, Any],
     workdir: Path,
 ) -> dict[str, Any]:
-    spec = learn_spec(s, algo, seed)
+    spec = replace(learn_spec(s, algo, seed), async_rollouts=trainer == ASYNC)
     workload = task_workload(inputs)
     out = str(workdir / "policies" / f"{trainer}-{algo}-{seed}")
     shutil.rmtree(out, ignore_errors=True)
     try:
-        if trainer == "rayrm":
+        if trainer in ("rayrm", ASYNC):
             proc = start_child(train_rayrm, spec, workload, out)
         else:
             proc = start_child(train_trl, algo, spec, workload, out)
@@ -311,7 +319,7 @@ def _learning_ratio(algo: str, runs: list[dict[str, Any]], s: LearnSettings) -> 
         "batch_size": s.batch_size,
         "samples_per_prompt": 1 if algo == "ppo" else s.samples_per_prompt,
     }
-    for trainer in ("rayrm", "trl"):
+    for trainer in ("rayrm", ASYNC, "trl"):
         ok = [
             r
             for r in runs
@@ -333,4 +341,9 @@ def _learning_ratio(algo: str, runs: list[dict[str, Any]], s: LearnSettings) -> 
             "target": "rayrm's mean reward gain >= TRL's",
             "met": rayrm >= trl,
         }
+    if "rayrm_reward_gain" in line and f"{ASYNC}_reward_gain" in line:
+        # ppo.async_rollouts stays off until it learns as much per completion as synchronous.
+        line["async_minus_sync_reward_gain"] = (
+            line[f"{ASYNC}_reward_gain"] - line["rayrm_reward_gain"]
+        )
     return line
