@@ -17,6 +17,7 @@ controller (β) and the running reward statistics.
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -310,6 +311,9 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         # ppo.async_rollouts: the next batch, sampled while the learners update.
         self.next_rollout: Rollout | None = None
         self.sampler = ThreadPoolExecutor(1, "rayrm-sampler") if cfg.ppo.async_rollouts else None
+        # Held by an update, and by the sampler thread while it restores lost env runners
+        # (which reads the learners' weights): never a half-updated model.
+        self.weights_lock = threading.Lock()
         self.resume_from_disk()
 
     def cleanup(self) -> None:
@@ -489,7 +493,8 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
                     f"({group.num_healthy_remote_workers()} of "
                     f"{group.num_remote_env_runners()} env runners healthy)"
                 )
-            self.restore_env_runners(group)  # probes lost runners back, with current weights
+            with self.weights_lock:  # probes lost runners back, with current weights
+                self.restore_env_runners(group)
             if group.num_remote_env_runners() > 0 and group.num_healthy_remote_workers() == 0:
                 time.sleep(1.0)  # every runner lost: wait for Ray to restart one
 
@@ -518,13 +523,14 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             num_epochs=self.run_config.ppo.num_epochs,
         )
         num_learners = self.run_config.resources.num_learners
-        if num_learners >= 2:
-            shards = shard_whole_episodes(episodes, num_learners)
-            results = self.learner_group.update(
-                episodes_refs=[ray.put(s) for s in shards], **kwargs
-            )
-        else:
-            results = self.learner_group.update(episodes=episodes, **kwargs)
+        with self.weights_lock:
+            if num_learners >= 2:
+                shards = shard_whole_episodes(episodes, num_learners)
+                results = self.learner_group.update(
+                    episodes_refs=[ray.put(s) for s in shards], **kwargs
+                )
+            else:
+                results = self.learner_group.update(episodes=episodes, **kwargs)
         self.metrics.aggregate(results, key=LEARNER_RESULTS)
 
         def peek(name: str) -> float | None:
