@@ -233,10 +233,11 @@ def test_train_job_via_cli(ray_head: LocalHead):
     assert submit.returncode == 0, submit.stdout + submit.stderr
 
     deadline = time.monotonic() + 180
-    status = "PENDING"
+    status, info = "PENDING", {}
     while time.monotonic() < deadline:
         try:
-            status = ray_head.api(f"/api/jobs/{job_id}")["status"]
+            info = ray_head.api(f"/api/jobs/{job_id}")
+            status = info["status"]
         except (OSError, ValueError):  # a busy dashboard may time out once
             pass
         if status in TERMINAL:
@@ -245,7 +246,9 @@ def test_train_job_via_cli(ray_head: LocalHead):
     logs = ray_head.job("logs", job_id)
     if status not in TERMINAL:
         ray_head.job("stop", job_id)
-    assert status == "SUCCEEDED", f"job {status}; logs:\n{logs.stdout[-4000:]}{logs.stderr}"
+    assert status == "SUCCEEDED", (
+        f"job {status} ({info.get('message')}); logs:\n{logs.stdout[-4000:]}{logs.stderr}"
+    )
     assert logs.returncode == 0, logs.stderr
     assert "done: 2 iterations" in logs.stdout, logs.stdout[-4000:]
     # The job joined the head's cluster: its trial ran as an actor of this job there (a job
