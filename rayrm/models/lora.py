@@ -20,7 +20,6 @@ from torch import nn
 
 __all__ = [
     "LORA_MARK",
-    "adapter_state",
     "adapters_disabled",
     "add_lora",
     "is_adapter_key",
@@ -97,11 +96,6 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
             layer.enable_adapters(True)
 
 
-def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter weights of ``model``, by the names of its own module tree."""
-    return {k: v for k, v in model.state_dict().items() if is_adapter_key(k)}
-
-
 def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weights that train (adapters, heads), on CPU: what a LoRA checkpoint keeps."""
     return {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
@@ -126,7 +120,7 @@ def merged_copy(model: nn.Module) -> nn.Module:
 
 def peft_model(base: nn.Module, settings: dict[str, Any], adapters: dict[str, Any]) -> Any:
     """A ``PeftModel`` of ``base`` holding the trained ``adapters`` (keys as in
-    :func:`adapter_state`): ``merge_and_unload()`` gives the merged model, ``save_pretrained``
+    :func:`is_adapter_key` names in the model's own tree): ``merge_and_unload()`` gives the merged model, ``save_pretrained``
     a peft adapter directory.
 
     Raises:

@@ -295,10 +295,9 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         # The trial's bundle: its local learner (and env runner) use it; the sampler thread
         # of ppo.async_rollouts its own share of it (torch's threads are per process).
         rayrm = config["rayrm"] if isinstance(config, dict) else config.rayrm
-        use_reserved_cpus(exclude=local_sampler_cpus(config_from_dict(rayrm, check_paths=False)))
+        cfg = self.run_config = config_from_dict(rayrm, check_paths=False)
+        use_reserved_cpus(exclude=local_sampler_cpus(cfg))
         super().setup(config)
-        self.run_config: RunConfig = config_from_dict(self.config.rayrm, check_paths=False)
-        cfg = self.run_config
         self.kl_ctl = make_kl_controller(cfg)
         r = cfg.reward
         scorer = pool_from_config(r, name=r.pool_name, tokenizer=cfg.model.resolved_tokenizer_path)
