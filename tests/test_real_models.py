@@ -22,6 +22,7 @@ from rayrm import metrics as M
 from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
 from rayrm.rewards import RewardModelActor, pool_from_config
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
+from rayrm.rl.env_runner import PROMPT_IDS
 from rayrm.rl.rllib_compat import local_learner
 
 torch.set_num_threads(1)
@@ -145,8 +146,7 @@ def test_reward_reads_exact_text_for_every_completion(ray_local, archs, prompts_
         assert len(RECORDED) == len(episodes) == cfg.ppo.batch_size
         spaced = 0
         for episode, (prompt_text, completion) in zip(episodes, RECORDED, strict=True):
-            first = episode.get_observations(0)  # the prompt alone
-            prompt_ids = first["input_ids"][: int(first["length"][0])].tolist()
+            prompt_ids = episode.get_infos(0)[PROMPT_IDS].tolist()
             generated = list(map(int, episode.get_actions()))
             if episode.is_terminated:
                 generated = generated[:-1]  # the stop token is not text

@@ -22,6 +22,7 @@ from rayrm import metrics as M
 from rayrm.console import LOG_NAME
 from rayrm.models.tiny import build_tiny_reward_model
 from rayrm.rl.algorithm import build_algo_config
+from rayrm.rl.env_runner import PROMPT_IDS
 from rayrm.rl.rllib_compat import local_learner
 
 
@@ -33,10 +34,10 @@ def test_sampled_logp_equals_full_forward(ray_local, tiny_policy_dir, prompts_fi
         episodes = algo.env_runner.sample()
         lm = algo.env_runner.module.lm
         for episode in episodes:
-            obs = episode.get_observations()
-            length = int(obs["length"][-1][0])
-            prompt_len = int(obs["length"][0][0])
-            ids = torch.as_tensor(obs["input_ids"][-1][:length])[None]  # (1, length)
+            prompt = episode.get_infos(0)[PROMPT_IDS]  # stored once; the tokens are the actions
+            prompt_len = len(prompt)
+            ids = torch.as_tensor(np.concatenate([prompt, episode.get_actions()]))[None]
+            length = ids.shape[1]  # (1, length): the whole sequence
             with torch.no_grad():
                 logits = lm(input_ids=ids).logits[0].float() / 0.7  # (length, V)
             logp = torch.log_softmax(logits, -1)

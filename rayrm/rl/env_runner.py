@@ -12,6 +12,11 @@ draws a prompt, the others take the same one, and all n carry the block's group 
 first info (``GROUP``), so a group is always sampled by one runner and the learner can find it.
 Every first info also carries the version of the weights that sampled it (``WEIGHTS_VERSION``:
 the learner updates they had seen), from which the algorithm measures the policy lag.
+
+Episodes are stored compactly: each observation keeps only the row's ``length`` (the env's
+padded ``input_ids`` would make a completion cost O(T·L)); the prompt's token ids go once into
+the first info (``PROMPT_IDS``) and the completion's tokens are the actions, so a completion
+costs O(P + T). The learner connector rebuilds the env's rows from them (:func:`token_rows`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 import uuid
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
@@ -39,12 +45,46 @@ from rayrm.rl.rllib_compat import (
     weights_seq_no,
 )
 
-__all__ = ["GROUP", "WEIGHTS_VERSION", "RLHFEnvRunner", "left_pad"]
+__all__ = ["GROUP", "PROMPT_IDS", "WEIGHTS_VERSION", "RLHFEnvRunner", "left_pad", "token_rows"]
 
 GROUP = "group"
 """Key of an episode's first info: the id its group of samples of one prompt shares."""
 WEIGHTS_VERSION = "weights_version"
 """Key of an episode's first info: the learner updates the sampling weights had seen."""
+PROMPT_IDS = "prompt_ids"
+"""Key of an episode's first info: the prompt's token ids (int64); the completion's follow as
+the episode's actions."""
+
+
+def token_rows(
+    prompts: list[np.ndarray], actions: torch.Tensor, lens: list[int]
+) -> dict[str, torch.Tensor]:
+    """The env's observation rows of compactly stored completions (see module docstring).
+
+    Args:
+        prompts: each completion's prompt token ids, (P_k,).
+        actions: every row's action, completions one after the other, (N,) with N = sum(lens).
+        lens: each completion's number of steps T_k.
+
+    Returns:
+        ``input_ids`` (N, W), row t of completion k holding its prompt and first t actions and
+        zeros after them, W the longest row; ``length`` (N, 1), that row's length P_k + t.
+    """
+    device = actions.device
+    steps = torch.tensor(lens, device=device)
+    plen = torch.tensor([len(p) for p in prompts], device=device)  # (G,)
+    seq = torch.repeat_interleave(torch.arange(len(lens), device=device), steps)  # (N,)
+    start = torch.cumsum(steps, 0) - steps  # (G,) each completion's first row
+    t = torch.arange(len(seq), device=device) - start[seq]  # (N,) step within the completion
+    length = plen[seq] + t  # (N,)
+    width = int(length.max()) if len(seq) else 0
+    full = torch.zeros(len(lens), width + 1, dtype=torch.int64, device=device)  # (G, W + 1)
+    for k, prompt in enumerate(prompts):
+        full[k, : len(prompt)] = torch.as_tensor(prompt, dtype=torch.int64, device=device)
+    full[seq, length] = actions.long()  # the action of row t sits at position P_k + t
+    cols = torch.arange(width, device=device)
+    ids = full[seq, :width].masked_fill(cols[None, :] >= length[:, None], 0)  # (N, W)
+    return {"input_ids": ids, "length": length[:, None]}
 
 
 class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
@@ -92,6 +132,8 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
         n = 1 if options else self.samples_per_prompt
         group: dict[str, Any] = {}
         version = weights_seq_no(self)
+        space = compact_space(self.env.single_observation_space)
+        action_space = self.env.single_action_space
         for i, env in enumerate(runner_envs):
             option = options[i] if options else None
             if i % n:  # a later sample of the block's prompt
@@ -101,14 +143,12 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
                 if i % n == 0:
                     group = {"prompt_index": info["prompt_index"], "id": uuid.uuid4().hex}
                 info = {**info, GROUP: group["id"]}
-            info = {**info, WEIGHTS_VERSION: version}
-            episode = SingleAgentEpisode(
-                observation_space=self.env.single_observation_space,
-                action_space=self.env.single_action_space,
-            )
-            episode.add_env_reset(observation=obs, infos=info)
+            prompt = obs["input_ids"][: int(obs["length"][0])].copy()
+            info = {**info, WEIGHTS_VERSION: version, PROMPT_IDS: prompt}
+            episode = SingleAgentEpisode(observation_space=space, action_space=action_space)
+            episode.add_env_reset(observation={"length": obs["length"]}, infos=info)
             episodes.append(episode)
-            prompts.append(obs["input_ids"][: int(obs["length"][0])])
+            prompts.append(prompt)
 
         device = next(module.lm.parameters()).device
         if self._generator is None or self._generator.device != device:
@@ -127,7 +167,7 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
                     continue
                 obs, reward, terminated, truncated, info = env.step(int(tokens[i]))
                 episodes[i].add_env_step(
-                    observation=obs,
+                    observation={"length": obs["length"]},
                     action=int(tokens[i]),
                     reward=float(reward),
                     infos=info,
@@ -141,3 +181,8 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
         pad_id = int(runner_envs[0].unwrapped.pad_token_id)
         decode_batch(module.lm, prompts, pad_id=pad_id, sample=sample, on_tokens=on_tokens)
         return episodes
+
+
+def compact_space(space: gym.spaces.Dict) -> gym.spaces.Dict:
+    """The stored episodes' observation space: the env's without ``input_ids``."""
+    return gym.spaces.Dict({"length": space["length"]})

@@ -31,7 +31,7 @@ from rayrm.core_algos import (
 )
 from rayrm.models.precision import MasterWeightAdam
 from rayrm.ray_init import use_reserved_cpus
-from rayrm.rl.env_runner import GROUP
+from rayrm.rl.env_runner import GROUP, PROMPT_IDS, token_rows
 from rayrm.rl.module import ENTROPY, LOGP, REF_LOGP, SEQ_ID, VF_PREDS
 from rayrm.rl.rllib_compat import MinibatchHook, learner_connector, weights_seq_no
 
@@ -49,8 +49,10 @@ class RLHFAdvantages(ConnectorV2):
 
     Runs once per update on the whole (per-learner) batch, after RLlib has turned episodes into
     token rows. Rows of episode ``k`` are contiguous and in episode order, so each completion is
-    a slice of the batch. Adds the columns ``seq_id``, ``vf_preds`` (sampling-time values, for
-    value clipping), ``advantages`` (whitened over the batch) and ``value_targets``.
+    a slice of the batch. Rebuilds the observations the episodes store compactly (the rows'
+    ``input_ids``, see ``rayrm.rl.env_runner``) and adds the columns ``seq_id``, ``vf_preds``
+    (sampling-time values, for value clipping), ``advantages`` (whitened over the batch) and
+    ``value_targets``.
 
     With ``recompute_logp`` the PPO "old" log-probs (and the KL penalty's) are recomputed here
     by the learner's own forward instead of taken from the sampler: in bfloat16 the KV-cached
@@ -94,6 +96,7 @@ class RLHFAdvantages(ConnectorV2):
             module_batch[SEQ_ID] = torch.repeat_interleave(
                 torch.arange(len(lens)), torch.tensor(lens)
             ).to(device)  # (N,)
+            module_batch[Columns.OBS] = _rebuilt_rows(mine, module_batch, lens)
             with torch.no_grad():
                 out = module.rollout_outputs(
                     module_batch, logp=self.recompute_logp, values=ppo.uses_critic
@@ -137,6 +140,20 @@ class RLHFAdvantages(ConnectorV2):
                     logged[M.VALUE_MEAN] = float(values.mean())
                 metrics.log_dict(logged, key=module_id, window=1)
         return batch
+
+
+def _rebuilt_rows(
+    episodes: list[Any], module_batch: dict[str, Any], lens: list[int]
+) -> dict[str, torch.Tensor]:
+    """The env's observation rows, rebuilt from the compactly stored episodes
+    (``rayrm.rl.env_runner``): prompts from the first infos, tokens from the actions."""
+    rows = token_rows(
+        [e.get_infos(0)[PROMPT_IDS] for e in episodes], module_batch[Columns.ACTIONS], lens
+    )
+    stored = module_batch[Columns.OBS]["length"].reshape(-1).long()
+    if not torch.equal(rows["length"].reshape(-1), stored):
+        raise RuntimeError("the batch's rows are not the episodes' steps in episode order")
+    return rows
 
 
 def _np(x: Any) -> np.ndarray:
