@@ -10,11 +10,22 @@ reserves (:func:`use_reserved_cpus`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["THREADS_ENV", "init_ray", "owned_ray", "reserved_cpus", "use_reserved_cpus"]
+T = TypeVar("T")
+
+__all__ = [
+    "THREADS_ENV",
+    "ThreadLoan",
+    "init_ray",
+    "owned_ray",
+    "reserved_cpus",
+    "use_reserved_cpus",
+]
 
 
 def init_ray(
@@ -100,8 +111,8 @@ def use_reserved_cpus(exclude: float = 0.0) -> int | None:
 
     Args:
         exclude: CPUs of the reservation that a second busy thread of this process uses
-            (torch's thread count is per process: a trial sampling in a thread alongside its
-            update gives each thread the remaining count).
+            (a trial sampling in a thread alongside its update: this thread gets the rest;
+            see :class:`ThreadLoan`).
 
     Returns:
         The thread count set; None where nothing was set (a driver without the override).
@@ -123,3 +134,50 @@ def use_reserved_cpus(exclude: float = 0.0) -> int | None:
         threads = max(1, int(cpus - exclude))
     torch.set_num_threads(threads)
     return threads
+
+
+class ThreadLoan:
+    """torch threads of a trial that samples in a second thread alongside its update.
+
+    torch's intra-op thread count is per OS thread (OpenMP and MKL keep it per thread), so the
+    update's thread has ``own`` threads and the sampler thread ``lent``. While the sampler
+    idles (its batch is ready, or none was asked for) its CPUs idle too: the update's thread
+    borrows them at the points that call :meth:`apply` (the learner, before its forwards and
+    each minibatch) and gives them back when the sampler starts again (:meth:`submit`).
+
+    Args:
+        own: threads of the update's thread (its share of the reservation).
+        lent: threads of the sampler thread, borrowed while it idles.
+    """
+
+    def __init__(self, own: int, lent: int) -> None:
+        self.own, self.lent = own, lent
+        self._sampling: Future[Any] | None = None
+        self.applied: Counter[int] = Counter()  # thread counts apply() gave, how often
+
+    def submit(self, sampler: Executor, fn: Callable[[], T]) -> Future[T]:
+        """Starts ``fn`` in the ``sampler`` thread at that thread's count; the calling
+        (update's) thread goes back to its own count, until ``fn`` is done."""
+        import torch
+
+        torch.set_num_threads(self.own)
+        self._sampling = sampler.submit(self._in_sampler, fn)
+        return self._sampling
+
+    def _in_sampler(self, fn: Callable[[], T]) -> T:
+        import torch
+
+        torch.set_num_threads(self.lent)
+        return fn()
+
+    def apply(self) -> int:
+        """Sets the calling (update's) thread's count: ``own + lent`` if the sampler idles,
+        else ``own``; returns it."""
+        import torch
+
+        idle = self._sampling is None or self._sampling.done()
+        threads = self.own + self.lent if idle else self.own
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        self.applied[threads] += 1
+        return threads

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import torch
 from conftest import assert_reward_rises, make_config, train_in_process
 
 from rayrm import metrics as M
@@ -32,6 +33,7 @@ def test_each_batch_trained_once_one_update_late(
     trained: list[tuple[list[str], list[int], int]] = []  # ids, versions, learner's before
     spans: dict[str, list[tuple[float, float]]] = {"sample": [], "update": []}
     threads: set[str] = set()
+    torch_threads: set[tuple[str, int]] = set()  # each sampling thread's count
     rollout, update = algo._rollout, algo._update
 
     def spy_rollout():
@@ -39,6 +41,7 @@ def test_each_batch_trained_once_one_update_late(
         result = rollout()
         spans["sample"].append((start, time.perf_counter()))
         threads.add(threading.current_thread().name)
+        torch_threads.add((threading.current_thread().name, torch.get_num_threads()))
         sampled.append([e.id_ for e in result.episodes])
         return result
 
@@ -74,6 +77,14 @@ def test_each_batch_trained_once_one_update_late(
     ):
         assert s_start < u_end and u_start < s_end, "sampling did not overlap the update"
     assert all(r[M.TIMER_WAIT] >= 0 for r in results)
+    # The learner (this thread) borrowed the sampler thread's CPU only while that idled: at the
+    # start of an iteration; its update began while the next batch was being sampled.
+    loan = algo.threads
+    assert loan is local_learner(algo.learner_group).thread_loan and (loan.own, loan.lent) == (1, 1)
+    # The first batch is sampled here, with both CPUs; the others by the sampler, on its one.
+    assert torch_threads == {("MainThread", 2), ("rayrm-sampler_0", 1)}
+    assert set(loan.applied) <= {1, 2}
+    assert loan.applied[2] >= 4 and loan.applied[1] >= 3, loan.applied
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

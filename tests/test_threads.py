@@ -9,13 +9,16 @@ driver is left as it is.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import ray
 import torch
 from conftest import make_config
 
 from rayrm.experiment.resources import trial_bundles
-from rayrm.ray_init import THREADS_ENV, use_reserved_cpus
+from rayrm.ray_init import THREADS_ENV, ThreadLoan, use_reserved_cpus
 from rayrm.rewards.actors import RewardFunctionActor
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 
@@ -106,3 +109,27 @@ def test_a_lone_local_trial_takes_the_spare_cores(tiny_policy_dir, prompts_file,
     # Given explicitly, or remote learners: left alone.
     assert learner_cpus(8, resources={"num_cpus_per_learner": 2}) == 2
     assert learner_cpus(8, resources={"num_learners": 2}) == 1
+
+
+def test_the_update_borrows_the_sampler_threads_while_it_idles():
+    """torch's count is per OS thread: the update's thread takes ``own + lent`` while nothing
+    samples, gives ``lent`` back while the sampler thread (at ``lent``) works."""
+    loan = ThreadLoan(own=1, lent=2)
+    release, seen = threading.Event(), []
+
+    def sample() -> str:
+        seen.append(torch.get_num_threads())
+        release.wait(60)
+        return "batch"
+
+    try:
+        with ThreadPoolExecutor(1) as sampler:
+            assert loan.apply() == 3 and torch.get_num_threads() == 3  # nothing sampling
+            future = loan.submit(sampler, sample)
+            assert torch.get_num_threads() == 1 and loan.apply() == 1  # the sampler works
+            release.set()
+            assert future.result() == "batch" and seen == [2]
+            assert loan.apply() == 3 and torch.get_num_threads() == 3  # its batch is ready
+        assert dict(loan.applied) == {3: 2, 1: 1}
+    finally:
+        torch.set_num_threads(1)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import ray
+import torch
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -41,7 +42,7 @@ from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import AdaptiveKLController, FixedKLController
 from rayrm.errors import TimedOut
 from rayrm.models.loading import load_tokenizer, prompt_codec, stop_token_ids
-from rayrm.ray_init import use_reserved_cpus
+from rayrm.ray_init import ThreadLoan, use_reserved_cpus
 from rayrm.rewards import pool_from_config
 from rayrm.rewards.base import Completion, RewardSourceError, ScoredBatch
 from rayrm.rewards.shaping import RewardPipeline, describe_reward
@@ -50,7 +51,7 @@ from rayrm.rl.env_runner import GROUP, WEIGHTS_VERSION, RLHFEnvRunner
 from rayrm.rl.evaluation import HeldOutEvaluation
 from rayrm.rl.learner import RLHFPPOLearner
 from rayrm.rl.module import LMPolicyModule
-from rayrm.rl.rllib_compat import restart_env_runners, sample_episodes
+from rayrm.rl.rllib_compat import local_learner, restart_env_runners, sample_episodes
 from rayrm.rl.watchdog import iteration_watchdog
 
 
@@ -296,7 +297,8 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         # of ppo.async_rollouts its own share of it (torch's threads are per process).
         rayrm = config["rayrm"] if isinstance(config, dict) else config.rayrm
         cfg = self.run_config = config_from_dict(rayrm, check_paths=False)
-        use_reserved_cpus(exclude=local_sampler_cpus(cfg))
+        lent = int(local_sampler_cpus(cfg))
+        own = use_reserved_cpus(exclude=lent) or torch.get_num_threads()
         super().setup(config)
         self.kl_ctl = make_kl_controller(cfg)
         r = cfg.reward
@@ -310,6 +312,10 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         # ppo.async_rollouts: the next batch, sampled while the learners update.
         self.next_rollout: Rollout | None = None
         self.sampler = ThreadPoolExecutor(1, "rayrm-sampler") if cfg.ppo.async_rollouts else None
+        # The sampler thread's CPUs, which a local learner borrows while that thread idles.
+        self.threads = ThreadLoan(own, lent) if self.sampler and lent >= 1 else None
+        if self.threads is not None and cfg.resources.num_learners == 0:
+            local_learner(self.learner_group).thread_loan = self.threads
         # Held by an update, and by the sampler thread while it restores lost env runners
         # (which reads the learners' weights): never a half-updated model.
         self.weights_lock = threading.Lock()
@@ -334,6 +340,8 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             self.run_iteration()
 
     def run_iteration(self) -> None:
+        if self.threads is not None:
+            self.threads.apply()  # the sampler idles: its CPUs evaluate and sample here
         if self.held_out.due(self.iteration):
             self.phase = "held-out evaluation"
             # The policy after `self.iteration` updates, before this iteration's.
@@ -415,6 +423,8 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         current weights (none after the run's last iteration: every batch is trained on)."""
         if self.sampler is None or self.iteration + 1 >= self.run_config.run.num_iterations:
             return None
+        if self.threads is not None:
+            return self.threads.submit(self.sampler, self._rollout)
         return self.sampler.submit(self._rollout)
 
     def _policy_lag(self, episodes: list[Any]) -> int:

@@ -30,7 +30,7 @@ from rayrm.core_algos import (
     value_loss,
 )
 from rayrm.models.precision import MasterWeightAdam
-from rayrm.ray_init import use_reserved_cpus
+from rayrm.ray_init import ThreadLoan, use_reserved_cpus
 from rayrm.rl.env_runner import GROUP, PROMPT_IDS, token_rows
 from rayrm.rl.module import ENTROPY, LOGP, REF_LOGP, SEQ_ID, VF_PREDS
 from rayrm.rl.rllib_compat import MinibatchHook, learner_connector, weights_seq_no
@@ -88,6 +88,7 @@ class RLHFAdvantages(ConnectorV2):
         )
         kl_coef = self._learner.kl_coef
         ppo = self._learner.run_config.ppo
+        self._learner.take_threads()
         for module_id, module_batch in batch.items():
             module = rl_module[module_id].unwrapped()
             mine = [e for e in episodes if e.module_id in (None, module_id)]
@@ -213,6 +214,9 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
     def build(self) -> None:
         use_reserved_cpus()  # a remote learner: num_cpus_per_learner
         self.run_config: RunConfig = run_config_of(self.config)
+        # A local learner of a trial that samples in a second thread borrows that thread's
+        # CPUs while it idles (set by the algorithm; see rayrm.ray_init.ThreadLoan).
+        self.thread_loan: ThreadLoan | None = None
         self.kl_coef = float(self.run_config.ppo.kl_coef)
         super().build()
         pipeline = learner_connector(self)
@@ -294,14 +298,21 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
                 window=1,
             )
 
-    def minibatches(self, batch: MultiAgentBatch, *, num_epochs: int) -> CompletionMinibatches:
+    def take_threads(self) -> None:
+        """Before a piece of the update: the CPUs a loan gives this thread now."""
+        if self.thread_loan is not None:
+            self.thread_loan.apply()
+
+    def minibatches(self, batch: MultiAgentBatch, *, num_epochs: int) -> Iterator[MultiAgentBatch]:
         """Minibatches of whole completions, reshuffled with a fresh seed per update."""
-        return CompletionMinibatches(
+        for minibatch in CompletionMinibatches(
             batch,
             num_epochs=num_epochs,
             num_minibatches=self.run_config.ppo.num_minibatches,
             seed=self.run_config.seed + weights_seq_no(self),
-        )
+        ):
+            self.take_threads()
+            yield minibatch
 
     def compute_loss_for_module(
         self, *, module_id: str, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
