@@ -164,6 +164,9 @@ def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> di
                 while conn.recv() == "iterate":
                     rows.append(_train(algo))
                     conn.send(("row", rows[-1]))
+                # The most the trial's thread ran on: its own, plus the sampler thread's CPUs it
+                # borrows while that idles (ppo.async_rollouts; rayrm.ray_init.ThreadLoan).
+                threads = max(algo.threads.applied) if algo.threads else spec.trial_cpus
             finally:
                 algo.stop()
             rss.sample()
@@ -189,17 +192,16 @@ def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> di
         "warmup": spec.warmup,
         **summary,
         "peak_rss_mb": rss.report(),
-        "flops": phase_utilisation(spec, workload, summary),
+        "flops": phase_flops(spec, workload, summary, threads),
         "notes": [NOTE_NO_EOS],
     }
 
 
-def phase_utilisation(
-    spec: BenchSpec, workload: Workload, summary: dict[str, Any]
+def phase_flops(
+    spec: BenchSpec, workload: Workload, summary: dict[str, Any], threads: int
 ) -> dict[str, Any]:
-    """Model FLOPs, achieved FLOP/s and MFU per phase (``rayrm.bench.flops``), the peak
-    measured in this process at the thread count the trial ran with."""
-    import torch
+    """Model FLOPs per phase (``rayrm.bench.flops``) and ``threads``, the most the update
+    could run on; :func:`add_utilisation` adds the achieved rates and MFU."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(workload.policy)
@@ -217,11 +219,26 @@ def phase_utilisation(
         num_epochs=spec.num_epochs,
         critic=spec.critic if spec.estimator == "gae" else "none",
     )
-    threads = torch.get_num_threads()
-    return {
-        "threads": threads,
-        **utilisation(flops, summary["phase_s"], peak_matmul_flops(threads)),
-    }
+    return {"threads": threads, "model_flops_per_iteration": flops}
+
+
+def add_utilisation(records: list[dict[str, Any]]) -> None:
+    """Adds to each rayrm line its achieved FLOP/s and MFU per phase, against the best
+    matrix-multiply rate at its thread count, probed here once every trainer of the lockstep
+    has stopped (a probe while another process still works, or shuts down, reads low)."""
+    peaks: dict[int, float] = {}
+    for record in records:
+        flops = record.get("flops")
+        if record.get("bench") != "rayrm" or not flops:
+            continue
+        threads = flops["threads"]
+        if threads not in peaks:
+            peaks[threads] = peak_matmul_flops(threads)
+        model_flops = flops["model_flops_per_iteration"]
+        record["flops"] = {
+            "threads": threads,
+            **utilisation(model_flops, record["phase_s"], peaks[threads]),
+        }
 
 
 def episode_bytes_per_step(episodes: list[Any]) -> dict[str, float]:
@@ -289,8 +306,9 @@ def measure_memory(spec: BenchSpec, vocab_sizes: list[int], workdir: str) -> dic
         "max_new_tokens": spec.max_new_tokens,
         "max_prompt_tokens": spec.max_prompt_tokens,
         "notes": [
-            "observations hold the whole right-padded sequence (int64, max_prompt_tokens + "
-            "max_new_tokens) and its length per step: O(sequence length), independent of V; "
+            "observations hold only the row's length per step (int64; the prompt's ids are "
+            "stored once, in the first info, and the learner rebuilds the rows from them and "
+            "the actions): O(1) per step, independent of V and of the sequence length; "
             "actions, rewards and the chosen token's log-prob are scalars",
             "an episode stores one observation more than it has steps; all completions run to "
             "max_new_tokens (see the default lines' notes), so the per-step figures compare",
@@ -436,6 +454,7 @@ def _measure(
     except ChildError as e:
         return [error_record("run_lockstep", e)]
     rayrm = [finals[name] for name in specs]
+    add_utilisation(rayrm)
     lines = list(rayrm)
     defaults = [r for r in rayrm if r["config"].startswith("default-")]
     if "trl" in finals:
@@ -466,6 +485,7 @@ def _measure_groups(spec: BenchSpec, workload: Workload) -> list[dict[str, Any]]
         return [error_record("run_lockstep", e)]
     rayrm = {a: finals[f"groups-{a}"] for a in GROUP_ALGOS}
     lines: list[dict[str, Any]] = list(rayrm.values())
+    add_utilisation(lines)
     if reason is not None:
         return [*lines, {"bench": "trl_group", "skipped": True, "reason": reason}]
     trl = {a: finals[f"trl-{a}"] for a in GROUP_ALGOS}
