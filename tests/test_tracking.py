@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,20 @@ def _wandb_records(path: Path) -> list:
             records.append(record)
             buf = b""
     return records
+
+
+def _wait_for_files(parts: list[Path], names: set[str], timeout: float = 30.0) -> list:
+    """The records of all ``parts``, read again until a ``files`` record names each of
+    ``names`` or ``timeout`` passes (W&B's service may write the log after its client returns)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [r for part in parts for r in _wandb_records(part)]
+        saved = {
+            f.path for r in records if r.WhichOneof("record_type") == "files" for f in r.files.files
+        }
+        if names <= saved or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
 
 
 def _history_items(record) -> dict:
@@ -104,8 +119,9 @@ def test_train_logs_to_mlflow_and_wandb(ray_local, tiny_policy_dir, prompts_file
     wandb_dir = tmp_path / "test" / "wandb"
     parts = sorted(wandb_dir.glob(f"offline-run-*-{trial_id}/run-{trial_id}.wandb"))
     assert len(parts) == 2, parts
+    records = _wait_for_files(parts, {"report.md", "reward.png"})
     logged, config, saved = {}, {}, set()
-    for record in (r for part in parts for r in _wandb_records(part)):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             items = _history_items(record)
