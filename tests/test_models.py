@@ -316,6 +316,41 @@ def test_head_path_reproduces_model_logits(model_dirs, arch):
     check_head_path(model)  # raises if trunk + head != logits
 
 
+def test_fused_gelu_is_the_same_model_function(model_dirs, tmp_path):
+    """GPT-2's ``gelu_new`` runs as torch's fused kernel once loaded: logits and gradients
+    equal Hugging Face's own module's to rounding, and nothing saved changes."""
+    from transformers.activations import NewGELUActivation
+
+    from rayrm.models.fused import TanhGELU
+    from rayrm.models.loading import load_causal_lm, load_critic, load_trunk
+
+    x = torch.linspace(-8, 8, 10_001, dtype=torch.float64)  # the function itself, exactly
+    torch.testing.assert_close(TanhGELU()(x), NewGELUActivation()(x), rtol=0, atol=1e-12)
+    path = model_dirs["gpt2"]
+    plain = AutoModelForCausalLM.from_pretrained(path).eval()
+    fused = load_causal_lm(path)
+    assert any(isinstance(m, NewGELUActivation) for m in plain.modules())
+    assert not any(isinstance(m, NewGELUActivation) for m in fused.modules())
+    assert sum(isinstance(m, TanhGELU) for m in fused.modules()) == plain.config.n_layer
+    for other in (load_trunk(path), load_critic(path)[0]):  # a separate critic's trunk
+        assert sum(isinstance(m, TanhGELU) for m in other.modules()) == plain.config.n_layer
+    ids = {"input_ids": tokenizer_of(model_dirs, "gpt2")(PROMPTS[1], return_tensors="pt").input_ids}
+    outputs = []
+    for model in (plain, fused):
+        model.zero_grad()
+        logits = model(**ids).logits
+        (logits.float().square().mean()).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        outputs.append((logits.detach(), grads))
+    (a, grads_a), (b, grads_b) = outputs
+    assert (a - b).abs().max() < 1e-5
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+    fused.save_pretrained(tmp_path / "saved")
+    saved = AutoConfig.from_pretrained(tmp_path / "saved")
+    assert saved.activation_function == plain.config.activation_function == "gelu_new"
+
+
 def test_unknown_logit_transform_is_detected(model_dirs):
     model = AutoModelForCausalLM.from_pretrained(model_dirs["llama"]).eval()
     model.config.final_logit_softcapping = 0.5  # the head path applies it, forward does not

@@ -14,6 +14,7 @@ from torch import nn
 
 from envs.tokenization import PromptCodec
 from rayrm.config import RunConfig
+from rayrm.models.fused import fuse_activations
 from rayrm.models.hf_files import stop_token_ids_of
 
 __all__ = [
@@ -44,22 +45,25 @@ def zero_dropout(config: Any) -> None:
 
 
 def load_causal_lm(path: str, dtype: str = "float32") -> nn.Module:
-    """``AutoModelForCausalLM`` from a local directory, parameters in ``dtype``, dropout off."""
+    """``AutoModelForCausalLM`` from a local directory, parameters in ``dtype``, dropout off,
+    fused activation kernels (``rayrm.models.fused``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
     zero_dropout(config)
     model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=DTYPES[dtype])
-    return model.eval()
+    return fuse_activations(model).eval()
 
 
 def load_trunk(path: str, dtype: str = "float32") -> nn.Module:
-    """``AutoModel`` (no LM head) for a separate critic, parameters in ``dtype``, dropout off."""
+    """``AutoModel`` (no LM head) for a separate critic, parameters in ``dtype``, dropout off,
+    fused activation kernels."""
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(path)
     zero_dropout(config)
-    return AutoModel.from_pretrained(path, config=config, dtype=DTYPES[dtype]).eval()
+    model = AutoModel.from_pretrained(path, config=config, dtype=DTYPES[dtype])
+    return fuse_activations(model).eval()
 
 
 def load_critic(path: str, dtype: str = "float32") -> tuple[nn.Module, nn.Linear | None]:
@@ -89,7 +93,7 @@ def load_critic(path: str, dtype: str = "float32") -> tuple[nn.Module, nn.Linear
         raise ValueError(
             f"critic {path!r}: no one-output linear score head found ({type(head).__name__})"
         )
-    return model.base_model.eval(), head
+    return fuse_activations(model.base_model).eval(), head
 
 
 def hidden_size(config: Any) -> int:

@@ -50,6 +50,7 @@ class MasterWeightAdam(torch.optim.Adam):
         dynamic_loss_scale: Scale the loss (float16); the scale adapts to overflows.
         init_scale, growth_interval: Initial loss scale and clean steps before it doubles.
         foreach: Adam's batched kernels.
+        fused: Adam's fused kernel (CPU and CUDA; not with ``foreach``).
     """
 
     def __init__(
@@ -64,13 +65,14 @@ class MasterWeightAdam(torch.optim.Adam):
         init_scale: float = 2.0**16,
         growth_interval: int = 2000,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         self.model_params = list(params)
         masters = [
             p if p.dtype == torch.float32 else p.detach().float().clone().requires_grad_(True)
             for p in self.model_params
         ]
-        super().__init__(masters, lr=lr, eps=eps, betas=betas, foreach=foreach)
+        super().__init__(masters, lr=lr, eps=eps, betas=betas, foreach=foreach, fused=fused)
         self.max_grad_norm = max_grad_norm
         self.dynamic_loss_scale = dynamic_loss_scale
         self.growth_interval = int(growth_interval)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from rayrm.models.fused import fuse_activations
 from rayrm.models.hf_files import TOKENIZER_FILES, has_tokenizer
 from rayrm.rewards.base import (
     Conversations,
@@ -93,7 +94,7 @@ class RewardModelActor(RewardActor):
         # The head finds each row's last real token by comparing ids to pad_token_id, so it
         # must be the id the tokenizer actually pads with.
         model.config.pad_token_id = tokenizer.pad_token_id
-        self.model = model.to(self.device).eval()
+        self.model = fuse_activations(model).to(self.device).eval()
 
         limit = getattr(model.config, "max_position_embeddings", None)
         self.max_length = min(max_length, limit) if isinstance(limit, int) else max_length

@@ -178,11 +178,13 @@ def build_model(path: str, cfg: RMConfig, tokenizer: Any) -> Any:
     """
     from transformers import AutoModelForSequenceClassification
 
+    from rayrm.models.fused import fuse_activations
+
     prepare_tokenizer(tokenizer)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     # The head pools each row's last token whose id differs from pad_token_id.
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model.train()
+    return fuse_activations(model).train()
 
 
 def compute(model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:

@@ -200,10 +200,12 @@ def token_nll(logits: Any, labels: Any) -> tuple[Any, Any]:
 
 
 def build_model(path: str, cfg: SFTConfig, tokenizer: Any) -> Any:
-    """The causal LM, dropout as its config says, in train mode."""
+    """The causal LM, dropout as its config says, fused activation kernels, in train mode."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path).train()
+    from rayrm.models.fused import fuse_activations
+
+    return fuse_activations(AutoModelForCausalLM.from_pretrained(path)).train()
 
 
 def compute(model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
