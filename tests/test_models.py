@@ -19,7 +19,7 @@ from envs.text_generation import TextGenerationEnv
 from envs.tokenization import PromptCodec
 from rayrm.core_algos import logp_and_entropy
 from rayrm.models.decoding import decode_start, decode_step, left_pad, sample_sequences
-from rayrm.models.heads import check_head_path, head_logits, token_logp_entropy
+from rayrm.models.heads import check_head_path, head_logits, token_logp, token_logp_entropy
 from rayrm.models.hf_files import stop_token_ids_of
 from rayrm.models.precision import MasterWeightAdam
 from rayrm.models.tiny import build_tiny_model
@@ -358,7 +358,12 @@ def test_unknown_logit_transform_is_detected(model_dirs):
         check_head_path(model)
 
 
-def test_chunked_logp_entropy_equal_full_softmax_with_gradients(model_dirs):
+@pytest.mark.parametrize(
+    "weights", [(1.0, 0.3), (1.0, 0.0), (0.0, 0.3)], ids=["both", "logp", "entropy"]
+)
+def test_chunked_logp_entropy_equal_full_softmax_with_gradients(model_dirs, weights):
+    """Values and gradients, also when the loss uses only one of the two outputs (the other's
+    gradient is None, not zeros, and its terms are skipped)."""
     model = AutoModelForCausalLM.from_pretrained(model_dirs["qwen2"])  # tied head
     V = model.config.vocab_size
     hidden = torch.randn(37, model.config.hidden_size, requires_grad=True)
@@ -379,7 +384,8 @@ def test_chunked_logp_entropy_equal_full_softmax_with_gradients(model_dirs):
         model.zero_grad()
         hidden.grad = None
         logp, entropy = fn()
-        (logp.sum() + 0.3 * entropy.sum()).backward()
+        loss = sum(w * x.sum() for w, x in zip(weights, (logp, entropy), strict=True) if w)
+        loss.backward()
         results.append(
             (
                 logp.detach(),
@@ -390,6 +396,9 @@ def test_chunked_logp_entropy_equal_full_softmax_with_gradients(model_dirs):
         )
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # The log-probs alone (reference and old policy: no graph, no softmax) are the same.
+    alone = token_logp(model, hidden, actions, temperature=0.7, chunk_rows=5)
+    torch.testing.assert_close(alone, results[0][0], atol=1e-5, rtol=1e-5)
 
 
 def test_logp_and_entropy_hand_example():

@@ -37,6 +37,7 @@ __all__ = [
     "check_head_path",
     "head_logits",
     "rows_per_chunk",
+    "token_logp",
     "token_logp_entropy",
     "trunk",
     "trunk_hidden",
@@ -177,6 +178,32 @@ def token_logp_entropy(
     return logp, entropy
 
 
+@torch.no_grad()
+def token_logp(
+    model: nn.Module,
+    hidden: torch.Tensor,
+    actions: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """:func:`token_logp_entropy`'s log-probs alone, without a graph (the reference's and the
+    old policy's): no softmax over the vocabulary, one log-sum-exp per row.
+
+    Returns:
+        (N,) float32.
+    """
+    head = model.get_output_embeddings()
+    step = chunk_rows or rows_per_chunk(head.weight.shape[0])
+    transform = LogitTransform.of(model, temperature)
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for lo in range(0, hidden.shape[0], step):
+        z = transform(_linear(hidden[lo : lo + step], head.weight, head.bias))  # (C, V)
+        chosen = z.gather(-1, actions[lo : lo + step, None].long()).squeeze(-1)
+        out[lo : lo + step] = chosen - torch.logsumexp(z, dim=-1)
+    return out
+
+
 class _HeadLogpEntropy(torch.autograd.Function):
     """``logp(a)`` and ``H`` of ``softmax(transform(hidden @ W^T + b))``, a chunk of rows at a
     time, with the gradient written out (no autograd graph over (N, V) tensors).
@@ -204,11 +231,14 @@ class _HeadLogpEntropy(torch.autograd.Function):
             z = transform(_linear(hidden[lo : lo + step], weight, bias))  # (C, V) float32
             lse = torch.logsumexp(z, dim=-1)  # (C,)
             logp = z.gather(-1, actions[lo : lo + step, None]).squeeze(-1) - lse
-            p = torch.softmax(z, dim=-1)  # (C, V)
+            p = torch.sub(z, lse[:, None]).exp_()  # (C, V) softmax, from the lse at hand
             ez = torch.linalg.vecdot(p, z)  # (C,) E_p[z]
             out[:, lo : lo + step] = torch.stack([logp, lse - ez, lse, ez])
         ctx.save_for_backward(hidden, weight, bias, actions, out[2].clone(), out[3].clone())
         ctx.transform, ctx.step = transform, step
+        # An output the loss does not use (the entropy, without an entropy bonus) gets None in
+        # backward, not zeros: its (C, V) terms are skipped.
+        ctx.set_materialize_grads(False)
         return out[0], out[1]
 
     @staticmethod
@@ -230,12 +260,17 @@ class _HeadLogpEntropy(torch.autograd.Function):
             z = transform(_linear(h, weight, bias))  # (C, V)
             chain = transform.chain(z)
             p = torch.sub(z, lse[sl, None]).exp_()  # (C, V) softmax, recomputed
-            # g_H · ∂H/∂z − g_logp · p, in z's storage; then + g_logp at the action.
-            grad_z = z.sub_(ez[sl, None]).mul_(p).mul_(-g_ent[sl, None])
-            grad_z.sub_(p.mul_(g_logp[sl, None]))
+            # g_H · ∂H/∂z − g_logp · p; then + g_logp at the action.
+            if g_ent is not None:  # in z's storage
+                grad_z = z.sub_(ez[sl, None]).mul_(p).mul_(-g_ent[sl, None])
+                if g_logp is not None:
+                    grad_z.sub_(p.mul_(g_logp[sl, None]))
+            else:  # in p's storage
+                grad_z = p.mul_(-g_logp[sl, None])
             del p
-            rows = torch.arange(grad_z.shape[0], device=grad_z.device)
-            grad_z[rows, actions[sl]] += g_logp[sl]
+            if g_logp is not None:
+                rows = torch.arange(grad_z.shape[0], device=grad_z.device)
+                grad_z[rows, actions[sl]] += g_logp[sl]
             grad_z = grad_z.mul_(chain).to(weight.dtype)  # ∂/∂(h @ W^T + b)
             if grad_h is not None:
                 grad_h[lo : lo + step] = (grad_z @ weight).to(hidden.dtype)

@@ -336,7 +336,9 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
             aggregate=aggregate,
         )
         entropy = aggregate(fwd_out[ENTROPY])
-        total = pg_loss - ppo.entropy_coef * entropy
+        # Without a bonus the entropy is a metric only: no gradient through it (the head's
+        # backward then skips its vocabulary-sized terms).
+        total = pg_loss - ppo.entropy_coef * entropy if ppo.entropy_coef else pg_loss
         logged = {
             M.POLICY_LOSS: pg_loss.detach(),
             M.ENTROPY: entropy.detach(),

@@ -30,7 +30,13 @@ from torch import nn
 
 from rayrm.core_algos import sample_tokens
 from rayrm.models.decoding import decode_start, decode_step
-from rayrm.models.heads import check_head_path, head_logits, token_logp_entropy, trunk_hidden
+from rayrm.models.heads import (
+    check_head_path,
+    head_logits,
+    token_logp,
+    token_logp_entropy,
+    trunk_hidden,
+)
 from rayrm.models.loading import hidden_size, load_causal_lm, load_critic
 from rayrm.models.lora import adapters_disabled, add_lora, is_adapter_key
 
@@ -238,6 +244,11 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         actions = batch[Columns.ACTIONS].reshape(-1)
         return token_logp_entropy(model, hidden, actions, temperature=self.temperature)
 
+    def _logp(self, model: nn.Module, batch: dict[str, Any], hidden: torch.Tensor) -> torch.Tensor:
+        """Log-probs alone, no graph: no softmax over the vocabulary."""
+        actions = batch[Columns.ACTIONS].reshape(-1)
+        return token_logp(model, hidden, actions, temperature=self.temperature)
+
     def _value(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
@@ -318,14 +329,14 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         if logp or (values and critic is None):
             hidden = self._hidden(self.lm, batch)
             if logp:
-                out[LOGP] = self._logp_entropy(self.lm, batch, hidden)[0]
+                out[LOGP] = self._logp(self.lm, batch, hidden)
             if values and critic is None:
                 out[VF_PREDS] = self._value(hidden)
         if values and critic is not None:
             out[VF_PREDS] = self._value(self._hidden(critic, batch))
         if ref_logp:
             with self._reference() as ref:
-                out[REF_LOGP] = self._logp_entropy(ref, batch, self._hidden(ref, batch))[0]
+                out[REF_LOGP] = self._logp(ref, batch, self._hidden(ref, batch))
         return out
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
