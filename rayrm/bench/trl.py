@@ -237,8 +237,10 @@ def _trl_record(
         "TRL generates with HF generate(output_scores=True) and runs policy, value and reward "
         "models in this one process; rayrm scores in a Ray reward actor",
         "TRL's optimizer is transformers' default fused AdamW (adamw_torch_fused) with a linear "
-        "LR decay and no gradient clipping (its PPO loop never clips); rayrm uses Adam "
-        "(foreach) with global-norm clipping 1.0",
+        "LR decay and no gradient clipping (its PPO loop never clips); rayrm uses fused Adam "
+        "with global-norm clipping 1.0",
+        "rayrm runs GPT-2's gelu_new as torch's fused tanh GELU (the same function, "
+        "rayrm.models.fused); TRL runs transformers' NewGELUActivation (eight elementwise ops)",
         "TRL draws each batch of prompts from a shuffled DataLoader, rayrm's envs draw prompts "
         "uniformly; both use the same 64 prompts, left-truncated to max_prompt_tokens",
         "generated tokens = batch x response_length: stop_token=None, every response is full length",
