@@ -361,9 +361,16 @@ def test_unknown_logit_transform_is_detected(model_dirs):
 @pytest.mark.parametrize(
     "weights", [(1.0, 0.3), (1.0, 0.0), (0.0, 0.3)], ids=["both", "logp", "entropy"]
 )
-def test_chunked_logp_entropy_equal_full_softmax_with_gradients(model_dirs, weights):
+@pytest.mark.parametrize("keep", [True, False], ids=["softmax-kept", "recomputed"])
+def test_chunked_logp_entropy_equal_full_softmax_with_gradients(
+    model_dirs, weights, keep, monkeypatch
+):
     """Values and gradients, also when the loss uses only one of the two outputs (the other's
-    gradient is None, not zeros, and its terms are skipped)."""
+    gradient is None, not zeros, and its terms are skipped), with the forward's softmax kept
+    for the backward or recomputed there."""
+    import rayrm.models.heads as heads
+
+    monkeypatch.setattr(heads, "KEEP_SOFTMAX_ELEMENTS", heads.KEEP_SOFTMAX_ELEMENTS if keep else 0)
     model = AutoModelForCausalLM.from_pretrained(model_dirs["qwen2"])  # tied head
     V = model.config.vocab_size
     hidden = torch.randn(37, model.config.hidden_size, requires_grad=True)

@@ -48,6 +48,12 @@ LOGIT_CHUNK_ELEMENTS = 1 << 23
 151,936-token vocabulary that is 55 rows per chunk."""
 
 
+KEEP_SOFTMAX_ELEMENTS = 1 << 24
+"""A minibatch's softmax of at most this many values (64 MB in float32) is kept from
+:func:`token_logp_entropy`'s forward for its backward, which then needs no second pass of the
+LM head; a larger one is recomputed a chunk at a time."""
+
+
 def trunk(model: nn.Module) -> nn.Module:
     """The model without its LM head (``base_model``: GPT2Model, LlamaModel, ...)."""
     base = getattr(model, "base_model", None)
@@ -118,10 +124,11 @@ class LogitTransform:
             z = torch.tanh(z / self.cap) * self.cap
         return z / self.temperature if self.temperature != 1.0 else z
 
-    def chain(self, z: torch.Tensor) -> torch.Tensor | float:
-        """dz/dz0 elementwise, from the transformed logits ``z``."""
+    def chain(self, z: torch.Tensor | None) -> torch.Tensor | float:
+        """dz/dz0 elementwise, from the transformed logits ``z`` (not needed without a cap)."""
         factor: torch.Tensor | float = self.scale / self.temperature
         if self.cap is not None:
+            assert z is not None, "soft-capped logits: the chain rule needs them"
             capped = z * (self.temperature / self.cap)  # tanh(scale · z0 / cap)
             factor = (1.0 - capped * capped) * factor
         return factor
@@ -227,6 +234,8 @@ class _HeadLogpEntropy(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         N = hidden.shape[0]
         out = torch.empty(4, N, dtype=torch.float32, device=hidden.device)  # logp, H, lse, E[z]
+        keep = N * weight.shape[0] <= KEEP_SOFTMAX_ELEMENTS and transform.cap is None
+        kept = []  # each chunk's softmax, for a backward without the entropy's gradient
         for lo in range(0, N, step):
             z = transform(_linear(hidden[lo : lo + step], weight, bias))  # (C, V) float32
             lse = torch.logsumexp(z, dim=-1)  # (C,)
@@ -234,8 +243,10 @@ class _HeadLogpEntropy(torch.autograd.Function):
             p = torch.sub(z, lse[:, None]).exp_()  # (C, V) softmax, from the lse at hand
             ez = torch.linalg.vecdot(p, z)  # (C,) E_p[z]
             out[:, lo : lo + step] = torch.stack([logp, lse - ez, lse, ez])
+            if keep:
+                kept.append(p)
         ctx.save_for_backward(hidden, weight, bias, actions, out[2].clone(), out[3].clone())
-        ctx.transform, ctx.step = transform, step
+        ctx.transform, ctx.step, ctx.kept = transform, step, kept if keep else None
         # An output the loss does not use (the entropy, without an entropy bonus) gets None in
         # backward, not zeros: its (C, V) terms are skipped.
         ctx.set_materialize_grads(False)
@@ -255,11 +266,19 @@ class _HeadLogpEntropy(torch.autograd.Function):
             if want_b
             else None
         )
-        for lo in range(0, hidden.shape[0], step):
+        # Without the entropy's gradient (and no soft-capping) the kept softmax is all that is
+        # needed; it is used up (a second backward recomputes).
+        kept = ctx.kept if g_ent is None else None
+        ctx.kept = None
+        for index, lo in enumerate(range(0, hidden.shape[0], step)):
             h, sl = hidden[lo : lo + step], slice(lo, lo + step)
-            z = transform(_linear(h, weight, bias))  # (C, V)
-            chain = transform.chain(z)
-            p = torch.sub(z, lse[sl, None]).exp_()  # (C, V) softmax, recomputed
+            if kept is not None:
+                z, chain, p = None, transform.chain(None), kept[index]
+                kept[index] = None  # freed as soon as used
+            else:
+                z = transform(_linear(h, weight, bias))  # (C, V)
+                chain = transform.chain(z)
+                p = torch.sub(z, lse[sl, None]).exp_()  # (C, V) softmax, recomputed
             # g_H · ∂H/∂z − g_logp · p; then + g_logp at the action.
             if g_ent is not None:  # in z's storage
                 grad_z = z.sub_(ez[sl, None]).mul_(p).mul_(-g_ent[sl, None])
