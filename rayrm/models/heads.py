@@ -128,7 +128,8 @@ class LogitTransform:
         """dz/dz0 elementwise, from the transformed logits ``z`` (not needed without a cap)."""
         factor: torch.Tensor | float = self.scale / self.temperature
         if self.cap is not None:
-            assert z is not None, "soft-capped logits: the chain rule needs them"
+            if z is None:
+                raise ValueError("soft-capped logits: the chain rule needs them")
             capped = z * (self.temperature / self.cap)  # tanh(scale · z0 / cap)
             factor = (1.0 - capped * capped) * factor
         return factor
