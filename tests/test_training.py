@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from ray.rllib.utils.metrics import (
     NUM_MODULE_STEPS_TRAINED,
 )
 
-from envs.builtin import BUILTIN_PROMPTS
+from envs.builtin import BUILTIN_PROMPTS, vowel_reward
 from envs.tokenization import PromptCodec
 from rayrm import metrics as M
 from rayrm.models.decoding import sample_completions
@@ -76,6 +77,58 @@ def test_every_sampled_completion_is_trained(ray_local, tiny_policy_dir, prompts
             assert np.isfinite(result[M.RLHF_RESULTS][key]), key
     finally:
         algo.stop()
+
+
+def _timed(obj, name: str) -> list[tuple[float, float]]:
+    """Wraps ``obj.name`` to log each call's start and end (monotonic) into the list returned."""
+    log, fn = [], getattr(obj, name)
+
+    def timed(*args, **kwargs):
+        start = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            log.append((start, time.monotonic()))
+
+    setattr(obj, name, timed)
+    return log
+
+
+def slow_vowel_reward(prompts: list[str], completions: list[str]) -> list[float]:
+    """The vowel reward after a second: scoring long enough to see what runs alongside it."""
+    time.sleep(1.0)
+    return vowel_reward(prompts, completions)
+
+
+def test_learner_forwards_run_while_the_batch_is_scored(
+    ray_local, tiny_policy_dir, prompts_file, tmp_path
+):
+    """Synchronous iterations with a local learner: the learner connector's no-grad forwards
+    (reference log-probs, values) run while the reward actor scores, once per iteration, and
+    the update takes them: the same training as with the forwards inside the update."""
+    cfg = make_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        reward={"function": "test_training:slow_vowel_reward"},
+    )
+    published = []
+    for alongside in (True, False):
+        algo = build_algo_config(cfg).build_algo()
+        try:
+            if not alongside:
+                algo.forwards_alongside = None  # the forwards then run in the update
+            module = local_learner(algo.learner_group).module[DEFAULT_MODULE_ID].unwrapped()
+            forwards, scoring = _timed(module, "rollout_outputs"), _timed(algo, "_score")
+            published.append([algo.train()[M.RLHF_RESULTS] for _ in range(2)])
+        finally:
+            algo.stop()
+        assert len(scoring) == 2 and len(forwards) == 2, (scoring, forwards)  # one each
+        for (f_start, f_end), (s_start, s_end) in zip(forwards, scoring, strict=True):
+            assert (s_start < f_start and f_end < s_end) is alongside, (forwards, scoring)
+    keys = (M.KL_TOKEN, M.LOSS_POLICY, M.LOSS_VALUE, M.REWARD_MEAN)
+    for with_, without in zip(*published, strict=True):
+        assert [with_[k] for k in keys] == pytest.approx([without[k] for k in keys], rel=1e-6)
 
 
 def test_save_restore_keeps_policy_and_reference(

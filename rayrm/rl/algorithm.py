@@ -49,7 +49,7 @@ from rayrm.rewards.shaping import RewardPipeline, describe_reward
 from rayrm.rl.checkpoint import RAYRM_STATE, NeverLoseCheckpoints, write_rayrm_files
 from rayrm.rl.env_runner import GROUP, WEIGHTS_VERSION, RLHFEnvRunner
 from rayrm.rl.evaluation import HeldOutEvaluation
-from rayrm.rl.learner import RLHFPPOLearner
+from rayrm.rl.learner import RLHFPPOLearner, score_alongside
 from rayrm.rl.module import LMPolicyModule
 from rayrm.rl.rllib_compat import local_learner, restart_env_runners, sample_episodes
 from rayrm.rl.watchdog import iteration_watchdog
@@ -314,6 +314,9 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         self.sampler = ThreadPoolExecutor(1, "rayrm-sampler") if cfg.ppo.async_rollouts else None
         # The sampler thread's CPUs, which a local learner borrows while that thread idles.
         self.threads = ThreadLoan(own, lent) if self.sampler and lent >= 1 else None
+        # Synchronous, local learner: its no-grad forwards run while the batch is scored.
+        local = cfg.resources.num_learners == 0 and not self.sampler
+        self.forwards_alongside = local_learner(self.learner_group) if local else None
         if self.threads is not None and cfg.resources.num_learners == 0:
             local_learner(self.learner_group).thread_loan = self.threads
         # Held by an update, and by the sampler thread while it restores lost env runners
@@ -413,7 +416,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         t_start = time.perf_counter()
         episodes, results, healthy = self._sample_batch()
         t_sampled = time.perf_counter()
-        scored = self._score(episodes)
+        scored = score_alongside(self._score, episodes, self.forwards_alongside)
         return Rollout(
             episodes, results, scored, healthy, t_sampled - t_start, time.perf_counter() - t_sampled
         )

@@ -7,14 +7,16 @@ Learner that owns β and computes the loss. The math itself is in ``rayrm.core_a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import tree
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
@@ -35,6 +37,7 @@ from rayrm.rl.env_runner import GROUP, PROMPT_IDS, token_rows
 from rayrm.rl.module import ENTROPY, LOGP, REF_LOGP, SEQ_ID, VF_PREDS
 from rayrm.rl.rllib_compat import MinibatchHook, learner_connector, weights_seq_no
 
+T = TypeVar("T")
 ADVANTAGES = Postprocessing.ADVANTAGES
 VALUE_TARGETS = Postprocessing.VALUE_TARGETS
 
@@ -98,10 +101,12 @@ class RLHFAdvantages(ConnectorV2):
                 torch.arange(len(lens)), torch.tensor(lens)
             ).to(device)  # (N,)
             module_batch[Columns.OBS] = _rebuilt_rows(mine, module_batch, lens)
-            with torch.no_grad():
-                out = module.rollout_outputs(
-                    module_batch, logp=self.recompute_logp, values=ppo.uses_critic
-                )
+            out = self._learner.take_precomputed(mine, device)  # done while they were scored
+            if out is None:
+                with torch.no_grad():
+                    out = module.rollout_outputs(
+                        module_batch, logp=self.recompute_logp, values=ppo.uses_critic
+                    )
             values = out[VF_PREDS].cpu().numpy() if VF_PREDS in out else None  # (N,)
             ref_logp = out[REF_LOGP].cpu().numpy()  # (N,)
             if self.recompute_logp:
@@ -141,6 +146,32 @@ class RLHFAdvantages(ConnectorV2):
                     logged[M.VALUE_MEAN] = float(values.mean())
                 metrics.log_dict(logged, key=module_id, window=1)
         return batch
+
+
+def score_alongside(
+    score: Callable[[list[Any]], T], episodes: list[Any], learner: RLHFPPOLearner | None
+) -> T:
+    """``score(episodes)`` in a helper thread (it waits on the reward actors) while this
+    thread runs ``learner``'s no-grad forwards over the same episodes
+    (:meth:`RLHFPPOLearner.precompute_forwards`); just ``score(episodes)`` without a learner."""
+    if learner is None:
+        return score(episodes)
+    pool = ThreadPoolExecutor(1, "rayrm-score")
+    try:
+        scoring = pool.submit(score, episodes)
+        try:
+            learner.precompute_forwards(episodes)
+        finally:
+            result = scoring.result()  # the scores (or their error) whatever happened here
+        return result
+    finally:
+        pool.shutdown(wait=False)  # an interrupted wait (the watchdog) does not wait again
+
+
+def _content(episode: Any) -> tuple[bytes, bytes]:
+    """A completion's prompt ids and tokens, as bytes (what its forwards depend on)."""
+    prompt = np.asarray(episode.get_infos(0)[PROMPT_IDS], np.int64)
+    return prompt.tobytes(), np.asarray(episode.get_actions(), np.int64).tobytes()
 
 
 def _rebuilt_rows(
@@ -217,6 +248,8 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
         # A local learner of a trial that samples in a second thread borrows that thread's
         # CPUs while it idles (set by the algorithm; see rayrm.ray_init.ThreadLoan).
         self.thread_loan: ThreadLoan | None = None
+        # precompute_forwards' results: {episode content: {column: rows}}.
+        self.precomputed: dict[tuple[bytes, bytes], dict[str, torch.Tensor]] | None = None
         self.kl_coef = float(self.run_config.ppo.kl_coef)
         super().build()
         pipeline = learner_connector(self)
@@ -234,6 +267,50 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
                 recompute_logp=self.run_config.recompute_logp,
             )
         )
+
+    def precompute_forwards(self, episodes: list[Any]) -> None:
+        """Runs the learner connector's no-grad forwards over ``episodes`` now, with the
+        current weights, for the next update to take (:meth:`take_precomputed`): the reference
+        log-probs, the values (with a critic) and, with ``recompute_logp``, the policy's. They
+        need no rewards, so the algorithm runs them while the reward actors score a batch."""
+        module = self.module[DEFAULT_MODULE_ID].unwrapped()
+        device = next(module.parameters()).device
+        lens = [len(e) for e in episodes]
+        actions = np.concatenate([np.asarray(e.get_actions(), np.int64) for e in episodes])
+        actions_t = torch.from_numpy(actions).to(device)
+        batch = {
+            Columns.OBS: token_rows(
+                [e.get_infos(0)[PROMPT_IDS] for e in episodes], actions_t, lens
+            ),
+            Columns.ACTIONS: actions_t,
+            SEQ_ID: torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens)).to(device),
+        }
+        self.take_threads()
+        with torch.no_grad():
+            out = module.rollout_outputs(
+                batch, logp=self.run_config.recompute_logp, values=self.run_config.ppo.uses_critic
+            )
+        self.precomputed = {
+            _content(e): {key: value[sl] for key, value in out.items()}
+            for e, sl in zip(episodes, _slices(lens), strict=True)
+        }
+
+    def take_precomputed(self, episodes: list[Any], device: Any) -> dict[str, Any] | None:
+        """The precomputed forwards of ``episodes`` in their order (rows concatenated), or None
+        when any is missing; used up either way. A weight change (an optimizer step, a
+        restored state) drops them. Keyed by content (prompt and tokens): the learner gets
+        copies of the episodes, and equal completions have equal forwards."""
+        precomputed, self.precomputed = self.precomputed, None
+        if precomputed is None or not episodes:
+            return None
+        parts = [precomputed.get(_content(e)) for e in episodes]
+        if any(p is None for p in parts):
+            return None
+        return {key: torch.cat([p[key] for p in parts]).to(device) for key in parts[0]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.precomputed = None  # forwards of other weights
+        super().set_state(state)
 
     def set_kl_coef(self, value: float) -> None:
         """Sets β for the next update (the algorithm owns the KL controller)."""
@@ -288,6 +365,7 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
         per tensor) and zeroes bad values; :class:`MasterWeightAdam` checks one global norm
         instead and skips a non-finite step entirely (the float16 loss scale then halves).
         """
+        self.precomputed = None  # forwards of the weights before this step
         for module_id, optimizer in self._optimizers():
             for p in optimizer.model_params:
                 p.grad = gradients_dict.get(self.get_param_ref(p), p.grad)
