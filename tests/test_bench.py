@@ -142,6 +142,11 @@ def test_model_flops_by_hand(tmp_path):
     # A separate critic (no logits: 4 * 208 = 832) adds its old-values forward and training.
     sep = iteration_flops(policy=shape, reward=shape, critic="separate", **common)
     assert sep == {"sample": 912, "score": 832, "update": 912 + 832 + 3 * (912 + 832)}
+    # Synchronous with a local learner the no-grad forwards run while the batch is scored.
+    moved = iteration_flops(
+        policy=shape, reward=shape, critic="separate", forwards_in_score=True, **common
+    )
+    assert moved == {"sample": 912, "score": 832 + 912 + 832, "update": 3 * (912 + 832)}
     shared = iteration_flops(policy=shape, reward=shape, critic="shared", **common)
     assert shared["update"] == 912 + 832 + 3 * 912  # old values need a trunk pass
 

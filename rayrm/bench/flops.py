@@ -18,7 +18,9 @@ not what an implementation adds (recomputation, padding):
   at the completion tokens; the critic -- a separate trunk, or the policy trunk for a shared
   value head -- for the old values; none without a critic), then ``num_epochs`` training
   passes over the batch (the policy with logits at the completion tokens, and a separate
-  critic) at three forwards each.
+  critic) at three forwards each. Where those no-grad forwards run while the reward actors
+  score (synchronous iterations with a local learner: ``forwards_in_score``), they count in
+  ``score`` instead.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def iteration_flops(
     completion_tokens: float,
     num_epochs: int,
     critic: str,
+    forwards_in_score: bool = False,
 ) -> dict[str, float]:
     """Model FLOPs per phase of one iteration (see the module docstring).
 
@@ -75,6 +78,7 @@ def iteration_flops(
         reward: the reward model's shape; None for a reward function (no model FLOPs).
         critic: ``separate`` (a second trunk the policy's size), ``shared`` (a value head on
             the policy trunk) or ``none``.
+        forwards_in_score: the learner connector's no-grad forwards run in the score phase.
     """
     b, p, t = completions, prompt_tokens, completion_tokens
     seq = p + t
@@ -84,6 +88,8 @@ def iteration_flops(
     critic_pass = b * policy.forward(seq, seq / 2, 0)  # the critic trunk is the policy's size
     connector = policy_pass + (critic_pass if critic != "none" else 0.0)  # reference, values
     train = 3 * (policy_pass + (critic_pass if critic == "separate" else 0.0))
+    if forwards_in_score:
+        return {"sample": sample, "score": score + connector, "update": num_epochs * train}
     return {"sample": sample, "score": score, "update": connector + num_epochs * train}
 
 

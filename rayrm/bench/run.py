@@ -218,6 +218,9 @@ def phase_flops(
         completion_tokens=summary["tokens_per_iteration"] / spec.batch_size,
         num_epochs=spec.num_epochs,
         critic=spec.critic if spec.estimator == "gae" else "none",
+        # Synchronous with a local learner: the reference and value forwards run while the
+        # batch is scored (rayrm.rl.learner.score_alongside).
+        forwards_in_score=not spec.async_rollouts and spec.num_learners == 0,
     )
     return {"threads": threads, "model_flops_per_iteration": flops}
 
