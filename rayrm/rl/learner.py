@@ -97,9 +97,7 @@ class RLHFAdvantages(ConnectorV2):
             mine = [e for e in episodes if e.module_id in (None, module_id)]
             lens = [len(e) for e in mine]
             device = module_batch[Columns.ACTIONS].device
-            module_batch[SEQ_ID] = torch.repeat_interleave(
-                torch.arange(len(lens)), torch.tensor(lens)
-            ).to(device)  # (N,)
+            module_batch[SEQ_ID] = _seq_ids(lens, device)
             module_batch[Columns.OBS] = _rebuilt_rows(mine, module_batch, lens)
             out = self._learner.take_precomputed(mine, device)  # done while they were scored
             if out is None:
@@ -166,6 +164,11 @@ def score_alongside(
         return result
     finally:
         pool.shutdown(wait=False)  # an interrupted wait (the watchdog) does not wait again
+
+
+def _seq_ids(lens: list[int], device: Any) -> torch.Tensor:
+    """(N,) each row's completion index, completions one after the other."""
+    return torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens)).to(device)
 
 
 def _content(episode: Any) -> tuple[bytes, bytes]:
@@ -283,9 +286,8 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
                 [e.get_infos(0)[PROMPT_IDS] for e in episodes], actions_t, lens
             ),
             Columns.ACTIONS: actions_t,
-            SEQ_ID: torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens)).to(device),
+            SEQ_ID: _seq_ids(lens, device),
         }
-        self.take_threads()
         with torch.no_grad():
             out = module.rollout_outputs(
                 batch, logp=self.run_config.recompute_logp, values=self.run_config.ppo.uses_critic
