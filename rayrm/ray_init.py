@@ -10,6 +10,7 @@ reserves (:func:`use_reserved_cpus`).
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
@@ -114,14 +115,16 @@ def use_reserved_cpus(exclude: float = 0.0) -> int | None:
             (a trial sampling in a thread alongside its update: this thread gets the rest;
             see :class:`ThreadLoan`).
 
+    A process that has not imported torch (a reward-function actor whose function does not
+    use it) is left without it: ``OMP_NUM_THREADS`` is set instead, which torch reads when it
+    is imported later.
+
     Returns:
         The thread count set; None where nothing was set (a driver without the override).
 
     Raises:
         ValueError: ``RAYRM_TORCH_THREADS`` is not an integer >= 1 (named in the message).
     """
-    import torch
-
     override = os.environ.get(THREADS_ENV, "").strip()
     if override:
         if not override.isdigit() or int(override) < 1:
@@ -132,7 +135,11 @@ def use_reserved_cpus(exclude: float = 0.0) -> int | None:
         if cpus is None:
             return None
         threads = max(1, int(cpus - exclude))
-    torch.set_num_threads(threads)
+    torch = sys.modules.get("torch")
+    if torch is None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        torch.set_num_threads(threads)
     return threads
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -163,6 +164,27 @@ def test_ray_pool_order_and_call_count(ray_cluster) -> None:
         stats = pool.stats()
         assert stats["num_calls"] == 3 and stats["num_scored"] == 10
         assert sorted(s["num_calls"] for s in stats["per_actor"]) == [1, 2]
+    finally:
+        pool.shutdown()
+
+
+def test_function_actors_run_without_torch(ray_cluster) -> None:
+    """A reward function that does not use torch is served by actors that never import torch
+    or transformers (Ray, numpy and the function's module only): lighter, faster to start."""
+    pool = RewardPool(
+        source="function",
+        function="envs.builtin:vowel_reward",
+        num_actors=2,
+        batch_size=4,
+        num_cpus_per_actor=0.5,
+    )
+    try:
+        assert pool.score(PROMPTS, COMPLETIONS).shape == (len(PROMPTS),)
+        heavy = {"torch", "transformers"}  # a lambda travels by value: it imports nothing here
+        loaded = [
+            a.__ray_call__.remote(lambda _: sorted(heavy & set(sys.modules))) for a in pool.actors
+        ]
+        assert ray.get(loaded) == [[], []]
     finally:
         pool.shutdown()
 

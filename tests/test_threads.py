@@ -19,7 +19,7 @@ from conftest import make_config
 
 from rayrm.experiment.resources import trial_bundles
 from rayrm.ray_init import THREADS_ENV, ThreadLoan, use_reserved_cpus
-from rayrm.rewards.actors import RewardFunctionActor
+from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 
 

@@ -29,8 +29,8 @@ from envs.tokenization import Prompt, PromptCodec
 from rayrm.config import ConfigError, RunConfig
 from rayrm.models.hf_files import read_json
 from rayrm.models.loading import load_tokenizer, prompt_codec
-from rayrm.rewards.actors import RewardFunctionActor
 from rayrm.rewards.base import RewardSourceError, call_scorer, check_scores
+from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.tracking import check_tracking
 
 __all__ = ["check_storage", "preflight"]

@@ -2,7 +2,8 @@
 
 * ``base``: the batched signature, :class:`~rayrm.rewards.base.RewardActor` and the
   :class:`~rayrm.rewards.base.Scorer` protocol;
-* ``actors``: reward-model and reward-function actors; ``text_metrics``: chrF/BLEU;
+* ``actors``: the reward-model actor; ``functions``: the reward-function actor (no torch);
+  ``text_metrics``: chrF/BLEU;
 * ``pool``: :class:`~rayrm.rewards.pool.RewardPool`, actors scoring in parallel batches;
 * ``compose``: ensembles, weighted composites, length and missing-EOS penalties;
 * ``shaping``: normalisation and clipping of the scores, and the score paid at the last token;
@@ -13,12 +14,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rayrm.rewards.actors import RewardFunctionActor, RewardModelActor, reward_model_texts
 from rayrm.rewards.base import RewardSourceError, Scorer, resolve_function
 from rayrm.rewards.compose import ComposedReward, EnsembleReward, build_reward
+from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rewards.pool import POOL_NAMESPACE, RewardPool
+
+if TYPE_CHECKING:
+    from rayrm.rewards.actors import RewardModelActor, reward_model_texts
 
 __all__ = [
     "POOL_NAMESPACE",
@@ -33,6 +37,16 @@ __all__ = [
     "resolve_function",
     "reward_model_texts",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The reward-model actor's names, imported on first use: importing this package (as every
+    reward-function actor process does) does not import torch or transformers."""
+    if name in ("RewardModelActor", "reward_model_texts"):
+        from rayrm.rewards import actors
+
+        return getattr(actors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def pool_from_config(

@@ -1,4 +1,5 @@
-"""The reward-model and reward-function actors (metric actors: ``rayrm.rewards.text_metrics``).
+"""The reward-model actor (reward functions: ``rayrm.rewards.functions``; metric actors:
+``rayrm.rewards.text_metrics``).
 
 Plain classes (house style): :class:`~rayrm.rewards.pool.RewardPool` makes them remote where it
 creates them, and builds them in-process with ``local=True``, so the scoring logic is testable
@@ -7,8 +8,7 @@ without a Ray cluster. They return CPU ``float32`` numpy arrays.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,14 +22,11 @@ from rayrm.rewards.base import (
     References,
     RewardActor,
     RewardSourceError,
-    call_scorer,
     check_pair,
-    check_scores,
     resolve_device,
-    resolve_function,
 )
 
-__all__ = ["RewardFunctionActor", "RewardModelActor", "reward_model_texts"]
+__all__ = ["RewardModelActor", "reward_model_texts"]
 
 
 class RewardModelActor(RewardActor):
@@ -142,74 +139,6 @@ class RewardModelActor(RewardActor):
             ).logits  # (N, 1)
         self.num_scored += len(texts)
         return logits[:, 0].float().cpu().numpy()
-
-
-class RewardFunctionActor(RewardActor):
-    """Scores with a Python function named by ``"module:function"``.
-
-    Same interface as :class:`RewardModelActor`, so rule-based rewards (exact match, length,
-    format checks) run in the same pool and scale out the same way.
-    """
-
-    def __init__(self, function: str) -> None:
-        """Resolves the function in this process (so Ray workers import it themselves).
-
-        Raises:
-            RewardSourceError: see :func:`resolve_function`.
-        """
-        self.function = function
-        self.fn = resolve_function(function)
-        self.takes_references = _takes_keyword(self.fn, "references")
-        self.takes_messages = _takes_keyword(self.fn, "messages")
-        self.takes_ids = _takes_keyword(self.fn, "ids")
-        super().__init__("function", function)
-
-    def score(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: References = None,
-        messages: Conversations = None,
-        ids: Sequence[str] | None = None,
-    ) -> np.ndarray:
-        """Calls the function once on the whole batch.
-
-        A function with a ``references`` parameter is called as
-        ``fn(prompts, completions, references=references)``; others get no references. The
-        same for ``messages`` (the conversations of chat prompts) and ``ids`` (one stable id
-        per completion: a chunk scored again after a crash or a timeout carries the same ids,
-        so a scorer with side effects, e.g. a paid judge, can skip what it already did).
-
-        Returns:
-            ``float32`` array of shape (N,), on CPU.
-
-        Raises:
-            RewardSourceError: the function returned something that is not N scalars.
-        """
-        check_pair(prompts, completions)
-        self.num_calls += 1
-        n = len(prompts)
-        extra: dict[str, Any] = {}
-        if self.takes_references:
-            extra["references"] = None if references is None else list(references)
-        if self.takes_messages:
-            extra["messages"] = None if messages is None else list(messages)
-        if self.takes_ids:
-            extra["ids"] = None if ids is None else list(ids)
-        what = f"reward function {self.function!r}"
-        out = call_scorer(self.fn, what, list(prompts), list(completions), **extra)
-        scores = check_scores(out, n, what)
-        self.num_scored += n
-        return scores
-
-
-def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
-    """Whether ``fn`` accepts ``name=`` (a named parameter or ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # builtins without a signature
-        return False
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def reward_model_texts(

@@ -10,15 +10,18 @@ is the protocol of what the RL loop scores through (a pool, or a composition of 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from envs.functions import import_function
 from rayrm.ray_init import use_reserved_cpus
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "Completion",
@@ -123,6 +126,8 @@ def resolve_function(spec: str) -> RewardFn:
 
 def resolve_device(device: str) -> torch.device:
     """Maps ``"auto"`` to CUDA when the actor was given a GPU, else CPU."""
+    import torch  # here, not at the top: reward-function actors run without torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -142,7 +147,8 @@ def check_scores(out: Any, n: int, what: str) -> np.ndarray:
     Raises:
         RewardSourceError: Not numbers, or not one per item.
     """
-    if isinstance(out, torch.Tensor):
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)  # a scorer that made one has torch
+    if tensor is not None and isinstance(out, tensor):
         out = out.detach().cpu().numpy()
     try:
         scores = np.asarray(out, dtype=np.float32)

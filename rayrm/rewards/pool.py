@@ -17,7 +17,6 @@ import numpy as np
 import ray
 
 from rayrm.errors import TimedOut
-from rayrm.rewards.actors import RewardFunctionActor, RewardModelActor
 from rayrm.rewards.base import (
     Conversations,
     References,
@@ -26,6 +25,7 @@ from rayrm.rewards.base import (
     exception_names,
     last_line,
 )
+from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rewards.text_metrics import RewardMetricActor
 
 __all__ = ["POOL_NAMESPACE", "SOURCES", "RewardPool"]
@@ -109,6 +109,9 @@ def _actor_recipe(
 ) -> tuple[type, tuple[Any, ...], dict[str, Any]]:
     """``(actor class, args, kwargs)`` of one source's actors."""
     if source == "model":
+        # Imported here: torch and transformers stay out of processes that score without them.
+        from rayrm.rewards.actors import RewardModelActor
+
         kwargs = {"max_length": max_length, "tokenizer_path": tokenizer_path}
         return RewardModelActor, (path,), kwargs
     if source == "function":
