@@ -11,7 +11,6 @@ from conftest import assert_reward_rises, make_config, train_in_process
 
 from rayrm.models.loading import load_causal_lm
 from rayrm.models.lora import is_adapter_key
-from rayrm.models.tiny import build_tiny_model
 from rayrm.rl.algorithm import build_algo_config
 from rayrm.rl.checkpoint import export_policy
 from rayrm.rl.module import SEQ_ID
@@ -19,15 +18,6 @@ from rayrm.rl.rllib_compat import local_learner
 
 pytest.importorskip("peft")
 LORA = {"r": 8, "alpha": 16}
-
-
-@pytest.fixture(scope="module")
-def archs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("lora")
-    return {
-        arch: build_tiny_model(root / arch, arch=arch, hidden=32, heads=4, positions=96)
-        for arch in ("gpt2", "llama")
-    }
 
 
 def _module(algo):

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 
 from envs.prompts import write_prompts_jsonl
 from rayrm import metrics as M
-from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
+from rayrm.models.tiny import build_tiny_reward_model, build_tokenizer
 from rayrm.rewards import RewardModelActor, pool_from_config
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 from rayrm.rl.env_runner import PROMPT_IDS
@@ -46,15 +46,6 @@ CONVERSATIONS = [
     [{"role": "user", "content": "what is two plus two?"}],
     [{"role": "user", "content": "review: the steak was"}],
 ]
-
-
-@pytest.fixture(scope="module")
-def archs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("real")
-    return {
-        arch: build_tiny_model(root / arch, arch=arch, hidden=32, heads=4, positions=96)
-        for arch in ("gpt2", "llama", "qwen2")
-    }
 
 
 def _greedy(algo: RLHFPPO) -> list[list[int]]:

@@ -100,14 +100,13 @@ def slow_vowel_reward(prompts: list[str], completions: list[str]) -> list[float]
     return vowel_reward(prompts, completions)
 
 
-def test_learner_forwards_run_while_the_batch_is_scored(
-    ray_local, tiny_policy_dir, prompts_file, tmp_path
-):
+def test_learner_forwards_run_while_the_batch_is_scored(ray_local, archs, prompts_file, tmp_path):
     """Synchronous iterations with a local learner: the learner connector's no-grad forwards
     (reference log-probs, values) run while the reward actor scores, once per iteration, and
-    the update takes them: the same training as with the forwards inside the update."""
+    the update takes them: the same training as with the forwards inside the update. On Qwen2
+    (byte-level BPE, ChatML, two EOS ids: completions end at either, or at the length cap)."""
     cfg = make_config(
-        tiny_policy_dir,
+        archs["qwen2"],
         prompts_file,
         tmp_path,
         reward={"function": "test_training:slow_vowel_reward"},
