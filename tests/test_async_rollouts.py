@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 from conftest import assert_reward_rises, make_config, train_in_process
+from ray.rllib.core import DEFAULT_MODULE_ID
 
 from rayrm import metrics as M
 from rayrm.config import ConfigError, config_from_dict
@@ -24,10 +25,15 @@ def _async_config(tiny_policy_dir, prompts_file, tmp_path, **sections):
     return make_config(tiny_policy_dir, prompts_file, tmp_path, **sections)
 
 
-def test_each_batch_trained_once_one_update_late(
-    ray_local, tiny_policy_dir, prompts_file, tmp_path
-):
-    cfg = _async_config(tiny_policy_dir, prompts_file, tmp_path, run={"num_iterations": 4})
+def test_each_batch_trained_once_one_update_late(ray_local, archs, prompts_file, tmp_path):
+    """On Llama (SentencePiece-style tokenizer with BOS) in bfloat16."""
+    cfg = _async_config(
+        archs["llama"],
+        prompts_file,
+        tmp_path,
+        model={"dtype": "bfloat16"},
+        run={"num_iterations": 4},
+    )
     algo = build_algo_config(cfg).build_algo()
     sampled: list[list[str]] = []  # episode ids of each batch, in sampling order
     trained: list[tuple[list[str], list[int], int]] = []  # ids, versions, learner's before
@@ -57,6 +63,8 @@ def test_each_batch_trained_once_one_update_late(
     algo._rollout, algo._update = spy_rollout, spy_update
     try:
         results = [algo.train()[M.RLHF_RESULTS] for _ in range(4)]
+        learner = local_learner(algo.learner_group)
+        assert learner.module[DEFAULT_MODULE_ID].unwrapped().lm.dtype == torch.bfloat16
     finally:
         algo.stop()
     # Every batch sampled is trained on, once; none after the last iteration is sampled.
