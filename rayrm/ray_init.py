@@ -149,8 +149,9 @@ class ThreadLoan:
     torch's intra-op thread count is per OS thread (OpenMP and MKL keep it per thread), so the
     update's thread has ``own`` threads and the sampler thread ``lent``. While the sampler
     idles (its batch is ready, or none was asked for) its CPUs idle too: the update's thread
-    borrows them at the points that call :meth:`apply` (the learner, before its forwards and
-    each minibatch) and gives them back when the sampler starts again (:meth:`submit`).
+    borrows them at the points that call :meth:`apply` (the learner, before its forwards, each
+    minibatch and each backward) and gives them back when the sampler starts again
+    (:meth:`submit`).
 
     Args:
         own: threads of the update's thread (its share of the reservation).

@@ -4,8 +4,10 @@ update newer than the ones that sampled it, and PPO still learns the rule reward
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from collections import Counter
 
 import pytest
 import torch
@@ -61,6 +63,14 @@ def test_each_batch_trained_once_one_update_late(ray_local, archs, prompts_file,
         return stats
 
     algo._rollout, algo._update = spy_rollout, spy_update
+    loan, apply_points = algo.threads, Counter()  # the update's methods that took the loan
+    loan_apply = loan.apply
+
+    def spy_apply() -> int:
+        apply_points[sys._getframe(2).f_code.co_name] += 1  # the caller of take_threads
+        return loan_apply()
+
+    loan.apply = spy_apply
     try:
         results = [algo.train()[M.RLHF_RESULTS] for _ in range(4)]
         learner = local_learner(algo.learner_group)
@@ -87,12 +97,15 @@ def test_each_batch_trained_once_one_update_late(ray_local, archs, prompts_file,
     assert all(r[M.TIMER_WAIT] >= 0 for r in results)
     # The learner (this thread) borrowed the sampler thread's CPU only while that idled: at the
     # start of an iteration; its update began while the next batch was being sampled.
-    loan = algo.threads
     assert loan is local_learner(algo.learner_group).thread_loan and (loan.own, loan.lent) == (1, 1)
     # The first batch is sampled here, with both CPUs; the others by the sampler, on its one.
     assert torch_threads == {("MainThread", 2), ("rayrm-sampler_0", 1)}
     assert set(loan.applied) <= {1, 2}
     assert loan.applied[2] >= 4 and loan.applied[1] >= 3, loan.applied
+    # It asks before the forwards of each update, each minibatch and each backward (the sampler
+    # may have finished during that minibatch's forward).
+    steps = 4 * cfg.ppo.num_minibatches * cfg.ppo.num_epochs
+    assert apply_points["minibatches"] == apply_points["compute_gradients"] == steps
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

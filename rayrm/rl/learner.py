@@ -354,7 +354,11 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
         ]
 
     def compute_gradients(self, loss_per_module: dict[str, Any], **kwargs: Any) -> Any:
-        """Backward of the loss times the loss scale (1 unless the model is float16)."""
+        """Backward of the loss times the loss scale (1 unless the model is float16).
+
+        Takes the loan first: the sampler may have finished during this minibatch's forward,
+        and the backward is the larger half of its work."""
+        self.take_threads()
         scale = max((o.loss_scale for _, o in self._optimizers()), default=1.0)
         if scale != 1.0:
             loss_per_module = {mid: loss * scale for mid, loss in loss_per_module.items()}
