@@ -351,6 +351,43 @@ def test_fused_gelu_is_the_same_model_function(model_dirs, tmp_path):
     assert saved.activation_function == plain.config.activation_function == "gelu_new"
 
 
+def _sliding_window_model(arch: str) -> torch.nn.Module:
+    """A tiny random Mistral or Gemma 2 whose sliding window (3) is shorter than the check's
+    sequences, so the window decides which positions each real position reads."""
+    import transformers
+
+    size = {
+        "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+        "sliding_window": 3,
+    }  # fmt: skip
+    if arch == "gemma2":  # soft-capped logits, alternating sliding and global layers
+        config = transformers.Gemma2Config(**size, head_dim=8)
+    else:
+        config = transformers.MistralConfig(**size)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("arch", ["mistral", "gemma2"])
+def test_unmasked_trunk_reads_right_padded_rows_as_masked(arch, dtype):
+    """The trunk's forward without an attention mask gives the real positions of right-padded
+    rows the logits of the model's own masked forward, also under a sliding window."""
+    check_head_path(_sliding_window_model(arch).to(dtype))
+
+
+def test_non_causal_attention_is_detected(model_dirs):
+    """An unmasked trunk forward is only right for causal attention: a model whose layers
+    attend both ways is refused."""
+    model = AutoModelForCausalLM.from_pretrained(model_dirs["llama"]).eval()
+    check_head_path(model)
+    for layer in model.model.layers:
+        layer.self_attn.is_causal = False  # the kernels' unmasked path then reads ahead
+    with pytest.raises(ValueError, match="not causal"):
+        check_head_path(model)
+
+
 def test_unknown_logit_transform_is_detected(model_dirs):
     model = AutoModelForCausalLM.from_pretrained(model_dirs["llama"]).eval()
     model.config.final_logit_softcapping = 0.5  # the head path applies it, forward does not

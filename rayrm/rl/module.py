@@ -232,11 +232,8 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         per completion, over its longest row."""
         input_ids, length, seq_id = self._rows(batch)
         rep, inverse = group_rows(seq_id, length)
-        rep_len = length[rep]  # (G,)
-        L = int(rep_len.max().item())
-        ids = input_ids[rep, :L]  # (G, L)
-        mask = torch.arange(L, device=ids.device)[None, :] < rep_len[:, None]  # (G, L)
-        return trunk_hidden(model, ids, mask.long(), inverse, length - 1)
+        L = int(length[rep].max().item())
+        return trunk_hidden(model, input_ids[rep, :L], inverse, length - 1)
 
     def _logp_entropy(
         self, model: nn.Module, batch: dict[str, Any], hidden: torch.Tensor
