@@ -146,3 +146,40 @@ def test_async_rollouts_reserve_and_refuse_recompute(tiny_policy_dir, prompts_fi
     with pytest.raises(ConfigError, match="ppo.recompute_logp") as err:
         config_from_dict(d, check_paths=False)
     assert err.value.key == "ppo.recompute_logp"
+
+
+def test_weight_sync_to_the_local_runner_skips_the_object_store(
+    ray_local, tiny_policy_dir, prompts_file, tmp_path, monkeypatch
+):
+    """With no remote env runners the learner's weights and their version reach the local
+    runner directly (RLlib's sync would first ``ray.put`` them for runners that are not
+    there)."""
+    import ray
+    from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
+
+    from rayrm.rl.env_runner import sync_weights
+
+    cfg = make_config(tiny_policy_dir, prompts_file, tmp_path)
+    algo = build_algo_config(cfg).build_algo()
+    try:
+        learner = local_learner(algo.learner_group)
+        policy = learner.module[DEFAULT_MODULE_ID].unwrapped()
+        runner = algo.env_runner_group.local_env_runner
+        with torch.no_grad():
+            for p in policy.lm.parameters():
+                p.add_(torch.randn_like(p))
+        learner.set_state({WEIGHTS_SEQ_NO: 3})  # as if three updates had run
+
+        def no_put(*args, **kwargs):
+            raise AssertionError("the weights went through the object store")
+
+        monkeypatch.setattr(ray, "put", no_put)
+        sync_weights(algo.env_runner_group, algo.learner_group)
+        monkeypatch.undo()
+        for ours, theirs in zip(
+            runner.module.lm.state_dict().values(), policy.lm.state_dict().values(), strict=True
+        ):
+            assert torch.equal(ours, theirs)
+        assert weights_seq_no(runner) == weights_seq_no(learner) == 3
+    finally:
+        algo.stop()

@@ -47,7 +47,7 @@ from rayrm.rewards import pool_from_config
 from rayrm.rewards.base import Completion, RewardSourceError, ScoredBatch
 from rayrm.rewards.shaping import RewardPipeline, describe_reward
 from rayrm.rl.checkpoint import RAYRM_STATE, NeverLoseCheckpoints, write_rayrm_files
-from rayrm.rl.env_runner import GROUP, WEIGHTS_VERSION, RLHFEnvRunner
+from rayrm.rl.env_runner import GROUP, WEIGHTS_VERSION, RLHFEnvRunner, sync_weights
 from rayrm.rl.evaluation import HeldOutEvaluation
 from rayrm.rl.learner import RLHFPPOLearner, score_alongside
 from rayrm.rl.module import LMPolicyModule
@@ -375,9 +375,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             self.next_rollout = ahead.result()
         t_waited = time.perf_counter()
         self.phase = "weight sync"
-        self.env_runner_group.sync_weights(
-            from_worker_or_learner_group=self.learner_group, inference_only=True
-        )
+        sync_weights(self.env_runner_group, self.learner_group)
         t_end = time.perf_counter()
         self._find_rollout_nodes()
         scored, num_tokens = rollout.scored, sum(len(e) for e in episodes)
