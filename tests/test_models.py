@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import transformers
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -377,6 +378,10 @@ def test_unmasked_trunk_reads_right_padded_rows_as_masked(arch, dtype):
     check_head_path(_sliding_window_model(arch).to(dtype))
 
 
+@pytest.mark.skipif(
+    int(transformers.__version__.split(".")[0]) < 5,
+    reason="on transformers 4.56 is_causal = False leaves a batched unmasked forward causal",
+)
 def test_non_causal_attention_is_detected(model_dirs):
     """An unmasked trunk forward is only right for causal attention: a model whose layers
     attend both ways is refused."""

@@ -454,3 +454,28 @@ def test_critic_started_from_a_reward_model_predicts_its_scores(
             [rm(input_ids=ids[i : i + 1, : lengths[i]]).logits[0, 0] for i in range(len(ids))]
         )
     torch.testing.assert_close(values, scores, atol=1e-5, rtol=0)
+
+
+def test_a_bidirectional_critic_is_refused(model_dir, env, completions, tmp_path):
+    """An encoder reward model (BERT-style, as DeBERTa reward models are) as the critic: its
+    value of a state would read the tokens after it, so the first forward refuses it by name."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    vocab = AutoConfig.from_pretrained(model_dir).vocab_size
+    config = BertConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, num_labels=1,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "bert-rm")
+    spec = RLModuleSpec(
+        module_class=LMPolicyModule,
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config={
+            "path": model_dir, "critic": "separate", "critic_path": str(tmp_path / "bert-rm")
+        },
+        inference_only=False,
+    )  # fmt: skip
+    module = spec.build()
+    with pytest.raises(ValueError, match=r"critic .*bert-rm \(BertModel\).*not causal"):
+        module.compute_values(make_batch(env, completions))

@@ -21,7 +21,7 @@ doubles it. Here instead:
 :class:`LogitTransform`);
 :func:`check_head_path` verifies, once per loaded model, that trunk + head reproduce the model's
 own logits, so an architecture with an unknown transform fails loudly instead of training on
-wrong log-probs.
+wrong log-probs; :func:`check_causal_trunk` that a separate critic's trunk is causal.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from torch import nn
 
 __all__ = [
     "LOGIT_CHUNK_ELEMENTS",
+    "check_causal_trunk",
     "check_head_path",
     "head_logits",
     "rows_per_chunk",
@@ -337,4 +338,34 @@ def check_head_path(model: nn.Module, *, num_tokens: int = 6) -> None:
             f"{type(model).__name__}: its trunk plus LM head do not reproduce its logits (max "
             f"difference {diff:.3g}); the architecture transforms logits in a way rayrm does "
             "not know, or its attention is not causal, so its log-probs would be wrong"
+        )
+
+
+@torch.no_grad()
+def check_causal_trunk(model: nn.Module, *, name: str, num_tokens: int = 6) -> None:
+    """Raises when a position's hidden state from :func:`trunk_hidden` depends on later tokens.
+
+    Two rows share their first ``num_tokens - 2`` tokens and differ after them, as a row and
+    its right padding would; a causal trunk gives the shared positions the same hidden states.
+    A separate critic needs this (its value of a state must not see the completion's future):
+    a bidirectional encoder (BERT, DeBERTa reward models) fails here.
+
+    Raises:
+        ValueError: Naming ``name``, when the shared positions differ.
+    """
+    param = next(model.parameters())
+    V = model.get_input_embeddings().weight.shape[0]
+    ids = (torch.arange(num_tokens, device=param.device) * 7919 % V).repeat(2, 1)  # (2, T)
+    ids[1, -2:] = (ids[1, -2:] + 1) % V
+    shared = num_tokens - 2
+    rows = torch.arange(2, device=ids.device).repeat_interleave(shared)
+    positions = torch.arange(shared, device=ids.device).repeat(2)
+    hidden = trunk_hidden(model, ids, rows, positions).float().view(2, shared, -1)
+    scale = max(1.0, float(hidden.abs().max()))
+    tol = 1e-4 * scale if param.dtype == torch.float32 else 2e-2 * scale
+    if not torch.allclose(hidden[0], hidden[1], atol=tol, rtol=0):
+        raise ValueError(
+            f"{name} ({type(model).__name__}): a position's hidden state depends on later tokens "
+            "(its attention is not causal); a value model must read each state without its "
+            "future: use a causal LM or its reward model as the critic"
         )

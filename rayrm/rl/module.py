@@ -31,6 +31,7 @@ from torch import nn
 from rayrm.core_algos import sample_tokens
 from rayrm.models.decoding import decode_start, decode_step
 from rayrm.models.heads import (
+    check_causal_trunk,
     check_head_path,
     head_logits,
     token_logp,
@@ -250,9 +251,14 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
     def _check_head(self) -> None:
-        """Once: trunk + chunked head reproduce the model's logits (``check_head_path``)."""
+        """Once: trunk + chunked head reproduce the model's logits (``check_head_path``), and
+        a separate critic's trunk is causal (``check_causal_trunk``)."""
         if not self._head_checked:
             check_head_path(self.lm)
+            critic = getattr(self, "critic", None)
+            if critic is not None:
+                mc = self.model_config
+                check_causal_trunk(critic, name=f"critic {mc.get('critic_path') or mc['path']}")
             self._head_checked = True
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
