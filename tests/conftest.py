@@ -28,14 +28,16 @@ def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def archs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Tiny random models of the kinds users bring, each with its kind of tokenizer, saved to
-    disk: GPT-2 (byte-level BPE), Llama (SentencePiece-style Metaspace, byte fallback, ``<s>``)
-    and Qwen2 (ChatML template, two EOS ids, tied embeddings, grouped-query attention)."""
+    disk: GPT-2 (byte-level BPE), Llama (SentencePiece-style Metaspace, byte fallback, ``<s>``),
+    Qwen2 (ChatML template, two EOS ids, tied embeddings, grouped-query attention), Mistral
+    (Llama's tokenizer kind, a sliding window) and Gemma 2 (Gemma's tokenizer kind and chat
+    template, two EOS ids, soft-capped logits, sliding-window layers)."""
     from rayrm.models.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("archs")
     return {
         arch: build_tiny_model(root / arch, arch=arch, hidden=32, heads=4, positions=96)
-        for arch in ("gpt2", "llama", "qwen2")
+        for arch in ("gpt2", "llama", "qwen2", "mistral", "gemma2")
     }
 
 

@@ -28,7 +28,7 @@ from rayrm.rl.module import LOGP, SEQ_ID, LMPolicyModule
 
 torch.set_num_threads(1)
 
-ARCHS = ("gpt2", "llama", "qwen2")
+ARCHS = ("gpt2", "llama", "qwen2", "mistral", "gemma2")
 PROMPTS = ["the cat said", "hello world, how", "a naïve café"]
 
 
@@ -48,10 +48,16 @@ def tokenizer_of(model_dirs: dict[str, str], arch: str):
 
 def test_tokenizer_kinds_load_as_their_checkpoint_classes(model_dirs):
     # transformers 5 names the tokenizers-backed classes as the checkpoints do; 4.x adds "Fast".
+    # (A Mistral checkpoint names LlamaTokenizer too; transformers 5 loads it as its generic
+    # tokenizers-backed class for model_type mistral, 4.x as LlamaTokenizerFast.)
     kinds = {
         arch: type(tokenizer_of(model_dirs, arch)).__name__.removesuffix("Fast") for arch in ARCHS
     }
-    assert kinds == {"gpt2": "GPT2Tokenizer", "llama": "LlamaTokenizer", "qwen2": "Qwen2Tokenizer"}
+    assert kinds == {
+        "gpt2": "GPT2Tokenizer", "llama": "LlamaTokenizer", "qwen2": "Qwen2Tokenizer",
+        "mistral": kinds["mistral"], "gemma2": "GemmaTokenizer",
+    }  # fmt: skip
+    assert kinds["mistral"] in ("LlamaTokenizer", "TokenizersBackend")
     llama = tokenizer_of(model_dirs, "llama")
     ids = llama("hello ж")["input_ids"]
     tokens = llama.convert_ids_to_tokens(ids)
@@ -60,6 +66,19 @@ def test_tokenizer_kinds_load_as_their_checkpoint_classes(model_dirs):
     qwen = tokenizer_of(model_dirs, "qwen2")
     assert qwen.eos_token == "<|im_end|>" and qwen.pad_token == "<|endoftext|>"
     assert qwen.chat_template and "<|im_start|>" in qwen.chat_template
+    mistral = tokenizer_of(model_dirs, "mistral")
+    assert mistral("hello ж")["input_ids"] == ids  # Llama's kind
+    # Gemma: <bos> before every text, no dummy prefix (so decoding strips no space), its chat
+    # template holds its own <bos>.
+    gemma = tokenizer_of(model_dirs, "gemma2")
+    ids = gemma("hello world")["input_ids"]
+    assert ids[0] == gemma.bos_token_id == 2 and gemma.convert_ids_to_tokens(ids)[1] == "hello"
+    assert gemma.decode(gemma(" hi", add_special_tokens=False)["input_ids"]) == " hi"
+    chat = gemma.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert chat == "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+    assert gemma(chat, add_special_tokens=False)["input_ids"].count(gemma.bos_token_id) == 1
     # Qwen2 ties its embeddings and uses grouped-query attention with one KV head.
     config = AutoConfig.from_pretrained(model_dirs["qwen2"])
     assert config.tie_word_embeddings and config.num_key_value_heads == 1
@@ -73,6 +92,11 @@ def test_generation_config_stop_ids(model_dirs):
     assert stop_token_ids_of(model_dirs["llama"]) == [
         tokenizer_of(model_dirs, "llama").eos_token_id
     ]
+    gemma = tokenizer_of(model_dirs, "gemma2")
+    assert set(stop_token_ids_of(model_dirs["gemma2"])) == {
+        gemma.eos_token_id,
+        gemma.convert_tokens_to_ids("<end_of_turn>"),
+    }
 
 
 # --- special tokens and exact text ---------------------------------------------------------------
@@ -112,12 +136,12 @@ def test_texts_are_prompt_and_completion_decoded_together(model_dirs, arch):
     codec = PromptCodec(tok, max_prompt_tokens=32)
     prompt_ids = codec.encode("the cat said")
     completion = tok("the cat said hello to the dog", add_special_tokens=False)["input_ids"]
-    body = prompt_ids[1:] if arch == "llama" else prompt_ids
+    body = prompt_ids[1:] if arch in ("llama", "mistral", "gemma2") else prompt_ids  # a BOS
     assert completion[: len(body)] == body
     generated = [*completion[len(body) :], tok.eos_token_id]
     prompt_text, completion_text = codec.texts(prompt_ids, generated)
     assert (prompt_text, completion_text) == ("the cat said", " hello to the dog")
-    if arch == "llama":  # the bug this rule fixes: SentencePiece drops the leading space
+    if arch in ("llama", "mistral"):  # the bug this rule fixes: the dummy prefix's space
         assert tok.decode(generated[:-1], skip_special_tokens=True) == "hello to the dog"
 
 

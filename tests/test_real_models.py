@@ -1,7 +1,8 @@
 """The whole RL loop on the kinds of models users bring, and mixed precision, through Ray.
 
-Tiny random GPT-2 (byte-level BPE), Llama (SentencePiece-style tokenizer with ``<s>``) and
-Qwen2 (ChatML template, two EOS ids, tied embeddings, grouped-query attention) sample, score,
+Tiny random GPT-2 (byte-level BPE), Llama (SentencePiece-style tokenizer with ``<s>``), Qwen2
+(ChatML template, two EOS ids, tied embeddings, grouped-query attention), Mistral (a sliding
+window) and Gemma 2 (Gemma's tokenizer and chat template, soft-capped logits) sample, score,
 update, save and restore; the reward reads exactly what the tokens decode to; bfloat16 runs
 keep small updates (float32 master weights) and resume from checkpoints.
 """
@@ -46,6 +47,8 @@ CONVERSATIONS = [
     [{"role": "user", "content": "what is two plus two?"}],
     [{"role": "user", "content": "review: the steak was"}],
 ]
+CONVERSATIONS_WITHOUT_SYSTEM = [[m for m in c if m["role"] != "system"] for c in CONVERSATIONS]
+"""For Gemma, whose chat template refuses a system role."""
 
 
 def _greedy(algo: RLHFPPO) -> list[list[int]]:
@@ -58,12 +61,16 @@ def _greedy(algo: RLHFPPO) -> list[list[int]]:
 
 @pytest.mark.parametrize(
     ("arch", "estimator"),
-    [("gpt2", "gae"), ("llama", "grpo"), ("qwen2", "gae"), ("qwen2", "rloo")],
-)
+    [
+        ("gpt2", "gae"), ("llama", "grpo"), ("qwen2", "gae"), ("qwen2", "rloo"),
+        ("mistral", "grpo"), ("gemma2", "gae"),
+    ],
+)  # fmt: skip
 def test_whole_loop_on_each_architecture(ray_local, archs, prompts_file, tmp_path, arch, estimator):
     """Sample, score, update, save, restore: the restored policy decodes what it did. The
-    critic-free cases sample groups of 2 (with Llama's BOS; with Qwen2's chat template); the
-    value head is tested on GPT-2's and Qwen2's trunks."""
+    critic-free cases sample groups of 2 (with Llama's and Mistral's BOS; with Qwen2's chat
+    template); the value head is tested on GPT-2's, Qwen2's and Gemma 2's trunks (Gemma 2 in
+    bfloat16). Prompt and completion outrun Mistral's and Gemma 2's sliding window."""
     prompts = prompts_file
     ppo: dict = {"batch_size": 8}
     generation: dict = {"max_new_tokens": 8}
@@ -71,8 +78,9 @@ def test_whole_loop_on_each_architecture(ray_local, archs, prompts_file, tmp_pat
         ppo |= {"advantage_estimator": estimator, "kl_mode": "loss", "kl_estimator": "k3"}
         generation["samples_per_prompt"] = 2
     data: dict = {"max_prompt_tokens": 24}
-    if arch == "qwen2":  # conversations through the chat template, two EOS ids
-        prompts = str(write_prompts_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS, "messages"))
+    if arch in ("qwen2", "gemma2"):  # conversations through the chat template, two EOS ids
+        chats = CONVERSATIONS if arch == "qwen2" else CONVERSATIONS_WITHOUT_SYSTEM
+        prompts = str(write_prompts_jsonl(tmp_path / "chat.jsonl", chats, "messages"))
         data["max_prompt_tokens"] = 40
     cfg = make_config(
         archs[arch],
@@ -81,18 +89,22 @@ def test_whole_loop_on_each_architecture(ray_local, archs, prompts_file, tmp_pat
         data={**data, "prompts": prompts},
         ppo=ppo,
         generation=generation,
+        model={"dtype": "bfloat16" if arch == "gemma2" else "float32"},  # as Gemma 2 ships
     )
     algo = build_algo_config(cfg).build_algo()
     try:
         env = algo.env_runner.sub_envs[0].unwrapped
-        if arch == "qwen2":
-            tok = AutoTokenizer.from_pretrained(archs[arch])
+        tok = AutoTokenizer.from_pretrained(archs[arch])
+        second_eos = {"qwen2": "<|endoftext|>", "gemma2": "<end_of_turn>"}.get(arch)
+        if second_eos is not None:
             assert env.codec.stop_token_ids == {
-                tok.convert_tokens_to_ids("<|im_end|>"),
-                tok.convert_tokens_to_ids("<|endoftext|>"),
+                tok.eos_token_id,
+                tok.convert_tokens_to_ids(second_eos),
             }
-        if arch == "llama":
-            assert env.reset(seed=0)[0]["input_ids"][0] == 1  # <s>
+        if arch in ("llama", "mistral", "gemma2"):  # one BOS (Gemma's template holds it)
+            obs = env.reset(seed=0)[0]
+            ids = obs["input_ids"][: int(obs["length"][0])].tolist()
+            assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
         results = [algo.train() for _ in range(2)]
         for r in results:
             rlhf = r[M.RLHF_RESULTS]
@@ -271,3 +283,19 @@ def test_float16_run_scales_the_loss(ray_local, tiny_policy_dir, prompts_file, t
         assert optimizer.masters[0].dtype == torch.float32
     finally:
         algo.stop()
+
+
+def test_a_system_turn_gemma_refuses_fails_before_training(archs, tmp_path):
+    """Gemma's chat template raises on a system message: the run stops in preflight with one
+    line naming the row and the template's reason, before anything starts."""
+    from rayrm.config import ConfigError
+    from rayrm.experiment.preflight import preflight
+
+    prompts = write_prompts_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS, "messages")
+    cfg = make_config(archs["gemma2"], str(prompts), tmp_path, data={"max_prompt_tokens": 40})
+    with pytest.raises(ConfigError, match=r"data.prompts row 1: .*System role not supported"):
+        preflight(cfg)
+    cfg = make_config(
+        archs["qwen2"], str(prompts), tmp_path, data={"max_prompt_tokens": 40}
+    )  # ChatML takes the same rows
+    assert preflight(cfg).startswith("prompts: 4")

@@ -12,10 +12,19 @@ The tokenizers are of the kinds real checkpoints ship, trained on a small corpus
   Mistral, Gemma);
 * ``qwen2``: byte-level BPE with ``<|im_start|>``/``<|im_end|>``, a ChatML chat template, EOS
   ``<|im_end|>`` and pad ``<|endoftext|>`` (Qwen2.5-Instruct); its models declare both as
-  EOS in ``generation_config.json``.
+  EOS in ``generation_config.json``;
+* ``gemma``: SentencePiece-style BPE without the leading ``▁`` (no dummy prefix, so the
+  decoder strips nothing), byte fallback, ``<pad>``/``<eos>``/``<bos>``/``<unk>``/``<mask>`` as
+  ids 0-4,
+  ``<bos>`` added before every text, and Gemma's chat template (``<start_of_turn>``...
+  ``<end_of_turn>``, which holds its own ``<bos>``); its models declare ``<eos>`` and
+  ``<end_of_turn>`` as EOS (Gemma 2 instruction-tuned checkpoints).
 
 Architectures: ``gpt2`` (learned positions), ``llama`` (RoPE, grouped-query attention, untied
-head) and ``qwen2`` (RoPE, GQA with one KV head, tied embeddings).
+head), ``qwen2`` (RoPE, GQA with one KV head, tied embeddings), ``mistral`` (Llama's tokenizer
+kind, a sliding attention window of :data:`SLIDING_WINDOW` tokens) and ``gemma2`` (Gemma's
+tokenizer kind; alternating sliding-window and global layers, soft-capped attention and final
+logits, scaled embeddings, tied head).
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from rayrm.models.loading import DTYPES
 
 __all__ = [
     "ARCHITECTURES",
+    "ARCH_TOKENIZER",
+    "SLIDING_WINDOW",
     "TOKENIZER_KINDS",
     "build_tiny_model",
     "build_tiny_policy",
@@ -36,8 +47,26 @@ __all__ = [
     "build_tokenizer",
 ]
 
-TOKENIZER_KINDS = ("char", "gpt2", "llama", "qwen2")
-ARCHITECTURES = ("gpt2", "llama", "qwen2")
+TOKENIZER_KINDS = ("char", "gpt2", "llama", "qwen2", "gemma")
+ARCHITECTURES = ("gpt2", "llama", "qwen2", "mistral", "gemma2")
+ARCH_TOKENIZER = {
+    "gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2", "mistral": "llama", "gemma2": "gemma"
+}  # fmt: skip
+"""The tokenizer kind real checkpoints of each architecture ship."""
+SLIDING_WINDOW = 8
+"""Attention window of the tiny Mistral and Gemma 2 (4096 in the real ones): shorter than the
+tests' prompt plus completion, so the window changes what positions read."""
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+"""Gemma 2's chat format: it opens with ``<bos>`` and, as the real one, refuses a system role."""
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -72,8 +101,8 @@ def build_tokenizer(kind: str = "char", *, vocab_size: int = 400) -> Any:
     """
     if kind == "char":
         return build_char_tokenizer()
-    if kind == "llama":
-        return _sentencepiece_style(vocab_size)
+    if kind in ("llama", "gemma"):
+        return _sentencepiece_style(kind, vocab_size)
     if kind in ("gpt2", "qwen2"):
         return _byte_level(kind, vocab_size)
     raise ValueError(f"tokenizer kind must be one of {TOKENIZER_KINDS}, got {kind!r}")
@@ -120,21 +149,38 @@ def _byte_level(kind: str, vocab_size: int) -> Any:
     return out
 
 
-def _sentencepiece_style(vocab_size: int) -> Any:
+def _sentencepiece_style(kind: str, vocab_size: int) -> Any:
+    """Llama-2's tokenizer (``kind="llama"``) or Gemma's (``"gemma"``): see the module
+    docstring."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<unk>", "<s>", "</s>"]
-    trained = Tokenizer(models.BPE(unk_token="<unk>"))
-    # Merges never cross a word boundary when training (as SentencePiece's); Llama's
+    gemma = kind == "gemma"
+    if gemma:
+        specials = [
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<unk>",
+            "<mask>",
+            "<start_of_turn>",
+            "<end_of_turn>",
+        ]
+        bos, eos, unk = "<bos>", "<eos>", "<unk>"
+    else:
+        specials, (unk, bos, eos) = ["<unk>", "<s>", "</s>"], ("<unk>", "<s>", "</s>")
+    # Llama prepends "▁" to a text (SentencePiece's dummy prefix); Gemma does not.
+    prepend = "never" if gemma else "first"
+    trained = Tokenizer(models.BPE(unk_token=unk))
+    # Merges never cross a word boundary when training (as SentencePiece's); the saved
     # tokenizer.json then runs Metaspace without splitting.
-    trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, show_progress=False
     )
     trained.train_from_iterator(_corpus(), trainer)
     model = json.loads(trained.to_str())["model"]
-    # Llama's layout: the specials, then the 256 byte tokens <0x00>..<0xFF> (ordinary tokens,
+    # The real layout: the specials, then the 256 byte tokens <0x00>..<0xFF> (ordinary tokens,
     # which byte fallback uses for characters the vocabulary lacks), then the pieces.
     vocab = {token: i for i, token in enumerate(specials)}
     for i in range(256):
@@ -143,33 +189,41 @@ def _sentencepiece_style(vocab_size: int) -> Any:
         vocab.setdefault(token, len(vocab))
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     tok = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+        models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True)
     )
     tok.add_special_tokens(specials)
     tok.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="▁", prepend_scheme="first", split=False
+        replacement="▁", prepend_scheme=prepend, split=False
     )
-    tok.decoder = decoders.Sequence(
-        [
-            decoders.Replace("▁", " "),
-            decoders.ByteFallback(),
-            decoders.Fuse(),
-            decoders.Strip(" ", 1, 0),  # the leading space of the decoded string
-        ]
-    )
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if not gemma:
+        steps.append(decoders.Strip(" ", 1, 0))  # the dummy prefix's space
+    tok.decoder = decoders.Sequence(steps)
+    bos_id = vocab[bos]
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
     )
-    return PreTrainedTokenizerFast(
+    out = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=unk,
+        pad_token="<pad>" if gemma else None,
+        mask_token="<mask>" if gemma else None,
+        additional_special_tokens=specials[5:],
         clean_up_tokenization_spaces=False,
     )
+    if gemma:
+        out.chat_template = GEMMA_TEMPLATE
+    return out
 
 
-_TOKENIZER_CLASS = {"gpt2": "GPT2Tokenizer", "llama": "LlamaTokenizer", "qwen2": "Qwen2Tokenizer"}
+_TOKENIZER_CLASS = {
+    "gpt2": "GPT2Tokenizer",
+    "llama": "LlamaTokenizer",
+    "qwen2": "Qwen2Tokenizer",
+    "gemma": "GemmaTokenizer",
+}
 
 
 def save_tokenizer(tokenizer: Any, out_dir: str | Path, kind: str | None = None) -> None:
@@ -184,7 +238,7 @@ def save_tokenizer(tokenizer: Any, out_dir: str | Path, kind: str | None = None)
 
 def _model_config(arch: str, tokenizer: Any, **size: Any) -> Any:
     """A small ``PretrainedConfig`` of ``arch`` sized for ``tokenizer``."""
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    from transformers import Gemma2Config, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
     hidden, layers, heads = size["hidden"], size["layers"], size["heads"]
     positions, vocab = size["positions"], size["vocab_size"] or len(tokenizer)
@@ -212,6 +266,18 @@ def _model_config(arch: str, tokenizer: Any, **size: Any) -> Any:
         return Qwen2Config(
             **common, num_key_value_heads=size["kv_heads"] or 1, tie_word_embeddings=True
         )
+    window = min(SLIDING_WINDOW, positions)
+    if arch == "mistral":
+        return MistralConfig(
+            **common, num_key_value_heads=size["kv_heads"] or max(1, heads // 2),
+            sliding_window=window,
+        )  # fmt: skip
+    if arch == "gemma2":  # Gemma 2's soft-capping values; its head_dim is set, not derived
+        return Gemma2Config(
+            **common, num_key_value_heads=size["kv_heads"] or max(1, heads // 2),
+            head_dim=hidden // heads, query_pre_attn_scalar=hidden // heads,
+            sliding_window=window, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+        )  # fmt: skip
     raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
 
 
@@ -235,7 +301,7 @@ def build_tiny_model(
 
     Args:
         out_dir: Target directory (created).
-        arch: ``gpt2``, ``llama`` or ``qwen2``.
+        arch: One of :data:`ARCHITECTURES`.
         tokenizer: A tokenizer object; default: :func:`build_tokenizer` of ``tokenizer_kind``
             (default: the architecture's own kind).
         tokenizer_kind: Kind recorded in ``tokenizer_config.json`` (the real checkpoints'
@@ -258,7 +324,7 @@ def build_tiny_model(
         GenerationConfig,
     )
 
-    kind = tokenizer_kind or (arch if tokenizer is None else None)
+    kind = tokenizer_kind or (ARCH_TOKENIZER.get(arch) if tokenizer is None else None)
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer(kind or "char")
     config = _model_config(
         arch, tokenizer, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
@@ -280,8 +346,9 @@ def build_tiny_model(
     save_tokenizer(tokenizer, out, kind)
     if head == "causal_lm":
         stop = [tokenizer.eos_token_id]
-        if "<|endoftext|>" in tokenizer.get_vocab() and kind == "qwen2":
-            stop.append(tokenizer.convert_tokens_to_ids("<|endoftext|>"))  # two EOS ids
+        second = {"qwen2": "<|endoftext|>", "gemma": "<end_of_turn>"}.get(kind or "")
+        if second in tokenizer.get_vocab():
+            stop.append(tokenizer.convert_tokens_to_ids(second))  # two EOS ids
         GenerationConfig(
             bos_token_id=config.bos_token_id,
             eos_token_id=stop if len(stop) > 1 else stop[0],
