@@ -1,14 +1,17 @@
 """LoRA policies (``model.lora``, peft): only the adapters and the value head train, the
 reference is the base model (adapters switched off, no second copy), weight syncs carry the
 adapters alone, checkpoints restore them, and export merges them (or writes a peft adapter).
-On GPT-2 (Conv1D layers, byte-level BPE) and Llama (SentencePiece-style, BOS)."""
+On GPT-2 (Conv1D layers, byte-level BPE) and Llama (SentencePiece-style, BOS); Gemma 2 in
+bfloat16 with a separate critic."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_reward_rises, make_config, train_in_process
 
+from rayrm import metrics as M
 from rayrm.models.loading import load_causal_lm
 from rayrm.models.lora import is_adapter_key
 from rayrm.rl.algorithm import build_algo_config
@@ -112,6 +115,38 @@ def test_lora_trains_adapters_against_the_base_and_exports(
     assert (adapter_dir / "adapter_config.json").is_file()
     peft = PeftModel.from_pretrained(load_causal_lm(path, "float32"), str(adapter_dir))
     torch.testing.assert_close(peft(ids[None]).logits, trained_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_lora_in_bfloat16_with_a_separate_critic(ray_local, archs, prompts_file, tmp_path):
+    """Gemma 2 in bfloat16 with LoRA and a separate critic: adapters, critic and value head
+    train on float32 masters, the bfloat16 base stays the checkpoint's bit for bit, and the
+    env runners receive the adapters alone."""
+    path = archs["gemma2"]
+    model = {"lora": LORA, "dtype": "bfloat16", "critic": "separate"}
+    cfg = make_config(path, prompts_file, tmp_path, model=model, ppo={"batch_size": 8})
+    algo = build_algo_config(cfg).build_algo()
+    try:
+        module = _module(algo)
+        trainable = {n.split(".")[0] for n, p in module.named_parameters() if p.requires_grad}
+        assert trainable == {"lm", "critic", "value_head"}
+        assert all(is_adapter_key(n) for n, p in module.lm.named_parameters() if p.requires_grad)
+        optimizer = local_learner(algo.learner_group).get_optimizers_for_module("default_policy")[
+            0
+        ][1]
+        assert {m.dtype for m in optimizer.masters} == {torch.float32}
+        for _ in range(2):
+            rlhf = algo.train()[M.RLHF_RESULTS]
+            assert rlhf[M.LOSS_SKIPPED_STEPS] == 0
+            assert np.isfinite(rlhf[M.LOSS_POLICY]) and np.isfinite(rlhf[M.LOSS_VALUE])
+        base = load_causal_lm(path, "bfloat16")
+        frozen = {k: v for k, v in module.lm.state_dict().items() if not is_adapter_key(k)}
+        for key, value in base.state_dict().items():
+            name = key if key in frozen else key.replace(".weight", ".base_layer.weight")
+            assert frozen[name].dtype == torch.bfloat16 and torch.equal(frozen[name], value)
+        synced = module.get_state(inference_only=True)
+        assert synced and all(is_adapter_key(k) for k in synced)
+    finally:
+        algo.stop()
 
 
 def test_lora_ppo_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, tmp_path):
