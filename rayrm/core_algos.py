@@ -269,6 +269,7 @@ def token_advantages(
     gamma: float = 1.0,
     gae_lambda: float = 1.0,
     std_normalize: bool = True,
+    whiten_with: Callable[[np.ndarray], np.ndarray] = whiten,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per-token advantages and returns (value targets) of a batch, by estimator.
 
@@ -290,6 +291,9 @@ def token_advantages(
         values: per completion, (T_i,) value estimates (``gae``).
         gamma, gae_lambda: GAE's γ and λ.
         std_normalize: GRPO's std normalisation.
+        whiten_with: the whitening of ``gae`` and ``reinforce_pp`` advantages (all tokens,
+            flat, float64): :func:`whiten` over this batch, or one with the moments of every
+            learner's shard (``rayrm.rl.learner.whiten_across_learners``).
 
     Returns:
         ``(advantages, returns)``: per completion, (T_i,) float32 arrays.
@@ -328,7 +332,7 @@ def token_advantages(
         advs = rets
     else:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    flat = whiten(np.concatenate(advs).astype(np.float64)).astype(np.float32)
+    flat = whiten_with(np.concatenate(advs).astype(np.float64)).astype(np.float32)
     bounds = np.cumsum([0, *lens])
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)], rets
 

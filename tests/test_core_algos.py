@@ -559,3 +559,44 @@ def test_token_advantages_gae_is_whitened_gae():
     raw = np.array([0.5, 0.5, 2.0])
     np.testing.assert_allclose(np.concatenate(adv), (raw - raw.mean()) / raw.std(), atol=1e-5)
     np.testing.assert_allclose(np.concatenate(ret), [1.0, 1.0, 2.0])
+
+
+def _whiten_in_group(rank: int, shards: list[np.ndarray], address: str, out: dict) -> None:
+    """One data-parallel learner: whitens its shard with the group's moments."""
+    import torch.distributed as dist
+
+    from rayrm.rl.learner import whiten_across_learners
+
+    dist.init_process_group("gloo", init_method=address, rank=rank, world_size=len(shards))
+    try:
+        out[rank] = whiten_across_learners(shards[rank])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_whitening_across_learners_equals_whitening_the_whole_batch(tmp_path):
+    """Two learners (a real gloo process group) with unequal shards of different spread get
+    the advantages one learner computes for the whole batch; whitening each shard alone would
+    not."""
+    import multiprocessing as mp
+
+    rng = np.random.default_rng(0)
+    shards = [rng.normal(1.0, 1.0, 37), rng.normal(-2.0, 3.0, 11)]
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        out = manager.dict()
+        address = f"file://{tmp_path / 'rendezvous'}"
+        procs = [
+            ctx.Process(target=_whiten_in_group, args=(rank, shards, address, out))
+            for rank in range(2)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        assert [p.exitcode for p in procs] == [0, 0]
+        got = np.concatenate([out[0], out[1]])
+    whole = whiten(np.concatenate(shards))
+    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-12)
+    alone = np.concatenate([whiten(s) for s in shards])
+    assert np.abs(alone - whole).max() > 0.1

@@ -30,6 +30,7 @@ from rayrm.core_algos import (
     ppo_policy_loss,
     token_advantages,
     value_loss,
+    whiten,
 )
 from rayrm.models.precision import MasterWeightAdam
 from rayrm.ray_init import ThreadLoan, use_reserved_cpus
@@ -40,6 +41,33 @@ from rayrm.rl.rllib_compat import MinibatchHook, learner_connector, weights_seq_
 T = TypeVar("T")
 ADVANTAGES = Postprocessing.ADVANTAGES
 VALUE_TARGETS = Postprocessing.VALUE_TARGETS
+
+
+def whiten_across_learners(values: np.ndarray, *, eps: float = 1e-8) -> np.ndarray:
+    """:func:`rayrm.core_algos.whiten` with the mean and std of every learner's tokens.
+
+    With data-parallel learners each holds a shard of the batch; whitening each shard by its
+    own moments would make the advantages depend on how the batch was dealt. One all-reduce
+    of three numbers (count, sum, sum of squares) gives the whole batch's, as one learner
+    would compute them. Alone (no process group, or one process) it is ``whiten``.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return whiten(values, eps=eps)
+    x = values.astype(np.float64)
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    )
+    moments = torch.tensor(
+        [x.size, x.sum(), np.square(x).sum()], dtype=torch.float64, device=device
+    )
+    dist.all_reduce(moments)
+    n, total, squares = moments.tolist()
+    mean = total / n
+    std = max(squares / n - mean * mean, 0.0) ** 0.5
+    out: np.ndarray = (values - mean) / (std + eps)
+    return out
 
 
 def run_config_of(algo_config: Any) -> RunConfig:
@@ -54,7 +82,8 @@ class RLHFAdvantages(ConnectorV2):
     token rows. Rows of episode ``k`` are contiguous and in episode order, so each completion is
     a slice of the batch. Rebuilds the observations the episodes store compactly (the rows'
     ``input_ids``, see ``rayrm.rl.env_runner``) and adds the columns ``seq_id``, ``vf_preds``
-    (sampling-time values, for value clipping), ``advantages`` (whitened over the batch) and
+    (sampling-time values, for value clipping), ``advantages`` (whitened over the whole batch,
+    every learner's shard, :func:`whiten_across_learners`) and
     ``value_targets``.
 
     With ``recompute_logp`` the PPO "old" log-probs (and the KL penalty's) are recomputed here
@@ -125,6 +154,7 @@ class RLHFAdvantages(ConnectorV2):
                 gamma=self.gamma,
                 gae_lambda=self.gae_lambda,
                 std_normalize=ppo.grpo_std_normalize,
+                whiten_with=whiten_across_learners,
             )
             module_batch[ADVANTAGES] = torch.from_numpy(np.concatenate(advs)).to(device)
             module_batch[VALUE_TARGETS] = torch.from_numpy(np.concatenate(rets)).to(device)
