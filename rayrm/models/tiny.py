@@ -9,14 +9,13 @@ The tokenizers are of the kinds real checkpoints ship, trained on a small corpus
 * ``gpt2``: byte-level BPE, ``<|endoftext|>`` as BOS/EOS and no pad token (GPT-2);
 * ``llama``: SentencePiece-style BPE (Metaspace ``▁``, byte fallback ``<0x..>``, ``<s>`` added
   before every text, ``</s>`` as EOS, a decoder that strips the leading space: Llama-2,
-  Mistral, Gemma);
+  Mistral);
 * ``qwen2``: byte-level BPE with ``<|im_start|>``/``<|im_end|>``, a ChatML chat template, EOS
   ``<|im_end|>`` and pad ``<|endoftext|>`` (Qwen2.5-Instruct); its models declare both as
   EOS in ``generation_config.json``;
 * ``gemma``: SentencePiece-style BPE without the leading ``▁`` (no dummy prefix, so the
   decoder strips nothing), byte fallback, ``<pad>``/``<eos>``/``<bos>``/``<unk>``/``<mask>`` as
-  ids 0-4,
-  ``<bos>`` added before every text, and Gemma's chat template (``<start_of_turn>``...
+  ids 0-4, ``<bos>`` added before every text, and Gemma's chat template (``<start_of_turn>``...
   ``<end_of_turn>``, which holds its own ``<bos>``); its models declare ``<eos>`` and
   ``<end_of_turn>`` as EOS (Gemma 2 instruction-tuned checkpoints).
 
