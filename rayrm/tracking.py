@@ -116,10 +116,27 @@ def logger_callbacks(cfg: RunConfig, exp_dir: Path) -> list[Any]:
 
 
 def _mlflow_callback(cfg: RunConfig, exp_dir: Path) -> Any:
+    from mlflow.tracking import MlflowClient
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+    from rayrm.rl.rllib_compat import mlflow_trial_runs
+
     class RLHFMLflowCallback(MLflowLoggerCallback):
-        """Ray's MLflow callback, logging ``result["rlhf"]`` under its own names."""
+        """Ray's MLflow callback, logging ``result["rlhf"]`` under its own names, and a trial
+        restored after a crash or by ``--resume`` into the MLflow run it started (Ray's own
+        opens a new one: a run's history would be split in two)."""
+
+        def log_trial_start(self, trial: Any) -> None:
+            runs = mlflow_trial_runs(self)
+            if trial not in runs:
+                earlier = _earlier_mlflow_run(
+                    MlflowClient(self.tracking_uri), self.mlflow_util.experiment_id, exp_dir, trial
+                )
+                if earlier is not None:
+                    MlflowClient(self.tracking_uri).update_run(earlier, status="RUNNING")
+                    runs[trial] = earlier  # its parameters are logged already
+                    return
+            super().log_trial_start(trial)
 
         def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
             super().log_trial_result(iteration, trial, published(result))
@@ -129,6 +146,20 @@ def _mlflow_callback(cfg: RunConfig, exp_dir: Path) -> Any:
         experiment_name=cfg.run.mlflow.experiment or cfg.name,
         tags={RUN_TAG: str(exp_dir)},
     )
+
+
+def _earlier_mlflow_run(client: Any, experiment_id: str, exp_dir: Path, trial: Any) -> str | None:
+    """The id of the newest MLflow run this run folder's ``trial`` logged to, if any."""
+    folder, name = str(exp_dir), str(trial)
+    if "'" in folder + name:  # not expressible in MLflow's filter syntax: start a new run
+        return None
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{RUN_TAG} = '{folder}' and tags.trial_name = '{name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return str(runs[0].info.run_id) if runs else None
 
 
 def _wandb_callback(cfg: RunConfig, exp_dir: Path) -> Any:

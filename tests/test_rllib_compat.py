@@ -111,3 +111,16 @@ def test_trainable_storage_and_counters(tmp_path, monkeypatch):
         assert storage.current_checkpoint_index == 4
     finally:
         trainable.stop()
+
+
+def test_mlflow_callback_keeps_its_trial_runs(tmp_path, monkeypatch):
+    """``MLflowLoggerCallback._trial_runs``: a dict once the callback is set up."""
+    pytest.importorskip("mlflow")
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    callback = MLflowLoggerCallback(
+        tracking_uri=(tmp_path / "mlruns").as_uri(), experiment_name="e"
+    )
+    callback.setup()
+    assert rllib_compat.mlflow_trial_runs(callback) == {}

@@ -117,7 +117,7 @@ PRIVATE = re.compile(
     r"|_increase_sampled_metrics|\._log_env_steps\b|_metrics_num_env_steps_sampled"
     r"|\._needs_initial_reset\b|\._seed\b|_uses_new_env_runners|_return_metrics"
     r"|_create_default_callbacks|\._grad_scalers\b|\._params\b|_module_optimizers"
-    r"|_named_optimizers|learner_group\._learner\b|\._learner\b"
+    r"|_named_optimizers|learner_group\._learner\b|\._learner\b|\._trial_runs\b"
 )
 
 

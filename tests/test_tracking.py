@@ -197,3 +197,37 @@ def test_sft_stage_logs_every_epoch(ray_local, tiny_policy_dir, tmp_path, monkey
             items = _history_items(record)
             steps[items["_step"]] = items[stages.SFT_EVAL_LOSS]
     assert [steps[1], steps[2]] == pytest.approx(losses)
+
+
+def test_a_restored_trial_logs_into_its_mlflow_run(
+    ray_local, tiny_policy_dir, prompts_file, tmp_path
+):
+    """A trial whose process is killed mid-run is restored from its checkpoint by ``rayrm
+    train``; its metrics go on in the MLflow run it started, not a second one."""
+    from mlflow.tracking import MlflowClient
+    from test_fault_tolerance import _KillTrialOnce
+
+    from rayrm.experiment.train import run_train
+
+    store = (tmp_path / "mlruns").as_uri()
+    cfg = make_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        ppo={"batch_size": 8},
+        generation={"max_new_tokens": 6},
+        run={
+            "num_iterations": 4, "checkpoint_every": 2, "max_failures": 1,
+            "loggers": ["mlflow"], "mlflow": {"tracking_uri": store, "experiment": "restored"},
+        },
+    )  # fmt: skip
+    killer = _KillTrialOnce(at=3, marker=tmp_path / "killed")
+    exp_dir, last = run_train(cfg, callbacks=[killer])
+    assert killer.killed and last["training_iteration"] == 4
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("restored")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, M.REWARD_MEAN)]
+    assert sorted(set(steps)) == [1, 2, 3, 4], steps  # iteration 3 maybe twice
+    assert float(run.data.params["rayrm/ppo/lr"]) == 3e-4

@@ -27,6 +27,8 @@ Private names used (Ray 2.60):
   benchmarks inspect its optimizer and module).
 * ``ray.autoscaler._private.util.prepare_config``/``validate_config`` -- Ray's own check of
   a cluster-launcher YAML (used by the test of ``cluster.yaml``).
+* Ray's ``MLflowLoggerCallback._trial_runs`` (trial -> MLflow run id, set in its ``setup``) --
+  a restored experiment logs into the trial's earlier MLflow run instead of opening another.
 * Tune's ``Trainable._storage`` (``trial_fs_path``, ``storage_filesystem``,
   ``current_checkpoint_index``), its counters ``_iteration``, ``_time_total``,
   ``_timesteps_total``, ``_episodes_total``, and ``ray.train._internal.session._TrainingResult``
@@ -49,6 +51,7 @@ __all__ = [
     "initial_reset_seed",
     "local_learner",
     "local_session_dir",
+    "mlflow_trial_runs",
     "learner_connector",
     "record_sampled",
     "restored_path",
@@ -259,6 +262,13 @@ def weights_seq_no(learner: Any) -> int:
     """How many weight updates a learner has made (a per-update counter); of an env runner,
     the learner's count when its weights were last synced (0: never)."""
     return int(learner._weights_seq_no)
+
+
+def mlflow_trial_runs(callback: Any) -> dict[Any, str]:
+    """Ray's ``MLflowLoggerCallback``'s map of trials to their MLflow run ids (after its
+    ``setup``): the callback logs a trial's results into the run found here."""
+    runs: dict[Any, str] = callback._trial_runs
+    return runs
 
 
 # ------------------------------------------------------------------------------ Ray, Ray Train
