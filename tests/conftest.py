@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -11,6 +12,15 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+# W&B keeps caches, settings and debug logs under the home folder unless told otherwise: the
+# tests' go to a temporary folder, set before any local Ray starts so that its workers (Ray's
+# W&B logging actor) inherit it.
+_WANDB_HOME = tempfile.mkdtemp(prefix="rayrm-wandb-", dir="/tmp")
+for _var, _sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
+                   ("WANDB_DATA_DIR", "data")):  # fmt: skip
+    os.environ.setdefault(_var, os.path.join(_WANDB_HOME, _sub))
+atexit.register(shutil.rmtree, _WANDB_HOME, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
