@@ -194,32 +194,26 @@ def aggregate_tokens(
     raise ValueError(f"mode must be one of {LOSS_AGGREGATIONS}, got {mode!r}")
 
 
-def kl_penalty_rewards(
-    *,
-    rewards: np.ndarray,
-    logp: np.ndarray,
-    ref_logp: np.ndarray,
-    kl_coef: float,
-) -> tuple[np.ndarray, np.ndarray]:
+def kl_penalty_rewards(*, rewards: np.ndarray, kl: np.ndarray, kl_coef: float) -> np.ndarray:
     """Per-token rewards of one completion: the env's rewards minus β·KL on every token.
 
     The env pays the sequence-level score R(prompt, completion) at the last token (zeros
-    before). The KL estimate per token is ``log π(a_t|s_t) − log π_ref(a_t|s_t)`` (the "k1"
-    estimator of Ziegler et al. 2019, https://arxiv.org/abs/1909.08593, eq. 2; InstructGPT
-    eq. 2); its sum over the completion is an unbiased estimate of KL(π‖π_ref) for the sequence.
+    before); ``kl`` is a per-token estimate (:func:`kl_estimate`; with ``k1``, ``log π − log
+    π_ref`` as in Ziegler et al. 2019, https://arxiv.org/abs/1909.08593, eq. 2, and InstructGPT
+    eq. 2, whose sum over the completion is unbiased for the sequence's KL(π‖π_ref)).
+    :func:`token_advantages` shapes the ``gae``, ``reinforce_pp`` and (summed) ``grpo`` /
+    ``rloo`` rewards with it.
 
     Args:
         rewards: (T,) env rewards of the completion (the score at the last token).
-        logp: (T,) log-probs of the sampled tokens under the sampling policy.
-        ref_logp: (T,) log-probs of the same tokens under the frozen reference model.
-        kl_coef: β.
+        kl: (T,) per-token KL estimates.
+        kl_coef: β (0 when the KL is a loss term instead).
 
     Returns:
-        ``(token_rewards, kl)``: both (T,); ``token_rewards = rewards − β·kl``.
+        (T,) float64 ``rewards − β·kl``.
     """
-    kl = np.asarray(logp, dtype=np.float64) - np.asarray(ref_logp, dtype=np.float64)  # (T,)
-    token_rewards = np.asarray(rewards, dtype=np.float64) - kl_coef * kl
-    return token_rewards.astype(np.float32), kl.astype(np.float32)
+    out: np.ndarray = np.asarray(rewards, np.float64) - kl_coef * np.asarray(kl, np.float64)
+    return out
 
 
 def gae_advantages(
@@ -299,7 +293,7 @@ def token_advantages(
         ``(advantages, returns)``: per completion, (T_i,) float32 arrays.
     """
     shaped = [
-        np.asarray(r, np.float64) - kl_coef * np.asarray(k, np.float64)
+        kl_penalty_rewards(rewards=r, kl=k, kl_coef=kl_coef)
         for r, k in zip(rewards, kls, strict=True)
     ]
     lens = [len(r) for r in rewards]

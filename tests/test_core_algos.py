@@ -124,22 +124,25 @@ def test_kl_penalty_rewards_on_known_logits():
     assert logp_greedy.item() == pytest.approx(math.log(0.5), abs=1e-6)
 
     env_rewards = np.array([0.0, 0.0, score])  # the score is paid at the last token
-    token_rewards, kl = kl_penalty_rewards(
-        rewards=env_rewards, logp=logp_hand, ref_logp=ref_logp_hand, kl_coef=beta
-    )
+    kl = kl_estimate(logp=logp_hand, ref_logp=ref_logp_hand, kind="k1")
+    token_rewards = kl_penalty_rewards(rewards=env_rewards, kl=kl, kl_coef=beta)
     # k1 per token: ln(3/6) - ln(1/6) = ln 3, ln 3, then ln(2/6) - ln(2/6) = 0.
-    np.testing.assert_allclose(kl, [LN3, LN3, 0.0], atol=1e-6)
-    np.testing.assert_allclose(token_rewards, [-beta * LN3, -beta * LN3, score], atol=1e-6)
-    assert kl.sum() == pytest.approx(2 * LN3, abs=1e-6)
-    assert token_rewards.sum() == pytest.approx(score - beta * 2 * LN3, abs=1e-6)
-    assert token_rewards.dtype == np.float32 and kl.dtype == np.float32
+    np.testing.assert_allclose(kl, [LN3, LN3, 0.0], atol=1e-12)
+    np.testing.assert_allclose(token_rewards, [-beta * LN3, -beta * LN3, score], atol=1e-12)
+    assert token_rewards.sum() == pytest.approx(score - beta * 2 * LN3, abs=1e-12)
+    # What the learner does with them: REINFORCE++'s returns (γ = 1, before whitening) are
+    # the shaped rewards to go; GRPO's sequence reward is their sum.
+    _, returns = token_advantages(
+        estimator="reinforce_pp", rewards=[env_rewards], kls=[kl], kl_coef=beta
+    )
+    expected = [score - 2 * beta * LN3, score - beta * LN3, score]
+    np.testing.assert_allclose(returns[0], expected, atol=1e-6)
 
 
 def test_kl_penalty_zero_when_policy_equals_reference():
     logp = np.log([0.2, 0.7, 0.1])
-    rewards, kl = kl_penalty_rewards(
-        rewards=np.array([0.0, 0.0, 1.0]), logp=logp, ref_logp=logp.copy(), kl_coef=0.5
-    )
+    kl = kl_estimate(logp=logp, ref_logp=logp.copy(), kind="k1")
+    rewards = kl_penalty_rewards(rewards=np.array([0.0, 0.0, 1.0]), kl=kl, kl_coef=0.5)
     np.testing.assert_array_equal(kl, 0.0)
     np.testing.assert_allclose(rewards, [0.0, 0.0, 1.0])
 
@@ -154,9 +157,7 @@ def test_k1_sum_is_unbiased_for_sequence_kl():
         torch.tensor([LOGITS_123] * 20000, dtype=torch.float64), generator=gen
     )
     ref_logp = np.log(q)[tokens.numpy()]
-    _, kl = kl_penalty_rewards(
-        rewards=np.zeros(len(tokens)), logp=logp.numpy(), ref_logp=ref_logp, kl_coef=0.0
-    )
+    kl = kl_estimate(logp=logp.numpy(), ref_logp=ref_logp, kind="k1")
     assert kl.mean() == pytest.approx(exact, abs=0.02)
 
 
