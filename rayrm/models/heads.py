@@ -76,8 +76,7 @@ def trunk_hidden(
     index either way, so its hidden state is the one a padding mask gives. The attention then
     takes the kernels' plain causal path, with no (G, 1, L, L) mask built per forward (the CPU
     benchmark's iterations ran 2–4% faster). What the padding's own positions read is never
-    used.
-    :func:`check_head_path` verifies this per loaded model.
+    used. :func:`check_head_path` verifies this per loaded model.
 
     Args:
         model: A causal LM (its trunk runs) or a trunk (``AutoModel``) itself.
