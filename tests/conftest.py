@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import resource
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -12,6 +14,12 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+# No core dumps from the tests' processes and their children (inherited): some of Ray's
+# processes abort (SIGABRT) when their node is torn down, and where core dumps are on, each
+# wrote a core file of hundreds of MB into its working folder, the checkout, which
+# `ray job submit --working-dir .` (tests/test_jobs.py) then could not upload (HTTP 413).
+resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
 
 # W&B keeps caches, settings and debug logs under the home folder unless told otherwise: the
 # tests' go to a temporary folder, set before any local Ray starts so that its workers (Ray's
@@ -25,6 +33,45 @@ atexit.register(shutil.rmtree, _WANDB_HOME, ignore_errors=True)
 REPO = Path(__file__).resolve().parent.parent
 PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
 """For Ray workers: the repo and the test modules (reward functions defined in tests)."""
+
+
+_UNTRACKED = pytest.StashKey[set[str] | None]()
+
+
+def _untracked() -> set[str] | None:
+    """Files in the checkout that git neither tracks nor ignores (None outside a git clone)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return {line[3:] for line in out.stdout.splitlines() if line.startswith("?? ")}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the run's main process, not an xdist worker
+        session.config.stash[_UNTRACKED] = _untracked()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The tests leave nothing in the checkout: what they write goes to temp folders."""
+    before = session.config.stash.get(_UNTRACKED, None)
+    after = _untracked() if before is not None else None
+    if before is None or after is None or not (left := sorted(after - before)):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = f"the tests left files in the checkout: {', '.join(left[:10])}"
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(f"ERROR: {message}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -122,7 +122,12 @@ class LocalHead:
         ]
         self.log = open(self.dir / "head.log", "wb")  # closed in stop()
         self.proc = subprocess.Popen(
-            cmd, env=head_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            env=head_env,
+            cwd=self.dir,  # what its processes write in their working folder stays in the temp dir
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     @property
