@@ -74,6 +74,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _algorithm_logdirs(tmp_path_factory: pytest.TempPathFactory):
+    """Algorithms the tests build outside Tune log under a temp folder, not ~/ray_results."""
+    from rayrm.rl.rllib_compat import trainable_logdirs_under
+
+    with trainable_logdirs_under(tmp_path_factory.mktemp("ray_results")):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random GPT-2 (2 layers, width 64) with the built-in char tokenizer, saved to disk."""

@@ -7,6 +7,7 @@ removes one, these tests say which, instead of a training run failing deep insid
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 from conftest import make_config
@@ -111,6 +112,26 @@ def test_trainable_storage_and_counters(tmp_path, monkeypatch):
         assert storage.current_checkpoint_index == 4
     finally:
         trainable.stop()
+
+
+def test_trainable_logdirs_under(tmp_path):
+    """A Trainable built outside Tune (``build_algo()``) logs under the given folder, not in a
+    new folder under ~/ray_results; the default comes back afterwards."""
+    from ray import tune
+
+    class Idle(tune.Trainable):
+        def step(self):
+            return {}
+
+    module = rllib_compat._trainable_module()
+    before = module.DEFAULT_STORAGE_PATH
+    with rllib_compat.trainable_logdirs_under(tmp_path / "logs"):
+        trainable = Idle(config={})
+    try:
+        assert Path(trainable.logdir).parent == tmp_path / "logs"
+    finally:
+        trainable.stop()
+    assert module.DEFAULT_STORAGE_PATH == before
 
 
 def test_mlflow_callback_keeps_its_trial_runs(tmp_path, monkeypatch):

@@ -95,6 +95,7 @@ from rayrm.bench.trl_groups import GROUP_ALGOS, group_records, serve_trl_group
 from rayrm.console import LOG_NAME, quiet, say
 from rayrm.rl.algorithm import build_algo_config
 from rayrm.rl.env_runner import RLHFEnvRunner
+from rayrm.rl.rllib_compat import trainable_logdirs_under
 
 DEFAULT_LENGTHS = (16, 32, 64, 128)
 LENGTH_RATIO_TARGET = 1.3
@@ -156,7 +157,8 @@ def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> di
     rows = []
     try:
         with PeakRSS() as rss:
-            algo = build_algo_config(run_config(spec, workload, storage)).build_algo()
+            with trainable_logdirs_under(storage):  # not an empty one under ~/ray_results
+                algo = build_algo_config(run_config(spec, workload, storage)).build_algo()
             try:
                 for _ in range(spec.warmup):
                     algo.train()

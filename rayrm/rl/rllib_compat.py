@@ -29,6 +29,8 @@ Private names used (Ray 2.60):
   a cluster-launcher YAML (used by the test of ``cluster.yaml``).
 * Ray's ``MLflowLoggerCallback._trial_runs`` (trial -> MLflow run id, set in its ``setup``) --
   a restored experiment logs into the trial's earlier MLflow run instead of opening another.
+* ``ray.tune.trainable.trainable.DEFAULT_STORAGE_PATH`` -- where an algorithm built outside
+  Tune (benchmarks, tests) makes its log folder; ``~/ray_results`` unless told otherwise.
 * Tune's ``Trainable._storage`` (``trial_fs_path``, ``storage_filesystem``,
   ``current_checkpoint_index``), its counters ``_iteration``, ``_time_total``,
   ``_timesteps_total``, ``_episodes_total``, and ``ray.train._internal.session._TrainingResult``
@@ -39,6 +41,7 @@ Private names used (Ray 2.60):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,7 @@ __all__ = [
     "started_ray_here",
     "sub_envs",
     "torch_trainer_class",
+    "trainable_logdirs_under",
     "trial_dir",
     "tune_counters",
     "weights_seq_no",
@@ -110,6 +114,12 @@ def _session_module() -> Any:
     return ray.train._internal.session
 
 
+def _trainable_module() -> Any:
+    import ray.tune.trainable.trainable
+
+    return ray.tune.trainable.trainable
+
+
 def _global_worker_module() -> Any:
     import ray._private.worker
 
@@ -134,6 +144,11 @@ HOOKS: list[tuple[str, Callable[[], Any], str]] = [
     ("ray.autoscaler._private.util.prepare_config", _autoscaler_util, "prepare_config"),
     ("ray.autoscaler._private.util.validate_config", _autoscaler_util, "validate_config"),
     ("ray.train._internal.session._TrainingResult", _session_module, "_TrainingResult"),
+    (
+        "ray.tune.trainable.trainable.DEFAULT_STORAGE_PATH",
+        _trainable_module,
+        "DEFAULT_STORAGE_PATH",
+    ),
 ]
 """``(name, owner, attribute)`` of every private class member rayrm relies on; instance
 attributes set in ``__init__``/``build`` (``_seed``, ``_needs_initial_reset``,
@@ -284,6 +299,22 @@ def local_session_dir() -> str | None:
     if not started_ray_here():
         return None
     return str(_global_worker_module()._global_node.get_session_dir_path())
+
+
+@contextmanager
+def trainable_logdirs_under(folder: str | Path) -> Iterator[None]:
+    """Algorithms built meanwhile outside Tune (``config.build_algo()``) make their log folder
+    under ``folder``. Ray 2.60's Trainable, given no Tune storage, makes an (empty) folder under
+    ``~/ray_results`` for each one and has no argument to change that: the folder it uses is
+    the module global ``ray.tune.trainable.trainable.DEFAULT_STORAGE_PATH``, set here and
+    restored on exit."""
+    module = _trainable_module()
+    saved = module.DEFAULT_STORAGE_PATH
+    module.DEFAULT_STORAGE_PATH = str(folder)
+    try:
+        yield
+    finally:
+        module.DEFAULT_STORAGE_PATH = saved
 
 
 def torch_trainer_class() -> type:
