@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -57,6 +58,19 @@ def test_rebuilt_rows_equal_the_rows_the_env_emitted(llama_dir, prompts_file, tm
         assert row[:n].tolist() == ids.tolist() and not row[n:].any()
     # Stored per step: the row's length alone, not its (max_prompt + max_new) padded ids.
     assert all(set(e.get_observations(0)) == {"length"} for e in episodes)
+
+
+def test_rows_from_read_only_prompts():
+    """Prompt ids deserialized from Ray's object store are read-only arrays: the rows are
+    built from copies, without PyTorch's warning about non-writable arrays."""
+    prompts = [np.array([5, 6, 7]), np.array([9])]
+    for prompt in prompts:
+        prompt.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = token_rows(prompts, torch.tensor([1, 2, 3]), [2, 1])
+    assert rows["input_ids"].tolist() == [[5, 6, 7, 0], [5, 6, 7, 1], [9, 0, 0, 0]]
+    assert rows["length"].reshape(-1).tolist() == [3, 4, 1]
 
 
 def test_storage_per_completion_grows_linearly_in_its_length(tmp_path):

@@ -110,7 +110,8 @@ def token_rows(
     width = int(length.max()) if len(seq) else 0
     full = torch.zeros(len(lens), width + 1, dtype=torch.int64, device=device)  # (G, W + 1)
     for k, prompt in enumerate(prompts):
-        full[k, : len(prompt)] = torch.as_tensor(prompt, dtype=torch.int64, device=device)
+        # A copy: prompts deserialized from the object store are read-only arrays.
+        full[k, : len(prompt)] = torch.tensor(prompt, dtype=torch.int64, device=device)
     full[seq, length] = actions.long()  # the action of row t sits at position P_k + t
     cols = torch.arange(width, device=device)
     ids = full[seq, :width].masked_fill(cols[None, :] >= length[:, None], 0)  # (N, W)
