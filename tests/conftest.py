@@ -35,11 +35,14 @@ PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
 """For Ray workers: the repo and the test modules (reward functions defined in tests)."""
 
 
-_UNTRACKED = pytest.StashKey[set[str] | None]()
+_LEFT = pytest.StashKey[set[str] | None]()
+RAY_RESULTS = Path("~/ray_results").expanduser()
+"""Where Ray writes what it is not told to write elsewhere (Tune's and RLlib's default)."""
 
 
-def _untracked() -> set[str] | None:
-    """Files in the checkout that git neither tracks nor ignores (None outside a git clone)."""
+def _written_outside_temp() -> set[str] | None:
+    """Files in the checkout that git neither tracks nor ignores, and the entries of
+    ~/ray_results (None outside a git clone)."""
     try:
         out = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=all"],
@@ -52,25 +55,28 @@ def _untracked() -> set[str] | None:
         return None
     if out.returncode != 0:
         return None
-    return {line[3:] for line in out.stdout.splitlines() if line.startswith("?? ")}
+    found = {line[3:] for line in out.stdout.splitlines() if line.startswith("?? ")}
+    if RAY_RESULTS.is_dir():
+        found |= {str(entry) for entry in RAY_RESULTS.iterdir()}
+    return found
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if not hasattr(session.config, "workerinput"):  # the run's main process, not an xdist worker
-        session.config.stash[_UNTRACKED] = _untracked()
+        session.config.stash[_LEFT] = _written_outside_temp()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The tests leave nothing in the checkout: what they write goes to temp folders."""
-    before = session.config.stash.get(_UNTRACKED, None)
-    after = _untracked() if before is not None else None
+    """The tests leave nothing in the checkout or ~/ray_results: they write to temp folders."""
+    before = session.config.stash.get(_LEFT, None)
+    after = _written_outside_temp() if before is not None else None
     if before is None or after is None or not (left := sorted(after - before)):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    message = f"the tests left files in the checkout: {', '.join(left[:10])}"
+    message = f"the tests left files outside their temp folders: {', '.join(left[:10])}"
     if reporter is not None:
-        reporter.ensure_newline()
-        reporter.write_line(f"ERROR: {message}", red=True)
+        reporter.write_line("")
+        reporter.write_sep("=", message, red=True)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -134,6 +140,21 @@ def ray_local():
     yield ray
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def trial_class() -> type:
+    """``RLHFPPO`` for a test that starts it as a Ray actor, as Tune starts a trial: Tune gives
+    a trial its folder; here ``__init__(logs=...)`` takes the folder for its log folder (else
+    the actor makes an empty one under ~/ray_results, outside the session's temp folders)."""
+    from rayrm.rl.algorithm import RLHFPPO
+    from rayrm.rl.rllib_compat import trainable_logdirs_under
+
+    class Trial(RLHFPPO):
+        def __init__(self, *, logs: str, **kwargs):
+            with trainable_logdirs_under(logs):
+                super().__init__(**kwargs)
+
+    return Trial
 
 
 def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sections: dict):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-from conftest import PYTHONPATH, make_config
+from conftest import PYTHONPATH, make_config, trial_class
 from ray import tune
 
 from rayrm import metrics as M
@@ -315,7 +315,7 @@ def _trial(cfg):
         ray.get(pg.ready(), timeout=60)
         head = dict(pgf.bundles[0])
         actor = (
-            ray.remote(RLHFPPO)
+            ray.remote(trial_class())
             .options(
                 num_cpus=head.pop("CPU", 0),
                 num_gpus=head.pop("GPU", 0),
@@ -324,7 +324,7 @@ def _trial(cfg):
                     pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
                 ),
             )
-            .remote(config=config)
+            .remote(config=config, logs=str(Path(cfg.run.storage_path) / "logs"))
         )
         yield actor
     finally:

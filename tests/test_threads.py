@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import ray
 import torch
-from conftest import make_config
+from conftest import make_config, trial_class
 
 from rayrm.experiment.resources import trial_bundles
 from rayrm.ray_init import THREADS_ENV, ThreadLoan, use_reserved_cpus
@@ -58,7 +58,9 @@ def test_every_process_uses_the_cpus_it_reserves(
     )
     bundles, _ = trial_bundles(cfg)
     assert bundles[0]["CPU"] == 2
-    trial = ray.remote(num_cpus=bundles[0]["CPU"])(RLHFPPO).remote(config=build_algo_config(cfg))
+    trial = ray.remote(num_cpus=bundles[0]["CPU"])(trial_class()).remote(
+        config=build_algo_config(cfg), logs=str(tmp_path / "logs")
+    )
     try:
         # 4 CPUs: the trial 2, the env runner 2, the reward actor none (still one thread).
         assert ray.get(trial.__ray_call__.remote(_trial_threads)) == (2, [2], [1])
