@@ -61,8 +61,15 @@ def _written_outside_temp() -> set[str] | None:
     return found
 
 
+_OUTER = "RAYRM_TESTS_WATCHED"
+"""Set by the outermost test run: runs it starts (xdist workers, the floor-version test's
+pytest in another venv) inherit it and leave the watching to it, as what they would see
+includes what the outer run's other tests are writing meanwhile (mypy's cache, say)."""
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if not hasattr(session.config, "workerinput"):  # the run's main process, not an xdist worker
+    if _OUTER not in os.environ:  # the outermost run's main process
+        os.environ[_OUTER] = "1"
         session.config.stash[_LEFT] = _written_outside_temp()
 
 
