@@ -23,12 +23,17 @@ resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_
 
 # W&B keeps caches, settings and debug logs under the home folder unless told otherwise: the
 # tests' go to a temporary folder, set before any local Ray starts so that its workers (Ray's
-# W&B logging actor) inherit it.
-_WANDB_HOME = tempfile.mkdtemp(prefix="rayrm-wandb-", dir="/tmp")
-for _var, _sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
-                   ("WANDB_DATA_DIR", "data")):  # fmt: skip
-    os.environ.setdefault(_var, os.path.join(_WANDB_HOME, _sub))
-atexit.register(shutil.rmtree, _WANDB_HOME, ignore_errors=True)
+# W&B logging actor) inherit it. One folder for the whole run, made by the process that
+# imports this first and removed when it exits: xdist workers, Ray workers that import test
+# modules (reward functions defined in tests) and nested test runs inherit it.
+_WANDB_PREFIX = "rayrm-wandb-"
+_WANDB_VARS = (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
+               ("WANDB_DATA_DIR", "data"))  # fmt: skip
+if not all(var in os.environ for var, _ in _WANDB_VARS):
+    _WANDB_HOME = tempfile.mkdtemp(prefix=_WANDB_PREFIX)
+    for _var, _sub in _WANDB_VARS:
+        os.environ[_var] = os.path.join(_WANDB_HOME, _sub)
+    atexit.register(shutil.rmtree, _WANDB_HOME, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
@@ -41,8 +46,9 @@ RAY_RESULTS = Path("~/ray_results").expanduser()
 
 
 def _written_outside_temp() -> set[str] | None:
-    """Files in the checkout that git neither tracks nor ignores, and the entries of
-    ~/ray_results (None outside a git clone)."""
+    """Files in the checkout that git neither tracks nor ignores, the entries of
+    ~/ray_results and W&B folders of the tests in the temp folder but this run's own (None
+    outside a git clone)."""
     try:
         out = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=all"],
@@ -58,6 +64,9 @@ def _written_outside_temp() -> set[str] | None:
     found = {line[3:] for line in out.stdout.splitlines() if line.startswith("?? ")}
     if RAY_RESULTS.is_dir():
         found |= {str(entry) for entry in RAY_RESULTS.iterdir()}
+    temp = Path(tempfile.gettempdir())
+    wandb_home = Path(os.environ["WANDB_DATA_DIR"]).parent
+    found |= {str(p) for p in temp.glob(_WANDB_PREFIX + "*") if p != wandb_home}
     return found
 
 

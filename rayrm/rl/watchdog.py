@@ -108,3 +108,4 @@ def iteration_watchdog(timeout_s: float | None, describe: Callable[[], str]) -> 
         with watch.lock:
             watch.done.set()
         _watching.remove(watch)
+        timer.join()  # it returns at once: no watch thread outlives its iteration
