@@ -20,7 +20,9 @@ import torch
 
 __all__ = [
     "ESTIMATORS",
+    "K3_CLAMP",
     "KL_ESTIMATORS",
+    "LOG_RATIO_CLAMP",
     "LOSS_AGGREGATIONS",
     "AdaptiveKLController",
     "FixedKLController",
@@ -69,6 +71,16 @@ LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_no
 """How per-token losses become one number (see :func:`aggregate_tokens`)."""
 
 
+LOG_RATIO_CLAMP = 20.0
+"""Log-ratios are clamped to ±this before ``exp`` (PPO's ratio, k3), as verl does: e^20 is
+finite in float32 and far beyond any ratio a clipped update can use."""
+
+K3_CLAMP = 10.0
+"""k3 is clamped to at most this (verl's ``low_var_kl``): its gradient ``1 − π_ref/π`` in
+``log π`` grows without bound as a token is pushed below the reference, and one such token
+would otherwise dominate the loss; past the clamp it adds no gradient."""
+
+
 def kl_estimate(
     *, logp: ArrayT, ref_logp: ArrayT, kind: Literal["k1", "k2", "k3"] = "k1"
 ) -> ArrayT:
@@ -77,7 +89,15 @@ def kl_estimate(
     With ``r = π_ref(a)/π(a)`` (Schulman 2020, "Approximating KL Divergence",
     http://joschu.net/blog/kl-approx.html): ``k1 = −log r`` (unbiased, can be negative),
     ``k2 = (log r)²/2`` (biased, low variance), ``k3 = (r − 1) − log r`` (unbiased and
-    non-negative; GRPO's KL term, Shao et al. 2024, https://arxiv.org/abs/2402.03300, eq. 4).
+    non-negative; GRPO's KL term, Shao et al. 2024, https://arxiv.org/abs/2402.03300, eq. 4;
+    ``log r`` clamped to ±:data:`LOG_RATIO_CLAMP`, the result to :data:`K3_CLAMP`).
+
+    As a LOSS (the gradient flowing through ``log π`` of the sampled tokens) they differ:
+    k1's expected gradient is ``E_π[∇ log π] = 0`` (no pressure at all), k2's is the gradient
+    of KL(π‖π_ref), k3's that of KL(π_ref‖π) (``tests/test_core_algos.py`` checks each by an
+    exact expectation). As a REWARD penalty the value matters, and k1 summed over a
+    completion is unbiased for the sequence's KL.
+
     Numpy arrays (computed in float64) or torch tensors (differentiable, in their dtype).
     """
     if kind not in KL_ESTIMATORS:
@@ -85,11 +105,13 @@ def kl_estimate(
     if isinstance(logp, torch.Tensor) and isinstance(ref_logp, torch.Tensor):
         log_r_t = ref_logp - logp
         if kind == "k3":
-            return torch.expm1(log_r_t) - log_r_t
+            log_r_t = log_r_t.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+            return (torch.expm1(log_r_t) - log_r_t).clamp(max=K3_CLAMP)
         return -log_r_t if kind == "k1" else 0.5 * log_r_t**2
     log_r = np.asarray(ref_logp, dtype=np.float64) - np.asarray(logp, dtype=np.float64)
     if kind == "k3":
-        return np.expm1(log_r) - log_r
+        log_r = np.clip(log_r, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        return np.minimum(np.expm1(log_r) - log_r, K3_CLAMP)
     return -log_r if kind == "k1" else 0.5 * log_r**2
 
 
@@ -141,14 +163,21 @@ def group_advantages(
     return out
 
 
-def reinforce_returns(rewards: np.ndarray) -> np.ndarray:
-    """Undiscounted reward-to-go ``G_t = Σ_{s≥t} r_s`` over ONE completion, (T,) -> (T,).
+def reinforce_returns(rewards: np.ndarray, *, gamma: float = 1.0) -> np.ndarray:
+    """Reward-to-go ``G_t = Σ_{s≥t} γ^(s−t) r_s`` over ONE completion, (T,) -> (T,).
 
     REINFORCE++ (Hu 2025, https://arxiv.org/abs/2501.03262, §3): the per-token rewards hold the
     KL penalty on every token and the score at the last; the advantages are these returns
-    normalised over the whole batch (:func:`whiten` of all tokens).
+    normalised over the whole batch (:func:`whiten` of all tokens). ``γ`` is ``ppo.gamma``
+    (1 by default, as in the paper).
     """
-    return np.cumsum(np.asarray(rewards, dtype=np.float64)[::-1])[::-1].copy()
+    r = np.asarray(rewards, dtype=np.float64)
+    out = np.zeros_like(r)
+    running = 0.0
+    for t in reversed(range(len(r))):
+        running = r[t] + gamma * running
+        out[t] = running
+    return out
 
 
 def aggregate_tokens(
@@ -272,9 +301,13 @@ def token_advantages(
     * ``reinforce_pp``: rewards minus β·KL per token, :func:`reinforce_returns`, whitened over
       the batch's tokens (Hu 2025); ``reinforce_pp_baseline`` first subtracts from each
       completion's score the mean score of its group.
-    * ``grpo`` / ``rloo``: one sequence reward, the score minus β·ΣKL (the KL-regularised
-      return, as RLOO, Ahmadian et al. 2024, §3), turned into one advantage per completion by
-      :func:`group_advantages` and given to every token of it.
+    * ``grpo`` / ``rloo``: one advantage per completion, given to every token of it:
+      :func:`group_advantages` of the scores, minus β times the completion's ΣKL centred in
+      its group (the group mean for ``grpo``, the other samples' mean for ``rloo``). For RLOO
+      and Dr. GRPO, linear in the reward, that is the advantage of the KL-regularised return
+      score − β·ΣKL (Ahmadian et al. 2024, §3); for GRPO the std is the scores' alone, so
+      the penalty keeps β's scale: were it inside, a group of equal scores would get
+      unit-scale advantages made of KL noise whatever β is.
 
     Args:
         estimator: one of :data:`ESTIMATORS`.
@@ -283,7 +316,7 @@ def token_advantages(
         kl_coef: β of the reward penalty (0 when the KL is a loss term instead).
         groups: (B,) group keys (the group estimators).
         values: per completion, (T_i,) value estimates (``gae``).
-        gamma, gae_lambda: GAE's γ and λ.
+        gamma, gae_lambda: GAE's γ and λ; REINFORCE++'s γ.
         std_normalize: GRPO's std normalisation.
         whiten_with: the whitening of ``gae`` and ``reinforce_pp`` advantages (all tokens,
             flat, float64): :func:`whiten` over this batch, or one with the moments of every
@@ -299,13 +332,12 @@ def token_advantages(
     lens = [len(r) for r in rewards]
     keys = np.asarray(groups if groups is not None else range(len(rewards)))
     if estimator in ("grpo", "rloo"):
-        seq = np.array([r.sum() for r in shaped])
+        kind: Literal["grpo", "rloo"] = "grpo" if estimator == "grpo" else "rloo"
+        scores = np.array([float(np.sum(r)) for r in rewards])
+        penalties = kl_coef * np.array([float(np.sum(k)) for k in kls])
         adv = group_advantages(
-            scores=seq,
-            groups=keys,
-            estimator="grpo" if estimator == "grpo" else "rloo",
-            std_normalize=std_normalize,
-        )
+            scores=scores, groups=keys, estimator=kind, std_normalize=std_normalize
+        ) - group_advantages(scores=penalties, groups=keys, estimator=kind, std_normalize=False)
         out = [np.full(n, a, dtype=np.float32) for n, a in zip(lens, adv, strict=True)]
         return out, out
     if estimator == "gae":
@@ -322,7 +354,7 @@ def token_advantages(
             means = {key: scores[keys == key].mean() for key in np.unique(keys)}
             for r, key in zip(shaped, keys, strict=True):
                 r[-1] -= means[key]
-        rets = [reinforce_returns(r).astype(np.float32) for r in shaped]
+        rets = [reinforce_returns(r, gamma=gamma).astype(np.float32) for r in shaped]
         advs = rets
     else:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -354,20 +386,24 @@ def ppo_policy_loss(
         aggregate: per-token objective (N,) -> scalar (:func:`aggregate_tokens`); default: the
             masked token mean.
 
+    The log-ratio is clamped to ±:data:`LOG_RATIO_CLAMP` before ``exp``.
+
     Returns:
         ``(loss, stats)``: the scalar loss to minimise and detached statistics
-        ``clip_fraction`` and ``approx_kl`` (the k3 estimator of KL(old‖new)).
+        ``clip_fraction`` (the share of tokens where clipping is active, ``A·clip(r) < A·r``:
+        their gradient is cut, as verl and TRL count it) and ``approx_kl`` (the k3 estimator
+        of KL(old‖new)).
     """
     high = clip_ratio if clip_ratio_high is None else clip_ratio_high
-    log_ratio = logp - old_logp  # (N,)
+    log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # (N,)
     ratio = torch.exp(log_ratio)
     unclipped = advantages * ratio
     clipped = advantages * torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + high)
     objective = torch.min(unclipped, clipped)  # (N,)
     loss = -(masked_mean(objective, mask) if aggregate is None else aggregate(objective))
     with torch.no_grad():
-        outside = (ratio < 1.0 - clip_ratio) | (ratio > 1.0 + high)
-        clip_fraction = masked_mean(outside.float(), mask)
+        active = clipped < unclipped  # min took the clipped term: no gradient there
+        clip_fraction = masked_mean(active.float(), mask)
         approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
     return loss, {"clip_fraction": clip_fraction, "approx_kl": approx_kl}
 
@@ -379,6 +415,7 @@ def value_loss(
     returns: torch.Tensor,
     value_clip: float | None,
     mask: torch.Tensor | None = None,
+    aggregate: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Squared-error value loss, optionally clipped around the sampling-time values.
 
@@ -391,16 +428,18 @@ def value_loss(
         old_values: (N,) value predictions used for the advantages.
         returns: (N,) value targets.
         value_clip: clip range, or None for the plain squared error.
-        mask: optional (N,) bool.
+        mask: optional (N,) bool (with the default aggregation).
+        aggregate: per-token errors (N,) -> scalar, the policy loss's
+            (:func:`aggregate_tokens`, ``ppo.loss_aggregation``); default: the masked mean.
 
     Returns:
-        Scalar ``0.5 * E[max(err², err_clipped²)]``.
+        Scalar ``0.5 * aggregate(max(err², err_clipped²))``.
     """
     err = (values - returns) ** 2  # (N,)
     if value_clip is not None:
         clipped_values = old_values + torch.clamp(values - old_values, -value_clip, value_clip)
         err = torch.max(err, (clipped_values - returns) ** 2)
-    return 0.5 * masked_mean(err, mask)
+    return 0.5 * (masked_mean(err, mask) if aggregate is None else aggregate(err))
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

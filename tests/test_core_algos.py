@@ -193,7 +193,7 @@ def test_ppo_loss_clip_branches_and_gradients():
     #   r=1.1, A=+2: min(2.2, 2.2) = 2.2   (inside the clip range)
     objective = [1.2, -1.5, 0.5, -0.8, 2.2]
     assert loss.item() == pytest.approx(-sum(objective) / 5)
-    assert stats["clip_fraction"].item() == pytest.approx(4 / 5)
+    assert stats["clip_fraction"].item() == pytest.approx(2 / 5)  # clipped: rows 0 and 3
     # approx_kl = mean((r - 1) - ln r)
     k3 = [0.5 - math.log(1.5)] * 2 + [-0.5 + LN2] * 2 + [0.1 - math.log(1.1)]
     assert stats["approx_kl"].item() == pytest.approx(sum(k3) / 5)
@@ -513,8 +513,9 @@ def test_clip_higher_lets_a_positive_advantage_rise_further():
     assert loss.item() == pytest.approx(0.8) and stats["clip_fraction"].item() == 1.0
 
 
-def test_token_advantages_grpo_uses_the_kl_regularised_sequence_reward():
-    # Sequence rewards: 1 - 0.5 * 0.2 = 0.9 and 3; mean 1.95, sample std 2.1 / sqrt(2).
+def test_token_advantages_grpo_is_the_scores_z_minus_the_centred_kl_penalty():
+    # Scores 1 and 3: mean 2, sample std sqrt(2) -> z = -+1/sqrt(2). KL sums 0.2 and 0,
+    # centred +-0.1, times beta 0.5: -0.05 and +0.05 taken after normalisation.
     adv, _ = token_advantages(
         estimator="grpo",
         rewards=[np.array([0.0, 1.0]), np.array([0.0, 0.0, 3.0])],
@@ -523,8 +524,8 @@ def test_token_advantages_grpo_uses_the_kl_regularised_sequence_reward():
         groups=["a", "a"],
     )
     r = 1 / math.sqrt(2)
-    np.testing.assert_allclose(adv[0], [-r, -r], atol=1e-5)
-    np.testing.assert_allclose(adv[1], [r, r, r], atol=1e-5)
+    np.testing.assert_allclose(adv[0], [-r - 0.05, -r - 0.05], atol=1e-5)
+    np.testing.assert_allclose(adv[1], [r + 0.05] * 3, atol=1e-5)
 
 
 def test_token_advantages_reinforce_pp_by_hand():
@@ -601,3 +602,147 @@ def test_whitening_across_learners_equals_whitening_the_whole_batch(tmp_path):
     np.testing.assert_allclose(got, whole, rtol=0, atol=1e-12)
     alone = np.concatenate([whiten(s) for s in shards])
     assert np.abs(alone - whole).max() > 0.1
+
+
+# --- the gradients the KL terms give, clamps, clip fraction (issue 32) ----------------------
+
+
+def _kl_loss_gradient(kind: str, theta: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """The exact expected gradient of the KL loss term: every token a of the vocabulary
+    weighted by the probability the sampler drew it with (a constant), the gradient flowing
+    through log pi(a) alone, as in the learner's loss."""
+    theta = theta.clone().requires_grad_(True)
+    logp = torch.log_softmax(theta, dim=-1)
+    weights = logp.detach().exp()
+    loss = (weights * kl_estimate(logp=logp, ref_logp=ref_logp, kind=kind)).sum()
+    (grad,) = torch.autograd.grad(loss, theta)
+    return grad
+
+
+def test_kl_loss_k1_has_no_gradient_k2_reverse_kl_k3_forward_kl():
+    """As a loss, k1 puts no pressure on the policy (E_pi[grad log pi] = 0); k2's gradient is
+    that of KL(pi || pi_ref), k3's that of KL(pi_ref || pi) (GRPO's). Exact expectation over
+    a 20-token categorical, float64."""
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(20, generator=gen, dtype=torch.float64)
+    ref_logp = torch.log_softmax(torch.randn(20, generator=gen, dtype=torch.float64), dim=-1)
+    assert _kl_loss_gradient("k1", theta, ref_logp).norm() < 1e-12
+
+    t = theta.clone().requires_grad_(True)
+    logp = torch.log_softmax(t, dim=-1)
+    reverse = (logp.exp() * (logp - ref_logp)).sum()  # KL(pi || pi_ref)
+    (reverse_grad,) = torch.autograd.grad(reverse, t)
+    t = theta.clone().requires_grad_(True)
+    forward = (ref_logp.exp() * (ref_logp - torch.log_softmax(t, dim=-1))).sum()  # KL(ref || pi)
+    (forward_grad,) = torch.autograd.grad(forward, t)
+    assert reverse_grad.norm() > 0.1 and (reverse_grad - forward_grad).norm() > 0.01
+    torch.testing.assert_close(_kl_loss_gradient("k2", theta, ref_logp), reverse_grad)
+    torch.testing.assert_close(_kl_loss_gradient("k3", theta, ref_logp), forward_grad)
+
+
+def test_grpo_kl_in_the_reward_is_not_normalised_by_the_scores_std():
+    """Equal scores: the advantages are beta times the centred KL sums (not unit-scale KL
+    noise whatever beta is); unequal scores: the scores' z-score minus that."""
+    kl_sums = np.array([2.0, 2.1, 1.9, 2.05])
+    centred = kl_sums - kl_sums.mean()
+    for beta in (0.05, 0.001):
+        adv, _ = token_advantages(
+            estimator="grpo",
+            rewards=[np.array([0.0, 1.0])] * 4,
+            kls=[np.array([k, 0.0]) for k in kl_sums],
+            kl_coef=beta,
+            groups=[0, 0, 0, 0],
+        )
+        np.testing.assert_allclose([a[0] for a in adv], -beta * centred, atol=1e-7)
+    scores = np.array([1.0, 2.0, 3.0, 6.0])  # mean 3, sample std sqrt(14 / 3)
+    adv, _ = token_advantages(
+        estimator="grpo",
+        rewards=[np.array([s]) for s in scores],
+        kls=[np.array([k]) for k in kl_sums],
+        kl_coef=0.1,
+        groups=[0, 0, 0, 0],
+    )
+    z = (scores - 3.0) / (math.sqrt(14 / 3) + 1e-6)
+    np.testing.assert_allclose([a[0] for a in adv], z - 0.1 * centred, atol=1e-6)
+    # Dr. GRPO and RLOO are linear in the reward: KL inside or after is the same thing.
+    adv, _ = token_advantages(
+        estimator="rloo",
+        rewards=[np.array([s]) for s in scores],
+        kls=[np.array([k]) for k in kl_sums],
+        kl_coef=0.1,
+        groups=[0, 0, 0, 0],
+    )
+    shaped = scores - 0.1 * kl_sums
+    loo = shaped - (shaped.sum() - shaped) / 3
+    np.testing.assert_allclose([a[0] for a in adv], loo, atol=1e-6)
+
+
+def test_ppo_log_ratio_is_clamped():
+    """A token whose log-ratio is 100 (e^100 overflows float32) leaves the loss and its
+    gradient finite: the log-ratio is clamped to +-20 before exp, as verl does."""
+    logp = torch.tensor([100.0, 0.0], requires_grad=True)
+    old = torch.zeros(2)
+    loss, stats = ppo_policy_loss(
+        logp=logp, old_logp=old, advantages=torch.tensor([-1.0, 1.0]), clip_ratio=0.2
+    )
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+    assert loss.item() == pytest.approx((math.exp(20.0) - 1.0) / 2, rel=1e-5)
+    assert torch.isfinite(stats["approx_kl"])
+
+
+def test_k3_loss_gradient_is_bounded_for_a_token_pushed_far_down():
+    """k3's gradient in log pi is 1 - pi_ref/pi: a token the policy pushed far below the
+    reference would dominate the loss (here by 1e12). k3 is clamped to 10 (its log-ratio to
+    +-20 first), as verl clamps it: past that the token adds no gradient."""
+    logp = torch.tensor([-1.0, -1.2, -30.0], requires_grad=True)
+    ref = torch.tensor([-1.1, -1.0, -1.0])
+    k3 = kl_estimate(logp=logp, ref_logp=ref, kind="k3")
+    k3.sum().backward()
+    assert torch.isfinite(k3).all() and k3.max().item() == pytest.approx(10.0)
+    assert logp.grad.abs().max().item() < 1.0
+    assert logp.grad[2].item() == 0.0
+    # Below the clamp nothing changes: 1 - exp(ref - logp) on the first two tokens.
+    np.testing.assert_allclose(
+        logp.grad[:2].numpy(), [1 - math.exp(-0.1), 1 - math.exp(0.2)], rtol=1e-5
+    )
+    far = kl_estimate(logp=np.array([-30.0]), ref_logp=np.array([-1.0]), kind="k3")
+    assert far[0] == pytest.approx(10.0)  # the reward penalty's estimate alike
+
+
+def test_clip_fraction_counts_where_clipping_is_active():
+    """Clipping acts where min picks the clipped term (A * clip(r) < A * r): a ratio below
+    1 - eps with a positive advantage, or above 1 + eps with a negative one, is not clipped."""
+    eps = 0.2
+    ratios = torch.tensor([1.5, 1.5, 0.5, 0.5, 1.1], dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0], dtype=torch.float64)
+    logp = ratios.log()
+    _, stats = ppo_policy_loss(
+        logp=logp, old_logp=torch.zeros(5, dtype=torch.float64), advantages=adv, clip_ratio=eps
+    )
+    assert stats["clip_fraction"].item() == pytest.approx(2 / 5)  # rows 0 and 3
+
+
+def test_value_loss_follows_the_loss_aggregation():
+    values = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    returns = torch.zeros(4)
+    seq = torch.tensor([0, 0, 0, 1])
+    # Squared errors [1, 4, 9, 25]; per completion means 14/3 and 25 -> (14/3 + 25) / 2.
+    got = value_loss(
+        values=values,
+        old_values=values,
+        returns=returns,
+        value_clip=None,
+        aggregate=lambda x: aggregate_tokens(x, mode="seq_mean_token_mean", seq_id=seq),
+    )
+    assert got.item() == pytest.approx(0.5 * (14 / 3 + 25) / 2)
+
+
+def test_reinforce_pp_discounts_with_gamma():
+    # gamma 0.5: [0.1 + 0.5 * (-0.2) + 0.25 * 1.0, -0.2 + 0.5 * 1.0, 1.0]
+    r = np.array([0.1, -0.2, 1.0])
+    np.testing.assert_allclose(reinforce_returns(r, gamma=0.5), [0.25, 0.3, 1.0])
+    _, ret = token_advantages(
+        estimator="reinforce_pp", rewards=[r], kls=[np.zeros(3)], kl_coef=0.0, gamma=0.5
+    )
+    np.testing.assert_allclose(ret[0], [0.25, 0.3, 1.0], rtol=1e-6)
