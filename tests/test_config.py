@@ -261,6 +261,29 @@ def test_batch_must_split_over_learners_and_minibatches(
         config_from_dict(d)
 
 
+def test_kl_as_a_loss_refuses_k1_and_defaults_to_k3() -> None:
+    """As a loss k1's expected gradient is zero: no KL pressure at all (see
+    tests/test_core_algos.py); the reward penalty keeps k1 by default."""
+    d = with_value("ppo.kl_mode", "loss", with_value("ppo.kl_estimator", "k1"))
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(d)
+    assert info.value.key == "ppo.kl_estimator" and "no KL pressure" in str(info.value)
+    assert config_from_dict(with_value("ppo.kl_mode", "loss")).ppo.resolved_kl_estimator == "k3"
+    assert config_from_dict(minimal()).ppo.resolved_kl_estimator == "k1"
+    k2 = with_value("ppo.kl_mode", "loss", with_value("ppo.kl_estimator", "k2"))
+    assert config_from_dict(k2).ppo.resolved_kl_estimator == "k2"
+
+
+def test_lora_dropout_is_refused_in_rl_training() -> None:
+    """Dropout in the adapters makes two forwards of the same weights differ: PPO's first
+    ratio would not be 1 (every other dropout of the policy is off for that reason)."""
+    d = with_value("model.lora", {"r": 4, "dropout": 0.05})
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(d)
+    assert info.value.key == "model.lora.dropout"
+    config_from_dict(with_value("model.lora", {"r": 4}))
+
+
 def test_valid_relations_pass() -> None:
     d = with_value("resources.num_env_runners", 4, with_value("resources.num_learners", 2))
     config_from_dict(d)  # 16 = 4 runners * 4 = 2 learners * 2 minibatches * 4

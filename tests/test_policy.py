@@ -404,6 +404,21 @@ def test_loaded_models_have_dropout_off(model_dir):
     assert {k: config[k] for k in drop_keys} == dict.fromkeys(drop_keys, 0.0)
 
 
+def test_nested_configs_have_dropout_off_too():
+    """Multimodal-style checkpoints keep their language model's settings in ``text_config``
+    (and a vision tower's in ``vision_config``): their dropout goes off too."""
+    from transformers import Gemma3Config, Gemma3TextConfig
+
+    from rayrm.models.loading import zero_dropout
+
+    text = Gemma3TextConfig(attention_dropout=0.1).to_dict()
+    config = Gemma3Config(text_config=text, vision_config={"attention_dropout": 0.2})
+    assert config.text_config.attention_dropout == 0.1  # not vacuous
+    zero_dropout(config)
+    assert config.text_config.attention_dropout == 0.0
+    assert config.vision_config.attention_dropout == 0.0
+
+
 def test_forward_train_deterministic_in_train_mode(module, env, completions):
     batch = make_batch(env, completions)
     assert module.training and module.lm.training

@@ -1,7 +1,7 @@
 """Typed, validated configuration: one YAML file describes a whole run or stage.
 
 * ``base``: the section base class (frozen pydantic models) and one-line errors;
-* ``run`` and ``reward``: the run config of ``rayrm train``/``rayrm tune``;
+* ``run``, ``reward`` and ``tune``: the run config of ``rayrm train``/``rayrm tune``;
 * ``stage``: the SFT and reward-model stage configs;
 * ``io``: YAML files, ``--set`` overrides, absolute paths;
 * ``checks``: what the config points at (directories, functions, models, tokenizers);

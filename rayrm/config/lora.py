@@ -24,7 +24,9 @@ class LoraSettings(Section):
     Attributes:
         r: Rank of each adapter.
         alpha: Scale numerator: the update is ``alpha / r * B @ A``.
-        dropout: Dropout on the adapters' input during the update.
+        dropout: Dropout on the adapters' input during the update (``rayrm sft`` and
+            ``rayrm train-rm``; RL training refuses it, as it switches every dropout of the
+            policy off so that PPO's ratio and the KL are exact).
         target_modules: Names (or name suffixes) of the linear layers that get adapters;
             None: peft's choice for the architecture (e.g. ``q_proj``, ``v_proj`` for Llama
             and Qwen2, ``c_attn`` for GPT-2); ``[all-linear]``: every linear layer but the

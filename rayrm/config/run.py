@@ -9,7 +9,6 @@ This module must stay cheap to import: no ``ray``, no ``torch``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +19,7 @@ from rayrm.config.base import ConfigError, NonEmptyStr, Section
 from rayrm.config.lora import LoraSettings
 from rayrm.config.reward import FUNCTION_RE, RewardConfig, check_reward
 from rayrm.config.tracking import TrackingSettings
+from rayrm.config.tune import SAMPLERS, TuneSettings, check_search_space
 
 __all__ = [
     "PROMPT_SUFFIXES",
@@ -151,7 +151,7 @@ class PPOConfig(Section):
         num_minibatches: Optimizer steps per epoch over the batch.
         num_epochs: Passes over each batch.
         lr: Adam learning rate.
-        gamma: Discount factor over completion tokens.
+        gamma: Discount factor over completion tokens (GAE and REINFORCE++'s returns).
         gae_lambda: GAE lambda (https://arxiv.org/abs/1506.02438).
         clip_ratio: PPO policy-ratio clip epsilon.
         value_clip: Value-prediction clip around the old values; None disables value clipping.
@@ -178,13 +178,20 @@ class PPOConfig(Section):
             group ones need ``generation.samples_per_prompt`` >= 2.
         grpo_std_normalize: GRPO divides by the group's std; false: Dr. GRPO.
         loss_aggregation: ``token_mean``, ``seq_mean_token_mean`` (GRPO) or
-            ``seq_mean_token_sum_norm`` (Dr. GRPO: sum / ``generation.max_new_tokens``).
+            ``seq_mean_token_sum_norm`` (Dr. GRPO: sum / ``generation.max_new_tokens``): how
+            the policy loss, the value loss and a KL loss term become one number (the logged
+            entropy and KL are per-token means whatever it is).
         clip_ratio_high: Upper clip ``1 + clip_ratio_high`` (DAPO's clip-higher); None:
             ``clip_ratio``.
         kl_mode: ``reward``: β·KL is subtracted from the rewards (per token for GAE and
-            REINFORCE++, summed per completion for GRPO/RLOO); ``loss``: β·KL is a loss term
-            (GRPO's), the rewards are the scores alone.
-        kl_estimator: ``k1``, ``k2`` or ``k3`` (``rayrm.core_algos.kl_estimate``).
+            REINFORCE++; for GRPO/RLOO β·ΣKL per completion, centred in its group, after
+            GRPO's std normalisation of the scores); ``loss``: β·KL is a loss term (GRPO's),
+            the rewards are the scores alone.
+        kl_estimator: ``k1``, ``k2`` or ``k3`` (``rayrm.core_algos.kl_estimate``); None:
+            ``k1`` with ``kl_mode=reward`` (summed, unbiased for the sequence's KL) and ``k3``
+            with ``kl_mode=loss``. As a loss k1 has zero expected gradient (no KL pressure),
+            so ``kl_mode=loss`` refuses it; k2's gradient is that of KL(π‖π_ref), k3's that of
+            KL(π_ref‖π) (GRPO's).
         filter_uniform_groups: Leave out of the update the groups whose scores are all equal
             (no signal under GRPO/RLOO; DAPO's dynamic sampling), counted as
             ``rollout/uniform_groups``.
@@ -223,7 +230,7 @@ class PPOConfig(Section):
     )
     clip_ratio_high: float | None = Field(None, gt=0)
     kl_mode: Literal["reward", "loss"] = "reward"
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_estimator: Literal["k1", "k2", "k3"] | None = None
     filter_uniform_groups: bool = False
     async_rollouts: bool = False
 
@@ -231,6 +238,13 @@ class PPOConfig(Section):
     def uses_critic(self) -> bool:
         """Whether the estimator needs a value model (GAE does; the others are critic-free)."""
         return self.advantage_estimator == "gae"
+
+    @property
+    def resolved_kl_estimator(self) -> Literal["k1", "k2", "k3"]:
+        """``kl_estimator``, or its default for ``kl_mode``: k1 in the reward, k3 as a loss."""
+        if self.kl_estimator is not None:
+            return self.kl_estimator
+        return "k1" if self.kl_mode == "reward" else "k3"
 
     @property
     def uses_groups(self) -> bool:
@@ -286,7 +300,13 @@ class RunSettings(TrackingSettings):
     """Length, checkpointing and storage of the run.
 
     Attributes:
-        num_iterations: Training iterations (sample, score, update) to run.
+        num_iterations: Training iterations (sample, score, update) to run; ignored when
+            ``num_epochs`` is set.
+        num_epochs: Passes over the training prompts to run instead (fractions allowed): the
+            run lasts ``ceil(num_epochs * prompts / (ppo.batch_size /
+            generation.samples_per_prompt))`` iterations. Prompts are drawn in shuffled passes
+            without replacement either way (``rayrm.rl.prompt_order``); held-out rows of
+            ``data.prompts`` (``eval``) are never trained on.
         checkpoint_every: Save a checkpoint every this many iterations (and at the end).
         storage_path: Directory under which the run's folder (``name``) is created.
         num_cpus: CPUs for a local Ray started in-process; None uses all of them.
@@ -308,6 +328,7 @@ class RunSettings(TrackingSettings):
     """
 
     num_iterations: int = Field(20, ge=1)
+    num_epochs: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(5, ge=1)
     storage_path: NonEmptyStr = "./rayrm_runs"
     num_cpus: int | None = Field(None, ge=1)
@@ -341,41 +362,6 @@ class EvalSettings(Section):
     gold_function: NonEmptyStr | None = None
     report: bool = True
     report_samples: int = Field(6, ge=0)
-
-
-SAMPLERS = ("grid", "choice", "uniform", "loguniform", "randint")
-"""Search-space kinds for ``tune.search_space`` entries (Ray Tune's samplers of those names)."""
-
-
-class TuneSettings(Section):
-    """Hyperparameter sweep settings, used by ``rayrm tune`` (ignored by ``rayrm train``).
-
-    Attributes:
-        search_space: Dotted config key -> one sampler, written as a one-key mapping:
-            ``{grid: [a, b]}``, ``{choice: [a, b]}``, ``{uniform: [low, high]}``,
-            ``{loguniform: [low, high]}`` or ``{randint: [low, high]}``. Any key of this config
-            may be searched (e.g. ``ppo.lr``, ``ppo.kl_coef``, ``seed``).
-        num_samples: Trials to sample (each grid point is repeated this many times).
-        scheduler: ``fifo`` (run every trial to the end), ``asha`` (stop weak trials early)
-            or ``pbt`` (population-based training: mutates ``ppo.lr`` and ``ppo.kl_coef``).
-        metric: Result key under ``rlhf`` to optimise, e.g. ``reward/mean`` or
-            ``objective/reward_minus_kl`` (reward minus β·KL per sequence).
-        mode: ``max`` or ``min``.
-        max_concurrent_trials: Trials run at once; None lets Tune fit as many as resources allow.
-        grace_period: ASHA: iterations every trial runs before it may be stopped.
-        reduction_factor: ASHA: keep the top 1/reduction_factor at each rung.
-        perturbation_interval: PBT: iterations between exploit/explore steps.
-    """
-
-    search_space: dict[str, Any] = Field(default_factory=dict)
-    num_samples: int = Field(1, ge=1)
-    scheduler: Literal["fifo", "asha", "pbt"] = "asha"
-    metric: NonEmptyStr = "reward/mean"
-    mode: Literal["max", "min"] = "max"
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    grace_period: int = Field(5, ge=1)
-    reduction_factor: float = Field(2.0, gt=1)
-    perturbation_interval: int = Field(5, ge=1)
 
 
 class RunConfig(Section):
@@ -441,7 +427,7 @@ class RunConfig(Section):
             ConfigError: On the first problem found, naming its dotted key.
         """
         _check_relations(self)
-        _check_search_space(self)
+        check_search_space(self.to_dict(), self.tune)
 
     def save_yaml(self, path: str | Path) -> None:
         """Writes the config as YAML that :func:`load_config` reads back.
@@ -475,6 +461,14 @@ def _check_relations(cfg: RunConfig) -> None:
             f"remove critic_path or set model.critic=separate",
             key="model.critic_path",
         )
+    if model.lora is not None and model.lora.dropout > 0:
+        raise ConfigError(
+            f"model.lora.dropout={model.lora.dropout:g} in RL training would make PPO's ratio "
+            f"and the KL to the reference noisy before any update (every other dropout of "
+            f"the policy is switched off for that reason): set it to 0 (dropout is for "
+            f"rayrm sft and rayrm train-rm)",
+            key="model.lora.dropout",
+        )
     if not cfg.data.prompts.endswith(PROMPT_SUFFIXES):
         raise ConfigError(
             f"data.prompts {cfg.data.prompts!r} must end with one of {', '.join(PROMPT_SUFFIXES)}",
@@ -505,6 +499,13 @@ def _check_relations(cfg: RunConfig) -> None:
             "policy's, and under ppo.async_rollouts the ratio must correct for the one update "
             "between sampling and learning: leave recompute_logp unset or false",
             key="ppo.recompute_logp",
+        )
+    if ppo.kl_mode == "loss" and ppo.kl_estimator == "k1":
+        raise ConfigError(
+            "ppo.kl_estimator=k1 as a loss (ppo.kl_mode=loss) puts no KL pressure on the "
+            "policy: its expected gradient is zero. Use k3 (the gradient of KL(ref||policy), "
+            "GRPO's; the default) or k2 (of KL(policy||ref))",
+            key="ppo.kl_estimator",
         )
     learners = max(1, res.num_learners)
     _check_groups(cfg, learners)
@@ -541,40 +542,3 @@ def _check_groups(cfg: RunConfig, learners: int) -> None:
             f"each) and per learner ({learners}): a group is sampled and trained together",
             key="ppo.batch_size",
         )
-
-
-def _check_search_space(cfg: RunConfig) -> None:
-    """Every ``tune.search_space`` entry names a real scalar key and a well-formed sampler."""
-    plain = cfg.to_dict()
-    for key, spec in cfg.tune.search_space.items():
-        where = f"tune.search_space.{key}"
-        node: Any = plain
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"{where}: {key} is not a config key", key=where)
-            node = node[part]
-        if isinstance(node, dict) or key.startswith("tune."):
-            raise ConfigError(f"{where}: only single values can be searched", key=where)
-        if not isinstance(spec, Mapping) or len(spec) != 1 or next(iter(spec)) not in SAMPLERS:
-            raise ConfigError(
-                f"{where} must be one of {{{': [...]}, {'.join(SAMPLERS)}: [...]}} (got {spec!r})",
-                key=where,
-            )
-        kind, args = next(iter(spec.items()))
-        if not isinstance(args, list) or not args:
-            raise ConfigError(f"{where}.{kind} needs a non-empty list (got {args!r})", key=where)
-        if kind in ("uniform", "loguniform", "randint"):
-            numeric = all(isinstance(a, int | float) and not isinstance(a, bool) for a in args)
-            if len(args) != 2 or not numeric or not args[0] < args[1]:
-                raise ConfigError(f"{where}.{kind} needs [low, high] with low < high", key=where)
-            if kind == "loguniform" and args[0] <= 0:
-                raise ConfigError(f"{where}.loguniform needs low > 0", key=where)
-    if cfg.tune.scheduler == "pbt":
-        for key in ("ppo.lr", "ppo.kl_coef"):
-            spec = cfg.tune.search_space.get(key)
-            if spec is not None and next(iter(spec)) not in ("uniform", "loguniform"):
-                raise ConfigError(
-                    f"tune.search_space.{key}: with tune.scheduler=pbt it is mutated, so it "
-                    f"needs a continuous range (uniform or loguniform)",
-                    key=f"tune.search_space.{key}",
-                )

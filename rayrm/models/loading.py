@@ -34,14 +34,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def zero_dropout(config: Any) -> None:
-    """Sets every dropout probability of a Hugging Face config to 0.
+    """Sets every dropout probability of a Hugging Face config to 0, nested configs too.
 
     Sampling runs in eval mode and training in train mode; with dropout on, the PPO ratio and
     the KL to the reference would be noisy even before any update.
     """
-    for key, value in list(config.to_dict().items()):
+    for key, value in list(vars(config).items()):
         if isinstance(value, float) and ("dropout" in key or "pdrop" in key):
             setattr(config, key, 0.0)
+        elif hasattr(value, "to_dict") and hasattr(value, "model_type"):
+            zero_dropout(value)  # a nested config (text_config of multimodal checkpoints)
 
 
 def load_causal_lm(path: str, dtype: str = "float32") -> nn.Module:
