@@ -224,8 +224,9 @@ class TextGenerationEnv(gym.Env[Observation, int]):
             prompt and completion decoded together -- once per episode, unless stop strings
             are looked for every step -- and split at the prompt, without the stop token,
             special tokens skipped), ``prompt_text`` (the decoded prompt, the text rewards
-            read) and ``reward_deferred``; ``messages`` for a conversation and ``reference``
-            when the prompt has one.
+            read), ``reward_deferred`` and ``stop_token`` (whether a stop token, which the
+            text leaves out, ended it; false for a stop string or the length limit);
+            ``messages`` for a conversation and ``reference`` when the prompt has one.
 
         Raises:
             RuntimeError: If called before ``reset`` or after the episode ended.
@@ -251,7 +252,7 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         # must be looked for in it. Prompt and completion are decoded together: token by token
         # would break multi-token characters, and the completion alone would lose
         # SentencePiece's leading space (see envs.tokenization).
-        terminated = token in self.codec.stop_token_ids
+        stop_token = terminated = token in self.codec.stop_token_ids
         decoded = False
         if not terminated and self.codec.stop_strings:
             self._decode()
@@ -274,6 +275,7 @@ class TextGenerationEnv(gym.Env[Observation, int]):
             # The texts rewards read: what the whole sequence decodes to, split at the prompt.
             info["prompt_text"] = self._prompt_text
             info["reward_deferred"] = self.reward_deferred
+            info["stop_token"] = stop_token  # the last token is not in the text
             if self.reward_fn is not None:
                 reward = float(self.reward_fn([self._prompt_text], [self._completion])[0])
         return self._observation(), reward, terminated, truncated, info

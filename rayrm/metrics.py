@@ -63,6 +63,9 @@ the others sampled the missing share)."""
 ROLLOUT_POLICY_LAG = "rollout/policy_lag"
 """Learner updates between the weights that sampled the batch and those its update started
 from: 0 synchronous, 1 with ``ppo.async_rollouts`` (after the first iteration)."""
+ROLLOUT_EPOCH = "rollout/epoch"
+"""Passes over the training prompts trained on so far, fractional (``rayrm.rl.prompt_order``:
+shuffled passes without replacement; ``run.num_epochs`` stops the run at a number of them)."""
 LOSS_POLICY = "loss/policy"
 LOSS_VALUE = "loss/value"
 LOSS_CLIP_FRACTION = "loss/clip_fraction"

@@ -17,7 +17,7 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from rayrm import metrics as M
 from rayrm.config import ConfigError, config_from_dict
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
-from rayrm.rl.env_runner import WEIGHTS_VERSION
+from rayrm.rl.episodes import WEIGHTS_VERSION
 from rayrm.rl.rllib_compat import local_learner, weights_seq_no
 
 
@@ -131,8 +131,9 @@ def test_async_rollouts_reserve_and_refuse_recompute(tiny_policy_dir, prompts_fi
     def main_cpus(c):
         return RLHFPPO.default_resource_request(build_algo_config(c)).bundles[0]["CPU"]
 
-    # The sampler thread of a trial without remote env runners has its own CPU reserved.
-    assert main_cpus(cfg) == main_cpus(base) + cfg.resources.num_cpus_per_env_runner
+    # The sampler thread of a trial without remote env runners time-shares its reward
+    # actor's CPUs (0.25 in make_config) and reserves the rest of num_cpus_per_env_runner.
+    assert main_cpus(cfg) == main_cpus(base) + cfg.resources.num_cpus_per_env_runner - 0.25
     remote = _async_config(
         tiny_policy_dir, prompts_file, tmp_path, resources={"num_env_runners": 2}
     )
@@ -146,6 +147,24 @@ def test_async_rollouts_reserve_and_refuse_recompute(tiny_policy_dir, prompts_fi
     with pytest.raises(ConfigError, match="ppo.recompute_logp") as err:
         config_from_dict(d, check_paths=False)
     assert err.value.key == "ppo.recompute_logp"
+
+
+def test_pipelined_rollouts_fit_a_two_core_machine_at_defaults(
+    tiny_policy_dir, prompts_file, tmp_path
+):
+    """`rayrm train` with ``ppo.async_rollouts`` on a 2-CPU local Ray, every resource at its
+    default (a reward actor of 1 CPU, a sampler thread of 1): the sampler time-shares the
+    reward actor's CPU, so the trial asks for 2 CPUs, not 3 (which waited, then failed)."""
+    from rayrm.experiment.resources import claim_local_cores, trial_bundles, unmet
+
+    d = make_config(tiny_policy_dir, prompts_file, tmp_path, ppo={"async_rollouts": True})
+    d = d.to_dict()
+    d["reward"].pop("num_cpus_per_actor")  # the default
+    cfg = claim_local_cores(config_from_dict(d, check_paths=False), 2.0)
+    bundles, strategy = trial_bundles(cfg)
+    assert sum(b.get("CPU", 0.0) for b in bundles) == 2.0
+    assert unmet(bundles, strategy, [{"CPU": 2.0}]) is None
+    assert cfg.resources.num_cpus_per_learner == 1.0  # the update's own CPU
 
 
 def test_weight_sync_to_the_local_runner_skips_the_object_store(

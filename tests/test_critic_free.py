@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_config
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from rayrm import metrics as M
 from rayrm.config import ConfigError
 from rayrm.experiment.train import format_line
-from rayrm.rl.algorithm import build_algo_config, group_filter, shard_whole_episodes
-from rayrm.rl.env_runner import GROUP
+from rayrm.rl.algorithm import build_algo_config
+from rayrm.rl.episodes import GROUP, select_groups, shard_whole_episodes
 from rayrm.rl.rllib_compat import local_learner
 
 
@@ -43,12 +44,31 @@ def test_groups_survive_sharding_over_two_learners():
 def test_uniform_groups_are_counted_and_filtered():
     episodes = [_episode(g, 2) for g in "aabb"]
     raw = np.array([1.0, 1.0, 0.0, 2.0])  # group a uniform
-    kept, stats = group_filter(episodes, raw, drop_uniform=True, needed=2)
+    deal = {"num_learners": 0, "num_minibatches": 2}
+    kept, stats = select_groups(episodes, raw, drop_uniform=True, **deal)
     assert kept == episodes[2:]
     assert stats == {M.ROLLOUT_GROUP_STD: pytest.approx(0.5), M.ROLLOUT_UNIFORM_GROUPS: 0.5}
-    kept, _ = group_filter(episodes, raw, drop_uniform=True, needed=3)
-    assert kept == episodes  # too few would be left for an update: keep all
-    assert group_filter([_episode(None, 2)] * 2, raw[:2], drop_uniform=True, needed=1)[1] == {}
+    deal = {"num_learners": 0, "num_minibatches": 3}
+    kept, _ = select_groups(episodes, raw, drop_uniform=True, **deal)
+    assert kept == episodes  # too few would be left for an update: the uniform group stays
+    none = select_groups([_episode(None, 2)] * 2, raw[:2], drop_uniform=True, **deal)
+    assert none[1] == {}
+
+
+def test_filtered_groups_give_every_learner_a_completion_per_minibatch():
+    """Batch 32, 8 samples per prompt, 3 of 4 groups uniform, 2 learners: the informative
+    group alone would leave one learner nothing (a crash, or a DDP all-reduce that waits
+    forever); as few uniform groups as dealing needs stay in."""
+    episodes = [_episode(g, 3) for g in "abcd" for _ in range(8)]
+    raw = np.concatenate([np.ones(24), np.arange(8.0)])  # only d informative
+    deal = {"num_learners": 2, "num_minibatches": 2}
+    kept, stats = select_groups(episodes, raw, drop_uniform=True, **deal)
+    assert stats[M.ROLLOUT_UNIFORM_GROUPS] == 0.75
+    assert len(kept) == 16 and episodes[24] in kept  # d and one uniform group
+    assert sorted(len(s) for s in shard_whole_episodes(kept, 2)) == [8, 8]
+    # Four learners need every group back.
+    kept, _ = select_groups(episodes, raw, drop_uniform=True, num_learners=4, num_minibatches=1)
+    assert kept == episodes
 
 
 def test_live_line_shows_groups_and_no_value_loss():
@@ -118,3 +138,85 @@ def test_reward_rises_without_a_critic(
     rewards = [r[M.REWARD_MEAN] for r in results]
     first, last = np.mean(rewards[:4]), np.mean(rewards[-4:])
     assert last > first + 0.1, (first, last)
+
+
+def one_prompt_informative(prompts: list[str], completions: list[str]) -> list[float]:
+    """The vowel reward for ``the cat``'s completions, 1.0 for every other prompt's: the
+    groups of the other prompts are uniform."""
+    from envs.builtin import vowel_reward
+
+    scores = vowel_reward(prompts, completions)
+    return [s if p.startswith("the cat") else 1.0 for p, s in zip(prompts, scores, strict=True)]
+
+
+def test_filtered_groups_train_on_two_learners(ray_local, tiny_policy_dir, tmp_path):
+    """Batch 32 of 8 samples per prompt over 4 prompts (each once per iteration), 3 uniform
+    groups, 2 learners: both learners train every iteration (with the informative group
+    alone, one learner got none and failed)."""
+    from envs.prompts import write_prompts_jsonl
+
+    texts = ["the cat is", "a dog was", "my hat is", "one sun was"]
+    prompts = write_prompts_jsonl(tmp_path / "p.jsonl", texts)
+    cfg = make_config(
+        tiny_policy_dir, str(prompts), tmp_path,
+        reward={"function": "test_critic_free:one_prompt_informative"},
+        generation={"samples_per_prompt": 8, "max_new_tokens": 4},
+        ppo={"batch_size": 32, "num_minibatches": 2, "advantage_estimator": "grpo",
+             "filter_uniform_groups": True},
+        resources={"num_learners": 2, "num_cpus_per_learner": 1},
+        run={"iteration_timeout_s": 120},  # the failure was a collective waiting forever
+    )  # fmt: skip
+    algo = build_algo_config(cfg).build_algo()
+    try:
+        results = [algo.train()[M.RLHF_RESULTS] for _ in range(2)]
+    finally:
+        algo.stop()
+    assert [r[M.ROLLOUT_UNIFORM_GROUPS] for r in results] == [0.75, 0.75]
+    assert all(np.isfinite(r[M.LOSS_POLICY]) for r in results)
+
+
+def test_learner_kl_loss_term_and_per_token_metrics(
+    ray_local, tiny_policy_dir, prompts_file, tmp_path
+):
+    """The learner's loss with ``kl_mode: loss``: β times k3 (the default as a loss),
+    aggregated as the policy loss (Dr. GRPO's sum over max_new_tokens here), gives exactly
+    β·∂k3 on each token; the logged entropy and KL are per-token means, not that sum."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.core.columns import Columns
+
+    from rayrm.rl.learner import ADVANTAGES
+    from rayrm.rl.module import ENTROPY, LOGP, REF_LOGP, SEQ_ID
+
+    cfg = make_config(
+        tiny_policy_dir, prompts_file, tmp_path,
+        ppo={"batch_size": 8, "advantage_estimator": "grpo", "kl_mode": "loss", "kl_coef": 0.5,
+             "loss_aggregation": "seq_mean_token_sum_norm"},
+        generation={"samples_per_prompt": 2, "max_new_tokens": 4},
+    )  # fmt: skip
+    algo = build_algo_config(cfg).build_algo()
+    try:
+        learner = local_learner(algo.learner_group)
+        logp = torch.tensor([-1.0, -2.0, -0.5, -3.0], dtype=torch.float64, requires_grad=True)
+        log_r = torch.tensor([-0.5, 1.0, 0.0, 2.0], dtype=torch.float64)  # ref - logp
+        batch = {
+            Columns.ACTION_LOGP: logp.detach(),
+            ADVANTAGES: torch.zeros(4, dtype=torch.float64),  # no policy-gradient term
+            REF_LOGP: logp.detach() + log_r,
+            SEQ_ID: torch.tensor([0, 0, 0, 1]),
+        }
+        entropy = torch.tensor([1.0, 2.0, 3.0, 6.0], dtype=torch.float64)
+        total = learner.compute_loss_for_module(
+            module_id=DEFAULT_MODULE_ID, config=None, batch=batch,
+            fwd_out={LOGP: logp, ENTROPY: entropy},
+        )  # fmt: skip
+        total.backward()
+        logged = {k: learner.metrics.peek((DEFAULT_MODULE_ID, k)) for k in (M.ENTROPY, M.KL_LOSS)}
+    finally:
+        algo.stop()
+    k3 = torch.exp(log_r) - 1 - log_r
+    # (sum over completion 0 + sum over completion 1) / 2 completions / max_new_tokens 4
+    assert total.item() == pytest.approx(0.5 * (k3[:3].sum() + k3[3]).item() / 2 / 4)
+    expected = 0.5 / (2 * 4) * (1 - torch.exp(log_r))
+    torch.testing.assert_close(logp.grad, expected)
+    assert float(logged[M.ENTROPY]) == pytest.approx(3.0)  # mean of [1, 2, 3, 6]
+    assert float(logged[M.KL_LOSS]) == pytest.approx(k3.mean().item())

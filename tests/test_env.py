@@ -255,6 +255,7 @@ def test_eos_terminates_and_reward_is_paid_only_at_the_last_step(char_tokenizer)
         "completion": "ok",
         "num_generated": 3,
         "reward_deferred": False,
+        "stop_token": True,  # EOS ended it: the last action is not in the text
     }
     assert obs["input_ids"][obs["length"][0] - 1] == EOS  # EOS is part of the sequence
     assert env.render() == BUILTIN_PROMPTS[2] + "ok"

@@ -23,7 +23,7 @@ from rayrm import metrics as M
 from rayrm.models.tiny import build_tiny_reward_model, build_tokenizer
 from rayrm.rewards import RewardModelActor, pool_from_config
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
-from rayrm.rl.env_runner import PROMPT_IDS
+from rayrm.rl.episodes import PROMPT_IDS
 from rayrm.rl.rllib_compat import local_learner
 
 torch.set_num_threads(1)

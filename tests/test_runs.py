@@ -22,7 +22,7 @@ from rayrm import metrics as M
 from rayrm.console import LOG_NAME
 from rayrm.models.tiny import build_tiny_reward_model
 from rayrm.rl.algorithm import build_algo_config
-from rayrm.rl.env_runner import PROMPT_IDS
+from rayrm.rl.episodes import PROMPT_IDS
 from rayrm.rl.rllib_compat import local_learner
 
 

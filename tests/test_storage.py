@@ -19,7 +19,8 @@ from conftest import make_config
 from rayrm.bench.support import BenchSpec, build_workload, run_config
 from rayrm.models.tiny import build_tiny_model
 from rayrm.rl.algorithm import build_algo_config
-from rayrm.rl.env_runner import PROMPT_IDS, RLHFEnvRunner, token_rows
+from rayrm.rl.env_runner import RLHFEnvRunner
+from rayrm.rl.episodes import PROMPT_IDS, token_rows
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -83,12 +84,22 @@ def test_pbt_sweep_runs(ray_local, tiny_policy_dir, prompts_file, tmp_path):
         tmp_path,
         search_space={"ppo.lr": {"loguniform": [1e-4, 1e-3]}},
         scheduler="pbt",
-        perturbation_interval=2,  # one exploit/explore step in 3 iterations
+        perturbation_interval=2,
         num_samples=2,
     )
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"num_iterations": 5})})
     _, results = run_tune(cfg)
     assert not results.errors
-    assert [r.metrics["training_iteration"] for r in results] == [3, 3]
+    assert [r.metrics["training_iteration"] for r in results] == [5, 5]
+    # A perturbation happened: a trial exploited the other's checkpoint and went on with a
+    # learning rate other than the one it started with. (Asynchronous PBT exploits only a
+    # trial whose better peer has already saved at a perturbation point: with points at
+    # iterations 2 and 4, one of them finds such a peer.)
+    lrs = []
+    for result in results:
+        rows = [json.loads(line) for line in (Path(result.path) / "result.json").open()]
+        lrs.append([row["config"]["rayrm"]["ppo"]["lr"] for row in rows])
+    assert any(len(set(trial)) > 1 for trial in lrs), lrs
 
 
 @pytest.mark.parametrize("mutated", [False, True])

@@ -177,35 +177,60 @@ def test_save_restore_keeps_policy_and_reference(
         torch.testing.assert_close(ref[name], tensor, rtol=0, atol=0)
 
 
-def test_two_learners_ddp(ray_local, tiny_policy_dir, prompts_file, tmp_path):
-    cfg = make_config(
-        tiny_policy_dir,
-        prompts_file,
-        tmp_path,
-        ppo={"batch_size": 8, "num_minibatches": 2},
-        resources={"num_learners": 2, "num_cpus_per_learner": 1},
+def _trained(algo) -> list[np.ndarray]:
+    """Every learner's trainable parameters (learner 0's, which DDP keeps equal to the rest)."""
+    params = algo.learner_group.foreach_learner(
+        lambda learner: [
+            p.detach().double().cpu().numpy().copy()
+            for p in learner.module[DEFAULT_MODULE_ID].unwrapped().trainable_parameters()
+        ]
     )
-    algo = build_algo_config(cfg).build_algo()
+    return [x.get() if hasattr(x, "get") else x for x in params]
+
+
+def test_two_learners_update_as_one_learner(ray_local, tiny_policy_dir, prompts_file, tmp_path):
+    """One update of two data-parallel learners on a batch gives the weights one learner's
+    update on the same batch gives (each completion weighed alike: per-completion means;
+    advantages whitened with the whole batch's moments; DDP averages the shards' gradients),
+    and both replicas stay equal."""
+    sections = {
+        "ppo": {"batch_size": 8, "num_minibatches": 1, "num_epochs": 1, "lr": 1e-3,
+                "loss_aggregation": "seq_mean_token_mean"},
+        "generation": {"max_new_tokens": 6},
+    }  # fmt: skip
+    one = build_algo_config(make_config(tiny_policy_dir, prompts_file, tmp_path, **sections))
+    two = build_algo_config(
+        make_config(
+            tiny_policy_dir,
+            prompts_file,
+            tmp_path,
+            **sections,
+            resources={"num_learners": 2, "num_cpus_per_learner": 1},
+        )  # fmt: skip
+    )
+    single, ddp = one.build_algo(), two.build_algo()
     try:
-        for _ in range(2):
-            result = algo.train()
-        stats = result[M.RLHF_RESULTS]
-        assert np.isfinite(stats[M.LOSS_POLICY]) and np.isfinite(stats[M.LOSS_VALUE])
-        sums = algo.learner_group.foreach_learner(
-            lambda learner: [
-                float(p.detach().double().sum())
-                for p in learner.module[DEFAULT_MODULE_ID].unwrapped().trainable_parameters()
-            ]
-        )
-        sums = [s.get() if hasattr(s, "get") else s for s in sums]
-        assert len(sums) == 2
-        np.testing.assert_allclose(sums[0], sums[1], rtol=1e-6)  # DDP kept replicas equal
-        initial = load_causal_lm(tiny_policy_dir)
-        assert sums[0][0] != pytest.approx(
-            float(next(initial.parameters()).detach().double().sum())
-        )
+        module = "learner/rl_module"
+        ddp.learner_group.set_state(single.learner_group.get_state(components=module))
+        (start,) = _trained(single)
+        replicas = _trained(ddp)
+        for a, b in zip(start, replicas[0], strict=True):
+            np.testing.assert_array_equal(a, b)  # the same starting weights (value head too)
+        episodes, _, _ = single._sample_batch()
+        single._score(episodes)
+        single._update(episodes)
+        ddp._update(episodes)  # dealt 4 and 4 to the two learners
+        (after_one,) = _trained(single)
+        after_two = _trained(ddp)
     finally:
-        algo.stop()
+        single.stop()
+        ddp.stop()
+    for a, b in zip(after_two[0], after_two[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)  # replicas equal
+    moved = max(float(np.abs(a - s).max()) for a, s in zip(after_one, start, strict=True))
+    assert moved > 1e-4  # the update did something
+    for a, b, s in zip(after_two[0], after_one, start, strict=True):
+        np.testing.assert_allclose(a - s, b - s, rtol=1e-3, atol=1e-6)
 
 
 def _write_config(tiny_policy_dir, prompts_file, storage: Path, **sections) -> Path:

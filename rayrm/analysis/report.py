@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from envs.prompts import load_prompt_rows
 from rayrm import metrics as M
 from rayrm.config import RunConfig
 from rayrm.models.decoding import sample_sequences
 from rayrm.models.loading import load_causal_lm
 from rayrm.rewards import pool_from_config, resolve_function
 from rayrm.rl.checkpoint import checkpoint_codec, load_policy
+from rayrm.rl.prompt_order import held_out_prompts
 
 REPORT_FILE = "report.md"
 
@@ -113,15 +113,7 @@ def _before_after(cfg: RunConfig, exp_dir: Path) -> dict[str, Any]:
     final, tokenizer, _, ckpt = load_policy(exp_dir)
     initial = load_causal_lm(cfg.model.path, cfg.model.dtype)
     codec = checkpoint_codec(ckpt, cfg, tokenizer)
-    data = cfg.data
-    prompts, refs = load_prompt_rows(
-        cfg.eval.prompts or data.prompts,
-        data.prompt_column,
-        data.reference_column if cfg.reward.needs_references else None,
-        data.messages_column,
-    )
-    prompts = prompts[: cfg.eval.num_prompts]
-    references = None if refs is None else refs[: len(prompts)]
+    prompts, references = held_out_prompts(cfg, references=cfg.reward.needs_references)
     messages = [codec.conversation(p) for p in prompts]
     g = cfg.generation
     kwargs = dict(

@@ -31,6 +31,7 @@ from rayrm.models.hf_files import read_json
 from rayrm.models.loading import load_tokenizer, prompt_codec
 from rayrm.rewards.base import RewardSourceError, call_scorer, check_scores
 from rayrm.rewards.functions import RewardFunctionActor
+from rayrm.rl.prompt_order import training_rows
 from rayrm.tracking import check_tracking
 
 __all__ = ["check_storage", "preflight"]
@@ -54,6 +55,9 @@ def preflight(cfg: RunConfig) -> str:
     codec = prompt_codec(cfg, load_tokenizer(cfg.model.resolved_tokenizer_path))
     prompts, references = _prompts(cfg, "data.prompts", cfg.data.prompts)
     summary = _encode_summary(cfg, codec, prompts)
+    held = len(prompts) - len(training_rows(cfg, len(prompts)))  # none left: ConfigError
+    if held:
+        summary += f"; the first {held} held out for evaluation, never trained on"
     if cfg.eval.every and cfg.eval.prompts is not None:
         _encode_summary(cfg, codec, _prompts(cfg, "eval.prompts", cfg.eval.prompts)[0])
     probe = [codec.texts(codec.encode(p), [])[0] for p in prompts[:PROBE_PROMPTS]]

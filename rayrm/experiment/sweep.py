@@ -22,6 +22,7 @@ from rayrm.ray_init import init_ray, owned_ray
 from rayrm.rewards import pool_from_config
 from rayrm.rewards.compose import kill_shared_pools
 from rayrm.rl.checkpoint import export_policy
+from rayrm.rl.prompt_order import with_planned_iterations
 
 BEST_POLICY_DIR = "best_policy"
 
@@ -115,6 +116,7 @@ def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
     from ray import tune
 
     exp_dir = check_experiment_dir(cfg, resume)
+    cfg = with_planned_iterations(cfg)  # run.num_epochs: ASHA's max_t, the live line
     init_ray(cfg.run.num_cpus)
     wait_for_resources(cfg)
     pool = _start_shared_pool(cfg)

@@ -20,6 +20,7 @@ from rayrm.experiment.preflight import check_storage, preflight
 from rayrm.experiment.resources import claim_local_cores, wait_for_resources
 from rayrm.ray_init import init_ray, owned_ray
 from rayrm.rl.algorithm import RLHFPPO
+from rayrm.rl.prompt_order import with_planned_iterations
 from rayrm.rl.rllib_compat import local_session_dir
 from rayrm.tracking import log_artifacts, logger_callbacks
 
@@ -131,7 +132,9 @@ def make_tuner(
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=cfg.run.storage_path,
-            stop={"training_iteration": cfg.run.num_iterations},
+            # With run.num_epochs each trial ends itself once its passes are done (result
+            # "done"): their iterations depend on a trial's batch size.
+            stop=None if cfg.run.num_epochs else {"training_iteration": cfg.run.num_iterations},
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=cfg.run.checkpoint_every, checkpoint_at_end=True
             ),
@@ -161,6 +164,7 @@ def run_train(
         TrainingFailed: the trial errored.
     """
     exp_dir = check_experiment_dir(cfg, resume)
+    cfg = with_planned_iterations(cfg)  # run.num_epochs, in iterations
     claim_run_folder(exp_dir)  # a killed driver's Ray: ended before this one starts
     if init_ray(cfg.run.num_cpus):  # a local Ray of its own: the trial takes the spare cores
         import ray
@@ -224,6 +228,7 @@ def main_train(config_path: str, overrides: list[str], resume: bool, verbose: bo
     try:
         with quiet(log, verbose=verbose), owned_ray():
             say(preflight(cfg))
+            cfg = with_planned_iterations(cfg)  # run.num_epochs, in iterations
             exp_dir, last = run_train(cfg, resume=resume)
             return _report(cfg, config_path, exp_dir, last)
     except TrainingFailed as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -44,13 +45,28 @@ from rayrm.errors import TimedOut
 from rayrm.models.loading import load_tokenizer, prompt_codec, stop_token_ids
 from rayrm.ray_init import ThreadLoan, use_reserved_cpus
 from rayrm.rewards import pool_from_config
-from rayrm.rewards.base import Completion, RewardSourceError, ScoredBatch
+from rayrm.rewards.base import RewardSourceError, ScoredBatch
 from rayrm.rewards.shaping import RewardPipeline, describe_reward
 from rayrm.rl.checkpoint import RAYRM_STATE, NeverLoseCheckpoints, write_rayrm_files
-from rayrm.rl.env_runner import GROUP, WEIGHTS_VERSION, RLHFEnvRunner, sync_weights
+from rayrm.rl.env_runner import RLHFEnvRunner, sync_weights
+from rayrm.rl.episodes import (
+    WEIGHTS_VERSION,
+    completion_of,
+    dealable,
+    select_groups,
+    shard_whole_episodes,
+)
 from rayrm.rl.evaluation import HeldOutEvaluation
 from rayrm.rl.learner import RLHFPPOLearner, score_alongside
 from rayrm.rl.module import LMPolicyModule
+from rayrm.rl.prompt_order import (
+    PromptOrder,
+    deal_prompts,
+    planned_iterations,
+    take_planned,
+    training_rows,
+)
+from rayrm.rl.reservations import local_sampler_cpus, local_sampler_threads, trial_request
 from rayrm.rl.rllib_compat import local_learner, restart_env_runners, sample_episodes
 from rayrm.rl.watchdog import iteration_watchdog
 
@@ -169,31 +185,9 @@ def module_config(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def completion_of(episode: Any) -> Completion:
-    """What the reward sources read of a finished episode (its last step's info)."""
-    info = episode.get_infos(-1)
-    return Completion(
-        prompt_text=info["prompt_text"],  # what the tokens decode to (envs.tokenization)
-        completion=info["completion"],
-        finished=bool(episode.is_terminated),  # a stop token, not the length limit
-        num_tokens=len(episode) - int(episode.is_terminated),  # without the stop token
-        reference=info.get("reference"),
-        messages=info.get("messages"),
-        id=str(episode.id_),
-    )
-
-
 def build_algo_config(cfg: RunConfig) -> RLHFConfig:
     """The RLlib AlgorithmConfig of a validated rayrm RunConfig."""
     return RLHFConfig().apply_run_config(cfg)
-
-
-def local_sampler_cpus(cfg: RunConfig) -> float:
-    """CPUs the trial reserves beyond its learner's for sampling in a second thread
-    (``ppo.async_rollouts`` without remote env runners): ``num_cpus_per_env_runner``."""
-    if cfg.ppo.async_rollouts and cfg.resources.num_env_runners == 0:
-        return cfg.resources.num_cpus_per_env_runner
-    return 0.0
 
 
 def make_kl_controller(cfg: RunConfig) -> FixedKLController | AdaptiveKLController:
@@ -201,56 +195,6 @@ def make_kl_controller(cfg: RunConfig) -> FixedKLController | AdaptiveKLControll
     if cfg.ppo.adaptive_kl:
         return AdaptiveKLController(cfg.ppo.kl_coef, cfg.ppo.target_kl, cfg.ppo.kl_horizon)
     return FixedKLController(cfg.ppo.kl_coef)
-
-
-def shard_whole_episodes(episodes: list[Any], num_shards: int) -> list[list[Any]]:
-    """Deals completions to learners whole, and groups of samples of one prompt (GRPO, RLOO)
-    whole, in equal numbers, balancing token counts.
-
-    RLlib's own sharding cuts episodes to balance timesteps; a cut completion would lose its
-    end (and its score) on one learner, and a split group its baseline.
-    """
-    units: dict[Any, list[Any]] = {}
-    for i, episode in enumerate(episodes):
-        units.setdefault(episode.get_infos(0).get(GROUP, ("single", i)), []).append(episode)
-    order = sorted(units.values(), key=lambda unit: -sum(len(e) for e in unit))
-    shards: list[list[Any]] = [[] for _ in range(num_shards)]
-    for rank, unit in enumerate(order):
-        lap, pos = divmod(rank, num_shards)
-        shards[pos if lap % 2 == 0 else num_shards - 1 - pos].extend(unit)
-    return shards
-
-
-def group_filter(
-    episodes: list[Any], raw: np.ndarray, *, drop_uniform: bool, needed: int
-) -> tuple[list[Any], dict[str, float]]:
-    """The completions to train on, and the group metrics (with samples_per_prompt > 1).
-
-    A group whose raw scores are all equal carries no signal under GRPO/RLOO (zero advantage);
-    with ``drop_uniform`` (``ppo.filter_uniform_groups``, DAPO's dynamic sampling, Yu et al.
-    2025, §3.2) such groups are left out of the update, unless fewer than ``needed``
-    completions would remain.
-
-    Returns:
-        ``(episodes to train on, {rollout/group_reward_std, rollout/uniform_groups})``; no
-        metrics without groups.
-    """
-    keys = [e.get_infos(0).get(GROUP) for e in episodes]
-    if all(key is None for key in keys):
-        return episodes, {}
-    members: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        members.setdefault(key, []).append(i)
-    uniform = {key for key, idx in members.items() if np.ptp(raw[idx]) == 0}
-    stats = {
-        M.ROLLOUT_GROUP_STD: float(np.mean([raw[idx].std() for idx in members.values()])),
-        M.ROLLOUT_UNIFORM_GROUPS: len(uniform) / len(members),
-    }
-    if drop_uniform:
-        informative = [e for e, key in zip(episodes, keys, strict=True) if key not in uniform]
-        if len(informative) >= needed:
-            return informative, stats
-    return episodes, stats
 
 
 @dataclass
@@ -263,6 +207,7 @@ class Rollout:
     healthy_runners: int
     sample_s: float
     score_s: float
+    prompts_after: dict[str, int]  # the prompt order's position once this batch was taken
 
 
 class RLHFPPO(NeverLoseCheckpoints, PPO):
@@ -274,31 +219,19 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
 
     @classmethod
     def default_resource_request(cls, config: Any) -> PlacementGroupFactory:
-        """PPO's bundles plus one bundle per reward actor, so the trial reserves them too."""
-        pgf = super().default_resource_request(config)
+        """PPO's bundles plus the reward actors' and the sampler thread's, so the trial
+        reserves them too (``rayrm.rl.reservations``)."""
         rayrm = config["rayrm"] if isinstance(config, dict) else config.rayrm
         cfg = config_from_dict(rayrm, check_paths=False)
-        reward, main = cfg.reward, dict(pgf.bundles[0])
-        main["CPU"] = main.get("CPU", 0) + local_sampler_cpus(cfg)
-        bundle = {
-            "CPU": reward.num_cpus_per_actor,
-            "GPU": reward.num_gpus_per_actor,
-            **reward.custom_resources_per_actor,
-        }
-        bundle = {k: float(v) for k, v in bundle.items() if v > 0}
-        private = reward.pool_name is None  # a shared pool reserves its own resources
-        num_actors = reward.num_actors * reward.num_actor_pools  # ensembles/composites: several
-        extra = [dict(bundle) for _ in range(num_actors)] if bundle and private else []
-        bundles = [main, *pgf.bundles[1:], *extra]
-        return PlacementGroupFactory(bundles=bundles, strategy=pgf.strategy)
+        return trial_request(super().default_resource_request(config), cfg)
 
     def setup(self, config: Any) -> None:
         # The trial's bundle: its local learner (and env runner) use it; the sampler thread
         # of ppo.async_rollouts its own share of it (torch's threads are per process).
         rayrm = config["rayrm"] if isinstance(config, dict) else config.rayrm
         cfg = self.run_config = config_from_dict(rayrm, check_paths=False)
-        lent = int(local_sampler_cpus(cfg))
-        own = use_reserved_cpus(exclude=lent) or torch.get_num_threads()
+        lent = local_sampler_threads(cfg)
+        own = use_reserved_cpus(exclude=local_sampler_cpus(cfg)) or torch.get_num_threads()
         super().setup(config)
         self.kl_ctl = make_kl_controller(cfg)
         r = cfg.reward
@@ -309,6 +242,10 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         self.rollout_node_ids: list[str] = []
         self.tokenizer = load_tokenizer(cfg.model.resolved_tokenizer_path)
         self.held_out = HeldOutEvaluation(cfg, prompt_codec(cfg, self.tokenizer))
+        rows = training_rows(cfg)  # shuffled passes over them (rayrm.rl.prompt_order)
+        self.prompt_order = PromptOrder(rows, cfg.seed)
+        self.planned_iterations = planned_iterations(cfg, len(rows))
+        self.trained_prompts = self.prompt_order.get_state()  # after the last trained batch
         # ppo.async_rollouts: the next batch, sampled while the learners update.
         self.next_rollout: Rollout | None = None
         self.sampler = ThreadPoolExecutor(1, "rayrm-sampler") if cfg.ppo.async_rollouts else None
@@ -404,6 +341,8 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         published[M.OBJECTIVE_REWARD_MINUS_KL] = (
             published[M.REWARD_MEAN] - published[M.KL_COEF] * published[M.KL_SEQUENCE]
         )
+        self.trained_prompts = rollout.prompts_after
+        published[M.ROLLOUT_EPOCH] = self.prompt_order.epochs_done(self.trained_prompts)
         self.last_published = published
         for key, value in published.items():
             self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
@@ -414,15 +353,23 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         t_start = time.perf_counter()
         episodes, results, healthy = self._sample_batch()
         t_sampled = time.perf_counter()
+        prompts_after = self.prompt_order.get_state()
         scored = score_alongside(self._score, episodes, self.forwards_alongside)
+        t_scored = time.perf_counter()
         return Rollout(
-            episodes, results, scored, healthy, t_sampled - t_start, time.perf_counter() - t_sampled
+            episodes,
+            results,
+            scored,
+            healthy,
+            t_sampled - t_start,
+            t_scored - t_sampled,
+            prompts_after,
         )
 
     def _sample_ahead(self) -> Future | None:
         """Under ``ppo.async_rollouts``, starts sampling the next iteration's batch with the
         current weights (none after the run's last iteration: every batch is trained on)."""
-        if self.sampler is None or self.iteration + 1 >= self.run_config.run.num_iterations:
+        if self.sampler is None or self.iteration + 1 >= self.planned_iterations:
             return None
         if self.threads is not None:
             return self.threads.submit(self.sampler, self._rollout)
@@ -452,50 +399,57 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         """Leaves out completions with non-finite scores (``reward.on_nan: skip``) and, with
         ``ppo.filter_uniform_groups``, uniform groups from the update: ``(episodes kept,
         kept mask, episodes to train on, group metrics)``."""
-        needed = self.run_config.ppo.num_minibatches * max(
-            1, self.run_config.resources.num_learners
-        )
+        ppo, learners = self.run_config.ppo, self.run_config.resources.num_learners
+        deal = {"num_learners": learners, "num_minibatches": ppo.num_minibatches}
         kept = np.ones(len(episodes), bool) if scored.skipped is None else ~scored.skipped
         if not kept.all():  # reward.on_nan: skip
             episodes = [e for e, k in zip(episodes, kept, strict=True) if k]
             # Every learner runs the same number of minibatch steps (DDP): each needs a
-            # completion per minibatch.
-            if len(episodes) < needed:
+            # completion per minibatch, groups dealt whole.
+            if not dealable(episodes, **deal):
                 raise RewardSourceError(
                     f"{self.rewards.what} gave non-finite scores to {int((~kept).sum())} of "
-                    f"{len(kept)} completions: {len(episodes)} left, fewer than the {needed} "
-                    "an update needs (a completion per minibatch and learner)"
+                    f"{len(kept)} completions: the {len(episodes)} left cannot give each of "
+                    f"max(1, resources.num_learners) = {max(1, learners)} learners a "
+                    f"completion per minibatch (ppo.num_minibatches = {ppo.num_minibatches}), "
+                    "groups kept whole"
                 )
-        train_on, group_stats = group_filter(
-            episodes,
-            scored.raw[kept],
-            drop_uniform=self.run_config.ppo.filter_uniform_groups,
-            needed=needed,
+        train_on, group_stats = select_groups(
+            episodes, scored.raw[kept], drop_uniform=ppo.filter_uniform_groups, **deal
         )
         return episodes, kept, train_on, group_stats
 
     def _sample_batch(self) -> tuple[list[Any], list[Any], int]:
-        """``ppo.batch_size`` completions, whatever runners were lost or hung: the healthy
-        ones sample the missing share while RLlib restores the others (a runner silent for
-        ``resources.sample_timeout_s`` is restarted); no new completion for that long raises
-        :class:`~rayrm.errors.TimedOut`. Returns the episodes, the runners' metrics and how
-        many remote runners were healthy when it began."""
-        want, timeout = self.run_config.ppo.batch_size, self.run_config.resources.sample_timeout_s
+        """``ppo.batch_size`` completions of the prompt order's next prompts, whatever
+        runners were lost or hung: the healthy ones sample the missing share while RLlib
+        restores the others (a runner silent for ``resources.sample_timeout_s`` is
+        restarted); no new completion for that long raises :class:`~rayrm.errors.TimedOut`.
+        Returns the episodes, the runners' metrics and how many remote runners were healthy
+        when it began."""
+        cfg = self.run_config
+        want, timeout = cfg.ppo.batch_size, cfg.resources.sample_timeout_s
+        n = cfg.generation.samples_per_prompt
+        needed = Counter(self.prompt_order.take(want // n))  # prompt row -> groups to sample
+        per_runner = cfg.envs_per_env_runner // n
         group = self.env_runner_group
         episodes: list[Any] = []
         results: list[Any] = []
         progress = time.monotonic()
         healthy: int | None = None
         while True:
-            more, more_results, silent = sample_episodes(group, timeout)
+            rows = list(needed.elements())
+            more, more_results, silent = sample_episodes(
+                group, timeout, lambda ids, rows=rows: deal_prompts(rows, ids, per_runner)
+            )
             restart_env_runners(group, silent)  # hung: Ray restarts the process
+            more = take_planned(more, needed)
             if more:
                 episodes, results = episodes + more, results + more_results
                 progress = time.monotonic()
             if healthy is None:  # what this iteration started with (published)
                 healthy = group.num_healthy_remote_workers()
-            if len(episodes) >= want:
-                return episodes[:want], results, healthy
+            if not needed:
+                return episodes, results, healthy
             if timeout is not None and time.monotonic() - progress > timeout:
                 raise TimedOut(
                     f"sampling gave {len(episodes)} of ppo.batch_size={want} completions and "
@@ -556,6 +510,14 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         stats[M.KL_COEF] = kl_coef
         return stats
 
+    def step(self) -> dict[str, Any]:
+        """One Tune step; ``done`` once the run's planned iterations (``run.num_epochs``'s
+        passes, or ``run.num_iterations``) are trained, so sweeps of any batch size stop."""
+        result: dict[str, Any] = super().step()
+        if self.iteration + 1 >= self.planned_iterations:
+            result["done"] = True
+        return result
+
     # ------------------------------------------------------------------ state
     def get_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         state = super().get_state(*args, **kwargs)
@@ -563,6 +525,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             "kl_ctl": self.kl_ctl.get_state(),
             "reward_moments": self.rewards.moments.get_state(),
             "config_kl_coef": self.run_config.ppo.kl_coef,
+            "prompt_order": self.trained_prompts,
         }
         return state
 
@@ -571,6 +534,10 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         if RAYRM_STATE in state:
             saved = state[RAYRM_STATE]
             self.rewards.moments.set_state(saved["reward_moments"])
+            if "prompt_order" in saved:  # the pass goes on from the last trained batch
+                self.prompt_order.set_state(saved["prompt_order"])
+                self.trained_prompts = self.prompt_order.get_state()
+                self.next_rollout = None  # sampled ahead from prompts now taken again
             # The adaptive β travels with the checkpoint, unless this trial's config changed
             # the coefficient (PBT's explore step): then the new value is the perturbed β.
             kl_coef = self.run_config.ppo.kl_coef

@@ -13,10 +13,9 @@ first info (``GROUP``), so a group is always sampled by one runner and the learn
 Every first info also carries the version of the weights that sampled it (``WEIGHTS_VERSION``:
 the learner updates they had seen), from which the algorithm measures the policy lag.
 
-Episodes are stored compactly: each observation keeps only the row's ``length`` (the env's
-padded ``input_ids`` would make a completion cost O(T·L)); the prompt's token ids go once into
-the first info (``PROMPT_IDS``) and the completion's tokens are the actions, so a completion
-costs O(P + T). The learner connector rebuilds the env's rows from them (:func:`token_rows`).
+Episodes are stored compactly (the format: ``rayrm.rl.episodes``): each observation keeps only
+the row's ``length``; the prompt's token ids go once into the first info (``PROMPT_IDS``) and
+the completion's tokens are the actions, so a completion costs O(P + T), not O(T·L).
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 import envs  # noqa: F401  (registers rayrm/TextGeneration-v0 in this process)
 from rayrm.models.decoding import decode_batch, left_pad
 from rayrm.ray_init import use_reserved_cpus
+from rayrm.rl.episodes import GROUP, PROMPT_IDS, WEIGHTS_VERSION
 from rayrm.rl.module import LMPolicyModule
 from rayrm.rl.rllib_compat import (
     SampleHook,
@@ -47,23 +47,7 @@ from rayrm.rl.rllib_compat import (
     weights_seq_no,
 )
 
-__all__ = [
-    "GROUP",
-    "PROMPT_IDS",
-    "WEIGHTS_VERSION",
-    "RLHFEnvRunner",
-    "left_pad",
-    "sync_weights",
-    "token_rows",
-]
-
-GROUP = "group"
-"""Key of an episode's first info: the id its group of samples of one prompt shares."""
-WEIGHTS_VERSION = "weights_version"
-"""Key of an episode's first info: the learner updates the sampling weights had seen."""
-PROMPT_IDS = "prompt_ids"
-"""Key of an episode's first info: the prompt's token ids (int64); the completion's follow as
-the episode's actions."""
+__all__ = ["RLHFEnvRunner", "left_pad", "sync_weights"]
 
 
 def sync_weights(env_runner_group: Any, learner_group: Any) -> None:
@@ -86,38 +70,6 @@ def sync_weights(env_runner_group: Any, learner_group: Any) -> None:
     runner.set_state({k: state[k] for k in (COMPONENT_RL_MODULE, WEIGHTS_SEQ_NO) if k in state})
 
 
-def token_rows(
-    prompts: list[np.ndarray], actions: torch.Tensor, lens: list[int]
-) -> dict[str, torch.Tensor]:
-    """The env's observation rows of compactly stored completions (see module docstring).
-
-    Args:
-        prompts: each completion's prompt token ids, (P_k,).
-        actions: every row's action, completions one after the other, (N,) with N = sum(lens).
-        lens: each completion's number of steps T_k.
-
-    Returns:
-        ``input_ids`` (N, W), row t of completion k holding its prompt and first t actions and
-        zeros after them, W the longest row; ``length`` (N, 1), that row's length P_k + t.
-    """
-    device = actions.device
-    steps = torch.tensor(lens, device=device)
-    plen = torch.tensor([len(p) for p in prompts], device=device)  # (G,)
-    seq = torch.repeat_interleave(torch.arange(len(lens), device=device), steps)  # (N,)
-    start = torch.cumsum(steps, 0) - steps  # (G,) each completion's first row
-    t = torch.arange(len(seq), device=device) - start[seq]  # (N,) step within the completion
-    length = plen[seq] + t  # (N,)
-    width = int(length.max()) if len(seq) else 0
-    full = torch.zeros(len(lens), width + 1, dtype=torch.int64, device=device)  # (G, W + 1)
-    for k, prompt in enumerate(prompts):
-        # A copy: prompts deserialized from the object store are read-only arrays.
-        full[k, : len(prompt)] = torch.tensor(prompt, dtype=torch.int64, device=device)
-    full[seq, length] = actions.long()  # the action of row t sits at position P_k + t
-    cols = torch.arange(width, device=device)
-    ids = full[seq, :width].masked_fill(cols[None, :] >= length[:, None], 0)  # (N, W)
-    return {"input_ids": ids, "length": length[:, None]}
-
-
 class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
     """Samples one complete completion per env per ``sample()`` call (see module docstring)."""
 
@@ -129,6 +81,16 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
         self._generator: torch.Generator | None = None  # made on the module's device
         rayrm = getattr(config, "rayrm", None) or {}
         self.samples_per_prompt = int(rayrm.get("generation", {}).get("samples_per_prompt", 1))
+        self._prompt_plan: list[int] | None = None
+
+    def plan_prompts(self, rows: list[int] | None) -> None:
+        """The prompt rows the next ``sample()`` takes, one per group of
+        ``samples_per_prompt`` envs (the algorithm deals each iteration's prompts, see
+        ``rayrm.rl.prompt_order``); None: each group's env draws one at random."""
+        groups = len(self.sub_envs) // self.samples_per_prompt
+        if rows is not None and len(rows) != groups:
+            raise ValueError(f"{len(rows)} prompts planned for {groups} groups of envs")
+        self._prompt_plan = None if rows is None else list(rows)
 
     @property
     def sub_envs(self) -> list[Any]:
@@ -148,7 +110,8 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
 
         Args:
             explore: sample from the policy (True) or take greedy tokens (False).
-            options: optional per-env reset options (e.g. ``{"prompt": "..."}``).
+            options: optional per-env reset options (e.g. ``{"prompt": "..."}``); without
+                them the planned prompts (:meth:`plan_prompts`), else random ones.
 
         Returns:
             One finished ``SingleAgentEpisode`` per env, in env order.
@@ -161,6 +124,9 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
         episodes: list[SingleAgentEpisode] = []
         prompts: list[np.ndarray] = []
         n = 1 if options else self.samples_per_prompt
+        plan, self._prompt_plan = (
+            (None, self._prompt_plan) if options else (self._prompt_plan, None)
+        )
         group: dict[str, Any] = {}
         version = weights_seq_no(self)
         space = compact_space(self.env.single_observation_space)
@@ -169,6 +135,8 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
             option = options[i] if options else None
             if i % n:  # a later sample of the block's prompt
                 option = {"prompt_index": group["prompt_index"]}
+            elif plan is not None:
+                option = {"prompt_index": plan[i // n]}
             obs, info = env.reset(seed=None if seed is None else seed * 1000 + i, options=option)
             if n > 1:
                 if i % n == 0:

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from envs.prompts import load_prompt_rows
 from envs.tokenization import Prompt, PromptCodec
 from rayrm import metrics as M
 from rayrm.config import RunConfig
 from rayrm.models.decoding import sample_sequences
 from rayrm.rewards import Scorer, resolve_function
+from rayrm.rl.prompt_order import held_out_prompts
 
 __all__ = ["HeldOutEvaluation", "sample_texts"]
 
@@ -51,22 +51,15 @@ def sample_texts(
 
 
 class HeldOutEvaluation:
-    """The held-out prompts (``eval.prompts``, default ``data.prompts``), their references and
-    the gold scorer of a run."""
+    """The held-out prompts (``eval.prompts``, or the held-out rows of ``data.prompts``:
+    ``rayrm.rl.prompt_order``), their references and the gold scorer of a run."""
 
     def __init__(self, cfg: RunConfig, codec: PromptCodec) -> None:
-        e, data = cfg.eval, cfg.data
-        prompts, refs = load_prompt_rows(
-            e.prompts or data.prompts,
-            data.prompt_column,
-            data.reference_column,
-            data.messages_column,
-        )
         self.cfg = cfg
         self.codec = codec
-        self.prompts = prompts[: e.num_prompts]
-        self.references = None if refs is None else refs[: e.num_prompts]
-        self.gold_fn = resolve_function(e.gold_function) if e.gold_function else None
+        self.prompts, self.references = held_out_prompts(cfg, references=True)
+        gold = cfg.eval.gold_function
+        self.gold_fn = resolve_function(gold) if gold else None
 
     def due(self, iteration: int) -> bool:
         """Whether to evaluate before this iteration's update (every ``eval.every``)."""

@@ -27,6 +27,7 @@ from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import (
     aggregate_tokens,
     kl_estimate,
+    masked_mean,
     ppo_policy_loss,
     token_advantages,
     value_loss,
@@ -34,7 +35,7 @@ from rayrm.core_algos import (
 )
 from rayrm.models.precision import MasterWeightAdam
 from rayrm.ray_init import ThreadLoan, use_reserved_cpus
-from rayrm.rl.env_runner import GROUP, PROMPT_IDS, token_rows
+from rayrm.rl.episodes import GROUP, PROMPT_IDS, content_key, row_slices, seq_ids, token_rows
 from rayrm.rl.module import ENTROPY, LOGP, REF_LOGP, SEQ_ID, VF_PREDS
 from rayrm.rl.rllib_compat import MinibatchHook, learner_connector, weights_seq_no
 
@@ -81,7 +82,7 @@ class RLHFAdvantages(ConnectorV2):
     Runs once per update on the whole (per-learner) batch, after RLlib has turned episodes into
     token rows. Rows of episode ``k`` are contiguous and in episode order, so each completion is
     a slice of the batch. Rebuilds the observations the episodes store compactly (the rows'
-    ``input_ids``, see ``rayrm.rl.env_runner``) and adds the columns ``seq_id``, ``vf_preds``
+    ``input_ids``, see ``rayrm.rl.episodes``) and adds the columns ``seq_id``, ``vf_preds``
     (sampling-time values, for value clipping), ``advantages`` (whitened over the whole batch,
     every learner's shard, :func:`whiten_across_learners`) and
     ``value_targets``.
@@ -126,7 +127,7 @@ class RLHFAdvantages(ConnectorV2):
             mine = [e for e in episodes if e.module_id in (None, module_id)]
             lens = [len(e) for e in mine]
             device = module_batch[Columns.ACTIONS].device
-            module_batch[SEQ_ID] = _seq_ids(lens, device)
+            module_batch[SEQ_ID] = seq_ids(lens, device)
             module_batch[Columns.OBS] = _rebuilt_rows(mine, module_batch, lens)
             out = self._learner.take_precomputed(mine, device)  # done while they were scored
             if out is None:
@@ -140,12 +141,14 @@ class RLHFAdvantages(ConnectorV2):
                 module_batch[Columns.ACTION_LOGP] = out[LOGP].to(device)
             logp = _np(module_batch[Columns.ACTION_LOGP])
             env_rewards = _np(module_batch[Columns.REWARDS])
-            slices = list(_slices(lens))
+            slices = list(row_slices(lens))
             advs, rets = token_advantages(
                 estimator=ppo.advantage_estimator,
                 rewards=[env_rewards[sl] for sl in slices],
                 kls=[
-                    kl_estimate(logp=logp[sl], ref_logp=ref_logp[sl], kind=ppo.kl_estimator)
+                    kl_estimate(
+                        logp=logp[sl], ref_logp=ref_logp[sl], kind=ppo.resolved_kl_estimator
+                    )
                     for sl in slices
                 ],
                 kl_coef=kl_coef if ppo.kl_mode == "reward" else 0.0,  # else a loss term
@@ -196,22 +199,11 @@ def score_alongside(
         pool.shutdown(wait=False)  # an interrupted wait (the watchdog) does not wait again
 
 
-def _seq_ids(lens: list[int], device: Any) -> torch.Tensor:
-    """(N,) each row's completion index, completions one after the other."""
-    return torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens)).to(device)
-
-
-def _content(episode: Any) -> tuple[bytes, bytes]:
-    """A completion's prompt ids and tokens, as bytes (what its forwards depend on)."""
-    prompt = np.asarray(episode.get_infos(0)[PROMPT_IDS], np.int64)
-    return prompt.tobytes(), np.asarray(episode.get_actions(), np.int64).tobytes()
-
-
 def _rebuilt_rows(
     episodes: list[Any], module_batch: dict[str, Any], lens: list[int]
 ) -> dict[str, torch.Tensor]:
     """The env's observation rows, rebuilt from the compactly stored episodes
-    (``rayrm.rl.env_runner``): prompts from the first infos, tokens from the actions."""
+    (``rayrm.rl.episodes``): prompts from the first infos, tokens from the actions."""
     rows = token_rows(
         [e.get_infos(0)[PROMPT_IDS] for e in episodes], module_batch[Columns.ACTIONS], lens
     )
@@ -223,13 +215,6 @@ def _rebuilt_rows(
 
 def _np(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _slices(lens: list[int]) -> Iterator[slice]:
-    start = 0
-    for n in lens:
-        yield slice(start, start + n)
-        start += n
 
 
 class CompletionMinibatches:
@@ -316,15 +301,15 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
                 [e.get_infos(0)[PROMPT_IDS] for e in episodes], actions_t, lens
             ),
             Columns.ACTIONS: actions_t,
-            SEQ_ID: _seq_ids(lens, device),
+            SEQ_ID: seq_ids(lens, device),
         }
         with torch.no_grad():
             out = module.rollout_outputs(
                 batch, logp=self.run_config.recompute_logp, values=self.run_config.ppo.uses_critic
             )
         self.precomputed = {
-            _content(e): {key: value[sl] for key, value in out.items()}
-            for e, sl in zip(episodes, _slices(lens), strict=True)
+            content_key(e): {key: value[sl] for key, value in out.items()}
+            for e, sl in zip(episodes, row_slices(lens), strict=True)
         }
 
     def take_precomputed(self, episodes: list[Any], device: Any) -> dict[str, Any] | None:
@@ -335,7 +320,7 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
         precomputed, self.precomputed = self.precomputed, None
         if precomputed is None or not episodes:
             return None
-        parts = [precomputed.get(_content(e)) for e in episodes]
+        parts = [precomputed.get(content_key(e)) for e in episodes]
         if any(p is None for p in parts):
             return None
         return {key: torch.cat([p[key] for p in parts]).to(device) for key in parts[0]}
@@ -449,13 +434,18 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
             clip_ratio_high=ppo.clip_ratio_high,
             aggregate=aggregate,
         )
-        entropy = aggregate(fwd_out[ENTROPY])
         # Without a bonus the entropy is a metric only: no gradient through it (the head's
-        # backward then skips its vocabulary-sized terms).
-        total = pg_loss - ppo.entropy_coef * entropy if ppo.entropy_coef else pg_loss
+        # backward then skips its vocabulary-sized terms). Metrics are per-token means
+        # whatever the loss aggregation (under seq_mean_token_sum_norm the aggregate is
+        # a sum over max_new_tokens, not a mean).
+        total = (
+            pg_loss - ppo.entropy_coef * aggregate(fwd_out[ENTROPY])
+            if ppo.entropy_coef
+            else pg_loss
+        )
         logged = {
             M.POLICY_LOSS: pg_loss.detach(),
-            M.ENTROPY: entropy.detach(),
+            M.ENTROPY: masked_mean(fwd_out[ENTROPY].detach(), mask),
             M.CLIP_FRACTION: stats["clip_fraction"],
             M.APPROX_KL: stats["approx_kl"],
         }
@@ -465,7 +455,7 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
                 old_values=batch[VF_PREDS],
                 returns=batch[VALUE_TARGETS],
                 value_clip=ppo.value_clip,
-                mask=mask,
+                aggregate=aggregate,
             )
             total = total + ppo.vf_coef * vf_loss
             logged[M.VF_LOSS] = vf_loss.detach()
@@ -473,10 +463,10 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
                 batch[VALUE_TARGETS], fwd_out[VF_PREDS].detach()
             )
         if ppo.kl_mode == "loss":  # GRPO's KL term (Shao et al. 2024, eq. 3)
-            kl = aggregate(
-                kl_estimate(logp=fwd_out[LOGP], ref_logp=batch[REF_LOGP], kind=ppo.kl_estimator)
-            )
-            total = total + self.kl_coef * kl
-            logged[M.KL_LOSS] = kl.detach()
+            kl_tokens = kl_estimate(
+                logp=fwd_out[LOGP], ref_logp=batch[REF_LOGP], kind=ppo.resolved_kl_estimator
+            )  # (N,)
+            total = total + self.kl_coef * aggregate(kl_tokens)
+            logged[M.KL_LOSS] = masked_mean(kl_tokens.detach(), mask)
         self.metrics.log_dict(logged, key=module_id, window=1)
         return total

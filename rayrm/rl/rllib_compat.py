@@ -200,24 +200,44 @@ def record_sampled(env_runner: Any, num_steps: int, num_episodes: int) -> None:
 
 
 def sample_episodes(
-    env_runner_group: Any, timeout_s: float | None = None
+    env_runner_group: Any,
+    timeout_s: float | None = None,
+    plan: Callable[[list[int]], dict[int, Any]] | None = None,
 ) -> tuple[list[Any], list[Any], list[int]]:
     """Every healthy runner's ``sample()`` in parallel: ``(episodes, metrics, silent)``.
 
-    ``silent`` are the ids of the runners that did not answer within ``timeout_s`` (hung:
-    RLlib would leave them in and wait on them again next time); runners whose process died
-    are marked unhealthy by RLlib as usual. Without remote runners the local one samples.
+    ``plan(ids)``, given the ids of the runners about to sample (0: the local runner), gives
+    each its prompts, handed to its ``plan_prompts`` in the same remote call, before
+    ``sample()``. ``silent`` are the ids of the runners that did not answer within
+    ``timeout_s`` (hung: RLlib would leave them in and wait on them again next time);
+    runners whose process died are marked unhealthy by RLlib as usual. Without remote
+    runners the local one samples.
     """
     from ray.rllib.utils.actor_manager import FaultTolerantActorManager
 
     group = env_runner_group
     if group.num_remote_env_runners() == 0:
         local = group.local_env_runner
+        if plan is not None:
+            local.plan_prompts(plan([0])[0])
         return list(local.sample()), [local.get_metrics()], []
     manager = group._worker_manager
     asked = manager.healthy_actor_ids()
+    if not asked:  # every runner lost (RLlib restores them): nothing to ask
+        return [], [], []
+    plans = plan(asked) if plan is not None else dict.fromkeys(asked)
+
+    def sampler(rows: Any) -> Callable[[Any], Any]:
+        def run(runner: Any) -> Any:
+            if rows is not None:
+                runner.plan_prompts(rows)
+            return runner.sample(), runner.get_metrics()
+
+        return run
+
     results = manager.foreach_actor(
-        lambda runner: (runner.sample(), runner.get_metrics()),
+        [sampler(plans[i]) for i in asked],
+        remote_actor_ids=asked,
         healthy_only=True,
         timeout_seconds=timeout_s,
     )
