@@ -150,6 +150,11 @@ def test_lora_in_bfloat16_with_a_separate_critic(ray_local, archs, prompts_file,
 
 
 def test_lora_ppo_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, tmp_path):
+    """Adapters alone on this 2-layer random model learn the vowel reward about a third as fast
+    as full fine-tuning: over 30 iterations the 5-iteration mean gained 0.05-0.10 for seeds 0-2
+    (measured 2026-12-07, lr 3e-3 and 1e-2 alike; seed 0: 0.09), while one iteration's reward
+    spreads by about 0.02 near the end (a 5-iteration mean's by about 0.01); the margin is
+    0.05."""
     cfg = make_config(
         tiny_policy_dir,
         prompts_file,
@@ -158,7 +163,7 @@ def test_lora_ppo_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, t
         ppo={"batch_size": 32, "lr": 3e-3},
         run={"num_iterations": 30, "checkpoint_every": 30},
     )
-    assert_reward_rises(train_in_process(cfg, 30))
+    assert_reward_rises(train_in_process(cfg, 30), margin=0.05)
 
 
 def test_lora_sft_and_reward_model_stages(ray_local, archs, tmp_path):

@@ -106,10 +106,14 @@ def test_whole_loop_on_each_architecture(ray_local, archs, prompts_file, tmp_pat
             ids = obs["input_ids"][: int(obs["length"][0])].tolist()
             assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
         results = [algo.train() for _ in range(2)]
+        # Before any update the policy is its reference, and the sampler's log-probs (KV-cached
+        # decoding) are the learner's (a full forward): the first batch's KL is zero.
+        assert abs(results[0][M.RLHF_RESULTS][M.KL_TOKEN]) < 1e-3
+        assert results[1][M.RLHF_RESULTS][M.KL_TOKEN] != 0.0  # the update moved the policy
         for r in results:
             rlhf = r[M.RLHF_RESULTS]
             assert rlhf[M.ROLLOUT_COMPLETIONS] == 8
-            assert np.isfinite(rlhf[M.LOSS_POLICY])
+            assert np.isfinite(rlhf[M.LOSS_POLICY]) and rlhf[M.LOSS_GRAD_NORM] > 0
             if estimator == "gae":
                 assert np.isfinite(rlhf[M.LOSS_VALUE])
             else:  # no critic; 4 groups of 2

@@ -88,6 +88,8 @@ def test_pbt_sweep_runs(ray_local, tiny_policy_dir, prompts_file, tmp_path):
         num_samples=2,
     )
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"num_iterations": 5})})
+    # A peer's exploit restores a checkpoint of up to one interval ago: 2 / 1 + 2 are kept.
+    assert param_space(cfg)["rayrm"]["run"]["keep_checkpoints"] == 4
     _, results = run_tune(cfg)
     assert not results.errors
     assert [r.metrics["training_iteration"] for r in results] == [5, 5]

@@ -315,7 +315,9 @@ class RunSettings(TrackingSettings):
             reward function that raises, a prompt the tokenizer cannot take) end the run at
             once: a restart would fail the same way.
         keep_checkpoints: Newest checkpoints kept per trial; older ones are deleted, except
-            the best by ``tune.metric`` (``tune.mode``). None keeps every checkpoint.
+            the best by ``tune.metric`` (``tune.mode``). None keeps every checkpoint. A PBT
+            sweep keeps at least those of one perturbation interval plus two, which a peer's
+            exploit step may still restore.
         pending_timeout_s: Seconds to wait for the cluster to be able to hold a trial's
             resources (an autoscaling cluster adds nodes) before the run ends with what was
             asked and what the cluster has.

@@ -61,10 +61,27 @@ def shared_pool_name(cfg: RunConfig) -> str | None:
     return f"rayrm-reward-{cfg.name}" if cfg.reward.shared_in_sweeps else None
 
 
+def pbt_checkpoints_to_keep(cfg: RunConfig) -> int | None:
+    """``run.keep_checkpoints`` of a PBT trial: at least the checkpoints a trial writes in one
+    perturbation interval, plus two (PBT's own save at the perturbation point, and the end).
+
+    PBT's exploit step restores a peer's checkpoint saved at that peer's latest perturbation
+    point; the peer goes on saving until its next one. Pruned sooner, that checkpoint is gone
+    when a slower trial exploits it, and the trial fails ("does not exist on storage")."""
+    keep = cfg.run.keep_checkpoints
+    if keep is None:
+        return None
+    window = math.ceil(cfg.tune.perturbation_interval / cfg.run.checkpoint_every) + 2
+    return max(keep, window)
+
+
 def param_space(cfg: RunConfig) -> dict[str, Any]:
-    """``{"rayrm": run config}`` with each searched key replaced by its Tune sampler."""
+    """``{"rayrm": run config}`` with each searched key replaced by its Tune sampler (and,
+    under PBT, enough checkpoints kept for its exploit step: :func:`pbt_checkpoints_to_keep`)."""
     base = copy.deepcopy(cfg.to_dict())
     base["reward"]["pool_name"] = shared_pool_name(cfg)
+    if cfg.tune.scheduler == "pbt":
+        base["run"]["keep_checkpoints"] = pbt_checkpoints_to_keep(cfg)
     for key, spec in cfg.tune.search_space.items():
         ((kind, args),) = spec.items()
         _set(base, key, _sampler(kind, args))
