@@ -360,6 +360,17 @@ def test_override_creates_missing_section(workdir: Path) -> None:
     assert cfg.resources.num_env_runners == 2 and cfg.envs_per_env_runner == 8
 
 
+def test_dotted_override_creates_an_optional_section_with_its_defaults(workdir: Path) -> None:
+    path = write_yaml(workdir / "run.yaml", minimal())
+    cfg = load_config(path, ["model.lora.r=8"])
+    assert cfg.model.lora is not None and cfg.model.lora.r == 8
+    assert cfg.model.lora.alpha == 16.0  # the section's default
+    cfg = load_config(path, ["model.lora.r=8", "model.lora.alpha=4"])
+    assert (cfg.model.lora.r, cfg.model.lora.alpha) == (8, 4.0)
+    with pytest.raises(ConfigError, match=r"unknown key model\.lora\.rank .*valid keys: r, alpha"):
+        load_config(path, ["model.lora.rank=8"])
+
+
 def test_override_with_new_path_is_resolved_and_checked(workdir: Path) -> None:
     path = write_yaml(workdir / "run.yaml", minimal())
     with pytest.raises(ConfigError, match=r"model\.path '.*elsewhere' does not exist"):

@@ -29,6 +29,7 @@ __all__ = [
     "Section",
     "build",
     "join",
+    "optional_section_type",
     "section_fields",
     "unknown_key",
 ]
@@ -77,6 +78,14 @@ def section_fields(cls: type[BaseModel]) -> dict[str, FieldInfo]:
 def section_type(annotation: Any) -> type[Section] | None:
     """The :class:`Section` class a field holds (directly), or None for a value field."""
     return annotation if isinstance(annotation, type) and issubclass(annotation, Section) else None
+
+
+def optional_section_type(annotation: Any) -> type[Section] | None:
+    """The :class:`Section` class of an optional section (``LoraSettings | None``), or None."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if type(None) in typing.get_args(annotation) and len(args) == 1:
+        return section_type(args[0])
+    return None
 
 
 def unknown_key(key: str, name: str, valid: Sequence[str], where: str = "") -> ConfigError:

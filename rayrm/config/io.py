@@ -18,7 +18,15 @@ from typing import Any, TypeVar
 
 import yaml
 
-from rayrm.config.base import ConfigError, Section, build, section_fields, section_type, unknown_key
+from rayrm.config.base import (
+    ConfigError,
+    Section,
+    build,
+    optional_section_type,
+    section_fields,
+    section_type,
+    unknown_key,
+)
 from rayrm.config.checks import validate_paths
 from rayrm.config.reward import RewardComponent, RewardConfig
 from rayrm.config.run import RunConfig
@@ -72,7 +80,10 @@ def apply_override(raw: dict[str, Any], override: str, root: type[Section] = Run
         fields = section_fields(cls)
         if name not in fields:
             raise unknown_key(key, name, list(fields), where=f" in override {override!r}")
-        cls = section_type(fields[name].annotation)
+        annotation = fields[name].annotation
+        # An optional section (model.lora) is a section here: a dotted key into it creates it
+        # with its defaults for the keys not given.
+        cls = section_type(annotation) or optional_section_type(annotation)
         if i == len(parts) - 1:
             if cls is not None and isinstance(value, Mapping):
                 value = _merged(node.get(name), value)
