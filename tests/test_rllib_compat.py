@@ -25,6 +25,41 @@ def test_private_member_exists(name, owner, attribute):
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "method", "attribute"),
+    rllib_compat.INSTANCE_HOOKS,
+    ids=[h[0] for h in rllib_compat.INSTANCE_HOOKS],
+)
+def test_private_instance_attribute_is_still_set(name, method, attribute):
+    import re
+
+    assert re.search(rf"self\.{attribute}\b\s*(:[^=]+)?=", inspect.getsource(method())), (
+        f"{name} is no longer set by the installed Ray: update rllib_compat"
+    )
+
+
+def test_every_private_name_the_compat_module_uses_is_listed():
+    """Each ``._private`` attribute the module reads of another object is named in HOOKS,
+    INSTANCE_HOOKS or the module's docstring (its list of private names, some checked on
+    built objects by the other tests here)."""
+    import ast
+    import re
+
+    source = inspect.getsource(rllib_compat)
+    tree = ast.parse(source)
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+    }
+    names = " ".join(h[0] for h in [*rllib_compat.HOOKS, *rllib_compat.INSTANCE_HOOKS])
+    listed = set(re.findall(r"\b_[a-z][a-z_]*", names + " " + (rllib_compat.__doc__ or "")))
+    assert used - listed == set()
+
+
 def test_sample_hook_signature_matches_rllib():
     """RLlib calls ``_sample`` with these keywords; SampleHook must accept them all."""
     from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner

@@ -19,6 +19,9 @@ Private names used (Ray 2.60):
   ``_weights_seq_no`` -- a fresh shuffle seed per update; an env runner's copy, the version
   of the weights it samples with (``ppo.async_rollouts``' lag).
 * ``synchronous_parallel_sample(_uses_new_env_runners=..., _return_metrics=...)``.
+* ``EnvRunnerGroup._worker_manager`` (its ``FaultTolerantActorManager``, whose ``_actors``
+  maps ids to runner actors) and ``_ignore_ray_errors_on_env_runners`` -- sampling each
+  runner with its own prompts, and restarting a hung one.
 * ``ray._private.worker._global_node`` -- whether this process started the local Ray; and Ray
   Train V2's ``TorchTrainer._create_default_callbacks`` with its ``PlacementGroupCleaner``.
 * :data:`MODULE_STATE_FILE` -- where an RLlib algorithm checkpoint keeps the learner's module
@@ -47,6 +50,7 @@ from typing import Any
 
 __all__ = [
     "HOOKS",
+    "INSTANCE_HOOKS",
     "MODULE_STATE_FILE",
     "MinibatchHook",
     "SampleHook",
@@ -88,6 +92,18 @@ def _torch_trainer_cls() -> Any:
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer
+
+
+def _env_runner_group_cls() -> Any:
+    from ray.rllib.env.env_runner_group import EnvRunnerGroup
+
+    return EnvRunnerGroup
+
+
+def _actor_manager_cls() -> Any:
+    from ray.rllib.utils.actor_manager import FaultTolerantActorManager
+
+    return FaultTolerantActorManager
 
 
 def _learner_group_cls() -> Any:
@@ -154,6 +170,18 @@ HOOKS: list[tuple[str, Callable[[], Any], str]] = [
 attributes set in ``__init__``/``build`` (``_seed``, ``_needs_initial_reset``,
 ``_metrics_num_env_steps_sampled``, ``_learner_connector``, ``_weights_seq_no``, a Trainable's
 ``_storage`` and counters) are checked on built objects by the tests."""
+
+INSTANCE_HOOKS: list[tuple[str, Callable[[], Any], str]] = [
+    ("EnvRunnerGroup._worker_manager", lambda: _env_runner_group_cls().__init__, "_worker_manager"),
+    (
+        "EnvRunnerGroup._ignore_ray_errors_on_env_runners",
+        lambda: _env_runner_group_cls().__init__,
+        "_ignore_ray_errors_on_env_runners",
+    ),
+    ("FaultTolerantActorManager._actors", lambda: _actor_manager_cls().__init__, "_actors"),
+]
+"""``(name, the method that sets it, attribute)`` of instance attributes used only on objects
+that need a running Ray to build (checked in the method's source by the tests)."""
 
 
 # ------------------------------------------------------------------------------ env runners
