@@ -29,11 +29,12 @@ resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_
 _WANDB_PREFIX = "rayrm-wandb-"
 _WANDB_VARS = (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
                ("WANDB_DATA_DIR", "data"))  # fmt: skip
+_WANDB_HOME: str | None = None  # made by this process
 if not all(var in os.environ for var, _ in _WANDB_VARS):
     _WANDB_HOME = tempfile.mkdtemp(prefix=_WANDB_PREFIX)
     for _var, _sub in _WANDB_VARS:
         os.environ[_var] = os.path.join(_WANDB_HOME, _sub)
-    atexit.register(shutil.rmtree, _WANDB_HOME, ignore_errors=True)
+    atexit.register(shutil.rmtree, _WANDB_HOME, ignore_errors=True)  # a process not pytest's
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
@@ -80,6 +81,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if _OUTER not in os.environ:  # the outermost run's main process
         os.environ[_OUTER] = "1"
         session.config.stash[_LEFT] = _written_outside_temp()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The W&B folder goes with the test run that made it (its process may end without
+    running atexit handlers: some of Ray's do that)."""
+    if _WANDB_HOME is not None:
+        shutil.rmtree(_WANDB_HOME, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -124,9 +124,10 @@ def test_module_state_file_is_where_rllib_saves_it(
     assert (ckpt / rllib_compat.MODULE_STATE_FILE).is_file()
 
 
-def test_trainable_storage_and_counters(tmp_path, monkeypatch):
+def test_trainable_storage_and_counters(ray_local, tmp_path, monkeypatch):
     """What ``NeverLoseCheckpoints`` reaches in Tune: a Trainable's counters and storage, and the
-    storage context's checkpoint index and trial folder."""
+    storage context's checkpoint index and trial folder. (A StorageContext needs a running Ray:
+    without ``ray_local`` the test passed only after another one had started it.)"""
     monkeypatch.chdir(tmp_path)  # a Trainable with storage changes into its trial folder
     from ray import tune
     from ray.train._internal.storage import StorageContext

@@ -28,9 +28,10 @@ from envs.prompts import load_prompt_rows
 from envs.tokenization import Prompt, PromptCodec
 from rayrm.config import ConfigError, RunConfig
 from rayrm.models.hf_files import read_json
-from rayrm.models.loading import load_tokenizer, prompt_codec
+from rayrm.models.loading import load_tokenizer
 from rayrm.rewards.base import RewardSourceError, call_scorer, check_scores
 from rayrm.rewards.functions import RewardFunctionActor
+from rayrm.rl.codec import run_codec
 from rayrm.rl.prompt_order import training_rows
 from rayrm.tracking import check_tracking
 
@@ -52,7 +53,7 @@ def preflight(cfg: RunConfig) -> str:
             "model.lora needs the peft package, which is not installed: pip install 'rayrm[lora]'",
             key="model.lora",
         )
-    codec = prompt_codec(cfg, load_tokenizer(cfg.model.resolved_tokenizer_path))
+    codec = run_codec(cfg, load_tokenizer(cfg.model.resolved_tokenizer_path))
     prompts, references = _prompts(cfg, "data.prompts", cfg.data.prompts)
     summary = _encode_summary(cfg, codec, prompts)
     held = len(prompts) - len(training_rows(cfg, len(prompts)))  # none left: ConfigError

@@ -12,10 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from envs.tokenization import PromptCodec
-from rayrm.config import RunConfig
 from rayrm.models.fused import fuse_activations
-from rayrm.models.hf_files import stop_token_ids_of
 
 __all__ = [
     "load_critic",
@@ -24,8 +21,6 @@ __all__ = [
     "load_causal_lm",
     "load_tokenizer",
     "load_trunk",
-    "prompt_codec",
-    "stop_token_ids",
     "zero_dropout",
 ]
 
@@ -112,22 +107,3 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(os.fspath(path))
-
-
-def stop_token_ids(cfg: RunConfig) -> list[int]:
-    """Ids that end a completion of a run: every EOS id the model declares (its
-    ``generation_config.json`` and ``config.json``) plus ``generation.stop_token_ids``. (The
-    codec adds the tokenizer's own EOS.)"""
-    ids = [*stop_token_ids_of(cfg.model.path), *cfg.generation.stop_token_ids]
-    return list(dict.fromkeys(ids))
-
-
-def prompt_codec(cfg: RunConfig, tokenizer: Any) -> PromptCodec:
-    """The run's prompt codec, as its environments build it, around a loaded tokenizer."""
-    return PromptCodec(
-        tokenizer,
-        max_prompt_tokens=cfg.data.max_prompt_tokens,
-        chat_template=cfg.data.chat_template,
-        stop_token_ids=stop_token_ids(cfg),
-        stop_strings=cfg.generation.stop_strings,
-    )

@@ -42,12 +42,13 @@ from rayrm import metrics as M
 from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import AdaptiveKLController, FixedKLController
 from rayrm.errors import TimedOut
-from rayrm.models.loading import load_tokenizer, prompt_codec, stop_token_ids
+from rayrm.models.loading import load_tokenizer
 from rayrm.ray_init import ThreadLoan, use_reserved_cpus
 from rayrm.rewards import pool_from_config
 from rayrm.rewards.base import RewardSourceError, ScoredBatch
 from rayrm.rewards.shaping import RewardPipeline, describe_reward
 from rayrm.rl.checkpoint import RAYRM_STATE, NeverLoseCheckpoints, write_rayrm_files
+from rayrm.rl.codec import run_codec, run_stop_token_ids
 from rayrm.rl.env_runner import RLHFEnvRunner, sync_weights
 from rayrm.rl.episodes import (
     WEIGHTS_VERSION,
@@ -117,7 +118,7 @@ class RLHFConfig(PPOConfig):
                 "reward_fn": None,  # deferred: the RewardPool scores in batches
                 "max_prompt_tokens": cfg.data.max_prompt_tokens,
                 "max_new_tokens": cfg.generation.max_new_tokens,
-                "stop_token_ids": stop_token_ids(cfg),
+                "stop_token_ids": run_stop_token_ids(cfg),
                 "stop_strings": list(cfg.generation.stop_strings),
                 "vocab_size": vocab_size,
             },
@@ -241,7 +242,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         )
         self.rollout_node_ids: list[str] = []
         self.tokenizer = load_tokenizer(cfg.model.resolved_tokenizer_path)
-        self.held_out = HeldOutEvaluation(cfg, prompt_codec(cfg, self.tokenizer))
+        self.held_out = HeldOutEvaluation(cfg, run_codec(cfg, self.tokenizer))
         rows = training_rows(cfg)  # shuffled passes over them (rayrm.rl.prompt_order)
         self.prompt_order = PromptOrder(rows, cfg.seed)
         self.planned_iterations = planned_iterations(cfg, len(rows))

@@ -26,10 +26,10 @@ import torch
 from envs.tokenization import PromptCodec
 from rayrm.config import ConfigError, RunConfig, load_config
 from rayrm.models.decoding import sample_completions
-from rayrm.models.hf_files import stop_token_ids_of
 from rayrm.models.loading import DTYPES, load_causal_lm
 from rayrm.models.lora import peft_model
 from rayrm.rl import rllib_compat as compat
+from rayrm.rl.codec import run_codec
 from rayrm.rl.rllib_compat import MODULE_STATE_FILE
 
 RESOLVED_CONFIG_FILE = "rayrm_config.yaml"
@@ -259,13 +259,8 @@ def checkpoint_codec(
     ckpt: Path, cfg: RunConfig, tokenizer: Any, *, max_prompt_tokens: int | None = None
 ) -> PromptCodec:
     """The run's prompt codec, its stop ids read from the checkpoint (no model.path needed)."""
-    declared = stop_token_ids_of(ckpt / HF_CONFIG_DIR)
-    return PromptCodec(
-        tokenizer,
-        max_prompt_tokens=max_prompt_tokens or cfg.data.max_prompt_tokens,
-        chat_template=cfg.data.chat_template,
-        stop_token_ids=[*declared, *cfg.generation.stop_token_ids],
-        stop_strings=cfg.generation.stop_strings,
+    return run_codec(
+        cfg, tokenizer, model_dir=ckpt / HF_CONFIG_DIR, max_prompt_tokens=max_prompt_tokens
     )
 
 
