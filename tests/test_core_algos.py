@@ -746,3 +746,54 @@ def test_reinforce_pp_discounts_with_gamma():
         estimator="reinforce_pp", rewards=[r], kls=[np.zeros(3)], kl_coef=0.0, gamma=0.5
     )
     np.testing.assert_allclose(ret[0], [0.25, 0.3, 1.0], rtol=1e-6)
+
+
+# --- registries ----------------------------------------------------------------------------
+
+
+def test_config_names_are_the_registered_estimators_and_aggregations():
+    """``ppo.advantage_estimator`` and ``ppo.loss_aggregation`` accept exactly the names
+    registered in core_algos (the config stays torch-free, so it lists them itself)."""
+    import typing
+
+    from rayrm.config import PPOConfig
+    from rayrm.core_algos import AGGREGATIONS, ESTIMATOR_FUNCTIONS
+
+    fields = PPOConfig.model_fields
+    assert set(typing.get_args(fields["advantage_estimator"].annotation)) == set(
+        ESTIMATOR_FUNCTIONS
+    )
+    assert set(typing.get_args(fields["loss_aggregation"].annotation)) == set(AGGREGATIONS)
+
+
+def test_a_registered_estimator_and_aggregation_are_used_by_name():
+    from rayrm.core_algos import (
+        AGGREGATIONS,
+        ESTIMATOR_FUNCTIONS,
+        register_aggregation,
+        register_estimator,
+    )
+
+    @register_estimator("last_token_score")
+    def last_token_score(x):  # the raw score on every token, no baseline
+        out = [np.full(len(r), float(r[-1]), dtype=np.float32) for r in x.rewards]
+        return out, out
+
+    @register_aggregation("token_max")
+    def token_max(values, *, mask, seq_id, norm):
+        return values.max()
+
+    try:
+        adv, _ = token_advantages(
+            estimator="last_token_score",
+            rewards=[np.array([0.0, 2.0]), np.array([3.0])],
+            kls=[np.zeros(2), np.zeros(1)],
+            kl_coef=0.0,
+        )
+        np.testing.assert_array_equal(np.concatenate(adv), [2.0, 2.0, 3.0])
+        got = aggregate_tokens(torch.tensor([1.0, 5.0, 2.0]), mode="token_max")
+        assert got.item() == 5.0
+        with pytest.raises(ValueError, match="estimator must be one of"):
+            token_advantages(estimator="nope", rewards=[], kls=[], kl_coef=0.0)
+    finally:
+        del ESTIMATOR_FUNCTIONS["last_token_score"], AGGREGATIONS["token_max"]

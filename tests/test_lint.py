@@ -24,7 +24,7 @@ def test_mypy_strict_modules():
             sys.executable,
             "-m",
             "mypy",
-            "rayrm/core_algos.py",
+            "rayrm/core_algos",
             "rayrm/config",
             "rayrm/metrics.py",
         ],
