@@ -567,7 +567,7 @@ def _whiten_in_group(rank: int, shards: list[np.ndarray], address: str, out: dic
     """One data-parallel learner: whitens its shard with the group's moments."""
     import torch.distributed as dist
 
-    from rayrm.rl.learner import whiten_across_learners
+    from rayrm.rl.connectors.advantages import whiten_across_learners
 
     dist.init_process_group("gloo", init_method=address, rank=rank, world_size=len(shards))
     try:

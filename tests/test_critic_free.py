@@ -184,7 +184,7 @@ def test_learner_kl_loss_term_and_per_token_metrics(
     from ray.rllib.core import DEFAULT_MODULE_ID
     from ray.rllib.core.columns import Columns
 
-    from rayrm.rl.learner import ADVANTAGES
+    from rayrm.rl.connectors.advantages import ADVANTAGES
     from rayrm.rl.module import ENTROPY, LOGP, REF_LOGP, SEQ_ID
 
     cfg = make_config(

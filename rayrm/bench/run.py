@@ -221,7 +221,7 @@ def phase_flops(
         num_epochs=spec.num_epochs,
         critic=spec.critic if spec.estimator == "gae" else "none",
         # Synchronous with a local learner: the reference and value forwards run while the
-        # batch is scored (rayrm.rl.learner.score_alongside).
+        # batch is scored (rayrm.rl.connectors.precomputed.score_alongside).
         forwards_in_score=not spec.async_rollouts and spec.num_learners == 0,
     )
     return {"threads": threads, "model_flops_per_iteration": flops}

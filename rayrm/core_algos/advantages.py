@@ -270,7 +270,7 @@ def token_advantages(
         rewards, kls, kl_coef, values, gamma, gae_lambda, std_normalize, whiten_with: see
             :class:`AdvantageInputs` (``whiten_with``: :func:`whiten` over this batch, or one
             with the moments of every learner's shard,
-            ``rayrm.rl.learner.whiten_across_learners``).
+            ``rayrm.rl.connectors.advantages.whiten_across_learners``).
         groups: (B,) group keys (the group estimators); None: each completion its own.
 
     Returns:

@@ -49,6 +49,7 @@ from rayrm.rewards.base import RewardSourceError, ScoredBatch
 from rayrm.rewards.shaping import RewardPipeline, describe_reward
 from rayrm.rl.checkpoint import RAYRM_STATE, NeverLoseCheckpoints, write_rayrm_files
 from rayrm.rl.codec import run_codec, run_stop_token_ids
+from rayrm.rl.connectors.precomputed import score_alongside
 from rayrm.rl.env_runner import RLHFEnvRunner, sync_weights
 from rayrm.rl.episodes import (
     WEIGHTS_VERSION,
@@ -58,7 +59,7 @@ from rayrm.rl.episodes import (
     shard_whole_episodes,
 )
 from rayrm.rl.evaluation import HeldOutEvaluation
-from rayrm.rl.learner import RLHFPPOLearner, score_alongside
+from rayrm.rl.learner import RLHFPPOLearner
 from rayrm.rl.module import LMPolicyModule
 from rayrm.rl.prompt_order import (
     PromptOrder,
