@@ -2,8 +2,9 @@
 
 Commands: ``train``, ``tune``, ``quickstart``, ``demo``, ``sft``, ``train-rm``, ``data
 inspect``, ``data pairs``, ``serve-rm``, ``explain``, ``generate``, ``export``, ``bench``,
-``config schema``. Each handler imports what it runs when it runs (torch, transformers and Ray
-take seconds to import), so ``rayrm --help`` and config mistakes are instant.
+``config schema``, ``config reference``. Each handler imports what it runs when it runs (torch,
+transformers and Ray take seconds to import), so ``rayrm --help`` and config mistakes are
+instant.
 
 User mistakes (bad config, missing paths, nothing to resume) exit with code 2 and one line on
 stderr naming the key or file; everything else is a real error and keeps its traceback.
@@ -182,6 +183,10 @@ def _add_using(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         choices=("run", "sft", "rm"),
         default="run",
         help="run (train/tune), sft or rm (train-rm) configs (default: %(default)s)",
+    )
+    csub.add_parser(
+        "reference",
+        help="print the configuration reference (Markdown; docs/configuration-reference.md)",
     )
 
 
@@ -449,6 +454,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
+    if args.config_command == "reference":
+        from rayrm.config.reference import markdown
+
+        sys.stdout.write(markdown())
+        return 0
     from rayrm.config.schema import dumps
 
     sys.stdout.write(dumps(args.kind))

@@ -5,7 +5,8 @@
 * ``stage``: the SFT and reward-model stage configs;
 * ``io``: YAML files, ``--set`` overrides, absolute paths;
 * ``checks``: what the config points at (directories, functions, models, tokenizers);
-* ``schema``: the JSON Schema for editors (``rayrm config schema``).
+* ``schema``: the JSON Schema for editors (``rayrm config schema``);
+* ``reference``: the docs' configuration reference page (``rayrm config reference``).
 
 Cheap to import: no ``ray``, no ``torch``; every check runs before Ray starts.
 """

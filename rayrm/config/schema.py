@@ -18,7 +18,7 @@ from rayrm.config.base import Section
 from rayrm.config.run import RunConfig
 from rayrm.config.stage import RMConfig, SFTConfig
 
-__all__ = ["KINDS", "json_schema"]
+__all__ = ["KINDS", "attribute_docs", "field_docs", "json_schema"]
 
 KINDS: dict[str, type[Section]] = {"run": RunConfig, "sft": SFTConfig, "rm": RMConfig}
 """Config kinds: ``rayrm train``/``tune`` (run), ``rayrm sft``, ``rayrm train-rm`` (rm)."""
@@ -59,18 +59,32 @@ def _sections() -> dict[str, type[Section]]:
 
 def _describe(schema: dict[str, Any], cls: type[Section]) -> None:
     """Each property's ``description`` from the class docstring's ``Attributes:`` entry."""
-    docs = attribute_docs(cls)
+    docs = field_docs(cls)
     schema["description"] = (cls.__doc__ or "").strip().split("\n\n")[0]
     for name, prop in schema.get("properties", {}).items():
         if name in docs:
             prop["description"] = docs[name]
 
 
+def field_docs(cls: type[Section]) -> dict[str, str]:
+    """``{field: text}`` for every documented field of ``cls``, each from the ``Attributes:``
+    of the class that declares it (an inherited field keeps its parent's entry)."""
+    out: dict[str, str] = {}
+    for name in cls.model_fields:
+        owner = next((c for c in cls.__mro__ if name in vars(c).get("__annotations__", {})), cls)
+        text = attribute_docs(owner).get(name) or attribute_docs(cls).get(name)
+        if text:
+            out[name] = text
+    return out
+
+
 def attribute_docs(cls: type) -> dict[str, str]:
-    """``{field: text}`` of a Google-style ``Attributes:`` section, lines joined."""
+    """``{field: text}`` of a Google-style ``Attributes:`` section, lines joined; an entry
+    that names several fields (``loggers, mlflow, wandb: ...``) gives each the text."""
     doc = inspect.getdoc(cls) or ""
     out: dict[str, str] = {}
-    inside, current = False, None
+    inside = False
+    current: list[str] = []
     for line in doc.splitlines():
         if line.strip() == "Attributes:":
             inside = True
@@ -79,12 +93,14 @@ def attribute_docs(cls: type) -> dict[str, str]:
             continue
         if line and not line.startswith(" "):
             break  # the next section
-        entry = re.match(r"^ {4}(\w+):\s*(.*)$", line)
+        entry = re.match(r"^ {4}(\w+(?:, \w+)*):\s*(.*)$", line)
         if entry:
-            current = entry.group(1)
-            out[current] = entry.group(2)
-        elif current is not None and line.strip():
-            out[current] += " " + line.strip()
+            current = entry.group(1).split(", ")
+            for name in current:
+                out[name] = entry.group(2)
+        elif line.strip():
+            for name in current:
+                out[name] += " " + line.strip()
     return out
 
 
