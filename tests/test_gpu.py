@@ -1,7 +1,8 @@
 """The GPU path: bfloat16 training with a GPU learner, a GPU env runner and a GPU reward actor.
 
 Marked ``gpu`` and skipped where CUDA is absent (CI never has a GPU). Run them on a GPU machine
-with ``python -m pytest -q -m gpu``; the README says when they last ran there.
+with ``python -m pytest -q -m gpu``; docs/models.md ("What ran on a GPU") says when they last ran
+there.
 """
 
 from __future__ import annotations

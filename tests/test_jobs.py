@@ -1,4 +1,4 @@
-"""Ray Jobs: the README's `ray job submit` command against a real local head.
+"""Ray Jobs: docs/operations.md's `ray job submit` command against a real local head.
 
 The head is a `ray start --head --block` subprocess in its own session, confined to a temp dir,
 with its own auth token file and every port it opens on 127.0.0.1. It is stopped by signalling
