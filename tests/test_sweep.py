@@ -85,18 +85,17 @@ def test_pbt_sweep_runs(ray_local, tiny_policy_dir, prompts_file, tmp_path):
         search_space={"ppo.lr": {"loguniform": [1e-4, 1e-3]}},
         scheduler="pbt",
         perturbation_interval=2,
+        pbt_synch=True,  # every perturbation point perturbs (asynchronous: timing decides)
         num_samples=2,
     )
-    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"num_iterations": 5})})
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"num_iterations": 3})})
     # A peer's exploit restores a checkpoint of up to one interval ago: 2 / 1 + 2 are kept.
     assert param_space(cfg)["rayrm"]["run"]["keep_checkpoints"] == 4
     _, results = run_tune(cfg)
     assert not results.errors
-    assert [r.metrics["training_iteration"] for r in results] == [5, 5]
-    # A perturbation happened: a trial exploited the other's checkpoint and went on with a
-    # learning rate other than the one it started with. (Asynchronous PBT exploits only a
-    # trial whose better peer has already saved at a perturbation point: with points at
-    # iterations 2 and 4, one of them finds such a peer.)
+    assert [r.metrics["training_iteration"] for r in results] == [3, 3]
+    # A perturbation happened at iteration 2: the worse trial exploited the other's checkpoint
+    # and went on with a learning rate other than the one it started with.
     lrs = []
     for result in results:
         rows = [json.loads(line) for line in (Path(result.path) / "result.json").open()]

@@ -37,6 +37,10 @@ class TuneSettings(Section):
         grace_period: ASHA: iterations every trial runs before it may be stopped.
         reduction_factor: ASHA: keep the top 1/reduction_factor at each rung.
         perturbation_interval: PBT: iterations between exploit/explore steps.
+        pbt_synch: PBT: take each exploit/explore step once every trial has reached it (Ray's
+            synchronous PBT): slower trials hold the others up, but every step compares all
+            trials and exploits for sure; false: each trial steps on its own, and a step whose
+            better peer has not saved at a perturbation point yet is skipped.
     """
 
     search_space: dict[str, Any] = Field(default_factory=dict)
@@ -48,6 +52,7 @@ class TuneSettings(Section):
     grace_period: int = Field(5, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
     perturbation_interval: int = Field(5, ge=1)
+    pbt_synch: bool = False
 
 
 def check_search_space(plain: dict[str, Any], tune: TuneSettings) -> None:

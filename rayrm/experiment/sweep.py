@@ -118,6 +118,7 @@ def make_scheduler(cfg: RunConfig) -> Any:
         return PopulationBasedTraining(
             time_attr="training_iteration",
             perturbation_interval=t.perturbation_interval,
+            synch=t.pbt_synch,
             hyperparam_mutations=_pbt_mutations(cfg),
         )
     return None
