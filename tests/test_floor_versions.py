@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from venvs import venv_seeing_this_interpreter
+from venvs import purelib, venv_seeing_this_interpreter
 
 FLOOR = "4.56.2"
 MODEL_TESTS = [
@@ -47,11 +47,7 @@ def test_the_floor_venv_sees_a_virtualenvs_packages(tmp_path: Path):
     the outer virtualenv."""
     outer = tmp_path / "outer"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(outer)], check=True)
-    purelib = subprocess.run(
-        [str(outer / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    (Path(purelib) / "rayrm_outer_marker.py").write_text("WHERE = 'outer venv'\n")
+    (purelib(outer / "bin" / "python") / "rayrm_outer_marker.py").write_text("WHERE = 'outer'\n")
     code = (
         "from pathlib import Path; import subprocess, sys; from venvs import "
         "venv_seeing_this_interpreter as make; python = make(Path(sys.argv[1]), with_pip=False); "

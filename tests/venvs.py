@@ -17,13 +17,18 @@ def venv_seeing_this_interpreter(path: Path, *, with_pip: bool = True) -> Path:
     args = [sys.executable, "-m", "venv", str(path)]
     subprocess.run(args if with_pip else [*args, "--without-pip"], check=True)
     python = path / "bin" / "python"
-    own = subprocess.run(
+    parents = [*site.getsitepackages(), site.getusersitepackages()]
+    lines = [f"import site; site.addsitedir({d!r})" for d in parents if os.path.isdir(d)]
+    (purelib(python) / "rayrm_parent_site.pth").write_text("\n".join(lines) + "\n")
+    return python
+
+
+def purelib(python: Path) -> Path:
+    """The site-packages folder of the environment of ``python``."""
+    out = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.strip()
-    parents = [*site.getsitepackages(), site.getusersitepackages()]
-    lines = [f"import site; site.addsitedir({d!r})" for d in parents if os.path.isdir(d)]
-    (Path(own) / "rayrm_parent_site.pth").write_text("\n".join(lines) + "\n")
-    return python
+    )
+    return Path(out.stdout.strip())
