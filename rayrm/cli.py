@@ -270,6 +270,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "rayrm train's, the cores the trial's other bundles leave on its local Ray)",
     )
     r.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the lockstep of the compared configurations this many times, alternating "
+        "their order, and print the median, min and max of each figure (default: 1)",
+    )
+    r.add_argument(
         "--rollouts",
         type=_rollouts_list,
         default=["sync"],

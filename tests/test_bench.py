@@ -20,6 +20,7 @@ import pytest
 
 from rayrm.bench import run as bench
 from rayrm.bench import trl as bench_trl
+from rayrm.bench.repeats import in_order, repeat_summary
 from rayrm.bench.support import BenchSpec, Workload, run_config
 from rayrm.cli import build_parser
 from rayrm.experiment.resources import claim_local_cores, trial_bundles
@@ -162,6 +163,44 @@ def test_a_configuration_that_does_not_fit_fails_as_rayrm_train(tmp_path, capfd)
     expected = "rayrm: error: resources: a trial asks for CPU 2, GPU 0 (2 bundles, PACK); the "
     assert line["bench"] == "error" and line["error"].startswith(expected), line
     assert "cluster's 1 node(s) have CPU 1" in line["error"] and line["error"] in err
+
+
+def test_repeats_alternate_and_summarise():
+    turns = [("a", "iterate"), ("trl", "stock"), ("trl", "no_gc")]
+    assert in_order(turns, 0) == turns and in_order(turns, 1) == turns[::-1]
+    assert in_order(turns, 2) == turns
+
+    def lines(repeat: int, tokens: float, ratio: float) -> list[dict]:
+        rayrm = {
+            "bench": "rayrm",
+            "config": "default-separate-critic-async",
+            "repeat": repeat,
+            "resources": {"bundles": [{"CPU": 1.0}, {"CPU": 1.0}]},
+            "tokens_per_s": tokens,
+            "iteration_s_median": 640 / tokens,
+            "flops": {"mfu": {"update": tokens / 4000}},
+        }
+        ratio_line = {
+            "bench": "ratio",
+            "rayrm_config": rayrm["config"],
+            "rayrm_threads": 2,
+            "rayrm_tokens_per_s": tokens,
+            "rayrm_over_trl_no_gc_default": ratio,
+            "median_step_ratio_no_gc_default": ratio + 0.01,
+            "rayrm_async_rollouts": True,
+        }
+        return [rayrm, {"bench": "trl", "variant": "no_gc_default"}, ratio_line]
+
+    every = lines(1, 2000.0, 1.1) + lines(2, 1800.0, 0.9) + lines(3, 2200.0, 1.0)
+    (summary,) = repeat_summary(every, 3)
+    assert summary["bench"] == "repeat_summary" and summary["repeats_ok"] == 3
+    ratio = summary["rayrm_over_trl_no_gc_default"]
+    assert ratio == {"median": 1.0, "min": 0.9, "max": 1.1, "runs": [1.1, 0.9, 1.0]}
+    assert summary["tokens_per_s"]["median"] == 2000.0
+    assert summary["update_mfu"]["max"] == pytest.approx(0.55)
+    assert summary["median_step_ratio_no_gc_default"]["median"] == pytest.approx(1.01)
+    assert "rayrm_threads" not in summary  # thread counts are not spread over
+    assert summary["met_by_median"] == {"rayrm_over_trl_no_gc_default": True}
 
 
 def test_model_flops_by_hand(tmp_path):

@@ -7,7 +7,7 @@ Every configuration prints one JSON line on stdout; the terminal's stderr gets o
 rayrm configuration with the resources it ran on, everything else goes to the log. The
 workload (built locally, nothing downloaded), the RSS sampler and the child processes are in
 ``rayrm.bench.support``; the local Ray and the trial in ``rayrm.bench.trial``; TRL's side in
-``rayrm.bench.trl``.
+``rayrm.bench.trl``; ``--repeats`` in ``rayrm.bench.repeats``.
 
 Each training configuration (and TRL) runs in its own spawned child process with its own
 local Ray, so its peak RSS is its own and no state leaks between configurations, and all of
@@ -42,7 +42,7 @@ Sections (``--sections``):
 Every line has a ``bench`` key: ``rayrm``, ``trl``, ``ratio``, ``length_series``,
 ``memory_per_step``, ``learner_memory``, ``trl_group``, ``group_ratio`` (``groups``),
 ``learning_start``, ``learning``, ``learning_ratio``, ``learning_trl`` (``learning``; see
-``rayrm.bench.learning``) or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
+``rayrm.bench.learning``), ``repeat_summary`` (``--repeats``) or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
 ``n_layer``, ``n_head``, ``n_embd``, ``n_positions``, ``vocab_size``, ``policy_params``,
 ``reward_params``); ``batch_size``, ``max_new_tokens``, ``num_env_runners``, ``num_learners``,
 ``critic``, ``num_epochs``, ``num_minibatches``, ``warmup``; ``resources`` (``local_ray_cpus``;
@@ -62,7 +62,8 @@ and learners; ``total``: peak of both together); ``notes``.
 A ``trl`` line has the same throughput keys plus ``variant`` (``stock`` or ``no_gc``) and
 ``gc_collect_calls_per_step``, or ``skipped`` and ``reason``; a ``ratio`` line has
 ``rayrm_over_trl_stock``, ``rayrm_over_trl_no_gc``, the median-step ratios, ``targets`` and
-``met``.
+``met``. With ``--repeats N`` every line of a repeat has ``repeat`` (1..N), and a
+``repeat_summary`` line per rayrm configuration follows (``rayrm.bench.repeats``).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ import statistics
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,7 @@ from rayrm.bench import trl as bench_trl
 from rayrm.bench.flops import gpt2_shape, iteration_flops, peak_matmul_flops, utilisation
 from rayrm.bench.learning import measure_learning
 from rayrm.bench.memory import measure_learner_memory
+from rayrm.bench.repeats import in_order, repeat_summary
 from rayrm.bench.support import (
     NOTE_NO_EOS,
     PRESETS,
@@ -362,8 +364,11 @@ def main(args: argparse.Namespace) -> int:
         )
         return 2
     spec = replace(spec_from_args(args), critic=args.critics[0])
-    if spec.warmup < 1 or spec.iterations < 1:
-        print("rayrm bench: error: --warmup and --iterations must be >= 1", file=sys.stderr)
+    if spec.warmup < 1 or spec.iterations < 1 or args.repeats < 1:
+        print(
+            "rayrm bench: error: --warmup, --iterations and --repeats must be >= 1",
+            file=sys.stderr,
+        )
         return 2
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rayrm-bench-"))
     longest = max([spec.max_new_tokens, *(args.lengths if "lengths" in sections else [])])
@@ -416,7 +421,7 @@ def _sections(
     if groups or "groups" in sections:
         workload = build_workload(workdir / "workload", spec, n_positions=n_positions)
     for specs, with_trl in groups:
-        for record in _measure(spec, specs, workload, with_trl=with_trl):
+        for record in _measure(spec, specs, workload, with_trl=with_trl, repeats=args.repeats):
             run(record)
     if "groups" in sections:
         group_spec = replace(spec, samples_per_prompt=args.group_samples)
@@ -442,15 +447,32 @@ def _sections(
 
 
 def _measure(
-    spec: BenchSpec, specs: dict[str, BenchSpec], workload: Workload, *, with_trl: bool
-) -> list[dict[str, Any]]:
+    spec: BenchSpec,
+    specs: dict[str, BenchSpec],
+    workload: Workload,
+    *,
+    with_trl: bool,
+    repeats: int = 1,
+) -> Iterator[dict[str, Any]]:
     """Runs the rayrm configurations ``specs`` and, if asked for and installed, TRL's PPO on
-    ``spec``, all in one lockstep; returns their lines, then the TRL and ratio lines (or the
-    line saying why TRL was skipped), then the length-series line if ``specs`` has lengths.
+    ``spec``, all in one lockstep, ``repeats`` times (fresh processes and local Rays each time,
+    the order alternated: ``rayrm.bench.repeats``). Yields each repeat's lines (with
+    ``repeat`` when there are several) as it ends -- the rayrm lines, then the TRL and ratio
+    lines (or the line saying why TRL was skipped), then the length-series line if ``specs``
+    has lengths -- and, after several repeats, their ``repeat_summary`` lines.
     """
     reason = bench_trl.trl_unavailable_reason() if with_trl else None
     trl_spec = replace(spec, matched_threads=update_threads(spec, workload))
-    return _lockstep(trl_spec, specs, workload, with_trl, reason)
+    every: list[dict[str, Any]] = []
+    for repeat in range(repeats):
+        lines = _lockstep(trl_spec, specs, workload, with_trl, reason, repeat)
+        for line in lines:
+            if repeats > 1:
+                line["repeat"] = repeat + 1
+            every.append(line)
+            yield line
+    if repeats > 1:
+        yield from repeat_summary(every, repeats)
 
 
 def _lockstep(
@@ -459,13 +481,15 @@ def _lockstep(
     workload: Workload,
     with_trl: bool,
     reason: str | None,
+    repeat: int,
 ) -> list[dict[str, Any]]:
     """One lockstep of :func:`_measure` (TRL in it if asked for and ``reason``, why it cannot
-    run, is None)."""
+    run, is None), in repeat ``repeat``'s order."""
     trl = with_trl and reason is None
     turns = [(name, "iterate") for name in specs]
     if trl:
         turns += [("trl", v) for v in bench_trl.VARIANTS]
+    turns = in_order(turns, repeat)
     servers = {}
     for name in dict.fromkeys(name for name, _ in turns):  # started in the turns' order
         if name == "trl":
