@@ -261,11 +261,25 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--num-env-runners", type=int, default=d.num_env_runners)
     r.add_argument("--num-learners", type=int, default=d.num_learners)
     r.add_argument(
-        "--trial-cpus",
+        "--num-cpus",
         type=int,
-        default=d.trial_cpus,
-        help="CPUs the trial reserves with a local learner, hence its torch threads "
-        "(resources.num_cpus_per_learner; default %(default)s, rayrm's)",
+        default=None,
+        help="CPUs of each configuration's local Ray (run.num_cpus; default: all cores, as "
+        "rayrm train)",
+    )
+    r.add_argument(
+        "--num-cpus-per-learner",
+        type=float,
+        default=None,
+        help="resources.num_cpus_per_learner, hence the update's torch threads (default: "
+        "rayrm train's, the cores the trial's other bundles leave on its local Ray)",
+    )
+    r.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the lockstep of the compared configurations this many times, alternating "
+        "their order, and print the median, min and max of each figure (default: 1)",
     )
     r.add_argument(
         "--rollouts",

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from rayrm.bench import run as bench
 from rayrm.bench import trl as bench_trl
+from rayrm.bench.repeats import in_order, repeat_summary
+from rayrm.bench.support import BenchSpec, Workload, run_config
 from rayrm.cli import build_parser
+from rayrm.experiment.resources import claim_local_cores, trial_bundles
 
 RAYRM_KEYS = {
     "config",
@@ -36,6 +42,7 @@ RAYRM_KEYS = {
     "iteration_s_median",
     "phase_s",
     "peak_rss_mb",
+    "resources",
 }
 MODEL_KEYS = {"n_layer", "n_head", "n_embd", "vocab_size", "policy_params", "reward_params"}
 PHASES = {"sample", "score", "update", "wait", "sync", "iteration"}
@@ -90,6 +97,7 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
         assert set(flops["mfu"]) == {"sample", "score", "update"}
         assert 0 < flops["mfu"]["update"] < 1
     assert rayrm["default-separate-critic-async"]["model"]["vocab_size"] == 100
+    _check_reserved_as_rayrm_train(args, rayrm["default-separate-critic-async"], tmp_path)
 
     assert by_kind["trl"] == [{"bench": "trl", "skipped": True, "reason": "not installed (test)"}]
 
@@ -117,6 +125,82 @@ def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
     peak, sync = learner["learner_peak_mb"], learner["sync_mb"]
     assert peak["chunked_lora"] < peak["chunked"], peak
     assert 0 < sync["chunked_lora"] < 0.1 * sync["chunked"], sync
+
+
+def _check_reserved_as_rayrm_train(args: argparse.Namespace, line: dict, tmp_path: Path):
+    """The trial reserved exactly the bundles of the config ``rayrm train`` would run on this
+    machine: the benchmark's config file, claimed by a lone local trial on all cores."""
+    work = tmp_path / "workload"
+    workload = Workload(
+        str(work / "policy"), str(work / "reward"), str(work / "prompts.jsonl"), 100, 38, 0, 0
+    )
+    spec = replace(bench.spec_from_args(args), critic="separate", async_rollouts=True)
+    cfg = claim_local_cores(run_config(spec, workload, str(tmp_path)), os.cpu_count())
+    resources = line["resources"]
+    assert resources["local_ray_cpus"] == os.cpu_count()
+    assert resources["bundles"] == trial_bundles(cfg)[0]  # read back from the placement group
+    assert resources["num_cpus_per_learner"] == cfg.resources.num_cpus_per_learner
+    assert resources["reward_num_cpus_per_actor"] == 1.0  # rayrm's default, not a fraction
+    # The update runs on its learner's CPUs, the sampler thread on its runner's (time-sharing
+    # the reward actor's) and the update borrows it while it idles.
+    threads = resources["threads"]
+    assert threads["update"] == int(cfg.resources.num_cpus_per_learner)
+    assert threads["sampler"] == 1 and line["flops"]["threads"] == threads["update_max"]
+
+
+@pytest.mark.timeout(120)
+def test_a_configuration_that_does_not_fit_fails_as_rayrm_train(tmp_path, capfd):
+    """On a local Ray of one CPU the trial (learner 1 + reward actor 1) cannot be placed: the
+    benchmark gives it no extra logical CPUs and ends with rayrm train's line."""
+    args = _args(
+        "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--batch-size", "4",
+        "--max-new-tokens", "4", "--iterations", "1", "--warmup", "1", "--num-cpus", "1",
+        "--critics", "separate", "--sections", "default", "--workdir", str(tmp_path),
+    )  # fmt: skip
+    assert bench.main(args) == 1
+    out, err = capfd.readouterr()
+    (line,) = [json.loads(x) for x in out.splitlines()]
+    expected = "rayrm: error: resources: a trial asks for CPU 2, GPU 0 (2 bundles, PACK); the "
+    assert line["bench"] == "error" and line["error"].startswith(expected), line
+    assert "cluster's 1 node(s) have CPU 1" in line["error"] and line["error"] in err
+
+
+def test_repeats_alternate_and_summarise():
+    turns = [("a", "iterate"), ("trl", "stock"), ("trl", "no_gc")]
+    assert in_order(turns, 0) == turns and in_order(turns, 1) == turns[::-1]
+    assert in_order(turns, 2) == turns
+
+    def lines(repeat: int, tokens: float, ratio: float) -> list[dict]:
+        rayrm = {
+            "bench": "rayrm",
+            "config": "default-separate-critic-async",
+            "repeat": repeat,
+            "resources": {"bundles": [{"CPU": 1.0}, {"CPU": 1.0}]},
+            "tokens_per_s": tokens,
+            "iteration_s_median": 640 / tokens,
+            "flops": {"mfu": {"update": tokens / 4000}},
+        }
+        ratio_line = {
+            "bench": "ratio",
+            "rayrm_config": rayrm["config"],
+            "rayrm_threads": 2,
+            "rayrm_tokens_per_s": tokens,
+            "rayrm_over_trl_no_gc_default": ratio,
+            "median_step_ratio_no_gc_default": ratio + 0.01,
+            "rayrm_async_rollouts": True,
+        }
+        return [rayrm, {"bench": "trl", "variant": "no_gc_default"}, ratio_line]
+
+    every = lines(1, 2000.0, 1.1) + lines(2, 1800.0, 0.9) + lines(3, 2200.0, 1.0)
+    (summary,) = repeat_summary(every, 3)
+    assert summary["bench"] == "repeat_summary" and summary["repeats_ok"] == 3
+    ratio = summary["rayrm_over_trl_no_gc_default"]
+    assert ratio == {"median": 1.0, "min": 0.9, "max": 1.1, "runs": [1.1, 0.9, 1.0]}
+    assert summary["tokens_per_s"]["median"] == 2000.0
+    assert summary["update_mfu"]["max"] == pytest.approx(0.55)
+    assert summary["median_step_ratio_no_gc_default"]["median"] == pytest.approx(1.01)
+    assert "rayrm_threads" not in summary  # thread counts are not spread over
+    assert summary["met_by_median"] == {"rayrm_over_trl_no_gc_default": True}
 
 
 def test_model_flops_by_hand(tmp_path):
@@ -163,8 +247,6 @@ def test_model_flops_by_hand(tmp_path):
 def test_group_configurations_match_trl(tiny_policy_dir, prompts_file, tmp_path):
     """The groups section's rayrm configurations (run in lockstep like the default ones; with
     TRL in tests/test_bench_learning.py): TRL's GRPO and RLOO settings, no critic."""
-    from rayrm.bench.support import BenchSpec, Workload, run_config
-
     workload = Workload(tiny_policy_dir, None, prompts_file, 100, 64, 0, 0)
     grpo = run_config(BenchSpec(estimator="grpo", samples_per_prompt=4), workload, str(tmp_path))
     assert grpo.generation.samples_per_prompt == 4 and not grpo.ppo.uses_critic
@@ -179,5 +261,10 @@ def test_group_configurations_match_trl(tiny_policy_dir, prompts_file, tmp_path)
         "reward",
         "k1",
     )
-    ppo = run_config(BenchSpec(trial_cpus=2), workload, str(tmp_path))
-    assert ppo.model.critic == "separate" and ppo.resources.num_cpus_per_learner == 2
+    # Resources: rayrm's defaults (what rayrm train derives them from), or the flags' keys.
+    ppo = run_config(BenchSpec(), workload, str(tmp_path))
+    assert ppo.model.critic == "separate" and ppo.reward.num_cpus_per_actor == 1.0
+    assert "num_cpus_per_learner" not in ppo.resources.model_fields_set  # claimed as in train
+    assert ppo.resources.num_cpus_per_env_runner == 1.0 and ppo.run.num_cpus is None
+    given = run_config(BenchSpec(num_cpus=4, num_cpus_per_learner=2), workload, str(tmp_path))
+    assert given.resources.num_cpus_per_learner == 2 and given.run.num_cpus == 4

@@ -48,6 +48,9 @@ def test_learning_run_configs(task, tmp_path):
     assert ppo.generation.samples_per_prompt == 1 and ppo.seed == 3
     assert (ppo.ppo.batch_size, ppo.ppo.lr, ppo.ppo.kl_coef) == (32, 1e-4, 0.05)
     assert not ppo.ppo.async_rollouts
+    # rayrm train's resources: the reward actor at its default, all cores, the learner claimed.
+    assert ppo.reward.num_cpus_per_actor == 1.0 and ppo.run.num_cpus is None
+    assert "num_cpus_per_learner" not in ppo.resources.model_fields_set
     pipelined = replace(learn_spec(s, "ppo", 3), async_rollouts=True)
     assert rayrm_config(pipelined, workload, str(tmp_path), "x").ppo.async_rollouts
     grpo = rayrm_config(learn_spec(s, "grpo", 0), workload, str(tmp_path), "x")
@@ -163,10 +166,11 @@ def test_groups_and_learning_against_trl(tmp_path, capfd):
         assert ratio["trl_over_rayrm_s_per_iteration"] > 0
     variants = {line["variant"]: line for line in lines if line["bench"] == "trl"}
     assert set(variants) == {"stock", "no_gc", "stock_default", "no_gc_default"}
-    assert variants["no_gc"]["threads"] == 1  # rayrm's trial's
     assert variants["no_gc_default"]["threads"] == _default_torch_threads()
     (ratio,) = [line for line in lines if line["bench"] == "ratio"]
-    assert ratio["rayrm_over_trl_no_gc_default"] > 0 and ratio["rayrm_threads"] == 1
+    assert ratio["rayrm_over_trl_no_gc_default"] > 0
+    # rayrm's update: its learner's CPUs as rayrm train claims them beside a 1-CPU reward actor.
+    assert ratio["rayrm_threads"] == variants["no_gc"]["threads"] == max(1, os.cpu_count() - 1)
     runs = [line for line in lines if line["bench"] == "learning"]
     assert {(r["trainer"], r["algo"]) for r in runs} == {
         (t, a) for t in ("rayrm", "trl") for a in ("ppo", "grpo", "rloo")

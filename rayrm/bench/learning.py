@@ -41,7 +41,6 @@ from rayrm.bench.support import (
     error_record,
     finish,
     start_child,
-    start_local_ray,
 )
 from rayrm.bench.trl_groups import GROUP_ALGOS, group_trainer
 
@@ -65,6 +64,10 @@ class LearnSettings:
     kl_coef: float = 0.05
     eval_samples: int = 2
     demo_size: str = "full"
+    num_cpus: int | None = None
+    """``run.num_cpus`` of rayrm's runs (None: all cores, as ``rayrm train``)."""
+    num_cpus_per_learner: float | None = None
+    """``resources.num_cpus_per_learner`` of rayrm's runs (None: ``rayrm train``'s)."""
 
 
 def learn_spec(s: LearnSettings, algo: str, seed: int) -> BenchSpec:
@@ -83,6 +86,8 @@ def learn_spec(s: LearnSettings, algo: str, seed: int) -> BenchSpec:
         seed=seed,
         estimator="gae" if algo == "ppo" else algo,
         samples_per_prompt=1 if algo == "ppo" else s.samples_per_prompt,
+        num_cpus=s.num_cpus,
+        num_cpus_per_learner=s.num_cpus_per_learner,
     )
 
 
@@ -99,6 +104,9 @@ def rayrm_config(spec: BenchSpec, workload: Workload, storage: str, name: str) -
     model: dict[str, Any] = {"path": workload.policy}
     if spec.estimator == "gae":
         model |= {"critic": "separate", "critic_path": workload.reward}
+    learner: dict[str, float] = {}
+    if spec.num_cpus_per_learner is not None:
+        learner["num_cpus_per_learner"] = spec.num_cpus_per_learner
     return config_from_dict(
         {
             "name": name,
@@ -109,7 +117,7 @@ def rayrm_config(spec: BenchSpec, workload: Workload, storage: str, name: str) -
                 "max_new_tokens": spec.max_new_tokens,
                 "samples_per_prompt": spec.samples_per_prompt,
             },
-            "reward": {"source": "model", "path": workload.reward, "num_cpus_per_actor": 0.5},
+            "reward": {"source": "model", "path": workload.reward},
             "ppo": {
                 "batch_size": spec.batch_size,
                 "num_minibatches": spec.num_minibatches,
@@ -119,8 +127,9 @@ def rayrm_config(spec: BenchSpec, workload: Workload, storage: str, name: str) -
                 "async_rollouts": spec.async_rollouts,
                 **ESTIMATOR_SETTINGS[spec.estimator],
             },
-            "resources": {"num_env_runners": 0},
+            "resources": {"num_env_runners": 0, **learner},
             "run": {
+                "num_cpus": spec.num_cpus,
                 "num_iterations": spec.iterations,
                 "checkpoint_every": spec.iterations,
                 "storage_path": storage,
@@ -133,16 +142,19 @@ def rayrm_config(spec: BenchSpec, workload: Workload, storage: str, name: str) -
 
 
 def train_rayrm(spec: BenchSpec, workload: Workload, out: str) -> str:
-    """One ``rayrm train`` run (Tune, as users run it); the final policy exported to ``out``."""
+    """One ``rayrm train`` run (Tune, as users run it, on the local Ray and with the
+    resources ``rayrm train`` gives it); the final policy exported to ``out``."""
     import ray
 
+    from rayrm.bench.trial import start_local_ray
     from rayrm.experiment.train import run_train
     from rayrm.rl.checkpoint import export_policy
 
-    temp_dir = start_local_ray(3 if spec.async_rollouts else 2)  # the sampler thread's CPU
+    temp_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
     storage = tempfile.mkdtemp(prefix="rb-learn-")
     try:
-        exp_dir, _ = run_train(rayrm_config(spec, workload, storage, "learn"))
+        cfg = start_local_ray(rayrm_config(spec, workload, storage, "learn"), temp_dir)
+        exp_dir, _ = run_train(cfg)
         export_policy(exp_dir, out)
     finally:
         ray.shutdown()
@@ -237,6 +249,8 @@ def settings_from_args(args: argparse.Namespace) -> LearnSettings:
         iterations=args.learning_iterations,
         eval_samples=args.learning_eval_samples,
         demo_size=args.learning_demo_size,
+        num_cpus=getattr(args, "num_cpus", None),
+        num_cpus_per_learner=getattr(args, "num_cpus_per_learner", None),
     )
 
 

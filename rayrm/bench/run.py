@@ -1,17 +1,25 @@
 """Benchmark of rayrm's RLHF loop: throughput, time per phase, peak memory (``rayrm bench``).
 
 What belongs here: the measurements -- throughput and time per phase of rayrm's real code
-path (``build_algo_config(cfg).build_algo()`` then ``algo.train()``), the length series, bytes
-stored per step -- and the command line. Every configuration prints one JSON line on stdout;
-everything else goes to stderr. The workload (built locally, nothing downloaded), the RSS
-sampler and the child processes are in ``rayrm.bench.support``; TRL's side in
-``rayrm.bench.trl``.
+path (the trial ``rayrm train`` would run: ``RLHFPPO`` as a Ray actor in its placement group,
+then its ``train()``), the length series, bytes stored per step -- and the command line.
+Every configuration prints one JSON line on stdout; the terminal's stderr gets one line per
+rayrm configuration with the resources it ran on, everything else goes to the log. The
+workload (built locally, nothing downloaded), the RSS sampler and the child processes are in
+``rayrm.bench.support``; the local Ray and the trial in ``rayrm.bench.trial``; TRL's side in
+``rayrm.bench.trl``; ``--repeats`` in ``rayrm.bench.repeats``.
 
 Each training configuration (and TRL) runs in its own spawned child process with its own
 local Ray, so its peak RSS is its own and no state leaks between configurations, and all of
 them run in lockstep: they start, warm up, then take turns one iteration at a time, so that a
 2-core machine shared with other jobs loads all of them alike and the ratios between them
-hold. The memory check only samples and runs in the benchmark's own process.
+hold. A rayrm configuration gets exactly what ``rayrm train`` would reserve on this machine:
+a local Ray of ``run.num_cpus`` CPUs (``--num-cpus``; all cores by default), the config's own
+resource defaults (a reward actor of ``reward.num_cpus_per_actor`` = 1 CPU), the local
+learner taking the cores the other bundles leave (``claim_local_cores``, unless
+``--num-cpus-per-learner`` sets ``resources.num_cpus_per_learner``), and each process's torch
+threads set from its reservation. One that cannot fit fails with ``rayrm train``'s line.
+The memory check only samples and runs in the benchmark's own process.
 Sections (``--sections``):
 
 * ``default`` -- the workload of issue 3: GPT-2 (2 layers, 4 heads, width 128), ~100-token
@@ -34,21 +42,28 @@ Sections (``--sections``):
 Every line has a ``bench`` key: ``rayrm``, ``trl``, ``ratio``, ``length_series``,
 ``memory_per_step``, ``learner_memory``, ``trl_group``, ``group_ratio`` (``groups``),
 ``learning_start``, ``learning``, ``learning_ratio``, ``learning_trl`` (``learning``; see
-``rayrm.bench.learning``) or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
+``rayrm.bench.learning``), ``repeat_summary`` (``--repeats``) or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
 ``n_layer``, ``n_head``, ``n_embd``, ``n_positions``, ``vocab_size``, ``policy_params``,
 ``reward_params``); ``batch_size``, ``max_new_tokens``, ``num_env_runners``, ``num_learners``,
-``critic``, ``num_epochs``, ``num_minibatches``, ``warmup``; ``iterations`` (measured),
+``critic``, ``num_epochs``, ``num_minibatches``, ``warmup``; ``resources`` (``local_ray_cpus``;
+``bundles`` as reserved, read back from the trial's placement group, and ``strategy``;
+``trial_bundles``, what ``rayrm.experiment.resources.trial_bundles`` plans for the config;
+``num_cpus_per_learner``, ``num_env_runners``, ``num_cpus_per_env_runner``, ``num_learners``,
+``reward_num_cpus_per_actor``; ``threads``: the update's own, the most it ran on with the
+sampler thread's lent to it, and the pipelined sampler thread's); ``iterations`` (measured),
 ``generated_tokens``, ``tokens_per_iteration``; ``tokens_per_s`` (generated tokens / wall time
 of the measured ``algo.train()`` calls, i.e. whole iterations: sample + score + update + sync
 and RLlib's bookkeeping), ``tokens_per_s_training_step`` (the same over rayrm's own
 ``timers/iteration_s``), ``s_per_token``, ``iteration_s_median``; ``phase_s`` (mean seconds
 per iteration of ``sample``, ``score``, ``update``, ``sync``, ``iteration``); ``peak_rss_mb``
-(``driver``: the trial process's ru_maxrss; ``workers``: peak sum of its Ray worker processes
--- reward actors, remote env runners and learners; ``total``: peak of both together); ``notes``.
+(``driver``: the ru_maxrss of the process driving the trial, as Tune's driver; ``workers``:
+peak sum of its Ray worker processes -- the trial actor, reward actors, remote env runners
+and learners; ``total``: peak of both together); ``notes``.
 A ``trl`` line has the same throughput keys plus ``variant`` (``stock`` or ``no_gc``) and
 ``gc_collect_calls_per_step``, or ``skipped`` and ``reason``; a ``ratio`` line has
 ``rayrm_over_trl_stock``, ``rayrm_over_trl_no_gc``, the median-step ratios, ``targets`` and
-``met``.
+``met``. With ``--repeats N`` every line of a repeat has ``repeat`` (1..N), and a
+``repeat_summary`` line per rayrm configuration follows (``rayrm.bench.repeats``).
 """
 
 from __future__ import annotations
@@ -61,19 +76,18 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from envs.prompts import load_prompts
-from rayrm import metrics as M
 from rayrm.bench import trl as bench_trl
 from rayrm.bench.flops import gpt2_shape, iteration_flops, peak_matmul_flops, utilisation
 from rayrm.bench.learning import measure_learning
 from rayrm.bench.memory import measure_learner_memory
+from rayrm.bench.repeats import in_order, repeat_summary
 from rayrm.bench.support import (
     NOTE_NO_EOS,
     PRESETS,
@@ -84,44 +98,23 @@ from rayrm.bench.support import (
     build_workload,
     error_record,
     model_info,
-    ray_cpus,
     run_config,
     run_lockstep,
     start_child,
-    start_local_ray,
     without_env,
 )
+from rayrm.bench.trial import PHASES, PlacedTrial, say_resources, start_local_ray
 from rayrm.bench.trl_groups import GROUP_ALGOS, group_records, serve_trl_group
-from rayrm.console import LOG_NAME, quiet, say
+from rayrm.console import LOG_NAME, quiet, say, warn
+from rayrm.experiment.resources import claim_local_cores
 from rayrm.rl.algorithm import build_algo_config
 from rayrm.rl.env_runner import RLHFEnvRunner
-from rayrm.rl.rllib_compat import trainable_logdirs_under
 
 DEFAULT_LENGTHS = (16, 32, 64, 128)
 LENGTH_RATIO_TARGET = 1.3
-PHASES = ("sample", "score", "update", "wait", "sync", "iteration")
-"""Timers of a rayrm line (``timers/<phase>_s``): under ``async_rollouts`` sample and score
-run alongside the update, and ``wait`` is what the update then waited for the next batch."""
 
 
 # ------------------------------------------------------------------------------ measuring
-def _iteration_row(result: dict[str, Any], wall_s: float) -> dict[str, float]:
-    """Phase timers (s), generated tokens and wall time of one ``algo.train()`` result."""
-    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
-
-    rlhf = result[M.RLHF_RESULTS]
-    row = {p: float(rlhf[f"timers/{p}_s"]) for p in PHASES}
-    row["tokens"] = float(result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED])
-    row["wall"] = wall_s
-    return row
-
-
-def _train(algo: Any) -> dict[str, float]:
-    t0 = time.perf_counter()
-    result = algo.train()
-    return _iteration_row(result, time.perf_counter() - t0)
-
-
 def summarize(rows: list[dict[str, float]]) -> dict[str, Any]:
     """Throughput over whole iterations: generated tokens / wall time of ``algo.train()``."""
     tokens = sum(r["tokens"] for r in rows)
@@ -142,36 +135,33 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, Any]:
 def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> dict[str, Any]:
     """Lockstep server (``rayrm.bench.support.run_lockstep``): one iteration per ``"iterate"``.
 
-    Builds the algorithm with rayrm's real code path, runs ``warmup`` iterations, sends
+    Starts the local Ray and the trial as ``rayrm train`` would on this machine
+    (``rayrm.bench.trial``: the same CPUs, bundles, placement and threads; a trial that does
+    not fit ends with ``rayrm train``'s line), runs ``warmup`` iterations, sends
     ``("ready", None)``, answers every ``"iterate"`` with ``("row", row)`` after one
-    ``algo.train()``, and on ``"stop"`` returns the configuration's ``"bench": "rayrm"`` line.
+    ``train()``, and on ``"stop"`` returns the configuration's ``"bench": "rayrm"`` line.
     """
     import ray
-    import torch
 
-    temp_dir = start_local_ray(ray_cpus(spec))
-    # The trial's threads, as use_reserved_cpus gives a trial reserving trial_cpus (this child
-    # is the driver: it reserves nothing itself).
-    torch.set_num_threads(spec.trial_cpus)
+    temp_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
     storage = tempfile.mkdtemp(prefix="rb-store-")
     rows = []
     try:
         with PeakRSS() as rss:
-            with trainable_logdirs_under(storage):  # not an empty one under ~/ray_results
-                algo = build_algo_config(run_config(spec, workload, storage)).build_algo()
+            cfg = start_local_ray(run_config(spec, workload, storage), temp_dir)
+            trial = PlacedTrial(cfg, logs=storage)
             try:
                 for _ in range(spec.warmup):
-                    algo.train()
+                    trial.train()
+                say_resources(name, trial.resources())  # in the log, before the measurement
                 conn.send(("ready", None))
                 while conn.recv() == "iterate":
-                    rows.append(_train(algo))
+                    rows.append(trial.train())
                     conn.send(("row", rows[-1]))
-                # The most the trial's thread ran on: its own, plus the sampler thread's CPUs it
-                # borrows while that idles (ppo.async_rollouts; rayrm.ray_init.ThreadLoan).
-                threads = max(algo.threads.applied) if algo.threads else spec.trial_cpus
+                resources = trial.resources()  # the update's threads over the whole run
+                rss.sample()
             finally:
-                algo.stop()
-            rss.sample()
+                trial.stop()
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -192,11 +182,21 @@ def serve_rayrm(conn: Any, spec: BenchSpec, workload: Workload, name: str) -> di
         "num_epochs": spec.num_epochs,
         "num_minibatches": spec.num_minibatches,
         "warmup": spec.warmup,
+        "resources": resources,
         **summary,
         "peak_rss_mb": rss.report(),
-        "flops": phase_flops(spec, workload, summary, threads),
+        "flops": phase_flops(spec, workload, summary, resources["threads"]["update_max"]),
         "notes": [NOTE_NO_EOS],
     }
+
+
+def update_threads(spec: BenchSpec, workload: Workload) -> int:
+    """torch threads of the update of rayrm's synchronous trial of ``spec``, as ``rayrm train``
+    reserves it on a local Ray of ``spec.num_cpus`` CPUs (all cores: ``os.cpu_count()``): its
+    learner's CPUs (``claim_local_cores``), whole. TRL's steps at rayrm's thread count use it."""
+    sync = run_config(replace(spec, async_rollouts=False), workload, tempfile.gettempdir())
+    claimed = claim_local_cores(sync, float(spec.num_cpus or os.cpu_count() or 1))
+    return max(1, int(claimed.resources.num_cpus_per_learner))
 
 
 def phase_flops(
@@ -364,8 +364,11 @@ def main(args: argparse.Namespace) -> int:
         )
         return 2
     spec = replace(spec_from_args(args), critic=args.critics[0])
-    if spec.warmup < 1 or spec.iterations < 1:
-        print("rayrm bench: error: --warmup and --iterations must be >= 1", file=sys.stderr)
+    if spec.warmup < 1 or spec.iterations < 1 or args.repeats < 1:
+        print(
+            "rayrm bench: error: --warmup, --iterations and --repeats must be >= 1",
+            file=sys.stderr,
+        )
         return 2
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rayrm-bench-"))
     longest = max([spec.max_new_tokens, *(args.lengths if "lengths" in sections else [])])
@@ -375,6 +378,10 @@ def main(args: argparse.Namespace) -> int:
     def run(record: dict[str, Any]) -> dict[str, Any]:
         emit(record)
         records.append(record)
+        if record.get("bench") == "rayrm":
+            say_resources(record["config"], record["resources"])
+        elif record.get("bench") == "error":
+            warn(record["error"])
         return record
 
     # Everything but the JSON lines (Ray's, RLlib's, TRL's output) goes to the log.
@@ -414,7 +421,7 @@ def _sections(
     if groups or "groups" in sections:
         workload = build_workload(workdir / "workload", spec, n_positions=n_positions)
     for specs, with_trl in groups:
-        for record in _measure(spec, specs, workload, with_trl=with_trl):
+        for record in _measure(spec, specs, workload, with_trl=with_trl, repeats=args.repeats):
             run(record)
     if "groups" in sections:
         group_spec = replace(spec, samples_per_prompt=args.group_samples)
@@ -440,20 +447,56 @@ def _sections(
 
 
 def _measure(
-    spec: BenchSpec, specs: dict[str, BenchSpec], workload: Workload, *, with_trl: bool
-) -> list[dict[str, Any]]:
+    spec: BenchSpec,
+    specs: dict[str, BenchSpec],
+    workload: Workload,
+    *,
+    with_trl: bool,
+    repeats: int = 1,
+) -> Iterator[dict[str, Any]]:
     """Runs the rayrm configurations ``specs`` and, if asked for and installed, TRL's PPO on
-    ``spec``, all in one lockstep; returns their lines, then the TRL and ratio lines (or the
-    line saying why TRL was skipped), then the length-series line if ``specs`` has lengths.
+    ``spec``, all in one lockstep, ``repeats`` times (fresh processes and local Rays each time,
+    the order alternated: ``rayrm.bench.repeats``). Yields each repeat's lines (with
+    ``repeat`` when there are several) as it ends -- the rayrm lines, then the TRL and ratio
+    lines (or the line saying why TRL was skipped), then the length-series line if ``specs``
+    has lengths -- and, after several repeats, their ``repeat_summary`` lines.
     """
-
     reason = bench_trl.trl_unavailable_reason() if with_trl else None
-    servers = {n: start_child(serve_rayrm, s, workload, n, serve=True) for n, s in specs.items()}
+    trl_spec = replace(spec, matched_threads=update_threads(spec, workload))
+    every: list[dict[str, Any]] = []
+    for repeat in range(repeats):
+        lines = _lockstep(trl_spec, specs, workload, with_trl, reason, repeat)
+        for line in lines:
+            if repeats > 1:
+                line["repeat"] = repeat + 1
+            every.append(line)
+            yield line
+    if repeats > 1:
+        yield from repeat_summary(every, repeats)
+
+
+def _lockstep(
+    spec: BenchSpec,
+    specs: dict[str, BenchSpec],
+    workload: Workload,
+    with_trl: bool,
+    reason: str | None,
+    repeat: int,
+) -> list[dict[str, Any]]:
+    """One lockstep of :func:`_measure` (TRL in it if asked for and ``reason``, why it cannot
+    run, is None), in repeat ``repeat``'s order."""
+    trl = with_trl and reason is None
     turns = [(name, "iterate") for name in specs]
-    if with_trl and reason is None:
-        with without_env("OMP_NUM_THREADS"):  # the TRL child sees torch's default threads
-            servers["trl"] = start_child(bench_trl.serve_trl, spec, workload, serve=True)
+    if trl:
         turns += [("trl", v) for v in bench_trl.VARIANTS]
+    turns = in_order(turns, repeat)
+    servers = {}
+    for name in dict.fromkeys(name for name, _ in turns):  # started in the turns' order
+        if name == "trl":
+            with without_env("OMP_NUM_THREADS"):  # the TRL child sees torch's default threads
+                servers["trl"] = start_child(bench_trl.serve_trl, spec, workload, serve=True)
+        else:
+            servers[name] = start_child(serve_rayrm, specs[name], workload, name, serve=True)
     try:
         finals = run_lockstep(servers, turns, spec.iterations)
     except ChildError as e:
@@ -476,6 +519,7 @@ def _measure_groups(spec: BenchSpec, workload: Workload) -> list[dict[str, Any]]
     """rayrm's GRPO and RLOO and, if installed, TRL's GRPOTrainer and RLOOTrainer on ``spec``
     (``spec.samples_per_prompt`` completions per prompt), all in one lockstep."""
     reason = bench_trl.trl_unavailable_reason()
+    spec = replace(spec, matched_threads=update_threads(spec, workload))
     specs = {a: replace(spec, estimator=a) for a in GROUP_ALGOS}
     servers = {
         f"groups-{a}": start_child(serve_rayrm, s, workload, f"groups-{a}", serve=True)

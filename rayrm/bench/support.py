@@ -4,7 +4,8 @@ What belongs here: the benchmark's character tokenizer and GPT-2 policy / reward
 locally, nothing downloaded), the rayrm run config of a benchmark configuration, the peak-RSS
 sampler, and the spawned child processes every configuration runs in (so that each has its
 own peak RSS, its own local Ray, and prints nothing on the benchmark's stdout). The
-measurements themselves are in ``rayrm.bench.run`` and ``rayrm.bench.trl``.
+measurements themselves are in ``rayrm.bench.run`` and ``rayrm.bench.trl``; the local Ray and
+the trial, as ``rayrm train`` would start them, in ``rayrm.bench.trial``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import os
 import resource
 import sys
-import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -23,9 +23,8 @@ from typing import Any
 
 from envs.builtin import BUILTIN_PROMPTS
 from envs.prompts import write_prompts_jsonl
-from rayrm.config import config_from_dict
+from rayrm.config import ConfigError, config_from_dict
 from rayrm.models.tiny import build_tiny_policy
-from rayrm.ray_init import init_ray
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_CHARS = "".join(chr(c) for c in range(32, 127)) + "\t\n"
@@ -76,8 +75,16 @@ class BenchSpec:
     seed: int = 0
     estimator: str = "gae"
     samples_per_prompt: int = 1
-    trial_cpus: int = 1
     async_rollouts: bool = False
+    num_cpus: int | None = None
+    """``run.num_cpus``: CPUs of the local Ray (None: all cores, as ``rayrm train``)."""
+    num_cpus_per_learner: float | None = None
+    """``resources.num_cpus_per_learner`` (None: ``rayrm train``'s, the cores the trial's
+    other bundles leave on its local Ray)."""
+    matched_threads: int = 1
+    """torch threads of the TRL steps run at rayrm's thread count: those of the update of
+    rayrm's synchronous trial on this machine (set by the benchmark, see
+    ``rayrm.bench.run.update_threads``)."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -228,14 +235,22 @@ def model_info(spec: BenchSpec, workload: Workload) -> dict[str, Any]:
 
 
 def run_config(spec: BenchSpec, workload: Workload, storage: str) -> Any:
-    """The rayrm RunConfig of one benchmark configuration."""
+    """The rayrm RunConfig of one benchmark configuration: the config file a user would give
+    ``rayrm train``, every resource at its default unless the spec sets it (``num_cpus``,
+    ``num_cpus_per_learner``, remote env runners and learners). The trial reserves what
+    ``rayrm train`` then derives from it (``rayrm.bench.trial``)."""
 
-    reward: dict[str, Any] = {"num_cpus_per_actor": 0.5, "batch_size": spec.batch_size}
+    reward: dict[str, Any] = {"batch_size": spec.batch_size}
     if workload.reward is not None:
         reward.update(source="model", path=workload.reward)
     else:
         reward.update(source="function", function="envs.builtin:vowel_reward")
     critic = {"critic": spec.critic} if spec.estimator == "gae" else {}
+    learner = (
+        {}
+        if spec.num_cpus_per_learner is None
+        else {"num_cpus_per_learner": spec.num_cpus_per_learner}
+    )
     return config_from_dict(
         {
             "name": "bench",
@@ -259,10 +274,16 @@ def run_config(spec: BenchSpec, workload: Workload, storage: str) -> Any:
             "resources": {
                 "num_env_runners": spec.num_env_runners,
                 "num_learners": spec.num_learners,
-                "num_cpus_per_env_runner": 1,
-                "num_cpus_per_learner": spec.trial_cpus if spec.num_learners == 0 else 1,
+                **learner,
             },
-            "run": {"num_iterations": spec.warmup + spec.iterations, "storage_path": storage},
+            "run": {
+                "num_iterations": spec.warmup + spec.iterations,
+                "storage_path": storage,
+                "num_cpus": spec.num_cpus,
+                # Its own local Ray never grows: a trial that does not fit fails at once, with
+                # the line rayrm train prints after this wait.
+                "pending_timeout_s": 0,
+            },
             # Held-out evaluation would sample and score inside some algo.train() calls.
             "eval": {"every": 0},
         },
@@ -344,27 +365,6 @@ class PeakRSS:
         }
 
 
-def start_local_ray(num_cpus: int) -> str:
-    """A local Ray in a short temp dir (one thread per torch process); returns the dir."""
-    import torch
-
-    torch.set_num_threads(1)
-    temp_dir = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
-    init_ray(
-        num_cpus,
-        temp_dir=temp_dir,
-        log_to_driver=False,
-        env_vars={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-    )
-    return temp_dir
-
-
-def ray_cpus(spec: BenchSpec) -> int:
-    """Logical CPUs for the local Ray: one per remote env runner and learner, two to spare
-    (the reward actor asks for half of one)."""
-    return 2 + spec.num_env_runners + spec.num_learners
-
-
 # ------------------------------------------------------------------------------ processes
 class ChildError(RuntimeError):
     """A benchmark child process failed; the message is its traceback."""
@@ -373,7 +373,8 @@ class ChildError(RuntimeError):
 def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], serve: bool) -> None:
     """Child-process entry: stdout goes to stderr, so that only the parent's JSON is on stdout.
 
-    Sends ``("ok", result)`` or ``("error", traceback)`` as its last message; a server
+    Sends ``("ok", result)`` or ``("error", traceback)`` as its last message (a config
+    error: the one line ``rayrm train`` prints for it, e.g. a trial that does not fit); a server
     (``serve=True``) gets the connection as its first argument and talks over it before that.
     """
     os.dup2(2, 1)
@@ -381,6 +382,8 @@ def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], serve: bool
     try:
         result = fn(conn, *args) if serve else fn(*args)
         conn.send(("ok", result))
+    except ConfigError as e:  # the one line rayrm train prints for it
+        conn.send(("error", f"rayrm: error: {e}"))
     except BaseException:  # noqa: BLE001  (reported to the parent)
         conn.send(("error", traceback.format_exc()))
     finally:

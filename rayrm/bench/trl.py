@@ -164,12 +164,13 @@ def serve_trl(conn: Any, spec: BenchSpec, workload: Workload) -> dict[str, Any]:
     ``on_step_end`` returns, so every interval holds exactly two calls, made in its own mode.
     ``*_default`` steps run at torch's default thread count in this process (the child is
     started without ``OMP_NUM_THREADS``: what a user running TRL gets), the others at
-    ``spec.trial_cpus``, the threads of rayrm's trial.
+    ``spec.matched_threads``, the threads of rayrm's synchronous update (what ``rayrm train``
+    reserves for its learner on this machine).
     """
     import torch
 
     default_threads = torch.get_num_threads()
-    torch.set_num_threads(spec.trial_cpus)
+    torch.set_num_threads(spec.matched_threads)
     import trl.experimental.ppo.ppo_trainer as ppo_module
     from transformers import TrainerCallback
 
@@ -199,7 +200,7 @@ def serve_trl(conn: Any, spec: BenchSpec, workload: Workload) -> dict[str, Any]:
                 raise ValueError(f"unknown TRL mode {self.mode!r}")
             switch.enabled = self.mode.startswith("stock")
             default = self.mode.endswith("_default")
-            torch.set_num_threads(default_threads if default else spec.trial_cpus)
+            torch.set_num_threads(default_threads if default else spec.matched_threads)
             self.calls0, self.start = switch.calls, time.perf_counter()
 
     if spec.warmup < 1:
@@ -221,7 +222,7 @@ def serve_trl(conn: Any, spec: BenchSpec, workload: Workload) -> dict[str, Any]:
             "s_per_token": sum(dts) / (tokens_per_step * len(dts)),
             "iteration_s_median": statistics.median(dts),
             "gc_collect_calls_per_step": statistics.fmean(calls[variant]),
-            "threads": default_threads if variant.endswith("_default") else spec.trial_cpus,
+            "threads": (default_threads if variant.endswith("_default") else spec.matched_threads),
         }
     return {"peak_rss_mb": rss.report(), "steps": steps}
 

@@ -123,7 +123,7 @@ def serve_trl_group(conn: Any, spec: BenchSpec, workload: Workload, algo: str) -
     import torch
     from transformers import TrainerCallback
 
-    torch.set_num_threads(spec.trial_cpus)  # rayrm's trial's threads
+    torch.set_num_threads(spec.matched_threads)  # rayrm's update's threads
     per_iteration = spec.num_epochs * spec.num_minibatches
     total = spec.warmup + spec.iterations
     times: list[float] = []

@@ -151,6 +151,19 @@ def make_tuner(
     )
 
 
+def start_ray_for(cfg: RunConfig, **ray_kwargs: Any) -> RunConfig:
+    """Joins the cluster, or starts the local Ray, that a run of ``cfg`` runs on
+    (``init_ray(run.num_cpus)``; ``ray_kwargs`` go to it) and returns ``cfg`` as its trial
+    reserves there: a local Ray started here is the trial's alone, so its local learner takes
+    the cores the other bundles leave (``claim_local_cores``). ``rayrm bench`` starts its
+    trials' Ray with this too."""
+    if init_ray(cfg.run.num_cpus, **ray_kwargs):
+        import ray
+
+        return claim_local_cores(cfg, ray.cluster_resources().get("CPU", 0.0))
+    return cfg
+
+
 def run_train(
     cfg: RunConfig, *, resume: bool = False, callbacks: list[Any] | None = None
 ) -> tuple[Path, dict[str, Any]]:
@@ -166,10 +179,7 @@ def run_train(
     exp_dir = check_experiment_dir(cfg, resume)
     cfg = with_planned_iterations(cfg)  # run.num_epochs, in iterations
     claim_run_folder(exp_dir)  # a killed driver's Ray: ended before this one starts
-    if init_ray(cfg.run.num_cpus):  # a local Ray of its own: the trial takes the spare cores
-        import ray
-
-        cfg = claim_local_cores(cfg, ray.cluster_resources().get("CPU", 0.0))
+    cfg = start_ray_for(cfg)
     exp_dir.mkdir(parents=True, exist_ok=True)
     record_driver(exp_dir, local_session_dir())
     try:
