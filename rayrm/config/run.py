@@ -200,8 +200,10 @@ class PPOConfig(Section):
             iteration k's, so each batch trains weights exactly one update newer than the ones
             that sampled it; the sampler's log-probs are PPO's "old" ones, and the ratio
             corrects for the lag (``recompute_logp`` must stay off). Without remote env
-            runners the trial samples in a second thread and reserves
-            ``resources.num_cpus_per_env_runner`` more CPUs for it.
+            runners the trial samples in a second thread, which time-shares the CPUs of the
+            trial's own reward actors (it waits while they score what it sampled): the trial
+            reserves only what they lack of ``resources.num_cpus_per_env_runner`` (at the
+            defaults nothing, so on 2 cores it asks for 2 CPUs: learner and reward actor).
     """
 
     batch_size: int = Field(16, ge=1)
