@@ -26,6 +26,10 @@ SKIPPED_STEPS = "skipped_steps"
 
 # Published keys (top level of every training result).
 REWARD_MEAN = "reward/mean"
+ENV_PREFIX = "env/"
+"""Multi-turn episodes' statistics: ``env/turns``, ``env/tool_calls``, ``env/success`` ..."""
+ENV_RETURN = "env/return"
+"""Mean over a batch of multi-turn episodes of the environment's rewards, summed per episode."""
 REWARD_STD = "reward/std"
 REWARD_RAW_MEAN = "reward/raw_mean"
 REWARD_SKIPPED = "reward/skipped"

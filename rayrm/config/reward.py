@@ -59,7 +59,9 @@ class RewardConfig(Section):
             ``function`` on the decoded texts; ``metric`` compares each completion with its
             prompt's reference (``data.reference_column``) by ``metric``; ``ensemble`` scores
             with every reward model in ``members`` and combines them by ``combine``;
-            ``composite`` is the weighted sum of ``components``.
+            ``composite`` is the weighted sum of ``components``; ``env`` adds nothing: the
+            rewards are the environment's own, turn by turn (``env`` section, multi-turn
+            episodes).
         path: Reward-model directory. Required with ``source=model``; ignored otherwise.
             Reward models read prompt + completion as text through *their own* tokenizer (and,
             for conversations, their own chat template), so they need not share the policy's.
@@ -129,7 +131,7 @@ class RewardConfig(Section):
             evaluation samples, whose ending is not recorded.
     """
 
-    source: Literal["model", "function", "metric", "ensemble", "composite"] = "function"
+    source: Literal["model", "function", "metric", "ensemble", "composite", "env"] = "function"
     path: NonEmptyStr | None = None
     tokenizer_path: NonEmptyStr | None = None
     function: NonEmptyStr | None = "envs.builtin:vowel_reward"

@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field
 
 from rayrm.config.base import ConfigError, NonEmptyStr, Section
+from rayrm.config.environment import EnvSettings
 from rayrm.config.lora import LoraSettings
 from rayrm.config.reward import FUNCTION_RE, RewardConfig, check_reward
 from rayrm.config.tracking import TrackingSettings
@@ -25,6 +26,7 @@ __all__ = [
     "PROMPT_SUFFIXES",
     "SAMPLERS",
     "DataConfig",
+    "EnvSettings",
     "EvalSettings",
     "GenerationConfig",
     "ModelConfig",
@@ -383,6 +385,7 @@ class RunConfig(Section):
         run: See :class:`RunSettings`.
         tune: See :class:`TuneSettings`.
         eval: See :class:`EvalSettings`.
+        env: See :class:`~rayrm.config.environment.EnvSettings` (multi-turn episodes).
     """
 
     name: NonEmptyStr = "rayrm"
@@ -396,6 +399,7 @@ class RunConfig(Section):
     run: RunSettings = RunSettings()
     tune: TuneSettings = TuneSettings()
     eval: EvalSettings = EvalSettings()
+    env: EnvSettings | None = None
 
     @property
     def envs_per_env_runner(self) -> int:
@@ -404,8 +408,20 @@ class RunConfig(Section):
 
     @property
     def max_seq_len(self) -> int:
-        """Longest prompt-plus-completion sequence, in tokens."""
+        """Longest prompt-plus-completion sequence (a whole multi-turn episode), in tokens."""
+        if self.env is not None:
+            return self.env.max_total_tokens
         return self.data.max_prompt_tokens + self.generation.max_new_tokens
+
+    @property
+    def max_policy_tokens(self) -> int:
+        """Most tokens the policy samples in one episode (every turn of a multi-turn one)."""
+        if self.env is not None:
+            return min(
+                self.env.max_turns * self.generation.max_new_tokens,
+                self.env.max_total_tokens - 1,
+            )
+        return self.generation.max_new_tokens
 
     @property
     def completions_per_learner_minibatch(self) -> int:
@@ -479,6 +495,25 @@ def _check_relations(cfg: RunConfig) -> None:
             key="data.prompts",
         )
     check_reward(reward)
+    if reward.source == "env" and cfg.env is None:
+        raise ConfigError(
+            "reward.source=env pays the environment's own rewards, but the run has no env "
+            "section (env.environment: 'module:Class')",
+            key="reward.source",
+        )
+    if cfg.env is not None and (cfg.eval.every > 0 or cfg.eval.report):
+        raise ConfigError(
+            "the held-out evaluation and the report sample one completion per prompt; a run "
+            "with an env section (multi-turn episodes) logs env/success and env/return per "
+            "iteration instead: set eval.every: 0 and eval.report: false",
+            key="eval.every" if cfg.eval.every > 0 else "eval.report",
+        )
+    if reward.source == "env" and reward.normalize:
+        raise ConfigError(
+            "reward.normalize whitens the reward source's scores; with reward.source=env there "
+            "are none (the environment's rewards are paid as they are)",
+            key="reward.normalize",
+        )
     gold = cfg.eval.gold_function
     if gold is not None and not FUNCTION_RE.match(gold):
         raise ConfigError(

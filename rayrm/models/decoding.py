@@ -10,7 +10,7 @@ does not grow with the length of the completion.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from rayrm.core_algos import sample_tokens
 
 __all__ = [
     "decode_batch",
+    "decode_block",
     "decode_start",
     "decode_step",
     "left_pad",
@@ -34,6 +35,10 @@ Sampler = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 OnTokens = Callable[[np.ndarray, np.ndarray], Sequence[bool]]
 """Called with the (B,) tokens and log-probs of a step; returns which rows go on."""
+
+Inserts = Callable[[], Mapping[int, Sequence[int]]]
+"""Called after each step's ``OnTokens``: row -> ids to feed after the row's sampled token
+(an environment's reply in a multi-turn episode), before the next token is sampled."""
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +105,40 @@ def decode_step(
     return out.logits[:, -1].float(), _cache_of(out)
 
 
+@torch.no_grad()
+def decode_block(
+    model: nn.Module, block: torch.Tensor, cache: Any, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, Any]:
+    """Feeds a few tokens per row through the cache (an environment's reply after a turn).
+
+    Rows feed different numbers of tokens: each row's tokens are right-aligned in ``block`` and
+    the columns before them are masked out (holes in the cache that no later token attends
+    to), so every row's newest token is in the last column. Positions count real tokens only,
+    so a row's tokens get the positions a forward over its unpadded sequence gives them.
+
+    Args:
+        model: the model that built ``cache``.
+        block: (B, K) ids, each row's tokens right-aligned, masked columns any id.
+        cache: the cache from the previous call.
+        attention_mask: (B, C + K) mask INCLUDING the block's columns.
+
+    Returns:
+        ``(logits, cache)``: (B, V) next-token logits after each row's last token, and the cache.
+    """
+    width = block.shape[1]
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]  # (B, K)
+    keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    out = model(
+        input_ids=block,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        **{_cache_kwarg(model): cache},
+        **keep,
+    )
+    return out.logits[:, -1].float(), _cache_of(out)
+
+
 def _accepts(model: nn.Module, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
@@ -122,6 +161,7 @@ def decode_batch(
     pad_id: int,
     sample: Sampler,
     on_tokens: OnTokens,
+    inserts: Inserts | None = None,
 ) -> None:
     """Decodes all prompts together until ``on_tokens`` says no row goes on.
 
@@ -132,6 +172,9 @@ def decode_batch(
         sample: turns a step's logits into tokens and their log-probs.
         on_tokens: consumes each step's tokens; returns per row whether it continues. A
             finished row keeps being fed (its tokens are ignored) until all are finished.
+        inserts: after each step, the ids to feed after some rows' tokens (multi-turn
+            environments' replies): the cache is extended with them (:func:`decode_block`),
+            never rebuilt, so a turn costs its own tokens, not the history's.
     """
     ids, mask = left_pad(prompts, pad_id)
     device = next(model.parameters()).device
@@ -142,8 +185,20 @@ def decode_batch(
         active = on_tokens(tokens.cpu().numpy(), logp.float().cpu().numpy())
         if not any(active):
             return
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits, cache = decode_step(model, tokens, cache, mask)
+        extra = inserts() if inserts is not None else {}
+        if not extra:
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits, cache = decode_step(model, tokens, cache, mask)
+            continue
+        width = 1 + max(len(ids) for ids in extra.values())
+        block = torch.full((len(prompts), width), pad_id, dtype=torch.int64)
+        block_mask = torch.zeros((len(prompts), width), dtype=mask.dtype)
+        for row, token in enumerate(tokens.tolist()):
+            fed = [int(token), *(int(i) for i in extra.get(row, ()))]
+            block[row, width - len(fed) :] = torch.tensor(fed)
+            block_mask[row, width - len(fed) :] = 1
+        mask = torch.cat([mask, block_mask.to(device)], dim=1)
+        logits, cache = decode_block(model, block.to(device), cache, mask)
 
 
 def sampler(

@@ -26,6 +26,7 @@ import numpy as np
 import ray
 
 from rayrm import metrics as M
+from rayrm.rewards.environment import EnvironmentRewards
 from rayrm.rewards.base import Conversations, References
 from rayrm.rewards.pool import POOL_NAMESPACE, RewardPool
 
@@ -315,6 +316,8 @@ def build_reward(
             return None if sub is None else f"{sub}.{part}"
 
         tokenizer_path = src.tokenizer_path or reward.tokenizer_path
+        if src.source == "env":
+            return EnvironmentRewards()
         if src.source == "ensemble":
             members = [
                 pool("model", child(f"member{j}"), path=path, tokenizer_path=tokenizer_path)

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
+from envs import MULTI_TURN_ENV_ID, TEXT_GENERATION_ENV_ID
 from rayrm import metrics as M
 from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import AdaptiveKLController, FixedKLController
@@ -52,6 +53,7 @@ from rayrm.rl.codec import run_codec, run_stop_token_ids
 from rayrm.rl.connectors.precomputed import score_alongside
 from rayrm.rl.env_runner import RLHFEnvRunner, sync_weights
 from rayrm.rl.episodes import (
+    episode_metrics,
     WEIGHTS_VERSION,
     completion_of,
     dealable,
@@ -71,6 +73,37 @@ from rayrm.rl.prompt_order import (
 from rayrm.rl.reservations import local_sampler_cpus, local_sampler_threads, trial_request
 from rayrm.rl.rllib_compat import local_learner, restart_env_runners, sample_episodes
 from rayrm.rl.watchdog import iteration_watchdog
+
+
+def environment_of(cfg: RunConfig, vocab_size: int) -> tuple[str, dict[str, Any]]:
+    """The Gymnasium env id and ``env_config`` a run samples from: one completion per prompt,
+    or, with an ``env`` section, multi-turn episodes (``envs.multi_turn``)."""
+    shared = {
+        "tokenizer": cfg.model.resolved_tokenizer_path,
+        "prompts": cfg.data.prompts,
+        "max_prompt_tokens": cfg.data.max_prompt_tokens,
+        "max_new_tokens": cfg.generation.max_new_tokens,
+        "stop_token_ids": run_stop_token_ids(cfg),
+        "stop_strings": list(cfg.generation.stop_strings),
+        "vocab_size": vocab_size,
+    }
+    if cfg.env is not None:
+        return MULTI_TURN_ENV_ID, {
+            **shared,
+            "environment": cfg.env.environment,
+            "max_turns": cfg.env.max_turns,
+            "max_total_tokens": cfg.env.max_total_tokens,
+            "tool_parser": cfg.env.tool_parser,
+            "tool_timeout_s": cfg.env.tool_timeout_s,
+        }
+    return TEXT_GENERATION_ENV_ID, {
+        **shared,
+        "prompt_column": cfg.data.prompt_column,
+        "reference_column": cfg.data.reference_column,
+        "messages_column": cfg.data.messages_column,
+        "chat_template": cfg.data.chat_template,
+        "reward_fn": None,  # deferred: the RewardPool scores in batches
+    }
 
 
 class RLHFConfig(PPOConfig):
@@ -105,25 +138,9 @@ class RLHFConfig(PPOConfig):
         vocab_size = int(AutoConfig.from_pretrained(cfg.model.path).get_text_config().vocab_size)
         ppo, res = cfg.ppo, cfg.resources
         tokens_per_learner = max(
-            1, ppo.batch_size * cfg.generation.max_new_tokens // max(1, res.num_learners)
+            1, ppo.batch_size * cfg.max_policy_tokens // max(1, res.num_learners)
         )
-        self.environment(
-            "rayrm/TextGeneration-v0",
-            env_config={
-                "tokenizer": cfg.model.resolved_tokenizer_path,
-                "prompts": cfg.data.prompts,
-                "prompt_column": cfg.data.prompt_column,
-                "reference_column": cfg.data.reference_column,
-                "messages_column": cfg.data.messages_column,
-                "chat_template": cfg.data.chat_template,
-                "reward_fn": None,  # deferred: the RewardPool scores in batches
-                "max_prompt_tokens": cfg.data.max_prompt_tokens,
-                "max_new_tokens": cfg.generation.max_new_tokens,
-                "stop_token_ids": run_stop_token_ids(cfg),
-                "stop_strings": list(cfg.generation.stop_strings),
-                "vocab_size": vocab_size,
-            },
-        )
+        self.environment(*environment_of(cfg, vocab_size))
         self.env_runners(
             env_runner_cls=RLHFEnvRunner,
             num_env_runners=res.num_env_runners,
@@ -466,8 +483,19 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
 
     def _score(self, episodes: list[Any]) -> ScoredBatch:
         """Scores every finished completion (``rayrm.rewards.shaping``) and pays each shaped
-        score at its completion's last token."""
+        score at its completion's last token.
+
+        A multi-turn environment has paid its turns' rewards already: they count in the raw
+        scores (so groups compare whole episodes) and, with its episode statistics, are
+        published as ``env/...``."""
         scored = self.rewards.score([completion_of(e) for e in episodes])
+        if self.run_config.env is not None:
+            returns = np.array([float(np.sum(e.get_rewards())) for e in episodes])
+            scored = replace(
+                scored,
+                raw=scored.raw + returns,
+                breakdown={**scored.breakdown, **episode_metrics(episodes, returns)},
+            )
         for episode, score in zip(episodes, scored.scores, strict=True):
             buffer = episode.rewards
             if isinstance(buffer.data, np.ndarray) and not buffer.data.flags.writeable:

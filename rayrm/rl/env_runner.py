@@ -16,6 +16,10 @@ the learner updates they had seen), from which the algorithm measures the policy
 Episodes are stored compactly (the format: ``rayrm.rl.episodes``): each observation keeps only
 the row's ``length``; the prompt's token ids go once into the first info (``PROMPT_IDS``) and
 the completion's tokens are the actions, so a completion costs O(P + T), not O(T·L).
+
+A multi-turn env (``envs.multi_turn``) answers a finished turn with reply ids in the step's
+info; they are fed through the same KV cache before the row's next token is sampled
+(``decode_batch``'s ``inserts``), so a turn costs its own tokens, not the history's.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 
 import envs  # noqa: F401  (registers rayrm/TextGeneration-v0 in this process)
+from envs.multi_turn import REPLY_IDS
 from rayrm.models.decoding import decode_batch, left_pad
 from rayrm.ray_init import use_reserved_cpus
 from rayrm.rl.episodes import GROUP, PROMPT_IDS, WEIGHTS_VERSION
@@ -155,6 +160,7 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
             self._generator = torch.Generator(device=device).manual_seed(self._sampling_seed)
         generator = self._generator if explore else None
         active = [True] * len(runner_envs)
+        replies: dict[int, np.ndarray] = {}  # row -> a multi-turn env's reply to feed next
 
         def sample(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return module.sample_next(logits, greedy=not explore, generator=generator)
@@ -175,10 +181,24 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
                     extra_model_outputs={Columns.ACTION_LOGP: np.float32(logp[i])},
                 )
                 active[i] = not (terminated or truncated)
+                if REPLY_IDS in info:
+                    replies[i] = info[REPLY_IDS]
             return active
 
+        def take_replies() -> dict[int, np.ndarray]:
+            out = dict(replies)
+            replies.clear()
+            return out
+
         pad_id = int(runner_envs[0].unwrapped.pad_token_id)
-        decode_batch(module.lm, prompts, pad_id=pad_id, sample=sample, on_tokens=on_tokens)
+        decode_batch(
+            module.lm,
+            prompts,
+            pad_id=pad_id,
+            sample=sample,
+            on_tokens=on_tokens,
+            inserts=take_replies,
+        )
         return episodes
 
 

@@ -18,6 +18,13 @@ holds what the whole completion shares:
 
 Its last info holds the texts the reward reads (``prompt_text``, ``completion``) and
 ``STOP_TOKEN``: whether the last action is a stop token (not part of the text).
+
+A multi-turn episode (``envs.multi_turn``) is the same with the environment's replies spliced
+in: only the policy's tokens are steps (actions), so the loss, the KL and the entropy never see
+a reply's tokens; its last info holds ``INSERTS``, every reply's ids with the index of the
+action they follow, from which :func:`token_rows` rebuilds the exact sequence the sampler
+conditioned on, and ``EPISODE_STATS`` (turns, tool calls, ...). Each turn's reward is the
+reward of its last token's step; γ and λ discount per policy token, across turns too.
 """
 
 from __future__ import annotations
@@ -28,11 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from envs.multi_turn import EPISODE_STATS, INSERTS
 from rayrm import metrics as M
 from rayrm.rewards.base import Completion
 
 __all__ = [
+    "EPISODE_STATS",
     "GROUP",
+    "INSERTS",
     "PROMPT_IDS",
     "PROMPT_INDEX",
     "STOP_TOKEN",
@@ -40,6 +50,8 @@ __all__ = [
     "completion_of",
     "content_key",
     "dealable",
+    "episode_metrics",
+    "inserts_of",
     "group_key",
     "row_slices",
     "select_groups",
@@ -64,8 +76,22 @@ ends the completion and is not part of its text. False when a stop string or the
 limit ended it."""
 
 
+Inserts = list[tuple[int, list[int]]]
+"""An episode's environment replies: ``(index of the action they follow, ids)``, in order."""
+
+
+def inserts_of(episode: Any) -> Inserts:
+    """The replies spliced into a (multi-turn) episode; [] for a single-turn one."""
+    if not len(episode):
+        return []
+    return [(int(i), list(ids)) for i, ids in episode.get_infos(-1).get(INSERTS, ())]
+
+
 def token_rows(
-    prompts: list[np.ndarray], actions: torch.Tensor, lens: list[int]
+    prompts: list[np.ndarray],
+    actions: torch.Tensor,
+    lens: list[int],
+    inserts: list[Inserts] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The env's observation rows of compactly stored completions (see module docstring).
 
@@ -73,11 +99,15 @@ def token_rows(
         prompts: each completion's prompt token ids, (P_k,).
         actions: every row's action, completions one after the other, (N,) with N = sum(lens).
         lens: each completion's number of steps T_k.
+        inserts: each completion's environment replies (multi-turn), or None for none.
 
     Returns:
-        ``input_ids`` (N, W), row t of completion k holding its prompt and first t actions and
-        zeros after them, W the longest row; ``length`` (N, 1), that row's length P_k + t.
+        ``input_ids`` (N, W), row t of completion k holding its prompt, its first t actions and
+        the replies among them, zeros after; ``length`` (N, 1), that row's length (P_k + t
+        plus the replies before action t); W the longest row.
     """
+    if inserts is not None and any(inserts):
+        return _rows_with_inserts(prompts, actions, lens, inserts)
     device = actions.device
     steps = torch.tensor(lens, device=device)
     plen = torch.tensor([len(p) for p in prompts], device=device)  # (G,)
@@ -96,6 +126,41 @@ def token_rows(
     return {"input_ids": ids, "length": length[:, None]}
 
 
+def _rows_with_inserts(
+    prompts: list[np.ndarray], actions: torch.Tensor, lens: list[int], inserts: list[Inserts]
+) -> dict[str, torch.Tensor]:
+    """:func:`token_rows` of episodes with replies: each completion's whole sequence is laid
+    out once (prompt, then actions with the replies after the actions they follow)."""
+    device = actions.device
+    acts = actions.long().cpu().numpy()
+    sequences, lengths, start = [], [], 0
+    for prompt, n, replies in zip(prompts, lens, inserts, strict=True):
+        extra = np.zeros(n + 1, np.int64)  # extra[t]: reply tokens before action t
+        for index, ids in replies:
+            extra[index + 1 :] += len(ids)
+        length = len(prompt) + np.arange(n) + extra[:n]  # (T,) where action t sits
+        seq = np.zeros(len(prompt) + n + int(extra[n]), np.int64)
+        seq[: len(prompt)] = prompt
+        seq[length] = acts[start : start + n]
+        for index, ids in replies:
+            seq[length[index] + 1 : length[index] + 1 + len(ids)] = ids
+        sequences.append(seq)
+        lengths.append(length)
+        start += n
+    length_all = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    width = int(length_all.max()) if len(length_all) else 0
+    ids = np.zeros((len(length_all), width), np.int64)
+    row = 0
+    for seq, length in zip(sequences, lengths, strict=True):
+        for t, cut in enumerate(length.tolist()):
+            ids[row + t, :cut] = seq[:cut]
+        row += len(length)
+    return {
+        "input_ids": torch.from_numpy(ids).to(device),
+        "length": torch.from_numpy(length_all).to(device)[:, None],
+    }
+
+
 def seq_ids(lens: list[int], device: Any) -> torch.Tensor:
     """(N,) each row's completion index, completions one after the other."""
     return torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens)).to(device)
@@ -110,9 +175,13 @@ def row_slices(lens: list[int]) -> Iterator[slice]:
 
 
 def content_key(episode: Any) -> tuple[bytes, bytes]:
-    """A completion's prompt ids and tokens, as bytes (what its forwards depend on)."""
+    """A completion's prompt ids and tokens (replies spliced in), as bytes: what its
+    forwards depend on."""
     prompt = np.asarray(episode.get_infos(0)[PROMPT_IDS], np.int64)
-    return prompt.tobytes(), np.asarray(episode.get_actions(), np.int64).tobytes()
+    tokens = np.asarray(episode.get_actions(), np.int64).tobytes()
+    for index, ids in inserts_of(episode):
+        tokens += b"|%d:" % index + np.asarray(ids, np.int64).tobytes()
+    return prompt.tobytes(), tokens
 
 
 def completion_of(episode: Any) -> Completion:
@@ -212,3 +281,17 @@ def select_groups(
         if dealable(train_on, num_learners=num_learners, num_minibatches=num_minibatches):
             return train_on, stats
         keep.add(next(back))  # the whole batch is dealable: this ends by then
+
+
+def episode_metrics(episodes: list[Any], returns: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-episode values of multi-turn episodes to publish (each as its batch mean):
+    ``env/return`` (the environment's rewards summed) and every ``EPISODE_STATS`` number
+    (``env/turns``, ``env/tool_calls``, ``env/tool_errors``, ``env/tool_timeouts``,
+    ``env/truncated``, the environment's own such as ``env/success``; 0 for an episode whose
+    environment never reported it)."""
+    stats = [dict(e.get_infos(-1).get(EPISODE_STATS, {})) for e in episodes]
+    keys = sorted({k for s in stats for k in s})
+    out = {M.ENV_RETURN: np.asarray(returns, np.float64)}
+    for key in keys:
+        out[f"{M.ENV_PREFIX}{key}"] = np.array([float(s.get(key, 0.0)) for s in stats])
+    return out

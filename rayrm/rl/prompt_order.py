@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.multi_turn import load_rows
 from envs.prompts import load_prompt_rows
 from envs.tokenization import Prompt
 from rayrm.config import ConfigError, RunConfig
@@ -71,6 +72,8 @@ def training_rows(cfg: RunConfig, num_rows: int | None = None) -> list[int]:
         ConfigError: the evaluation or report needs held-out rows of a one-prompt file.
     """
     d = cfg.data
+    if num_rows is None and cfg.env is not None:  # rows of a multi-turn task: any columns
+        num_rows = len(load_rows(d.prompts))
     if num_rows is None:
         prompts, _ = load_prompt_rows(d.prompts, d.prompt_column, None, d.messages_column)
         num_rows = len(prompts)

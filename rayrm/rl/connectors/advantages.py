@@ -19,7 +19,7 @@ from rayrm import metrics as M
 from rayrm.config import RunConfig
 from rayrm.core_algos import kl_estimate, token_advantages, whiten
 from rayrm.rl.connectors.precomputed import PrecomputedForwards
-from rayrm.rl.episodes import GROUP, PROMPT_IDS, row_slices, seq_ids, token_rows
+from rayrm.rl.episodes import GROUP, PROMPT_IDS, inserts_of, row_slices, seq_ids, token_rows
 from rayrm.rl.module import LOGP, REF_LOGP, SEQ_ID, VF_PREDS
 
 __all__ = ["ADVANTAGES", "VALUE_TARGETS", "RLHFAdvantages", "as_numpy", "whiten_across_learners"]
@@ -175,7 +175,10 @@ def _rebuilt_rows(
     """The env's observation rows, rebuilt from the compactly stored episodes
     (``rayrm.rl.episodes``): prompts from the first infos, tokens from the actions."""
     rows = token_rows(
-        [e.get_infos(0)[PROMPT_IDS] for e in episodes], module_batch[Columns.ACTIONS], lens
+        [e.get_infos(0)[PROMPT_IDS] for e in episodes],
+        module_batch[Columns.ACTIONS],
+        lens,
+        [inserts_of(e) for e in episodes],
     )
     stored = module_batch[Columns.OBS]["length"].reshape(-1).long()
     if not torch.equal(rows["length"].reshape(-1), stored):

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 
-from rayrm.rl.episodes import PROMPT_IDS, content_key, row_slices, seq_ids, token_rows
+from rayrm.rl.episodes import (
+    PROMPT_IDS,
+    content_key,
+    inserts_of,
+    row_slices,
+    seq_ids,
+    token_rows,
+)
 from rayrm.rl.module import SEQ_ID
 
 __all__ = ["PrecomputedForwards", "score_alongside"]
@@ -46,7 +53,10 @@ class PrecomputedForwards:
         actions_t = torch.from_numpy(actions).to(device)
         batch = {
             Columns.OBS: token_rows(
-                [e.get_infos(0)[PROMPT_IDS] for e in episodes], actions_t, lens
+                [e.get_infos(0)[PROMPT_IDS] for e in episodes],
+                actions_t,
+                lens,
+                [inserts_of(e) for e in episodes],
             ),
             Columns.ACTIONS: actions_t,
             SEQ_ID: seq_ids(lens, device),

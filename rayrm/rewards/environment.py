@@ -1,0 +1,36 @@
+"""``reward.source: env``: the environment's own rewards are the whole reward.
+
+A multi-turn environment (``envs.protocol``) pays each turn's reward at the turn's last token;
+with this source nothing is added at the end of the episode, and no reward actor is started.
+Penalties (``reward.length_penalty``, ``reward.missing_eos_penalty``) still apply on top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["EnvironmentRewards"]
+
+
+class EnvironmentRewards:
+    """The :class:`~rayrm.rewards.base.Scorer` of ``reward.source: env``: 0 for every
+    completion (the episode's rewards come from its environment, turn by turn)."""
+
+    num_resubmitted = 0
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        return np.zeros(len(completions), np.float64)
+
+    def score_detailed(
+        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return self.score(prompts, completions), {}
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def shutdown(self) -> None:
+        return None
