@@ -54,6 +54,9 @@ class PromptCodec:
             tokenizer's chat template (conversations are always rendered with it).
         stop_token_ids: Ids besides the tokenizer's EOS that end a completion.
         stop_strings: Texts that end a completion once it contains them.
+        tools: JSON schemas of the tools the policy may call (``envs.tools.tool_schema``),
+            passed to the chat template (``apply_chat_template(tools=...)``) with every
+            conversation.
 
     Raises:
         ValueError: The tokenizer has no EOS, ``max_prompt_tokens < 1``, or chat rendering is
@@ -68,6 +71,7 @@ class PromptCodec:
         chat_template: bool = False,
         stop_token_ids: Iterable[int] = (),
         stop_strings: Iterable[str] = (),
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos_token_id; a completion needs EOS to end")
@@ -85,6 +89,7 @@ class PromptCodec:
         self.bos_token_id = None if bos is None else int(bos)
         self.stop_token_ids = frozenset({self.eos_token_id, *(int(i) for i in stop_token_ids)})
         self.stop_strings = tuple(s for s in stop_strings if s)
+        self.tools = [dict(t) for t in tools] if tools else None
         self._num_appended = _num_appended_special_tokens(tokenizer)
 
     # ------------------------------------------------------------------ prompts
@@ -102,7 +107,9 @@ class PromptCodec:
             return str(prompt)
         require_chat_template(self.tokenizer, "the policy tokenizer")
         return str(
-            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            self.tokenizer.apply_chat_template(
+                messages, tools=self.tools, add_generation_prompt=True, tokenize=False
+            )
         )
 
     def encode(self, prompt: Prompt) -> list[int]:

@@ -8,8 +8,8 @@ The tokenizers are of the kinds real checkpoints ship, trained on a small corpus
 * ``char``: the built-in character tokenizer (``envs.builtin``);
 * ``gpt2``: byte-level BPE, ``<|endoftext|>`` as BOS/EOS and no pad token (GPT-2);
 * ``llama``: SentencePiece-style BPE (Metaspace ``▁``, byte fallback ``<0x..>``, ``<s>`` added
-  before every text, ``</s>`` as EOS, a decoder that strips the leading space: Llama-2,
-  Mistral);
+  before every text, ``</s>`` as EOS, a decoder that strips the leading space, and a
+  Mistral-Instruct chat template (``[INST] ... [/INST]``): Llama-2, Mistral);
 * ``qwen2``: byte-level BPE with ``<|im_start|>``/``<|im_end|>``, a ChatML chat template, EOS
   ``<|im_end|>`` and pad ``<|endoftext|>`` (Qwen2.5-Instruct); its models declare both as
   EOS in ``generation_config.json``;
@@ -61,19 +61,75 @@ GEMMA_TEMPLATE = (
     "{{ raise_exception('System role not supported') }}{% endif %}"
     "{% for message in messages %}"
     "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% set role = 'user' if role == 'tool' else role %}"
+    "{% set content = message['content'] | trim %}"
+    "{% if tools and loop.first %}"
+    "{% set content = 'You can call these tools:\\n' + (tools | map('tojson') | join('\\n'))"
+    " + '\\n\\n' + content %}"
+    "{% endif %}"
+    "{{ '<start_of_turn>' + role + '\\n' + content + '<end_of_turn>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
-"""Gemma 2's chat format: it opens with ``<bos>`` and, as the real one, refuses a system role."""
+"""Gemma 2's chat format: it opens with ``<bos>`` and, as the real one, refuses a system role.
+
+Gemma 2 has no tool role; as people do with it, a ``tool`` message is a user turn and the
+``tools`` are listed at the top of the first user turn (without ``tools``: Gemma 2's own)."""
 
 CHATML_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    "{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{% for tool in tools %}{{ '\\n' + tool | tojson }}{% endfor %}"
+    "{{ '\\n</tools>\\n\\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
+    '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n'
+    "</tool_call><|im_end|>\\n' }}{% endif %}"
     "{% for message in messages %}"
+    "{% if message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}"
+    "{{ '<|im_start|>user' }}{% endif %}"
+    "{{ '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}"
+    "{{ '<|im_end|>\\n' }}{% endif %}"
+    "{% elif not (tools and loop.first and message['role'] == 'system') %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-"""Qwen2.5's chat format (ChatML), without its default system prompt."""
+"""Qwen2.5's chat format (ChatML), without its default system prompt.
+
+With ``tools``, a system turn lists them as Qwen2.5's does (the system message's content
+first); ``tool`` messages are user turns of ``<tool_response>`` blocks, consecutive ones in
+one turn, as Qwen2.5 renders them."""
+
+LLAMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='', first_user=true) %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% if not loop.first %}{{ raise_exception('a system message must come first') }}{% endif %}"
+    "{% set ns.system = message['content'] + '\\n\\n' %}"
+    "{% elif message['role'] == 'user' %}"
+    "{% if ns.first_user %}"
+    "{% if tools %}{{ '[AVAILABLE_TOOLS] ' + tools | tojson + '[/AVAILABLE_TOOLS]' }}{% endif %}"
+    "{{ '[INST] ' + ns.system + message['content'] + ' [/INST]' }}"
+    "{% set ns.first_user = false %}"
+    "{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'] | trim + eos_token }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '[TOOL_RESULTS] ' + message['content'] + ' [/TOOL_RESULTS]' }}"
+    "{% else %}{{ raise_exception('unknown role ' + message['role']) }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+"""Mistral-Instruct's format (``[INST] ... [/INST]``, assistant turns closed by ``</s>``) as
+plain text, as Llama-2 and Mistral v0.1 tokenize it; no generation prompt (the model writes
+right after ``[/INST]`` or ``[/TOOL_RESULTS]``). Unlike Mistral v3, which moves the system
+message and the tool list to the *last* user turn, both go to the first one, so rendering a
+longer conversation never changes what an earlier one rendered."""
 
 _CORPUS = [
     "the cat said hello to the dog",
@@ -212,8 +268,7 @@ def _sentencepiece_style(kind: str, vocab_size: int) -> Any:
         additional_special_tokens=specials[5:],
         clean_up_tokenization_spaces=False,
     )
-    if gemma:
-        out.chat_template = GEMMA_TEMPLATE
+    out.chat_template = GEMMA_TEMPLATE if gemma else LLAMA_TEMPLATE
     return out
 
 
