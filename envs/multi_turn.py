@@ -33,7 +33,8 @@ from envs.protocol import Environment, Reply, as_messages
 from envs.tables import read_table
 from envs.text_generation import resolve_tokenizer
 from envs.tokenization import PromptCodec
-from envs.tools import call_tool, tool_parser, tool_schema
+from envs import tools as tool_calls
+from envs.tools import call_tool, tool_schema
 from envs.turns import TurnCodec
 
 __all__ = [
@@ -142,7 +143,7 @@ class MultiTurnTextEnv(gym.Env[Observation, int]):
             stop_strings=stop_strings,
         )
         self.eos_token_id, self.pad_token_id = self.codec.eos_token_id, self.codec.pad_token_id
-        self.parse_tool_calls = tool_parser(tool_parser)
+        self.parse_tool_calls = tool_calls.tool_parser(tool_parser)
         self.tool_timeout_s = float(tool_timeout_s)
         self.max_prompt_tokens, self.max_new_tokens = int(max_prompt_tokens), int(max_new_tokens)
         self.max_turns = int(self.env_class.max_turns or max_turns)

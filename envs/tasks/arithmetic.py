@@ -17,7 +17,7 @@ from envs.protocol import Reply, ToolEnvironment
 
 __all__ = ["Calculator", "calculate", "rows", "write_rows"]
 
-SYSTEM = "You are a careful assistant. Use the calculate tool for arithmetic."
+INSTRUCTION = "Use the calculate tool for arithmetic."
 
 
 def calculate(a: int, op: str, b: int) -> int:
@@ -47,11 +47,9 @@ class Calculator(ToolEnvironment):
         super().__init__(row)
         self.a, self.b, self.answer = int(row["a"]), int(row["b"]), int(row["answer"])
 
-    def reset(self) -> list[dict[str, str]]:
-        return [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": f"What is {self.a} * {self.b}?"},
-        ]
+    def reset(self) -> str:
+        # One user message: Gemma's template refuses a system role.
+        return f"{INSTRUCTION} What is {self.a} * {self.b}?"
 
     def score(self, answer: str) -> float:
         return 1.0 if str(self.answer) in re.findall(r"-?\d+", answer) else 0.0

@@ -176,6 +176,12 @@ def _check_policy_model(cfg: RunConfig, conversations: bool) -> None:
         limit, rows = position_limit(model.path), vocab_rows(model.path)
     except ValueError as exc:
         raise ConfigError(f"model.path: {exc}", key="model.path") from exc
+    if limit is not None and cfg.env is not None and cfg.max_seq_len > limit:
+        raise ConfigError(
+            f"env.max_total_tokens ({cfg.max_seq_len}) exceeds the position limit of "
+            f"model.path ({limit}, config.json)",
+            key="env.max_total_tokens",
+        )
     if limit is not None and cfg.max_seq_len > limit:
         raise ConfigError(
             f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + generation.max_new_tokens "

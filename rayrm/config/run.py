@@ -122,7 +122,8 @@ class GenerationConfig(Section):
     """How completions are sampled from the policy.
 
     Attributes:
-        max_new_tokens: Completion length limit in tokens.
+        max_new_tokens: Completion length limit in tokens (with an ``env`` section: the limit
+            of one assistant turn).
         temperature: Softmax temperature; the logprobs PPO uses are computed at it too.
         top_k: Keep only the k most likely tokens; 0 turns it off.
         top_p: Nucleus sampling mass; 1.0 turns it off.
@@ -180,9 +181,10 @@ class PPOConfig(Section):
             group ones need ``generation.samples_per_prompt`` >= 2.
         grpo_std_normalize: GRPO divides by the group's std; false: Dr. GRPO.
         loss_aggregation: ``token_mean``, ``seq_mean_token_mean`` (GRPO) or
-            ``seq_mean_token_sum_norm`` (Dr. GRPO: sum / ``generation.max_new_tokens``): how
-            the policy loss, the value loss and a KL loss term become one number (the logged
-            entropy and KL are per-token means whatever it is).
+            ``seq_mean_token_sum_norm`` (Dr. GRPO: sum / ``generation.max_new_tokens``, or
+            the most policy tokens of a multi-turn episode): how the policy loss, the value
+            loss and a KL loss term become one number (the logged entropy and KL are
+            per-token means whatever it is).
         clip_ratio_high: Upper clip ``1 + clip_ratio_high`` (DAPO's clip-higher); None:
             ``clip_ratio``.
         kl_mode: ``reward``: β·KL is subtracted from the rewards (per token for GAE and
@@ -500,6 +502,13 @@ def _check_relations(cfg: RunConfig) -> None:
             "reward.source=env pays the environment's own rewards, but the run has no env "
             "section (env.environment: 'module:Class')",
             key="reward.source",
+        )
+    if cfg.env is not None and cfg.env.max_total_tokens <= cfg.data.max_prompt_tokens:
+        raise ConfigError(
+            f"env.max_total_tokens ({cfg.env.max_total_tokens}) must exceed "
+            f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}): the longest opening would "
+            "leave no room for a turn",
+            key="env.max_total_tokens",
         )
     if cfg.env is not None and (cfg.eval.every > 0 or cfg.eval.report):
         raise ConfigError(

@@ -140,7 +140,8 @@ class RLHFConfig(PPOConfig):
         tokens_per_learner = max(
             1, ppo.batch_size * cfg.max_policy_tokens // max(1, res.num_learners)
         )
-        self.environment(*environment_of(cfg, vocab_size))
+        env_id, env_config = environment_of(cfg, vocab_size)
+        self.environment(env_id, env_config=env_config)
         self.env_runners(
             env_runner_cls=RLHFEnvRunner,
             num_env_runners=res.num_env_runners,

@@ -207,7 +207,7 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
     ) -> torch.Tensor:
         ppo = self.run_config.ppo
         mask = batch.get(Columns.LOSS_MASK)
-        norm = float(self.run_config.generation.max_new_tokens)
+        norm = float(self.run_config.max_policy_tokens)
 
         def aggregate(values: torch.Tensor) -> torch.Tensor:
             return aggregate_tokens(

@@ -41,7 +41,7 @@ def held_out_count(cfg: RunConfig, num_rows: int) -> int:
     training: when the evaluation or the report is on and reads ``data.prompts`` itself
     (``eval.prompts`` unset), ``eval.num_prompts`` of them, at most half the file."""
     e = cfg.eval
-    if e.prompts is not None or not (e.every > 0 or e.report):
+    if e.prompts is not None or not (e.every > 0 or e.report) or cfg.env is not None:
         return 0
     return min(e.num_prompts, num_rows // 2)
 
@@ -49,8 +49,11 @@ def held_out_count(cfg: RunConfig, num_rows: int) -> int:
 def held_out_prompts(cfg: RunConfig, *, references: bool) -> tuple[list[Prompt], list[str] | None]:
     """The prompts (and, with ``references``, their references) that the held-out
     evaluation and the report sample: the first ``eval.num_prompts`` of ``eval.prompts``, or
-    the held-out rows of ``data.prompts`` (:func:`held_out_count`)."""
+    the held-out rows of ``data.prompts`` (:func:`held_out_count`); none for a multi-turn
+    run (its config refuses the evaluation and report)."""
     d = cfg.data
+    if cfg.env is not None:
+        return [], None
     prompts, refs = load_prompt_rows(
         cfg.eval.prompts or d.prompts,
         d.prompt_column,
