@@ -30,7 +30,7 @@ No Ray and no model here; ``transformers`` comes in only through the tokenizer o
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -89,7 +89,9 @@ class PromptCodec:
         self.bos_token_id = None if bos is None else int(bos)
         self.stop_token_ids = frozenset({self.eos_token_id, *(int(i) for i in stop_token_ids)})
         self.stop_strings = tuple(s for s in stop_strings if s)
-        self.tools = [dict(t) for t in tools] if tools else None
+        self.tools: list[dict[Any, Any] | Callable[..., Any]] | None = (
+            [dict(t) for t in tools] if tools else None
+        )
         self._num_appended = _num_appended_special_tokens(tokenizer)
 
     # ------------------------------------------------------------------ prompts
