@@ -28,12 +28,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs import tools as tool_calls
 from envs.functions import import_function
 from envs.protocol import Environment, Reply, as_messages
 from envs.tables import read_table
 from envs.text_generation import resolve_tokenizer
 from envs.tokenization import PromptCodec
-from envs import tools as tool_calls
 from envs.tools import call_tool, tool_schema
 from envs.turns import TurnCodec
 
@@ -69,9 +69,7 @@ def load_environment(spec: str) -> type[Environment]:
     except ValueError as exc:
         raise ValueError(f"env.environment {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Environment)):
-        raise ValueError(
-            f"env.environment {spec!r} is not a subclass of envs.protocol.Environment"
-        )
+        raise ValueError(f"env.environment {spec!r} is not a subclass of envs.protocol.Environment")
     return cls
 
 
@@ -130,9 +128,7 @@ class MultiTurnTextEnv(gym.Env[Observation, int]):
         self.env_class = (
             environment if isinstance(environment, type) else load_environment(environment)
         )
-        self.rows = (
-            load_rows(prompts) if isinstance(prompts, str | os.PathLike) else list(prompts)
-        )
+        self.rows = load_rows(prompts) if isinstance(prompts, str | os.PathLike) else list(prompts)
         self.prompts = self.rows  # what the env runner's prompt order counts
         self.tokenizer = resolve_tokenizer(tokenizer)
         self.codec = PromptCodec(
@@ -256,7 +252,8 @@ class MultiTurnTextEnv(gym.Env[Observation, int]):
     # ------------------------------------------------------------------ helpers
     def _answer(self, text: str) -> Reply:
         """The environment's reply to a turn: the tools' results when it calls tools."""
-        assert self.task is not None
+        if self.task is None:
+            raise RuntimeError("MultiTurnTextEnv: no episode (call reset() first)")
         calls = self.parse_tool_calls(text) if self.tools else []
         if not calls:
             reply = self.task.step(text)

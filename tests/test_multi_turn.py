@@ -14,7 +14,7 @@ import torch
 
 from envs.multi_turn import EPISODE_STATS, INSERTS, REPLY_IDS, MultiTurnTextEnv
 from envs.protocol import Environment, Reply
-from envs.tasks import arithmetic, guess
+from envs.tasks import arithmetic
 from envs.tools import ToolCall, render_tool_calls
 from rayrm.models.tiny import build_tokenizer
 from rayrm.rl.episodes import token_rows
@@ -72,9 +72,7 @@ def test_learner_rows_are_the_sampled_sequence(kind):
     assert stats["success"] == 1.0 and rewards[-1] == 1.0 and sum(rewards) == 1.0
     inserts = info[INSERTS]
     assert len(inserts) == 2
-    rows = token_rows(
-        [np.array(opening)], torch.tensor(actions), [len(actions)], [inserts]
-    )
+    rows = token_rows([np.array(opening)], torch.tensor(actions), [len(actions)], [inserts])
     ids, length = rows["input_ids"], rows["length"].reshape(-1)
     full = env.ids  # what the environment (and the sampler) conditioned on
     assert int(obs["length"][0]) == len(full)
@@ -213,7 +211,7 @@ def test_decoding_extends_the_cache_with_replies(archs, arch):
 
     decode_batch(model, prompts, pad_id=0, sample=sample, on_tokens=on_tokens, inserts=inserts)
     assert any(len(s) > len(p) + 7 for s, p in zip(seqs, prompts, strict=True))
-    for row, context, logits in seen:
+    for _row, context, logits in seen:
         with torch.no_grad():
             full = model(input_ids=torch.tensor([context])).logits[0, -1]
         torch.testing.assert_close(logits, full.float(), atol=2e-4, rtol=1e-4)

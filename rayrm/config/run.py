@@ -497,32 +497,7 @@ def _check_relations(cfg: RunConfig) -> None:
             key="data.prompts",
         )
     check_reward(reward)
-    if reward.source == "env" and cfg.env is None:
-        raise ConfigError(
-            "reward.source=env pays the environment's own rewards, but the run has no env "
-            "section (env.environment: 'module:Class')",
-            key="reward.source",
-        )
-    if cfg.env is not None and cfg.env.max_total_tokens <= cfg.data.max_prompt_tokens:
-        raise ConfigError(
-            f"env.max_total_tokens ({cfg.env.max_total_tokens}) must exceed "
-            f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}): the longest opening would "
-            "leave no room for a turn",
-            key="env.max_total_tokens",
-        )
-    if cfg.env is not None and (cfg.eval.every > 0 or cfg.eval.report):
-        raise ConfigError(
-            "the held-out evaluation and the report sample one completion per prompt; a run "
-            "with an env section (multi-turn episodes) logs env/success and env/return per "
-            "iteration instead: set eval.every: 0 and eval.report: false",
-            key="eval.every" if cfg.eval.every > 0 else "eval.report",
-        )
-    if reward.source == "env" and reward.normalize:
-        raise ConfigError(
-            "reward.normalize whitens the reward source's scores; with reward.source=env there "
-            "are none (the environment's rewards are paid as they are)",
-            key="reward.normalize",
-        )
+    _check_env(cfg)
     gold = cfg.eval.gold_function
     if gold is not None and not FUNCTION_RE.match(gold):
         raise ConfigError(
@@ -589,4 +564,34 @@ def _check_groups(cfg: RunConfig, learners: int) -> None:
             f"generation.samples_per_prompt ({n}) per env runner ({per_runner} completions "
             f"each) and per learner ({learners}): a group is sampled and trained together",
             key="ppo.batch_size",
+        )
+
+
+def _check_env(cfg: RunConfig) -> None:
+    """The ``env`` section (multi-turn episodes) and what it needs of the others."""
+    if cfg.reward.source == "env" and cfg.env is None:
+        raise ConfigError(
+            "reward.source=env pays the environment's own rewards, but the run has no env "
+            "section (env.environment: 'module:Class')",
+            key="reward.source",
+        )
+    if cfg.env is not None and cfg.env.max_total_tokens <= cfg.data.max_prompt_tokens:
+        raise ConfigError(
+            f"env.max_total_tokens ({cfg.env.max_total_tokens}) must exceed "
+            f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}): the longest opening would "
+            "leave no room for a turn",
+            key="env.max_total_tokens",
+        )
+    if cfg.env is not None and (cfg.eval.every > 0 or cfg.eval.report):
+        raise ConfigError(
+            "the held-out evaluation and the report sample one completion per prompt; a run "
+            "with an env section (multi-turn episodes) logs env/success and env/return per "
+            "iteration instead: set eval.every: 0 and eval.report: false",
+            key="eval.every" if cfg.eval.every > 0 else "eval.report",
+        )
+    if cfg.reward.source == "env" and cfg.reward.normalize:
+        raise ConfigError(
+            "reward.normalize whitens the reward source's scores; with reward.source=env there "
+            "are none (the environment's rewards are paid as they are)",
+            key="reward.normalize",
         )

@@ -26,8 +26,8 @@ import numpy as np
 import ray
 
 from rayrm import metrics as M
-from rayrm.rewards.environment import EnvironmentRewards
 from rayrm.rewards.base import Conversations, References
+from rayrm.rewards.environment import EnvironmentRewards
 from rayrm.rewards.pool import POOL_NAMESPACE, RewardPool
 
 COMBINE_MODES = ("mean", "min", "mean_minus_std")

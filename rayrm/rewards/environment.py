@@ -21,7 +21,9 @@ class EnvironmentRewards:
 
     num_resubmitted = 0
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+    def score(
+        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
+    ) -> np.ndarray:
         return np.zeros(len(completions), np.float64)
 
     def score_detailed(

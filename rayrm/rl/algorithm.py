@@ -53,10 +53,10 @@ from rayrm.rl.codec import run_codec, run_stop_token_ids
 from rayrm.rl.connectors.precomputed import score_alongside
 from rayrm.rl.env_runner import RLHFEnvRunner, sync_weights
 from rayrm.rl.episodes import (
-    episode_metrics,
     WEIGHTS_VERSION,
     completion_of,
     dealable,
+    episode_metrics,
     select_groups,
     shard_whole_episodes,
 )

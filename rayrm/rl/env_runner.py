@@ -125,34 +125,8 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
         if not isinstance(module, LMPolicyModule):
             raise TypeError(f"RLHFEnvRunner needs an LMPolicyModule, got {type(module).__name__}")
         runner_envs = self.sub_envs
-        seed = initial_reset_seed(self)
-        episodes: list[SingleAgentEpisode] = []
-        prompts: list[np.ndarray] = []
-        n = 1 if options else self.samples_per_prompt
-        plan, self._prompt_plan = (
-            (None, self._prompt_plan) if options else (self._prompt_plan, None)
-        )
-        group: dict[str, Any] = {}
-        version = weights_seq_no(self)
-        space = compact_space(self.env.single_observation_space)
-        action_space = self.env.single_action_space
-        for i, env in enumerate(runner_envs):
-            option = options[i] if options else None
-            if i % n:  # a later sample of the block's prompt
-                option = {"prompt_index": group["prompt_index"]}
-            elif plan is not None:
-                option = {"prompt_index": plan[i // n]}
-            obs, info = env.reset(seed=None if seed is None else seed * 1000 + i, options=option)
-            if n > 1:
-                if i % n == 0:
-                    group = {"prompt_index": info["prompt_index"], "id": uuid.uuid4().hex}
-                info = {**info, GROUP: group["id"]}
-            prompt = obs["input_ids"][: int(obs["length"][0])].copy()
-            info = {**info, WEIGHTS_VERSION: version, PROMPT_IDS: prompt}
-            episode = SingleAgentEpisode(observation_space=space, action_space=action_space)
-            episode.add_env_reset(observation={"length": obs["length"]}, infos=info)
-            episodes.append(episode)
-            prompts.append(prompt)
+        episodes = self._reset_envs(runner_envs, options)
+        prompts = [e.get_infos(0)[PROMPT_IDS] for e in episodes]
 
         device = next(module.lm.parameters()).device
         if self._generator is None or self._generator.device != device:
@@ -199,6 +173,39 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
             on_tokens=on_tokens,
             inserts=take_replies,
         )
+        return episodes
+
+    def _reset_envs(
+        self, runner_envs: list[Any], options: list[dict[str, Any]] | None
+    ) -> list[SingleAgentEpisode]:
+        """Resets every env on its planned prompt (the samples of a group on one prompt, with
+        the group's id), or on ``options``; one started episode per env."""
+        seed = initial_reset_seed(self)
+        episodes: list[SingleAgentEpisode] = []
+        n = 1 if options else self.samples_per_prompt
+        plan, self._prompt_plan = (
+            (None, self._prompt_plan) if options else (self._prompt_plan, None)
+        )
+        group: dict[str, Any] = {}
+        version = weights_seq_no(self)
+        space = compact_space(self.env.single_observation_space)
+        action_space = self.env.single_action_space
+        for i, env in enumerate(runner_envs):
+            option = options[i] if options else None
+            if i % n:  # a later sample of the block's prompt
+                option = {"prompt_index": group["prompt_index"]}
+            elif plan is not None:
+                option = {"prompt_index": plan[i // n]}
+            obs, info = env.reset(seed=None if seed is None else seed * 1000 + i, options=option)
+            if n > 1:
+                if i % n == 0:
+                    group = {"prompt_index": info["prompt_index"], "id": uuid.uuid4().hex}
+                info = {**info, GROUP: group["id"]}
+            prompt = obs["input_ids"][: int(obs["length"][0])].copy()
+            info = {**info, WEIGHTS_VERSION: version, PROMPT_IDS: prompt}
+            episode = SingleAgentEpisode(observation_space=space, action_space=action_space)
+            episode.add_env_reset(observation={"length": obs["length"]}, infos=info)
+            episodes.append(episode)
         return episodes
 
 
