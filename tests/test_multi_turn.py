@@ -281,3 +281,35 @@ def test_loss_has_no_term_at_environment_tokens(archs):
     finally:
         handle.remove()
     assert hook_scale and after == pytest.approx(before, abs=1e-6)
+
+
+def test_config_checks_the_env_section(tmp_path, archs):
+    """The env section's errors name their key: a class that does not import, a sequence
+    longer than the model's positions, reward.source env without it, the single-turn
+    evaluation left on."""
+    from envs.tasks import guess
+    from rayrm.config import ConfigError, config_from_dict
+
+    rows = str(guess.write_rows(tmp_path / "g.jsonl", 4))
+    base = {
+        "model": {"path": archs["qwen2"]},
+        "data": {"prompts": rows},
+        "env": {"environment": "envs.tasks.guess:GuessTheNumber", "max_total_tokens": 90},
+        "reward": {"source": "env"},
+        "eval": {"every": 0, "report": False},
+        "run": {"storage_path": str(tmp_path / "runs")},
+    }
+    config_from_dict(base, check_paths=True)
+    too_long = {**base, "env": {**base["env"], "max_total_tokens": 512}}
+    with pytest.raises(ConfigError, match="position limit") as err:
+        config_from_dict(too_long, check_paths=True)
+    assert err.value.key == "env.max_total_tokens"
+    bad = {**base, "env": {**base["env"], "environment": "envs.tasks.guess:Nope"}}
+    with pytest.raises(ConfigError, match="env.environment") as err:
+        config_from_dict(bad, check_paths=True)
+    assert err.value.key == "env.environment"
+    with pytest.raises(ConfigError, match="no env section") as err:
+        config_from_dict({k: v for k, v in base.items() if k != "env"}, check_paths=False)
+    assert err.value.key == "reward.source"
+    with pytest.raises(ConfigError, match="eval.every: 0") as err:
+        config_from_dict({**base, "eval": {"every": 5}}, check_paths=False)

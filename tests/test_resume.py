@@ -66,17 +66,37 @@ def _end_session(pid: int, ray_tmp: str) -> None:
                 pass
 
 
+def multi_turn_sections(tmp_path: Path) -> dict[str, dict]:
+    """A tiny Qwen2 playing the number-guessing game (episodes of several turns)."""
+    from envs.tasks import guess
+    from rayrm.models.tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "qwen2", arch="qwen2", hidden=32, heads=4, positions=256)
+    rows = str(guess.write_rows(tmp_path / "games.jsonl", 32, high=8))
+    return {
+        "model": {"path": model},
+        "data": {"prompts": rows, "max_prompt_tokens": 64},
+        "generation": {"max_new_tokens": 4},
+        "env": {"environment": "envs.tasks.guess:GuessTheNumber", "max_total_tokens": 160},
+        "reward": {"source": "env"},
+    }
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("episodes", ["single-turn", "multi-turn"])
 def test_killed_driver_resumes_from_newest_complete_checkpoint(
-    tiny_policy_dir, prompts_file, tmp_path
+    tiny_policy_dir, prompts_file, tmp_path, episodes
 ):
+    sections = {"generation": {"max_new_tokens": 6}}
+    if episodes == "multi-turn":
+        sections = multi_turn_sections(tmp_path)
     cfg = make_config(
         tiny_policy_dir,
         prompts_file,
         tmp_path,
         ppo={"batch_size": 8},
-        generation={"max_new_tokens": 6},
         run={"num_iterations": ITERATIONS, "checkpoint_every": 2, "keep_checkpoints": None},
+        **sections,
     )
     config = tmp_path / "config.yaml"
     cfg.save_yaml(config)

@@ -127,6 +127,12 @@ def validate_paths(cfg: RunConfig) -> None:
 
     if cfg.eval.gold_function is not None:
         check_function(cfg.eval.gold_function, key="eval.gold_function")
+    if cfg.env is not None:
+        load_environment = importlib.import_module("envs.multi_turn").load_environment
+        try:
+            load_environment(cfg.env.environment)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="env.environment") from exc
 
     storage = cfg.run.storage_path
     if os.path.exists(storage) and not os.path.isdir(storage):
@@ -142,8 +148,9 @@ def validate_paths(cfg: RunConfig) -> None:
 
 
 def _uses_conversations(cfg: RunConfig) -> bool:
-    """Whether prompts are rendered with a chat template (the flag, or a messages column)."""
-    if cfg.data.chat_template:
+    """Whether prompts are rendered with a chat template (the flag, a messages column, or a
+    multi-turn environment's conversation)."""
+    if cfg.data.chat_template or cfg.env is not None:
         return True
     columns_of = importlib.import_module("envs.prompts").prompt_file_columns
     data = cfg.data

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from envs.functions import import_function
+from envs.multi_turn import MultiTurnTextEnv
 from envs.prompts import load_prompt_rows
 from envs.tokenization import Prompt, PromptCodec
 from rayrm.config import ConfigError, RunConfig
@@ -53,6 +54,10 @@ def preflight(cfg: RunConfig) -> str:
             "model.lora needs the peft package, which is not installed: pip install 'rayrm[lora]'",
             key="model.lora",
         )
+    if cfg.env is not None:
+        summary = _episode_openings(cfg)
+        check_storage(cfg.run.storage_path)
+        return summary
     codec = run_codec(cfg, load_tokenizer(cfg.model.resolved_tokenizer_path))
     prompts, references = _prompts(cfg, "data.prompts", cfg.data.prompts)
     summary = _encode_summary(cfg, codec, prompts)
@@ -67,6 +72,37 @@ def preflight(cfg: RunConfig) -> str:
         _probe_gold(cfg.eval.gold_function, probe)
     check_storage(cfg.run.storage_path)
     return summary
+
+
+def _episode_openings(cfg: RunConfig) -> str:
+    """A multi-turn run's environment built on the first rows (up to 1,000) of its prompts
+    file, each episode opened as the env runners open it; their lengths summarised."""
+    from rayrm.rl.algorithm import environment_of
+
+    env_config = environment_of(cfg, vocab_size=None)[1]
+    key = "env.environment"
+    try:
+        env = MultiTurnTextEnv(**env_config)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"{key}: {exc}", key=key) from exc
+    lengths = []
+    for row in range(min(len(env.rows), 1000)):
+        try:
+            obs, _ = env.reset(options={"prompt_index": row})
+        except Exception as exc:  # the user's environment, its template or its tokenizer
+            message = str(exc).splitlines()[0] if str(exc) else ""
+            raise ConfigError(
+                f"{key} {cfg.env.environment!r} on data.prompts row {row}: "
+                f"{type(exc).__name__}: {message}",
+                key=key,
+            ) from exc
+        lengths.append(int(obs["length"][0]))
+    measured = "" if len(lengths) == len(env.rows) else f" (first {len(lengths)} opened)"
+    return (
+        f"prompts: {len(env.rows)} ({Path(cfg.data.prompts).name}){measured}, episodes of "
+        f"{cfg.env.environment}: openings {np.mean(lengths):.1f} tokens on average, max "
+        f"{max(lengths)} (data.max_prompt_tokens={cfg.data.max_prompt_tokens})"
+    )
 
 
 def _prompts(cfg: RunConfig, key: str, path: str) -> tuple[list[Prompt], list[str] | None]:

@@ -75,7 +75,7 @@ from rayrm.rl.rllib_compat import local_learner, restart_env_runners, sample_epi
 from rayrm.rl.watchdog import iteration_watchdog
 
 
-def environment_of(cfg: RunConfig, vocab_size: int) -> tuple[str, dict[str, Any]]:
+def environment_of(cfg: RunConfig, vocab_size: int | None) -> tuple[str, dict[str, Any]]:
     """The Gymnasium env id and ``env_config`` a run samples from: one completion per prompt,
     or, with an ``env`` section, multi-turn episodes (``envs.multi_turn``)."""
     shared = {
