@@ -299,9 +299,7 @@ LOG = DOCS / "benchmarks"
 (``--trial-cpus`` before 2026-12-07): its commands are history, not examples to run."""
 
 
-@pytest.mark.parametrize(
-    "block", [b for b in _of("bash") if LOG not in b.values[0].path.parents]
-)
+@pytest.mark.parametrize("block", [b for b in _of("bash") if LOG not in b.values[0].path.parents])
 def test_bash_example_commands(block: Block):
     for n, line in enumerate(_logical_lines(block.text)):
         for argv in _segments(line):
