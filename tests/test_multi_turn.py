@@ -173,20 +173,36 @@ def test_environment_spec_errors_name_the_spec():
         MultiTurnTextEnv(environment="envs.tasks.guess:rows", prompts=[{}])
 
 
+SHORT = {(0, 1): [20, 21, 22], (1, 1): [23], (1, 3): [24, 25, 26, 27], (0, 4): [28]}
+LONG = {(0, 1): list(range(20, 32)), (1, 2): list(range(40, 52)), (2, 3): list(range(60, 72))}
+
+
+@pytest.mark.parametrize("replies", ["short", "long"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
-def test_decoding_extends_the_cache_with_replies(archs, arch):
+def test_decoding_extends_the_cache_with_replies(archs, arch, replies, monkeypatch):
     """Rows that get replies at different steps (and one that gets none): every step's logits
     equal a full forward of the row's sequence so far (the cache grew by the replies, with
-    holes where other rows fed more, and was never rebuilt)."""
+    holes where other rows fed more, and was never rebuilt); with long replies the holes are
+    dropped from the cache (compacted) on the way."""
     from transformers import AutoModelForCausalLM
 
+    from rayrm.models import decoding
     from rayrm.models.decoding import decode_batch
 
+    widths = []
+
+    def compact(cache, mask):
+        out = decoding_compact(cache, mask)
+        widths.append((mask.shape[1], out.shape[1]))
+        return out
+
+    decoding_compact = decoding.compact_cache
+    monkeypatch.setattr(decoding, "compact_cache", compact)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(archs[arch]).eval()
     vocab = model.config.vocab_size
     prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
-    plan = {(0, 1): [20, 21, 22], (1, 1): [23], (1, 3): [24, 25, 26, 27], (0, 4): [28]}
+    plan = SHORT if replies == "short" else LONG
     seqs = [list(p) for p in prompts]
     step = [0]
     seen: list[tuple[int, list[int], torch.Tensor]] = []
@@ -211,6 +227,8 @@ def test_decoding_extends_the_cache_with_replies(archs, arch):
 
     decode_batch(model, prompts, pad_id=0, sample=sample, on_tokens=on_tokens, inserts=inserts)
     assert any(len(s) > len(p) + 7 for s, p in zip(seqs, prompts, strict=True))
+    compacted = any(after < before for before, after in widths)
+    assert compacted == (replies == "long"), widths
     for _row, context, logits in seen:
         with torch.no_grad():
             full = model(input_ids=torch.tensor([context])).logits[0, -1]
@@ -313,3 +331,17 @@ def test_config_checks_the_env_section(tmp_path, archs):
     assert err.value.key == "reward.source"
     with pytest.raises(ConfigError, match="eval.every: 0") as err:
         config_from_dict({**base, "eval": {"every": 5}}, check_paths=False)
+
+
+def test_turn_decoding_benchmark_lines(archs):
+    """``rayrm bench --sections turns`` lines: per-turn costs and the ratio, per variant."""
+    from rayrm.bench.turns import measure_turn_decoding
+
+    lines = measure_turn_decoding(
+        archs["gpt2"], batch=3, prompt_tokens=4, turns=3, turn_tokens=4, reply_tokens=3, repeats=1
+    )
+    assert [line["variant"] for line in lines] == ["aligned", "staggered"]
+    for line in lines:
+        assert len(line["s_per_token_by_turn"]) == 3 and min(line["s_per_token_by_turn"]) > 0
+        assert line["last_over_first"]["median"] > 0 and line["s_per_reply_token"] > 0
+        assert line["met"] == (line["last_over_first"]["median"] <= line["target"])

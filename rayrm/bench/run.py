@@ -38,11 +38,13 @@ Sections (``--sections``):
   ``RLOOTrainer`` with matching settings (``rayrm.bench.trl_groups``), seconds per iteration.
 * ``learning`` -- reward gained after the same number of completions on the demo's task,
   rayrm against TRL, PPO / GRPO / RLOO, several seeds (``rayrm.bench.learning``).
+* ``turns`` -- multi-turn decoding: seconds per token at each of 4 turns with replies fed
+  through the KV cache, turn 4 over turn 1 (``rayrm.bench.turns``).
 
 Every line has a ``bench`` key: ``rayrm``, ``trl``, ``ratio``, ``length_series``,
 ``memory_per_step``, ``learner_memory``, ``trl_group``, ``group_ratio`` (``groups``),
 ``learning_start``, ``learning``, ``learning_ratio``, ``learning_trl`` (``learning``; see
-``rayrm.bench.learning``), ``repeat_summary`` (``--repeats``) or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
+``rayrm.bench.learning``), ``turn_decoding`` (``turns``), ``repeat_summary`` (``--repeats``) or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
 ``n_layer``, ``n_head``, ``n_embd``, ``n_positions``, ``vocab_size``, ``policy_params``,
 ``reward_params``); ``batch_size``, ``max_new_tokens``, ``num_env_runners``, ``num_learners``,
 ``critic``, ``num_epochs``, ``num_minibatches``, ``warmup``; ``resources`` (``local_ray_cpus``;
@@ -105,8 +107,10 @@ from rayrm.bench.support import (
 )
 from rayrm.bench.trial import PHASES, PlacedTrial, say_resources, start_local_ray
 from rayrm.bench.trl_groups import GROUP_ALGOS, group_records, serve_trl_group
+from rayrm.bench.turns import measure_turn_decoding
 from rayrm.console import LOG_NAME, quiet, say, warn
 from rayrm.experiment.resources import claim_local_cores
+from rayrm.models.tiny import build_tiny_model
 from rayrm.rl.algorithm import build_algo_config
 from rayrm.rl.env_runner import RLHFEnvRunner
 
@@ -337,7 +341,7 @@ def _rounded(x: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ command line
-SECTIONS = ("default", "lengths", "memory", "trl", "groups", "learning")
+SECTIONS = ("default", "lengths", "memory", "trl", "groups", "learning", "turns")
 
 
 def spec_from_args(args: argparse.Namespace) -> BenchSpec:
@@ -430,6 +434,22 @@ def _sections(
     if "learning" in sections:
         for record in measure_learning(args, workdir / "learning"):
             run(record)
+    if "turns" in sections:
+        try:
+            for record in measure_turn_decoding(
+                build_tiny_model(
+                    workdir / "turns",
+                    arch="gpt2",
+                    hidden=spec.n_embd,
+                    layers=spec.n_layer,
+                    heads=spec.n_head,
+                    positions=512,
+                ),
+                repeats=max(5, args.repeats),
+            ):
+                run(record)
+        except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
+            run(error_record("measure_turn_decoding", RuntimeError(traceback.format_exc())))
     if "memory" in sections and args.memory_vocab_sizes:
         try:
             run(measure_memory(spec, args.memory_vocab_sizes, str(workdir / "memory")))

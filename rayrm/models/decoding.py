@@ -139,6 +139,51 @@ def decode_block(
     return out.logits[:, -1].float(), _cache_of(out)
 
 
+def compact_cache(cache: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Drops the masked columns of a cache in place, when they are many; returns the new mask.
+
+    Replies fed to some rows leave masked columns (holes) in the others (:func:`decode_block`);
+    every later token would attend over them. Each row's cached keys and values are moved, in
+    order, to the right end of a cache as long as the row with the most real tokens, the rest
+    masked (left padding, as the prompts start): nothing is recomputed, and the positions stay
+    those the keys were made with (rotary or learned, from the real-token count). Done when the
+    holes shared by every row are at least an eighth of the cache (and 8 columns), and only on
+    caches whose layers all keep every position (a sliding-window layer keeps the last W).
+
+    Args:
+        cache: a ``transformers`` ``DynamicCache`` (other caches are left as they are).
+        attention_mask: (B, C) the mask of the cache's columns.
+
+    Returns:
+        The (B, C') mask of the cache after compaction (``attention_mask`` when not compacted).
+    """
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        return attention_mask
+    counts = attention_mask.sum(-1)  # (B,)
+    width, length = int(counts.max()), attention_mask.shape[1]
+    if length - width < max(8, width // 8):
+        return attention_mask
+    if any(layer.keys.shape[-2] != length for layer in layers):
+        return attention_mask
+    B = attention_mask.shape[0]
+    # Right-align each row's real columns: the k-th from the end goes to width - 1 - k.
+    real = attention_mask.bool()
+    rank = real.flip(-1).long().cumsum(-1).flip(-1)  # (B, C) real columns at or after each
+    target = width - rank  # (B, C) destination of each real column
+    index = torch.zeros(B, width, dtype=torch.long, device=attention_mask.device)
+    rows, cols = real.nonzero(as_tuple=True)
+    index[rows, target[rows, cols]] = cols
+    new_mask = torch.arange(width, device=attention_mask.device)[None, :] >= (
+        width - counts[:, None]
+    )
+    for layer in layers:
+        gather = index[:, None, :, None].expand(B, layer.keys.shape[1], width, layer.keys.shape[-1])
+        layer.keys = layer.keys.gather(2, gather)
+        layer.values = layer.values.gather(2, gather)
+    return new_mask.to(attention_mask.dtype)
+
+
 def _accepts(model: nn.Module, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
@@ -199,6 +244,7 @@ def decode_batch(
             block_mask[row, width - len(fed) :] = 1
         mask = torch.cat([mask, block_mask.to(device)], dim=1)
         logits, cache = decode_block(model, block.to(device), cache, mask)
+        mask = compact_cache(cache, mask)
 
 
 def sampler(
