@@ -18,7 +18,7 @@ def game(tmp_path_factory):
     return model, str(guess.write_rows(root / "games.jsonl", 32, high=8))
 
 
-def game_config(model: str, rows: str, storage, **sections):
+def game_config(model_dir: str, rows: str, storage, **sections):
     base = {
         "data": {"prompts": rows, "max_prompt_tokens": 64},
         "generation": {"max_new_tokens": 4},
@@ -27,7 +27,7 @@ def game_config(model: str, rows: str, storage, **sections):
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
-    return make_config(model, rows, storage, **base)
+    return make_config(model_dir, rows, storage, **base)
 
 
 @pytest.mark.parametrize(
@@ -36,11 +36,11 @@ def game_config(model: str, rows: str, storage, **sections):
         {"batch_size": 8},
         {"batch_size": 8, "advantage_estimator": "grpo", "kl_mode": "loss"},
     ],
-    ids=["ppo", "grpo"],
+    ids=["ppo", "grpo-lora"],
 )
 def test_multi_turn_episodes_train(ray_local, game, tmp_path, ppo):
     """Games of several turns train with a critic (GAE over the policy's tokens) and without
-    (GRPO groups of 4 episodes of one row); every episode's rows are rebuilt with its
+    (GRPO groups of 4 episodes of one row, LoRA adapters); every episode's rows are rebuilt with its
     replies (the learner connector checks them against the stored lengths) and the
     environment's statistics are published."""
     from rayrm import metrics as M
@@ -49,7 +49,10 @@ def test_multi_turn_episodes_train(ray_local, game, tmp_path, ppo):
     generation = {"max_new_tokens": 4}
     if ppo.get("advantage_estimator") == "grpo":
         generation["samples_per_prompt"] = 4
-    cfg = game_config(model, rows, tmp_path, ppo=ppo, generation=generation)
+    extra = {}
+    if ppo.get("advantage_estimator") == "grpo":  # with LoRA adapters (the reference: off)
+        extra["model"] = {"path": model, "lora": {"r": 4, "alpha": 8.0}}
+    cfg = game_config(model, rows, tmp_path, ppo=ppo, generation=generation, **extra)
     results = train_in_process(cfg, 2)
     for result in results:
         assert result[M.ROLLOUT_COMPLETIONS] == 8
