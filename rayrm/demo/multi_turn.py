@@ -56,10 +56,10 @@ class TaskSizes:
     train_rows: int = 2000
     heldout_rows: int = 400
     vocab_size: int = 512
-    hidden: int = 96
+    hidden: int = 128
     layers: int = 2
     heads: int = 4
-    sft_epochs: int = 4
+    sft_epochs: int = 8
     sft_lr: float = 2.0e-3
     sft_batch_size: int = 32
     rl_iterations: int = 30
@@ -235,7 +235,7 @@ def success_line(task: str, rl: dict[str, Any]) -> str:
     """One line: held-out success of the SFT and the RL policy, each ± its standard error."""
     a, b = rl["sft"], rl["rl"]
     return (
-        f"{task}: held-out success, {int(a['n'])} episodes each (sampled as in training): "
+        f"held-out success ({task}), {int(a['n'])} episodes each, sampled as in training: "
         f"SFT {a['success']:.3f} ± {a['se']:.3f} -> {rl['algo']} {b['success']:.3f} ± "
         f"{b['se']:.3f}; gain {rl['difference']:+.3f} = {rl['z']:.1f} standard errors"
     )

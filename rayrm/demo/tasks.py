@@ -145,9 +145,9 @@ TASKS: dict[str, Task] = {
         environment="envs.tasks.arithmetic:Calculator",
         rows=lambda n, seed: arithmetic.rows(n, seed=seed),
         policy=calculator_policy,
-        max_new_tokens=40,
-        max_total_tokens=128,
-        max_prompt_tokens=48,
+        max_new_tokens=64,
+        max_total_tokens=192,
+        max_prompt_tokens=64,
     ),
     "game": Task(
         name="game",
