@@ -138,3 +138,28 @@ def test_smoke_task_demo_runs_every_stage(ray_local, tmp_path: Path, capfd, task
     (run,) = (work / "runs").glob(f"{task}-rl-*")
     done = json.loads((run / "done").read_text())
     assert done["sft"]["n"] == done["rl"]["n"] == 16 and 0 <= done["rl"]["success"] <= 1
+
+
+def test_sft_reads_a_tools_column(task_files, tmp_path, monkeypatch):
+    """``rayrm sft`` passes each row's ``tools`` (JSON text) to the chat template: the tools
+    task's examples open with the tools line, the game's (null tools) without it; a bad value
+    names its row."""
+    from rayrm.config import ConfigError
+    from rayrm.config.stage import SFTConfig, stage_config_from_dict
+    from rayrm.stages import sft
+    from rayrm.stages.sft import load_examples
+
+    monkeypatch.setattr(sft, "_position_limit", lambda path: None)  # no model at /m
+    task, rows, tok = task_files
+    path = tmp_path / "sft.jsonl"
+    write_traces(path, task, rows[:4], 0)
+    raw = {"model": {"path": "/m"}, "data": {"path": str(path)}, "output": {"dir": "/o"}}
+    cfg = stage_config_from_dict(SFTConfig, raw)
+    examples, info = load_examples(cfg, tok)
+    assert info["format"] == "messages" and len(examples) == 4
+    text = tok.decode(examples[0][0].tolist())
+    assert ("tools: calculate(a, op, b)" in text) == (task.name == "tools"), text
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                                "tools": "{not json"}) + "\n")  # fmt: skip
+    with pytest.raises(ConfigError, match="row 0: the tools are not JSON"):
+        load_examples(cfg, tok)
