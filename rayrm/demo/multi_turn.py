@@ -74,8 +74,16 @@ class TaskSizes:
 TASK_SIZES: dict[str, TaskSizes] = {
     "full": TaskSizes(),
     "smoke": TaskSizes(
-        train_rows=64, heldout_rows=16, vocab_size=320, hidden=32, layers=1, heads=2,
-        sft_epochs=1, sft_batch_size=16, rl_iterations=2, rl_batch_size=8,
+        train_rows=64,
+        heldout_rows=16,
+        vocab_size=320,
+        hidden=32,
+        layers=1,
+        heads=2,
+        sft_epochs=1,
+        sft_batch_size=16,
+        rl_iterations=2,
+        rl_batch_size=8,
     ),  # fmt: skip
 }
 """``full``: the demo (minutes on 2 CPU cores). ``smoke``: every stage at toy size (tests)."""
@@ -155,7 +163,10 @@ def rl_config(name: str, storage: Path, task: Task, s: TaskSizes, sft_model: str
             "env": {"environment": task.environment, "max_total_tokens": task.max_total_tokens},
             "reward": {"source": "env", "normalize": False},
             "ppo": ppo_section(
-                s.algo, batch_size=s.rl_batch_size, lr=s.rl_lr, kl_coef=s.kl_coef,
+                s.algo,
+                batch_size=s.rl_batch_size,
+                lr=s.rl_lr,
+                kl_coef=s.kl_coef,
                 target_kl=s.target_kl,
             ),  # fmt: skip
             "resources": {"num_env_runners": 0},
@@ -287,8 +298,10 @@ def run_task_demo(
     log(f"wall time: {', '.join(times)}; total {seconds:.0f}s")
     return {
         "task": task_name,
-        "stages": {n: {"dir": str(r.dir), "cached": r.cached, "seconds": r.seconds} | r.info
-                   for n, r in done.items()},  # fmt: skip
+        "stages": {
+            n: {"dir": str(r.dir), "cached": r.cached, "seconds": r.seconds} | r.info
+            for n, r in done.items()
+        },  # fmt: skip
         "rl": rl.info,
         "seconds": seconds,
     }

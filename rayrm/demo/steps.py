@@ -302,7 +302,10 @@ def ppo_config(
             },
             "reward": {"source": "model", "path": rm, "num_cpus_per_actor": 0.5},
             "ppo": ppo_section(
-                s.algo, batch_size=s.ppo_batch_size, lr=s.ppo_lr, kl_coef=s.kl_coef,
+                s.algo,
+                batch_size=s.ppo_batch_size,
+                lr=s.ppo_lr,
+                kl_coef=s.kl_coef,
                 target_kl=s.target_kl,
             ),  # fmt: skip
             "resources": {"num_env_runners": 0},
