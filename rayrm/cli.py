@@ -94,6 +94,13 @@ def _add_training(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         default="ppo",
         help="the RL stage: PPO with a value head, or critic-free GRPO (default: %(default)s)",
     )
+    d.add_argument(
+        "--task",
+        choices=("sentiment", "tools", "game"),
+        default="sentiment",
+        help="sentiment: SFT, reward model, PPO against it, judged by VADER; tools, game: "
+        "SFT on traces, then multi-turn RL paid by the environment (default: %(default)s)",
+    )
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_verbose(d)
 

@@ -97,6 +97,10 @@ class SFTDataConfig(Section):
         prompt_column: Column holding prompts (``format: prompt_response``).
         response_column: Column holding responses (``format: prompt_response``).
         messages_column: Column holding conversations (``format: messages``).
+        tools_column: Column holding each conversation's tools, when the file has it: JSON
+            schemas (a list of objects, or its JSON text; ``envs.tools.tool_schema``) passed
+            to the chat template as a multi-turn environment passes its tools, so tool-calling
+            traces render as RL renders them (``format: messages``).
         max_length: Tokens per example (prompt + response + EOS, or the rendered
             conversation); longer examples are cut at the end, and those left without a
             token to learn are dropped.
@@ -108,6 +112,7 @@ class SFTDataConfig(Section):
     prompt_column: NonEmptyStr = "prompt"
     response_column: NonEmptyStr = "response"
     messages_column: NonEmptyStr = "messages"
+    tools_column: NonEmptyStr = "tools"
     max_length: int = Field(512, ge=2)
 
 

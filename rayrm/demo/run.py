@@ -131,7 +131,7 @@ def run_stage(
 # ---------------------------------------------------------------------------------------------
 
 
-def _quiet_single_threaded() -> None:
+def quiet_single_threaded() -> None:
     """One torch thread per process (2-core laptops run several), no Hugging Face load bars."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Read by every Ray worker started after this, as well as here.
@@ -207,7 +207,7 @@ def build_rl_inputs(
         SFT policy and the reward model, the training and held-out prompt files and the
         tokenizer directory.
     """
-    _quiet_single_threaded()
+    quiet_single_threaded()
     work = Path(workdir).resolve()
     with owned_ray():
         results = _stages(SIZES[size], work, False, log or say, until="reward_model")
@@ -249,7 +249,7 @@ def run_demo(
         ConfigError: A stage's config or data is invalid.
         StageFailed, TrainingFailed: A Ray Train stage or the PPO run failed.
     """
-    _quiet_single_threaded()
+    quiet_single_threaded()
     log = log or say
     start = time.perf_counter()
     work = Path(workdir).resolve()
@@ -294,7 +294,12 @@ def main(args: argparse.Namespace) -> int:
     progress = args.verbose and not args.no_progress and sys.stderr.isatty()
     try:
         with quiet(Path(args.dir) / LOG_NAME, verbose=args.verbose):
-            run_demo(args.dir, size=args.size, algo=args.algo, progress=progress, log=say)
+            if getattr(args, "task", "sentiment") != "sentiment":
+                from rayrm.demo.multi_turn import run_task_demo
+
+                run_task_demo(args.task, args.dir, size=args.size, algo=args.algo, log=say)
+            else:
+                run_demo(args.dir, size=args.size, algo=args.algo, progress=progress, log=say)
     except (StageFailed, TrainingFailed) as exc:
         warn(f"rayrm: {exc}")
         return 1

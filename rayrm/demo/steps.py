@@ -56,6 +56,8 @@ __all__ = [
     "compare_gold",
     "gold_line",
     "ppo_config",
+    "ppo_section",
+    "stage_common",
 ]
 
 JUDGE = "rayrm.rewards.judges:vader_positivity"
@@ -200,10 +202,10 @@ def build_tokenizer(d: Path, s: DemoSizes, corpus: Path) -> dict[str, Any]:
     return {"vocab_size": len(tokenizer)}
 
 
-def _stage_common(
-    d: Path, model: Path, s: DemoSizes, epochs: int, lr: float, batch: int
+def stage_common(
+    d: Path, model: Path, seed: int, epochs: int, lr: float, batch: int
 ) -> dict[str, Any]:
-    """The sections an SFT and a reward-model stage config share."""
+    """The sections an SFT and a reward-model stage config share (one worker, one CPU)."""
     return {
         "model": {"path": str(model)},
         "train": {
@@ -211,7 +213,7 @@ def _stage_common(
             "epochs": epochs,
             "batch_size": batch,
             "eval_fraction": 0.15,
-            "seed": s.seed,
+            "seed": seed,
         },
         "resources": {"num_workers": 1, "cpus_per_worker": 1.0},
         "output": {
@@ -233,7 +235,7 @@ def build_sft(
     build_tiny_policy(
         init, tokenizer, n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, n_positions=64
     )
-    raw = _stage_common(d, init, s, s.sft_epochs, s.sft_lr, s.sft_batch_size)
+    raw = stage_common(d, init, s.seed, s.sft_epochs, s.sft_lr, s.sft_batch_size)
     raw |= {"name": "sft", "data": {"path": str(corpus), "max_length": 48}}
     summary = run_sft(stage_config_from_dict(SFTConfig, raw, check_paths=True), progress=progress)
     m = summary["metrics"]
@@ -268,7 +270,7 @@ def build_reward_model(
 ) -> dict[str, Any]:
     """A Bradley–Terry reward model on the pairs, from the SFT trunk, with ``rayrm train-rm``."""
 
-    raw = _stage_common(d, Path(sft_model), s, s.rm_epochs, s.rm_lr, s.rm_batch_size)
+    raw = stage_common(d, Path(sft_model), s.seed, s.rm_epochs, s.rm_lr, s.rm_batch_size)
     raw |= {"name": "reward-model", "data": {"path": pairs, "max_length": 64}}
     cfg = stage_config_from_dict(RMConfig, raw, check_paths=True)
     summary = run_reward_training(cfg, progress=progress)
@@ -299,18 +301,13 @@ def ppo_config(
                 "samples_per_prompt": GRPO_SAMPLES if s.algo == "grpo" else 1,
             },
             "reward": {"source": "model", "path": rm, "num_cpus_per_actor": 0.5},
-            "ppo": {
-                "batch_size": s.ppo_batch_size,
-                "num_minibatches": 2,
-                "num_epochs": 2,
-                "lr": s.ppo_lr,
-                "vf_coef": 0.5,
-                "kl_coef": s.kl_coef,
-                "adaptive_kl": s.algo == "ppo",
-                "target_kl": s.target_kl,
-                "kl_horizon": 2000,
-                **(GRPO_SETTINGS if s.algo == "grpo" else {}),
-            },
+            "ppo": ppo_section(
+                s.algo,
+                batch_size=s.ppo_batch_size,
+                lr=s.ppo_lr,
+                kl_coef=s.kl_coef,
+                target_kl=s.target_kl,
+            ),  # fmt: skip
             "resources": {"num_env_runners": 0},
             "run": {
                 "num_iterations": s.ppo_iterations,
@@ -328,6 +325,25 @@ def ppo_config(
         },
         check_paths=True,
     )
+
+
+def ppo_section(
+    algo: str, *, batch_size: int, lr: float, kl_coef: float, target_kl: float
+) -> dict[str, Any]:
+    """The demos' ``ppo`` section: 2 minibatches, 2 epochs; PPO with the adaptive KL
+    controller, or GRPO (:data:`GRPO_SETTINGS`) with a fixed β."""
+    return {
+        "batch_size": batch_size,
+        "num_minibatches": 2,
+        "num_epochs": 2,
+        "lr": lr,
+        "vf_coef": 0.5,
+        "kl_coef": kl_coef,
+        "adaptive_kl": algo == "ppo",
+        "target_kl": target_kl,
+        "kl_horizon": 2000,
+        **(GRPO_SETTINGS if algo == "grpo" else {}),
+    }
 
 
 def compare_gold(

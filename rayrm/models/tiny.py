@@ -29,6 +29,7 @@ logits, scaled embeddings, tied head).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,22 +149,32 @@ def _corpus() -> list[str]:
     return (_CORPUS + list(BUILTIN_PROMPTS)) * 4
 
 
-def build_tokenizer(kind: str = "char", *, vocab_size: int = 400) -> Any:
+def build_tokenizer(
+    kind: str = "char", *, vocab_size: int = 400, corpus: Sequence[str] | None = None
+) -> Any:
     """A tokenizer of ``kind`` (see the module docstring), as a ``PreTrainedTokenizerFast``.
 
     Save it with ``save_pretrained`` (or pass it to :func:`build_tiny_model`), then load it
     with ``AutoTokenizer.from_pretrained`` as any checkpoint's tokenizer.
+
+    Args:
+        kind: One of :data:`TOKENIZER_KINDS`.
+        vocab_size: BPE vocabulary limit.
+        corpus: Texts to train the BPE merges on (default: a few English sentences and the
+            built-in prompts); a task's own texts give it short sequences (the demo's
+            multi-turn tasks). Not for ``char``.
     """
+    texts = _corpus() if corpus is None else list(corpus)
     if kind == "char":
         return build_char_tokenizer()
     if kind in ("llama", "gemma"):
-        return _sentencepiece_style(kind, vocab_size)
+        return _sentencepiece_style(kind, vocab_size, texts)
     if kind in ("gpt2", "qwen2"):
-        return _byte_level(kind, vocab_size)
+        return _byte_level(kind, vocab_size, texts)
     raise ValueError(f"tokenizer kind must be one of {TOKENIZER_KINDS}, got {kind!r}")
 
 
-def _byte_level(kind: str, vocab_size: int) -> Any:
+def _byte_level(kind: str, vocab_size: int, corpus: list[str]) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -184,7 +195,7 @@ def _byte_level(kind: str, vocab_size: int) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(corpus, trainer)
     if kind == "gpt2":
         return PreTrainedTokenizerFast(
             tokenizer_object=tok,
@@ -204,7 +215,7 @@ def _byte_level(kind: str, vocab_size: int) -> Any:
     return out
 
 
-def _sentencepiece_style(kind: str, vocab_size: int) -> Any:
+def _sentencepiece_style(kind: str, vocab_size: int, corpus: list[str]) -> Any:
     """Llama-2's tokenizer (``kind="llama"``) or Gemma's (``"gemma"``): see the module
     docstring."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -233,7 +244,7 @@ def _sentencepiece_style(kind: str, vocab_size: int) -> Any:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, show_progress=False
     )
-    trained.train_from_iterator(_corpus(), trainer)
+    trained.train_from_iterator(corpus, trainer)
     model = json.loads(trained.to_str())["model"]
     # The real layout: the specials, then the 256 byte tokens <0x00>..<0xFF> (ordinary tokens,
     # which byte fallback uses for characters the vocabulary lacks), then the pieces.

@@ -13,7 +13,8 @@ https://arxiv.org/abs/2203.02155); with a text column every token is. Conversati
 messages column) are rendered with the tokenizer's chat template and only the assistant turns
 are learned: each turn's tokens are those between the rendering of the conversation before it
 (with the generation prompt) and the rendering that includes it, its end-of-turn token
-included.
+included. A conversation's tools (a ``tools`` column of JSON schemas) go to the template as a
+multi-turn environment's tools do, so tool-calling traces render as RL renders them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ import numpy as np
 from envs.tokenization import Conversation, Message, PromptCodec, require_chat_template
 from rayrm.config import ConfigError
 from rayrm.config.stage import SFTConfig
-from rayrm.stages.tables import TEXT_COLUMN, conversation_column, read_table, string_column
+from rayrm.stages.tables import (
+    TEXT_COLUMN,
+    conversation_column,
+    read_table,
+    string_column,
+    tools_column,
+)
 from rayrm.stages.trainer import (
     SFT_EVAL_LOSS,
     SFT_EVAL_PERPLEXITY,
@@ -116,9 +123,22 @@ def _bos(codec: PromptCodec, ids: Sequence[int]) -> list[int]:
 
 
 def encode_conversations(
-    tokenizer: Any, conversations: Sequence[Conversation], *, max_length: int
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    *,
+    max_length: int,
+    tools: Sequence[Sequence[dict[str, Any]] | None] | None = None,
 ) -> tuple[list[Example], int]:
     """Renders conversations with the chat template; labels only the assistant turns.
+
+    Args:
+        tokenizer: With a chat template.
+        conversations: Lists of ``{role, content}`` messages.
+        max_length: Tokens kept per example (the rest cut off at the end).
+        tools: Per conversation, the JSON schemas of the tools it offers (``None``: none),
+            passed to the template (``apply_chat_template(tools=...)``) as a multi-turn
+            environment passes its tools (``envs.turns``), so that SFT sees the conversation
+            as RL renders it.
 
     Returns:
         ``(examples, num_dropped)``.
@@ -128,17 +148,24 @@ def encode_conversations(
             turn does not reproduce its full rendering's tokens (row named).
     """
     require_chat_template(tokenizer, "the SFT tokenizer")
+    if tools is not None and len(tools) != len(conversations):
+        raise ValueError(f"{len(tools)} tool lists for {len(conversations)} conversations")
+    row_tools: list[dict[str, Any]] | None = None
 
     def ids_of(messages: Sequence[Message], generation_prompt: bool) -> list[int]:
         if not messages and not generation_prompt:
             return []
         text = tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=generation_prompt
+            list(messages),
+            tools=row_tools,
+            tokenize=False,
+            add_generation_prompt=generation_prompt,
         )
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     examples = []
     for row, messages in enumerate(conversations):
+        row_tools = [dict(t) for t in tools[row]] if tools is not None and tools[row] else None
         ids = ids_of(messages, False)
         labels = [IGNORE_INDEX] * len(ids)
         for i, message in enumerate(messages):
@@ -301,9 +328,12 @@ def load_examples(cfg: SFTConfig, tokenizer: Any) -> tuple[list[Example], dict[s
     elif fmt == "messages":
         key = "data.messages_column"
         conversations = conversation_column(table, d.messages_column, path=d.path, key=key)
+        tools = None
+        if d.tools_column in table.column_names:
+            tools = tools_column(table, d.tools_column, path=d.path, key="data.tools_column")
         try:
             examples, dropped = encode_conversations(
-                tokenizer, conversations, max_length=max_length
+                tokenizer, conversations, max_length=max_length, tools=tools
             )
         except ValueError as exc:
             raise ConfigError(f"data.path {d.path}: {exc}", key="data.path") from exc

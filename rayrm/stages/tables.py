@@ -7,8 +7,9 @@ the key or option the file came from.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from envs.tables import TABLE_SUFFIXES, TEXT_COLUMN
 from envs.tables import read_table as _read_table
@@ -24,6 +25,7 @@ __all__ = [
     "conversation_column",
     "read_table",
     "string_column",
+    "tools_column",
 ]
 
 
@@ -95,4 +97,31 @@ def conversation_column(
             out.append(check_conversation(value, f"{path}, column {column!r}, row {row}"))
         except ValueError as exc:
             raise ConfigError(str(exc), key=key) from exc
+    return out
+
+
+def tools_column(
+    table: pa.Table, column: str, *, path: str, key: str | None = None
+) -> list[list[dict[str, Any]] | None]:
+    """The values of a column of tool lists: per row, JSON schemas of tools
+    (``envs.tools.tool_schema``) as a list of objects or its JSON text; null or empty: none.
+
+    Raises:
+        ConfigError: A row is neither (row named).
+    """
+    out: list[list[dict[str, Any]] | None] = []
+    for row, value in enumerate(table.column(column).to_pylist()):
+        where = f"{path}, column {column!r}, row {row}"
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else None
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{where}: the tools are not JSON ({exc})", key=key) from exc
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(t, dict) for t in value)
+        ):
+            raise ConfigError(
+                f"{where}: expected a list of tool schemas (objects), got {value!r:.80}", key=key
+            )
+        out.append(value or None)
     return out

@@ -1,0 +1,148 @@
+"""Plays whole multi-turn episodes with a policy model: an environment's success rate.
+
+A multi-turn run logs ``env/success`` of the episodes it trains on; how good a policy is on
+rows it never trained on is measured here, with the sampler RL uses: the episodes run in
+:class:`envs.multi_turn.MultiTurnTextEnv` (one token per step, the environment's replies
+spliced in as ids) and decode through :func:`rayrm.models.decoding.decode_batch`, replies fed
+through the KV cache by its ``inserts`` callback, exactly as the env runner
+(``rayrm.rl.env_runner``) samples training episodes. No Ray here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from envs.multi_turn import EPISODE_STATS, REPLY_IDS, MultiTurnTextEnv
+from rayrm.models.decoding import decode_batch, sampler
+
+__all__ = ["EpisodeOutcome", "play_episodes", "success_rate"]
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    """One finished episode.
+
+    Attributes:
+        prompt_index: The prompt row it was built from.
+        success: The environment's ``success`` of its last turn (0 when it reported none).
+        episode_return: The sum of its turns' rewards.
+        turns: Assistant turns taken.
+        truncated: It hit a limit (turns or tokens) instead of being finished.
+    """
+
+    prompt_index: int
+    success: float
+    episode_return: float
+    turns: int
+    truncated: bool
+
+
+def play_episodes(
+    model: nn.Module,
+    make_env: Callable[[], MultiTurnTextEnv],
+    rows: Sequence[int],
+    *,
+    batch_size: int = 64,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    seed: int = 0,
+) -> list[EpisodeOutcome]:
+    """One episode per entry of ``rows`` (prompt indices of the env's rows), ``batch_size``
+    decoded together.
+
+    Args:
+        model: A Hugging Face causal LM (eval mode is the caller's business).
+        make_env: Builds a fresh env (the same settings as training: the run's env config).
+        rows: Prompt rows to play, repeats allowed.
+        batch_size: Episodes decoded together.
+        temperature, top_k, top_p, greedy: Sampling settings (``core_algos.sample_tokens``).
+        seed: Seed of the sampling generator (one for the whole call).
+
+    Returns:
+        The outcomes, in the order of ``rows``.
+    """
+    envs = [make_env() for _ in range(min(batch_size, len(rows)))]
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sample = sampler(
+        temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, generator=generator
+    )
+    out: list[EpisodeOutcome] = []
+    for start in range(0, len(rows), len(envs)):
+        chunk = list(rows[start : start + len(envs)])
+        out += _play(model, envs[: len(chunk)], chunk, sample)
+    return out
+
+
+def _play(
+    model: nn.Module, envs: list[MultiTurnTextEnv], rows: list[int], sample: Any
+) -> list[EpisodeOutcome]:
+    """Plays ``envs[i]`` from prompt row ``rows[i]``, all together."""
+    prompts = []
+    for env, row in zip(envs, rows, strict=True):
+        obs, _ = env.reset(options={"prompt_index": row})
+        prompts.append(obs["input_ids"][: int(obs["length"][0])])
+    active = [True] * len(envs)
+    returns = [0.0] * len(envs)
+    last: list[Mapping[str, Any]] = [{} for _ in envs]
+    replies: dict[int, np.ndarray] = {}
+
+    def on_tokens(tokens: np.ndarray, logp: np.ndarray) -> list[bool]:
+        for i, env in enumerate(envs):
+            if not active[i]:
+                continue
+            _, reward, terminated, truncated, info = env.step(int(tokens[i]))
+            returns[i] += float(reward)
+            active[i] = not (terminated or truncated)
+            if REPLY_IDS in info:
+                replies[i] = info[REPLY_IDS]
+            if not active[i]:
+                last[i] = {**info, "truncated": truncated}
+        return active
+
+    def take_replies() -> dict[int, np.ndarray]:
+        taken = dict(replies)
+        replies.clear()
+        return taken
+
+    pad_id = int(envs[0].pad_token_id)
+    decode_batch(model, prompts, pad_id=pad_id, sample=sample, on_tokens=on_tokens,
+                 inserts=take_replies)  # fmt: skip
+    outcomes = []
+    for row, info, ret in zip(rows, last, returns, strict=True):
+        stats = info[EPISODE_STATS]
+        outcomes.append(
+            EpisodeOutcome(
+                prompt_index=row,
+                success=float(stats.get("success", 0.0)),
+                episode_return=ret,
+                turns=int(stats["turns"]),
+                truncated=bool(info["truncated"]),
+            )
+        )
+    return outcomes
+
+
+def success_rate(outcomes: Sequence[EpisodeOutcome]) -> dict[str, float]:
+    """``{"success", "se", "return", "turns", "n"}``: the mean success ``p`` with its standard
+    error ``sqrt(p (1 - p) / n)`` (successes are 0 or 1), the mean return and turns."""
+    n = len(outcomes)
+    if not n:
+        raise ValueError("no episodes to summarise")
+    p = sum(o.success for o in outcomes) / n
+    return {
+        "success": p,
+        "se": math.sqrt(max(p * (1 - p), 0.0) / n),
+        "return": sum(o.episode_return for o in outcomes) / n,
+        "turns": sum(o.turns for o in outcomes) / n,
+        "n": float(n),
+    }
