@@ -12,6 +12,7 @@ import yaml
 from conftest import check_quiet_output
 
 from rayrm.console import LOG_NAME
+from rayrm.demo.cache import run_stage, stage_hash
 from rayrm.demo.data import (
     NOUNS_HELD_OUT,
     heldout_prompts,
@@ -19,7 +20,7 @@ from rayrm.demo.data import (
     train_prompts,
     train_tokenizer,
 )
-from rayrm.demo.run import STAGES, run_demo, run_stage, stage_hash
+from rayrm.demo.run import STAGES, run_demo
 from rayrm.rewards.judges import vader_positivity
 
 

@@ -2,7 +2,7 @@
 
 What belongs here: the multi-turn demos' pipeline — their sizes, their stages and the
 success-rate comparison. The tasks themselves (rows, traces, tokenizer) live in
-:mod:`rayrm.demo.tasks`; the stage cache is :func:`rayrm.demo.run.run_stage`::
+:mod:`rayrm.demo.tasks`; the stage cache is :func:`rayrm.demo.cache.run_stage`::
 
     data (rows, held-out rows, SFT traces) ─> tokenizer ─> sft ─> rl ─> success before/after
 
@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from rayrm.config import RunConfig, config_from_dict
 from rayrm.config.stage import SFTConfig, stage_config_from_dict
-from rayrm.demo.run import StageResult, quiet_single_threaded, run_stage
+from rayrm.demo.cache import StageResult, quiet_single_threaded, run_stage
 from rayrm.demo.steps import GRPO_SAMPLES, ppo_section, stage_common
 from rayrm.demo.tasks import TASKS, Task, build_task_tokenizer, write_rows, write_traces
 from rayrm.experiment.train import TrainingFailed, run_train

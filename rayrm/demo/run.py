@@ -26,19 +26,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from rayrm.console import LOG_NAME, quiet, say, warn
 from rayrm.demo import steps as ds
+from rayrm.demo.cache import StageResult, quiet_single_threaded, run_stage
 from rayrm.demo.steps import SIZES, STAGE_SETTINGS, DemoSizes, gold_line
 from rayrm.experiment.train import TrainingFailed
 from rayrm.ray_init import owned_ray
@@ -47,100 +44,8 @@ from rayrm.stages.trainer import StageFailed
 __all__ = ["DEFAULT_WORKDIR", "STAGES", "build_rl_inputs", "main", "run_demo", "run_stage"]
 
 DEFAULT_WORKDIR = "rayrm-demo"
-DEMO_VERSION = 1
-"""Part of every stage's hash: bump it when a code change changes what a stage produces."""
-DONE = "done"
-"""The marker file a finished stage writes last (its summary, JSON)."""
 STAGES = tuple(STAGE_SETTINGS)
 """The stages, in the order they run."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage cache
-# ---------------------------------------------------------------------------------------------
-
-
-def stage_hash(name: str, key: dict[str, Any]) -> str:
-    """12 hex digits of SHA-256 over the stage's name, the demo version and ``key`` (JSON)."""
-    text = json.dumps({"stage": name, "version": DEMO_VERSION, **key}, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-
-
-@dataclass
-class StageResult:
-    """One stage of one demo run.
-
-    Attributes:
-        name: Stage name.
-        hash: :func:`stage_hash` of its settings and inputs.
-        dir: Its folder.
-        info: Its summary (the ``done`` marker's content).
-        cached: Whether it was found done instead of run.
-        seconds: Wall time in this call (the cache look-up when cached).
-    """
-
-    name: str
-    hash: str
-    dir: Path
-    info: dict[str, Any]
-    cached: bool
-    seconds: float
-
-
-def run_stage(
-    folder: Path,
-    name: str,
-    key: dict[str, Any],
-    build: Callable[[Path], dict[str, Any]],
-    log: Callable[[str], None],
-) -> StageResult:
-    """Runs ``build(stage_dir)`` unless the stage's folder already holds a ``done`` marker.
-
-    Args:
-        folder: Parent folder; the stage's folder is ``folder / f"{name}-{hash}"`` (``_`` in
-            the name written as ``-``).
-        name: Stage name.
-        key: Everything the stage's output depends on (settings, upstream hashes), JSON-able.
-        build: Writes the stage's artifacts into its folder (which does not exist yet) and
-            returns a JSON-able summary.
-        log: Receives the ``stage:``/``cached:``/``done:`` lines.
-    """
-    start = time.perf_counter()
-    digest = stage_hash(name, key)
-    d = folder / f"{name.replace('_', '-')}-{digest}"
-    marker = d / DONE
-    if marker.is_file():
-        info = json.loads(marker.read_text(encoding="utf-8"))
-        log(f"cached: {name} ({d})")
-        return StageResult(name, digest, d, info, True, time.perf_counter() - start)
-    if d.exists():  # a killed run left it: redo the stage rather than trust part of it
-        shutil.rmtree(d)
-    log(f"stage: {name} -> {d}")
-    info = build(d)
-    seconds = time.perf_counter() - start
-    info = {**info, "seconds": seconds}
-    tmp = d / f".{DONE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, marker)  # atomic: the marker is complete or absent
-    log(f"done: {name} in {seconds:.1f}s")
-    return StageResult(name, digest, d, info, False, seconds)
-
-
-# ---------------------------------------------------------------------------------------------
-# The pipeline
-# ---------------------------------------------------------------------------------------------
-
-
-def quiet_single_threaded() -> None:
-    """One torch thread per process (2-core laptops run several), no Hugging Face load bars."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    # Read by every Ray worker started after this, as well as here.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    torch.set_num_threads(1)
-    hf_logging.disable_progress_bar()
 
 
 def _stages(

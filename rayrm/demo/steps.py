@@ -2,7 +2,7 @@
 
 What belongs here: the demo's sizes (:class:`DemoSizes`) and one ``build_*`` function per
 stage. Each writes its artifacts into a fresh folder and returns a JSON-able summary, which
-:func:`rayrm.demo.run.run_stage` stores as the stage's ``done`` marker. The stages are rayrm's own
+:func:`rayrm.demo.cache.run_stage` stores as the stage's ``done`` marker. The stages are rayrm's own
 commands, called as functions: ``rayrm sft`` (:func:`rayrm.stages.sft.run_sft`), ``rayrm data
 pairs`` (:func:`rayrm.stages.preference_data.build_preference_pairs`), ``rayrm train-rm``
 (:func:`rayrm.stages.reward_model.run_reward_training`) and ``rayrm train``

@@ -117,7 +117,8 @@ def play_trace(task: Task, row: dict[str, Any], rng: random.Random) -> Conversat
 def calculator_policy(env: Environment, messages: list[dict[str, str]], rng: random.Random) -> str:
     """Half the episodes: call ``calculate``, then answer with its result; the other half:
     answer at once with a wrong number near the product."""
-    assert isinstance(env, arithmetic.Calculator)
+    if not isinstance(env, arithmetic.Calculator):
+        raise TypeError(f"calculator traces need a Calculator, got {type(env).__name__}")
     if messages[-1]["role"] == "tool":
         return messages[-1]["content"]
     if rng.random() < 0.5:
@@ -128,7 +129,8 @@ def calculator_policy(env: Environment, messages: list[dict[str, str]], rng: ran
 
 def guessing_policy(env: Environment, messages: list[dict[str, str]], rng: random.Random) -> str:
     """A number drawn uniformly among those the hints so far leave."""
-    assert isinstance(env, guess.GuessTheNumber)
+    if not isinstance(env, guess.GuessTheNumber):
+        raise TypeError(f"guessing traces need a GuessTheNumber, got {type(env).__name__}")
     low, high = 1, env.high
     for said, heard in zip(messages[1::2], messages[2::2], strict=False):
         number = int(said["content"])
