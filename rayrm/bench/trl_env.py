@@ -1,10 +1,9 @@
 """The ``tools`` section of ``rayrm bench``: multi-turn GRPO with a tool, rayrm against TRL.
 
 What belongs here: the Calculator tool task (``envs.tasks.arithmetic``) run by rayrm's
-multi-turn GRPO (``rayrm train``'s trial with an ``env`` section) and by TRL 1.12's
-``GRPOTrainer(environment_factory=...)`` (transformers ``generate``, no vLLM) from the same
-policy, on the same rows, in one lockstep; the TRL environment that wraps the task; and the
-``tools_rayrm``, ``tools_trl`` and ``tools_ratio`` lines.
+multi-turn GRPO (``rayrm train``'s trial, ``env`` section) and by TRL 1.12's ``GRPOTrainer(
+environment_factory=...)`` (HF ``generate``, no vLLM) from the same policy and rows in one
+lockstep; the TRL environment wrapping the task; the ``tools_*`` lines.
 
 Both trainers get the same settings (``ToolsSettings``): group size (``samples_per_prompt`` =
 TRL's ``num_generations``), episodes per iteration, per-turn token limit (TRL:
@@ -16,12 +15,10 @@ gradient clipping 1.0, temperature 1. The iteration maps onto TRL's generation b
 :mod:`rayrm.bench.trl_groups`: ``per_device_train_batch_size = batch_size / num_minibatches``,
 ``steps_per_generation = num_minibatches``, ``num_iterations = num_epochs``.
 
-Measured side by side: seconds per iteration (median after the warm-up, the two trainers
-taking turns one iteration at a time) and the success rate, the fraction of an iteration's
-episodes whose final answer holds the product, over each trainer's own rollouts: at the first
-iteration (sampled by the shared starting policy) and over the last ``success_window``
-iterations. Targets: rayrm's seconds per iteration at most TRL's, its success gain at least
-TRL's.
+Measured side by side: seconds per iteration (median after the warm-up, the trainers taking
+turns) and the success rate (fraction of an iteration's episodes whose final answer holds the
+product, on each trainer's own rollouts) at the first iteration (the shared starting policy's)
+and over the last ``success_window``. Targets: rayrm's s/iteration <= TRL's, success gain >=.
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -389,30 +386,20 @@ def default_inputs(workdir: Path, spec: Any) -> tuple[str, str]:
 
 
 def settings_from_args(args: Any, spec: Any, workdir: Path) -> ToolsSettings:
-    """The section's settings from ``rayrm bench``'s options: ``--tools-model`` and
-    ``--tools-rows`` (default: :func:`default_inputs`), ``--tools-max-new-tokens`` per turn,
-    and the shared ``--batch-size``, ``--samples-per-prompt``, ``--num-epochs``,
-    ``--num-minibatches``, ``--lr``, ``--kl-coef``, ``--warmup``, ``--iterations``, ``--seed``,
-    ``--num-cpus`` and ``--num-cpus-per-learner``."""
+    """The settings from ``rayrm bench``'s ``--tools-*`` options (no model or rows: those of
+    :func:`default_inputs`), ``--samples-per-prompt`` and the shared workload options."""
     model, rows = getattr(args, "tools_model", None), getattr(args, "tools_rows", None)
     if model is None or rows is None:
         built_model, built_rows = default_inputs(workdir, spec)
         model, rows = model or built_model, rows or built_rows
+    shared = ("batch_size", "num_epochs", "num_minibatches", "lr", "kl_coef", "warmup")
+    shared += ("iterations", "seed", "num_cpus", "num_cpus_per_learner")
     return ToolsSettings(
         model=str(model),
         rows=str(rows),
-        batch_size=spec.batch_size,
         samples_per_prompt=getattr(args, "group_samples", 4),
         max_new_tokens=getattr(args, "tools_max_new_tokens", None) or 96,
-        num_epochs=spec.num_epochs,
-        num_minibatches=spec.num_minibatches,
-        lr=spec.lr,
-        kl_coef=spec.kl_coef,
-        warmup=spec.warmup,
-        iterations=spec.iterations,
-        seed=spec.seed,
-        num_cpus=spec.num_cpus,
-        num_cpus_per_learner=spec.num_cpus_per_learner,
+        **{k: getattr(spec, k) for k in shared},
     )
 
 
@@ -420,7 +407,7 @@ def measure_tools(s: ToolsSettings) -> Iterator[dict[str, Any]]:
     """Runs rayrm and, if installed, TRL in one lockstep; yields ``tools_rayrm``, then
     ``tools_trl`` and ``tools_ratio`` (or the line saying why TRL was skipped)."""
     reason = trl_unavailable_reason()
-    s = _replace(s, matched_threads=update_threads(s))
+    s = replace(s, matched_threads=update_threads(s))
     servers = {"rayrm": start_child(serve_rayrm_tools, s, serve=True)}
     if reason is None:
         servers["trl"] = start_child(serve_trl_tools, s, serve=True)
@@ -437,10 +424,6 @@ def measure_tools(s: ToolsSettings) -> Iterator[dict[str, Any]]:
     trl = _trl_line(s, finals["trl"])
     yield trl
     yield _ratio(rayrm, trl)
-
-
-def _replace(s: ToolsSettings, **changes: Any) -> ToolsSettings:
-    return ToolsSettings(**{**asdict(s), **changes})
 
 
 def _success(series: list[float], window: int) -> dict[str, Any]:
