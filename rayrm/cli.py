@@ -330,6 +330,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     r.add_argument("--workdir", default=None, help="where models are built (default: a temp dir)")
     _add_learning_arguments(parser)
+    _add_tools_arguments(parser)
     add_verbose(r)
 
 
@@ -365,6 +366,25 @@ def _add_learning_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("full", "smoke"),
         default=ls.demo_size,
         help="size of the demo task the runs start from (smoke: toy models, for tests)",
+    )
+
+
+def _add_tools_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's tools-section options (the rest are the shared workload options)."""
+    tools = parser.add_argument_group("tools section")
+    tools.add_argument(
+        "--tools-model",
+        default=None,
+        help="starting policy of both trainers, a model directory whose chat template renders "
+        "tools (default: a tiny random Qwen2 built in the workdir)",
+    )
+    tools.add_argument(
+        "--tools-rows",
+        default=None,
+        help="Calculator rows (a, b, answer) as JSON Lines (default: 64 built in the workdir)",
+    )
+    tools.add_argument(
+        "--tools-max-new-tokens", type=int, default=96, help="tokens per turn (%(default)s)"
     )
 
 

@@ -40,11 +40,15 @@ Sections (``--sections``):
   rayrm against TRL, PPO / GRPO / RLOO, several seeds (``rayrm.bench.learning``).
 * ``turns`` -- multi-turn decoding: seconds per token at each of 4 turns with replies fed
   through the KV cache, turn 4 over turn 1 (``rayrm.bench.turns``).
+* ``tools`` -- multi-turn GRPO on the Calculator tool task, rayrm against TRL's
+  ``GRPOTrainer(environment_factory=...)`` from the same policy (``--tools-model``, default a
+  tiny Qwen2): seconds per iteration and success rate gained (``rayrm.bench.trl_env``).
 
 Every line has a ``bench`` key: ``rayrm``, ``trl``, ``ratio``, ``length_series``,
 ``memory_per_step``, ``learner_memory``, ``trl_group``, ``group_ratio`` (``groups``),
 ``learning_start``, ``learning``, ``learning_ratio``, ``learning_trl`` (``learning``; see
-``rayrm.bench.learning``), ``turn_decoding`` (``turns``), ``repeat_summary`` (``--repeats``) or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
+``rayrm.bench.learning``), ``turn_decoding`` (``turns``), ``tools_rayrm``, ``tools_trl``,
+``tools_ratio`` (``tools``; see ``rayrm.bench.trl_env``), ``repeat_summary`` (``--repeats``) or ``error``. A ``rayrm`` line has ``config``; ``model`` (``type``,
 ``n_layer``, ``n_head``, ``n_embd``, ``n_positions``, ``vocab_size``, ``policy_params``,
 ``reward_params``); ``batch_size``, ``max_new_tokens``, ``num_env_runners``, ``num_learners``,
 ``critic``, ``num_epochs``, ``num_minibatches``, ``warmup``; ``resources`` (``local_ray_cpus``;
@@ -106,6 +110,8 @@ from rayrm.bench.support import (
     without_env,
 )
 from rayrm.bench.trial import PHASES, PlacedTrial, say_resources, start_local_ray
+from rayrm.bench.trl_env import measure_tools
+from rayrm.bench.trl_env import settings_from_args as tools_settings
 from rayrm.bench.trl_groups import GROUP_ALGOS, group_records, serve_trl_group
 from rayrm.bench.turns import measure_turn_decoding
 from rayrm.console import LOG_NAME, quiet, say, warn
@@ -341,7 +347,7 @@ def _rounded(x: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ command line
-SECTIONS = ("default", "lengths", "memory", "trl", "groups", "learning", "turns")
+SECTIONS = ("default", "lengths", "memory", "trl", "groups", "learning", "turns", "tools")
 
 
 def spec_from_args(args: argparse.Namespace) -> BenchSpec:
@@ -450,6 +456,12 @@ def _sections(
                 run(record)
         except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
             run(error_record("measure_turn_decoding", RuntimeError(traceback.format_exc())))
+    if "tools" in sections:
+        try:
+            for record in measure_tools(tools_settings(args, spec, workdir / "tools")):
+                run(record)
+        except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
+            run(error_record("measure_tools", RuntimeError(traceback.format_exc())))
     if "memory" in sections and args.memory_vocab_sizes:
         try:
             run(measure_memory(spec, args.memory_vocab_sizes, str(workdir / "memory")))

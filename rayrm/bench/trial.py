@@ -35,13 +35,17 @@ run alongside the update, and ``wait`` is what the update then waited for the ne
 
 
 def iteration_row(result: dict[str, Any], wall_s: float) -> dict[str, float]:
-    """Phase timers (s), generated tokens and wall time of one ``algo.train()`` result."""
+    """Phase timers (s), generated tokens and wall time of one ``algo.train()`` result, and
+    the episodes' ``env/success`` and ``env/turns`` when the run has an ``env`` section."""
     from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED
 
     rlhf = result[M.RLHF_RESULTS]
     row = {p: float(rlhf[f"timers/{p}_s"]) for p in PHASES}
     row["tokens"] = float(result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED])
     row["wall"] = wall_s
+    for key in (M.ENV_SUCCESS, M.ENV_TURNS):  # multi-turn episodes' means, when published
+        if key in rlhf:
+            row[key] = float(rlhf[key])
     return row
 
 

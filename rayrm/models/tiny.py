@@ -94,6 +94,15 @@ CHATML_TEMPLATE = (
     "{{ '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
     "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}"
     "{{ '<|im_end|>\\n' }}{% endif %}"
+    "{% elif message['role'] == 'assistant' and message.tool_calls %}"
+    "{{ '<|im_start|>assistant' }}"
+    "{% if message['content'] %}{{ '\\n' + message['content'] }}{% endif %}"
+    "{% for call in message.tool_calls %}"
+    "{% if call.function is defined %}{% set call = call.function %}{% endif %}"
+    '{{ \'\\n<tool_call>\\n{"name": "\' + call.name + \'", "arguments": \' }}'
+    "{{ call.arguments if call.arguments is string else call.arguments | tojson }}"
+    "{{ '}\\n</tool_call>' }}"
+    "{% endfor %}{{ '<|im_end|>\\n' }}"
     "{% elif not (tools and loop.first and message['role'] == 'system') %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endif %}"
@@ -104,7 +113,9 @@ CHATML_TEMPLATE = (
 
 With ``tools``, a system turn lists them as Qwen2.5's does (the system message's content
 first); ``tool`` messages are user turns of ``<tool_response>`` blocks, consecutive ones in
-one turn, as Qwen2.5 renders them."""
+one turn, as Qwen2.5 renders them. An assistant message's structured ``tool_calls`` (as TRL's
+``GRPOTrainer`` writes them) render after its content as Qwen2.5's Hermes blocks; rayrm keeps
+the calls in the content as sampled."""
 
 LLAMA_TEMPLATE = (
     "{{ bos_token }}{% set ns = namespace(system='', first_user=true) %}"
