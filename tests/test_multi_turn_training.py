@@ -36,13 +36,13 @@ def game_config(model_dir: str, rows: str, storage, **sections):
         {"batch_size": 8},
         {"batch_size": 8, "advantage_estimator": "grpo", "kl_mode": "loss"},
     ],
-    ids=["ppo", "grpo-lora"],
+    ids=["ppo", "grpo-lora-2x2"],
 )
 def test_multi_turn_episodes_train(ray_local, game, tmp_path, ppo):
     """Games of several turns train with a critic (GAE over the policy's tokens) and without
-    (GRPO groups of 4 episodes of one row, LoRA adapters); every episode's rows are rebuilt with its
-    replies (the learner connector checks them against the stored lengths) and the
-    environment's statistics are published."""
+    (GRPO groups of 4 episodes of one row, LoRA adapters, 2 env runners and 2 learners);
+    every episode's rows are rebuilt with its replies (the learner connector checks them
+    against the stored lengths) and the environment's statistics are published."""
     from rayrm import metrics as M
 
     model, rows = game
@@ -50,8 +50,16 @@ def test_multi_turn_episodes_train(ray_local, game, tmp_path, ppo):
     if ppo.get("advantage_estimator") == "grpo":
         generation["samples_per_prompt"] = 4
     extra = {}
-    if ppo.get("advantage_estimator") == "grpo":  # with LoRA adapters (the reference: off)
+    if ppo.get("advantage_estimator") == "grpo":
+        # LoRA adapters (the reference: adapters off); two remote env runners feed replies
+        # through their own KV caches, two data-parallel learners train on whole groups.
         extra["model"] = {"path": model, "lora": {"r": 4, "alpha": 8.0}}
+        extra["resources"] = {
+            "num_env_runners": 2,
+            "num_learners": 2,
+            "num_cpus_per_env_runner": 0.5,
+            "num_cpus_per_learner": 0.5,
+        }
     cfg = game_config(model, rows, tmp_path, ppo=ppo, generation=generation, **extra)
     results = train_in_process(cfg, 2)
     for result in results:
@@ -59,28 +67,3 @@ def test_multi_turn_episodes_train(ray_local, game, tmp_path, ppo):
         assert 1.0 <= result["env/turns"] <= 6.0
         assert "env/success" in result and "env/return" in result
         assert result["env/turns"] > 1.0  # replies were spliced in and sampled after
-
-
-def test_multi_turn_episodes_through_two_runners_and_two_learners(ray_local, game, tmp_path):
-    """Two remote env runners sample the games (replies fed through each one's KV cache),
-    two data-parallel learners train on whole groups of them."""
-    from rayrm import metrics as M
-
-    model, rows = game
-    cfg = game_config(
-        model,
-        rows,
-        tmp_path,
-        ppo={"batch_size": 16, "advantage_estimator": "grpo", "kl_mode": "loss"},
-        generation={"samples_per_prompt": 4},
-        resources={
-            "num_env_runners": 2,
-            "num_learners": 2,
-            "num_cpus_per_env_runner": 0.5,
-            "num_cpus_per_learner": 0.5,
-        },
-    )
-    results = train_in_process(cfg, 2)
-    for result in results:
-        assert result[M.ROLLOUT_COMPLETIONS] == 16
-        assert result["env/turns"] > 1.0

@@ -34,7 +34,11 @@ class GuessTheNumber(Environment):
     def step(self, text: str) -> Reply:
         found = re.search(r"\d+", text)
         if found is None:
-            return Reply(f"Answer with one number from 1 to {self.high}.", -self.step_cost)
+            return Reply(
+                f"Answer with one number from 1 to {self.high}.",
+                -self.step_cost,
+                info={"success": 0.0},
+            )
         guess = int(found.group())
         if guess == self.secret:
             return Reply(reward=1.0, done=True, info={"success": 1.0})
