@@ -80,6 +80,9 @@ def _results(exp_dir: Path) -> list[dict]:
     return [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
 
 
+ITERATIONS = 12  # the interrupt lands after the second checkpoint (iteration 6)
+
+
 def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_path, capsys):
     """`rayrm train` interrupted (Ctrl-C) resumes from its last checkpoint and finishes; the
     result exports to a Hugging Face directory and generates text."""
@@ -91,7 +94,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
         tmp_path,
         ppo={"batch_size": 8},
         generation={"max_new_tokens": 6},
-        run={"num_iterations": 20, "checkpoint_every": 3, "keep_checkpoints": None},
+        run={"num_iterations": ITERATIONS, "checkpoint_every": 3, "keep_checkpoints": None},
     )
     config = tmp_path / "config.yaml"
     cfg.save_yaml(config)
@@ -113,7 +116,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err and len(err.strip().splitlines()) == 1, err
     interrupted_at = len(_results(exp_dir))
-    assert 6 <= interrupted_at < 20
+    assert 6 <= interrupted_at < ITERATIONS
 
     resumed = subprocess.run(
         [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300
@@ -121,7 +124,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
     shutil.rmtree(ray_tmp, ignore_errors=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     iterations = [r["training_iteration"] for r in _results(exp_dir)]
-    assert iterations[-1] == 20
+    assert iterations[-1] == ITERATIONS
     # The resumed process restored a checkpoint taken before the interruption: it neither
     # started from scratch nor skipped iterations.
     first_resumed = iterations[interrupted_at]
@@ -129,7 +132,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
     # The terminal showed the preflight summary, a line per iteration and the result; Ray's
     # and RLlib's output went to the run folder's log.
     counts = check_quiet_output(resumed.stdout, resumed.stderr)
-    assert counts == {**dict.fromkeys(counts, 0), "prompts": 1, "iter": 21 - first_resumed,
+    assert counts == {**dict.fromkeys(counts, 0), "prompts": 1, "iter": ITERATIONS + 1 - first_resumed,
                       "done": 1}, resumed.stdout  # fmt: skip
     assert "Started a local Ray instance" in (exp_dir / LOG_NAME).read_text()
 
