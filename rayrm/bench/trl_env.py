@@ -27,7 +27,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,6 +43,7 @@ from rayrm.bench.support import (
     start_child,
 )
 from rayrm.bench.trl import QUIET_CPU_ARGS, TRL_VERSION, trl_unavailable_reason
+from rayrm.bench.trl_groups import LockstepStopped, lockstep_callback
 
 __all__ = [
     "CalculatorToolEnv",
@@ -236,16 +236,11 @@ def tools_trainer(
     )
 
 
-class _Stopped(Exception):
-    """Raised inside TRL's loop when the benchmark is aborted."""
-
-
 def serve_trl_tools(conn: Any, s: ToolsSettings) -> dict[str, Any]:
     """Lockstep server (``rayrm.bench.support.run_lockstep``) running TRL's trainer: one
     iteration is one generation and its ``num_epochs x num_minibatches`` optimizer steps,
     timed from the ``"iterate"`` command to the ``on_step_end`` of its last step."""
     import torch
-    from transformers import TrainerCallback
 
     torch.set_num_threads(s.matched_threads)
     per_iteration = s.num_epochs * s.num_minibatches
@@ -253,32 +248,17 @@ def serve_trl_tools(conn: Any, s: ToolsSettings) -> dict[str, Any]:
     times: list[float] = []
     log: list[tuple[float, float]] = []
 
-    class Lockstep(TrainerCallback):
-        step, start = 0, 0.0
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.step += 1
-            if self.step % per_iteration:
-                return
-            done = self.step // per_iteration
-            if done > s.warmup:
-                times.append(time.perf_counter() - self.start)
-                conn.send(("row", times[-1]))
-            elif done == s.warmup:
-                conn.send(("ready", None))
-            if done < s.warmup or done == total:
-                return
-            if conn.recv() != "iterate":  # "stop": the benchmark is being aborted
-                raise _Stopped
-            self.start = time.perf_counter()
+    lockstep = lockstep_callback(
+        conn, per_iteration=per_iteration, warmup=s.warmup, total=total, times=times
+    )
 
     with tempfile.TemporaryDirectory(prefix="rb-trl-") as output_dir:
         trainer = tools_trainer(
-            s, iterations=total, output_dir=output_dir, callbacks=[Lockstep()], log=log
+            s, iterations=total, output_dir=output_dir, callbacks=[lockstep], log=log
         )
         try:
             trainer.train()
-        except _Stopped:
+        except LockstepStopped:
             return {"stopped": True}
     return {"times": times, "success": [x for x, _ in log], "turns": [t for _, t in log]}
 

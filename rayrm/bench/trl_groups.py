@@ -31,7 +31,7 @@ SPEED_TARGET = 1.0
 """rayrm's seconds per iteration must be at most TRL's: TRL's / rayrm's >= 1."""
 
 
-class _Stopped(Exception):
+class LockstepStopped(Exception):
     """Raised inside TRL's loop when the benchmark is aborted."""
 
 
@@ -45,6 +45,40 @@ def prompt_texts(workload: Workload, tokenizer: Any, max_prompt_tokens: int) -> 
             tokenizer.decode(ids[-max_prompt_tokens:]) if len(ids) > max_prompt_tokens else prompt
         )
     return out
+
+
+def lockstep_callback(
+    conn: Any, *, per_iteration: int, warmup: int, total: int, times: list[float]
+) -> Any:
+    """A ``TrainerCallback`` that runs TRL's loop in lockstep with the benchmark's other
+    configurations: after each iteration (``per_iteration`` optimizer steps) past the
+    ``warmup`` it sends ``("row", seconds)`` (also appended to ``times``), after the warm-up
+    ``("ready", None)``, then waits for ``"iterate"`` (``"stop"`` aborts the run)."""
+    from transformers import TrainerCallback
+
+    class Lockstep(TrainerCallback):  # type: ignore[misc]
+        step, start = 0, 0.0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.step += 1
+            if self.step % per_iteration:
+                return
+            done = self.step // per_iteration
+            if done > warmup:
+                times.append(time.perf_counter() - self.start)
+                conn.send(("row", times[-1]))
+            elif done == warmup:
+                conn.send(("ready", None))
+            if done < warmup or done == total:
+                return
+            command = conn.recv()
+            if command == "stop":  # the benchmark is being aborted
+                raise LockstepStopped
+            if command != "iterate":
+                raise ValueError(f"unknown command {command!r}")
+            self.start = time.perf_counter()
+
+    return Lockstep()
 
 
 def group_trainer(
@@ -121,44 +155,25 @@ def serve_trl_group(conn: Any, spec: BenchSpec, workload: Workload, algo: str) -
     it is timed from the ``"iterate"`` command to the ``on_step_end`` of its last step.
     """
     import torch
-    from transformers import TrainerCallback
 
     torch.set_num_threads(spec.matched_threads)  # rayrm's update's threads
     per_iteration = spec.num_epochs * spec.num_minibatches
     total = spec.warmup + spec.iterations
     times: list[float] = []
 
-    class Lockstep(TrainerCallback):
-        step, start = 0, 0.0
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.step += 1
-            if self.step % per_iteration:
-                return
-            done = self.step // per_iteration
-            if done > spec.warmup:
-                times.append(time.perf_counter() - self.start)
-                conn.send(("row", times[-1]))
-            elif done == spec.warmup:
-                conn.send(("ready", None))
-            if done < spec.warmup or done == total:
-                return
-            command = conn.recv()
-            if command == "stop":  # the benchmark is being aborted
-                raise _Stopped
-            if command != "iterate":
-                raise ValueError(f"unknown command {command!r}")
-            self.start = time.perf_counter()
+    lockstep = lockstep_callback(
+        conn, per_iteration=per_iteration, warmup=spec.warmup, total=total, times=times
+    )
 
     if spec.warmup < 1:
         raise ValueError("the lockstep needs at least one warm-up iteration")
     with tempfile.TemporaryDirectory(prefix="rb-trl-") as output_dir, PeakRSS() as rss:
         trainer = group_trainer(
-            algo, spec, workload, iterations=total, output_dir=output_dir, callbacks=[Lockstep()]
+            algo, spec, workload, iterations=total, output_dir=output_dir, callbacks=[lockstep]
         )
         try:
             trainer.train()
-        except _Stopped:
+        except LockstepStopped:
             return {"stopped": True}
         rss.sample()
     return {"peak_rss_mb": rss.report(), "times": times}
