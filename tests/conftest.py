@@ -14,6 +14,9 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Every Ray the tests start (the fixture's, the CLI's in a subprocess, a test's own cluster)
+# listens on 127.0.0.1 only, not on the machine's address: set before Ray is imported.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 # No core dumps from the tests' processes and their children (inherited): some of Ray's
 # processes abort (SIGABRT) when their node is torn down, and where core dumps are on, each

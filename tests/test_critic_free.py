@@ -140,15 +140,6 @@ def test_reward_rises_without_a_critic(
     assert last > first + 0.1, (first, last)
 
 
-def one_prompt_informative(prompts: list[str], completions: list[str]) -> list[float]:
-    """The vowel reward for ``the cat``'s completions, 1.0 for every other prompt's: the
-    groups of the other prompts are uniform."""
-    from envs.builtin import vowel_reward
-
-    scores = vowel_reward(prompts, completions)
-    return [s if p.startswith("the cat") else 1.0 for p, s in zip(prompts, scores, strict=True)]
-
-
 def test_filtered_groups_train_on_two_learners(ray_local, tiny_policy_dir, tmp_path):
     """Batch 32 of 8 samples per prompt over 4 prompts (each once per iteration), 3 uniform
     groups, 2 learners: both learners train every iteration (with the informative group
@@ -159,7 +150,7 @@ def test_filtered_groups_train_on_two_learners(ray_local, tiny_policy_dir, tmp_p
     prompts = write_prompts_jsonl(tmp_path / "p.jsonl", texts)
     cfg = make_config(
         tiny_policy_dir, str(prompts), tmp_path,
-        reward={"function": "test_critic_free:one_prompt_informative"},
+        reward={"function": "scorers:one_prompt_informative"},
         generation={"samples_per_prompt": 8, "max_new_tokens": 4},
         ppo={"batch_size": 32, "num_minibatches": 2, "advantage_estimator": "grpo",
              "filter_uniform_groups": True},

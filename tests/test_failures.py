@@ -439,37 +439,8 @@ def test_unmeetable_resources_end_in_one_line(ray_local, ws, capfd, resources, n
 # ------------------------------------------- user-code errors inside the trial: no restart
 
 
-def raises_on_text(prompts: list[str], completions: list[str]) -> list[float]:
-    """Scores the preflight probe (empty completions), fails on the first real one."""
-    for c in completions:
-        if c:
-            raise ValueError(f"cannot score {c[:10]!r}")
-    return [0.0] * len(completions)
-
-
-def nan_on_text(prompts: list[str], completions: list[str]) -> list[float]:
-    """A NaN for every other real completion."""
-    return [math.nan if c and i % 2 else 0.5 for i, c in enumerate(completions)]
-
-
-_judge_calls = 0
-
-
-def flaky_judge(prompts: list[str], completions: list[str], ids: Any = None) -> list[float]:
-    """A judge whose connection drops on its first real call in each process; it wants the
-    completions' stable ids (the preflight probe, in the driver, passes none)."""
-    global _judge_calls
-    if any(completions):
-        _judge_calls += 1
-        if _judge_calls == 1:
-            raise ConnectionResetError("judge connection reset by peer")
-        if ids is None or len(set(ids)) != len(ids) or not all(isinstance(i, str) for i in ids):
-            raise ValueError(f"bad completion ids {ids!r}")
-    return [float(len(c)) for c in completions]
-
-
 def test_transient_reward_error_in_trial_is_retried(ray_local, ws, capfd):
-    ws.cfg["reward"].update(function="test_failures:flaky_judge", retry_exceptions=["OSError"])
+    ws.cfg["reward"].update(function="scorers:flaky_judge", retry_exceptions=["OSError"])
     code, err = run_cli(ws, capfd)
     assert code == 0, err
     trial = next((Path(ws.cfg["run"]["storage_path"]) / "broken").glob("RLHFPPO_*"))
@@ -484,12 +455,12 @@ def _failures(run: Path) -> int:
 
 
 def test_user_code_error_in_trial_is_not_retried(ray_local, ws, capfd):
-    ws.cfg["reward"]["function"] = "test_failures:raises_on_text"
+    ws.cfg["reward"]["function"] = "scorers:raises_on_text"
     ws.cfg["run"]["max_failures"] = 2
     code, err = run_cli(ws, capfd)
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1, err
-    assert "reward function 'test_failures:raises_on_text' raised ValueError" in lines[0]
+    assert "reward function 'scorers:raises_on_text' raised ValueError" in lines[0]
     assert "error.txt" in lines[0] and "--resume" in lines[0]
     run = Path(ws.cfg["run"]["storage_path"]) / "broken"
     assert _failures(run) == 1  # one failure, no restart
@@ -497,7 +468,7 @@ def test_user_code_error_in_trial_is_not_retried(ray_local, ws, capfd):
 
 
 def test_nan_scores_in_trial(ray_local, ws, capfd):
-    ws.cfg["reward"]["function"] = "test_failures:nan_on_text"
+    ws.cfg["reward"]["function"] = "scorers:nan_on_text"
     code, err = run_cli(ws, capfd)
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "non-finite score (nan)" in err and "reward.on_nan: skip" in err

@@ -23,12 +23,6 @@ from rayrm.rewards import RewardPool
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 
 
-def slow_length_reward(prompts: list[str], completions: list[str]) -> list[float]:
-    """Reward = completion length, slowly (so a kill lands mid-batch)."""
-    time.sleep(0.5)
-    return [float(len(c)) for c in completions]
-
-
 def _ping_when_back(actor, timeout_s: float = 60.0) -> bool:
     """The actor's ping once it has restarted: until then calls fail at once (the pool's
     actors have max_task_retries=0), with ActorUnavailableError."""
@@ -45,7 +39,7 @@ def _ping_when_back(actor, timeout_s: float = 60.0) -> bool:
 def test_reward_actor_killed_mid_batch_is_restarted_and_rescored(ray_local):
     pool = RewardPool(
         source="function",
-        function="test_fault_tolerance:slow_length_reward",
+        function="scorers:slow_length_reward",
         num_actors=2,
         batch_size=3,
         num_cpus_per_actor=0.25,
@@ -131,24 +125,10 @@ def test_lost_env_runners_keep_the_batch_full(
         algo.stop()
 
 
-def hang_once(prompts: list[str], completions: list[str]) -> list[float]:
-    """Hangs (a stuck judge) the first time it sees its marker path, the prompt; then scores."""
-    marker = Path(prompts[0])
-    if not marker.exists():
-        marker.write_text("hung")
-        time.sleep(600)
-    return [float(len(c)) for c in completions]
-
-
-def hang_always(prompts: list[str], completions: list[str]) -> list[float]:
-    time.sleep(600)
-    return [0.0] * len(completions)
-
-
 def test_hung_reward_actor_is_restarted_and_rescored(ray_local, tmp_path):
     pool = RewardPool(
         source="function",
-        function="test_fault_tolerance:hang_once",
+        function="scorers:hang_once",
         num_actors=1,
         batch_size=4,
         num_cpus_per_actor=0.25,
@@ -168,7 +148,7 @@ def test_reward_actor_that_keeps_hanging_times_out(ray_local):
 
     pool = RewardPool(
         source="function",
-        function="test_fault_tolerance:hang_always",
+        function="scorers:hang_always",
         num_actors=1,
         num_cpus_per_actor=0.25,
         timeout_s=1,

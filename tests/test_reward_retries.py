@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,28 +16,11 @@ from rayrm.rewards import RewardPool
 from rayrm.rewards.base import RewardSourceError
 
 
-def crash_once_logging_ids(prompts: list[str], completions: list[str], ids: list[str]) -> list:
-    """A judge with side effects: logs every (id, completion) it is asked about to the file
-    named by the prompt, and its process dies the first time (marker next to the log)."""
-    log = Path(prompts[0])
-    with log.open("a") as f:
-        f.write(json.dumps(list(zip(ids, completions, strict=True))) + "\n")
-    marker = log.with_suffix(".crashed")
-    if not marker.exists():
-        marker.write_text("x")
-        os._exit(1)  # the actor's process dies mid-chunk
-    return [float(len(c)) for c in completions]
-
-
-def always_resets(prompts: list[str], completions: list[str]) -> list[float]:
-    raise ConnectionResetError("judge connection reset by peer")
-
-
 def test_crashed_chunk_is_resubmitted_with_the_same_ids(ray_local, tmp_path):
     log = tmp_path / "judge.jsonl"
     pool = RewardPool(
         source="function",
-        function="test_reward_retries:crash_once_logging_ids",
+        function="scorers:crash_once_logging_ids",
         num_actors=2,
         batch_size=3,
         num_cpus_per_actor=0.25,
@@ -62,7 +44,7 @@ def test_retry_exceptions_resubmit_up_to_the_budget(ray_local):
     max_restarts times, then end the scoring naming the function; others end it at once."""
     pool = RewardPool(
         source="function",
-        function="test_reward_retries:always_resets",
+        function="scorers:always_resets",
         num_cpus_per_actor=0.25,
         max_restarts=2,
     )

@@ -58,20 +58,6 @@ def char_tokenizer(*, with_pad: bool = True) -> PreTrainedTokenizerFast:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    pythonpath = os.pathsep.join(
-        p for p in (str(TESTS_DIR), str(TESTS_DIR.parent), os.environ.get("PYTHONPATH")) if p
-    )
-    ray.init(
-        num_cpus=4,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}},
-    )
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny_rm_dir(tmp_path_factory) -> str:
     return build_tiny_reward_model(tmp_path_factory.mktemp("rm"), char_tokenizer())
 
@@ -148,7 +134,7 @@ def test_pool_argument_checks() -> None:
 # --- Ray pool ---------------------------------------------------------------------------------
 
 
-def test_ray_pool_order_and_call_count(ray_cluster) -> None:
+def test_ray_pool_order_and_call_count(ray_local) -> None:
     pool = RewardPool(
         source="function",
         function=LEN_SPEC,
@@ -168,7 +154,7 @@ def test_ray_pool_order_and_call_count(ray_cluster) -> None:
         pool.shutdown()
 
 
-def test_function_actors_run_without_torch(ray_cluster) -> None:
+def test_function_actors_run_without_torch(ray_local) -> None:
     """A reward function that does not use torch is served by actors that never import torch
     or transformers (Ray, numpy and the function's module only): lighter, faster to start."""
     pool = RewardPool(
@@ -245,7 +231,7 @@ def test_reward_model_wrong_num_labels(tmp_path) -> None:
         RewardModelActor(str(tmp_path), device="cpu")
 
 
-def test_ray_pool_start_failure_is_one_line(ray_cluster) -> None:
+def test_ray_pool_start_failure_is_one_line(ray_local) -> None:
     with pytest.raises(RewardSourceError, match="nope_mod_xyz:fn") as info:
         RewardPool(source="function", function="nope_mod_xyz:fn", num_cpus_per_actor=0.5)
     assert "\n" not in str(info.value)

@@ -80,7 +80,7 @@ def _results(exp_dir: Path) -> list[dict]:
     return [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
 
 
-ITERATIONS = 12  # the interrupt lands after the second checkpoint (iteration 6)
+ITERATIONS = 8  # the interrupt lands after the second checkpoint (iteration 4)
 
 
 def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_path, capsys):
@@ -94,7 +94,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
         tmp_path,
         ppo={"batch_size": 8},
         generation={"max_new_tokens": 6},
-        run={"num_iterations": ITERATIONS, "checkpoint_every": 3, "keep_checkpoints": None},
+        run={"num_iterations": ITERATIONS, "checkpoint_every": 2, "keep_checkpoints": None},
     )
     config = tmp_path / "config.yaml"
     cfg.save_yaml(config)
@@ -116,7 +116,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err and len(err.strip().splitlines()) == 1, err
     interrupted_at = len(_results(exp_dir))
-    assert 6 <= interrupted_at < ITERATIONS
+    assert 4 <= interrupted_at < ITERATIONS
 
     resumed = subprocess.run(
         [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300

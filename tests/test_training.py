@@ -21,7 +21,7 @@ from ray.rllib.utils.metrics import (
     NUM_MODULE_STEPS_TRAINED,
 )
 
-from envs.builtin import BUILTIN_PROMPTS, vowel_reward
+from envs.builtin import BUILTIN_PROMPTS
 from envs.tokenization import PromptCodec
 from rayrm import metrics as M
 from rayrm.models.decoding import sample_completions
@@ -94,12 +94,6 @@ def _timed(obj, name: str) -> list[tuple[float, float]]:
     return log
 
 
-def slow_vowel_reward(prompts: list[str], completions: list[str]) -> list[float]:
-    """The vowel reward after a second: scoring long enough to see what runs alongside it."""
-    time.sleep(1.0)
-    return vowel_reward(prompts, completions)
-
-
 def test_learner_forwards_run_while_the_batch_is_scored(ray_local, archs, prompts_file, tmp_path):
     """Synchronous iterations with a local learner: the learner connector's no-grad forwards
     (reference log-probs, values) run while the reward actor scores, once per iteration, and
@@ -109,7 +103,7 @@ def test_learner_forwards_run_while_the_batch_is_scored(ray_local, archs, prompt
         archs["qwen2"],
         prompts_file,
         tmp_path,
-        reward={"function": "test_training:slow_vowel_reward"},
+        reward={"function": "scorers:slow_vowel_reward"},
     )
     published = []
     for alongside in (True, False):

@@ -1,0 +1,99 @@
+"""Reward functions the tests run inside reward actors.
+
+A reward actor imports the module its function lives in: a test module imports torch, Ray,
+RLlib and rayrm (about 4 s of CPU per actor on these machines), this one only the standard
+library and the builtin rewards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from envs.builtin import vowel_reward
+
+
+def slow_vowel_reward(prompts: list[str], completions: list[str]) -> list[float]:
+    """The vowel reward after a second: scoring long enough to see what runs alongside it."""
+    time.sleep(1.0)
+    return vowel_reward(prompts, completions)
+
+
+def slow_length_reward(prompts: list[str], completions: list[str]) -> list[float]:
+    """Reward = completion length, slowly (so a kill lands mid-batch)."""
+    time.sleep(0.5)
+    return [float(len(c)) for c in completions]
+
+
+def one_prompt_informative(prompts: list[str], completions: list[str]) -> list[float]:
+    """The vowel reward for ``the cat``'s completions, 1.0 for every other prompt's: the
+    groups of the other prompts are uniform."""
+    scores = vowel_reward(prompts, completions)
+    return [s if p.startswith("the cat") else 1.0 for p, s in zip(prompts, scores, strict=True)]
+
+
+# ------------------------------------------------------------------------- failing judges
+
+
+def hang_once(prompts: list[str], completions: list[str]) -> list[float]:
+    """Hangs (a stuck judge) the first time it sees its marker path, the prompt; then scores."""
+    marker = Path(prompts[0])
+    if not marker.exists():
+        marker.write_text("hung")
+        time.sleep(600)
+    return [float(len(c)) for c in completions]
+
+
+def hang_always(prompts: list[str], completions: list[str]) -> list[float]:
+    time.sleep(600)
+    return [0.0] * len(completions)
+
+
+def crash_once_logging_ids(prompts: list[str], completions: list[str], ids: list[str]) -> list:
+    """A judge with side effects: logs every (id, completion) it is asked about to the file
+    named by the prompt, and its process dies the first time (marker next to the log)."""
+    log = Path(prompts[0])
+    with log.open("a") as f:
+        f.write(json.dumps(list(zip(ids, completions, strict=True))) + "\n")
+    marker = log.with_suffix(".crashed")
+    if not marker.exists():
+        marker.write_text("x")
+        os._exit(1)  # the actor's process dies mid-chunk
+    return [float(len(c)) for c in completions]
+
+
+def always_resets(prompts: list[str], completions: list[str]) -> list[float]:
+    raise ConnectionResetError("judge connection reset by peer")
+
+
+def raises_on_text(prompts: list[str], completions: list[str]) -> list[float]:
+    """Scores the preflight probe (empty completions), fails on the first real one."""
+    for c in completions:
+        if c:
+            raise ValueError(f"cannot score {c[:10]!r}")
+    return [0.0] * len(completions)
+
+
+def nan_on_text(prompts: list[str], completions: list[str]) -> list[float]:
+    """A NaN for every other real completion."""
+    return [math.nan if c and i % 2 else 0.5 for i, c in enumerate(completions)]
+
+
+_judge_calls = 0
+
+
+def flaky_judge(prompts: list[str], completions: list[str], ids: Any = None) -> list[float]:
+    """A judge whose connection drops on its first real call in each process; it wants the
+    completions' stable ids (the preflight probe, in the driver, passes none)."""
+    global _judge_calls
+    if any(completions):
+        _judge_calls += 1
+        if _judge_calls == 1:
+            raise ConnectionResetError("judge connection reset by peer")
+        if ids is None or len(set(ids)) != len(ids) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"bad completion ids {ids!r}")
+    return [float(len(c)) for c in completions]
