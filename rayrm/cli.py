@@ -221,7 +221,7 @@ _rollouts_list = _choice_list(("sync", "async"))
 
 def _add_workload_arguments(parser: argparse.ArgumentParser, d: Any) -> None:
     """The benchmark's workload options; ``d`` is the default ``BenchSpec``."""
-    from rayrm.bench.support import PRESETS
+    from rayrm.bench.spec import PRESETS
 
     g = parser.add_argument_group("workload")
     g.add_argument(
@@ -257,8 +257,7 @@ def _add_workload_arguments(parser: argparse.ArgumentParser, d: Any) -> None:
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (``rayrm bench`` and ``jobs/benchmark.py``)."""
-    from rayrm.bench.run import DEFAULT_LENGTHS, SECTIONS
-    from rayrm.bench.support import BenchSpec
+    from rayrm.bench.spec import DEFAULT_LENGTHS, SECTIONS, BenchSpec
 
     d = BenchSpec()
     _add_workload_arguments(parser, d)
@@ -336,7 +335,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_learning_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's learning-section options."""
-    from rayrm.bench.learning import LEARN_ALGOS, LearnSettings
+    from rayrm.bench.spec import LEARN_ALGOS, LearnSettings
 
     ls = LearnSettings()
     learn = parser.add_argument_group("learning section")
@@ -405,13 +404,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------ handlers
+def _checked(args: argparse.Namespace) -> None:
+    """A bad config or path fails in one line before Tune and RLlib are imported (seconds):
+    the run loads the config again, then at the cost of a dictionary's validation."""
+    from rayrm.config import load_config
+
+    load_config(args.config, args.overrides)
+
+
 def _train(args: argparse.Namespace) -> int:
+    _checked(args)
     from rayrm.experiment.train import main_train
 
     return main_train(args.config, args.overrides, args.resume, args.verbose)
 
 
 def _tune(args: argparse.Namespace) -> int:
+    _checked(args)
     from rayrm.experiment.sweep import main_tune
 
     return main_tune(args.config, args.overrides, args.resume, args.verbose)

@@ -53,6 +53,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow  # starts Ray
 def test_benchmark_smoke(tmp_path, capfd, monkeypatch):
     monkeypatch.setattr(bench_trl, "trl_unavailable_reason", lambda: "not installed (test)")
     args = _args(
@@ -149,6 +150,7 @@ def _check_reserved_as_rayrm_train(args: argparse.Namespace, line: dict, tmp_pat
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow  # starts Ray
 def test_a_configuration_that_does_not_fit_fails_as_rayrm_train(tmp_path, capfd):
     """On a local Ray of one CPU the trial (learner 1 + reward actor 1) cannot be placed: the
     benchmark gives it no extra logical CPUs and ends with rayrm train's line."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-from conftest import PYTHONPATH, make_config, trial_class
+from conftest import make_config, trial_class, worker_environment
 from ray import tune
 
 from rayrm import metrics as M
@@ -243,12 +243,12 @@ def rollout_cluster():
             # timing out in ray.shutdown().
             head = {"num_cpus": 2, "temp_dir": temp_dir}
             head["_system_config"] = {"enable_metrics_collection": False}
-            cluster = Cluster(initialize_head=True, head_node_args=head)
-            workers = [cluster.add_node(num_cpus=1, resources={ROLLOUT: 2}) for _ in range(2)]
-            ray.init(
-                address=cluster.address,
-                runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "PYTHONPATH": PYTHONPATH}},
-            )
+            with worker_environment():
+                cluster = Cluster(initialize_head=True, head_node_args=head)
+                workers = [
+                    cluster.add_node(num_cpus=1, resources={ROLLOUT: 2}) for _ in range(2)
+                ]
+            ray.init(address=cluster.address)
             yield cluster, workers
         finally:
             ray.shutdown()

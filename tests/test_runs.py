@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import REPO, check_quiet_output, make_config
 from ray.rllib.core.columns import Columns
@@ -83,6 +84,7 @@ def _results(exp_dir: Path) -> list[dict]:
 ITERATIONS = 8  # the interrupt lands after the second checkpoint (iteration 4)
 
 
+@pytest.mark.slow  # starts Ray
 def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_path, capsys):
     """`rayrm train` interrupted (Ctrl-C) resumes from its last checkpoint and finishes; the
     result exports to a Hugging Face directory and generates text."""

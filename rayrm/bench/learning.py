@@ -29,11 +29,12 @@ import shutil
 import statistics
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rayrm.bench import trl as bench_trl
+from rayrm.bench.spec import LearnSettings
 from rayrm.bench.support import (
     ESTIMATOR_SETTINGS,
     BenchSpec,
@@ -42,32 +43,10 @@ from rayrm.bench.support import (
     finish,
     start_child,
 )
-from rayrm.bench.trl_groups import GROUP_ALGOS, group_trainer
+from rayrm.bench.trl_groups import group_trainer
 
-LEARN_ALGOS = ("ppo", *GROUP_ALGOS)
 ASYNC = "rayrm_async"
 """The learning runs' name for rayrm with pipelined rollouts (``--rollouts ...,async``)."""
-
-
-@dataclass(frozen=True)
-class LearnSettings:
-    """The learning section's workload (besides the task, which is the demo's)."""
-
-    iterations: int = 30
-    batch_size: int = 32
-    samples_per_prompt: int = 4
-    max_new_tokens: int = 20
-    max_prompt_tokens: int = 16
-    num_epochs: int = 2
-    num_minibatches: int = 2
-    lr: float = 1.0e-4
-    kl_coef: float = 0.05
-    eval_samples: int = 2
-    demo_size: str = "full"
-    num_cpus: int | None = None
-    """``run.num_cpus`` of rayrm's runs (None: all cores, as ``rayrm train``)."""
-    num_cpus_per_learner: float | None = None
-    """``resources.num_cpus_per_learner`` of rayrm's runs (None: ``rayrm train``'s)."""
 
 
 def learn_spec(s: LearnSettings, algo: str, seed: int) -> BenchSpec:

@@ -94,10 +94,9 @@ from rayrm.bench.flops import gpt2_shape, iteration_flops, peak_matmul_flops, ut
 from rayrm.bench.learning import measure_learning
 from rayrm.bench.memory import measure_learner_memory
 from rayrm.bench.repeats import in_order, repeat_summary
+from rayrm.bench.spec import GROUP_ALGOS, PRESETS, SECTIONS, BenchSpec
 from rayrm.bench.support import (
     NOTE_NO_EOS,
-    PRESETS,
-    BenchSpec,
     ChildError,
     PeakRSS,
     Workload,
@@ -112,7 +111,7 @@ from rayrm.bench.support import (
 from rayrm.bench.trial import PHASES, PlacedTrial, say_resources, start_local_ray
 from rayrm.bench.trl_env import measure_tools
 from rayrm.bench.trl_env import settings_from_args as tools_settings
-from rayrm.bench.trl_groups import GROUP_ALGOS, group_records, serve_trl_group
+from rayrm.bench.trl_groups import group_records, serve_trl_group
 from rayrm.bench.turns import measure_turn_decoding
 from rayrm.console import LOG_NAME, quiet, say, warn
 from rayrm.experiment.resources import claim_local_cores
@@ -120,7 +119,6 @@ from rayrm.models.tiny import build_tiny_model
 from rayrm.rl.algorithm import build_algo_config
 from rayrm.rl.env_runner import RLHFEnvRunner
 
-DEFAULT_LENGTHS = (16, 32, 64, 128)
 LENGTH_RATIO_TARGET = 1.3
 
 
@@ -347,7 +345,6 @@ def _rounded(x: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ command line
-SECTIONS = ("default", "lengths", "memory", "trl", "groups", "learning", "turns", "tools")
 
 
 def spec_from_args(args: argparse.Namespace) -> BenchSpec:

@@ -23,6 +23,7 @@ from typing import Any
 
 from envs.builtin import BUILTIN_PROMPTS
 from envs.prompts import write_prompts_jsonl
+from rayrm.bench.spec import BenchSpec
 from rayrm.config import ConfigError, config_from_dict
 from rayrm.models.tiny import build_tiny_policy
 
@@ -50,48 +51,6 @@ class Workload:
     n_positions: int
     policy_params: int
     reward_params: int
-
-
-@dataclass
-class BenchSpec:
-    """One configuration: model size, batch, lengths, PPO shape and Ray resources."""
-
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 128
-    vocab_size: int = 100
-    batch_size: int = 32
-    max_new_tokens: int = 20
-    max_prompt_tokens: int = 32
-    iterations: int = 20
-    warmup: int = 2
-    num_env_runners: int = 0
-    num_learners: int = 0
-    num_epochs: int = 2
-    num_minibatches: int = 2
-    kl_coef: float = 0.05
-    lr: float = 1.0e-5
-    critic: str = "separate"
-    seed: int = 0
-    estimator: str = "gae"
-    samples_per_prompt: int = 1
-    async_rollouts: bool = False
-    num_cpus: int | None = None
-    """``run.num_cpus``: CPUs of the local Ray (None: all cores, as ``rayrm train``)."""
-    num_cpus_per_learner: float | None = None
-    """``resources.num_cpus_per_learner`` (None: ``rayrm train``'s, the cores the trial's
-    other bundles leave on its local Ray)."""
-    matched_threads: int = 1
-    """torch threads of the TRL steps run at rayrm's thread count: those of the update of
-    rayrm's synchronous trial on this machine (set by the benchmark, see
-    ``rayrm.bench.run.update_threads``)."""
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {},
-    "mid": {"n_layer": 4, "n_head": 4, "n_embd": 256, "vocab_size": 8000, "max_new_tokens": 64},
-}
-"""``rayrm bench --preset``: :class:`BenchSpec` fields that differ from the tiny defaults."""
 
 
 ESTIMATOR_SETTINGS: dict[str, dict[str, Any]] = {
