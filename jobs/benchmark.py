@@ -14,9 +14,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run the submitted code
 
 from rayrm.bench import run as bench  # noqa: E402
-from rayrm.cli import add_bench_arguments  # noqa: E402
+from rayrm.bench.options import add_bench_arguments  # noqa: E402
+from rayrm.cli import add_verbose  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="benchmark.py", description=bench.__doc__.splitlines()[0])
-    add_bench_arguments(parser)
+    add_verbose(add_bench_arguments(parser))
     raise SystemExit(bench.main(parser.parse_args()))

@@ -174,9 +174,7 @@ def worker_environment() -> Iterator[None]:
     per Ray start wasted)."""
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "PYTHONPATH")}
     os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (PYTHONPATH, saved["PYTHONPATH"]) if p
-    )
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PYTHONPATH, saved["PYTHONPATH"]) if p)
     try:
         yield
     finally:

@@ -262,10 +262,11 @@ def _check_python(argv: list[str], where: str) -> None:
         if not (REPO / script).is_file():
             pytest.fail(f"{where}: {script} does not exist")
         if script == "jobs/benchmark.py":
-            from rayrm.cli import add_bench_arguments
+            from rayrm.bench.options import add_bench_arguments
+            from rayrm.cli import add_verbose
 
             parser = argparse.ArgumentParser(prog="benchmark.py")
-            add_bench_arguments(parser)
+            add_verbose(add_bench_arguments(parser))
             _parse(parser, argv[argv.index(script) + 1 :], where)
 
 

@@ -245,9 +245,7 @@ def rollout_cluster():
             head["_system_config"] = {"enable_metrics_collection": False}
             with worker_environment():
                 cluster = Cluster(initialize_head=True, head_node_args=head)
-                workers = [
-                    cluster.add_node(num_cpus=1, resources={ROLLOUT: 2}) for _ in range(2)
-                ]
+                workers = [cluster.add_node(num_cpus=1, resources={ROLLOUT: 2}) for _ in range(2)]
             ray.init(address=cluster.address)
             yield cluster, workers
         finally:

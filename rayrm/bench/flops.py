@@ -121,3 +121,22 @@ def utilisation(flops: dict[str, float], phase_s: dict[str, float], peak: float)
         "peak_matmul_flops_per_s": peak,
         "mfu": {k: v / peak for k, v in achieved.items()},
     }
+
+
+def add_utilisation(records: list[dict[str, Any]]) -> None:
+    """Adds to each rayrm line its achieved FLOP/s and MFU per phase, against the best
+    matrix-multiply rate at its thread count, probed here once every trainer of the lockstep
+    has stopped (a probe while another process still works, or shuts down, reads low)."""
+    peaks: dict[int, float] = {}
+    for record in records:
+        flops = record.get("flops")
+        if record.get("bench") != "rayrm" or not flops:
+            continue
+        threads = flops["threads"]
+        if threads not in peaks:
+            peaks[threads] = peak_matmul_flops(threads)
+        model_flops = flops["model_flops_per_iteration"]
+        record["flops"] = {
+            "threads": threads,
+            **utilisation(model_flops, record["phase_s"], peaks[threads]),
+        }

@@ -30,14 +30,18 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rayrm.bench.support import finish, start_child
+from rayrm.bench.spec import BenchSpec
+from rayrm.bench.support import build_workload, finish, run_config, start_child
 from rayrm.core_algos import entropy_from_logits
 from rayrm.models.precision import MasterWeightAdam
 from rayrm.models.tiny import build_tiny_model, build_tokenizer
-from rayrm.rl.module import LOGP, SEQ_ID, VF_PREDS, LMPolicyModule, _take_rows, group_rows
+from rayrm.rl.algorithm import build_algo_config
+from rayrm.rl.env_runner import RLHFEnvRunner
+from rayrm.rl.module import LOGP, SEQ_ID, VF_PREDS, LMPolicyModule, group_rows, take_rows
 
 QWEN_VOCAB = 151_936
 PEAK_RATIO_TARGET = 4.0
@@ -108,7 +112,7 @@ def _full_logits_outputs(module: Any, model: Any, batch: dict[str, Any], values:
     import torch
     from ray.rllib.core.columns import Columns
 
-    input_ids, length, seq_id = module._rows(batch)
+    input_ids, length, seq_id = module.batch_rows(batch)
     rep, inverse = group_rows(seq_id, length)
     L = int(length[rep].max())
     mask = (torch.arange(L)[None, :] < length[rep][:, None]).long()
@@ -116,7 +120,7 @@ def _full_logits_outputs(module: Any, model: Any, batch: dict[str, Any], values:
     pos = length - 1
     logits = out.logits[inverse, pos].float() / module.temperature  # (N, V)
     logp = torch.log_softmax(logits, -1).gather(-1, batch[Columns.ACTIONS][:, None])[:, 0]
-    vf = module._value(out.hidden_states[-1][inverse, pos]) if values else None
+    vf = module.value_of(out.hidden_states[-1][inverse, pos]) if values else None
     return logp, entropy_from_logits(logits), vf
 
 
@@ -159,7 +163,7 @@ def update_peak(
     batch = _batch(vocab, completions, prompt_tokens, new_tokens, seed=0)
     batch = tree.map_structure(lambda x: x.to(device), batch)
     rows = torch.nonzero(batch[SEQ_ID] < per_minibatch).squeeze(-1)
-    minibatch = _take_rows(batch, rows)
+    minibatch = take_rows(batch, rows)
     chunked = mode.startswith("chunked")
     with _Peak(device) as peak:
         with torch.no_grad():
@@ -248,5 +252,80 @@ def measure_learner_memory(
             "CPU: growth of the peak RSS (VmHWM reset via /proc/self/clear_refs) with glibc's "
             "MALLOC_MMAP_THRESHOLD_=65536, so freed tensors leave the RSS; GPU: "
             "torch.cuda.max_memory_allocated growth",
+        ],
+    }
+
+
+def episode_bytes_per_step(episodes: list[Any]) -> dict[str, float]:
+    """Numpy bytes stored per step in sampled episodes, by field, plus their ``total``."""
+    import numpy as np
+    import tree
+    from ray.rllib.core.columns import Columns
+
+    def nbytes(x: Any) -> int:
+        return sum(np.asarray(leaf).nbytes for leaf in tree.flatten(x))
+
+    fields = {"observations": 0, "actions": 0, "rewards": 0, "extra_model_outputs": 0}
+    steps = 0
+    for episode in episodes:
+        e = episode if episode.is_numpy else episode.to_numpy()
+        steps += len(e)
+        fields["observations"] += nbytes(e.get_observations())
+        fields["actions"] += nbytes(e.get_actions())
+        fields["rewards"] += nbytes(e.get_rewards())
+        fields["extra_model_outputs"] += sum(
+            nbytes(e.get_extra_model_outputs(k)) for k in e.extra_model_outputs
+        )
+        if not set(e.extra_model_outputs) <= {Columns.ACTION_LOGP}:
+            raise ValueError(f"unexpected extra model outputs {set(e.extra_model_outputs)}")
+    out = {k: v / steps for k, v in fields.items()}
+    out["total"] = sum(fields.values()) / steps
+    return out
+
+
+def measure_memory(spec: BenchSpec, vocab_sizes: list[int], workdir: str) -> dict[str, Any]:
+    """Samples one batch with each vocabulary size and compares the bytes stored per step.
+
+    Runs rayrm's ``RLHFEnvRunner`` -- the class RLlib instantiates for sampling -- in this
+    process, without Ray: sampling needs no reward actor.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    per_vocab: dict[str, dict[str, float]] = {}
+    steps: dict[str, int] = {}
+    for vocab in vocab_sizes:
+        vspec = replace(spec, vocab_size=vocab)
+        n_positions = spec.max_prompt_tokens + spec.max_new_tokens
+        workload = build_workload(
+            Path(workdir) / f"vocab{vocab}", vspec, n_positions=n_positions, reward_model=False
+        )
+        runner = RLHFEnvRunner(config=build_algo_config(run_config(vspec, workload, workdir)))
+        try:
+            episodes = runner.sample()
+        finally:
+            runner.stop()
+        per_vocab[str(vocab)] = episode_bytes_per_step(episodes)
+        steps[str(vocab)] = sum(len(e) for e in episodes)
+    totals = {v: b["total"] for v, b in per_vocab.items()}
+    return {
+        "bench": "memory_per_step",
+        "vocab_sizes": vocab_sizes,
+        "bytes_per_step": totals,
+        "breakdown": per_vocab,
+        "sampled_steps": steps,
+        "equal": len(set(totals.values())) == 1,
+        "full_logits_bytes_per_step": {str(v): 4 * v for v in vocab_sizes},
+        "model": {"n_layer": spec.n_layer, "n_head": spec.n_head, "n_embd": spec.n_embd},
+        "batch_size": spec.batch_size,
+        "max_new_tokens": spec.max_new_tokens,
+        "max_prompt_tokens": spec.max_prompt_tokens,
+        "notes": [
+            "observations hold only the row's length per step (int64; the prompt's ids are "
+            "stored once, in the first info, and the learner rebuilds the rows from them and "
+            "the actions): O(1) per step, independent of V and of the sequence length; "
+            "actions, rewards and the chosen token's log-prob are scalars",
+            "an episode stores one observation more than it has steps; all completions run to "
+            "max_new_tokens (see the default lines' notes), so the per-step figures compare",
         ],
     }

@@ -75,8 +75,6 @@ A ``trl`` line has the same throughput keys plus ``variant`` (``stock`` or ``no_
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import shutil
 import statistics
@@ -90,9 +88,13 @@ from typing import Any
 
 from envs.prompts import load_prompts
 from rayrm.bench import trl as bench_trl
-from rayrm.bench.flops import gpt2_shape, iteration_flops, peak_matmul_flops, utilisation
+from rayrm.bench.flops import (
+    add_utilisation,
+    gpt2_shape,
+    iteration_flops,
+)
 from rayrm.bench.learning import measure_learning
-from rayrm.bench.memory import measure_learner_memory
+from rayrm.bench.memory import measure_learner_memory, measure_memory
 from rayrm.bench.repeats import in_order, repeat_summary
 from rayrm.bench.spec import GROUP_ALGOS, PRESETS, SECTIONS, BenchSpec
 from rayrm.bench.support import (
@@ -101,6 +103,7 @@ from rayrm.bench.support import (
     PeakRSS,
     Workload,
     build_workload,
+    emit,
     error_record,
     model_info,
     run_config,
@@ -113,11 +116,9 @@ from rayrm.bench.trl_env import measure_tools
 from rayrm.bench.trl_env import settings_from_args as tools_settings
 from rayrm.bench.trl_groups import group_records, serve_trl_group
 from rayrm.bench.turns import measure_turn_decoding
-from rayrm.console import LOG_NAME, quiet, say, warn
+from rayrm.console import LOG_NAME, quiet, warn
 from rayrm.experiment.resources import claim_local_cores
 from rayrm.models.tiny import build_tiny_model
-from rayrm.rl.algorithm import build_algo_config
-from rayrm.rl.env_runner import RLHFEnvRunner
 
 LENGTH_RATIO_TARGET = 1.3
 
@@ -233,115 +234,6 @@ def phase_flops(
         forwards_in_score=not spec.async_rollouts and spec.num_learners == 0,
     )
     return {"threads": threads, "model_flops_per_iteration": flops}
-
-
-def add_utilisation(records: list[dict[str, Any]]) -> None:
-    """Adds to each rayrm line its achieved FLOP/s and MFU per phase, against the best
-    matrix-multiply rate at its thread count, probed here once every trainer of the lockstep
-    has stopped (a probe while another process still works, or shuts down, reads low)."""
-    peaks: dict[int, float] = {}
-    for record in records:
-        flops = record.get("flops")
-        if record.get("bench") != "rayrm" or not flops:
-            continue
-        threads = flops["threads"]
-        if threads not in peaks:
-            peaks[threads] = peak_matmul_flops(threads)
-        model_flops = flops["model_flops_per_iteration"]
-        record["flops"] = {
-            "threads": threads,
-            **utilisation(model_flops, record["phase_s"], peaks[threads]),
-        }
-
-
-def episode_bytes_per_step(episodes: list[Any]) -> dict[str, float]:
-    """Numpy bytes stored per step in sampled episodes, by field, plus their ``total``."""
-    import numpy as np
-    import tree
-    from ray.rllib.core.columns import Columns
-
-    def nbytes(x: Any) -> int:
-        return sum(np.asarray(leaf).nbytes for leaf in tree.flatten(x))
-
-    fields = {"observations": 0, "actions": 0, "rewards": 0, "extra_model_outputs": 0}
-    steps = 0
-    for episode in episodes:
-        e = episode if episode.is_numpy else episode.to_numpy()
-        steps += len(e)
-        fields["observations"] += nbytes(e.get_observations())
-        fields["actions"] += nbytes(e.get_actions())
-        fields["rewards"] += nbytes(e.get_rewards())
-        fields["extra_model_outputs"] += sum(
-            nbytes(e.get_extra_model_outputs(k)) for k in e.extra_model_outputs
-        )
-        if not set(e.extra_model_outputs) <= {Columns.ACTION_LOGP}:
-            raise ValueError(f"unexpected extra model outputs {set(e.extra_model_outputs)}")
-    out = {k: v / steps for k, v in fields.items()}
-    out["total"] = sum(fields.values()) / steps
-    return out
-
-
-def measure_memory(spec: BenchSpec, vocab_sizes: list[int], workdir: str) -> dict[str, Any]:
-    """Samples one batch with each vocabulary size and compares the bytes stored per step.
-
-    Runs rayrm's ``RLHFEnvRunner`` -- the class RLlib instantiates for sampling -- in this
-    process, without Ray: sampling needs no reward actor.
-    """
-    import torch
-
-    torch.set_num_threads(1)
-    per_vocab: dict[str, dict[str, float]] = {}
-    steps: dict[str, int] = {}
-    for vocab in vocab_sizes:
-        vspec = replace(spec, vocab_size=vocab)
-        n_positions = spec.max_prompt_tokens + spec.max_new_tokens
-        workload = build_workload(
-            Path(workdir) / f"vocab{vocab}", vspec, n_positions=n_positions, reward_model=False
-        )
-        runner = RLHFEnvRunner(config=build_algo_config(run_config(vspec, workload, workdir)))
-        try:
-            episodes = runner.sample()
-        finally:
-            runner.stop()
-        per_vocab[str(vocab)] = episode_bytes_per_step(episodes)
-        steps[str(vocab)] = sum(len(e) for e in episodes)
-    totals = {v: b["total"] for v, b in per_vocab.items()}
-    return {
-        "bench": "memory_per_step",
-        "vocab_sizes": vocab_sizes,
-        "bytes_per_step": totals,
-        "breakdown": per_vocab,
-        "sampled_steps": steps,
-        "equal": len(set(totals.values())) == 1,
-        "full_logits_bytes_per_step": {str(v): 4 * v for v in vocab_sizes},
-        "model": {"n_layer": spec.n_layer, "n_head": spec.n_head, "n_embd": spec.n_embd},
-        "batch_size": spec.batch_size,
-        "max_new_tokens": spec.max_new_tokens,
-        "max_prompt_tokens": spec.max_prompt_tokens,
-        "notes": [
-            "observations hold only the row's length per step (int64; the prompt's ids are "
-            "stored once, in the first info, and the learner rebuilds the rows from them and "
-            "the actions): O(1) per step, independent of V and of the sequence length; "
-            "actions, rewards and the chosen token's log-prob are scalars",
-            "an episode stores one observation more than it has steps; all completions run to "
-            "max_new_tokens (see the default lines' notes), so the per-step figures compare",
-        ],
-    }
-
-
-def emit(record: dict[str, Any]) -> None:
-    """Prints one JSON line on stdout (the benchmark's only stdout output)."""
-    say(json.dumps(_rounded(record)))
-
-
-def _rounded(x: Any) -> Any:
-    if isinstance(x, float):
-        return float(f"{x:.4g}") if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _rounded(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_rounded(v) for v in x]
-    return x
 
 
 # ------------------------------------------------------------------------------ command line

@@ -10,6 +10,8 @@ the trial, as ``rayrm train`` would start them, in ``rayrm.bench.trial``.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import resource
 import sys
@@ -25,6 +27,7 @@ from envs.builtin import BUILTIN_PROMPTS
 from envs.prompts import write_prompts_jsonl
 from rayrm.bench.spec import BenchSpec
 from rayrm.config import ConfigError, config_from_dict
+from rayrm.console import say
 from rayrm.models.tiny import build_tiny_policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -456,3 +459,18 @@ def _stop_all(servers: dict[str, tuple[Any, Any]], timeout_s: float = 120.0) -> 
         if proc.is_alive():
             proc.terminate()
             proc.join(timeout=10)
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Prints one JSON line on stdout (the benchmark's only stdout output)."""
+    say(json.dumps(_rounded(record)))
+
+
+def _rounded(x: Any) -> Any:
+    if isinstance(x, float):
+        return float(f"{x:.4g}") if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_rounded(v) for v in x]
+    return x

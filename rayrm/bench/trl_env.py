@@ -28,13 +28,14 @@ import shutil
 import statistics
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from envs.tasks import arithmetic
 from envs.tasks.arithmetic import Calculator
 from rayrm import metrics as M
+from rayrm.bench.spec import ToolsSettings
 from rayrm.bench.support import (
     ESTIMATOR_SETTINGS,
     ChildError,
@@ -56,45 +57,6 @@ __all__ = [
 ENVIRONMENT = "envs.tasks.arithmetic:Calculator"
 SPEED_TARGET = 1.0
 """TRL's seconds per iteration / rayrm's, at least."""
-
-
-@dataclass(frozen=True)
-class ToolsSettings:
-    """The tools section's workload: the policy, the rows and the shapes both trainers share.
-
-    Attributes:
-        model: The starting policy (a Hugging Face directory whose tokenizer has a chat template
-            that renders tools and Hermes tool calls), e.g. the tools demo's SFT model.
-        rows: The prompts file: rows of ``a``, ``b``, ``answer`` (``arithmetic.write_rows``).
-        max_new_tokens: Tokens per assistant turn.
-        max_total_tokens: Tokens of a whole episode (opening, turns, tool results).
-        max_prompt_tokens: Longest opening (the tools' system prompt and the question).
-        success_window: Last iterations whose success rate is the final one.
-    """
-
-    model: str
-    rows: str
-    batch_size: int = 16
-    samples_per_prompt: int = 4
-    max_new_tokens: int = 96
-    max_total_tokens: int = 1152
-    max_prompt_tokens: int = 768
-    num_epochs: int = 1
-    num_minibatches: int = 2
-    lr: float = 1.0e-5
-    kl_coef: float = 0.05
-    warmup: int = 1
-    iterations: int = 4
-    success_window: int = 2
-    seed: int = 0
-    num_cpus: int | None = None
-    num_cpus_per_learner: float | None = None
-    matched_threads: int = 1
-    """torch threads of TRL: those of rayrm's update (set by :func:`measure_tools`)."""
-
-    @property
-    def max_turns(self) -> int:
-        return int(Calculator.max_turns or 1)
 
 
 # ------------------------------------------------------------------------------ TRL's task

@@ -191,8 +191,8 @@ def evaluate_policies(
 
     from envs.multi_turn import MultiTurnTextEnv, load_rows
     from envs.text_generation import resolve_tokenizer
-    from rayrm.rl.algorithm import environment_of
     from rayrm.rl.env_evaluation import play_episodes, success_rate
+    from rayrm.rl.settings import environment_of
 
     vocab = int(AutoConfig.from_pretrained(cfg.model.path).vocab_size)
     _, env_config = environment_of(cfg, vocab)

@@ -77,7 +77,7 @@ def preflight(cfg: RunConfig) -> str:
 def _episode_openings(cfg: RunConfig) -> str:
     """A multi-turn run's environment built on the first rows (up to 1,000) of its prompts
     file, each episode opened as the env runners open it; their lengths summarised."""
-    from rayrm.rl.algorithm import environment_of
+    from rayrm.rl.settings import environment_of
 
     env_config = environment_of(cfg, vocab_size=None)[1]
     key = "env.environment"

@@ -50,6 +50,7 @@ __all__ = [
     "LMPolicyModule",
     "group_rows",
     "load_causal_lm",
+    "take_rows",
 ]
 
 SEQ_ID = "seq_id"
@@ -219,7 +220,9 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             yield self.ref_model
 
     # ----------------------------------------------------------------- one-pass forwards
-    def _rows(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch_rows(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(input_ids (N, L), length (N,), seq_id (N,))`` of a batch's token rows (seq ids
+        default to one completion per row)."""
         obs = batch[Columns.OBS]
         input_ids = obs["input_ids"].long()  # (N, L)
         length = obs["length"].reshape(-1).long()  # (N,)
@@ -231,7 +234,7 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     def _hidden(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """(N, H) final hidden state at each row's position ``length - 1``: ONE trunk forward
         per completion, over its longest row."""
-        input_ids, length, seq_id = self._rows(batch)
+        input_ids, length, seq_id = self.batch_rows(batch)
         rep, inverse = group_rows(seq_id, length)
         L = int(length[rep].max().item())
         return trunk_hidden(model, input_ids[rep, :L], inverse, length - 1)
@@ -247,7 +250,8 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         actions = batch[Columns.ACTIONS].reshape(-1)
         return token_logp(model, hidden, actions, temperature=self.temperature)
 
-    def _value(self, hidden: torch.Tensor) -> torch.Tensor:
+    def value_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N,) float32 value predictions from (N, H) hidden states (the value head)."""
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
     def _check_head(self) -> None:
@@ -269,7 +273,7 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         if self.has_critic:
             critic = getattr(self, "critic", None)
             value_hidden = hidden if critic is None else self._hidden(critic, batch)
-            out[VF_PREDS] = self._value(value_hidden)
+            out[VF_PREDS] = self.value_of(value_hidden)
         return out
 
     @torch.no_grad()
@@ -310,13 +314,13 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             asked.
         """
         self._check_head()
-        _, _, seq_id = self._rows(batch)
+        _, _, seq_id = self.batch_rows(batch)
         ids = torch.unique(seq_id)
         step = int(self.forward_batch_size or len(ids))
         out: dict[str, torch.Tensor] = {}
         for lo in range(0, len(ids), step):
             rows = torch.nonzero(torch.isin(seq_id, ids[lo : lo + step])).squeeze(-1)  # (n,)
-            part = _take_rows(batch, rows)
+            part = take_rows(batch, rows)
             for key, value in self._rollout_outputs(part, logp, values, ref_logp).items():
                 if key not in out:
                     out[key] = torch.empty(len(seq_id), dtype=value.dtype, device=value.device)
@@ -334,9 +338,9 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             if logp:
                 out[LOGP] = self._logp(self.lm, batch, hidden)
             if values and critic is None:
-                out[VF_PREDS] = self._value(hidden)
+                out[VF_PREDS] = self.value_of(hidden)
         if values and critic is not None:
-            out[VF_PREDS] = self._value(self._hidden(critic, batch))
+            out[VF_PREDS] = self.value_of(self._hidden(critic, batch))
         if ref_logp:
             with self._reference() as ref:
                 out[REF_LOGP] = self._logp(ref, batch, self._hidden(ref, batch))
@@ -398,7 +402,7 @@ def _enable_checkpointing(model: nn.Module) -> None:
     model.train()
 
 
-def _take_rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
+def take_rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
     """The observation, action and seq-id columns of the given rows."""
     obs = batch[Columns.OBS]
     out = {

@@ -24,6 +24,7 @@ import numpy as np
 from envs.tokenization import Conversation, check_conversation, require_chat_template
 from rayrm.config import ConfigError
 from rayrm.config.stage import RMConfig
+from rayrm.stages.batches import pad_right
 from rayrm.stages.tables import conversation_column, read_table, string_column
 from rayrm.stages.trainer import (
     RM_EVAL_ACCURACY,
@@ -35,7 +36,6 @@ from rayrm.stages.trainer import (
     RM_TRAIN_LOSS,
     StageSteps,
     describe_metrics,
-    pad_right,
     run_stage,
     worker_loop,
 )

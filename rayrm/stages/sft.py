@@ -29,6 +29,7 @@ import numpy as np
 from envs.tokenization import Conversation, Message, PromptCodec, require_chat_template
 from rayrm.config import ConfigError
 from rayrm.config.stage import SFTConfig
+from rayrm.stages.batches import pad_right
 from rayrm.stages.tables import (
     TEXT_COLUMN,
     conversation_column,
@@ -43,7 +44,6 @@ from rayrm.stages.trainer import (
     SFT_TRAIN_TOKENS,
     StageSteps,
     describe_metrics,
-    pad_right,
     run_stage,
     worker_loop,
 )
