@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from envs.tables import read_table
 from envs.tokenization import Prompt, check_conversation
@@ -112,6 +112,20 @@ def load_prompt_rows(
     if reference_column is None or reference_column not in names:
         return prompts, None
     return prompts, _string_column(table, path, reference_column)
+
+
+def other_columns(
+    path: str | os.PathLike[str], used: Iterable[str | None]
+) -> list[dict[str, Any]] | None:
+    """Each row's columns besides ``used`` (the prompt, messages and reference columns), typed
+    as Parquet or JSON gives them: what a reward function receives besides the prompt and the
+    reference (an answer, test cases, a game seed). None when the file has no other column.
+    """
+    table = _read_table(path)
+    names = [n for n in table.column_names if n not in set(used)]
+    if not names:
+        return None
+    return table.select(names).to_pylist()
 
 
 def prompt_file_columns(path: str | os.PathLike[str]) -> list[str]:

@@ -18,7 +18,7 @@ from gymnasium import spaces
 
 from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
 from envs.functions import import_function
-from envs.prompts import load_prompt_rows
+from envs.prompts import load_prompt_rows, other_columns
 from envs.tokenization import Prompt, PromptCodec, check_conversation
 
 if TYPE_CHECKING:
@@ -66,7 +66,8 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         chat_template: Render plain prompts as a user turn with the chat template too.
         reference_column: Column holding one reference text per prompt (for reference-based
             rewards such as chrF) when ``prompts`` is a path; used only if the file has it.
-            Each episode's reference is then in ``info["reference"]`` (reset and every step).
+            Each episode's reference is then in ``info["reference"]`` (reset and every step),
+            and the row's other columns, as a dict, in ``info["columns"]``.
         reward_fn: ``"builtin"`` (``vowel_reward``), a ``"module:function"`` string, a callable
             with the batched reward signature, or ``None`` for a deferred reward.
         max_prompt_tokens: Prompts longer than this keep their BOS and their last tokens
@@ -131,6 +132,12 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         self.prompts, self.references = resolve_prompts_and_references(
             prompts, prompt_column, reference_column, messages_column
         )
+        # The file's other columns, for reward functions that take them (none for a list).
+        self.columns = (
+            other_columns(prompts, (prompt_column, reference_column, messages_column))
+            if isinstance(prompts, str | os.PathLike)
+            else None
+        )
         self.reward_fn = resolve_reward_fn(reward_fn)
         self.reward_deferred = self.reward_fn is None
 
@@ -167,6 +174,7 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         self._messages: list[dict[str, str]] | None = None
         self._prompt_index = -1
         self._reference: str | None = None
+        self._columns: dict[str, Any] | None = None
         self._prompt_text = self._decoded_prompt = ""
         self._completion = ""
         self._has_reset = False
@@ -185,7 +193,7 @@ class TextGenerationEnv(gym.Env[Observation, int]):
 
         Returns:
             The observation and ``{"prompt": text, "prompt_index": int}``, plus ``"reference"``
-            when the prompt has one.
+            when the prompt has one and ``"columns"`` when its file row has other columns.
         """
         super().reset(seed=seed)
         options = options or {}
@@ -193,6 +201,9 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         self._reference = options.get("reference")
         if self._reference is None and self.references is not None and self._prompt_index >= 0:
             self._reference = self.references[self._prompt_index]
+        self._columns = None
+        if self.columns is not None and self._prompt_index >= 0:
+            self._columns = self.columns[self._prompt_index]
         self._messages = self.codec.conversation(prompt)
         self._prompt = prompt if isinstance(prompt, str) else self.codec.render(prompt)
         prompt_ids = self.codec.encode(prompt)
@@ -210,6 +221,8 @@ class TextGenerationEnv(gym.Env[Observation, int]):
             info["messages"] = self._messages
         if self._reference is not None:
             info["reference"] = self._reference
+        if self._columns is not None:
+            info["columns"] = self._columns
         return self._observation(), info
 
     def step(self, action: int) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
@@ -270,6 +283,8 @@ class TextGenerationEnv(gym.Env[Observation, int]):
             info["messages"] = self._messages
         if self._reference is not None:
             info["reference"] = self._reference
+        if self._columns is not None:
+            info["columns"] = self._columns
         reward = 0.0
         if self._episode_over:
             # The texts rewards read: what the whole sequence decodes to, split at the prompt.

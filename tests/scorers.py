@@ -97,3 +97,13 @@ def flaky_judge(prompts: list[str], completions: list[str], ids: Any = None) -> 
         if ids is None or len(set(ids)) != len(ids) or not all(isinstance(i, str) for i in ids):
             raise ValueError(f"bad completion ids {ids!r}")
     return [float(len(c)) for c in completions]
+
+
+def sum_answer(prompts: list[str], completions: list[str], answer: list[int]) -> list[float]:
+    """The row's ``answer`` column, checked against its prompt ``"a+b="``: raises (failing the
+    run) if a completion came with another row's answer."""
+    for prompt, a in zip(prompts, answer, strict=True):
+        x, y = prompt.strip().removesuffix("=").split("+")
+        if int(x) + int(y) != a:
+            raise ValueError(f"answer {a!r} is not that of prompt {prompt!r}")
+    return [float(a) for a in answer]

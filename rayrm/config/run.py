@@ -97,7 +97,8 @@ class DataConfig(Section):
         prompts: Prompts file (``.parquet``, ``.jsonl`` or ``.json``). Required. Each row holds
             a prompt string (``prompt_column``) or, when the file has no such column, a
             conversation (``messages_column``: a list of ``{role, content}`` messages, rendered
-            with the policy tokenizer's chat template and its generation prompt).
+            with the policy tokenizer's chat template and its generation prompt). The row's
+            other columns go to reward functions that name them (docs: Rewards).
         prompt_column: Column (or JSON field) that holds the prompt text.
         messages_column: Column that holds conversations (read when ``prompt_column`` is
             absent from the file).

@@ -25,7 +25,7 @@ import numpy as np
 
 from envs.functions import import_function
 from envs.multi_turn import MultiTurnTextEnv
-from envs.prompts import load_prompt_rows
+from envs.prompts import load_prompt_rows, other_columns
 from envs.tokenization import Prompt, PromptCodec
 from rayrm.config import ConfigError, RunConfig
 from rayrm.models.hf_files import read_json
@@ -67,7 +67,15 @@ def preflight(cfg: RunConfig) -> str:
     if cfg.eval.every and cfg.eval.prompts is not None:
         _encode_summary(cfg, codec, _prompts(cfg, "eval.prompts", cfg.eval.prompts)[0])
     probe = [codec.texts(codec.encode(p), [])[0] for p in prompts[:PROBE_PROMPTS]]
-    _probe_reward(cfg, probe, references[: len(probe)] if references else None)
+    data = cfg.data
+    used = (data.prompt_column, data.reference_column, data.messages_column)
+    columns = other_columns(cfg.data.prompts, used)
+    _probe_reward(
+        cfg,
+        probe,
+        references[: len(probe)] if references else None,
+        columns[: len(probe)] if columns else None,
+    )
     if cfg.eval.gold_function is not None:
         _probe_gold(cfg.eval.gold_function, probe)
     check_storage(cfg.run.storage_path)
@@ -147,8 +155,14 @@ def _encode_summary(cfg: RunConfig, codec: PromptCodec, prompts: list[Prompt]) -
     )
 
 
-def _probe_reward(cfg: RunConfig, probe: list[str], references: list[str] | None) -> None:
-    """Reward functions called once, as their actors call them; reward models' configs read."""
+def _probe_reward(
+    cfg: RunConfig,
+    probe: list[str],
+    references: list[str] | None,
+    columns: list[dict[str, Any]] | None,
+) -> None:
+    """Reward functions called once, as their actors call them (the rows' references and other
+    columns included); reward models' configs read."""
     reward = cfg.reward
     sources: list[tuple[str, Any]] = [("reward", reward)]
     if reward.source == "composite":
@@ -158,7 +172,7 @@ def _probe_reward(cfg: RunConfig, probe: list[str], references: list[str] | None
             key = f"{prefix}.function"
             try:
                 actor = RewardFunctionActor(src.function)
-                scores = actor.score(probe, [""] * len(probe), references)
+                scores = actor.score(probe, [""] * len(probe), references, columns=columns)
             except (RewardSourceError, ValueError) as exc:
                 raise ConfigError(f"{key}: {exc}", key=key) from exc
             _check_finite(scores, key, src.function)

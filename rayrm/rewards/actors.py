@@ -18,6 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from rayrm.models.fused import fuse_activations
 from rayrm.models.hf_files import TOKENIZER_FILES, has_tokenizer
 from rayrm.rewards.base import (
+    Columns,
     Conversations,
     References,
     RewardActor,
@@ -104,13 +105,15 @@ class RewardModelActor(RewardActor):
         references: References = None,
         messages: Conversations = None,
         ids: Sequence[str] | None = None,
+        columns: Columns = None,
     ) -> np.ndarray:
         """Scores a batch in one forward pass.
 
         Args:
             prompts: N prompt texts.
             completions: N completions, same order.
-            references, ids: ignored (a reward model reads prompt and completion only).
+            references, ids, columns: ignored (a reward model reads prompt and completion
+                only).
             messages: N conversations (or None each) the prompts came from: those items are
                 scored as ``messages + [{"role": "assistant", "content": completion}]``
                 rendered with this model's chat template.

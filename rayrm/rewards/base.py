@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "Columns",
     "Completion",
     "Conversations",
     "References",
@@ -42,6 +43,10 @@ __all__ = [
 ]
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+
+Columns = Sequence[dict[str, Any] | None] | None
+"""Per-item other columns of the prompts file's row (:attr:`Completion.columns`); None when the
+file has none. A reward function receives each column it names as a keyword (a list)."""
 
 References = Sequence[str | None] | None
 """Per-item reference texts for reference-based sources; None when the prompts have none."""
@@ -210,6 +215,8 @@ class Completion:
         reference: The prompt's reference text, for reference-based sources.
         messages: The conversation the prompt was rendered from, for chat prompts.
         id: A stable, unique id (the episode's): the same when a chunk is scored again.
+        columns: The prompt's other columns in the prompts file (an answer, test cases, a
+            seed), for reward functions that take them by name.
     """
 
     prompt_text: str
@@ -219,6 +226,7 @@ class Completion:
     reference: str | None = None
     messages: list[dict[str, str]] | None = None
     id: str | None = None
+    columns: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 import ray
 
 from rayrm import metrics as M
-from rayrm.rewards.base import Conversations, References
+from rayrm.rewards.base import Columns, Conversations, References
 from rayrm.rewards.environment import EnvironmentRewards
 from rayrm.rewards.pool import POOL_NAMESPACE, RewardPool
 
@@ -95,10 +95,18 @@ class EnsembleReward:
         references: References = None,
         messages: Conversations = None,
         ids: Sequence[str] | None = None,
+        columns: Columns = None,
     ) -> list[list[Any]]:
         """Sends every member's chunks out (see :meth:`RewardPool.submit`)."""
         return [
-            m.submit(prompts, completions, references=references, messages=messages, ids=ids)
+            m.submit(
+                prompts,
+                completions,
+                references=references,
+                messages=messages,
+                ids=ids,
+                columns=columns,
+            )
             for m in self.members
         ]
 
@@ -183,6 +191,7 @@ class ComposedReward:
         ids: Sequence[str] | None = None,
         finished: Sequence[bool] | None = None,
         lengths: Sequence[int] | None = None,
+        columns: Columns = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Scores all parts concurrently, then combines them.
 
@@ -191,6 +200,8 @@ class ComposedReward:
             references: N reference texts for reference-based parts, or None.
             messages: N conversations of chat prompts, or None.
             ids: N stable completion ids (for reward functions that take ``ids``), or None.
+            columns: N rows' other prompt-file columns (for reward functions that name
+                them), or None.
             finished: per completion, whether it ended with EOS (the episode terminated rather
                 than being truncated at ``max_new_tokens``); without it no missing-EOS
                 penalty is applied.
@@ -211,7 +222,12 @@ class ComposedReward:
                 weight,
                 scorer,
                 scorer.submit(
-                    prompts, completions, references=references, messages=messages, ids=ids
+                    prompts,
+                    completions,
+                    references=references,
+                    messages=messages,
+                    ids=ids,
+                    columns=columns,
                 ),
             )
             for name, weight, scorer in self.parts

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from rayrm.rewards.base import (
+    Columns,
     Conversations,
     References,
     RewardActor,
@@ -47,6 +48,7 @@ class RewardFunctionActor(RewardActor):
         self.takes_references = _takes_keyword(self.fn, "references")
         self.takes_messages = _takes_keyword(self.fn, "messages")
         self.takes_ids = _takes_keyword(self.fn, "ids")
+        self.parameters = _keyword_names(self.fn)
         super().__init__("function", function)
 
     def score(
@@ -56,6 +58,7 @@ class RewardFunctionActor(RewardActor):
         references: References = None,
         messages: Conversations = None,
         ids: Sequence[str] | None = None,
+        columns: Columns = None,
     ) -> np.ndarray:
         """Calls the function once on the whole batch.
 
@@ -64,6 +67,10 @@ class RewardFunctionActor(RewardActor):
         same for ``messages`` (the conversations of chat prompts) and ``ids`` (one stable id
         per completion: a chunk scored again after a crash or a timeout carries the same ids,
         so a scorer with side effects, e.g. a paid judge, can skip what it already did).
+        Each other column of the prompts file (an ``answer``, test cases, a seed) goes to a
+        function that names it as a parameter, or takes ``**kwargs``, as a list of the rows'
+        values, typed as Parquet or JSON gives them (as TRL passes a dataset's columns); a
+        column named like one of the arguments above is not passed.
 
         Returns:
             ``float32`` array of shape (N,), on CPU.
@@ -81,11 +88,42 @@ class RewardFunctionActor(RewardActor):
             extra["messages"] = None if messages is None else list(messages)
         if self.takes_ids:
             extra["ids"] = None if ids is None else list(ids)
+        extra.update(_column_arguments(columns, self.parameters))
         what = f"reward function {self.function!r}"
         out = call_scorer(self.fn, what, list(prompts), list(completions), **extra)
         scores = check_scores(out, n, what)
         self.num_scored += n
         return scores
+
+
+STANDARD_ARGUMENTS = frozenset({"prompts", "completions", "references", "messages", "ids"})
+"""What a reward function is called with besides the prompts file's other columns."""
+
+
+def _column_arguments(columns: Columns, parameters: frozenset[str] | None) -> dict[str, list[Any]]:
+    """``{column: [value per item]}`` for the columns the function takes (``parameters``; None:
+    it takes ``**kwargs``, so every column); an item without the column gets None."""
+    if columns is None:
+        return {}
+    names: dict[str, None] = {}
+    for row in columns:
+        names.update(dict.fromkeys(row or ()))
+    wanted = [
+        c for c in names if c not in STANDARD_ARGUMENTS and (parameters is None or c in parameters)
+    ]
+    return {c: [None if row is None else row.get(c) for row in columns] for c in wanted}
+
+
+def _keyword_names(fn: Callable[..., Any]) -> frozenset[str] | None:
+    """The names ``fn`` accepts as keywords; None when it takes ``**kwargs`` (any name)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature
+        return frozenset()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for p in params if p.kind in keyword)
 
 
 def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:

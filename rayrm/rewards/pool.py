@@ -18,6 +18,7 @@ import ray
 
 from rayrm.errors import TimedOut
 from rayrm.rewards.base import (
+    Columns,
     Conversations,
     References,
     RewardSourceError,
@@ -266,6 +267,7 @@ class RewardPool:
         ids: Sequence[str] | None = None,
         finished: Sequence[bool] | None = None,
         lengths: Sequence[int] | None = None,
+        columns: Columns = None,
     ) -> np.ndarray:
         """Scores all items, preserving input order.
 
@@ -275,6 +277,8 @@ class RewardPool:
             references: N reference texts (reference-based sources), or None.
             messages: N conversations of chat prompts (see :data:`Conversations`), or None.
             ids: N stable completion ids, passed to reward functions that take ``ids``.
+            columns: N rows' other prompt-file columns (:data:`Columns`); a reward function
+                receives each column it names as a keyword.
             finished, lengths: accepted for interface parity with the composed rewards of
                 ``rayrm.rewards.compose`` (which apply length/EOS penalties); a single source
                 ignores them.
@@ -286,7 +290,14 @@ class RewardPool:
             ValueError: lengths differ.
         """
         return self.collect(
-            self.submit(prompts, completions, references=references, messages=messages, ids=ids)
+            self.submit(
+                prompts,
+                completions,
+                references=references,
+                messages=messages,
+                ids=ids,
+                columns=columns,
+            )
         )
 
     def score_detailed(
@@ -303,6 +314,7 @@ class RewardPool:
         references: References = None,
         messages: Conversations = None,
         ids: Sequence[str] | None = None,
+        columns: Columns = None,
     ) -> list[Any]:
         """Sends every chunk out and returns at once (with back-pressure; see ``__init__``).
 
@@ -313,7 +325,12 @@ class RewardPool:
             Opaque handles for :meth:`collect`: Ray object refs, or arrays when ``local``.
         """
         check_pair(prompts, completions)
-        for what, seq in (("references", references), ("conversations", messages), ("ids", ids)):
+        for what, seq in (
+            ("references", references),
+            ("conversations", messages),
+            ("ids", ids),
+            ("column rows", columns),
+        ):
             if seq is not None and len(seq) != len(prompts):
                 raise ValueError(f"got {len(prompts)} prompts but {len(seq)} {what}")
         if not self.actors:
@@ -326,7 +343,8 @@ class RewardPool:
             refs = None if references is None else list(references[lo:hi])
             msgs = None if messages is None else list(messages[lo:hi])
             chunk_ids = None if ids is None else list(ids[lo:hi])
-            chunk = (list(prompts[lo:hi]), list(completions[lo:hi]), refs, msgs, chunk_ids)
+            cols = None if columns is None else list(columns[lo:hi])
+            chunk = (list(prompts[lo:hi]), list(completions[lo:hi]), refs, msgs, chunk_ids, cols)
             if not self.local and i >= self.max_inflight:
                 # Back-pressure: wait until the chunk sent max_inflight chunks ago is done.
                 ray.wait([results[i - self.max_inflight]], num_returns=1)

@@ -69,6 +69,8 @@ class RewardPipeline:
         """Scores and shapes a batch (updating the running moments when normalising)."""
         references = [c.reference for c in completions]
         messages = [c.messages for c in completions]
+        columns = [c.columns for c in completions]
+        extra = {} if all(c is None for c in columns) else {"columns": columns}
         raw, breakdown = self.scorer.score_detailed(
             [c.prompt_text for c in completions],
             [c.completion for c in completions],
@@ -77,6 +79,7 @@ class RewardPipeline:
             ids=None if any(c.id is None for c in completions) else [c.id for c in completions],
             finished=[c.finished for c in completions],
             lengths=[c.num_tokens for c in completions],
+            **extra,
         )
         raw = np.asarray(raw, dtype=np.float64)
         skipped = ~np.isfinite(raw)  # (N,)

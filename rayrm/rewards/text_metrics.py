@@ -131,9 +131,10 @@ class RewardMetricActor(RewardActor):
         references: Sequence[str | None] | None = None,
         messages: Any = None,
         ids: Any = None,
+        columns: Any = None,
     ) -> np.ndarray:
-        """``float32`` (N,) in [0, 1]; see :func:`sentence_scores` (``messages``, ``ids``
-        unused)."""
+        """``float32`` (N,) in [0, 1]; see :func:`sentence_scores` (``messages``, ``ids``,
+        ``columns`` unused)."""
         self.num_calls += 1
         scores = sentence_scores(self.metric, completions, references, scorer=self.scorer)
         self.num_scored += len(scores)

@@ -195,6 +195,7 @@ def completion_of(episode: Any) -> Completion:
         reference=info.get("reference"),
         messages=info.get("messages"),
         id=str(episode.id_),
+        columns=info.get("columns"),
     )
 
 
