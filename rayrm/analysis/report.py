@@ -18,9 +18,10 @@ from rayrm import metrics as M
 from rayrm.config import RunConfig
 from rayrm.models.decoding import sample_sequences
 from rayrm.models.loading import load_causal_lm
-from rayrm.rewards import pool_from_config, resolve_function
+from rayrm.rewards import pool_from_config
+from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rl.checkpoint import checkpoint_codec, load_policy
-from rayrm.rl.prompt_order import held_out_prompts
+from rayrm.rl.prompt_order import held_out_columns, held_out_prompts
 
 REPORT_FILE = "report.md"
 
@@ -95,15 +96,21 @@ def _score(
     completions: list[str],
     references: list[str] | None,
     messages: list[Any],
+    columns: list[dict[str, Any]] | None,
 ) -> dict[str, np.ndarray]:
 
     pool = pool_from_config(cfg.reward, local=True, tokenizer=cfg.model.resolved_tokenizer_path)
     if all(m is None for m in messages):
         messages = None  # type: ignore[assignment]
-    out = {"proxy": pool.score(prompts, completions, references=references, messages=messages)}
+    extra = {} if columns is None else {"columns": columns}
+    out = {
+        "proxy": pool.score(prompts, completions, references=references, messages=messages, **extra)
+    }
     if cfg.eval.gold_function:
-        gold = resolve_function(cfg.eval.gold_function)(prompts, completions)
-        out["gold"] = np.asarray(gold, dtype=np.float64)
+        gold = RewardFunctionActor(cfg.eval.gold_function)  # called as in the evaluation
+        out["gold"] = gold.score(prompts, completions, references, columns=columns).astype(
+            np.float64
+        )
     return out
 
 
@@ -113,7 +120,8 @@ def _before_after(cfg: RunConfig, exp_dir: Path) -> dict[str, Any]:
     final, tokenizer, _, ckpt = load_policy(exp_dir)
     initial = load_causal_lm(cfg.model.path, cfg.model.dtype)
     codec = checkpoint_codec(ckpt, cfg, tokenizer)
-    prompts, references = held_out_prompts(cfg, references=cfg.reward.needs_references)
+    prompts, references = held_out_prompts(cfg, references=True)
+    columns = held_out_columns(cfg, len(prompts))
     messages = [codec.conversation(p) for p in prompts]
     g = cfg.generation
     kwargs = dict(
@@ -132,8 +140,10 @@ def _before_after(cfg: RunConfig, exp_dir: Path) -> dict[str, Any]:
         "prompts": prompt_texts,
         "before": texts["before"][1],
         "after": texts["after"][1],
-        "before_scores": _score(cfg, prompt_texts, texts["before"][1], references, messages),
-        "after_scores": _score(cfg, prompt_texts, texts["after"][1], references, messages),
+        "before_scores": _score(
+            cfg, prompt_texts, texts["before"][1], references, messages, columns
+        ),
+        "after_scores": _score(cfg, prompt_texts, texts["after"][1], references, messages, columns),
     }
 
 

@@ -243,8 +243,9 @@ class EvalSettings(Section):
         prompts: Held-out prompts file (.parquet/.jsonl/.json); None uses ``data.prompts``.
         num_prompts: Held-out prompts used per evaluation (the first ones of the file).
         every: Evaluate every this many iterations (0 = never).
-        gold_function: ``"module:function"`` gold scorer with the reward-function signature,
-            run in the trial process; None reports the proxy alone.
+        gold_function: ``"module:function"`` gold scorer with the reward-function signature
+            (references and the rows' other columns passed as to reward functions), run in
+            the trial process; None reports the proxy alone.
         report: Write ``report.md`` and plots into the run folder at the end of ``rayrm train``.
         report_samples: Prompts in the report's before/after completion table.
     """

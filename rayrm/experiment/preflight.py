@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from envs.functions import import_function
 from envs.multi_turn import MultiTurnTextEnv
 from envs.prompts import load_prompt_rows, other_columns
 from envs.tokenization import Prompt, PromptCodec
 from rayrm.config import ConfigError, RunConfig
 from rayrm.models.hf_files import read_json
 from rayrm.models.loading import load_tokenizer
-from rayrm.rewards.base import RewardSourceError, call_scorer, check_scores
+from rayrm.rewards.base import RewardSourceError
 from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rl.codec import run_codec
 from rayrm.rl.prompt_order import training_rows
@@ -77,7 +76,12 @@ def preflight(cfg: RunConfig) -> str:
         columns[: len(probe)] if columns else None,
     )
     if cfg.eval.gold_function is not None:
-        _probe_gold(cfg.eval.gold_function, probe)
+        _probe_gold(
+            cfg.eval.gold_function,
+            probe,
+            references[: len(probe)] if references else None,
+            columns[: len(probe)] if columns else None,
+        )
     check_storage(cfg.run.storage_path)
     return summary
 
@@ -182,18 +186,20 @@ def _probe_reward(
             _check_reward_model(member, f"{prefix}.members[{j}]")
 
 
-def _probe_gold(spec: str, probe: list[str]) -> None:
-    """The gold function called once, as held-out evaluation calls it."""
+def _probe_gold(
+    spec: str,
+    probe: list[str],
+    references: list[str] | None,
+    columns: list[dict[str, Any]] | None,
+) -> None:
+    """The gold function called once, as held-out evaluation calls it (as a reward function,
+    with the rows' references and other columns)."""
     key = "eval.gold_function"
     try:
-        fn = import_function(spec)
-    except ValueError as exc:
-        raise ConfigError(f"{key} {exc}", key=key) from exc
-    what = f"{key} {spec!r}"
-    try:
-        scores = check_scores(call_scorer(fn, what, probe, [""] * len(probe)), len(probe), what)
-    except RewardSourceError as exc:
-        raise ConfigError(str(exc), key=key) from exc
+        gold = RewardFunctionActor(spec)
+        scores = gold.score(probe, [""] * len(probe), references, columns=columns)
+    except (RewardSourceError, ValueError) as exc:
+        raise ConfigError(f"{key}: {exc}", key=key) from exc
     _check_finite(scores, key, spec)
 
 

@@ -17,8 +17,9 @@ from envs.tokenization import Prompt, PromptCodec
 from rayrm import metrics as M
 from rayrm.config import RunConfig
 from rayrm.models.decoding import sample_sequences
-from rayrm.rewards import Scorer, resolve_function
-from rayrm.rl.prompt_order import held_out_prompts
+from rayrm.rewards import Scorer
+from rayrm.rewards.functions import RewardFunctionActor
+from rayrm.rl.prompt_order import held_out_columns, held_out_prompts
 
 __all__ = ["HeldOutEvaluation", "sample_texts"]
 
@@ -58,8 +59,10 @@ class HeldOutEvaluation:
         self.cfg = cfg
         self.codec = codec
         self.prompts, self.references = held_out_prompts(cfg, references=True)
+        self.columns = held_out_columns(cfg, len(self.prompts))
         gold = cfg.eval.gold_function
-        self.gold_fn = resolve_function(gold) if gold else None
+        # Called in this process as reward functions are in their actors (references, columns).
+        self.gold = RewardFunctionActor(gold) if gold else None
 
     def due(self, iteration: int) -> bool:
         """Whether to evaluate before this iteration's update (every ``eval.every``)."""
@@ -71,18 +74,21 @@ class HeldOutEvaluation:
         prompts, completions = sample_texts(
             lm, self.codec, self.cfg, self.prompts, seed=self.cfg.seed
         )
+        extra = {} if self.columns is None else {"columns": self.columns}
         scores = proxy.score(
             prompts,
             completions,
             references=self.references,
             messages=[self.codec.conversation(p) for p in self.prompts],
+            **extra,
         )
         out = {
             M.EVAL_UPDATES: float(iteration),
             M.EVAL_PROXY_MEAN: float(scores.mean()),
             M.EVAL_PROXY_STD: float(scores.std()),
         }
-        if self.gold_fn is not None:
-            gold = np.asarray(self.gold_fn(prompts, completions), dtype=np.float64)
+        if self.gold is not None:
+            gold = self.gold.score(prompts, completions, self.references, columns=self.columns)
+            gold = gold.astype(np.float64)
             out[M.EVAL_GOLD_MEAN], out[M.EVAL_GOLD_STD] = float(gold.mean()), float(gold.std())
         return out

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from envs.multi_turn import load_rows
-from envs.prompts import load_prompt_rows
+from envs.prompts import load_prompt_rows, other_columns
 from envs.tokenization import Prompt
 from rayrm.config import ConfigError, RunConfig
 from rayrm.rl.episodes import PROMPT_INDEX, group_key
@@ -62,6 +62,17 @@ def held_out_prompts(cfg: RunConfig, *, references: bool) -> tuple[list[Prompt],
     )
     count = cfg.eval.num_prompts if cfg.eval.prompts else held_out_count(cfg, len(prompts))
     return prompts[:count], None if refs is None else refs[:count]
+
+
+def held_out_columns(cfg: RunConfig, count: int) -> list[dict[str, Any]] | None:
+    """The other columns of the first ``count`` held-out rows (:func:`held_out_prompts`), for
+    reward and gold functions that name them; None when the file has none."""
+    if cfg.env is not None:
+        return None
+    d = cfg.data
+    used = (d.prompt_column, d.reference_column, d.messages_column)
+    columns = other_columns(cfg.eval.prompts or d.prompts, used)
+    return None if columns is None else columns[:count]
 
 
 def training_rows(cfg: RunConfig, num_rows: int | None = None) -> list[int]:
