@@ -42,7 +42,9 @@ def kind_of(pid: str, comm: str) -> str:
     return next((kind for text, kind in KINDS if text in cmd), f"{comm}: {cmd[:50]}")
 
 
-def sample(seen: dict, first: bool) -> None:
+def processes() -> dict[str, tuple[str, str, float, str]]:
+    """Every process now: pid -> (command name, parent pid, CPU seconds, start time)."""
+    out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -53,8 +55,13 @@ def sample(seen: dict, first: bool) -> None:
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        cpu = (int(fields[11]) + int(fields[12])) / HZ
-        key = (pid, fields[19])  # pid and start time: a reused pid is another process
+        out[pid] = (comm, fields[1], (int(fields[11]) + int(fields[12])) / HZ, fields[19])
+    return out
+
+
+def sample(seen: dict, first: bool) -> None:
+    for pid, (comm, _, cpu, start) in processes().items():
+        key = (pid, start)  # pid and start time: a reused pid is another process
         entry = seen.get(key)
         if entry is None:
             seen[key] = [kind_of(pid, comm), cpu if first else 0.0, cpu]

@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 
-HZ = os.sysconf("SC_CLK_TCK")
+from cpu_by_process import processes  # this folder: the script's, or -p's PYTHONPATH
+
 TIMELINE = "RAYRM_TEST_TIMELINE"
 
 
@@ -50,22 +51,6 @@ def pytest_runtest_logstart(nodeid, location):  # pragma: no cover - runs inside
 
 
 # --- the sampler ------------------------------------------------------------------------------
-def _processes() -> dict[str, tuple[str, float, str]]:
-    """pid -> (parent pid, CPU seconds, start time)."""
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[pid] = (fields[1], (int(fields[11]) + int(fields[12])) / HZ, fields[19])
-    return out
-
-
 def _worker_of(pid: str, procs: dict, workers: set[str]) -> str | None:
     seen = 0
     while pid in procs and seen < 64:
@@ -87,7 +72,7 @@ def main() -> int:
     first = True
     while True:
         done = proc.poll() is not None
-        procs = _processes()
+        procs = {p: (ppid, cpu, start) for p, (_, ppid, cpu, start) in processes().items()}
         now = time.time()
         main_pid = str(proc.pid)
         # xdist workers are the pytest process's children; without xdist, pytest itself.

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,6 +214,23 @@ def trial_class() -> type:
                 super().__init__(**kwargs)
 
     return Trial
+
+
+def episode_of(env: Any, tokens: list[int], options: dict[str, Any] | None = None) -> Any:
+    """Steps ``env`` (reset with ``options``, seed 0) through ``tokens`` until it ends,
+    recording an RLlib episode."""
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    obs, info = env.reset(seed=0, options=options)
+    episode = SingleAgentEpisode()
+    episode.add_env_reset(observation=obs, infos=info)
+    for token in tokens:
+        obs, reward, terminated, truncated, info = env.step(token)
+        episode.add_env_step(obs, token, reward, infos=info, terminated=terminated,
+                             truncated=truncated)  # fmt: skip
+        if terminated or truncated:
+            return episode
+    raise AssertionError("the completion did not end")
 
 
 def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sections: dict):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import episode_of
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -194,22 +195,6 @@ def test_several_stop_ids_and_stop_strings_end_episodes(model_dirs):
     assert info["num_generated"] < len(text_ids)  # ended at "dog", before " jumps"
 
 
-def _episode_of(env: TextGenerationEnv, tokens: list[int]):
-    """Steps ``env`` (reset) through ``tokens`` until it ends, recording an RLlib episode."""
-    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
-
-    obs, info = env.reset(seed=0)
-    episode = SingleAgentEpisode()
-    episode.add_env_reset(observation=obs, infos=info)
-    for token in tokens:
-        obs, reward, terminated, truncated, info = env.step(token)
-        episode.add_env_step(obs, token, reward, infos=info, terminated=terminated,
-                             truncated=truncated)  # fmt: skip
-        if terminated or truncated:
-            return episode
-    raise AssertionError("the completion did not end")
-
-
 def test_completion_length_is_the_texts_tokens_whatever_ended_it(model_dirs):
     """``Completion.num_tokens`` (the length penalty's length) leaves out a stop token, which
     is not in the text, but not the last token of a stop string, which is."""
@@ -220,14 +205,14 @@ def test_completion_length_is_the_texts_tokens_whatever_ended_it(model_dirs):
         tokenizer=tok, prompts=["hi"], reward_fn=None, max_new_tokens=20, stop_strings=["dog"]
     )
     word = tok(" the", add_special_tokens=False)["input_ids"]
-    by_token = completion_of(_episode_of(env, [*word, tok.eos_token_id]))
+    by_token = completion_of(episode_of(env, [*word, tok.eos_token_id]))
     assert by_token.finished and by_token.num_tokens == len(word)
     text_ids = tok(" the lazy dog jumps", add_special_tokens=False)["input_ids"]
-    episode = _episode_of(env, text_ids)
+    episode = episode_of(env, text_ids)
     by_string = completion_of(episode)
     assert by_string.completion == " the lazy dog" and by_string.finished
     assert by_string.num_tokens == len(episode) == len(tok(" the lazy dog")["input_ids"])
-    truncated = completion_of(_episode_of(env, [*word] * 20))
+    truncated = completion_of(episode_of(env, [*word] * 20))
     assert not truncated.finished and truncated.num_tokens == 20
 
 

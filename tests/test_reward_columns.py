@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from conftest import episode_of
 from transformers import AutoTokenizer
 
 from envs.text_generation import TextGenerationEnv
@@ -49,19 +49,6 @@ def no_columns(prompts, completions):
     return [1.0] * len(prompts)
 
 
-def _episode(env: TextGenerationEnv, index: int, tokens: list[int]) -> SingleAgentEpisode:
-    obs, info = env.reset(options={"prompt_index": index})
-    episode = SingleAgentEpisode()
-    episode.add_env_reset(observation=obs, infos=info)
-    for token in tokens:
-        obs, reward, terminated, truncated, info = env.step(token)
-        episode.add_env_step(obs, token, reward, infos=info, terminated=terminated,
-                             truncated=truncated)  # fmt: skip
-        if terminated or truncated:
-            return episode
-    raise AssertionError("the completion did not end")
-
-
 @pytest.mark.parametrize("kind", ["jsonl", "parquet"])
 def test_the_rows_other_columns_reach_the_reward_function(archs, tmp_path: Path, kind: str):
     if kind == "jsonl":
@@ -73,7 +60,10 @@ def test_the_rows_other_columns_reach_the_reward_function(archs, tmp_path: Path,
     tok = AutoTokenizer.from_pretrained(archs["qwen2"])
     env = TextGenerationEnv(tokenizer=tok, prompts=str(path), reward_fn=None, max_new_tokens=8)
     five = tok(" 5", add_special_tokens=False)["input_ids"]
-    episodes = [_episode(env, 0, [*five, tok.eos_token_id]), _episode(env, 1, five * 8)]
+    episodes = [
+        episode_of(env, [*five, tok.eos_token_id], {"prompt_index": 0}),
+        episode_of(env, five * 8, {"prompt_index": 1}),
+    ]
     records = [completion_of(e) for e in episodes]
     # The row's other columns, typed as the file gives them; prompt and reference stay apart.
     assert [r.columns for r in records] == [
@@ -114,7 +104,7 @@ def test_columns_go_only_where_they_are_named():
 def test_a_list_of_prompts_has_no_columns(archs):
     tok = AutoTokenizer.from_pretrained(archs["qwen2"])
     env = TextGenerationEnv(tokenizer=tok, prompts=["hi"], reward_fn=None, max_new_tokens=2)
-    episode = _episode(env, 0, [tok.eos_token_id])
+    episode = episode_of(env, [tok.eos_token_id], {"prompt_index": 0})
     record = completion_of(episode)
     assert record.columns is None and "columns" not in episode.get_infos(0)
     assert Completion("p", "c", True, 1).columns is None
