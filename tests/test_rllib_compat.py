@@ -181,3 +181,61 @@ def test_mlflow_callback_keeps_its_trial_runs(tmp_path, monkeypatch):
     )
     callback.setup()
     assert rllib_compat.mlflow_trial_runs(callback) == {}
+
+
+def test_callbacks_counted_by_name_as_ray_counts_them_without_importing_mlflow():
+    """Tune's usage tag of an experiment's callbacks: the same counts as Ray's own, and no
+    import of Ray's MLflow or W&B integration (1.8 s of CPU per driver) to get them."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import ray.air._internal.usage as usage
+from ray.tune import Callback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback
+from rayrm.rl.rllib_compat import count_callbacks_by_name
+
+class Mine(Callback): pass
+class MyLogger(LoggerCallback): pass
+
+callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), Mine(), Mine(), MyLogger(), "not one"]
+count_callbacks_by_name()
+count_callbacks_by_name()
+ours = dict(usage._count_callbacks(callbacks))
+usage.tag_callbacks(callbacks)
+heavy = sorted(m for m in ("ray.air.integrations.mlflow", "ray.air.integrations.wandb",
+                           "mlflow", "wandb") if m in sys.modules)
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback
+callbacks += [MLflowLoggerCallback(), WandbLoggerCallback(project="p")]
+import importlib
+ray_counts = dict(importlib.reload(usage)._count_callbacks(callbacks))
+count_callbacks_by_name()
+print(heavy, ray_counts == dict(usage._count_callbacks(callbacks)), ours, ray_counts)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out.startswith("[] True {'JsonLoggerCallback': 1, 'CSVLoggerCallback': 1, "
+                          "'CustomCallback': 2, 'CustomLoggerCallback': 1}"), out  # fmt: skip
+
+
+def test_in_process_trainer_drops_the_cleaner_and_an_unused_dataset_manager(ray_local):
+    """On an in-process Ray, a stage's TorchTrainer starts no placement-group cleaner (which
+    may ask another Ray's State API and kill a healthy run) and, given no Ray Datasets (rayrm's
+    stages read their data themselves), no DatasetManager actor; given datasets, it keeps them."""
+    import ray.data
+    from ray.train import ScalingConfig
+
+    trainer = rllib_compat.torch_trainer_class()
+    assert trainer.__name__ == "InProcessTorchTrainer"
+
+    def callbacks(**kwargs) -> set[str]:
+        built = trainer(lambda: None, scaling_config=ScalingConfig(num_workers=1), **kwargs)
+        return {type(c).__name__ for c in built._create_default_callbacks()}
+
+    plain = callbacks()
+    assert "BackendSetupCallback" in plain
+    assert not {"PlacementGroupCleanerCallback", "DatasetsCallback"} & plain
+    assert "DatasetsCallback" in callbacks(datasets={"train": ray.data.range(4)})

@@ -21,7 +21,7 @@ from rayrm.experiment.resources import claim_local_cores, wait_for_resources
 from rayrm.ray_init import init_ray, owned_ray
 from rayrm.rl.algorithm import RLHFPPO
 from rayrm.rl.prompt_order import with_planned_iterations
-from rayrm.rl.rllib_compat import local_session_dir
+from rayrm.rl.rllib_compat import count_callbacks_by_name, local_session_dir
 from rayrm.tracking import log_artifacts, logger_callbacks
 
 SNAPSHOT_PERIOD_S = 2
@@ -119,6 +119,7 @@ def make_tuner(
     """
     from ray import tune
 
+    count_callbacks_by_name()  # Tune's usage tag without importing mlflow and wandb
     if resume:
         if not tune.Tuner.can_restore(str(exp_dir)):
             raise ConfigError(f"nothing to resume in {exp_dir} (no Tune experiment state)")

@@ -41,7 +41,7 @@ from rayrm.config import ConfigError
 from rayrm.config.stage import StageConfig, stage_config_from_dict
 from rayrm.console import holds_run, live
 from rayrm.ray_init import init_ray, use_reserved_cpus
-from rayrm.rl.rllib_compat import torch_trainer_class
+from rayrm.rl.rllib_compat import started_ray_here, torch_trainer_class
 from rayrm.stages.batches import epoch_shard, iter_batches, split_indices
 from rayrm.tracking import check_tracking
 
@@ -388,6 +388,8 @@ def fit_stage(
     # twice and turns tqdm_ray's updates into blank lines; plain prints reach the driver once.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     init_ray(cfg.resources.num_cpus)
+    if started_ray_here():  # its one node is never drained: no watcher actor (2.5 s of CPU)
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     res = cfg.resources
     trainer = torch_trainer_class()(
         train_loop,
