@@ -73,7 +73,8 @@ def _written_outside_temp() -> set[str] | None:
         found |= {str(entry) for entry in RAY_RESULTS.iterdir()}
     temp = Path(tempfile.gettempdir())
     wandb_home = Path(os.environ["WANDB_DATA_DIR"]).parent
-    found |= {str(p) for p in temp.glob(_WANDB_PREFIX + "*") if p != wandb_home}
+    # Ours (rayrm-wandb-*) and W&B's own (wandb-<pid>-..., tmp...wandb-artifacts, -media).
+    found |= {str(p) for p in temp.glob("*wandb-*") if p != wandb_home}
     return found
 
 
@@ -94,17 +95,46 @@ RAY_FIXTURES = frozenset({"ray_local", "ray_head", "rollout_cluster"})
 several seconds of CPU per start)."""
 
 
+LONGEST_FIRST = (
+    "test_fault_tolerance.py", "test_lora.py", "test_demo.py", "test_real_models.py",
+    "test_training.py", "test_sweep.py", "test_jobs.py", "test_bench.py", "test_sft.py",
+    "test_failures.py", "test_reward_service.py", "test_tracking.py", "test_runs.py",
+    "test_resume.py", "test_hangs.py", "test_multi_turn_demo.py", "test_critic_free.py",
+    "test_reference_rewards.py", "test_multi_turn_training.py", "test_async_rollouts.py",
+)  # fmt: skip
+"""The test files that take longest (wall seconds under ``-n 3``, measured with
+``.ci/cpu_by_test.py`` on 2026-12-07), longest first: they start first so that the workers
+finish together. (xdist's own order, most tests first, left the longest file for last, running
+alone for over a minute while the other workers idled.)"""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # xdist: keep the files in our order
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that starts Ray is marked ``slow``: ``-m "not slow and not trl"`` is the
-    inner-loop tier (docs/development.md)."""
+    inner-loop tier (docs/development.md). The longest files come first (``LONGEST_FIRST``)."""
     for item in items:
         if RAY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The W&B folder goes with the test run that made it (its process may end without
-    running atexit handlers: some of Ray's do that)."""
+    running atexit handlers: some of Ray's do that, and so do xdist's workers), and so do the
+    two temp folders W&B makes when a test process imports it."""
+    import sys
+
+    for module, owner, attr in (("wandb.sdk.data_types._private", None, "MEDIA_TMP"),
+                                ("wandb.sdk.artifacts.artifact", "Artifact", "_TMP_DIR")):  # fmt: skip
+        found = sys.modules.get(module)
+        folder = getattr(getattr(found, owner, None) if owner else found, attr, None)
+        if folder is not None:
+            folder.cleanup()
     if _WANDB_HOME is not None:
         shutil.rmtree(_WANDB_HOME, ignore_errors=True)
 
@@ -169,12 +199,16 @@ def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 @contextlib.contextmanager
 def worker_environment() -> Iterator[None]:
     """The environment of the Ray processes started in the block (Ray's workers inherit their
-    node's): one torch thread, and the repo and test modules importable. Not a job runtime env,
+    node's): one torch thread, the repo and test modules importable, and a temp folder of the
+    test run's (W&B makes folders in it on import and when it starts its service; a worker Ray
+    kills leaves them behind, in /tmp otherwise). Not a job runtime env,
     which ``rayrm train`` does not use either: a worker Ray starts ahead of time (one per CPU)
     is started without it and would then serve nothing (measured: 0 of 4 reused, ~3 s of CPU
     per Ray start wasted)."""
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "PYTHONPATH")}
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "PYTHONPATH", "TMPDIR")}
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["TMPDIR"] = str(Path(os.environ["WANDB_DATA_DIR"]).parent / "tmp")
+    os.makedirs(os.environ["TMPDIR"], exist_ok=True)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PYTHONPATH, saved["PYTHONPATH"]) if p)
     try:
         yield
@@ -186,19 +220,70 @@ def worker_environment() -> Iterator[None]:
                 os.environ[k] = v
 
 
+_SHARED_RAY: dict[str, str] = {}
+"""The temp folder of the local Ray this test process shares between its modules, if up."""
+
+
+RAY_OWN_NAMESPACES = frozenset({"AutoscalingCoordinator"})
+"""Named actors Ray keeps for the session (Ray Train's autoscaling coordinator, 0 CPU)."""
+
+
+def _ray_is_clean(ray: Any, timeout_s: float = 10.0) -> bool:
+    """Whether a module left the shared Ray as it found it: every resource free again (actors
+    and placement groups end asynchronously: waits up to ``timeout_s``) and no named actors
+    but Ray's own."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        held = {k: v for k, v in total.items() if free.get(k, 0.0) < v - 1e-6}
+        named = ray.util.list_named_actors(all_namespaces=True)
+        if not held and all(a["namespace"] in RAY_OWN_NAMESPACES for a in named):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def _stop_shared_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    if "temp_dir" in _SHARED_RAY:
+        shutil.rmtree(_SHARED_RAY.pop("temp_dir"), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _shared_ray() -> Iterator[None]:
+    """Stops the shared local Ray when the test process's session ends."""
+    yield
+    _stop_shared_ray()
+
+
 @pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray (4 logical CPUs on the 2-core box) whose files live in a temp dir."""
+def ray_local(_shared_ray: None):
+    """A local Ray (4 logical CPUs on the 2-core box) whose files live in a temp dir.
+
+    One Ray serves every module this test process runs (each start and stop of Ray's own
+    processes costs ~6 s of CPU): it is started on first use, and again after a module that
+    shut it down (a test's own cluster) or left it unclean (resources still held, a named
+    actor still up), so that each module begins with all 4 CPUs free and no actors."""
     import ray
     import torch
 
     torch.set_num_threads(1)
-    temp_dir = tempfile.mkdtemp(prefix="rayrm-", dir="/tmp")
-    with worker_environment():
-        ray.init(num_cpus=4, include_dashboard=False, _temp_dir=temp_dir)
+    if ray.is_initialized() and "temp_dir" not in _SHARED_RAY:
+        ray.shutdown()  # someone else's Ray
+    if not ray.is_initialized():
+        _stop_shared_ray()
+        _SHARED_RAY["temp_dir"] = tempfile.mkdtemp(prefix="rayrm-", dir="/tmp")
+        with worker_environment():
+            ray.init(num_cpus=4, include_dashboard=False, _temp_dir=_SHARED_RAY["temp_dir"])
     yield ray
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    if not ray.is_initialized() or not _ray_is_clean(ray):
+        _stop_shared_ray()
 
 
 def trial_class() -> type:

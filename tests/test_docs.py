@@ -42,7 +42,7 @@ REFERENCE = DOCS / "configuration-reference.md"
 README_MAX_LINES = 250
 CI_COMMANDS = (  # .ci/run and the README's two commands must agree
     "pip install torch==2.13.0 -e . && rayrm demo",
-    "pip install torch==2.13.0 -e '.[test]' && python -m pytest -q -n 2 --dist loadfile",
+    "pip install torch==2.13.0 -e '.[test]' && python -m pytest -q -n 3 --dist loadfile",
 )
 
 MINIMAL: dict[str, dict[str, Any]] = {

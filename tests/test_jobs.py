@@ -210,62 +210,6 @@ def ray_head():
     assert not survivors, f"processes of the test's Ray head still running: {survivors}"
 
 
-def test_train_job_via_cli(ray_head: LocalHead):
-    made = subprocess.run(
-        [sys.executable, "jobs/make_tiny.py", str(ray_head.dir / "tiny"), "--iterations", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert made.returncode == 0, made.stderr
-    config = made.stdout.strip().splitlines()[-1]
-    assert Path(config).is_file(), made.stdout
-
-    job_id = f"rayrm-test-{uuid.uuid4().hex[:8]}"
-    submit = ray_head.job(
-        "submit",
-        "--submission-id",
-        job_id,
-        "--working-dir",
-        ".",
-        "--no-wait",
-        "--",
-        "python",
-        "jobs/train.py",
-        config,
-    )
-    assert submit.returncode == 0, submit.stdout + submit.stderr
-
-    deadline = time.monotonic() + 180
-    status, info = "PENDING", {}
-    while time.monotonic() < deadline:
-        try:
-            info = ray_head.api(f"/api/jobs/{job_id}")
-            status = info["status"]
-        except (OSError, ValueError):  # a busy dashboard may time out once
-            pass
-        if status in TERMINAL:
-            break
-        time.sleep(1)
-    logs = ray_head.job("logs", job_id)
-    if status not in TERMINAL:
-        ray_head.job("stop", job_id)
-    assert status == "SUCCEEDED", (
-        f"job {status} ({info.get('message')}); logs:\n{logs.stdout[-4000:]}{logs.stderr}"
-    )
-    assert logs.returncode == 0, logs.stderr
-    assert "done: 2 iterations" in logs.stdout, logs.stdout[-4000:]
-    # The job joined the head's cluster: its trial ran as an actor of this job there (a job
-    # that started a private Ray of its own would leave no trace in the head's state).
-    driver_job = ray_head.api(f"/api/jobs/{job_id}")["job_id"]
-    actors = ray_head.api("/api/v0/actors?limit=10000")["data"]["result"]["result"]
-    trials = [a for a in actors if a.get("class_name", "").startswith("RLHFPPO")]
-    assert trials and all(a["job_id"] == driver_job for a in trials), (driver_job, actors)
-    # The run folder named in the config received the Tune results.
-    assert (ray_head.dir / "tiny" / "runs" / "quickstart").is_dir()
-
-
 def _write_stage_inputs(root: Path, policy: Path) -> dict[str, Path]:
     """An SFT corpus, preference pairs and their stage configs, for the stage jobs."""
     corpus = root / "corpus.txt"
@@ -288,11 +232,12 @@ def _write_stage_inputs(root: Path, policy: Path) -> dict[str, Path]:
     return configs
 
 
-def test_sweep_and_stage_jobs_via_cli(ray_head: LocalHead):
-    """jobs/tune.py, jobs/sft.py and jobs/train_rm.py, submitted as a cluster user would."""
-    root = ray_head.dir / "stage-jobs"
+def test_train_tune_and_stage_jobs_via_cli(ray_head: LocalHead):
+    """jobs/train.py, jobs/tune.py, jobs/sft.py and jobs/train_rm.py, submitted together as a
+    cluster user would."""
+    root = ray_head.dir / "tiny"
     made = subprocess.run(
-        [sys.executable, "jobs/make_tiny.py", str(root), "--iterations", "1"],
+        [sys.executable, "jobs/make_tiny.py", str(root), "--iterations", "2"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -300,11 +245,13 @@ def test_sweep_and_stage_jobs_via_cli(ray_head: LocalHead):
     )
     assert made.returncode == 0, made.stderr
     run_config = made.stdout.strip().splitlines()[-1]
+    assert Path(run_config).is_file(), made.stdout
     configs = _write_stage_inputs(root, root / "policy")
     # One grid point: the job entry point is what is tested here (sweeps: tests/test_sweep.py).
     sweep = "tune={search_space: {seed: {grid: [7]}}, scheduler: fifo, max_concurrent_trials: 1}"
     jobs = {
-        "tune": ["jobs/tune.py", run_config, "--set", sweep],
+        "train": ["jobs/train.py", run_config],
+        "tune": ["jobs/tune.py", run_config, "--set", sweep, "--set", "name=sweep"],
         "sft": ["jobs/sft.py", str(configs["sft"])],
         "rm": ["jobs/train_rm.py", str(configs["rm"])],
     }
@@ -316,7 +263,7 @@ def test_sweep_and_stage_jobs_via_cli(ray_head: LocalHead):
         )  # fmt: skip
         assert submit.returncode == 0, submit.stdout + submit.stderr
     status = dict.fromkeys(jobs, "PENDING")
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 420
     while time.monotonic() < deadline and not all(s in TERMINAL for s in status.values()):
         for name in jobs:
             try:
@@ -324,13 +271,24 @@ def test_sweep_and_stage_jobs_via_cli(ray_head: LocalHead):
             except (OSError, ValueError):  # a busy dashboard may time out once
                 pass
         time.sleep(2)
-    logs = {name: ray_head.job("logs", ids[name]).stdout for name in jobs}
+    logs = {name: ray_head.job("logs", ids[name]) for name in jobs}
+    out = {name: logs[name].stdout for name in jobs}
     for name in jobs:
         if status[name] not in TERMINAL:
             ray_head.job("stop", ids[name])
     for name in jobs:
-        assert status[name] == "SUCCEEDED", f"{name} job {status[name]}:\n{logs[name][-3000:]}"
-    trials = [d for d in (root / "runs" / "quickstart").iterdir() if d.name.startswith("RLHFPPO")]
-    assert len(trials) == 1, logs["tune"][-3000:]  # one per grid point
-    assert (root / "sft-out" / "config.json").is_file(), logs["sft"][-3000:]
-    assert (root / "rm-out" / "config.json").is_file(), logs["rm"][-3000:]
+        assert status[name] == "SUCCEEDED", f"{name} job {status[name]}:\n{out[name][-3000:]}"
+        assert logs[name].returncode == 0, logs[name].stderr
+    assert "done: 2 iterations" in out["train"], out["train"][-4000:]
+    # The RL jobs joined the head's cluster: their trials ran as actors of these jobs there (a
+    # job that started a private Ray of its own would leave no trace in the head's state).
+    drivers = {name: ray_head.api(f"/api/jobs/{ids[name]}")["job_id"] for name in ("train", "tune")}
+    actors = ray_head.api("/api/v0/actors?limit=10000")["data"]["result"]["result"]
+    trial_jobs = [a["job_id"] for a in actors if a.get("class_name", "").startswith("RLHFPPO")]
+    assert set(trial_jobs) == set(drivers.values()), (drivers, actors)
+    # The run folders named in the config received the Tune results: one trial per grid point.
+    assert (root / "runs" / "quickstart").is_dir()
+    trials = [d for d in (root / "runs" / "sweep").iterdir() if d.name.startswith("RLHFPPO")]
+    assert len(trials) == 1, out["tune"][-3000:]
+    assert (root / "sft-out" / "config.json").is_file(), out["sft"][-3000:]
+    assert (root / "rm-out" / "config.json").is_file(), out["rm"][-3000:]

@@ -6,59 +6,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import struct
-import time
 from pathlib import Path
 
 import pytest
 from conftest import make_config
+from tracking_files import history_items, wait_for_files
 
 from rayrm import metrics as M
 
 pytestmark = pytest.mark.tracking
 pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
-
-
-def _wandb_records(path: Path) -> list:
-    """The records of an offline W&B run file (``run-<id>.wandb``): a LevelDB-style log of
-    ``wandb_internal_pb2.Record`` protobufs in 32 KiB blocks after a 7-byte header."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data, records = path.read_bytes(), []
-    assert data[:4] == b":W&B", data[:8]
-    pos, block, buf = 7, 32768, b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a chunk header: padding
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        buf, pos = buf + data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # a FULL record, or the LAST chunk of one
-            record = pb.Record()
-            record.ParseFromString(buf)
-            records.append(record)
-            buf = b""
-    return records
-
-
-def _wait_for_files(parts: list[Path], names: set[str], timeout: float = 30.0) -> list:
-    """The records of all ``parts``, read again until a ``files`` record names each of
-    ``names`` or ``timeout`` passes (W&B's service may write the log after its client returns)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = [r for part in parts for r in _wandb_records(part)]
-        saved = {
-            f.path for r in records if r.WhichOneof("record_type") == "files" for f in r.files.files
-        }
-        if names <= saved or time.monotonic() > deadline:
-            return records
-        time.sleep(0.5)
-
-
-def _history_items(record) -> dict:
-    """A W&B history record's values by name (a name with ``/`` may come as a nested key)."""
-    return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
 
 
 def _write(tiny_policy_dir, prompts_file, tmp_path, run: dict) -> Path:
@@ -119,12 +77,12 @@ def test_train_logs_to_mlflow_and_wandb(ray_local, tiny_policy_dir, prompts_file
     wandb_dir = tmp_path / "test" / "wandb"
     parts = sorted(wandb_dir.glob(f"offline-run-*-{trial_id}/run-{trial_id}.wandb"))
     assert len(parts) == 2, parts
-    records = _wait_for_files(parts, {"report.md", "reward.png"})
+    records = wait_for_files(parts, {"report.md", "reward.png"})
     logged, config, saved = {}, {}, set()
     for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            items = _history_items(record)
+            items = history_items(record)
             logged[items["_step"]] = items
         elif kind == "run":  # wandb.init's config
             config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
@@ -151,52 +109,6 @@ def test_missing_tracking_package_is_one_line(
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run.loggers" in err[0] and "pip install 'rayrm[wandb]'" in err[0], err
-
-
-def test_sft_stage_logs_every_epoch(ray_local, tiny_policy_dir, tmp_path, monkeypatch):
-    """Ray Train stages log rank 0's epoch metrics from the controller: TensorBoard and CSV in
-    the run folder, MLflow (a finished run, the config as parameters), W&B offline."""
-    from mlflow.tracking import MlflowClient
-    from test_sft import sft_dict, write_corpus
-
-    from rayrm.config.stage import SFTConfig, stage_config_from_dict
-    from rayrm.stages import trainer as stages
-    from rayrm.stages.sft import run_sft
-
-    store = (tmp_path / "mlruns").as_uri()
-    run = {
-        "loggers": ["tensorboard", "csv", "mlflow", "wandb"],
-        "mlflow": {"tracking_uri": store},
-        "wandb": {"project": "rayrm-test", "mode": "offline"},
-    }
-    data = write_corpus(tmp_path / "corpus.parquet", n=64)
-    d = sft_dict(tiny_policy_dir, data, tmp_path, train={"epochs": 2}, run=run)
-    d["resources"] = {"num_workers": 1, "cpus_per_worker": 1}
-    summary = run_sft(stage_config_from_dict(SFTConfig, d, check_paths=True))
-    history = summary["history"]
-    losses = [h[stages.SFT_EVAL_LOSS] for h in history]
-    run_dir = Path(summary["run_dir"])
-
-    rows = (run_dir / "progress.csv").read_text().splitlines()
-    assert len(rows) == 3 and stages.SFT_EVAL_LOSS in rows[0].split(",")
-    assert list(run_dir.glob("events.out.tfevents*"))
-
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what rayrm sets for a file: URI
-    client = MlflowClient(store)
-    (mlrun,) = client.search_runs([client.get_experiment_by_name("sft-test").experiment_id])
-    assert mlrun.info.status == "FINISHED"
-    logged = client.get_metric_history(mlrun.info.run_id, stages.SFT_EVAL_LOSS)
-    assert [m.step for m in logged] == [1, 2]
-    assert [m.value for m in logged] == pytest.approx(losses)
-    assert float(mlrun.data.params["train/lr"]) == 3e-3
-
-    (part,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    steps = {}
-    for record in _wandb_records(part):
-        if record.WhichOneof("record_type") == "history":
-            items = _history_items(record)
-            steps[items["_step"]] = items[stages.SFT_EVAL_LOSS]
-    assert [steps[1], steps[2]] == pytest.approx(losses)
 
 
 def test_a_restored_trial_logs_into_its_mlflow_run(
