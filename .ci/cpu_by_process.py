@@ -1,6 +1,6 @@
 """CPU time by kind of process while a command runs (Linux /proc): where a test run's CPU goes.
 
-    python .ci/cpu_by_process.py OUT.txt -- python -m pytest -q -n 2 --dist loadfile
+    python .ci/cpu_by_process.py OUT.txt -- python -m pytest -q -n 3 --dist loadfile
 
 Samples every process once a second; a process is counted from its CPU when first seen (0 for
 those started after this) to its last sample, and filed under its kind: Ray names its worker

@@ -1,6 +1,6 @@
 """CPU time by test while pytest runs under xdist (Linux /proc): which tests the CPU goes to.
 
-    python .ci/cpu_by_test.py OUT.txt -- python -m pytest -q -n 2 --dist loadfile
+    python .ci/cpu_by_test.py OUT.txt -- python -m pytest -q -n 3 --dist loadfile
 
 Runs the command with this folder on PYTHONPATH and ``-p cpu_by_test`` added, so every pytest
 process writes when each test (setup to teardown) starts and ends on it. Once a second it reads
