@@ -303,8 +303,7 @@ def test_loss_has_no_term_at_environment_tokens(archs):
 
 def test_config_checks_the_env_section(tmp_path, archs):
     """The env section's errors name their key: a class that does not import, a sequence
-    longer than the model's positions, reward.source env without it, the single-turn
-    evaluation left on."""
+    longer than the model's positions, reward.source env without it."""
     from envs.tasks import guess
     from rayrm.config import ConfigError, config_from_dict
 
@@ -329,8 +328,6 @@ def test_config_checks_the_env_section(tmp_path, archs):
     with pytest.raises(ConfigError, match="no env section") as err:
         config_from_dict({k: v for k, v in base.items() if k != "env"}, check_paths=False)
     assert err.value.key == "reward.source"
-    with pytest.raises(ConfigError, match="eval.every: 0") as err:
-        config_from_dict({**base, "eval": {"every": 5}}, check_paths=False)
 
 
 def test_turn_decoding_benchmark_lines(archs):

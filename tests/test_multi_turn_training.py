@@ -67,3 +67,43 @@ def test_multi_turn_episodes_train(ray_local, game, tmp_path, ppo):
         assert 1.0 <= result["env/turns"] <= 6.0
         assert "env/success" in result and "env/return" in result
         assert result["env/turns"] > 1.0  # replies were spliced in and sampled after
+
+
+def test_multi_turn_run_evaluates_held_out_rows_and_reports_conversations(
+    ray_local, game, tmp_path
+):
+    """``rayrm train`` with an env section and the evaluation on: before each update the policy
+    plays one episode per held-out row (the file's first ``eval.num_prompts`` rows, never
+    trained on), published as ``eval/success`` (± its standard error), ``eval/return`` and
+    ``eval/turns``; the report gives held-out success before and after and whole conversations,
+    replies included."""
+    import json
+
+    from rayrm import metrics as M
+    from rayrm.cli import main
+
+    model, rows = game
+    cfg = game_config(
+        model, rows, tmp_path,
+        ppo={"batch_size": 8},
+        eval={"every": 1, "num_prompts": 8, "report": True, "report_samples": 2},
+        run={"num_iterations": 2, "checkpoint_every": 2},
+    )  # fmt: skip
+    path = tmp_path / "config.yaml"
+    cfg.save_yaml(path)
+    assert main(["train", str(path)]) == 0
+    (result_file,) = (tmp_path / "test").glob("*/result.json")
+    results = [json.loads(line)[M.RLHF_RESULTS] for line in result_file.read_text().splitlines()]
+    assert [r[M.EVAL_UPDATES] for r in results] == [0.0, 1.0]
+    for r in results:
+        p, se = r[M.EVAL_SUCCESS], r[M.EVAL_SUCCESS_SE]
+        assert 0.0 <= p <= 1.0 and se == pytest.approx((p * (1 - p) / 8) ** 0.5)
+        assert 1.0 <= r[M.EVAL_TURNS] <= 6.0 and M.EVAL_RETURN in r
+        # reward.source env: the proxy is the episode's return, as training counts it.
+        assert r[M.EVAL_PROXY_MEAN] == pytest.approx(r[M.EVAL_RETURN])
+    text = (tmp_path / "test" / "report.md").read_text()
+    assert "held-out success, 8 episodes each: before" in text
+    assert "## Conversations before and after training" in text
+    assert text.count("### Held-out row") == 2 and text.count("**After**") == 2
+    assert "user: " in text and "assistant: " in text
+    assert (tmp_path / "test" / "success.png").stat().st_size > 1000

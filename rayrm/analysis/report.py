@@ -1,5 +1,8 @@
 """The per-run report: ``report.md`` plus PNG plots in the run folder, and a terminal headline.
 
+Multi-turn runs (an ``env`` section) get their held-out part from
+:mod:`rayrm.analysis.conversations`.
+
 What belongs here: reading a finished run's results, plotting the curves that tell whether
 RLHF worked (training reward, held-out proxy vs gold, KL, response length), and a table of
 completions for the same prompts before and after training, scored by proxy and gold.
@@ -15,6 +18,11 @@ from typing import Any
 import numpy as np
 
 from rayrm import metrics as M
+from rayrm.analysis.conversations import (
+    episodes_before_after,
+    episodes_headline,
+    episodes_section,
+)
 from rayrm.config import RunConfig
 from rayrm.models.decoding import sample_sequences
 from rayrm.models.loading import load_causal_lm
@@ -169,81 +177,123 @@ def _completion_table(ba: dict[str, Any], rows: int) -> list[str]:
     return lines
 
 
+def _plots(cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, tuple[str, list]]:
+    """The report's plots: file name -> (title, curves)."""
+    held_out = "held-out: proxy vs gold"
+    plots: dict[str, tuple[str, list]] = {
+        "reward.png": (
+            "training reward (batch mean)",
+            [("proxy", *_series(results, M.REWARD_MEAN))],
+        ),
+        "heldout.png": (
+            held_out,
+            [
+                ("proxy", *_eval_points(results, M.EVAL_PROXY_MEAN)),
+                ("gold", *_eval_points(results, M.EVAL_GOLD_MEAN)),
+            ],
+        ),
+    }
+    if cfg.env is not None:
+        plots["success.png"] = (
+            "success: training episodes and held-out rows",
+            [
+                ("training", *_series(results, M.ENV_SUCCESS)),
+                ("held-out", *_eval_points(results, M.EVAL_SUCCESS)),
+            ],
+        )
+    plots["kl.png"] = (
+        "KL to the reference (per sequence)",
+        [("KL", *_series(results, M.KL_SEQUENCE))],
+    )
+    plots["length.png"] = (
+        "response length (tokens)" if cfg.env is None else "policy tokens per episode",
+        [("length", *_series(results, M.ROLLOUT_LENGTH))],
+    )
+    return plots
+
+
 def write_report(cfg: RunConfig, exp_dir: str | Path) -> tuple[Path, list[str]]:
-    """Writes ``report.md`` and plots into ``exp_dir``.
+    """Writes ``report.md`` and plots into ``exp_dir``: completions before and after, or for
+    a multi-turn run (an ``env`` section) held-out success and whole conversations
+    (``rayrm.analysis.conversations``).
 
     Returns:
         ``(report_path, headline_lines)``.
     """
     exp_dir = Path(exp_dir)
     results = load_results(exp_dir)
-    plots = {
-        "reward.png": (
-            "training reward (batch mean)",
-            [("proxy", *_series(results, M.REWARD_MEAN))],
-        ),
-        "heldout.png": (
-            "held-out: proxy vs gold",
-            [
-                ("proxy", *_eval_points(results, M.EVAL_PROXY_MEAN)),
-                ("gold", *_eval_points(results, M.EVAL_GOLD_MEAN)),
-            ],
-        ),
-        "kl.png": (
-            "KL to the reference (per sequence)",
-            [("KL", *_series(results, M.KL_SEQUENCE))],
-        ),
-        "length.png": (
-            "response length (tokens)",
-            [("length", *_series(results, M.ROLLOUT_LENGTH))],
-        ),
-    }
+    plots = _plots(cfg, results)
     for name, (title, curves) in plots.items():
         _plot(exp_dir / name, title, curves)
 
-    ba = _before_after(cfg, exp_dir)
     _, rewards = _series(results, M.REWARD_MEAN)
     _, kls = _series(results, M.KL_SEQUENCE)
     _, lengths = _series(results, M.ROLLOUT_LENGTH)
-    n = len(ba["prompts"])
     headline = [
         f"training reward (batch mean): {rewards[0]:+.3f} -> {rewards[-1]:+.3f} "
         f"over {len(results)} iterations",
-        f"held-out proxy, {n} completions: before {_fmt(ba['before_scores']['proxy'])}, "
-        f"after {_fmt(ba['after_scores']['proxy'])}",
     ]
-    if "gold" in ba["after_scores"]:
+    if cfg.env is None:
+        ba = _before_after(cfg, exp_dir)
+        n = len(ba["prompts"])
         headline.append(
-            f"held-out GOLD, {n} completions: before {_fmt(ba['before_scores']['gold'])}, "
-            f"after {_fmt(ba['after_scores']['gold'])}"
+            f"held-out proxy, {n} completions: before {_fmt(ba['before_scores']['proxy'])}, "
+            f"after {_fmt(ba['after_scores']['proxy'])}"
         )
+        if "gold" in ba["after_scores"]:
+            headline.append(
+                f"held-out GOLD, {n} completions: before {_fmt(ba['before_scores']['gold'])}, "
+                f"after {_fmt(ba['after_scores']['gold'])}"
+            )
+        what = "response length"
+        examples = [
+            "## Completions before and after training",
+            "",
+            *_completion_table(ba, min(cfg.eval.report_samples, n)),
+        ]
+    else:
+        episodes = episodes_before_after(cfg, exp_dir)
+        _, success = _series(results, M.ENV_SUCCESS)
+        if success:
+            headline.append(f"training success (batch mean): {success[0]:.3f} -> {success[-1]:.3f}")
+        headline += episodes_headline(episodes)
+        what = "policy tokens per episode"
+        examples = [
+            "## Conversations before and after training",
+            "",
+            "Each held-out row played by the initial and by the final policy (same sampling "
+            "seed), every turn and reply as the sampler saw them.",
+            "",
+            *episodes_section(episodes, cfg.eval.report_samples),
+        ]
     headline.append(
-        f"KL per sequence (last): {kls[-1]:.3f}; response length: "
+        f"KL per sequence (last): {kls[-1]:.3f}; {what}: "
         f"{lengths[0]:.1f} -> {lengths[-1]:.1f} tokens"
     )
 
+    source = f"{cfg.reward.source}" + (
+        f" (`{cfg.reward.path or cfg.reward.function}`)" if cfg.reward.source != "env" else ""
+    )
+    env = f" Environment: `{cfg.env.environment}`." if cfg.env is not None else ""
     lines = [
         f"# rayrm report: {cfg.name}",
         "",
-        f"Run folder: `{exp_dir}`. Policy: `{cfg.model.path}`. Reward: {cfg.reward.source} "
-        f"(`{cfg.reward.path or cfg.reward.function}`). Gold scorer: "
-        f"`{cfg.eval.gold_function or 'none'}`.",
+        f"Run folder: `{exp_dir}`. Policy: `{cfg.model.path}`. Reward: {source}.{env} Gold "
+        f"scorer: `{cfg.eval.gold_function or 'none'}`.",
         "",
         "## Headline",
         "",
         *[f"- {h}" for h in headline],
         "",
         "Before = the initial policy, after = the final checkpoint; same held-out prompts, same "
-        "sampling seed; mean ± std over the sampled completions.",
+        "sampling seed; mean ± std over the sampled completions (success: ± standard error).",
         "",
         "## Curves",
         "",
         *[f"![{title}]({name})" for name, (title, _) in plots.items()],
         "",
-        "## Completions before and after training",
-        "",
+        *examples,
     ]
-    lines += _completion_table(ba, min(cfg.eval.report_samples, n))
     path = exp_dir / REPORT_FILE
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path, headline

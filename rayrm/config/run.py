@@ -237,7 +237,9 @@ class EvalSettings(Section):
     Reward models can be over-optimised (Gao et al. 2022, https://arxiv.org/abs/2210.10760):
     the proxy keeps rising while the true quality falls. Every ``every`` iterations the policy
     samples one completion per held-out prompt; both the proxy (the run's reward source) and the
-    gold scorer score them, so the two curves parting shows over-optimisation.
+    gold scorer score them, so the two curves parting shows over-optimisation. A multi-turn run
+    (an ``env`` section) plays one whole episode per held-out row instead: ``eval/success``
+    (with its standard error), ``eval/return`` and ``eval/turns`` besides proxy and gold.
 
     Attributes:
         prompts: Held-out prompts file (.parquet/.jsonl/.json); None uses ``data.prompts``.
@@ -247,7 +249,8 @@ class EvalSettings(Section):
             (references and the rows' other columns passed as to reward functions), run in
             the trial process; None reports the proxy alone.
         report: Write ``report.md`` and plots into the run folder at the end of ``rayrm train``.
-        report_samples: Prompts in the report's before/after completion table.
+        report_samples: Prompts in the report's before/after completion table (multi-turn:
+            held-out rows whose conversations it shows).
     """
 
     prompts: NonEmptyStr | None = None
@@ -467,13 +470,6 @@ def _check_env(cfg: RunConfig) -> None:
             f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}): the longest opening would "
             "leave no room for a turn",
             key="env.max_total_tokens",
-        )
-    if cfg.env is not None and (cfg.eval.every > 0 or cfg.eval.report):
-        raise ConfigError(
-            "the held-out evaluation and the report sample one completion per prompt; a run "
-            "with an env section (multi-turn episodes) logs env/success and env/return per "
-            "iteration instead: set eval.every: 0 and eval.report: false",
-            key="eval.every" if cfg.eval.every > 0 else "eval.report",
         )
     if cfg.reward.source == "env" and cfg.reward.normalize:
         raise ConfigError(

@@ -187,26 +187,13 @@ def evaluate_policies(
 ) -> dict[str, dict[str, float]]:
     """Each model plays every held-out row once with the run's sampler and sampling settings
     (same seed for all): :func:`rayrm.rl.env_evaluation.success_rate` per model."""
-    from transformers import AutoConfig
+    from envs.multi_turn import load_rows
+    from rayrm.rl.env_evaluation import HeldOutEpisodes, success_rate
+    from rayrm.rl.settings import environment_of, policy_vocab_size
 
-    from envs.multi_turn import MultiTurnTextEnv, load_rows
-    from envs.text_generation import resolve_tokenizer
-    from rayrm.rl.env_evaluation import play_episodes, success_rate
-    from rayrm.rl.settings import environment_of
-
-    vocab = int(AutoConfig.from_pretrained(cfg.model.path).vocab_size)
-    _, env_config = environment_of(cfg, vocab)
-    rows = load_rows(heldout)
-    env_config |= {"prompts": rows, "tokenizer": resolve_tokenizer(env_config["tokenizer"])}
-    g = cfg.generation
-    out = {}
-    for name, model in models.items():
-        outcomes = play_episodes(
-            model.eval(), lambda: MultiTurnTextEnv(**env_config), range(len(rows)),
-            temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=seed,
-        )  # fmt: skip
-        out[name] = success_rate(outcomes)
-    return out
+    _, env_config = environment_of(cfg, policy_vocab_size(cfg))
+    held_out = HeldOutEpisodes(cfg, env_config, load_rows(heldout))
+    return {name: success_rate(held_out.play(model, seed=seed)) for name, model in models.items()}
 
 
 def build_rl(d: Path, task: Task, s: TaskSizes, sft_model: str, data: Path) -> dict[str, Any]:

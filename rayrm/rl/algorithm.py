@@ -48,6 +48,7 @@ from rayrm.rewards.shaping import RewardPipeline, describe_reward
 from rayrm.rl.checkpoint import RAYRM_STATE, NeverLoseCheckpoints, write_rayrm_files
 from rayrm.rl.codec import run_codec
 from rayrm.rl.connectors.precomputed import score_alongside
+from rayrm.rl.env_evaluation import HeldOutEpisodes
 from rayrm.rl.env_runner import sync_weights
 from rayrm.rl.episodes import (
     WEIGHTS_VERSION,
@@ -152,7 +153,11 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         )
         self.rollout_node_ids: list[str] = []
         self.tokenizer = load_tokenizer(cfg.model.resolved_tokenizer_path)
-        self.held_out = HeldOutEvaluation(cfg, run_codec(cfg, self.tokenizer))
+        self.held_out: HeldOutEvaluation | HeldOutEpisodes = (
+            HeldOutEvaluation(cfg, run_codec(cfg, self.tokenizer))
+            if cfg.env is None
+            else HeldOutEpisodes(cfg, self.config.env_config)
+        )
         rows = training_rows(cfg)  # shuffled passes over them (rayrm.rl.prompt_order)
         self.prompt_order = PromptOrder(rows, cfg.seed)
         self.planned_iterations = planned_iterations(cfg, len(rows))

@@ -29,6 +29,7 @@ __all__ = [
     "deal_prompts",
     "held_out_count",
     "held_out_prompts",
+    "held_out_rows",
     "planned_iterations",
     "take_planned",
     "training_rows",
@@ -41,7 +42,7 @@ def held_out_count(cfg: RunConfig, num_rows: int) -> int:
     training: when the evaluation or the report is on and reads ``data.prompts`` itself
     (``eval.prompts`` unset), ``eval.num_prompts`` of them, at most half the file."""
     e = cfg.eval
-    if e.prompts is not None or not (e.every > 0 or e.report) or cfg.env is not None:
+    if e.prompts is not None or not (e.every > 0 or e.report):
         return 0
     return min(e.num_prompts, num_rows // 2)
 
@@ -50,7 +51,7 @@ def held_out_prompts(cfg: RunConfig, *, references: bool) -> tuple[list[Prompt],
     """The prompts (and, with ``references``, their references) that the held-out
     evaluation and the report sample: the first ``eval.num_prompts`` of ``eval.prompts``, or
     the held-out rows of ``data.prompts`` (:func:`held_out_count`); none for a multi-turn
-    run (its config refuses the evaluation and report)."""
+    run (whose held-out episodes start from :func:`held_out_rows`)."""
     d = cfg.data
     if cfg.env is not None:
         return [], None
@@ -62,6 +63,16 @@ def held_out_prompts(cfg: RunConfig, *, references: bool) -> tuple[list[Prompt],
     )
     count = cfg.eval.num_prompts if cfg.eval.prompts else held_out_count(cfg, len(prompts))
     return prompts[:count], None if refs is None else refs[:count]
+
+
+def held_out_rows(cfg: RunConfig) -> list[dict[str, Any]]:
+    """The held-out rows of a multi-turn run, every column (``envs.multi_turn.load_rows``):
+    the first ``eval.num_prompts`` of ``eval.prompts``, or the held-out rows of
+    ``data.prompts`` (:func:`held_out_count`)."""
+    if cfg.eval.prompts is not None:
+        return load_rows(cfg.eval.prompts)[: cfg.eval.num_prompts]
+    rows = load_rows(cfg.data.prompts)
+    return rows[: held_out_count(cfg, len(rows))]
 
 
 def held_out_columns(cfg: RunConfig, count: int) -> list[dict[str, Any]] | None:

@@ -17,14 +17,25 @@ from rayrm.rl.env_runner import RLHFEnvRunner
 from rayrm.rl.learner import RLHFPPOLearner
 from rayrm.rl.module import LMPolicyModule
 
-__all__ = ["configure", "environment_of", "make_kl_controller", "module_config"]
+__all__ = [
+    "configure",
+    "environment_of",
+    "make_kl_controller",
+    "module_config",
+    "policy_vocab_size",
+]
+
+
+def policy_vocab_size(cfg: RunConfig) -> int:
+    """The policy's vocabulary size (its config's text config): the env's action space."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(cfg.model.path).get_text_config().vocab_size)
 
 
 def configure(config: AlgorithmConfig, cfg: RunConfig) -> None:
     """Sets every RLlib field of ``config`` (a PPO config) from the run config ``cfg``."""
-    from transformers import AutoConfig
-
-    vocab_size = int(AutoConfig.from_pretrained(cfg.model.path).get_text_config().vocab_size)
+    vocab_size = policy_vocab_size(cfg)
     ppo, res = cfg.ppo, cfg.resources
     tokens_per_learner = max(1, ppo.batch_size * cfg.max_policy_tokens // max(1, res.num_learners))
     env_id, env_config = environment_of(cfg, vocab_size)
