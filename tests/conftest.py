@@ -123,10 +123,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """The W&B folder goes with the test run that made it (its process may end without
-    running atexit handlers: some of Ray's do that, and so do xdist's workers), and so do the
-    two temp folders W&B makes when a test process imports it."""
+def _remove_wandb_import_folders() -> None:
+    """The two temp folders W&B makes when this process imports it."""
     import sys
 
     for module, owner, attr in (("wandb.sdk.data_types._private", None, "MEDIA_TMP"),
@@ -135,6 +133,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         folder = getattr(getattr(found, owner, None) if owner else found, attr, None)
         if folder is not None:
             folder.cleanup()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The W&B folder goes with the test run that made it (its process may end without
+    running atexit handlers: some of Ray's do that, and so do xdist's workers), and so do the
+    two temp folders W&B makes when a test process imports it."""
+    _remove_wandb_import_folders()
     if _WANDB_HOME is not None:
         shutil.rmtree(_WANDB_HOME, ignore_errors=True)
 
@@ -142,6 +147,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The tests leave nothing in the checkout or ~/ray_results: they write to temp folders."""
     before = session.config.stash.get(_LEFT, None)
+    if before is not None:  # this process's own (a run without xdist imports W&B here)
+        _remove_wandb_import_folders()
     after = _written_outside_temp() if before is not None else None
     if before is None or after is None or not (left := sorted(after - before)):
         return
@@ -351,6 +358,12 @@ def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sectio
         else:
             d[name] = values
     return config_from_dict(d, check_paths=True)
+
+
+SEEDS = (0, pytest.param(1, marks=pytest.mark.learning), pytest.param(2, marks=pytest.mark.learning))
+"""Seeds of the tests that training learns on the tiny task: seed 0 in the default run, all
+three in the ``learning`` tier (``-m learning``: each learning test on seeds 1 and 2 too, so
+that a pass is not one seed's luck; docs/development.md)."""
 
 
 def train_in_process(cfg, iterations: int) -> list[dict]:

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import assert_reward_rises, make_config, train_in_process
+from conftest import SEEDS, assert_reward_rises, make_config, train_in_process
 from ray.rllib.core import DEFAULT_MODULE_ID
 
 from rayrm import metrics as M
@@ -108,7 +108,7 @@ def test_each_batch_trained_once_one_update_late(ray_local, archs, prompts_file,
     assert apply_points["minibatches"] == apply_points["compute_gradients"] == steps
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_async_ppo_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, tmp_path, seed):
     """PPO with pipelined rollouts learns the vowel reward for any seed (as synchronous PPO
     does in test_training)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_config
+from conftest import SEEDS, make_config
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from rayrm import metrics as M
@@ -102,7 +102,7 @@ def test_group_config_errors_name_the_key(tiny_policy_dir, prompts_file, tmp_pat
     assert err.value.key == key
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("estimator", ["grpo", "rloo"])
 def test_reward_rises_without_a_critic(
     ray_local, tiny_policy_dir, prompts_file, tmp_path, estimator, seed

@@ -210,31 +210,50 @@ def ray_head():
     assert not survivors, f"processes of the test's Ray head still running: {survivors}"
 
 
-def _write_stage_inputs(root: Path, policy: Path) -> dict[str, Path]:
-    """An SFT corpus, preference pairs and their stage configs, for the stage jobs."""
+def _write_sft_inputs(root: Path, policy: Path) -> Path:
+    """An SFT corpus and its stage config, for the stage job."""
     corpus = root / "corpus.txt"
     corpus.write_text("".join(f"the cat said {w}\n" for w in ("hi", "yes", "no", "aha") * 8))
-    pairs = root / "pairs.jsonl"
-    rows = [{"prompt": "p ", "chosen": "aeiou" * (i % 3 + 1), "rejected": "xyz"} for i in range(24)]
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = {
+    sft = {
+        "name": "sft-job",
         "model": {"path": str(policy)},
+        "data": {"path": str(corpus)},
         "train": {"epochs": 1, "batch_size": 8},
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        "output": {"dir": str(root / "sft-out"), "storage_path": str(root / "runs")},
     }
-    sft = {**common, "name": "sft-job", "data": {"path": str(corpus)}}
-    sft["output"] = {"dir": str(root / "sft-out"), "storage_path": str(root / "runs")}
-    rm = {**common, "name": "rm-job", "data": {"path": str(pairs)}}
-    rm["output"] = {"dir": str(root / "rm-out"), "storage_path": str(root / "runs")}
-    configs = {"sft": root / "sft.yaml", "rm": root / "rm.yaml"}
-    configs["sft"].write_text(yaml.safe_dump(sft))
-    configs["rm"].write_text(yaml.safe_dump(rm))
-    return configs
+    config = root / "sft.yaml"
+    config.write_text(yaml.safe_dump(sft))
+    return config
 
 
-def test_train_tune_and_stage_jobs_via_cli(ray_head: LocalHead):
-    """jobs/train.py, jobs/tune.py, jobs/sft.py and jobs/train_rm.py, submitted together as a
-    cluster user would."""
+ENTRY_POINTS = {"train.py": "train", "tune.py": "tune", "sft.py": "sft", "train_rm.py": "train-rm"}
+"""Each Ray Job entry point and the ``rayrm`` command it runs."""
+
+
+@pytest.mark.parametrize(("script", "command"), ENTRY_POINTS.items())
+def test_each_job_entry_point_runs_its_command(monkeypatch, script: str, command: str):
+    """``python jobs/<script> ARGS`` is ``rayrm <command> ARGS`` with its exit code. (The
+    test below submits two of them to a real head, an RL run through Tune and a Ray Train
+    stage: the other two are the same wrapper around another command.)"""
+    import runpy
+
+    import rayrm.cli
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(rayrm.cli, "main", lambda argv: calls.append(argv) or 3)
+    monkeypatch.setattr(sys, "argv", [script, "run.yaml", "--set", "seed=1"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(REPO / "jobs" / script), run_name="__main__")
+    assert exited.value.code == 3 and calls == [[command, "run.yaml", "--set", "seed=1"]]
+    assert set(ENTRY_POINTS) == {p.name for p in (REPO / "jobs").glob("*.py")} - {
+        "benchmark.py", "make_reference_task.py", "make_tiny.py"
+    }
+
+
+def test_train_and_stage_jobs_via_cli(ray_head: LocalHead):
+    """jobs/train.py (an RL run: a Tune experiment) and jobs/sft.py (a Ray Train stage),
+    submitted together as a cluster user would."""
     root = ray_head.dir / "tiny"
     made = subprocess.run(
         [sys.executable, "jobs/make_tiny.py", str(root), "--iterations", "2"],
@@ -246,14 +265,9 @@ def test_train_tune_and_stage_jobs_via_cli(ray_head: LocalHead):
     assert made.returncode == 0, made.stderr
     run_config = made.stdout.strip().splitlines()[-1]
     assert Path(run_config).is_file(), made.stdout
-    configs = _write_stage_inputs(root, root / "policy")
-    # One grid point: the job entry point is what is tested here (sweeps: tests/test_sweep.py).
-    sweep = "tune={search_space: {seed: {grid: [7]}}, scheduler: fifo, max_concurrent_trials: 1}"
     jobs = {
         "train": ["jobs/train.py", run_config],
-        "tune": ["jobs/tune.py", run_config, "--set", sweep, "--set", "name=sweep"],
-        "sft": ["jobs/sft.py", str(configs["sft"])],
-        "rm": ["jobs/train_rm.py", str(configs["rm"])],
+        "sft": ["jobs/sft.py", str(_write_sft_inputs(root, root / "policy"))],
     }
     ids = {name: f"rayrm-{name}-{uuid.uuid4().hex[:8]}" for name in jobs}
     for name, argv in jobs.items():
@@ -280,15 +294,15 @@ def test_train_tune_and_stage_jobs_via_cli(ray_head: LocalHead):
         assert status[name] == "SUCCEEDED", f"{name} job {status[name]}:\n{out[name][-3000:]}"
         assert logs[name].returncode == 0, logs[name].stderr
     assert "done: 2 iterations" in out["train"], out["train"][-4000:]
-    # The RL jobs joined the head's cluster: their trials ran as actors of these jobs there (a
-    # job that started a private Ray of its own would leave no trace in the head's state).
-    drivers = {name: ray_head.api(f"/api/jobs/{ids[name]}")["job_id"] for name in ("train", "tune")}
+    # Both jobs joined the head's cluster: the RL trial and the SFT worker ran as actors of these
+    # jobs there (a job that started a private Ray of its own would leave no trace in the head's
+    # state).
+    drivers = {name: ray_head.api(f"/api/jobs/{ids[name]}")["job_id"] for name in jobs}
     actors = ray_head.api("/api/v0/actors?limit=10000")["data"]["result"]["result"]
-    trial_jobs = [a["job_id"] for a in actors if a.get("class_name", "").startswith("RLHFPPO")]
-    assert set(trial_jobs) == set(drivers.values()), (drivers, actors)
-    # The run folders named in the config received the Tune results: one trial per grid point.
+    by_job = {a["job_id"] for a in actors if a.get("class_name", "").startswith("RLHFPPO")}
+    assert by_job == {drivers["train"]}, (drivers, actors)
+    workers = {a["job_id"] for a in actors if a.get("class_name", "") == "RayTrainWorker"}
+    assert workers == {drivers["sft"]}, (drivers, actors)
+    # The run folders named in the configs received the results.
     assert (root / "runs" / "quickstart").is_dir()
-    trials = [d for d in (root / "runs" / "sweep").iterdir() if d.name.startswith("RLHFPPO")]
-    assert len(trials) == 1, out["tune"][-3000:]
     assert (root / "sft-out" / "config.json").is_file(), out["sft"][-3000:]
-    assert (root / "rm-out" / "config.json").is_file(), out["rm"][-3000:]

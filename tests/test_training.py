@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import make_config
+from conftest import SEEDS, make_config
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
@@ -239,7 +239,7 @@ def _results(exp_dir: Path) -> list[dict]:
     return [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_train_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, tmp_path, seed):
     """End to end through `rayrm train` (Tune): the vowel reward clearly rises, for any seed."""
     from rayrm.cli import main
