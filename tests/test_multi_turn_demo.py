@@ -139,6 +139,7 @@ def test_smoke_task_demo_runs_every_stage(ray_local, tmp_path: Path, capfd, task
     (run,) = (work / "runs").glob(f"{task}-rl-*")
     done = json.loads((run / "done").read_text())
     assert done["sft"]["n"] == done["rl"]["n"] == 16 and 0 <= done["rl"]["success"] <= 1
+    assert 0 <= done["train_success"] <= 1  # the last iteration's env/success
 
 
 def test_sft_reads_a_tools_column(task_files, tmp_path, monkeypatch):

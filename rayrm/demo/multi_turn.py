@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rayrm import metrics as M
 from rayrm.config import RunConfig, config_from_dict
 from rayrm.config.stage import SFTConfig, stage_config_from_dict
 from rayrm.demo.cache import StageResult, quiet_single_threaded, run_stage
@@ -224,7 +225,7 @@ def build_rl(d: Path, task: Task, s: TaskSizes, sft_model: str, data: Path) -> d
         "algo": s.algo.upper(),
         "difference": diff,
         "z": diff / max(se, 1e-12),
-        "train_success": last.get("env/success"),
+        "train_success": last.get(M.RLHF_RESULTS, {}).get(M.ENV_SUCCESS),
         "rl_seconds": rl_seconds,
     }
 
