@@ -360,6 +360,30 @@ def test_separate_critic_one_pass_equals_per_row(model_dir, env, completions):
         torch.testing.assert_close(g, r, atol=ATOL, rtol=1e-4)
 
 
+def test_a_new_value_head_predicts_zero_so_first_advantages_are_the_return(
+    model_dir, env, completions
+):
+    """A value head that does not start from a reward model's scorer predicts 0 for every
+    token, so GAE's first advantages are the discounted return, (γλ)^(T-1-t)·R, not noise.
+    (With a 1/sqrt(hidden) init the values were about ±1 per token, and their differences,
+    whitened, became unit-scale advantages of random sign: on the tool task one PPO update
+    broke the SFT policy's tool-call format, on 2 seeds of 3.)"""
+    from rayrm.core_algos.advantages import gae_advantages
+
+    module = build_module(model_dir, env)
+    batch = make_batch(env, completions)
+    with torch.no_grad():
+        values = module.compute_values(batch)
+    assert values.shape == (len(batch["actions"]),) and torch.count_nonzero(values) == 0
+    T, reward = len(completions[0]), 1.0
+    rewards = np.zeros(T)
+    rewards[-1] = reward
+    advantages, _ = gae_advantages(
+        rewards=rewards, values=values[:T].numpy(), gamma=1.0, gae_lambda=0.95
+    )
+    np.testing.assert_allclose(advantages, reward * 0.95 ** np.arange(T - 1, -1, -1))
+
+
 # --- reference model ---------------------------------------------------------------------------
 
 

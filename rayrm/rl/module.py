@@ -148,7 +148,11 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         else:
             hidden = hidden_size(self.lm.config)
         self.value_head = nn.Linear(hidden, 1)  # float32 whatever the model's dtype
-        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
+        # Zero: a new head predicts 0 everywhere instead of noise of the hidden states' scale
+        # (about 1 per token with a 1/sqrt(hidden) init), which GAE turned into unit-scale
+        # advantages of random sign on every token of the first updates (after whitening):
+        # enough, on a tool task, to break a tool-call format the SFT policy wrote reliably.
+        nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         if score is not None:  # a reward model: the critic starts as its scorer
             with torch.no_grad():
