@@ -247,7 +247,9 @@ def test_each_job_entry_point_runs_its_command(monkeypatch, script: str, command
         runpy.run_path(str(REPO / "jobs" / script), run_name="__main__")
     assert exited.value.code == 3 and calls == [[command, "run.yaml", "--set", "seed=1"]]
     assert set(ENTRY_POINTS) == {p.name for p in (REPO / "jobs").glob("*.py")} - {
-        "benchmark.py", "make_reference_task.py", "make_tiny.py"
+        "benchmark.py",
+        "make_reference_task.py",
+        "make_tiny.py",
     }
 
 
