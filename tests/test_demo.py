@@ -3,12 +3,12 @@ every stage (SFT, pairs, reward model, PPO, report) followed by a fully cached s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import check_quiet_output
 
 from rayrm.console import LOG_NAME
@@ -21,6 +21,7 @@ from rayrm.demo.data import (
     train_tokenizer,
 )
 from rayrm.demo.run import STAGES, run_demo
+from rayrm.demo.steps import SIZES, STAGE_SETTINGS, ppo_config
 from rayrm.rewards.judges import vader_positivity
 
 
@@ -130,15 +131,14 @@ def test_smoke_demo_runs_every_stage_then_is_cached(ray_local, tmp_path: Path, c
     gold = result["gold"]
     assert gold["sft"]["n"] == gold["ppo"]["n"] > 0 and gold["sft"]["std"] >= 0
 
-    # --algo grpo: the earlier stages are reused, the RL stage runs critic-free in its own folder.
-    assert main(["demo", "--dir", str(tmp_path / "demo"), "--size", "smoke", "--algo", "grpo"]) == 0
-    out, _ = capfd.readouterr()
-    assert [line.split(" ")[1] for line in out.splitlines() if line.startswith("cached:")] == [
-        s for s in STAGES if s != "ppo"
-    ]
-    assert "-> GRPO " in out
-    runs = (tmp_path / "demo" / "runs").iterdir()
-    (grpo_dir,) = [p for p in runs if p.is_dir() and p != report.parent]
-    used = yaml.safe_load((grpo_dir / "config.yaml").read_text())
-    assert used["ppo"]["advantage_estimator"] == "grpo"
-    assert used["generation"]["samples_per_prompt"] == 4
+    # --algo grpo: only the RL stage's key names the algorithm (the earlier stages are reused),
+    # so its run gets a folder of its own, and its config is critic-free with 4 samples per
+    # prompt. (GRPO's training itself: tests/test_critic_free.py.)
+    assert [name for name, keys in STAGE_SETTINGS.items() if "algo" in keys] == ["ppo"]
+    grpo = dataclasses.replace(SIZES["smoke"], algo="grpo")
+    ppo_key = {k: getattr(SIZES["smoke"], k) for k in STAGE_SETTINGS["ppo"]}
+    grpo_key = {k: getattr(grpo, k) for k in STAGE_SETTINGS["ppo"]}
+    assert stage_hash("ppo", grpo_key) != stage_hash("ppo", ppo_key)
+    used = ppo_config("grpo", tmp_path, grpo, stages["sft"]["model"], str(rm), data)
+    assert used.ppo.advantage_estimator == "grpo" and used.generation.samples_per_prompt == 4
+    assert not used.ppo.uses_critic
