@@ -13,7 +13,7 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from rayrm import metrics as M
 from rayrm.config import ConfigError
-from rayrm.rl.algorithm import RLHFPPO, build_algo_config
+from rayrm.rl.algorithm import build_algo_config
 from rayrm.rl.episodes import GROUP, PROMPT_INDEX
 from rayrm.rl.prompt_order import (
     PromptOrder,
@@ -118,9 +118,10 @@ def test_held_out_rows_and_planned_iterations(tiny_policy_dir, prompts_file, tmp
 
 def test_passes_over_two_runners_and_a_resume(ray_local, tiny_policy_dir, tmp_path):
     """Two env runners, groups of 2: every training prompt is sampled once per pass (as a
-    group), the held-out ones never; a run restored after its first iteration continues the
-    pass (a restart of the pass would sample its first half twice), and ``run.num_epochs``
-    ends it after two passes."""
+    group), the held-out ones never; a run restored to its checkpoint after its first
+    iteration continues the pass from there (a restart of the pass would sample its first
+    half twice; no restore, the undone iteration's second half), and ``run.num_epochs`` ends
+    it after two passes."""
     from envs.prompts import write_prompts_jsonl
 
     words = "cat dog hat sun sea sky car bus cup pen box map".split()
@@ -151,13 +152,12 @@ def test_passes_over_two_runners_and_a_resume(ray_local, tiny_policy_dir, tmp_pa
     try:
         epochs.append(algo.train()[M.RLHF_RESULTS][M.ROLLOUT_EPOCH])
         algo.save_checkpoint(str(tmp_path / "ckpt"))
-    finally:
-        algo.stop()
-    algo = recording(RLHFPPO.from_checkpoint(str(tmp_path / "ckpt")))
-    try:
+        algo.train()  # an iteration the restore undoes (the same runners, as a PBT exploit)
+        algo.restore_from_path(str(tmp_path / "ckpt"))
         results = [algo.train() for _ in range(3)]
     finally:
         algo.stop()
+    del sampled[1]  # the undone iteration's prompts
     epochs += [r[M.RLHF_RESULTS][M.ROLLOUT_EPOCH] for r in results]
     assert epochs == [0.5, 1.0, 1.5, 2.0]
     assert [r.get("done", False) for r in results] == [False, False, True]
