@@ -30,38 +30,31 @@ def game_config(model_dir: str, rows: str, storage, **sections):
     return make_config(model_dir, rows, storage, **base)
 
 
-@pytest.mark.parametrize(
-    "ppo",
-    [
-        {"batch_size": 8},
-        {"batch_size": 8, "advantage_estimator": "grpo", "kl_mode": "loss"},
-    ],
-    ids=["ppo", "grpo-lora-2x2"],
-)
-def test_multi_turn_episodes_train(ray_local, game, tmp_path, ppo):
-    """Games of several turns train with a critic (GAE over the policy's tokens) and without
-    (GRPO groups of 4 episodes of one row, LoRA adapters, 2 env runners and 2 learners);
-    every episode's rows are rebuilt with its replies (the learner connector checks them
-    against the stored lengths) and the environment's statistics are published."""
-    from rayrm import metrics as M
+def test_multi_turn_episodes_train_without_a_critic_on_two_runners_and_learners(
+    ray_local, game, tmp_path
+):
+    """Games of several turns train without a critic: GRPO groups of 4 episodes of one row,
+    LoRA adapters (the reference: adapters off), two remote env runners feeding replies
+    through their own KV caches, two data-parallel learners training on whole groups; every
+    episode's rows are rebuilt with its replies (the learner connector checks them against the
+    stored lengths) and the environment's statistics are published. (With a critic, through
+    ``rayrm train``: the next test.)"""
 
     model, rows = game
-    generation = {"max_new_tokens": 4}
-    if ppo.get("advantage_estimator") == "grpo":
-        generation["samples_per_prompt"] = 4
-    extra = {}
-    if ppo.get("advantage_estimator") == "grpo":
-        # LoRA adapters (the reference: adapters off); two remote env runners feed replies
-        # through their own KV caches, two data-parallel learners train on whole groups.
-        extra["model"] = {"path": model, "lora": {"r": 4, "alpha": 8.0}}
-        extra["resources"] = {
-            "num_env_runners": 2,
-            "num_learners": 2,
-            "num_cpus_per_env_runner": 0.5,
-            "num_cpus_per_learner": 0.5,
-        }
-    cfg = game_config(model, rows, tmp_path, ppo=ppo, generation=generation, **extra)
-    results = train_in_process(cfg, 2)
+    cfg = game_config(
+        model, rows, tmp_path,
+        ppo={"batch_size": 8, "advantage_estimator": "grpo", "kl_mode": "loss"},
+        generation={"max_new_tokens": 4, "samples_per_prompt": 4},
+        model={"path": model, "lora": {"r": 4, "alpha": 8.0}},
+        resources={"num_env_runners": 2, "num_learners": 2, "num_cpus_per_env_runner": 0.5,
+                   "num_cpus_per_learner": 0.5},
+    )  # fmt: skip
+    _check_training(train_in_process(cfg, 2))
+
+
+def _check_training(results: list[dict]) -> None:
+    from rayrm import metrics as M
+
     for result in results:
         assert result[M.ROLLOUT_COMPLETIONS] == 8
         assert 1.0 <= result["env/turns"] <= 6.0
@@ -72,7 +65,8 @@ def test_multi_turn_episodes_train(ray_local, game, tmp_path, ppo):
 def test_multi_turn_run_evaluates_held_out_rows_and_reports_conversations(
     ray_local, game, tmp_path
 ):
-    """``rayrm train`` with an env section and the evaluation on: before each update the policy
+    """``rayrm train`` (PPO with a critic: GAE over the policy's tokens) with an env section and
+    the evaluation on: episodes train as in the test above, and before each update the policy
     plays one episode per held-out row (the file's first ``eval.num_prompts`` rows, never
     trained on), published as ``eval/success`` (± its standard error), ``eval/return`` and
     ``eval/turns``; the report gives held-out success before and after and whole conversations,
@@ -94,6 +88,7 @@ def test_multi_turn_run_evaluates_held_out_rows_and_reports_conversations(
     assert main(["train", str(path)]) == 0
     (result_file,) = (tmp_path / "test").glob("*/result.json")
     results = [json.loads(line)[M.RLHF_RESULTS] for line in result_file.read_text().splitlines()]
+    _check_training(results)
     assert [r[M.EVAL_UPDATES] for r in results] == [0.0, 1.0]
     for r in results:
         p, se = r[M.EVAL_SUCCESS], r[M.EVAL_SUCCESS_SE]
