@@ -114,8 +114,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that starts Ray is marked ``slow``: ``-m "not slow and not trl"`` is the
-    inner-loop tier (docs/development.md). The longest files come first (``LONGEST_FIRST``)."""
+    """Every test that starts Ray is marked ``slow``: ``-m "not slow and not trl and not
+    learning"`` is the inner-loop tier (docs/development.md). The longest files come first
+    (``LONGEST_FIRST``)."""
     for item in items:
         if RAY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
