@@ -140,3 +140,23 @@ def test_tools_section_against_trl(inputs, tmp_path, capfd):
         "speed",
         "success_gain",
     }
+
+
+def test_tools_settings_take_the_episode_limits_from_the_command_line(tmp_path):
+    """``--tools-max-total-tokens`` and ``--tools-max-prompt-tokens`` (the tools demo's model
+    has 192 positions, under the defaults' 1152)."""
+    from rayrm.bench.run import spec_from_args
+    from rayrm.bench.trl_env import settings_from_args
+    from rayrm.cli import build_parser
+
+    argv = ["bench", "--sections", "tools", "--tools-model", "m", "--tools-rows", "r.jsonl",
+            "--tools-max-new-tokens", "64", "--tools-max-total-tokens", "192",
+            "--tools-max-prompt-tokens", "64", "--lr", "3e-4"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    s = settings_from_args(args, spec_from_args(args), tmp_path)
+    assert (s.model, s.rows, s.lr) == ("m", "r.jsonl", 3e-4)
+    assert (s.max_new_tokens, s.max_total_tokens, s.max_prompt_tokens) == (64, 192, 64)
+    defaults = settings_from_args(
+        build_parser().parse_args(argv[:7]), spec_from_args(args), tmp_path
+    )
+    assert (defaults.max_total_tokens, defaults.max_prompt_tokens) == (1152, 768)

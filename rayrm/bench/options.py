@@ -206,3 +206,17 @@ def _add_tools_arguments(parser: argparse.ArgumentParser) -> None:
     tools.add_argument(
         "--tools-max-new-tokens", type=int, default=96, help="tokens per turn (%(default)s)"
     )
+    tools.add_argument(
+        "--tools-max-total-tokens",
+        type=int,
+        default=1152,
+        help="tokens of a whole episode: opening, turns, tool results (%(default)s; the tools "
+        "demo's model: 192)",
+    )
+    tools.add_argument(
+        "--tools-max-prompt-tokens",
+        type=int,
+        default=768,
+        help="longest opening: the tools' system prompt and the question (%(default)s; the "
+        "tools demo's model: 64)",
+    )

@@ -341,6 +341,8 @@ def settings_from_args(args: Any, spec: Any, workdir: Path) -> ToolsSettings:
         rows=str(rows),
         samples_per_prompt=getattr(args, "group_samples", 4),
         max_new_tokens=getattr(args, "tools_max_new_tokens", None) or 96,
+        max_total_tokens=getattr(args, "tools_max_total_tokens", None) or 1152,
+        max_prompt_tokens=getattr(args, "tools_max_prompt_tokens", None) or 768,
         **{k: getattr(spec, k) for k in shared},
     )
 
