@@ -361,7 +361,11 @@ def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sectio
     return config_from_dict(d, check_paths=True)
 
 
-SEEDS = (0, pytest.param(1, marks=pytest.mark.learning), pytest.param(2, marks=pytest.mark.learning))
+SEEDS = (
+    0,
+    pytest.param(1, marks=pytest.mark.learning),
+    pytest.param(2, marks=pytest.mark.learning),
+)
 """Seeds of the tests that training learns on the tiny task: seed 0 in the default run, all
 three in the ``learning`` tier (``-m learning``: each learning test on seeds 1 and 2 too, so
 that a pass is not one seed's luck; docs/development.md)."""
