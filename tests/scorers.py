@@ -107,3 +107,9 @@ def sum_answer(prompts: list[str], completions: list[str], answer: list[int]) ->
         if int(x) + int(y) != a:
             raise ValueError(f"answer {a!r} is not that of prompt {prompt!r}")
     return [float(a) for a in answer]
+
+
+def row_secret(prompts: list[str], completions: list[str], secret: list[int]) -> list[float]:
+    """The guess game row's ``secret`` column: a gold scorer whose mean says which rows it was
+    given."""
+    return [float(s) for s in secret]

@@ -72,6 +72,9 @@ def test_multi_turn_run_evaluates_held_out_rows_and_reports_conversations(
     ``eval/turns``; the report gives held-out success before and after and whole conversations,
     replies included."""
     import json
+    from pathlib import Path
+
+    import numpy as np
 
     from rayrm import metrics as M
     from rayrm.cli import main
@@ -80,12 +83,14 @@ def test_multi_turn_run_evaluates_held_out_rows_and_reports_conversations(
     cfg = game_config(
         model, rows, tmp_path,
         ppo={"batch_size": 8},
-        eval={"every": 1, "num_prompts": 8, "report": True, "report_samples": 2},
+        eval={"every": 1, "num_prompts": 8, "report": True, "report_samples": 2,
+              "gold_function": "scorers:row_secret"},
         run={"num_iterations": 2, "checkpoint_every": 2},
     )  # fmt: skip
     path = tmp_path / "config.yaml"
     cfg.save_yaml(path)
     assert main(["train", str(path)]) == 0
+    secrets = [json.loads(line)["secret"] for line in Path(rows).read_text().splitlines()]
     (result_file,) = (tmp_path / "test").glob("*/result.json")
     results = [json.loads(line)[M.RLHF_RESULTS] for line in result_file.read_text().splitlines()]
     _check_training(results)
@@ -96,8 +101,11 @@ def test_multi_turn_run_evaluates_held_out_rows_and_reports_conversations(
         assert 1.0 <= r[M.EVAL_TURNS] <= 6.0 and M.EVAL_RETURN in r
         # reward.source env: the proxy is the episode's return, as training counts it.
         assert r[M.EVAL_PROXY_MEAN] == pytest.approx(r[M.EVAL_RETURN])
+        # The gold scorer got each held-out row's columns: rows 0-7 of the file, in order.
+        assert r[M.EVAL_GOLD_MEAN] == pytest.approx(np.mean(secrets[:8]))
     text = (tmp_path / "test" / "report.md").read_text()
     assert "held-out success, 8 episodes each: before" in text
+    assert "held-out GOLD: before" in text
     assert "## Conversations before and after training" in text
     assert text.count("### Held-out row") == 2 and text.count("**After**") == 2
     assert "user: " in text and "assistant: " in text
