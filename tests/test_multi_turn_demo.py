@@ -15,6 +15,7 @@ import torch
 from conftest import check_quiet_output
 
 from envs.multi_turn import MultiTurnTextEnv
+from envs.tools import ToolCall, render_tool_calls
 from rayrm.demo.tasks import TASKS, build_task_tokenizer, play_trace, tool_schemas, write_traces
 from rayrm.rl.env_evaluation import play_episodes, success_rate
 from rayrm.stages.sft import IGNORE_INDEX, encode_conversations
@@ -165,3 +166,29 @@ def test_sft_reads_a_tools_column(task_files, tmp_path, monkeypatch):
                                 "tools": "{not json"}) + "\n")  # fmt: skip
     with pytest.raises(ConfigError, match="row 0: the tools are not JSON"):
         load_examples(cfg, tok)
+
+
+def test_demo_template_renders_structured_tool_calls_as_the_traces_text(task_files):
+    """TRL's ``GRPOTrainer`` keeps an assistant turn's calls as ``tool_calls`` (and checks that
+    the template renders them): the demo template writes them as the Hermes text the traces and
+    rayrm's episodes hold, after any content; tool messages with a ``name`` render as before."""
+    _, _, tok = task_files
+    call = ToolCall("calculate", {"a": 12, "op": "*", "b": 34})
+    fn = {"name": call.name, "arguments": call.arguments}
+    user = {"role": "user", "content": "What is 12 * 34?"}
+    tool = {"role": "tool", "name": "calculate", "content": "408"}
+    for content in ("", "Let me compute."):
+        structured = [
+            user,
+            {
+                "role": "assistant",
+                "content": content,
+                "tool_calls": [{"type": "function", "function": fn}] * 2,
+            },
+            tool,
+        ]
+        text = render_tool_calls([call, call])
+        as_text = [user, {"role": "assistant",
+                          "content": f"{content}\n{text}" if content else text}, tool]  # fmt: skip
+        render = tok.apply_chat_template
+        assert render(structured, tokenize=False) == render(as_text, tokenize=False)

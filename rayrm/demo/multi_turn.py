@@ -28,7 +28,14 @@ from rayrm.config import RunConfig, config_from_dict
 from rayrm.config.stage import SFTConfig, stage_config_from_dict
 from rayrm.demo.cache import StageResult, quiet_single_threaded, run_stage
 from rayrm.demo.steps import GRPO_SAMPLES, ppo_section, stage_common
-from rayrm.demo.tasks import TASKS, Task, build_task_tokenizer, write_rows, write_traces
+from rayrm.demo.tasks import (
+    DEMO_TEMPLATE,
+    TASKS,
+    Task,
+    build_task_tokenizer,
+    write_rows,
+    write_traces,
+)
 from rayrm.experiment.train import TrainingFailed, run_train
 from rayrm.ray_init import owned_ray
 from rayrm.stages.sft import run_sft
@@ -277,6 +284,8 @@ def run_task_demo(
 
     def stage(name: str, inputs: tuple[str, ...], build: Callable[[Path], dict[str, Any]]):
         key = {"task": task_name, **{k: settings[k] for k in TASK_STAGES[name]}}
+        if name == "tokenizer":  # a new template is a new tokenizer (and SFT, RL after it)
+            key["template"] = DEMO_TEMPLATE
         key |= {i: done[i].hash for i in inputs}
         folder = work / ("runs" if name == "rl" else "stages")
         done[name] = run_stage(folder, f"{task_name}_{name}", key, build, log)

@@ -54,12 +54,24 @@ DEMO_TEMPLATE = (
     "{{ tool['function']['name'] + '(' + (tool['function']['parameters']['properties'] | list"
     " | join(', ')) + ')' }}{% endfor %}{{ '<|im_end|>\\n' }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] or '') }}"
+    "{% if message['role'] == 'assistant' and message.tool_calls %}"
+    "{% for call in message.tool_calls %}"
+    "{% if call.function is defined %}{% set call = call.function %}{% endif %}"
+    "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+    '{{ \'<tool_call>\\n{"name": "\' + call.name + \'", "arguments": \' }}'
+    "{{ call.arguments if call.arguments is string else call.arguments | tojson }}"
+    "{{ '}\\n</tool_call>' }}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 """ChatML with tools listed in one system line by name and argument names; ``tool`` messages
-are turns of their own role. Prefix-stable (``envs.turns``)."""
+are turns of their own role. An assistant message's structured ``tool_calls`` (as TRL's
+``GRPOTrainer`` writes them) render after its content as the Hermes blocks the traces hold
+(``envs.tools.render_tool_calls``); rayrm keeps the calls in the content as sampled.
+Prefix-stable (``envs.turns``)."""
 
 Policy = Callable[[Environment, list[dict[str, str]], random.Random], str]
 """A scripted trace writer: (the environment, the conversation so far, rng) -> next turn."""
