@@ -151,12 +151,44 @@ def test_tools_settings_take_the_episode_limits_from_the_command_line(tmp_path):
 
     argv = ["bench", "--sections", "tools", "--tools-model", "m", "--tools-rows", "r.jsonl",
             "--tools-max-new-tokens", "64", "--tools-max-total-tokens", "192",
-            "--tools-max-prompt-tokens", "64", "--lr", "3e-4"]  # fmt: skip
+            "--tools-max-prompt-tokens", "64", "--lr", "3e-4", "--tools-success-window", "5"]  # fmt: skip
     args = build_parser().parse_args(argv)
     s = settings_from_args(args, spec_from_args(args), tmp_path)
     assert (s.model, s.rows, s.lr) == ("m", "r.jsonl", 3e-4)
     assert (s.max_new_tokens, s.max_total_tokens, s.max_prompt_tokens) == (64, 192, 64)
+    assert s.success_window == 5
     defaults = settings_from_args(
         build_parser().parse_args(argv[:7]), spec_from_args(args), tmp_path
     )
     assert (defaults.max_total_tokens, defaults.max_prompt_tokens) == (1152, 768)
+    assert defaults.success_window == 2
+
+
+def test_tools_repeats_change_the_seed_and_order_and_summarise_per_seed(monkeypatch):
+    """``--repeats N`` in the tools section: repeat r runs seed s.seed + r with TRL first in
+    odd repeats, its lines tagged; the summary's spreads are over the repeats' lines and the
+    targets are judged on the medians."""
+    from rayrm.bench import repeats
+
+    calls = []
+
+    def fake(s, *, trl_first):  # the section's three lines, figures made from the seed
+        calls.append((s.seed, trl_first))
+        yield {"bench": "tools_rayrm", "iteration_s_median": 1.0 + s.seed, "success_first": 0.2,
+               "success_last": 0.7, "success_gain": 0.5}  # fmt: skip
+        yield {"bench": "tools_trl", "iteration_s_median": 4.0, "success_first": 0.2,
+               "success_last": 0.6 + 0.1 * s.seed, "success_gain": 0.4 + 0.1 * s.seed}  # fmt: skip
+        yield {"bench": "tools_ratio", "trl_over_rayrm_s_per_iteration": 4.0 / (1.0 + s.seed),
+               "rayrm_minus_trl_success_gain": 0.1 - 0.1 * s.seed}  # fmt: skip
+
+    monkeypatch.setattr(repeats, "measure_tools", fake)
+    lines = list(repeats.measure_tools_repeated(ToolsSettings(model="m", rows="r", seed=5), 3))
+    assert calls == [(5, False), (6, True), (7, False)]
+    assert [x.get("seed") for x in lines[:3]] == [5, 5, 5] and lines[3]["repeat"] == 2
+    summary = lines[-1]
+    assert summary["bench"] == "tools_summary" and summary["seeds"] == [5, 6, 7]
+    speed = summary["trl_over_rayrm_s_per_iteration"]
+    assert speed["runs"] == [4 / 6, 4 / 7, 4 / 8] and speed["median"] == 4 / 7
+    assert summary["trl_success_gain"]["median"] == pytest.approx(1.0)
+    assert summary["met"] == {"speed": False, "success_gain": False}
+    assert len(list(repeats.measure_tools_repeated(ToolsSettings(model="m", rows="r"), 1))) == 3

@@ -220,3 +220,9 @@ def _add_tools_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest opening: the tools' system prompt and the question (%(default)s; the "
         "tools demo's model: 64)",
     )
+    tools.add_argument(
+        "--tools-success-window",
+        type=int,
+        default=2,
+        help="last iterations whose mean success rate is the final one (%(default)s)",
+    )

@@ -95,7 +95,7 @@ from rayrm.bench.flops import (
 )
 from rayrm.bench.learning import measure_learning
 from rayrm.bench.memory import measure_learner_memory, measure_memory
-from rayrm.bench.repeats import in_order, repeat_summary
+from rayrm.bench.repeats import in_order, measure_tools_repeated, repeat_summary
 from rayrm.bench.spec import GROUP_ALGOS, PRESETS, SECTIONS, BenchSpec
 from rayrm.bench.support import (
     NOTE_NO_EOS,
@@ -112,7 +112,6 @@ from rayrm.bench.support import (
     without_env,
 )
 from rayrm.bench.trial import PHASES, PlacedTrial, say_resources, start_local_ray
-from rayrm.bench.trl_env import measure_tools
 from rayrm.bench.trl_env import settings_from_args as tools_settings
 from rayrm.bench.trl_groups import group_records, serve_trl_group
 from rayrm.bench.turns import measure_turn_decoding
@@ -347,7 +346,9 @@ def _sections(
             run(error_record("measure_turn_decoding", RuntimeError(traceback.format_exc())))
     if "tools" in sections:
         try:
-            for record in measure_tools(tools_settings(args, spec, workdir / "tools")):
+            for record in measure_tools_repeated(
+                tools_settings(args, spec, workdir / "tools"), args.repeats
+            ):
                 run(record)
         except Exception:  # noqa: BLE001  (reported as a line; the rest still runs)
             run(error_record("measure_tools", RuntimeError(traceback.format_exc())))

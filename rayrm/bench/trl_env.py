@@ -343,18 +343,20 @@ def settings_from_args(args: Any, spec: Any, workdir: Path) -> ToolsSettings:
         max_new_tokens=getattr(args, "tools_max_new_tokens", None) or 96,
         max_total_tokens=getattr(args, "tools_max_total_tokens", None) or 1152,
         max_prompt_tokens=getattr(args, "tools_max_prompt_tokens", None) or 768,
+        success_window=getattr(args, "tools_success_window", None) or 2,
         **{k: getattr(spec, k) for k in shared},
     )
 
 
-def measure_tools(s: ToolsSettings) -> Iterator[dict[str, Any]]:
-    """Runs rayrm and, if installed, TRL in one lockstep; yields ``tools_rayrm``, then
-    ``tools_trl`` and ``tools_ratio`` (or the line saying why TRL was skipped)."""
+def measure_tools(s: ToolsSettings, *, trl_first: bool = False) -> Iterator[dict[str, Any]]:
+    """Runs rayrm and, if installed, TRL in one lockstep (TRL starts and takes its turn first
+    when ``trl_first``); yields ``tools_rayrm``, then ``tools_trl`` and ``tools_ratio`` (or the
+    line saying why TRL was skipped)."""
     reason = trl_unavailable_reason()
     s = replace(s, matched_threads=update_threads(s))
-    servers = {"rayrm": start_child(serve_rayrm_tools, s, serve=True)}
-    if reason is None:
-        servers["trl"] = start_child(serve_trl_tools, s, serve=True)
+    names = ["rayrm"] if reason is not None else ["trl", "rayrm"] if trl_first else ["rayrm", "trl"]
+    serve = {"rayrm": serve_rayrm_tools, "trl": serve_trl_tools}
+    servers = {n: start_child(serve[n], s, serve=True) for n in names}
     try:
         finals = run_lockstep(servers, [(n, "iterate") for n in servers], s.iterations)
     except ChildError as e:
