@@ -14,7 +14,7 @@ APPROX_KL = "approx_kl"
 VF_EXPLAINED_VAR = "vf_explained_var"
 KL_PER_TOKEN = "kl_per_token"
 KL_PER_SEQUENCE = "kl_per_sequence"
-RESPONSE_LENGTH = "response_length"
+COMPLETION_LENGTH = "completion_length"
 NUM_COMPLETIONS = "num_completions"
 VALUE_MEAN = "value_mean"
 GRAD_NORM = "grad_norm"
@@ -58,8 +58,8 @@ KL_TOKEN = "kl/per_token"
 KL_SEQUENCE = "kl/per_sequence"
 KL_COEF = "kl/coef"
 """β: the KL-penalty coefficient (``ppo.kl_coef``, adapted when ``ppo.adaptive_kl``)."""
-ROLLOUT_ENTROPY = "rollout/entropy"
-ROLLOUT_LENGTH = "rollout/response_length"
+ROLLOUT_LENGTH = "rollout/completion_length"
+"""Mean generated tokens per completion (multi-turn: the policy's tokens per episode)."""
 ROLLOUT_COMPLETIONS = "rollout/num_completions"
 ROLLOUT_NUM_NODES = "rollout/num_nodes"
 ROLLOUT_GROUP_STD = "rollout/group_reward_std"
@@ -79,6 +79,8 @@ LOSS_POLICY = "loss/policy"
 LOSS_VALUE = "loss/value"
 LOSS_CLIP_FRACTION = "loss/clip_fraction"
 LOSS_APPROX_KL = "loss/approx_kl"
+LOSS_ENTROPY = "loss/entropy"
+"""The policy's per-token entropy on the training minibatches (the learner's, not the sampler's)."""
 LOSS_VF_EXPLAINED_VAR = "loss/vf_explained_var"
 LOSS_KL = "loss/kl"
 """The KL term of the loss, before β (``ppo.kl_mode: loss``; absent otherwise)."""
@@ -112,8 +114,8 @@ OBJECTIVE_REWARD_MINUS_KL = "objective/reward_minus_kl"
 FROM_LEARNER = {
     KL_TOKEN: KL_PER_TOKEN,
     KL_SEQUENCE: KL_PER_SEQUENCE,
-    ROLLOUT_ENTROPY: ENTROPY,
-    ROLLOUT_LENGTH: RESPONSE_LENGTH,
+    LOSS_ENTROPY: ENTROPY,
+    ROLLOUT_LENGTH: COMPLETION_LENGTH,
     LOSS_POLICY: POLICY_LOSS,
     LOSS_VALUE: VF_LOSS,
     LOSS_CLIP_FRACTION: CLIP_FRACTION,
@@ -123,6 +125,12 @@ FROM_LEARNER = {
     LOSS_GRAD_NORM: GRAD_NORM,
     LOSS_SKIPPED_STEPS: SKIPPED_STEPS,
 }
+
+RENAMED = {
+    "rollout/entropy": LOSS_ENTROPY,
+    "rollout/response_length": ROLLOUT_LENGTH,
+}
+"""Published keys renamed since 0.x: old -> new (a config naming an old key is refused)."""
 
 RLHF_RESULTS = "rlhf"
 """Top-level results key holding the published metrics (``result["rlhf"]["reward/mean"]``)."""

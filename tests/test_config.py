@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from rayrm import metrics as M
 from rayrm.config import (
     ConfigError,
     RunConfig,
@@ -203,6 +204,9 @@ BAD_VALUES = [
     ("reward.function", "no_colon", "reward.function"),
     ("reward.source", "model", "reward.path"),  # no reward.path
     ("name", "a/b", "name"),
+    # renamed metrics
+    ("tune.metric", "rollout/entropy", "tune.metric"),
+    ("tune.metric", "rollout/response_length", "tune.metric"),
 ]
 
 
@@ -214,6 +218,8 @@ def test_bad_value_names_its_key(dotted: str, value: Any, key: str) -> None:
     assert key in message and "\n" not in message
     assert info.value.key == key
     assert isinstance(info.value, ValueError)
+    if isinstance(value, str) and value in M.RENAMED:
+        assert f"renamed to {M.RENAMED[value]!r}" in message
 
 
 @pytest.mark.parametrize("section", ["model", "data"])

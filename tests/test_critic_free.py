@@ -123,7 +123,7 @@ def test_reward_rises_without_a_critic(
     algo = build_algo_config(cfg).build_algo()
     try:
         # Group sampling: 8 prompts x 4 samples, each group one prompt.
-        sampled = algo.env_runner.sample_completions(explore=True)
+        sampled = algo.env_runner.collect_episodes(explore=True)
         by_group: dict[str, set[int]] = {}
         for e in sampled:
             by_group.setdefault(e.get_infos(0)[GROUP], set()).add(e.get_infos(0)["prompt_index"])

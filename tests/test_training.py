@@ -70,7 +70,7 @@ def test_every_sampled_completion_is_trained(ray_local, tiny_policy_dir, prompts
             M.KL_SEQUENCE,
             M.LOSS_POLICY,
             M.LOSS_VALUE,
-            M.ROLLOUT_ENTROPY,
+            M.LOSS_ENTROPY,
             M.THROUGHPUT_TOKENS_PER_S,
             M.TIMER_UPDATE,
         ):

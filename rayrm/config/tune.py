@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from rayrm import metrics as M
 from rayrm.config.base import ConfigError, NonEmptyStr, Section
 
 __all__ = ["SAMPLERS", "TuneSettings", "check_search_space"]
@@ -57,11 +58,16 @@ class TuneSettings(Section):
 
 def check_search_space(plain: dict[str, Any], tune: TuneSettings) -> None:
     """Every ``tune.search_space`` entry names a real scalar key of the run config
-    ``plain`` (as a dict) and a well-formed sampler.
+    ``plain`` (as a dict) and a well-formed sampler; ``tune.metric`` is not a renamed key.
 
     Raises:
         ConfigError: On the first problem, naming the ``tune.search_space`` key.
     """
+    if tune.metric in M.RENAMED:
+        raise ConfigError(
+            f"tune.metric: {tune.metric!r} was renamed to {M.RENAMED[tune.metric]!r}",
+            key="tune.metric",
+        )
     for key, spec in tune.search_space.items():
         where = f"tune.search_space.{key}"
         node: Any = plain

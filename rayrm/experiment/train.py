@@ -63,7 +63,7 @@ def format_line(result: dict[str, Any], total: int | None = None, runners: int =
     return (
         f"{head} | reward {g(M.REWARD_MEAN):+.3f}±{g(M.REWARD_STD):.3f}{groups}"
         f" | kl/tok {g(M.KL_TOKEN):.4f} seq {g(M.KL_SEQUENCE):.3f} β {g(M.KL_COEF):.4f}"
-        f" | ent {g(M.ROLLOUT_ENTROPY):.2f} len {g(M.ROLLOUT_LENGTH):.1f}"
+        f" | ent {g(M.LOSS_ENTROPY):.2f} len {g(M.ROLLOUT_LENGTH):.1f}"
         f" | pg {g(M.LOSS_POLICY):+.3f}{vf} clip {g(M.LOSS_CLIP_FRACTION):.2f}"
         f" | {g(M.THROUGHPUT_TOKENS_PER_S):.0f} tok/s"
         f" | sample {g(M.TIMER_SAMPLE):.2f}s score {g(M.TIMER_SCORE):.2f}s"

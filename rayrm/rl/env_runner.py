@@ -102,7 +102,7 @@ class RLHFEnvRunner(SampleHook, SingleAgentEnvRunner):
         """The individual Gymnasium envs (stepped directly: no vector autoreset)."""
         return sub_envs(self)
 
-    def sample_completions(self, *, explore: bool) -> list[SingleAgentEpisode]:
+    def collect_episodes(self, *, explore: bool) -> list[SingleAgentEpisode]:
         """One completion per env (what ``sample()`` returns; no timestep budget applies)."""
         episodes = self.generate(explore=explore)
         record_sampled(self, sum(len(e) for e in episodes), len(episodes))

@@ -198,9 +198,9 @@ that need a running Ray to build (checked in the method's source by the tests)."
 # ------------------------------------------------------------------------------ env runners
 class SampleHook:
     """Mixin for a ``SingleAgentEnvRunner`` subclass: ``sample()`` (public, with RLlib's
-    metrics and weight pulls around it) calls ``self.sample_completions(explore=...)``."""
+    metrics and weight pulls around it) calls ``self.collect_episodes(explore=...)``."""
 
-    def sample_completions(self, *, explore: bool) -> list[Any]:  # pragma: no cover - abstract
+    def collect_episodes(self, *, explore: bool) -> list[Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _sample(  # RLlib's private sampling loop
@@ -212,7 +212,7 @@ class SampleHook:
         random_actions: bool = False,
         force_reset: bool = False,
     ) -> list[Any]:
-        return self.sample_completions(explore=explore)
+        return self.collect_episodes(explore=explore)
 
 
 def sub_envs(env_runner: Any) -> list[Any]:

@@ -160,7 +160,7 @@ class RLHFAdvantages(ConnectorV2):
                 logged = {
                     M.KL_PER_TOKEN: float(np.concatenate(kls).mean()),
                     M.KL_PER_SEQUENCE: float(np.mean([k.sum() for k in kls])),
-                    M.RESPONSE_LENGTH: float(np.mean(lens)),
+                    M.COMPLETION_LENGTH: float(np.mean(lens)),
                     M.NUM_COMPLETIONS: len(lens),
                 }
                 if values is not None:
