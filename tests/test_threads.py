@@ -18,9 +18,9 @@ import torch
 from conftest import make_config, trial_class
 
 from rayrm.experiment.resources import trial_bundles
-from rayrm.ray_init import THREADS_ENV, ThreadLoan, use_reserved_cpus
 from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
+from rayrm.threads import THREADS_ENV, ThreadLoan, use_reserved_cpus
 
 
 def _threads(_: object) -> int:

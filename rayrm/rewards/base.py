@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from envs.functions import import_function
-from rayrm.ray_init import use_reserved_cpus
+from rayrm.threads import use_reserved_cpus
 
 if TYPE_CHECKING:
     import torch

@@ -4,7 +4,7 @@ Kept free of torch and transformers (so is ``rayrm.rewards.base``): a rule rewar
 process imports only Ray, numpy and the user's module -- 0.8 s of CPU to start and 130 MB
 resident instead of 2.7 s and 340 MB with torch and transformers (measured on a 2-core CPU
 machine, 2026-12-02). A function whose module imports torch
-gets it, with the threads its actor reserves (:func:`rayrm.ray_init.use_reserved_cpus`).
+gets it, with the threads its actor reserves (:func:`rayrm.threads.use_reserved_cpus`).
 Same plain-class convention as :mod:`rayrm.rewards.actors`.
 """
 

@@ -41,7 +41,6 @@ from rayrm import metrics as M
 from rayrm.config import RunConfig, config_from_dict
 from rayrm.errors import TimedOut
 from rayrm.models.loading import load_tokenizer
-from rayrm.ray_init import ThreadLoan, use_reserved_cpus
 from rayrm.rewards import pool_from_config
 from rayrm.rewards.base import RewardSourceError, ScoredBatch
 from rayrm.rewards.shaping import RewardPipeline, describe_reward
@@ -70,6 +69,7 @@ from rayrm.rl.reservations import local_sampler_cpus, local_sampler_threads, tri
 from rayrm.rl.rllib_compat import local_learner, restart_env_runners, sample_episodes
 from rayrm.rl.settings import configure, make_kl_controller
 from rayrm.rl.watchdog import iteration_watchdog
+from rayrm.threads import ThreadLoan, use_reserved_cpus
 
 
 class RLHFConfig(PPOConfig):

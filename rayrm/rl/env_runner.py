@@ -40,7 +40,6 @@ from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 import envs  # noqa: F401  (registers rayrm/TextGeneration-v0 in this process)
 from envs.multi_turn import REPLY_IDS
 from rayrm.models.decoding import decode_batch, left_pad
-from rayrm.ray_init import use_reserved_cpus
 from rayrm.rl.episodes import GROUP, PROMPT_IDS, WEIGHTS_VERSION
 from rayrm.rl.module import LMPolicyModule
 from rayrm.rl.rllib_compat import (
@@ -51,6 +50,7 @@ from rayrm.rl.rllib_compat import (
     sub_envs,
     weights_seq_no,
 )
+from rayrm.threads import use_reserved_cpus
 
 __all__ = ["RLHFEnvRunner", "left_pad", "sync_weights"]
 

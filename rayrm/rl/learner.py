@@ -23,11 +23,11 @@ from rayrm import metrics as M
 from rayrm.config import RunConfig, config_from_dict
 from rayrm.core_algos import aggregate_tokens, kl_estimate, masked_mean, ppo_policy_loss, value_loss
 from rayrm.models.precision import MasterWeightAdam
-from rayrm.ray_init import ThreadLoan, use_reserved_cpus
 from rayrm.rl.connectors.advantages import ADVANTAGES, VALUE_TARGETS, RLHFAdvantages, as_numpy
 from rayrm.rl.connectors.precomputed import PrecomputedForwards
 from rayrm.rl.module import ENTROPY, LOGP, REF_LOGP, SEQ_ID, VF_PREDS
 from rayrm.rl.rllib_compat import MinibatchHook, learner_connector, weights_seq_no
+from rayrm.threads import ThreadLoan, use_reserved_cpus
 
 
 def run_config_of(algo_config: Any) -> RunConfig:
@@ -82,7 +82,7 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
         use_reserved_cpus()  # a remote learner: num_cpus_per_learner
         self.run_config: RunConfig = run_config_of(self.config)
         # A local learner of a trial that samples in a second thread borrows that thread's
-        # CPUs while it idles (set by the algorithm; see rayrm.ray_init.ThreadLoan).
+        # CPUs while it idles (set by the algorithm; see rayrm.threads.ThreadLoan).
         self.thread_loan: ThreadLoan | None = None
         # No-grad forwards run while the batch was scored (precompute_forwards).
         self.precomputed = PrecomputedForwards()

@@ -3,7 +3,7 @@ learner and env runner, remote learners, remote env runners), plus the trial's r
 plus the CPUs a pipelined sampler thread needs beyond those it time-shares.
 
 ``RLHFPPO.default_resource_request`` returns :func:`trial_request`; the trial process sets its
-threads from the same numbers (``rayrm.ray_init.use_reserved_cpus``, ``ThreadLoan``).
+threads from the same numbers (``rayrm.threads.use_reserved_cpus``, ``ThreadLoan``).
 """
 
 from __future__ import annotations

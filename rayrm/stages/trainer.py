@@ -40,9 +40,10 @@ from typing import Any
 from rayrm.config import ConfigError
 from rayrm.config.stage import StageConfig, stage_config_from_dict
 from rayrm.console import holds_run, live
-from rayrm.ray_init import init_ray, use_reserved_cpus
+from rayrm.ray_init import init_ray
 from rayrm.rl.rllib_compat import started_ray_here, torch_trainer_class
 from rayrm.stages.batches import epoch_shard, iter_batches, split_indices
+from rayrm.threads import use_reserved_cpus
 from rayrm.tracking import check_tracking
 
 # Metric keys (reported per epoch; all-reduced over workers, so every rank reports the same).
