@@ -7,7 +7,7 @@ itself. MLflow and W&B go through Ray's own integrations (``MLflowLoggerCallback
 (``reward/mean``, ``kl/per_sequence``, ...) at step ``training_iteration``, and the resolved
 config as parameters. After a run, :func:`log_artifacts` adds its report and plots to the
 same MLflow and W&B runs. The SFT and reward-model stages log from Ray Train's controller
-(``rayrm.stages.tracking``) with the helpers here. A logger whose package is missing is a
+(``rayrm.stages.stage_tracker``) with the helpers here. A logger whose package is missing is a
 one-line :class:`~rayrm.config.ConfigError` naming the extra to install, before Ray starts.
 """
 

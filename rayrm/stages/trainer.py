@@ -381,7 +381,7 @@ def fit_stage(
     import ray
     import ray.train
 
-    from rayrm.stages.tracking import StageTracker
+    from rayrm.stages.stage_tracker import StageTracker
 
     check_run_dir(cfg, resume)
     check_tracking(cfg.run)  # a logger's package installed
