@@ -4,13 +4,13 @@
 ``rayrm/MultiTurn-v0`` runs an environment that answers back (``envs.protocol``,
 ``envs.multi_turn``).
 Nothing here imports Ray or loads a model, and ``transformers``/``pyarrow`` are imported only
-when a tokenizer or prompt file is actually needed, so ``import envs`` stays fast.
+when a tokenizer or prompt file is actually needed, so ``import envs`` stays fast. Prompt files
+and tokenization are the package's (``rayrm.data``, ``rayrm.models.tokenization``).
 """
 
 import gymnasium
 
 from envs.builtin import BUILTIN_CHARS, BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
-from envs.prompts import load_prompts, write_prompts_jsonl
 from envs.protocol import Environment, Reply, ToolEnvironment
 from envs.text_generation import TextGenerationEnv
 
@@ -38,7 +38,5 @@ __all__ = [
     "ToolEnvironment",
     "TextGenerationEnv",
     "build_char_tokenizer",
-    "load_prompts",
     "vowel_reward",
-    "write_prompts_jsonl",
 ]

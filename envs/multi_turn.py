@@ -4,7 +4,7 @@
 prompt row) one policy token per step. When an assistant turn ends (a stop token, a stop
 string, ``max_new_tokens`` tokens for the turn), the turn's text goes to the environment (or,
 when it calls tools, to the tools); the reply is rendered by the chat template into ids
-(:class:`envs.turns.TurnCodec`: the turn's closing tokens once, the reply's messages, the next
+(:class:`rayrm.models.turns.TurnCodec`: the turn's closing tokens once, the reply's messages, the next
 generation prompt) and appended to the sequence as context. Token-in/token-out: the sequence
 is the opening's ids, then the sampled ids and the replies' ids in order; nothing is
 re-tokenised from text.
@@ -29,13 +29,13 @@ import numpy as np
 from gymnasium import spaces
 
 from envs import tools as tool_calls
-from envs.functions import import_function
 from envs.protocol import Environment, Reply, as_messages
-from envs.tables import read_table
 from envs.text_generation import resolve_tokenizer
-from envs.tokenization import PromptCodec
 from envs.tools import call_tool, tool_schema
-from envs.turns import TurnCodec
+from rayrm.data.tables import read_table
+from rayrm.models.tokenization import PromptCodec
+from rayrm.models.turns import TurnCodec
+from rayrm.resolver import import_function
 
 __all__ = [
     "EPISODE_STATS",

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from envs.tokenization import Conversation, check_conversation
+from rayrm.models.tokenization import Conversation, check_conversation
 
 __all__ = ["Environment", "Reply", "ToolEnvironment", "as_messages"]
 

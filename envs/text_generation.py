@@ -17,9 +17,9 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
-from envs.functions import import_function
-from envs.prompts import load_prompt_rows, other_columns
-from envs.tokenization import Prompt, PromptCodec, check_conversation
+from rayrm.data.prompts import load_prompt_rows, other_columns
+from rayrm.models.tokenization import Prompt, PromptCodec, check_conversation
+from rayrm.resolver import import_function
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -34,7 +34,7 @@ class TextGenerationEnv(gym.Env[Observation, int]):
     """Generates one completion per episode, one token per step, paid once at the end.
 
     Each episode samples a prompt, tokenizes it once (special tokens and chat templates as in
-    ``envs.tokenization``) and then appends one token per step.
+    ``rayrm.models.tokenization``) and then appends one token per step.
     The observation is the whole sequence so far (prompt tokens, then generated tokens,
     right-padded with the pad id) and its length, so a policy can run a causal LM over it and
     read the logits at position ``length - 1``.
@@ -264,7 +264,7 @@ class TextGenerationEnv(gym.Env[Observation, int]):
         # The text is decoded once, when the completion ends -- or every step when stop strings
         # must be looked for in it. Prompt and completion are decoded together: token by token
         # would break multi-token characters, and the completion alone would lose
-        # SentencePiece's leading space (see envs.tokenization).
+        # SentencePiece's leading space (see rayrm.models.tokenization).
         stop_token = terminated = token in self.codec.stop_token_ids
         decoded = False
         if not terminated and self.codec.stop_strings:

@@ -197,7 +197,7 @@ def archs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     from envs.builtin import BUILTIN_PROMPTS
-    from envs.prompts import write_prompts_jsonl
+    from rayrm.data.prompts import write_prompts_jsonl
 
     return str(
         write_prompts_jsonl(tmp_path_factory.mktemp("data") / "prompts.jsonl", BUILTIN_PROMPTS)

@@ -17,10 +17,10 @@ from dataclasses import replace
 
 import pytest
 
-from envs.prompts import write_prompts_jsonl
 from rayrm.bench import learning
 from rayrm.bench.learning import LearnSettings, learn_spec, rayrm_config, task_workload
 from rayrm.cli import build_parser
+from rayrm.data.prompts import write_prompts_jsonl
 from rayrm.models.tiny import build_tiny_policy, build_tiny_reward_model, build_tokenizer
 
 

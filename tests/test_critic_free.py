@@ -144,7 +144,7 @@ def test_filtered_groups_train_on_two_learners(ray_local, tiny_policy_dir, tmp_p
     """Batch 32 of 8 samples per prompt over 4 prompts (each once per iteration), 3 uniform
     groups, 2 learners: both learners train every iteration (with the informative group
     alone, one learner got none and failed)."""
-    from envs.prompts import write_prompts_jsonl
+    from rayrm.data.prompts import write_prompts_jsonl
 
     texts = ["the cat is", "a dog was", "my hat is", "one sun was"]
     prompts = write_prompts_jsonl(tmp_path / "p.jsonl", texts)

@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
-from envs.prompts import write_prompts_jsonl
 from rayrm.analysis.inspect import (
     format_inspection,
     inspect_dataset,
@@ -17,6 +16,7 @@ from rayrm.analysis.inspect import (
 )
 from rayrm.cli import build_parser
 from rayrm.config import ConfigError
+from rayrm.data.prompts import write_prompts_jsonl
 from rayrm.stages.preference_data import (
     PAIR_COLUMNS,
     build_preference_pairs,

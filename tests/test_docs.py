@@ -29,12 +29,12 @@ from typing import Any
 import pytest
 from conftest import REPO
 
-from envs.tokenization import check_conversation
 from rayrm.config import ConfigError, apply_override, config_from_dict
 from rayrm.config.io import read_yaml_with_overrides
 from rayrm.config.reference import markdown, undocumented
 from rayrm.config.run import RunConfig
 from rayrm.config.stage import RMConfig, SFTConfig, stage_config_from_dict
+from rayrm.models.tokenization import check_conversation
 
 DOCS = REPO / "docs"
 PAGES = [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]

@@ -21,11 +21,10 @@ from envs import (
     BUILTIN_PROMPTS,
     TextGenerationEnv,
     build_char_tokenizer,
-    load_prompts,
     vowel_reward,
-    write_prompts_jsonl,
 )
 from envs.text_generation import resolve_reward_fn
+from rayrm.data.prompts import load_prompts, write_prompts_jsonl
 
 PAD, EOS, UNK = 0, 1, 2
 

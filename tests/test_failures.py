@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from envs.builtin import BUILTIN_PROMPTS
-from envs.prompts import write_prompts_jsonl
 from rayrm import metrics as M
 from rayrm.cli import main
+from rayrm.data.prompts import write_prompts_jsonl
 
 # ----------------------------------------------------------------- reward functions under test
 

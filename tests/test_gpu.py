@@ -32,7 +32,7 @@ def test_bfloat16_training_on_gpu_learner_runner_and_reward_actor(ray_local, tmp
     policy = build_tiny_model(tmp_path / "policy", arch="qwen2", hidden=64, heads=4)
     rm = build_tiny_reward_model(tmp_path / "rm", build_tokenizer("qwen2"), arch="qwen2")
     from envs.builtin import BUILTIN_PROMPTS
-    from envs.prompts import write_prompts_jsonl
+    from rayrm.data.prompts import write_prompts_jsonl
 
     prompts = str(write_prompts_jsonl(tmp_path / "p.jsonl", BUILTIN_PROMPTS))
     cfg = make_config(

@@ -153,7 +153,7 @@ def _vowel_score(lm, cfg, copies: int = 16) -> float:
     """Mean vowel reward of one sampled completion per prompt, ``copies`` times over (the
     policy's expected reward, to about 0.01)."""
     from envs.builtin import vowel_reward
-    from envs.prompts import load_prompt_rows
+    from rayrm.data.prompts import load_prompt_rows
     from rayrm.models.loading import load_tokenizer
     from rayrm.rl.codec import run_codec
     from rayrm.rl.evaluation import sample_texts

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from envs.prompts import write_prompts_jsonl
 from rayrm.config import ConfigError, config_from_dict
+from rayrm.data.prompts import write_prompts_jsonl
 from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
 
 

@@ -18,13 +18,13 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from envs.text_generation import TextGenerationEnv
-from envs.tokenization import PromptCodec
 from rayrm.core_algos import logp_and_entropy
 from rayrm.models.decoding import decode_start, decode_step, left_pad, sample_sequences
 from rayrm.models.heads import check_head_path, head_logits, token_logp, token_logp_entropy
 from rayrm.models.hf_files import stop_token_ids_of
 from rayrm.models.precision import MasterWeightAdam
 from rayrm.models.tiny import build_tiny_model
+from rayrm.models.tokenization import PromptCodec
 from rayrm.rl.module import LOGP, SEQ_ID, LMPolicyModule
 
 torch.set_num_threads(1)
@@ -217,7 +217,7 @@ def test_completion_length_is_the_texts_tokens_whatever_ended_it(model_dirs):
 
 
 def test_chat_prompts_render_with_the_template(model_dirs, tmp_path):
-    from envs.prompts import write_prompts_jsonl
+    from rayrm.data.prompts import write_prompts_jsonl
 
     tok = tokenizer_of(model_dirs, "qwen2")
     conversation = [
@@ -241,7 +241,7 @@ def test_chat_prompts_render_with_the_template(model_dirs, tmp_path):
 
 
 def test_malformed_conversations_name_the_row(tmp_path):
-    from envs.prompts import load_prompt_rows
+    from rayrm.data.prompts import load_prompt_rows
 
     path = tmp_path / "bad.jsonl"
     path.write_text('{"messages": [{"role": "user", "content": "a"}]}\n{"messages": [{"x": 1}]}\n')

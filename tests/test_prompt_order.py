@@ -88,7 +88,7 @@ def test_a_lost_runners_prompts_go_to_the_others_once():
 
 
 def test_held_out_rows_and_planned_iterations(tiny_policy_dir, prompts_file, tmp_path):
-    from envs.prompts import write_prompts_jsonl
+    from rayrm.data.prompts import write_prompts_jsonl
 
     # The built-in prompts file has 64 rows; evaluation and report use data.prompts' first
     # eval.num_prompts (32), at most half the file, and training the rest.
@@ -122,7 +122,7 @@ def test_passes_over_two_runners_and_a_resume(ray_local, tiny_policy_dir, tmp_pa
     iteration continues the pass from there (a restart of the pass would sample its first
     half twice; no restore, the undone iteration's second half), and ``run.num_epochs`` ends
     it after two passes."""
-    from envs.prompts import write_prompts_jsonl
+    from rayrm.data.prompts import write_prompts_jsonl
 
     words = "cat dog hat sun sea sky car bus cup pen box map".split()
     prompts = write_prompts_jsonl(tmp_path / "p.jsonl", [f"the {w} is" for w in words])

@@ -18,8 +18,8 @@ import torch
 from conftest import make_config
 from transformers import AutoTokenizer
 
-from envs.prompts import write_prompts_jsonl
 from rayrm import metrics as M
+from rayrm.data.prompts import write_prompts_jsonl
 from rayrm.models.tiny import build_tiny_reward_model, build_tokenizer
 from rayrm.rewards import RewardModelActor, pool_from_config
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config

@@ -22,10 +22,10 @@ from ray.rllib.utils.metrics import (
 )
 
 from envs.builtin import BUILTIN_PROMPTS
-from envs.tokenization import PromptCodec
 from rayrm import metrics as M
 from rayrm.models.decoding import sample_completions
 from rayrm.models.loading import load_causal_lm
+from rayrm.models.tokenization import PromptCodec
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 from rayrm.rl.checkpoint import load_policy, load_reference
 from rayrm.rl.rllib_compat import local_learner

@@ -1,4 +1,4 @@
-"""Multi-turn episodes token in / token out (envs.turns) and tool calls (envs.tools).
+"""Multi-turn episodes token in / token out (rayrm.models.turns) and tool calls (envs.tools).
 
 No Ray and no model: a "policy" turn is the ids of a text plus a stop id, and the episode
 built turn by turn must equal, token for token, the tokenization of the whole conversation's
@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from envs.tokenization import PromptCodec
 from envs.tools import (
     ToolCall,
     call_tool,
@@ -22,8 +21,9 @@ from envs.tools import (
     tool_parser,
     tool_schema,
 )
-from envs.turns import TemplateNotPrefixStable, TurnCodec
 from rayrm.models.tiny import build_tokenizer
+from rayrm.models.tokenization import PromptCodec
+from rayrm.models.turns import TemplateNotPrefixStable, TurnCodec
 
 KINDS = ("qwen2", "llama", "gemma")
 STOP = {"qwen2": "<|im_end|>", "llama": "</s>", "gemma": "<end_of_turn>"}

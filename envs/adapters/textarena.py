@@ -27,8 +27,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from envs.functions import import_function
 from envs.protocol import Environment, Reply
+from rayrm.resolver import import_function
 
 __all__ = ["TextArenaGame", "first_available_move", "render"]
 

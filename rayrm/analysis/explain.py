@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.tokenization import PromptCodec
 from rayrm.config import ConfigError
 from rayrm.models.decoding import sample_completions
+from rayrm.models.tokenization import PromptCodec
 from rayrm.rewards import RewardModelActor
 from rayrm.rl.checkpoint import checkpoint_codec, load_policy, load_reference
 

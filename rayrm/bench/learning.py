@@ -186,7 +186,7 @@ def evaluate(
     """
     import numpy as np
 
-    from envs.prompts import load_prompts
+    from rayrm.data.prompts import load_prompts
     from rayrm.models.decoding import sample_completions
     from rayrm.models.loading import load_causal_lm
     from rayrm.rewards.actors import RewardModelActor

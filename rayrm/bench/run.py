@@ -86,7 +86,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from envs.prompts import load_prompts
 from rayrm.bench import trl as bench_trl
 from rayrm.bench.flops import (
     add_utilisation,
@@ -116,6 +115,7 @@ from rayrm.bench.trl_env import settings_from_args as tools_settings
 from rayrm.bench.trl_groups import group_records, serve_trl_group
 from rayrm.bench.turns import measure_turn_decoding
 from rayrm.console import LOG_NAME, quiet, warn
+from rayrm.data.prompts import load_prompts
 from rayrm.experiment.resources import claim_local_cores
 from rayrm.models.tiny import build_tiny_model
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from envs.builtin import BUILTIN_PROMPTS
-from envs.prompts import write_prompts_jsonl
 from rayrm.bench.spec import BenchSpec
 from rayrm.config import ConfigError, config_from_dict
 from rayrm.console import say
+from rayrm.data.prompts import write_prompts_jsonl
 from rayrm.models.tiny import build_tiny_policy
 
 REPO = Path(__file__).resolve().parents[2]

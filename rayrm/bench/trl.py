@@ -20,8 +20,8 @@ import tempfile
 import time
 from typing import Any
 
-from envs.prompts import load_prompts
 from rayrm.bench.support import BenchSpec, PeakRSS, Workload, model_info
+from rayrm.data.prompts import load_prompts
 
 TRL_VERSION = "1.12.0"
 RAYRM_OVER_TRL_STOCK_TARGET = 1.5

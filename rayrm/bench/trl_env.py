@@ -132,7 +132,7 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
 def _max_opening(s: ToolsSettings, tokenizer: Any) -> int:
     from envs.multi_turn import load_rows
     from envs.tools import tool_schema
-    from envs.turns import TurnCodec
+    from rayrm.models.turns import TurnCodec
 
     codec = TurnCodec(tokenizer, tools=[tool_schema(fn) for fn in Calculator.tools])
     rows = load_rows(s.rows)

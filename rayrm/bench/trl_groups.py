@@ -22,10 +22,10 @@ import tempfile
 import time
 from typing import Any
 
-from envs.prompts import load_prompts
 from rayrm.bench.spec import GROUP_ALGOS
 from rayrm.bench.support import BenchSpec, PeakRSS, Workload, model_info
 from rayrm.bench.trl import QUIET_CPU_ARGS
+from rayrm.data.prompts import load_prompts
 
 SPEED_TARGET = 1.0
 """rayrm's seconds per iteration must be at most TRL's: TRL's / rayrm's >= 1."""

@@ -53,7 +53,7 @@ def _check_references(cfg: RunConfig) -> None:
     # Imported by name, at use: `import rayrm.config.run` stays cheap, and mypy's strict check of
     # this module does not follow into the envs package.
     load_prompts_with_references = importlib.import_module(
-        "envs.prompts"
+        "rayrm.data.prompts"
     ).load_prompts_with_references
     files = [("data.prompts", cfg.data.prompts)]
     if cfg.eval.every and cfg.eval.prompts is not None:
@@ -81,8 +81,8 @@ def check_dir(key: str, path: str, what: str) -> None:
 
 
 def check_function(spec: str, key: str = "reward.function") -> None:
-    """Imports ``module:function`` and checks it is callable (``envs.functions``)."""
-    import_function = importlib.import_module("envs.functions").import_function
+    """Imports ``module:function`` and checks it is callable (``rayrm.resolver``)."""
+    import_function = importlib.import_module("rayrm.resolver").import_function
     try:
         import_function(spec)
     except ValueError as exc:
@@ -152,7 +152,7 @@ def _uses_conversations(cfg: RunConfig) -> bool:
     multi-turn environment's conversation)."""
     if cfg.data.chat_template or cfg.env is not None:
         return True
-    columns_of = importlib.import_module("envs.prompts").prompt_file_columns
+    columns_of = importlib.import_module("rayrm.data.prompts").prompt_file_columns
     data = cfg.data
     files = [("data.prompts", data.prompts)]
     if cfg.eval.prompts is not None:

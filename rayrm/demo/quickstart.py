@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from envs.builtin import BUILTIN_PROMPTS
-from envs.prompts import write_prompts_jsonl
+from rayrm.data.prompts import write_prompts_jsonl
 from rayrm.models.tiny import build_tiny_policy
 
 QUICKSTART_CONFIG = "config.yaml"

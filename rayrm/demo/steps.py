@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from envs.prompts import load_prompts, write_prompts_jsonl
 from rayrm import metrics as M
 from rayrm.analysis.report import write_report
 from rayrm.config import RunConfig, config_from_dict
 from rayrm.config.stage import RMConfig, SFTConfig, stage_config_from_dict
+from rayrm.data.prompts import load_prompts, write_prompts_jsonl
 from rayrm.demo.data import heldout_prompts, review_corpus, train_prompts, train_tokenizer
 from rayrm.experiment.train import TrainingFailed, run_train
 from rayrm.models.decoding import sample_completions

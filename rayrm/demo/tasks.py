@@ -35,8 +35,8 @@ from typing import Any
 from envs.multi_turn import load_environment
 from envs.protocol import Environment, ToolEnvironment, as_messages
 from envs.tasks import arithmetic, guess
-from envs.tokenization import Conversation
 from envs.tools import ToolCall, call_tool, parse_hermes, render_tool_calls, tool_schema
+from rayrm.models.tokenization import Conversation
 
 __all__ = [
     "DEMO_TEMPLATE",
@@ -71,7 +71,7 @@ DEMO_TEMPLATE = (
 are turns of their own role. An assistant message's structured ``tool_calls`` (as TRL's
 ``GRPOTrainer`` writes them) render after its content as the Hermes blocks the traces hold
 (``envs.tools.render_tool_calls``); rayrm keeps the calls in the content as sampled.
-Prefix-stable (``envs.turns``)."""
+Prefix-stable (``rayrm.models.turns``)."""
 
 Policy = Callable[[Environment, list[dict[str, str]], random.Random], str]
 """A scripted trace writer: (the environment, the conversation so far, rng) -> next turn."""

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from envs.multi_turn import MultiTurnTextEnv
-from envs.prompts import load_prompt_rows, other_columns
-from envs.tokenization import Prompt, PromptCodec
 from rayrm.config import ConfigError, RunConfig
+from rayrm.data.prompts import load_prompt_rows, other_columns
 from rayrm.models.hf_files import read_json
 from rayrm.models.loading import load_tokenizer
+from rayrm.models.tokenization import Prompt, PromptCodec
 from rayrm.rewards.base import RewardSourceError
 from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rl.codec import run_codec

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs.tokenization import Prompt, PromptCodec
 from rayrm.core_algos import sample_tokens
+from rayrm.models.tokenization import Prompt, PromptCodec
 
 __all__ = [
     "decode_batch",
@@ -315,5 +315,5 @@ def sample_sequences(
 def sample_completions(
     model: nn.Module, codec: PromptCodec, prompts: Sequence[Prompt], **kwargs: Any
 ) -> list[str]:
-    """One completion text per prompt (exact text: see ``envs.tokenization``)."""
+    """One completion text per prompt (exact text: see ``rayrm.models.tokenization``)."""
     return [codec.texts(p, g)[1] for p, g in sample_sequences(model, codec, prompts, **kwargs)]

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer
+from rayrm.models.builtin_text import BUILTIN_PROMPTS, build_char_tokenizer
 from rayrm.models.loading import DTYPES
 
 __all__ = [

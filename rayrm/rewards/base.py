@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from envs.functions import import_function
+from rayrm.resolver import import_function
 from rayrm.threads import use_reserved_cpus
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class RewardActor:
 
 
 def resolve_function(spec: str) -> RewardFn:
-    """Imports a reward function named as ``"module:function"`` (``envs.functions``).
+    """Imports a reward function named as ``"module:function"`` (``rayrm.resolver``).
 
     Raises:
         RewardSourceError: One line naming the spec.
@@ -207,7 +207,7 @@ class Completion:
     """What a reward source reads of one finished completion (built from the env's last info).
 
     Attributes:
-        prompt_text: The prompt's tokens decoded (``envs.tokenization``), the exact text.
+        prompt_text: The prompt's tokens decoded (``rayrm.models.tokenization``), the exact text.
         completion: The completion's text: prompt and completion decoded together, split at
             the prompt; the stop token excluded.
         finished: It ended at a stop token or string (terminated), not at the length limit.

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from envs.tokenization import PromptCodec
 from rayrm.config import ConfigError, RunConfig, load_config
 from rayrm.models.decoding import sample_completions
 from rayrm.models.loading import DTYPES, load_causal_lm
 from rayrm.models.lora import peft_model
+from rayrm.models.tokenization import PromptCodec
 from rayrm.rl import rllib_compat as compat
 from rayrm.rl.codec import run_codec
 from rayrm.rl.rllib_compat import MODULE_STATE_FILE

@@ -1,5 +1,5 @@
 """The run's prompt codec: how its prompts become token ids and its completions text
-(``envs.tokenization.PromptCodec``), with the run's settings and its model's stop tokens.
+(``rayrm.models.tokenization.PromptCodec``), with the run's settings and its model's stop tokens.
 
 The env, the held-out evaluation, the report, ``rayrm generate`` and ``rayrm explain`` all
 encode prompts this one way.
@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from envs.tokenization import PromptCodec
 from rayrm.config import RunConfig
 from rayrm.models.hf_files import stop_token_ids_of
+from rayrm.models.tokenization import PromptCodec
 
 __all__ = ["run_codec", "run_stop_token_ids"]
 

@@ -188,7 +188,7 @@ def completion_of(episode: Any) -> Completion:
     """What the reward sources read of a finished episode (its last step's info)."""
     info = episode.get_infos(-1)
     return Completion(
-        prompt_text=info["prompt_text"],  # what the tokens decode to (envs.tokenization)
+        prompt_text=info["prompt_text"],  # what the tokens decode to (rayrm.models.tokenization)
         completion=info["completion"],
         finished=bool(episode.is_terminated),  # a stop token or string, not the length limit
         num_tokens=len(episode) - int(bool(info.get(STOP_TOKEN, False))),  # text's tokens

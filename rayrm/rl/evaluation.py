@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from envs.tokenization import Prompt, PromptCodec
 from rayrm import metrics as M
 from rayrm.config import RunConfig
 from rayrm.models.decoding import sample_sequences
+from rayrm.models.tokenization import Prompt, PromptCodec
 from rayrm.rewards import Scorer
 from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rl.prompt_order import held_out_columns, held_out_prompts

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from envs.multi_turn import load_rows
-from envs.prompts import load_prompt_rows, other_columns
-from envs.tokenization import Prompt
 from rayrm.config import ConfigError, RunConfig
+from rayrm.data.prompts import load_prompt_rows, other_columns
+from rayrm.models.tokenization import Prompt
 from rayrm.rl.episodes import PROMPT_INDEX, group_key
 
 __all__ = [

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from envs.tokenization import PromptCodec
 from rayrm.config import ConfigError
 from rayrm.models.decoding import sample_completions
 from rayrm.models.hf_files import stop_token_ids_of
 from rayrm.models.loading import load_causal_lm, load_tokenizer
+from rayrm.models.tokenization import PromptCodec
 from rayrm.rewards import RewardSourceError, resolve_function
 from rayrm.rl.checkpoint import checkpoint_codec, load_policy
 from rayrm.stages.tables import read_table, string_column

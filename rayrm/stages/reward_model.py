@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from envs.tokenization import Conversation, check_conversation, require_chat_template
 from rayrm.config import ConfigError
 from rayrm.config.stage import RMConfig
+from rayrm.models.tokenization import Conversation, check_conversation, require_chat_template
 from rayrm.stages.batches import pad_right
 from rayrm.stages.tables import conversation_column, read_table, string_column
 from rayrm.stages.trainer import (

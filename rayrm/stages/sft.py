@@ -4,7 +4,7 @@ What belongs here: turning a corpus into ``(input_ids, labels)`` examples, the m
 next-token loss, and the SFT plug-ins of the shared epoch loop in :mod:`rayrm.stages.trainer`.
 
 Examples are encoded the way the PPO environment encodes prompts and the sampler ends
-completions (``envs.tokenization``): the prompt with the special tokens the tokenizer adds by
+completions (``rayrm.models.tokenization``): the prompt with the special tokens the tokenizer adds by
 default (Llama's ``<s>``), the response tokenized in the prompt's context (so SentencePiece's
 word marker stays on its first token), then EOS, so the model learns the token boundary and the
 stop signal it will meet in RL. With prompt/response columns the prompt positions get the label
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from envs.tokenization import Conversation, Message, PromptCodec, require_chat_template
 from rayrm.config import ConfigError
 from rayrm.config.stage import SFTConfig
+from rayrm.models.tokenization import Conversation, Message, PromptCodec, require_chat_template
 from rayrm.stages.batches import pad_right
 from rayrm.stages.tables import (
     TEXT_COLUMN,
@@ -137,7 +137,7 @@ def encode_conversations(
         max_length: Tokens kept per example (the rest cut off at the end).
         tools: Per conversation, the JSON schemas of the tools it offers (``None``: none),
             passed to the template (``apply_chat_template(tools=...)``) as a multi-turn
-            environment passes its tools (``envs.turns``), so that SFT sees the conversation
+            environment passes its tools (``rayrm.models.turns``), so that SFT sees the conversation
             as RL renders it.
 
     Returns:

@@ -1,6 +1,6 @@
 """Columns of data files for the stages and tools, with errors that name the config key.
 
-The file reader is ``envs.tables.read_table`` (Parquet, JSON Lines, ``.txt``); this module turns
+The file reader is ``rayrm.data.tables.read_table`` (Parquet, JSON Lines, ``.txt``); this module turns
 its errors and the columns' problems into one-line :class:`~rayrm.config.ConfigError` s naming
 the key or option the file came from.
 """
@@ -11,10 +11,10 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from envs.tables import TABLE_SUFFIXES, TEXT_COLUMN
-from envs.tables import read_table as _read_table
-from envs.tokenization import check_conversation
 from rayrm.config import ConfigError
+from rayrm.data.tables import TABLE_SUFFIXES, TEXT_COLUMN
+from rayrm.data.tables import read_table as _read_table
+from rayrm.models.tokenization import check_conversation
 
 if TYPE_CHECKING:
     import pyarrow as pa

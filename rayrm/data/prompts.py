@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from envs.tables import read_table
-from envs.tokenization import Prompt, check_conversation
+from rayrm.data.tables import read_table
+from rayrm.models.tokenization import Prompt, check_conversation
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -36,7 +36,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from envs.tokenization import PromptCodec, require_chat_template
+from rayrm.models.tokenization import PromptCodec, require_chat_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -88,7 +88,7 @@ class TurnCodec:
     def first(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         """Ids of the opening conversation with the generation prompt: the prompt of turn 1.
 
-        The same ids as :meth:`envs.tokenization.PromptCodec.encode` gives (not truncated).
+        The same ids as :meth:`rayrm.models.tokenization.PromptCodec.encode` gives (not truncated).
         """
         return self._prompts.encode([dict(m) for m in messages])
 
