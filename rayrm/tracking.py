@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rayrm import metrics as M
-from rayrm.config import ConfigError, RunConfig
+from rayrm.config import ConfigError, RLConfig
 from rayrm.config.tracking import TrackingSettings
 
 __all__ = [
@@ -95,7 +95,7 @@ def wandb_project(run: TrackingSettings, name: str) -> str:
     return run.wandb.project or os.environ.get("WANDB_PROJECT") or name
 
 
-def logger_callbacks(cfg: RunConfig, exp_dir: Path) -> list[Any]:
+def logger_callbacks(cfg: RLConfig, exp_dir: Path) -> list[Any]:
     """Tune's logger callbacks for ``cfg.run.loggers`` (JSON always; Tune adds no others)."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
@@ -115,7 +115,7 @@ def logger_callbacks(cfg: RunConfig, exp_dir: Path) -> list[Any]:
     return callbacks
 
 
-def _mlflow_callback(cfg: RunConfig, exp_dir: Path) -> Any:
+def _mlflow_callback(cfg: RLConfig, exp_dir: Path) -> Any:
     from mlflow.tracking import MlflowClient
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
@@ -162,7 +162,7 @@ def _earlier_mlflow_run(client: Any, experiment_id: str, exp_dir: Path, trial: A
     return str(runs[0].info.run_id) if runs else None
 
 
-def _wandb_callback(cfg: RunConfig, exp_dir: Path) -> Any:
+def _wandb_callback(cfg: RLConfig, exp_dir: Path) -> Any:
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     class RLHFWandbCallback(WandbLoggerCallback):
@@ -183,7 +183,7 @@ def _wandb_callback(cfg: RunConfig, exp_dir: Path) -> Any:
     )
 
 
-def log_artifacts(cfg: RunConfig, exp_dir: Path, trial_id: str, files: list[Path]) -> None:
+def log_artifacts(cfg: RLConfig, exp_dir: Path, trial_id: str, files: list[Path]) -> None:
     """Adds ``files`` (the report and its plots) to the run's MLflow run (the newest one of
     the run folder ``exp_dir``) and W&B run (the trial's id, resumed; offline, written beside
     its first part in ``exp_dir/wandb``)."""

@@ -327,7 +327,7 @@ def episode_of(env: Any, tokens: list[int], options: dict[str, Any] | None = Non
 
 
 def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sections: dict):
-    """A small valid RunConfig for tests; ``sections`` update individual sections."""
+    """A small valid RLConfig for tests; ``sections`` update individual sections."""
     from rayrm.config import config_from_dict
 
     d = {

@@ -16,7 +16,7 @@ import yaml
 from rayrm import metrics as M
 from rayrm.config import (
     ConfigError,
-    RunConfig,
+    RLConfig,
     config_from_dict,
     load_config,
     resolve_paths,
@@ -486,4 +486,4 @@ def test_config_from_dict_does_not_touch_the_filesystem() -> None:
 
 
 def test_run_config_is_the_documented_type() -> None:
-    assert isinstance(config_from_dict(minimal()), RunConfig)
+    assert isinstance(config_from_dict(minimal()), RLConfig)

@@ -38,7 +38,7 @@ def test_cli_prints_the_schema():
     schema = json.loads(proc.stdout)
     assert schema["$schema"].endswith("2020-12/schema")
     assert {"model", "data", "ppo", "reward"} <= set(schema["properties"])
-    ppo = schema["$defs"]["PPOConfig"]["properties"]
+    ppo = schema["$defs"]["PPOSettings"]["properties"]
     assert ppo["lr"]["exclusiveMinimum"] == 0 and "learning rate" in ppo["lr"]["description"]
 
 

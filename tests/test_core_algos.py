@@ -756,10 +756,10 @@ def test_config_names_are_the_registered_estimators_and_aggregations():
     registered in core_algos (the config stays torch-free, so it lists them itself)."""
     import typing
 
-    from rayrm.config import PPOConfig
+    from rayrm.config import PPOSettings
     from rayrm.core_algos import AGGREGATIONS, ESTIMATOR_FUNCTIONS
 
-    fields = PPOConfig.model_fields
+    fields = PPOSettings.model_fields
     assert set(typing.get_args(fields["advantage_estimator"].annotation)) == set(
         ESTIMATOR_FUNCTIONS
     )

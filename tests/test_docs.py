@@ -32,7 +32,7 @@ from conftest import REPO
 from rayrm.config import ConfigError, apply_override, config_from_dict
 from rayrm.config.io import read_yaml_with_overrides
 from rayrm.config.reference import markdown, undocumented
-from rayrm.config.run import RunConfig
+from rayrm.config.run import RLConfig
 from rayrm.config.stage import RMConfig, SFTConfig, stage_config_from_dict
 from rayrm.models.tokenization import check_conversation
 
@@ -54,7 +54,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
 
 STAGE_TITLES = {"sft.yaml": SFTConfig, "rm.yaml": RMConfig}
 COMMAND_KINDS = {"train": "run", "tune": "run", "quickstart": "run", "sft": "sft", "train-rm": "rm"}
-KIND_CLASSES = {"run": RunConfig, "sft": SFTConfig, "rm": RMConfig}
+KIND_CLASSES = {"run": RLConfig, "sft": SFTConfig, "rm": RMConfig}
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ def test_yaml_example_validates(block: Block, tmp_path):
         if stage is not None:
             stage_config_from_dict(stage, read_yaml_with_overrides(path, [], stage))
             return
-        raw = read_yaml_with_overrides(path, [], RunConfig)
+        raw = read_yaml_with_overrides(path, [], RLConfig)
         config_from_dict(raw if {"model", "data"} <= set(raw) else _merged(MINIMAL["run"], raw))
     except ConfigError as exc:
         pytest.fail(f"{block.where}: {exc}")

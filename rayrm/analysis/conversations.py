@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rayrm.config import RunConfig
+from rayrm.config import RLConfig
 from rayrm.models.loading import load_causal_lm
 from rayrm.rewards import pool_from_config
 from rayrm.rl.checkpoint import load_policy
@@ -28,7 +28,7 @@ from rayrm.rl.settings import environment_of, policy_vocab_size
 __all__ = ["conversation_block", "episodes_before_after", "episodes_headline", "episodes_section"]
 
 
-def episodes_before_after(cfg: RunConfig, exp_dir: Path) -> dict[str, Any]:
+def episodes_before_after(cfg: RLConfig, exp_dir: Path) -> dict[str, Any]:
     """Each held-out row played once by the initial and by the final policy.
 
     Returns:

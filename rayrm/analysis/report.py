@@ -23,7 +23,7 @@ from rayrm.analysis.conversations import (
     episodes_headline,
     episodes_section,
 )
-from rayrm.config import RunConfig
+from rayrm.config import RLConfig
 from rayrm.models.decoding import sample_sequences
 from rayrm.models.loading import load_causal_lm
 from rayrm.rewards import pool_from_config
@@ -99,7 +99,7 @@ def _plot(path: Path, title: str, curves: list[tuple[str, list[int], list[float]
 
 
 def _score(
-    cfg: RunConfig,
+    cfg: RLConfig,
     prompts: list[str],
     completions: list[str],
     references: list[str] | None,
@@ -122,7 +122,7 @@ def _score(
     return out
 
 
-def _before_after(cfg: RunConfig, exp_dir: Path) -> dict[str, Any]:
+def _before_after(cfg: RLConfig, exp_dir: Path) -> dict[str, Any]:
     """Completions of the initial and the final policy for the same held-out prompts."""
 
     final, tokenizer, _, ckpt = load_policy(exp_dir)
@@ -177,7 +177,7 @@ def _completion_table(ba: dict[str, Any], rows: int) -> list[str]:
     return lines
 
 
-def _plots(cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, tuple[str, list]]:
+def _plots(cfg: RLConfig, results: list[dict[str, Any]]) -> dict[str, tuple[str, list]]:
     """The report's plots: file name -> (title, curves)."""
     held_out = "held-out: proxy vs gold"
     plots: dict[str, tuple[str, list]] = {
@@ -212,7 +212,7 @@ def _plots(cfg: RunConfig, results: list[dict[str, Any]]) -> dict[str, tuple[str
     return plots
 
 
-def write_report(cfg: RunConfig, exp_dir: str | Path) -> tuple[Path, list[str]]:
+def write_report(cfg: RLConfig, exp_dir: str | Path) -> tuple[Path, list[str]]:
     """Writes ``report.md`` and plots into ``exp_dir``: completions before and after, or for
     a multi-turn run (an ``env`` section) held-out success and whole conversations
     (``rayrm.analysis.conversations``).

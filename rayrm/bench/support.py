@@ -197,7 +197,7 @@ def model_info(spec: BenchSpec, workload: Workload) -> dict[str, Any]:
 
 
 def run_config(spec: BenchSpec, workload: Workload, storage: str) -> Any:
-    """The rayrm RunConfig of one benchmark configuration: the config file a user would give
+    """The rayrm RLConfig of one benchmark configuration: the config file a user would give
     ``rayrm train``, every resource at its default unless the spec sets it (``num_cpus``,
     ``num_cpus_per_learner``, remote env runners and learners). The trial reserves what
     ``rayrm train`` then derives from it (``rayrm.bench.trial``)."""

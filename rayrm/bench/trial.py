@@ -22,7 +22,7 @@ import torch
 
 from rayrm import metrics as M
 from rayrm.bench.support import REPO
-from rayrm.config import RunConfig
+from rayrm.config import RLConfig
 from rayrm.console import warn
 from rayrm.experiment.resources import trial_bundles, wait_for_resources
 from rayrm.experiment.train import start_ray_for
@@ -83,7 +83,7 @@ class PlacedTrial:
     a placement group of its bundles (``trial_bundles``), the actor in the first one, child
     actors captured by the group."""
 
-    def __init__(self, cfg: RunConfig, logs: str) -> None:
+    def __init__(self, cfg: RLConfig, logs: str) -> None:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -146,7 +146,7 @@ class PlacedTrial:
             ray.util.remove_placement_group(self.pg)
 
 
-def start_local_ray(cfg: RunConfig, temp_dir: str) -> RunConfig:
+def start_local_ray(cfg: RLConfig, temp_dir: str) -> RLConfig:
     """Starts the Ray ``rayrm train`` runs ``cfg`` on: a local one (``run.num_cpus`` CPUs, all
     cores by default) keeping its files in ``temp_dir``, its workers running this checkout's
     code. Returns the config as its trial reserves there."""

@@ -14,16 +14,16 @@ Cheap to import: no ``ray``, no ``torch``; every check runs before Ray starts.
 from rayrm.config.base import REQUIRED, ConfigError
 from rayrm.config.checks import validate_paths, validate_reward_paths
 from rayrm.config.io import apply_override, config_from_dict, load_config, resolve_paths
-from rayrm.config.reward import RewardComponent, RewardConfig
+from rayrm.config.reward import RewardComponent, RewardSettings
 from rayrm.config.run import (
     PROMPT_SUFFIXES,
-    DataConfig,
+    DataSettings,
     EvalSettings,
-    GenerationConfig,
-    ModelConfig,
-    PPOConfig,
-    ResourcesConfig,
-    RunConfig,
+    GenerationSettings,
+    ModelSettings,
+    PPOSettings,
+    ResourcesSettings,
+    RLConfig,
     RunSettings,
     TuneSettings,
 )
@@ -32,15 +32,15 @@ __all__ = [
     "PROMPT_SUFFIXES",
     "REQUIRED",
     "ConfigError",
-    "DataConfig",
+    "DataSettings",
     "EvalSettings",
-    "GenerationConfig",
-    "ModelConfig",
-    "PPOConfig",
-    "ResourcesConfig",
+    "GenerationSettings",
+    "ModelSettings",
+    "PPOSettings",
+    "ResourcesSettings",
     "RewardComponent",
-    "RewardConfig",
-    "RunConfig",
+    "RewardSettings",
+    "RLConfig",
     "RunSettings",
     "TuneSettings",
     "apply_override",

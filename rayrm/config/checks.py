@@ -13,8 +13,8 @@ import os
 from typing import Any
 
 from rayrm.config.base import ConfigError
-from rayrm.config.reward import RewardConfig
-from rayrm.config.run import RunConfig
+from rayrm.config.reward import RewardSettings
+from rayrm.config.run import RLConfig
 from rayrm.models.hf_files import (
     TOKENIZER_FILES,
     chat_template_of,
@@ -26,7 +26,7 @@ from rayrm.models.hf_files import (
 __all__ = ["check_dir", "check_function", "validate_paths", "validate_reward_paths"]
 
 
-def validate_reward_paths(reward: RewardConfig) -> None:
+def validate_reward_paths(reward: RewardSettings) -> None:
     """Reward-model directories exist and reward functions import, components included.
 
     Part of :func:`validate_paths`; on its own for reward-only configs (``rayrm serve-rm``).
@@ -46,7 +46,7 @@ def validate_reward_paths(reward: RewardConfig) -> None:
                 check_dir(f"{prefix}.members[{j}]", member, "an ensemble reward-model directory")
 
 
-def _check_references(cfg: RunConfig) -> None:
+def _check_references(cfg: RLConfig) -> None:
     """A reward that compares with references finds a reference column in its prompt files."""
     if not cfg.reward.needs_references:
         return
@@ -89,11 +89,11 @@ def check_function(spec: str, key: str = "reward.function") -> None:
         raise ConfigError(f"{key} {exc}", key=key) from exc
 
 
-def validate_paths(cfg: RunConfig) -> None:
+def validate_paths(cfg: RLConfig) -> None:
     """Checks that the files and directories the config names exist, and the reward function.
 
     Args:
-        cfg: A config that passed :meth:`RunConfig.validate`.
+        cfg: A config that passed :meth:`RLConfig.validate`.
 
     Raises:
         ConfigError: Naming the key and the path (or ``module:function``) at fault.
@@ -147,7 +147,7 @@ def validate_paths(cfg: RunConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _uses_conversations(cfg: RunConfig) -> bool:
+def _uses_conversations(cfg: RLConfig) -> bool:
     """Whether prompts are rendered with a chat template (the flag, a messages column, or a
     multi-turn environment's conversation)."""
     if cfg.data.chat_template or cfg.env is not None:
@@ -167,7 +167,7 @@ def _uses_conversations(cfg: RunConfig) -> bool:
     return False
 
 
-def _check_policy_model(cfg: RunConfig, conversations: bool) -> None:
+def _check_policy_model(cfg: RLConfig, conversations: bool) -> None:
     """Tokenizer present and within the embedding, sequences within the position limit, a
     chat template when prompts are conversations."""
     model = cfg.model
@@ -224,7 +224,7 @@ def _check_policy_model(cfg: RunConfig, conversations: bool) -> None:
         )
 
 
-def _check_reward_tokenizers(reward: RewardConfig, conversations: bool) -> None:
+def _check_reward_tokenizers(reward: RewardSettings, conversations: bool) -> None:
     """Every reward model finds a tokenizer (its own or ``tokenizer_path``), with a chat
     template when the prompts are conversations."""
     sources: list[tuple[str, Any]] = [("reward", reward)]

@@ -28,8 +28,8 @@ from rayrm.config.base import (
     unknown_key,
 )
 from rayrm.config.checks import validate_paths
-from rayrm.config.reward import RewardComponent, RewardConfig
-from rayrm.config.run import RunConfig
+from rayrm.config.reward import RewardComponent, RewardSettings
+from rayrm.config.run import RLConfig
 
 __all__ = [
     "absolute",
@@ -41,7 +41,7 @@ __all__ = [
     "resolve_paths",
 ]
 
-_R = TypeVar("_R", RewardConfig, RewardComponent)
+_R = TypeVar("_R", RewardSettings, RewardComponent)
 
 
 class _Loader(yaml.SafeLoader):
@@ -55,10 +55,10 @@ _Loader.add_implicit_resolver(
 )
 
 
-def apply_override(raw: dict[str, Any], override: str, root: type[Section] = RunConfig) -> None:
+def apply_override(raw: dict[str, Any], override: str, root: type[Section] = RLConfig) -> None:
     """Sets ``dotted.key=value`` in ``raw`` after checking the key against ``root``'s schema.
 
-    ``root`` is the config class the YAML fills (:class:`RunConfig`, or the SFT and
+    ``root`` is the config class the YAML fills (:class:`RLConfig`, or the SFT and
     reward-model stage configs: one ``--set`` for every command).
     """
     dotted, sep, text = override.partition("=")
@@ -150,7 +150,7 @@ def read_yaml_with_overrides(
 
 def load_config(
     path: str | Path, overrides: Sequence[str] = (), *, check_paths: bool = True
-) -> RunConfig:
+) -> RLConfig:
     """Reads a YAML run config, applies ``--set`` overrides, validates and resolves paths.
 
     Args:
@@ -166,15 +166,15 @@ def load_config(
     Raises:
         ConfigError: Naming the file or the dotted key of the first problem found.
     """
-    raw = read_yaml_with_overrides(path, overrides, RunConfig)
+    raw = read_yaml_with_overrides(path, overrides, RLConfig)
     return config_from_dict(raw, check_paths=check_paths)
 
 
-def config_from_dict(d: Mapping[str, Any], *, check_paths: bool = False) -> RunConfig:
-    """Builds and checks a :class:`RunConfig` from plain nested mappings.
+def config_from_dict(d: Mapping[str, Any], *, check_paths: bool = False) -> RLConfig:
+    """Builds and checks a :class:`RLConfig` from plain nested mappings.
 
     Args:
-        d: Sections and values, as in the YAML file (e.g. from :meth:`RunConfig.to_dict`).
+        d: Sections and values, as in the YAML file (e.g. from :meth:`RLConfig.to_dict`).
         check_paths: Also make paths absolute and check them with
             :func:`rayrm.config.checks.validate_paths`. Leave False where the filesystem is
             not the user's (e.g. in Ray workers).
@@ -185,7 +185,7 @@ def config_from_dict(d: Mapping[str, Any], *, check_paths: bool = False) -> RunC
     Raises:
         ConfigError: On the first problem found.
     """
-    cfg = build(RunConfig, d)
+    cfg = build(RLConfig, d)
     cfg.check()
     if check_paths:
         cfg = resolve_paths(cfg)
@@ -206,7 +206,7 @@ def absolute_or_none(path: str | None) -> str | None:
     return None if path is None else absolute(path)
 
 
-def resolve_paths(cfg: RunConfig) -> RunConfig:
+def resolve_paths(cfg: RLConfig) -> RLConfig:
     """A copy of ``cfg`` with every path absolute (``~`` expanded, relative to the cwd)."""
     model, reward = cfg.model, cfg.reward
     return cfg.model_copy(

@@ -12,10 +12,10 @@ from pydantic import Field
 
 from rayrm.config.base import Section
 
-__all__ = ["PPOConfig"]
+__all__ = ["PPOSettings"]
 
 
-class PPOConfig(Section):
+class PPOSettings(Section):
     """PPO with a per-token KL penalty against the frozen reference policy.
 
     Attributes:

@@ -1,6 +1,6 @@
 """The ``reward`` section of a run: where scores come from and how they are shaped.
 
-Typed sections (:class:`RewardConfig`, one :class:`RewardComponent` per composite term) and the
+Typed sections (:class:`RewardSettings`, one :class:`RewardComponent` per composite term) and the
 checks between their fields (:func:`check_reward`). No filesystem access here: directories and
 imports are checked by ``rayrm.config.checks``.
 """
@@ -14,7 +14,7 @@ from pydantic import Field
 
 from rayrm.config.base import ConfigError, NonEmptyStr, Section
 
-__all__ = ["FUNCTION_RE", "RewardComponent", "RewardConfig", "check_reward"]
+__all__ = ["FUNCTION_RE", "RewardComponent", "RewardSettings", "check_reward"]
 
 FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 """What a ``"module:function"`` reference looks like."""
@@ -51,7 +51,7 @@ class RewardComponent(Section):
     uncertainty_coef: float = Field(1.0, ge=0)
 
 
-class RewardConfig(Section):
+class RewardSettings(Section):
     """Where scores come from and how they are shaped.
 
     Attributes:
@@ -212,7 +212,7 @@ def _check_source(prefix: str, source: str, path: Any, function: Any, members: l
         )
 
 
-def check_reward(reward: RewardConfig) -> None:
+def check_reward(reward: RewardSettings) -> None:
     """Each reward source has what it needs; composite components are checked one by one."""
     _check_source("reward", reward.source, reward.path, reward.function, reward.members)
     if reward.source != "composite":

@@ -1,8 +1,8 @@
 """The run config: everything one ``rayrm train``/``rayrm tune`` run is told.
 
 Typed sections, each documented once in the ``Attributes`` of its class; one YAML file fills
-:class:`RunConfig`. Types, enum values and ranges are checked when the config is built
-(``rayrm.config.base.build``); :meth:`RunConfig.check` adds the relations between fields. Paths
+:class:`RLConfig`. Types, enum values and ranges are checked when the config is built
+(``rayrm.config.base.build``); :meth:`RLConfig.check` adds the relations between fields. Paths
 and imports are checked by ``rayrm.config.checks``, YAML and ``--set`` by ``rayrm.config.io``.
 This module must stay cheap to import: no ``ray``, no ``torch``.
 """
@@ -18,22 +18,22 @@ from pydantic import Field
 from rayrm.config.base import ConfigError, NonEmptyStr, Section
 from rayrm.config.environment import EnvSettings
 from rayrm.config.lora import LoraSettings
-from rayrm.config.ppo import PPOConfig
-from rayrm.config.reward import FUNCTION_RE, RewardConfig, check_reward
+from rayrm.config.ppo import PPOSettings
+from rayrm.config.reward import FUNCTION_RE, RewardSettings, check_reward
 from rayrm.config.tracking import TrackingSettings
 from rayrm.config.tune import SAMPLERS, TuneSettings, check_search_space
 
 __all__ = [
     "PROMPT_SUFFIXES",
     "SAMPLERS",
-    "DataConfig",
+    "DataSettings",
     "EnvSettings",
     "EvalSettings",
-    "GenerationConfig",
-    "ModelConfig",
-    "PPOConfig",
-    "ResourcesConfig",
-    "RunConfig",
+    "GenerationSettings",
+    "ModelSettings",
+    "PPOSettings",
+    "ResourcesSettings",
+    "RLConfig",
     "RunSettings",
     "TuneSettings",
 ]
@@ -42,7 +42,7 @@ PROMPT_SUFFIXES = (".parquet", ".jsonl", ".json")
 """File extensions that ``data.prompts`` may have."""
 
 
-class ModelConfig(Section):
+class ModelSettings(Section):
     """The policy (and critic) to fine-tune.
 
     Attributes:
@@ -90,7 +90,7 @@ class ModelConfig(Section):
         return self.critic_path if self.critic_path is not None else self.path
 
 
-class DataConfig(Section):
+class DataSettings(Section):
     """The prompts sampled each iteration.
 
     Attributes:
@@ -120,7 +120,7 @@ class DataConfig(Section):
     reference_column: NonEmptyStr = "reference"
 
 
-class GenerationConfig(Section):
+class GenerationSettings(Section):
     """How completions are sampled from the policy.
 
     Attributes:
@@ -148,7 +148,7 @@ class GenerationConfig(Section):
     samples_per_prompt: int = Field(1, ge=1)
 
 
-class ResourcesConfig(Section):
+class ResourcesSettings(Section):
     """Ray resources for sampling and learning.
 
     Attributes:
@@ -261,18 +261,18 @@ class EvalSettings(Section):
     report_samples: int = Field(6, ge=0)
 
 
-class RunConfig(Section):
+class RLConfig(Section):
     """Everything one run is told; one YAML file fills it.
 
     Attributes:
         name: Experiment name: the run's folder under ``run.storage_path``.
         seed: Seed for prompt order, sampling and initialisation.
-        model: See :class:`ModelConfig`.
-        data: See :class:`DataConfig`.
-        generation: See :class:`GenerationConfig`.
-        reward: See :class:`RewardConfig`.
-        ppo: See :class:`PPOConfig`.
-        resources: See :class:`ResourcesConfig`.
+        model: See :class:`ModelSettings`.
+        data: See :class:`DataSettings`.
+        generation: See :class:`GenerationSettings`.
+        reward: See :class:`RewardSettings`.
+        ppo: See :class:`PPOSettings`.
+        resources: See :class:`ResourcesSettings`.
         run: See :class:`RunSettings`.
         tune: See :class:`TuneSettings`.
         eval: See :class:`EvalSettings`.
@@ -281,12 +281,12 @@ class RunConfig(Section):
 
     name: NonEmptyStr = "rayrm"
     seed: int = Field(0, ge=0)
-    model: ModelConfig
-    data: DataConfig
-    generation: GenerationConfig = GenerationConfig()
-    reward: RewardConfig = RewardConfig()
-    ppo: PPOConfig = PPOConfig()
-    resources: ResourcesConfig = ResourcesConfig()
+    model: ModelSettings
+    data: DataSettings
+    generation: GenerationSettings = GenerationSettings()
+    reward: RewardSettings = RewardSettings()
+    ppo: PPOSettings = PPOSettings()
+    resources: ResourcesSettings = ResourcesSettings()
     run: RunSettings = RunSettings()
     tune: TuneSettings = TuneSettings()
     eval: EvalSettings = EvalSettings()
@@ -356,7 +356,7 @@ class RunConfig(Section):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_relations(cfg: RunConfig) -> None:
+def _check_relations(cfg: RLConfig) -> None:
     """Cross-field checks; each message says why the fields must agree."""
     if "/" in cfg.name or "\\" in cfg.name or cfg.name in (".", ".."):
         raise ConfigError(
@@ -431,7 +431,7 @@ def _check_relations(cfg: RunConfig) -> None:
         )
 
 
-def _check_groups(cfg: RunConfig, learners: int) -> None:
+def _check_groups(cfg: RLConfig, learners: int) -> None:
     """Group sampling and the critic-free estimators."""
     ppo, n = cfg.ppo, cfg.generation.samples_per_prompt
     if ppo.uses_groups and n < 2:
@@ -456,7 +456,7 @@ def _check_groups(cfg: RunConfig, learners: int) -> None:
         )
 
 
-def _check_env(cfg: RunConfig) -> None:
+def _check_env(cfg: RLConfig) -> None:
     """The ``env`` section (multi-turn episodes) and what it needs of the others."""
     if cfg.reward.source == "env" and cfg.env is None:
         raise ConfigError(

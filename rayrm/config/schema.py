@@ -15,12 +15,12 @@ import typing
 from typing import Any
 
 from rayrm.config.base import Section
-from rayrm.config.run import RunConfig
+from rayrm.config.run import RLConfig
 from rayrm.config.stage import RMConfig, SFTConfig
 
 __all__ = ["KINDS", "attribute_docs", "field_docs", "json_schema"]
 
-KINDS: dict[str, type[Section]] = {"run": RunConfig, "sft": SFTConfig, "rm": RMConfig}
+KINDS: dict[str, type[Section]] = {"run": RLConfig, "sft": SFTConfig, "rm": RMConfig}
 """Config kinds: ``rayrm train``/``tune`` (run), ``rayrm sft``, ``rayrm train-rm`` (rm)."""
 
 

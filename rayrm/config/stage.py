@@ -31,15 +31,15 @@ from rayrm.config.tracking import TrackingSettings
 __all__ = [
     "PREFERENCE_SUFFIXES",
     "SFT_SUFFIXES",
-    "PreferenceDataConfig",
+    "PreferenceDataSettings",
     "RMConfig",
     "SFTConfig",
-    "SFTDataConfig",
+    "SFTDataSettings",
     "StageConfig",
-    "StageModelConfig",
-    "StageOutputConfig",
-    "StageResourcesConfig",
-    "StageTrainConfig",
+    "StageModelSettings",
+    "StageOutputSettings",
+    "StageResourcesSettings",
+    "StageTrainSettings",
     "load_stage_config",
     "stage_config_from_dict",
 ]
@@ -58,7 +58,7 @@ _C = TypeVar("_C", bound="StageConfig")
 # ---------------------------------------------------------------------------------------------
 
 
-class StageModelConfig(Section):
+class StageModelSettings(Section):
     """The model a stage starts from.
 
     Attributes:
@@ -81,7 +81,7 @@ class StageModelConfig(Section):
         return self.tokenizer_path if self.tokenizer_path is not None else self.path
 
 
-class SFTDataConfig(Section):
+class SFTDataSettings(Section):
     """The SFT corpus.
 
     Attributes:
@@ -116,7 +116,7 @@ class SFTDataConfig(Section):
     max_length: int = Field(512, ge=2)
 
 
-class PreferenceDataConfig(Section):
+class PreferenceDataSettings(Section):
     """The preference pairs.
 
     Attributes:
@@ -142,7 +142,7 @@ class PreferenceDataConfig(Section):
     max_length: int = Field(512, ge=1)
 
 
-class StageTrainConfig(Section):
+class StageTrainSettings(Section):
     """Optimisation.
 
     Attributes:
@@ -166,7 +166,7 @@ class StageTrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
 
 
-class StageResourcesConfig(Section):
+class StageResourcesSettings(Section):
     """Ray Train workers (data-parallel: DDP over gloo on CPU, NCCL on GPU).
 
     Attributes:
@@ -186,7 +186,7 @@ class StageResourcesConfig(Section):
     max_failures: int = Field(0, ge=0)
 
 
-class StageOutputConfig(Section):
+class StageOutputSettings(Section):
     """Where results go.
 
     Attributes:
@@ -255,21 +255,21 @@ class SFTConfig(StageConfig):
 
     Attributes:
         name: Run folder name under ``output.storage_path``.
-        model: See :class:`StageModelConfig` (a causal LM).
-        data: See :class:`SFTDataConfig`.
-        train: See :class:`StageTrainConfig`.
-        resources: See :class:`StageResourcesConfig`.
-        output: See :class:`StageOutputConfig`.
+        model: See :class:`StageModelSettings` (a causal LM).
+        data: See :class:`SFTDataSettings`.
+        train: See :class:`StageTrainSettings`.
+        resources: See :class:`StageResourcesSettings`.
+        output: See :class:`StageOutputSettings`.
         run: Where each epoch's metrics also go
             (:class:`~rayrm.config.tracking.TrackingSettings`).
     """
 
     name: NonEmptyStr = "sft"
-    model: StageModelConfig
-    data: SFTDataConfig
-    train: StageTrainConfig = StageTrainConfig()
-    resources: StageResourcesConfig = StageResourcesConfig()
-    output: StageOutputConfig
+    model: StageModelSettings
+    data: SFTDataSettings
+    train: StageTrainSettings = StageTrainSettings()
+    resources: StageResourcesSettings = StageResourcesSettings()
+    output: StageOutputSettings
     run: TrackingSettings = TrackingSettings()
 
     KIND: typing.ClassVar[str] = "sft"
@@ -292,21 +292,21 @@ class RMConfig(StageConfig):
 
     Attributes:
         name: Run folder name under ``output.storage_path``.
-        model: See :class:`StageModelConfig` (a causal LM or a one-label seq-cls model).
-        data: See :class:`PreferenceDataConfig`.
-        train: See :class:`StageTrainConfig`.
-        resources: See :class:`StageResourcesConfig`.
-        output: See :class:`StageOutputConfig`.
+        model: See :class:`StageModelSettings` (a causal LM or a one-label seq-cls model).
+        data: See :class:`PreferenceDataSettings`.
+        train: See :class:`StageTrainSettings`.
+        resources: See :class:`StageResourcesSettings`.
+        output: See :class:`StageOutputSettings`.
         run: Where each epoch's metrics also go
             (:class:`~rayrm.config.tracking.TrackingSettings`).
     """
 
     name: NonEmptyStr = "reward-model"
-    model: StageModelConfig
-    data: PreferenceDataConfig
-    train: StageTrainConfig = StageTrainConfig()
-    resources: StageResourcesConfig = StageResourcesConfig()
-    output: StageOutputConfig
+    model: StageModelSettings
+    data: PreferenceDataSettings
+    train: StageTrainSettings = StageTrainSettings()
+    resources: StageResourcesSettings = StageResourcesSettings()
+    output: StageOutputSettings
     run: TrackingSettings = TrackingSettings()
 
     KIND: typing.ClassVar[str] = "rm"
@@ -418,7 +418,7 @@ def _read_model_config(path: str) -> dict[str, Any]:
 
 
 def _check_model(cfg: StageConfig) -> None:
-    model: StageModelConfig = cfg.model  # type: ignore[attr-defined]
+    model: StageModelSettings = cfg.model  # type: ignore[attr-defined]
     check_dir("model.path", model.path, "a local Hugging Face model directory")
     hf = _read_model_config(model.path)
     architectures = [str(a) for a in hf.get("architectures") or []]
@@ -457,7 +457,7 @@ def validate_stage_paths(cfg: StageConfig) -> None:
         raise ConfigError(f"data.path {data_path!r} does not exist", key="data.path")
     if not os.path.isfile(data_path):
         raise ConfigError(f"data.path {data_path!r} is not a file", key="data.path")
-    out: StageOutputConfig = cfg.output  # type: ignore[attr-defined]
+    out: StageOutputSettings = cfg.output  # type: ignore[attr-defined]
     if os.path.exists(out.dir):
         if not os.path.isdir(out.dir):
             raise ConfigError(

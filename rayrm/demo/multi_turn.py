@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rayrm import metrics as M
-from rayrm.config import RunConfig, config_from_dict
+from rayrm.config import RLConfig, config_from_dict
 from rayrm.config.stage import SFTConfig, stage_config_from_dict
 from rayrm.demo.cache import StageResult, quiet_single_threaded, run_stage
 from rayrm.demo.steps import GRPO_SAMPLES, ppo_section, stage_common
@@ -160,7 +160,7 @@ def build_sft(d: Path, task: Task, s: TaskSizes, data: Path, tok: Path) -> dict[
 
 
 def rl_config(name: str, storage: Path, task: Task, s: TaskSizes, sft_model: str,
-              data: Path) -> RunConfig:  # fmt: skip
+              data: Path) -> RLConfig:  # fmt: skip
     """The ``rayrm train`` config of the RL stage: the task's environment pays the reward."""
     return config_from_dict(
         {
@@ -198,7 +198,7 @@ def rl_config(name: str, storage: Path, task: Task, s: TaskSizes, sft_model: str
 
 
 def evaluate_policies(
-    cfg: RunConfig, models: dict[str, Any], heldout: Path, *, seed: int
+    cfg: RLConfig, models: dict[str, Any], heldout: Path, *, seed: int
 ) -> dict[str, dict[str, float]]:
     """Each model plays every held-out row once with the run's sampler and sampling settings
     (same seed for all): :func:`rayrm.rl.env_evaluation.success_rate` per model."""

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from rayrm import metrics as M
 from rayrm.analysis.report import write_report
-from rayrm.config import RunConfig, config_from_dict
+from rayrm.config import RLConfig, config_from_dict
 from rayrm.config.stage import RMConfig, SFTConfig, stage_config_from_dict
 from rayrm.data.prompts import load_prompts, write_prompts_jsonl
 from rayrm.demo.data import heldout_prompts, review_corpus, train_prompts, train_tokenizer
@@ -286,7 +286,7 @@ def build_reward_model(
 
 def ppo_config(
     name: str, storage: Path, s: DemoSizes, sft_model: str, rm: str, data: Path
-) -> RunConfig:
+) -> RLConfig:
     """The ``rayrm train`` config of the PPO stage (reward: the learned model; gold: VADER)."""
 
     heldout_rows = len(load_prompts(data / "heldout.jsonl"))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from envs.multi_turn import MultiTurnTextEnv
-from rayrm.config import ConfigError, RunConfig
+from rayrm.config import ConfigError, RLConfig
 from rayrm.data.prompts import load_prompt_rows, other_columns
 from rayrm.models.hf_files import read_json
 from rayrm.models.loading import load_tokenizer
@@ -41,7 +41,7 @@ PROBE_PROMPTS = 2
 """Prompts a reward or gold function is called on in preflight (with empty completions)."""
 
 
-def preflight(cfg: RunConfig) -> str:
+def preflight(cfg: RLConfig) -> str:
     """Reads and tries what ``cfg`` (paths already checked) names; returns a summary line.
 
     Raises:
@@ -86,7 +86,7 @@ def preflight(cfg: RunConfig) -> str:
     return summary
 
 
-def _episode_openings(cfg: RunConfig) -> str:
+def _episode_openings(cfg: RLConfig) -> str:
     """A multi-turn run's environment built on the first rows (up to 1,000) of its prompts
     file, each episode opened as the env runners open it; their lengths summarised."""
     from rayrm.rl.settings import environment_of
@@ -117,7 +117,7 @@ def _episode_openings(cfg: RunConfig) -> str:
     )
 
 
-def _prompts(cfg: RunConfig, key: str, path: str) -> tuple[list[Prompt], list[str] | None]:
+def _prompts(cfg: RLConfig, key: str, path: str) -> tuple[list[Prompt], list[str] | None]:
     data = cfg.data
     try:
         prompts, references = load_prompt_rows(
@@ -135,7 +135,7 @@ def _prompts(cfg: RunConfig, key: str, path: str) -> tuple[list[Prompt], list[st
     return prompts, references
 
 
-def _encode_summary(cfg: RunConfig, codec: PromptCodec, prompts: list[Prompt]) -> str:
+def _encode_summary(cfg: RLConfig, codec: PromptCodec, prompts: list[Prompt]) -> str:
     """Encodes the prompts (at most the first 1,000) and summarises their token lengths."""
     sample = prompts[:1000]
     lengths = []
@@ -160,7 +160,7 @@ def _encode_summary(cfg: RunConfig, codec: PromptCodec, prompts: list[Prompt]) -
 
 
 def _probe_reward(
-    cfg: RunConfig,
+    cfg: RLConfig,
     probe: list[str],
     references: list[str] | None,
     columns: list[dict[str, Any]] | None,

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from rayrm.config import ConfigError, RunConfig
+from rayrm.config import ConfigError, RLConfig
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 
 __all__ = ["claim_local_cores", "trial_bundles", "unmet", "wait_for_resources"]
@@ -25,14 +25,14 @@ Bundle = dict[str, float]
 _EPS = 1e-9
 
 
-def trial_bundles(cfg: RunConfig) -> tuple[list[Bundle], str]:
+def trial_bundles(cfg: RLConfig) -> tuple[list[Bundle], str]:
     """The bundles of one trial of ``cfg`` and their placement strategy, as Tune requests them."""
     pgf = RLHFPPO.default_resource_request(build_algo_config(cfg))
     bundles = [{k: float(v) for k, v in b.items() if v} for b in pgf.bundles]
     return bundles, pgf.strategy
 
 
-def claim_local_cores(cfg: RunConfig, local_cpus: float) -> RunConfig:
+def claim_local_cores(cfg: RLConfig, local_cpus: float) -> RLConfig:
     """A lone trial on a local Ray of ``local_cpus`` CPUs: its local learner reserves what the
     other bundles (env runners, reward actors, a pipelined sampler) leave, at least one CPU,
     unless ``resources.num_cpus_per_learner`` was given or learners are remote. Its update
@@ -92,7 +92,7 @@ def _live_nodes() -> list[Bundle]:
     ]
 
 
-def wait_for_resources(cfg: RunConfig, *, poll_s: float = 1.0) -> None:
+def wait_for_resources(cfg: RLConfig, *, poll_s: float = 1.0) -> None:
     """Returns once the cluster could place a trial of ``cfg``; waits ``run.pending_timeout_s``.
 
     Raises:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rayrm import metrics as M
-from rayrm.config import RunConfig, load_config
+from rayrm.config import RLConfig, load_config
 from rayrm.console import LOG_NAME, quiet, say, warn
 from rayrm.experiment.preflight import check_storage, preflight
 from rayrm.experiment.resources import wait_for_resources
@@ -54,14 +54,14 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
-def shared_pool_name(cfg: RunConfig) -> str | None:
+def shared_pool_name(cfg: RLConfig) -> str | None:
     """The sweep's shared reward pool (one per experiment), or None when trials keep their own."""
     if cfg.reward.pool_name is not None:
         return cfg.reward.pool_name
     return f"rayrm-reward-{cfg.name}" if cfg.reward.shared_in_sweeps else None
 
 
-def pbt_checkpoints_to_keep(cfg: RunConfig) -> int | None:
+def pbt_checkpoints_to_keep(cfg: RLConfig) -> int | None:
     """``run.keep_checkpoints`` of a PBT trial: at least the checkpoints a trial writes in one
     perturbation interval, plus two (PBT's own save at the perturbation point, and the end).
 
@@ -75,7 +75,7 @@ def pbt_checkpoints_to_keep(cfg: RunConfig) -> int | None:
     return max(keep, window)
 
 
-def param_space(cfg: RunConfig) -> dict[str, Any]:
+def param_space(cfg: RLConfig) -> dict[str, Any]:
     """``{"rayrm": run config}`` with each searched key replaced by its Tune sampler (and,
     under PBT, enough checkpoints kept for its exploit step: :func:`pbt_checkpoints_to_keep`)."""
     base = copy.deepcopy(cfg.to_dict())
@@ -88,7 +88,7 @@ def param_space(cfg: RunConfig) -> dict[str, Any]:
     return {"rayrm": base}
 
 
-def _pbt_mutations(cfg: RunConfig) -> dict[str, Any]:
+def _pbt_mutations(cfg: RLConfig) -> dict[str, Any]:
     """PBT mutates the learning rate and β; ranges from the search space, else ×/÷10."""
     from ray import tune
 
@@ -103,7 +103,7 @@ def _pbt_mutations(cfg: RunConfig) -> dict[str, Any]:
     return {"rayrm": {"ppo": mutations}}
 
 
-def make_scheduler(cfg: RunConfig) -> Any:
+def make_scheduler(cfg: RLConfig) -> Any:
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
     t = cfg.tune
@@ -124,12 +124,12 @@ def make_scheduler(cfg: RunConfig) -> Any:
     return None
 
 
-def metric_key(cfg: RunConfig) -> str:
+def metric_key(cfg: RLConfig) -> str:
     """Tune's flattened result key of ``tune.metric``."""
     return f"{M.RLHF_RESULTS}/{cfg.tune.metric}"
 
 
-def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
+def run_tune(cfg: RLConfig, *, resume: bool = False) -> tuple[Path, Any]:
     """Runs (or resumes) the sweep; returns ``(experiment_dir, ResultGrid)``."""
     from ray import tune
 
@@ -160,7 +160,7 @@ def run_tune(cfg: RunConfig, *, resume: bool = False) -> tuple[Path, Any]:
             kill_shared_pools(pool)
 
 
-def _start_shared_pool(cfg: RunConfig) -> str | None:
+def _start_shared_pool(cfg: RLConfig) -> str | None:
     """Starts (or finds) the sweep's shared reward actors before any trial needs them."""
     name = shared_pool_name(cfg)
     if name is None:
@@ -170,7 +170,7 @@ def _start_shared_pool(cfg: RunConfig) -> str | None:
     return name
 
 
-def results_table(cfg: RunConfig, results: Any) -> list[dict[str, Any]]:
+def results_table(cfg: RLConfig, results: Any) -> list[dict[str, Any]]:
     """One row per trial: id, searched values, iterations, last metric value, status."""
     rows = []
     for result in results:

@@ -12,7 +12,7 @@ from typing import Any
 
 from rayrm import metrics as M
 from rayrm.analysis.report import write_report
-from rayrm.config import ConfigError, RunConfig, load_config
+from rayrm.config import ConfigError, RLConfig, load_config
 from rayrm.console import LOG_NAME, holds_run, quiet, say, warn
 from rayrm.experiment.failures import failure_summary, is_retriable, trial_dir_of
 from rayrm.experiment.leftovers import claim_run_folder, record_driver, release
@@ -84,11 +84,11 @@ def live_line_callback(total: int, runners: int = 0) -> Any:
     return LiveLine()
 
 
-def experiment_dir(cfg: RunConfig) -> Path:
+def experiment_dir(cfg: RLConfig) -> Path:
     return Path(cfg.run.storage_path) / cfg.name
 
 
-def check_experiment_dir(cfg: RunConfig, resume: bool) -> Path:
+def check_experiment_dir(cfg: RLConfig, resume: bool) -> Path:
     """The run folder, refusing to overwrite a run or to resume a missing one (no data lost)."""
     exp_dir = experiment_dir(cfg)
     if resume and not holds_run(exp_dir):
@@ -103,7 +103,7 @@ def check_experiment_dir(cfg: RunConfig, resume: bool) -> Path:
 
 
 def make_tuner(
-    cfg: RunConfig,
+    cfg: RLConfig,
     exp_dir: Path,
     *,
     resume: bool,
@@ -152,7 +152,7 @@ def make_tuner(
     )
 
 
-def start_ray_for(cfg: RunConfig, **ray_kwargs: Any) -> RunConfig:
+def start_ray_for(cfg: RLConfig, **ray_kwargs: Any) -> RLConfig:
     """Joins the cluster, or starts the local Ray, that a run of ``cfg`` runs on
     (``init_ray(run.num_cpus)``; ``ray_kwargs`` go to it) and returns ``cfg`` as its trial
     reserves there: a local Ray started here is the trial's alone, so its local learner takes
@@ -166,7 +166,7 @@ def start_ray_for(cfg: RunConfig, **ray_kwargs: Any) -> RunConfig:
 
 
 def run_train(
-    cfg: RunConfig, *, resume: bool = False, callbacks: list[Any] | None = None
+    cfg: RLConfig, *, resume: bool = False, callbacks: list[Any] | None = None
 ) -> tuple[Path, dict[str, Any]]:
     """Runs (or resumes) ``cfg`` as a one-trial Tune experiment.
 
@@ -190,7 +190,7 @@ def run_train(
 
 
 def _fit(
-    cfg: RunConfig, exp_dir: Path, resume: bool, callbacks: list[Any] | None
+    cfg: RLConfig, exp_dir: Path, resume: bool, callbacks: list[Any] | None
 ) -> tuple[Path, dict[str, Any]]:
     from ray import tune
 
@@ -248,7 +248,7 @@ def main_train(config_path: str, overrides: list[str], resume: bool, verbose: bo
         return 1
 
 
-def _report(cfg: RunConfig, config_path: str, exp_dir: Path, last: dict[str, Any]) -> int:
+def _report(cfg: RLConfig, config_path: str, exp_dir: Path, last: dict[str, Any]) -> int:
     """The result lines (and the report) of a finished or interrupted run; the exit code."""
     r = last.get(M.RLHF_RESULTS, {})
     iterations = int(last.get("training_iteration", 0))

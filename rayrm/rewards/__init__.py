@@ -9,7 +9,7 @@
 * ``shaping``: normalisation and clipping of the scores, and the score paid at the last token;
 * ``service``: the shared reward service (``rayrm serve-rm``); ``judges``: gold scorers.
 
-:func:`pool_from_config` builds whatever a ``RewardConfig`` describes.
+:func:`pool_from_config` builds whatever a ``RewardSettings`` describes.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def pool_from_config(
     tokenizer: Any = None,
     namespace: str = POOL_NAMESPACE,
 ) -> Any:
-    """The scorer a ``RewardConfig`` describes: the one factory for every reward source.
+    """The scorer a ``RewardSettings`` describes: the one factory for every reward source.
 
     A single ``model``/``function``/``metric`` source without penalties is a plain
     :class:`RewardPool`; ``ensemble``, ``composite`` or any penalty gives a

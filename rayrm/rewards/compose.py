@@ -9,7 +9,7 @@ components score concurrently, each in its own actors.
   ``mean_minus_std`` (mean − k·std over members; Coste et al. 2023,
   https://arxiv.org/abs/2310.02743; Eisenstein et al. 2023, https://arxiv.org/abs/2312.09244).
 * :class:`ComposedReward` -- ``Σ_i weight_i · score_i − length penalty − missing-EOS penalty``.
-* :func:`build_reward` -- the scorer a ``RewardConfig`` describes (``rayrm.rewards.pool_from_config``).
+* :func:`build_reward` -- the scorer a ``RewardSettings`` describes (``rayrm.rewards.pool_from_config``).
 
 Breakdown keys are the published metric keys of ``rayrm.metrics`` (``reward/component/<name>``,
 ``reward/member/<i>``, ``reward/disagreement``, ``reward/penalty/...``), each mapped to the
@@ -161,7 +161,7 @@ class ComposedReward:
 
         Args:
             parts: ``(name, weight, scorer)``; names unique, ``""`` only for a lone part.
-            length_penalty, target_length, missing_eos_penalty: see ``RewardConfig``.
+            length_penalty, target_length, missing_eos_penalty: see ``RewardSettings``.
             tokenizer: tokenizer or directory to count completion tokens when ``score`` gets
                 no ``lengths`` (loaded on first use).
         """

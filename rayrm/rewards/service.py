@@ -32,7 +32,7 @@ import yaml
 
 from rayrm.config import (
     ConfigError,
-    RewardConfig,
+    RewardSettings,
     config_from_dict,
     resolve_paths,
     validate_reward_paths,
@@ -41,7 +41,7 @@ from rayrm.rewards import POOL_NAMESPACE, pool_from_config
 from rayrm.rewards.compose import kill_shared_pools, shared_actor_names
 
 
-def load_reward_config(path: str | Path, name: str | None = None) -> RewardConfig:
+def load_reward_config(path: str | Path, name: str | None = None) -> RewardSettings:
     """Reads the ``reward`` section of a run config (or of a file that holds only that).
 
     Other sections are not read, so a training job's own config serves as the service config.

@@ -28,7 +28,7 @@ __all__ = ["RewardPipeline", "describe_reward"]
 
 
 def describe_reward(reward: Any) -> str:
-    """The reward source of a ``RewardConfig``, as messages name it."""
+    """The reward source of a ``RewardSettings``, as messages name it."""
     if reward.source == "function":
         return f"reward.function {reward.function!r}"
     if reward.source == "model":

@@ -38,7 +38,7 @@ from ray.rllib.utils.metrics import (
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
 from rayrm import metrics as M
-from rayrm.config import RunConfig, config_from_dict
+from rayrm.config import RLConfig, config_from_dict
 from rayrm.errors import TimedOut
 from rayrm.models.loading import load_tokenizer
 from rayrm.rewards import pool_from_config
@@ -87,7 +87,7 @@ class RLHFConfig(PPOConfig):
         self.rayrm: dict[str, Any] = {}
 
     @property
-    def run_config(self) -> RunConfig:
+    def run_config(self) -> RLConfig:
         return config_from_dict(self.rayrm, check_paths=False)
 
     def update_from_dict(self, config_dict: dict[str, Any]) -> RLHFConfig:
@@ -97,15 +97,15 @@ class RLHFConfig(PPOConfig):
             self.apply_run_config(config_from_dict(config_dict["rayrm"], check_paths=False))
         return self
 
-    def apply_run_config(self, cfg: RunConfig) -> RLHFConfig:
+    def apply_run_config(self, cfg: RLConfig) -> RLHFConfig:
         """Sets every RLlib field from ``cfg`` (see the class docstring)."""
         configure(self, cfg)
         self.rayrm = cfg.to_dict()
         return self
 
 
-def build_algo_config(cfg: RunConfig) -> RLHFConfig:
-    """The RLlib AlgorithmConfig of a validated rayrm RunConfig."""
+def build_algo_config(cfg: RLConfig) -> RLHFConfig:
+    """The RLlib AlgorithmConfig of a validated rayrm RLConfig."""
     return RLHFConfig().apply_run_config(cfg)
 
 

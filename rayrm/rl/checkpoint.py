@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from rayrm.config import ConfigError, RunConfig, load_config
+from rayrm.config import ConfigError, RLConfig, load_config
 from rayrm.models.decoding import sample_completions
 from rayrm.models.loading import DTYPES, load_causal_lm
 from rayrm.models.lora import peft_model
@@ -166,7 +166,7 @@ class NeverLoseCheckpoints:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def write_rayrm_files(checkpoint_dir: str | Path, cfg: RunConfig, tokenizer: Any) -> None:
+def write_rayrm_files(checkpoint_dir: str | Path, cfg: RLConfig, tokenizer: Any) -> None:
     """What a rayrm checkpoint holds beside RLlib's state (see the module docstring)."""
     from transformers import AutoConfig, GenerationConfig
 
@@ -200,7 +200,7 @@ def _build(ckpt: Path, state: dict[str, Any], prefix: str, dtype: str) -> torch.
     return model.eval()
 
 
-def _lora_base(ckpt: Path, cfg: RunConfig) -> torch.nn.Module:
+def _lora_base(ckpt: Path, cfg: RLConfig) -> torch.nn.Module:
     """A LoRA run's base model (``model.path``, which its checkpoints do not hold)."""
     if not (Path(cfg.model.path) / "config.json").is_file():
         raise ConfigError(
@@ -211,7 +211,7 @@ def _lora_base(ckpt: Path, cfg: RunConfig) -> torch.nn.Module:
     return load_causal_lm(cfg.model.path, cfg.model.dtype)
 
 
-def lora_policy(run_or_checkpoint: str | Path) -> tuple[Any, RunConfig, Path]:
+def lora_policy(run_or_checkpoint: str | Path) -> tuple[Any, RLConfig, Path]:
     """A LoRA run's policy as a ``peft.PeftModel``: base (``model.path``) and trained adapters.
 
     Returns:
@@ -228,7 +228,7 @@ def lora_policy(run_or_checkpoint: str | Path) -> tuple[Any, RunConfig, Path]:
     return model.eval(), cfg, ckpt
 
 
-def load_policy(run_or_checkpoint: str | Path) -> tuple[torch.nn.Module, Any, RunConfig, Path]:
+def load_policy(run_or_checkpoint: str | Path) -> tuple[torch.nn.Module, Any, RLConfig, Path]:
     """Loads the trained policy LM, in the run's ``model.dtype`` (a LoRA run's merged).
 
     Returns:
@@ -256,7 +256,7 @@ def load_reference(run_or_checkpoint: str | Path) -> torch.nn.Module:
 
 
 def checkpoint_codec(
-    ckpt: Path, cfg: RunConfig, tokenizer: Any, *, max_prompt_tokens: int | None = None
+    ckpt: Path, cfg: RLConfig, tokenizer: Any, *, max_prompt_tokens: int | None = None
 ) -> PromptCodec:
     """The run's prompt codec, its stop ids read from the checkpoint (no model.path needed)."""
     return run_codec(

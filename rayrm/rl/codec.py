@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rayrm.config import RunConfig
+from rayrm.config import RLConfig
 from rayrm.models.hf_files import stop_token_ids_of
 from rayrm.models.tokenization import PromptCodec
 
 __all__ = ["run_codec", "run_stop_token_ids"]
 
 
-def run_stop_token_ids(
-    cfg: RunConfig, model_dir: str | os.PathLike[str] | None = None
-) -> list[int]:
+def run_stop_token_ids(cfg: RLConfig, model_dir: str | os.PathLike[str] | None = None) -> list[int]:
     """Ids that end a completion of a run: every EOS id the model declares (its
     ``generation_config.json`` and ``config.json`` in ``model_dir``, default ``model.path``;
     a checkpoint keeps copies) plus ``generation.stop_token_ids``. (The codec adds the
@@ -29,7 +27,7 @@ def run_stop_token_ids(
 
 
 def run_codec(
-    cfg: RunConfig,
+    cfg: RLConfig,
     tokenizer: Any,
     *,
     model_dir: str | os.PathLike[str] | None = None,

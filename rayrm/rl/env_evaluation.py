@@ -24,7 +24,7 @@ from torch import nn
 from envs.multi_turn import EPISODE_STATS, REPLY_IDS, MultiTurnTextEnv
 from envs.text_generation import resolve_tokenizer
 from rayrm import metrics as M
-from rayrm.config import RunConfig
+from rayrm.config import RLConfig
 from rayrm.models.decoding import decode_batch, sampler
 from rayrm.rewards import Scorer
 from rayrm.rewards.functions import RewardFunctionActor
@@ -175,7 +175,7 @@ class HeldOutEpisodes:
 
     def __init__(
         self,
-        cfg: RunConfig,
+        cfg: RLConfig,
         env_config: Mapping[str, Any],
         rows: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:

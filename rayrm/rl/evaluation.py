@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from rayrm import metrics as M
-from rayrm.config import RunConfig
+from rayrm.config import RLConfig
 from rayrm.models.decoding import sample_sequences
 from rayrm.models.tokenization import Prompt, PromptCodec
 from rayrm.rewards import Scorer
@@ -27,7 +27,7 @@ __all__ = ["HeldOutEvaluation", "sample_texts"]
 def sample_texts(
     lm: nn.Module,
     codec: PromptCodec,
-    cfg: RunConfig,
+    cfg: RLConfig,
     prompts: list[Prompt],
     *,
     greedy: bool = False,
@@ -55,7 +55,7 @@ class HeldOutEvaluation:
     """The held-out prompts (``eval.prompts``, or the held-out rows of ``data.prompts``:
     ``rayrm.rl.prompt_order``), their references and the gold scorer of a run."""
 
-    def __init__(self, cfg: RunConfig, codec: PromptCodec) -> None:
+    def __init__(self, cfg: RLConfig, codec: PromptCodec) -> None:
         self.cfg = cfg
         self.codec = codec
         self.prompts, self.references = held_out_prompts(cfg, references=True)

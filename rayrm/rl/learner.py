@@ -20,7 +20,7 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
 from ray.rllib.utils.torch_utils import explained_variance
 
 from rayrm import metrics as M
-from rayrm.config import RunConfig, config_from_dict
+from rayrm.config import RLConfig, config_from_dict
 from rayrm.core_algos import aggregate_tokens, kl_estimate, masked_mean, ppo_policy_loss, value_loss
 from rayrm.models.precision import MasterWeightAdam
 from rayrm.rl.connectors.advantages import ADVANTAGES, VALUE_TARGETS, RLHFAdvantages, as_numpy
@@ -30,7 +30,7 @@ from rayrm.rl.rllib_compat import MinibatchHook, learner_connector, weights_seq_
 from rayrm.threads import ThreadLoan, use_reserved_cpus
 
 
-def run_config_of(algo_config: Any) -> RunConfig:
+def run_config_of(algo_config: Any) -> RLConfig:
     """The rayrm run config carried inside an RLlib AlgorithmConfig (see rayrm.rl.algorithm)."""
     return config_from_dict(algo_config.rayrm, check_paths=False)
 
@@ -80,7 +80,7 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
 
     def build(self) -> None:
         use_reserved_cpus()  # a remote learner: num_cpus_per_learner
-        self.run_config: RunConfig = run_config_of(self.config)
+        self.run_config: RLConfig = run_config_of(self.config)
         # A local learner of a trial that samples in a second thread borrows that thread's
         # CPUs while it idles (set by the algorithm; see rayrm.threads.ThreadLoan).
         self.thread_loan: ThreadLoan | None = None

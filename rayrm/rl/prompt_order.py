@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from envs.multi_turn import load_rows
-from rayrm.config import ConfigError, RunConfig
+from rayrm.config import ConfigError, RLConfig
 from rayrm.data.prompts import load_prompt_rows, other_columns
 from rayrm.models.tokenization import Prompt
 from rayrm.rl.episodes import PROMPT_INDEX, group_key
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-def held_out_count(cfg: RunConfig, num_rows: int) -> int:
+def held_out_count(cfg: RLConfig, num_rows: int) -> int:
     """How many leading rows of ``data.prompts`` (``num_rows`` of them) are held out of
     training: when the evaluation or the report is on and reads ``data.prompts`` itself
     (``eval.prompts`` unset), ``eval.num_prompts`` of them, at most half the file."""
@@ -47,7 +47,7 @@ def held_out_count(cfg: RunConfig, num_rows: int) -> int:
     return min(e.num_prompts, num_rows // 2)
 
 
-def held_out_prompts(cfg: RunConfig, *, references: bool) -> tuple[list[Prompt], list[str] | None]:
+def held_out_prompts(cfg: RLConfig, *, references: bool) -> tuple[list[Prompt], list[str] | None]:
     """The prompts (and, with ``references``, their references) that the held-out
     evaluation and the report sample: the first ``eval.num_prompts`` of ``eval.prompts``, or
     the held-out rows of ``data.prompts`` (:func:`held_out_count`); none for a multi-turn
@@ -65,7 +65,7 @@ def held_out_prompts(cfg: RunConfig, *, references: bool) -> tuple[list[Prompt],
     return prompts[:count], None if refs is None else refs[:count]
 
 
-def held_out_rows(cfg: RunConfig) -> list[dict[str, Any]]:
+def held_out_rows(cfg: RLConfig) -> list[dict[str, Any]]:
     """The held-out rows of a multi-turn run, every column (``envs.multi_turn.load_rows``):
     the first ``eval.num_prompts`` of ``eval.prompts``, or the held-out rows of
     ``data.prompts`` (:func:`held_out_count`)."""
@@ -75,7 +75,7 @@ def held_out_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     return rows[: held_out_count(cfg, len(rows))]
 
 
-def held_out_columns(cfg: RunConfig, count: int) -> list[dict[str, Any]] | None:
+def held_out_columns(cfg: RLConfig, count: int) -> list[dict[str, Any]] | None:
     """The other columns of the first ``count`` held-out rows (:func:`held_out_prompts`), for
     reward and gold functions that name them; None when the file has none."""
     if cfg.env is not None:
@@ -86,7 +86,7 @@ def held_out_columns(cfg: RunConfig, count: int) -> list[dict[str, Any]] | None:
     return None if columns is None else columns[:count]
 
 
-def training_rows(cfg: RunConfig, num_rows: int | None = None) -> list[int]:
+def training_rows(cfg: RLConfig, num_rows: int | None = None) -> list[int]:
     """The rows of ``data.prompts`` the run trains on (all but the held-out ones).
 
     Args:
@@ -114,7 +114,7 @@ def training_rows(cfg: RunConfig, num_rows: int | None = None) -> list[int]:
     return list(range(held, num_rows))
 
 
-def planned_iterations(cfg: RunConfig, num_training_rows: int) -> int:
+def planned_iterations(cfg: RLConfig, num_training_rows: int) -> int:
     """The run's length in iterations: ``run.num_iterations``, or with ``run.num_epochs``
     the iterations that make that many passes over ``num_training_rows`` prompts."""
     epochs = cfg.run.num_epochs
@@ -210,7 +210,7 @@ def take_planned(episodes: list[Any], needed: Counter[int]) -> list[Any]:
     return taken
 
 
-def with_planned_iterations(cfg: RunConfig) -> RunConfig:
+def with_planned_iterations(cfg: RLConfig) -> RLConfig:
     """``cfg`` with ``run.num_iterations`` set to the iterations ``run.num_epochs`` plans
     (unchanged without it): the live line, the checkpoint at the end and the report count
     with it."""

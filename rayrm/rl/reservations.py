@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
-from rayrm.config import RunConfig
+from rayrm.config import RLConfig
 
 __all__ = ["local_sampler_cpus", "local_sampler_threads", "trial_request"]
 
 
-def local_sampler_threads(cfg: RunConfig) -> int:
+def local_sampler_threads(cfg: RLConfig) -> int:
     """torch threads of the trial's second thread that samples and scores the next batch
     (``ppo.async_rollouts`` without remote env runners): ``num_cpus_per_env_runner``, at
     least one; 0 without that thread."""
@@ -24,7 +24,7 @@ def local_sampler_threads(cfg: RunConfig) -> int:
     return 0
 
 
-def _private_reward_bundles(cfg: RunConfig) -> list[dict[str, float]]:
+def _private_reward_bundles(cfg: RLConfig) -> list[dict[str, float]]:
     """One bundle per reward actor the trial starts itself (a shared pool reserves its own)."""
     reward = cfg.reward
     bundle = {
@@ -39,7 +39,7 @@ def _private_reward_bundles(cfg: RunConfig) -> list[dict[str, float]]:
     return [dict(bundle) for _ in range(num_actors)]
 
 
-def local_sampler_cpus(cfg: RunConfig) -> float:
+def local_sampler_cpus(cfg: RLConfig) -> float:
     """CPUs the trial reserves beyond its learner's for that sampler thread.
 
     The thread samples, then waits while the reward actors score what it sampled: it and the
@@ -54,7 +54,7 @@ def local_sampler_cpus(cfg: RunConfig) -> float:
     return max(0.0, cfg.resources.num_cpus_per_env_runner - shared)
 
 
-def trial_request(pgf: PlacementGroupFactory, cfg: RunConfig) -> PlacementGroupFactory:
+def trial_request(pgf: PlacementGroupFactory, cfg: RLConfig) -> PlacementGroupFactory:
     """RLlib PPO's request ``pgf`` plus the trial's reward actors and its sampler thread."""
     main = dict(pgf.bundles[0])
     main["CPU"] = main.get("CPU", 0) + local_sampler_cpus(cfg)

@@ -10,7 +10,7 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from envs import MULTI_TURN_ENV_ID, TEXT_GENERATION_ENV_ID
-from rayrm.config import RunConfig
+from rayrm.config import RLConfig
 from rayrm.core_algos import AdaptiveKLController, FixedKLController
 from rayrm.rl.codec import run_stop_token_ids
 from rayrm.rl.env_runner import RLHFEnvRunner
@@ -26,14 +26,14 @@ __all__ = [
 ]
 
 
-def policy_vocab_size(cfg: RunConfig) -> int:
+def policy_vocab_size(cfg: RLConfig) -> int:
     """The policy's vocabulary size (its config's text config): the env's action space."""
     from transformers import AutoConfig
 
     return int(AutoConfig.from_pretrained(cfg.model.path).get_text_config().vocab_size)
 
 
-def configure(config: AlgorithmConfig, cfg: RunConfig) -> None:
+def configure(config: AlgorithmConfig, cfg: RLConfig) -> None:
     """Sets every RLlib field of ``config`` (a PPO config) from the run config ``cfg``."""
     vocab_size = policy_vocab_size(cfg)
     ppo, res = cfg.ppo, cfg.resources
@@ -85,7 +85,7 @@ def configure(config: AlgorithmConfig, cfg: RunConfig) -> None:
     config.debugging(seed=cfg.seed, log_level="WARN")
 
 
-def environment_of(cfg: RunConfig, vocab_size: int | None) -> tuple[str, dict[str, Any]]:
+def environment_of(cfg: RLConfig, vocab_size: int | None) -> tuple[str, dict[str, Any]]:
     """The Gymnasium env id and ``env_config`` a run samples from: one completion per prompt,
     or, with an ``env`` section, multi-turn episodes (``envs.multi_turn``)."""
     shared = {
@@ -116,7 +116,7 @@ def environment_of(cfg: RunConfig, vocab_size: int | None) -> tuple[str, dict[st
     }
 
 
-def module_config(cfg: RunConfig) -> dict[str, Any]:
+def module_config(cfg: RLConfig) -> dict[str, Any]:
     """The ``model_config`` of the policy RLModule (``LMPolicyModule``)."""
     return {
         "path": cfg.model.path,
@@ -132,7 +132,7 @@ def module_config(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def make_kl_controller(cfg: RunConfig) -> FixedKLController | AdaptiveKLController:
+def make_kl_controller(cfg: RLConfig) -> FixedKLController | AdaptiveKLController:
     """β controller from the config: fixed, or Ziegler et al.'s adaptive controller."""
     if cfg.ppo.adaptive_kl:
         return AdaptiveKLController(cfg.ppo.kl_coef, cfg.ppo.target_kl, cfg.ppo.kl_horizon)

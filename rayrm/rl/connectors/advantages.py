@@ -16,7 +16,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from rayrm import metrics as M
-from rayrm.config import RunConfig
+from rayrm.config import RLConfig
 from rayrm.core_algos import kl_estimate, token_advantages, whiten
 from rayrm.rl.connectors.precomputed import PrecomputedForwards
 from rayrm.rl.episodes import GROUP, PROMPT_IDS, inserts_of, row_slices, seq_ids, token_rows
@@ -29,7 +29,7 @@ class Learner(Protocol):
     """What the piece reads of its learner (``rayrm.rl.learner.RLHFPPOLearner``)."""
 
     kl_coef: float
-    run_config: RunConfig
+    run_config: RLConfig
     precomputed: PrecomputedForwards
 
     def take_threads(self) -> None: ...
