@@ -64,7 +64,7 @@ def _config_command(
 def _add_training(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _config_command(
         sub, "train", "run one training (a one-trial Tune experiment)", "YAML run config",
-        "ppo.lr=1e-5",
+        "algorithm.lr=1e-5",
     )  # fmt: skip
     _config_command(
         sub, "tune", "hyperparameter sweep (the config's `tune` section) as one Tune experiment",

@@ -341,7 +341,7 @@ def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sectio
             "function": "envs.builtin:vowel_reward",
             "num_cpus_per_actor": 0.25,
         },
-        "ppo": {
+        "algorithm": {
             "batch_size": 16,
             "num_minibatches": 2,
             "num_epochs": 2,

@@ -1,4 +1,4 @@
-"""Pipelined rollouts (``ppo.async_rollouts``): the next batch is sampled and scored while the
+"""Pipelined rollouts (``algorithm.async_rollouts``): the next batch is sampled and scored while the
 learner updates on this one; every batch is trained on exactly once, by weights exactly one
 update newer than the ones that sampled it, and PPO still learns the rule reward."""
 
@@ -22,8 +22,8 @@ from rayrm.rl.rllib_compat import local_learner, weights_seq_no
 
 
 def _async_config(tiny_policy_dir, prompts_file, tmp_path, **sections):
-    sections.setdefault("ppo", {})
-    sections["ppo"] = {"async_rollouts": True, **sections["ppo"]}
+    sections.setdefault("algorithm", {})
+    sections["algorithm"] = {"async_rollouts": True, **sections["algorithm"]}
     return make_config(tiny_policy_dir, prompts_file, tmp_path, **sections)
 
 
@@ -81,10 +81,10 @@ def test_each_batch_trained_once_one_update_late(ray_local, archs, prompts_file,
     assert len(sampled) == len(trained) == 4
     assert [ids for ids, _, _ in trained] == sampled
     all_ids = [i for ids in sampled for i in ids]
-    assert len(set(all_ids)) == len(all_ids) == 4 * cfg.ppo.batch_size
+    assert len(set(all_ids)) == len(all_ids) == 4 * cfg.algorithm.batch_size
     # The first batch is on-policy; every later one was sampled by the weights one update
     # older than those its update starts from (and it is said so in the results).
-    assert trained[0][1] == [0] * cfg.ppo.batch_size and trained[0][2] == 0
+    assert trained[0][1] == [0] * cfg.algorithm.batch_size and trained[0][2] == 0
     for k, (_, versions, before) in enumerate(trained[1:], start=1):
         assert before == k and set(versions) == {k - 1}, (k, before, set(versions))
     assert [r[M.ROLLOUT_POLICY_LAG] for r in results] == [0, 1, 1, 1]
@@ -104,7 +104,7 @@ def test_each_batch_trained_once_one_update_late(ray_local, archs, prompts_file,
     assert loan.applied[2] >= 4 and loan.applied[1] >= 3, loan.applied
     # It asks before the forwards of each update, each minibatch and each backward (the sampler
     # may have finished during that minibatch's forward).
-    steps = 4 * cfg.ppo.num_minibatches * cfg.ppo.num_epochs
+    steps = 4 * cfg.algorithm.num_minibatches * cfg.algorithm.num_epochs
     assert apply_points["minibatches"] == apply_points["compute_gradients"] == steps
 
 
@@ -116,7 +116,7 @@ def test_async_ppo_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, 
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 32},
+        algorithm={"batch_size": 32},
         run={"num_iterations": 30, "checkpoint_every": 30},
     ).model_copy(update={"seed": seed})
     results = train_in_process(cfg, 30)
@@ -143,21 +143,21 @@ def test_async_rollouts_reserve_and_refuse_recompute(tiny_policy_dir, prompts_fi
         update={"model": cfg.model.model_copy(update={"dtype": "bfloat16"})}
     ).recompute_logp
     d = cfg.model_dump()
-    d["ppo"]["recompute_logp"] = True
-    with pytest.raises(ConfigError, match="ppo.recompute_logp") as err:
+    d["algorithm"]["recompute_logp"] = True
+    with pytest.raises(ConfigError, match="algorithm.recompute_logp") as err:
         config_from_dict(d, check_paths=False)
-    assert err.value.key == "ppo.recompute_logp"
+    assert err.value.key == "algorithm.recompute_logp"
 
 
 def test_pipelined_rollouts_fit_a_two_core_machine_at_defaults(
     tiny_policy_dir, prompts_file, tmp_path
 ):
-    """`rayrm train` with ``ppo.async_rollouts`` on a 2-CPU local Ray, every resource at its
+    """`rayrm train` with ``algorithm.async_rollouts`` on a 2-CPU local Ray, every resource at its
     default (a reward actor of 1 CPU, a sampler thread of 1): the sampler time-shares the
     reward actor's CPU, so the trial asks for 2 CPUs, not 3 (which waited, then failed)."""
     from rayrm.experiment.resources import claim_local_cores, trial_bundles, unmet
 
-    d = make_config(tiny_policy_dir, prompts_file, tmp_path, ppo={"async_rollouts": True})
+    d = make_config(tiny_policy_dir, prompts_file, tmp_path, algorithm={"async_rollouts": True})
     d = d.to_dict()
     d["reward"].pop("num_cpus_per_actor")  # the default
     cfg = claim_local_cores(config_from_dict(d, check_paths=False), 2.0)

@@ -251,22 +251,30 @@ def test_group_configurations_match_trl(tiny_policy_dir, prompts_file, tmp_path)
     TRL in tests/test_bench_learning.py): TRL's GRPO and RLOO settings, no critic."""
     workload = Workload(tiny_policy_dir, None, prompts_file, 100, 64, 0, 0)
     grpo = run_config(BenchSpec(estimator="grpo", samples_per_prompt=4), workload, str(tmp_path))
-    assert grpo.generation.samples_per_prompt == 4 and not grpo.ppo.uses_critic
-    assert (grpo.ppo.kl_mode, grpo.ppo.kl_estimator, grpo.ppo.loss_aggregation) == (
+    assert grpo.generation.samples_per_prompt == 4 and not grpo.algorithm.uses_critic
+    assert (
+        grpo.algorithm.kl_mode,
+        grpo.algorithm.kl_estimator,
+        grpo.algorithm.loss_aggregation,
+    ) == (
         "loss",
         "k3",
         "token_mean",
     )
     rloo = run_config(BenchSpec(estimator="rloo", samples_per_prompt=4), workload, str(tmp_path))
-    assert (rloo.ppo.advantage_estimator, rloo.ppo.kl_mode, rloo.ppo.kl_estimator) == (
+    assert (
+        rloo.algorithm.advantage_estimator,
+        rloo.algorithm.kl_mode,
+        rloo.algorithm.kl_estimator,
+    ) == (
         "rloo",
         "reward",
         "k1",
     )
     # Resources: rayrm's defaults (what rayrm train derives them from), or the flags' keys.
-    ppo = run_config(BenchSpec(), workload, str(tmp_path))
-    assert ppo.model.critic == "separate" and ppo.reward.num_cpus_per_actor == 1.0
-    assert "num_cpus_per_learner" not in ppo.resources.model_fields_set  # claimed as in train
-    assert ppo.resources.num_cpus_per_env_runner == 1.0 and ppo.run.num_cpus is None
+    cfg = run_config(BenchSpec(), workload, str(tmp_path))
+    assert cfg.model.critic == "separate" and cfg.reward.num_cpus_per_actor == 1.0
+    assert "num_cpus_per_learner" not in cfg.resources.model_fields_set  # claimed as in train
+    assert cfg.resources.num_cpus_per_env_runner == 1.0 and cfg.run.num_cpus is None
     given = run_config(BenchSpec(num_cpus=4, num_cpus_per_learner=2), workload, str(tmp_path))
     assert given.resources.num_cpus_per_learner == 2 and given.run.num_cpus == 4

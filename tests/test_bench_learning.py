@@ -41,30 +41,38 @@ def task(tmp_path_factory):
 def test_learning_run_configs(task, tmp_path):
     s = LearnSettings()
     workload = task_workload(task)
-    ppo = rayrm_config(learn_spec(s, "ppo", 3), workload, str(tmp_path), "x")
+    ppo_cfg = rayrm_config(learn_spec(s, "ppo", 3), workload, str(tmp_path), "x")
     # TRL's PPO settings: a separate critic started from the reward model, beta fixed.
-    assert ppo.model.critic == "separate" and ppo.model.critic_path == task["reward_model"]
-    assert ppo.ppo.advantage_estimator == "gae" and not ppo.ppo.adaptive_kl
-    assert ppo.generation.samples_per_prompt == 1 and ppo.seed == 3
-    assert (ppo.ppo.batch_size, ppo.ppo.lr, ppo.ppo.kl_coef) == (32, 1e-4, 0.05)
-    assert not ppo.ppo.async_rollouts
+    assert ppo_cfg.model.critic == "separate" and ppo_cfg.model.critic_path == task["reward_model"]
+    assert ppo_cfg.algorithm.advantage_estimator == "gae" and not ppo_cfg.algorithm.adaptive_kl
+    assert ppo_cfg.generation.samples_per_prompt == 1 and ppo_cfg.seed == 3
+    assert (ppo_cfg.algorithm.batch_size, ppo_cfg.algorithm.lr, ppo_cfg.algorithm.kl_coef) == (
+        32,
+        1e-4,
+        0.05,
+    )
+    assert not ppo_cfg.algorithm.async_rollouts
     # rayrm train's resources: the reward actor at its default, all cores, the learner claimed.
-    assert ppo.reward.num_cpus_per_actor == 1.0 and ppo.run.num_cpus is None
-    assert "num_cpus_per_learner" not in ppo.resources.model_fields_set
+    assert ppo_cfg.reward.num_cpus_per_actor == 1.0 and ppo_cfg.run.num_cpus is None
+    assert "num_cpus_per_learner" not in ppo_cfg.resources.model_fields_set
     pipelined = replace(learn_spec(s, "ppo", 3), async_rollouts=True)
-    assert rayrm_config(pipelined, workload, str(tmp_path), "x").ppo.async_rollouts
+    assert rayrm_config(pipelined, workload, str(tmp_path), "x").algorithm.async_rollouts
     grpo = rayrm_config(learn_spec(s, "grpo", 0), workload, str(tmp_path), "x")
-    assert grpo.ppo.advantage_estimator == "grpo" and grpo.generation.samples_per_prompt == 4
-    assert (grpo.ppo.kl_mode, grpo.ppo.kl_estimator) == ("loss", "k3")
-    assert grpo.ppo.loss_aggregation == "token_mean"
+    assert grpo.algorithm.advantage_estimator == "grpo" and grpo.generation.samples_per_prompt == 4
+    assert (grpo.algorithm.kl_mode, grpo.algorithm.kl_estimator) == ("loss", "k3")
+    assert grpo.algorithm.loss_aggregation == "token_mean"
     rloo = rayrm_config(learn_spec(s, "rloo", 0), workload, str(tmp_path), "x")
-    assert (rloo.ppo.advantage_estimator, rloo.ppo.kl_mode, rloo.ppo.kl_estimator) == (
+    assert (
+        rloo.algorithm.advantage_estimator,
+        rloo.algorithm.kl_mode,
+        rloo.algorithm.kl_estimator,
+    ) == (
         "rloo",
         "reward",
         "k1",
     )
-    for cfg in (ppo, grpo, rloo):  # the same completions per run
-        assert cfg.ppo.batch_size * cfg.run.num_iterations == s.batch_size * s.iterations
+    for cfg in (ppo_cfg, grpo, rloo):  # the same completions per run
+        assert cfg.algorithm.batch_size * cfg.run.num_iterations == s.batch_size * s.iterations
 
 
 def test_evaluation_is_the_same_for_every_policy(task, tmp_path):

@@ -92,8 +92,8 @@ def test_rayrm_side_is_a_multi_turn_grpo_config(inputs, tmp_path):
     cfg = trl_env.rayrm_config(s, str(tmp_path))
     assert cfg.env.environment == trl_env.ENVIRONMENT
     assert cfg.env.max_turns == Calculator.max_turns == s.max_turns
-    assert cfg.reward.source == "env" and cfg.ppo.advantage_estimator == "grpo"
-    assert cfg.generation.samples_per_prompt == 4 and cfg.ppo.batch_size == 8
+    assert cfg.reward.source == "env" and cfg.algorithm.advantage_estimator == "grpo"
+    assert cfg.generation.samples_per_prompt == 4 and cfg.algorithm.batch_size == 8
 
 
 @pytest.mark.trl

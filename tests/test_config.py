@@ -74,7 +74,11 @@ def test_defaults_match_documented_values() -> None:
     assert cfg.data.prompt_column == "prompt" and cfg.data.max_prompt_tokens == 32
     assert cfg.generation.max_new_tokens == 16 and cfg.generation.top_p == 1.0
     assert cfg.reward.source == "function" and cfg.reward.clip is None
-    assert cfg.ppo.batch_size == 16 and cfg.ppo.lr == 1.0e-5 and cfg.ppo.value_clip == 0.2
+    assert (
+        cfg.algorithm.batch_size == 16
+        and cfg.algorithm.lr == 1.0e-5
+        and cfg.algorithm.value_clip == 0.2
+    )
     assert cfg.resources.num_env_runners == 0 and cfg.resources.num_learners == 0
     assert cfg.run.num_iterations == 20 and cfg.run.num_cpus is None
     assert cfg.run.storage_path == "./rayrm_runs"
@@ -89,7 +93,7 @@ def test_documented_reward_function_default() -> None:
 def test_defaults_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
     cfg = config_from_dict(minimal())
     d = cfg.to_dict()
-    assert type(d) is dict and type(d["ppo"]) is dict
+    assert type(d) is dict and type(d["algorithm"]) is dict
     assert config_from_dict(d) == cfg
     cfg.save_yaml(tmp_path / "sub" / "config.yaml")
     assert load_config(tmp_path / "sub" / "config.yaml", check_paths=False) == cfg
@@ -97,14 +101,14 @@ def test_defaults_round_trip_through_dict_and_yaml(tmp_path: Path) -> None:
 
 def test_derived_values() -> None:
     d = minimal()
-    d["ppo"] = {"batch_size": 24, "num_minibatches": 3}
+    d["algorithm"] = {"batch_size": 24, "num_minibatches": 3}
     d["resources"] = {"num_env_runners": 4, "num_learners": 2}
     d["data"]["max_prompt_tokens"] = 10
     d["generation"] = {"max_new_tokens": 7}
-    cfg = config_from_dict(with_value("ppo.batch_size", 48, d))
+    cfg = config_from_dict(with_value("algorithm.batch_size", 48, d))
     assert cfg.envs_per_env_runner == 12
     assert cfg.max_seq_len == 17
-    assert cfg.ppo.completions_per_minibatch == 16
+    assert cfg.algorithm.completions_per_minibatch == 16
     assert cfg.completions_per_learner_minibatch == 8
     assert config_from_dict(minimal()).envs_per_env_runner == 16  # no env runners
 
@@ -121,13 +125,16 @@ def test_resolved_model_paths() -> None:
 
 
 def test_ints_accepted_for_floats_and_stored_as_floats() -> None:
-    cfg = config_from_dict(with_value("ppo.max_grad_norm", 2, with_value("ppo.lr", 1)))
-    assert cfg.ppo.lr == 1.0 and type(cfg.ppo.lr) is float
-    assert type(cfg.ppo.max_grad_norm) is float
+    cfg = config_from_dict(with_value("algorithm.max_grad_norm", 2, with_value("algorithm.lr", 1)))
+    assert cfg.algorithm.lr == 1.0 and type(cfg.algorithm.lr) is float
+    assert type(cfg.algorithm.max_grad_norm) is float
 
 
 def test_empty_section_means_defaults() -> None:
-    assert config_from_dict(with_value("ppo", None)).ppo == config_from_dict(minimal()).ppo
+    assert (
+        config_from_dict(with_value("algorithm", None)).algorithm
+        == config_from_dict(minimal()).algorithm
+    )
 
 
 def test_import_does_not_pull_in_ray_or_torch() -> None:
@@ -146,21 +153,21 @@ def test_import_does_not_pull_in_ray_or_torch() -> None:
 BAD_VALUES = [
     # unknown keys, at every level
     ("frobnicate", 1, "frobnicate"),
-    ("ppo.lrr", 1.0, "ppo.lrr"),
+    ("algorithm.lrr", 1.0, "algorithm.lrr"),
     ("resources.num_learner", 2, "resources.num_learner"),
     # sections that are not mappings
-    ("ppo", 3, "ppo"),
+    ("algorithm", 3, "algorithm"),
     ("model", ["a"], "model"),
     # wrong types
-    ("ppo.batch_size", 16.0, "ppo.batch_size"),
-    ("ppo.batch_size", True, "ppo.batch_size"),
-    ("ppo.lr", "fast", "ppo.lr"),
-    ("ppo.lr", False, "ppo.lr"),
-    ("ppo.adaptive_kl", 1, "ppo.adaptive_kl"),
+    ("algorithm.batch_size", 16.0, "algorithm.batch_size"),
+    ("algorithm.batch_size", True, "algorithm.batch_size"),
+    ("algorithm.lr", "fast", "algorithm.lr"),
+    ("algorithm.lr", False, "algorithm.lr"),
+    ("algorithm.adaptive_kl", 1, "algorithm.adaptive_kl"),
     ("model.path", 3, "model.path"),
     ("name", "", "name"),
     ("run.num_cpus", 1.5, "run.num_cpus"),
-    ("ppo.lr", float("nan"), "ppo.lr"),
+    ("algorithm.lr", float("nan"), "algorithm.lr"),
     # enums
     ("model.critic", "joint", "model.critic"),
     ("model.dtype", "fp8", "model.dtype"),
@@ -178,17 +185,17 @@ BAD_VALUES = [
     ("reward.num_cpus_per_actor", -1.0, "reward.num_cpus_per_actor"),
     ("reward.num_gpus_per_actor", -0.5, "reward.num_gpus_per_actor"),
     ("reward.clip", 0.0, "reward.clip"),
-    ("ppo.lr", 0.0, "ppo.lr"),
-    ("ppo.gamma", 1.01, "ppo.gamma"),
-    ("ppo.gae_lambda", -0.1, "ppo.gae_lambda"),
-    ("ppo.clip_ratio", 0.0, "ppo.clip_ratio"),
-    ("ppo.value_clip", 0.0, "ppo.value_clip"),
-    ("ppo.vf_coef", -1.0, "ppo.vf_coef"),
-    ("ppo.entropy_coef", -1.0, "ppo.entropy_coef"),
-    ("ppo.max_grad_norm", 0.0, "ppo.max_grad_norm"),
-    ("ppo.kl_coef", -0.1, "ppo.kl_coef"),
-    ("ppo.target_kl", 0.0, "ppo.target_kl"),
-    ("ppo.kl_horizon", 0, "ppo.kl_horizon"),
+    ("algorithm.lr", 0.0, "algorithm.lr"),
+    ("algorithm.gamma", 1.01, "algorithm.gamma"),
+    ("algorithm.gae_lambda", -0.1, "algorithm.gae_lambda"),
+    ("algorithm.clip_ratio", 0.0, "algorithm.clip_ratio"),
+    ("algorithm.value_clip", 0.0, "algorithm.value_clip"),
+    ("algorithm.vf_coef", -1.0, "algorithm.vf_coef"),
+    ("algorithm.entropy_coef", -1.0, "algorithm.entropy_coef"),
+    ("algorithm.max_grad_norm", 0.0, "algorithm.max_grad_norm"),
+    ("algorithm.kl_coef", -0.1, "algorithm.kl_coef"),
+    ("algorithm.target_kl", 0.0, "algorithm.target_kl"),
+    ("algorithm.kl_horizon", 0, "algorithm.kl_horizon"),
     ("resources.num_env_runners", -1, "resources.num_env_runners"),
     ("resources.num_learners", -1, "resources.num_learners"),
     ("run.num_iterations", 0, "run.num_iterations"),
@@ -231,15 +238,19 @@ def test_missing_required_section(section: str) -> None:
 
 
 def test_unknown_key_suggests_closest() -> None:
-    with pytest.raises(ConfigError, match=r"unknown key ppo\.lrr \(did you mean ppo\.lr\?\)"):
-        config_from_dict(with_value("ppo.lrr", 1.0))
+    with pytest.raises(
+        ConfigError, match=r"unknown key algorithm\.lrr \(did you mean algorithm\.lr\?\)"
+    ):
+        config_from_dict(with_value("algorithm.lrr", 1.0))
     with pytest.raises(ConfigError, match=r"unknown key modle \(did you mean model\?\)"):
         config_from_dict(with_value("modle", {}))
 
 
 def test_wrong_type_message_says_what_was_expected() -> None:
-    with pytest.raises(ConfigError, match=r"ppo\.batch_size must be an integer \(got bool True\)"):
-        config_from_dict(with_value("ppo.batch_size", True))
+    with pytest.raises(
+        ConfigError, match=r"algorithm\.batch_size must be an integer \(got bool True\)"
+    ):
+        config_from_dict(with_value("algorithm.batch_size", True))
     with pytest.raises(ConfigError, match=r"model\.critic must be one of shared, separate"):
         config_from_dict(with_value("model.critic", "joint"))
     with pytest.raises(ConfigError, match=r"generation\.top_p must be in \(0, 1\]"):
@@ -247,11 +258,11 @@ def test_wrong_type_message_says_what_was_expected() -> None:
 
 
 def test_batch_must_split_over_env_runners() -> None:
-    d = with_value("ppo.batch_size", 30, with_value("resources.num_env_runners", 4))
+    d = with_value("algorithm.batch_size", 30, with_value("resources.num_env_runners", 4))
     with pytest.raises(ConfigError) as info:
         config_from_dict(d)
     assert str(info.value) == (
-        "ppo.batch_size (30) must be divisible by resources.num_env_runners (4): "
+        "algorithm.batch_size (30) must be divisible by resources.num_env_runners (4): "
         "each env runner samples the same number of completions"
     )
 
@@ -260,24 +271,29 @@ def test_batch_must_split_over_env_runners() -> None:
 def test_batch_must_split_over_learners_and_minibatches(
     batch_size: int, num_minibatches: int, num_learners: int
 ) -> None:
-    d = with_value("ppo.batch_size", batch_size)
-    d = with_value("ppo.num_minibatches", num_minibatches, d)
+    d = with_value("algorithm.batch_size", batch_size)
+    d = with_value("algorithm.num_minibatches", num_minibatches, d)
     d = with_value("resources.num_learners", num_learners, d)
-    with pytest.raises(ConfigError, match=r"ppo\.batch_size .*ppo\.num_minibatches.*learner"):
+    with pytest.raises(
+        ConfigError, match=r"algorithm\.batch_size .*algorithm\.num_minibatches.*learner"
+    ):
         config_from_dict(d)
 
 
 def test_kl_as_a_loss_refuses_k1_and_defaults_to_k3() -> None:
     """As a loss k1's expected gradient is zero: no KL pressure at all (see
     tests/test_core_algos.py); the reward penalty keeps k1 by default."""
-    d = with_value("ppo.kl_mode", "loss", with_value("ppo.kl_estimator", "k1"))
+    d = with_value("algorithm.kl_mode", "loss", with_value("algorithm.kl_estimator", "k1"))
     with pytest.raises(ConfigError) as info:
         config_from_dict(d)
-    assert info.value.key == "ppo.kl_estimator" and "no KL pressure" in str(info.value)
-    assert config_from_dict(with_value("ppo.kl_mode", "loss")).ppo.resolved_kl_estimator == "k3"
-    assert config_from_dict(minimal()).ppo.resolved_kl_estimator == "k1"
-    k2 = with_value("ppo.kl_mode", "loss", with_value("ppo.kl_estimator", "k2"))
-    assert config_from_dict(k2).ppo.resolved_kl_estimator == "k2"
+    assert info.value.key == "algorithm.kl_estimator" and "no KL pressure" in str(info.value)
+    assert (
+        config_from_dict(with_value("algorithm.kl_mode", "loss")).algorithm.resolved_kl_estimator
+        == "k3"
+    )
+    assert config_from_dict(minimal()).algorithm.resolved_kl_estimator == "k1"
+    k2 = with_value("algorithm.kl_mode", "loss", with_value("algorithm.kl_estimator", "k2"))
+    assert config_from_dict(k2).algorithm.resolved_kl_estimator == "k2"
 
 
 def test_lora_dropout_is_refused_in_rl_training() -> None:
@@ -324,20 +340,20 @@ def test_minimal_yaml_loads_with_absolute_paths(
 def test_yaml_reads_exponents_without_a_dot(workdir: Path) -> None:
     path = write_yaml(workdir / "run.yaml", minimal())
     with path.open("a") as f:
-        f.write("ppo:\n  lr: 3e-6\n")
-    assert load_config(path).ppo.lr == 3e-6
-    assert load_config(path, ["ppo.lr=1e-4"]).ppo.lr == 1e-4
+        f.write("algorithm:\n  lr: 3e-6\n")
+    assert load_config(path).algorithm.lr == 3e-6
+    assert load_config(path, ["algorithm.lr=1e-4"]).algorithm.lr == 1e-4
 
 
 @pytest.mark.parametrize(
     ("override", "dotted", "expected"),
     [
-        ("ppo.batch_size=32", "ppo.batch_size", 32),
-        ("ppo.lr=3.0e-6", "ppo.lr", 3.0e-6),
-        ("ppo.clip_ratio=1", "ppo.clip_ratio", 1.0),
-        ("ppo.adaptive_kl=true", "ppo.adaptive_kl", True),
+        ("algorithm.batch_size=32", "algorithm.batch_size", 32),
+        ("algorithm.lr=3.0e-6", "algorithm.lr", 3.0e-6),
+        ("algorithm.clip_ratio=1", "algorithm.clip_ratio", 1.0),
+        ("algorithm.adaptive_kl=true", "algorithm.adaptive_kl", True),
         ("reward.normalize=false", "reward.normalize", False),
-        ("ppo.value_clip=null", "ppo.value_clip", None),
+        ("algorithm.value_clip=null", "algorithm.value_clip", None),
         ("name=my-run", "name", "my-run"),
         ("name = spaced ", "name", "spaced"),
         ("model.dtype=bfloat16", "model.dtype", "bfloat16"),
@@ -355,9 +371,9 @@ def test_overrides(workdir: Path, override: str, dotted: str, expected: Any) -> 
 
 
 def test_overrides_apply_in_order_and_keep_other_keys(workdir: Path) -> None:
-    path = write_yaml(workdir / "run.yaml", with_value("ppo.num_epochs", 4))
-    cfg = load_config(path, ["ppo.lr=0.1", "ppo.lr=0.2", "ppo={vf_coef: 0.5}"])
-    assert (cfg.ppo.lr, cfg.ppo.vf_coef, cfg.ppo.num_epochs) == (0.2, 0.5, 4)
+    path = write_yaml(workdir / "run.yaml", with_value("algorithm.num_epochs", 4))
+    cfg = load_config(path, ["algorithm.lr=0.1", "algorithm.lr=0.2", "algorithm={vf_coef: 0.5}"])
+    assert (cfg.algorithm.lr, cfg.algorithm.vf_coef, cfg.algorithm.num_epochs) == (0.2, 0.5, 4)
 
 
 def test_override_creates_missing_section(workdir: Path) -> None:
@@ -386,15 +402,21 @@ def test_override_with_new_path_is_resolved_and_checked(workdir: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ("ppo.lr", r"malformed override 'ppo\.lr'"),
+        ("algorithm.lr", r"malformed override 'algorithm\.lr'"),
         ("=3", r"malformed override '=3'"),
-        ("ppo..lr=3", r"malformed override 'ppo\.\.lr=3'"),
-        ("ppo.lrr=0.1", r"unknown key ppo\.lrr in override 'ppo\.lrr=0\.1' \(did you mean ppo\.lr"),
+        ("algorithm..lr=3", r"malformed override 'algorithm\.\.lr=3'"),
+        (
+            "algorithm.lrr=0.1",
+            r"unknown key algorithm\.lrr in override 'algorithm\.lrr=0\.1' \(did you mean algorithm\.lr",
+        ),
         ("nmae=x", r"unknown key nmae .*did you mean name"),
-        ("ppo.lr.x=1", r"unknown key ppo\.lr\.x in override .*ppo\.lr is a value"),
-        ("ppo.lr=[", r"override 'ppo\.lr=\[': value is not valid YAML"),
-        ("ppo.batch_size=0", r"ppo\.batch_size must be >= 1"),
-        ("ppo.batch_size=abc", r"ppo\.batch_size must be an integer"),
+        (
+            "algorithm.lr.x=1",
+            r"unknown key algorithm\.lr\.x in override .*algorithm\.lr is a value",
+        ),
+        ("algorithm.lr=[", r"override 'algorithm\.lr=\[': value is not valid YAML"),
+        ("algorithm.batch_size=0", r"algorithm\.batch_size must be >= 1"),
+        ("algorithm.batch_size=abc", r"algorithm\.batch_size must be an integer"),
     ],
 )
 def test_bad_overrides(workdir: Path, override: str, match: str) -> None:
@@ -410,7 +432,7 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_config(missing)
 
     broken = tmp_path / "broken.yaml"
-    broken.write_text("ppo:\n  lr: [1, 2\nname: x\n")
+    broken.write_text("algorithm:\n  lr: [1, 2\nname: x\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml: invalid YAML at line \d+") as info:
         load_config(broken)
     assert "\n" not in str(info.value)
@@ -487,3 +509,21 @@ def test_config_from_dict_does_not_touch_the_filesystem() -> None:
 
 def test_run_config_is_the_documented_type() -> None:
     assert isinstance(config_from_dict(minimal()), RLConfig)
+
+
+def test_the_renamed_ppo_section_is_refused_in_one_line_naming_algorithm(workdir: Path) -> None:
+    """The section of the update and its estimator was ``ppo`` (GRPO and RLOO included); a
+    file, an override or a searched key that still says so gets the new name, not a guess."""
+    old = "ppo"  # the renamed section's old name
+    with pytest.raises(ConfigError, match=r"^ppo: renamed to algorithm \(same keys inside\)$"):
+        config_from_dict({**minimal(), old: {"lr": 1e-5}})
+    path = write_yaml(workdir / "run.yaml", minimal())
+    with pytest.raises(ConfigError, match=r"^ppo in override 'ppo\.lr=1e-5': renamed to algorithm"):
+        load_config(path, [f"{old}.lr=1e-5"])
+    space = {"tune": {"search_space": {f"{old}.lr": {"grid": [1e-5, 1e-4]}}}}
+    with pytest.raises(
+        ConfigError, match=r"search_space\.ppo\.lr: ppo was renamed to algorithm\.lr"
+    ):
+        config_from_dict({**minimal(), **space})
+    space = {"tune": {"search_space": {"algorithm.lr": {"grid": [1e-5, 1e-4]}}}}
+    assert config_from_dict({**minimal(), **space}).tune.search_space

@@ -37,9 +37,10 @@ def test_cli_prints_the_schema():
     )
     schema = json.loads(proc.stdout)
     assert schema["$schema"].endswith("2020-12/schema")
-    assert {"model", "data", "ppo", "reward"} <= set(schema["properties"])
-    ppo = schema["$defs"]["PPOSettings"]["properties"]
-    assert ppo["lr"]["exclusiveMinimum"] == 0 and "learning rate" in ppo["lr"]["description"]
+    assert {"model", "data", "algorithm", "reward"} <= set(schema["properties"])
+    algorithm = schema["$defs"]["AlgorithmSettings"]["properties"]
+    lr = algorithm["lr"]
+    assert lr["exclusiveMinimum"] == 0 and "learning rate" in lr["description"]
 
 
 @pytest.mark.parametrize(("path", "kind"), sorted(EXAMPLES.items()))

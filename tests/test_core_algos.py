@@ -752,14 +752,14 @@ def test_reinforce_pp_discounts_with_gamma():
 
 
 def test_config_names_are_the_registered_estimators_and_aggregations():
-    """``ppo.advantage_estimator`` and ``ppo.loss_aggregation`` accept exactly the names
+    """``algorithm.advantage_estimator`` and ``algorithm.loss_aggregation`` accept exactly the names
     registered in core_algos (the config stays torch-free, so it lists them itself)."""
     import typing
 
-    from rayrm.config import PPOSettings
+    from rayrm.config import AlgorithmSettings
     from rayrm.core_algos import AGGREGATIONS, ESTIMATOR_FUNCTIONS
 
-    fields = PPOSettings.model_fields
+    fields = AlgorithmSettings.model_fields
     assert set(typing.get_args(fields["advantage_estimator"].annotation)) == set(
         ESTIMATOR_FUNCTIONS
     )

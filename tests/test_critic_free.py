@@ -81,14 +81,14 @@ def test_live_line_shows_groups_and_no_value_loss():
 @pytest.mark.parametrize(
     ("sections", "key"),
     [
-        ({"ppo": {"advantage_estimator": "grpo"}}, "generation.samples_per_prompt"),
+        ({"algorithm": {"advantage_estimator": "grpo"}}, "generation.samples_per_prompt"),
         (
-            {"ppo": {"advantage_estimator": "rloo"}, "generation": {"samples_per_prompt": 3}},
-            "ppo.batch_size",
+            {"algorithm": {"advantage_estimator": "rloo"}, "generation": {"samples_per_prompt": 3}},
+            "algorithm.batch_size",
         ),
         (
             {
-                "ppo": {"advantage_estimator": "grpo"},
+                "algorithm": {"advantage_estimator": "grpo"},
                 "generation": {"samples_per_prompt": 4},
                 "model": {"critic": "separate"},
             },
@@ -111,7 +111,7 @@ def test_reward_rises_without_a_critic(
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={
+        algorithm={
             "batch_size": 32,
             "advantage_estimator": estimator,
             "kl_mode": "loss",
@@ -152,7 +152,7 @@ def test_filtered_groups_train_on_two_learners(ray_local, tiny_policy_dir, tmp_p
         tiny_policy_dir, str(prompts), tmp_path,
         reward={"function": "scorers:one_prompt_informative"},
         generation={"samples_per_prompt": 8, "max_new_tokens": 4},
-        ppo={"batch_size": 32, "num_minibatches": 2, "advantage_estimator": "grpo",
+        algorithm={"batch_size": 32, "num_minibatches": 2, "advantage_estimator": "grpo",
              "filter_uniform_groups": True},
         resources={"num_learners": 2, "num_cpus_per_learner": 1},
         run={"iteration_timeout_s": 120},  # the failure was a collective waiting forever
@@ -180,7 +180,7 @@ def test_learner_kl_loss_term_and_per_token_metrics(
 
     cfg = make_config(
         tiny_policy_dir, prompts_file, tmp_path,
-        ppo={"batch_size": 8, "advantage_estimator": "grpo", "kl_mode": "loss", "kl_coef": 0.5,
+        algorithm={"batch_size": 8, "advantage_estimator": "grpo", "kl_mode": "loss", "kl_coef": 0.5,
              "loss_aggregation": "seq_mean_token_sum_norm"},
         generation={"samples_per_prompt": 2, "max_new_tokens": 4},
     )  # fmt: skip

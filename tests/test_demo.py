@@ -140,5 +140,5 @@ def test_smoke_demo_runs_every_stage_then_is_cached(ray_local, tmp_path: Path, c
     grpo_key = {k: getattr(grpo, k) for k in STAGE_SETTINGS["ppo"]}
     assert stage_hash("ppo", grpo_key) != stage_hash("ppo", ppo_key)
     used = ppo_config("grpo", tmp_path, grpo, stages["sft"]["model"], str(rm), data)
-    assert used.ppo.advantage_estimator == "grpo" and used.generation.samples_per_prompt == 4
-    assert not used.ppo.uses_critic
+    assert used.algorithm.advantage_estimator == "grpo" and used.generation.samples_per_prompt == 4
+    assert not used.algorithm.uses_critic

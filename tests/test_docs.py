@@ -309,12 +309,14 @@ def test_bash_example_commands(block: Block):
 
 def test_the_checks_catch_a_wrong_example(tmp_path):
     """The checks fail where they should (guarding against a check that passes anything)."""
-    for bad in ("rayrm train", "rayrm trian x.yaml", "rayrm train x.yaml --set ppo.lrr=1",
+    for bad in ("rayrm train", "rayrm trian x.yaml", "rayrm train x.yaml --set algorithm.lrr=1",
                 "python jobs/nope.py", "python jobs/benchmark.py --sections", "pip install -e '.[nope]'"):  # fmt: skip
         with pytest.raises(pytest.fail.Exception):
             for argv in _segments(bad):
                 _check_segment(argv, "bad")
-    broken = Block(REPO / "README.md", 0, "yaml", "", "ppo: {batch_size: 3, num_minibatches: 2}\n")
+    broken = Block(
+        REPO / "README.md", 0, "yaml", "", "algorithm: {batch_size: 3, num_minibatches: 2}\n"
+    )
     with pytest.raises(pytest.fail.Exception):
         test_yaml_example_validates(broken, tmp_path)
 

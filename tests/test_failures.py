@@ -113,7 +113,7 @@ def ws(models: tuple[str, str], tmp_path: Path) -> Workspace:
         "data": {"prompts": prompts, "max_prompt_tokens": 32},
         "generation": {"max_new_tokens": 4},
         "reward": {"source": "function", "function": "envs.builtin:vowel_reward"},
-        "ppo": {"batch_size": 4, "num_minibatches": 2, "num_epochs": 1},
+        "algorithm": {"batch_size": 4, "num_minibatches": 2, "num_epochs": 1},
         "run": {"num_iterations": 2, "storage_path": str(tmp_path / "runs"), "num_cpus": 2},
         "eval": {"every": 0, "report": False},
     }
@@ -275,12 +275,12 @@ CASES: list[tuple[str, Edit, int, str]] = [
     ("config-missing", _config_missing, 2, "missing.yaml"),
     ("config-not-yaml", _config_text("model: [unclosed\n"), 2, "run.yaml"),
     ("config-a-list", _config_text("- model\n- data\n"), 2, "run.yaml"),
-    ("unknown-key", _set("ppo", lrr=1e-5), 2, "ppo.lrr"),
-    ("wrong-type", _set("ppo", lr="fast"), 2, "ppo.lr"),
-    ("negative-batch", _set("ppo", batch_size=-4), 2, "ppo.batch_size"),
-    ("batch-not-divisible", _set("ppo", batch_size=5), 2, "ppo.batch_size"),
-    ("bad-set-syntax", _argv("--set", "ppo.lr"), 2, "override"),
-    ("set-unknown-key", _argv("--set", "ppo.nope=1"), 2, "ppo.nope"),
+    ("unknown-key", _set("algorithm", lrr=1e-5), 2, "algorithm.lrr"),
+    ("wrong-type", _set("algorithm", lr="fast"), 2, "algorithm.lr"),
+    ("negative-batch", _set("algorithm", batch_size=-4), 2, "algorithm.batch_size"),
+    ("batch-not-divisible", _set("algorithm", batch_size=5), 2, "algorithm.batch_size"),
+    ("bad-set-syntax", _argv("--set", "algorithm.lr"), 2, "override"),
+    ("set-unknown-key", _argv("--set", "algorithm.nope=1"), 2, "algorithm.nope"),
     ("resume-nothing", _argv("--resume"), 2, "nothing to resume"),
     ("run-exists", _existing_run, 2, "already holds a run"),
     ("storage-under-a-file", _storage_is_a_file, 2, "run.storage_path"),
@@ -474,7 +474,7 @@ def test_nan_scores_in_trial(ray_local, ws, capfd):
     assert "non-finite score (nan)" in err and "reward.on_nan: skip" in err
 
     ws.cfg.update(name="skip", reward={**ws.cfg["reward"], "on_nan": "skip"})
-    ws.cfg["ppo"]["batch_size"] = 8
+    ws.cfg["algorithm"]["batch_size"] = 8
     (ws.root / "run.yaml").unlink()
     code, err = run_cli(ws, capfd)
     assert code == 0, err

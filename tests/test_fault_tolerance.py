@@ -92,7 +92,7 @@ def test_lost_env_runners_keep_the_batch_full(
     ray_local, tiny_policy_dir, prompts_file, tmp_path, victims, pipelined
 ):
     """Runners killed mid-run (a crash, a preempted node): every iteration still trains on
-    ppo.batch_size completions -- the survivors sample the missing share, or, with every
+    algorithm.batch_size completions -- the survivors sample the missing share, or, with every
     runner gone, the iteration waits for Ray to restart one -- and the lost ones come back
     (probed, re-synced) while the metrics flag the degraded capacity. Also with pipelined
     rollouts, where the sampler thread restores them while an update may run."""
@@ -100,7 +100,7 @@ def test_lost_env_runners_keep_the_batch_full(
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 8, "async_rollouts": pipelined},
+        algorithm={"batch_size": 8, "async_rollouts": pipelined},
         generation={"max_new_tokens": 6},
         resources={"num_env_runners": 2, "num_cpus_per_env_runner": 0.5},
         run={"num_iterations": 1000},
@@ -118,7 +118,7 @@ def test_lost_env_runners_keep_the_batch_full(
             if results[-1][M.ROLLOUT_HEALTHY_RUNNERS] == 2 and len(results) > 1:
                 break
             time.sleep(0.5)
-        assert all(r[M.ROLLOUT_COMPLETIONS] == cfg.ppo.batch_size for r in results), results
+        assert all(r[M.ROLLOUT_COMPLETIONS] == cfg.algorithm.batch_size for r in results), results
         # Flagged while degraded (pipelined: the batch sampled before the kill comes first).
         assert results[int(pipelined)][M.ROLLOUT_HEALTHY_RUNNERS] < 2
         assert algo.env_runner_group.num_healthy_remote_workers() == 2
@@ -191,7 +191,7 @@ def test_killed_trial_restores_from_checkpoint(ray_local, tiny_policy_dir, promp
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 8, "adaptive_kl": True, "target_kl": 0.05, "kl_horizon": 20},
+        algorithm={"batch_size": 8, "adaptive_kl": True, "target_kl": 0.05, "kl_horizon": 20},
         generation={"max_new_tokens": 6},
         run={"num_iterations": 6, "checkpoint_every": 2, "max_failures": 1},
     )
@@ -261,7 +261,7 @@ def _two_runner_config(tiny_policy_dir, prompts_file, tmp_path, strategy):
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 8},
+        algorithm={"batch_size": 8},
         generation={"max_new_tokens": 6},
         reward={"num_cpus_per_actor": 1},
         resources={
@@ -332,7 +332,7 @@ def test_pack_keeps_env_runners_on_one_node(
         result, nodes = _train(actor)
     assert result[M.ROLLOUT_NUM_NODES] == 1
     assert len(nodes) == 1 and nodes <= {w.node_id for w in workers}
-    assert result[M.ROLLOUT_COMPLETIONS] == cfg.ppo.batch_size
+    assert result[M.ROLLOUT_COMPLETIONS] == cfg.algorithm.batch_size
 
 
 def test_spread_env_runners_survive_losing_a_node(
@@ -340,7 +340,7 @@ def test_spread_env_runners_survive_losing_a_node(
 ):
     """SPREAD: each env runner on its own rollout node. When one node is lost mid-run for good
     (no spare capacity to restart its runner on), every iteration still trains on
-    ppo.batch_size completions -- the surviving runner samples the missing share -- without
+    algorithm.batch_size completions -- the surviving runner samples the missing share -- without
     hanging on the lost runner, and the metrics flag the lost capacity. (Runs after the PACK
     test: it takes a node out of the shared cluster.)"""
     cluster, workers = rollout_cluster
@@ -360,6 +360,6 @@ def test_spread_env_runners_survive_losing_a_node(
         finally:
             ray.util.remove_placement_group(filler)
     for result, nodes in after:
-        assert result[M.ROLLOUT_COMPLETIONS] == cfg.ppo.batch_size, result
+        assert result[M.ROLLOUT_COMPLETIONS] == cfg.algorithm.batch_size, result
         assert result[M.ROLLOUT_HEALTHY_RUNNERS] == 1  # flagged while degraded
         assert result[M.ROLLOUT_NUM_NODES] == 1 and nodes == {workers[1].node_id}

@@ -41,7 +41,7 @@ def test_bfloat16_training_on_gpu_learner_runner_and_reward_actor(ray_local, tmp
         tmp_path,
         model={"dtype": "bfloat16"},
         reward={"source": "model", "path": rm, "num_gpus_per_actor": 0.25},
-        ppo={"batch_size": 8, "lr": 1e-5},
+        algorithm={"batch_size": 8, "lr": 1e-5},
         resources={
             "num_learners": 1,
             "num_gpus_per_learner": 0.5,

@@ -63,7 +63,7 @@ def test_wedged_learner_fails_the_iteration_in_one_line(
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 4, "num_minibatches": 1},
+        algorithm={"batch_size": 4, "num_minibatches": 1},
         generation={"max_new_tokens": 4},
         resources={"num_learners": 1, "num_cpus_per_learner": 0.5},
         run={"iteration_timeout_s": 5},
@@ -93,7 +93,7 @@ def test_hung_env_runner_is_restarted_with_current_weights(
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 8},
+        algorithm={"batch_size": 8},
         generation={"max_new_tokens": 6},
         resources={
             "num_env_runners": 2,
@@ -115,7 +115,7 @@ def test_hung_env_runner_is_restarted_with_current_weights(
         start = time.monotonic()
         hung = algo.train()[M.RLHF_RESULTS]
         assert time.monotonic() - start < 40
-        assert hung[M.ROLLOUT_COMPLETIONS] == cfg.ppo.batch_size  # the other one sampled
+        assert hung[M.ROLLOUT_COMPLETIONS] == cfg.algorithm.batch_size  # the other one sampled
         assert hung[M.ROLLOUT_HEALTHY_RUNNERS] == 1  # flagged
         deadline = time.monotonic() + 60
         while group.num_healthy_remote_workers() < 2 and time.monotonic() < deadline:

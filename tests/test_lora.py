@@ -57,7 +57,7 @@ def test_lora_trains_adapters_against_the_base_and_exports(
 ):
     path = archs[arch]
     cfg = make_config(
-        path, prompts_file, tmp_path, model={"lora": LORA}, ppo={"lr": 2e-3, "batch_size": 16}
+        path, prompts_file, tmp_path, model={"lora": LORA}, algorithm={"lr": 2e-3, "batch_size": 16}
     )
     algo = build_algo_config(cfg).build_algo()
     try:
@@ -123,7 +123,7 @@ def test_lora_in_bfloat16_with_a_separate_critic(ray_local, archs, prompts_file,
     env runners receive the adapters alone."""
     path = archs["gemma2"]
     model = {"lora": LORA, "dtype": "bfloat16", "critic": "separate"}
-    cfg = make_config(path, prompts_file, tmp_path, model=model, ppo={"batch_size": 8})
+    cfg = make_config(path, prompts_file, tmp_path, model=model, algorithm={"batch_size": 8})
     algo = build_algo_config(cfg).build_algo()
     try:
         module = _module(algo)
@@ -176,7 +176,7 @@ def test_lora_ppo_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, t
         prompts_file,
         tmp_path,
         model={"lora": {"r": 16, "alpha": 32, "target_modules": ["all-linear"]}},
-        ppo={"batch_size": 32, "lr": 3e-3},
+        algorithm={"batch_size": 32, "lr": 3e-3},
         run={"num_iterations": 30, "checkpoint_every": 30},
     )
     before = _vowel_score(load_causal_lm(tiny_policy_dir), cfg)

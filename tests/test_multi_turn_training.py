@@ -43,7 +43,7 @@ def test_multi_turn_episodes_train_without_a_critic_on_two_runners_and_learners(
     model, rows = game
     cfg = game_config(
         model, rows, tmp_path,
-        ppo={"batch_size": 8, "advantage_estimator": "grpo", "kl_mode": "loss"},
+        algorithm={"batch_size": 8, "advantage_estimator": "grpo", "kl_mode": "loss"},
         generation={"max_new_tokens": 4, "samples_per_prompt": 4},
         model={"path": model, "lora": {"r": 4, "alpha": 8.0}},
         resources={"num_env_runners": 2, "num_learners": 2, "num_cpus_per_env_runner": 0.5,
@@ -82,7 +82,7 @@ def test_multi_turn_run_evaluates_held_out_rows_and_reports_conversations(
     model, rows = game
     cfg = game_config(
         model, rows, tmp_path,
-        ppo={"batch_size": 8},
+        algorithm={"batch_size": 8},
         eval={"every": 1, "num_prompts": 8, "report": True, "report_samples": 2,
               "gold_function": "scorers:row_secret"},
         run={"num_iterations": 2, "checkpoint_every": 2},

@@ -111,7 +111,7 @@ def test_held_out_rows_and_planned_iterations(tiny_policy_dir, prompts_file, tmp
     cfg = make_config(
         tiny_policy_dir, prompts_file, tmp_path, eval={"report": True},
         run={"num_epochs": 1.5}, generation={"samples_per_prompt": 2},
-        ppo={"advantage_estimator": "grpo"},
+        algorithm={"advantage_estimator": "grpo"},
     )  # fmt: skip
     assert planned_iterations(cfg, len(training_rows(cfg))) == 6
 
@@ -129,7 +129,7 @@ def test_passes_over_two_runners_and_a_resume(ray_local, tiny_policy_dir, tmp_pa
     cfg = make_config(
         tiny_policy_dir, str(prompts), tmp_path,
         generation={"samples_per_prompt": 2, "max_new_tokens": 4},
-        ppo={"batch_size": 8, "num_minibatches": 1, "num_epochs": 1,
+        algorithm={"batch_size": 8, "num_minibatches": 1, "num_epochs": 1,
              "advantage_estimator": "grpo"},
         resources={"num_env_runners": 2},
         eval={"every": 0, "report": True, "num_prompts": 4},  # rows 0-3 held out

@@ -72,10 +72,10 @@ def test_whole_loop_on_each_architecture(ray_local, archs, prompts_file, tmp_pat
     template); the value head is tested on GPT-2's, Qwen2's and Gemma 2's trunks (Gemma 2 in
     bfloat16). Prompt and completion outrun Mistral's and Gemma 2's sliding window."""
     prompts = prompts_file
-    ppo: dict = {"batch_size": 8}
+    algorithm: dict = {"batch_size": 8}
     generation: dict = {"max_new_tokens": 8}
     if estimator != "gae":
-        ppo |= {"advantage_estimator": estimator, "kl_mode": "loss", "kl_estimator": "k3"}
+        algorithm |= {"advantage_estimator": estimator, "kl_mode": "loss", "kl_estimator": "k3"}
         generation["samples_per_prompt"] = 2
     data: dict = {"max_prompt_tokens": 24}
     if arch in ("qwen2", "gemma2"):  # conversations through the chat template, two EOS ids
@@ -87,7 +87,7 @@ def test_whole_loop_on_each_architecture(ray_local, archs, prompts_file, tmp_pat
         prompts,
         tmp_path,
         data={**data, "prompts": prompts},
-        ppo=ppo,
+        algorithm=algorithm,
         generation=generation,
         model={"dtype": "bfloat16" if arch == "gemma2" else "float32"},  # as Gemma 2 ships
     )
@@ -150,7 +150,7 @@ def test_reward_reads_exact_text_for_every_completion(ray_local, archs, prompts_
         episodes = algo.env_runner.generate()
         RECORDED.clear()
         algo._score(episodes)
-        assert len(RECORDED) == len(episodes) == cfg.ppo.batch_size
+        assert len(RECORDED) == len(episodes) == cfg.algorithm.batch_size
         spaced = 0
         for episode, (prompt_text, completion) in zip(episodes, RECORDED, strict=True):
             prompt_ids = episode.get_infos(0)[PROMPT_IDS].tolist()
@@ -212,7 +212,7 @@ def test_bfloat16_update_at_small_lr_changes_weights_and_resumes(
         prompts_file,
         tmp_path,
         model={"dtype": "bfloat16"},
-        ppo={"lr": 1e-5, "batch_size": 8},
+        algorithm={"lr": 1e-5, "batch_size": 8},
         run={"num_iterations": 2},
     )
     algo = build_algo_config(cfg).build_algo()
@@ -272,7 +272,7 @@ def test_float16_run_scales_the_loss(ray_local, tiny_policy_dir, prompts_file, t
         prompts_file,
         tmp_path,
         model={"dtype": "float16"},
-        ppo={"batch_size": 8},
+        algorithm={"batch_size": 8},
         run={"num_iterations": 2},
     )
     algo = build_algo_config(cfg).build_algo()

@@ -94,7 +94,7 @@ def test_killed_driver_resumes_from_newest_complete_checkpoint(
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 8},
+        algorithm={"batch_size": 8},
         run={"num_iterations": ITERATIONS, "checkpoint_every": 2, "keep_checkpoints": None},
         **sections,
     )

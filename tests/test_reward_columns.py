@@ -150,7 +150,7 @@ def test_columns_reach_remote_reward_actors_in_a_training_run(ray_local, archs, 
         str(path),
         tmp_path,
         reward={"function": gold},
-        ppo={"batch_size": 8},
+        algorithm={"batch_size": 8},
         generation={"max_new_tokens": 4},
         eval={"every": 1, "num_prompts": 4, "gold_function": gold},
     )

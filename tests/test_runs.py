@@ -68,8 +68,8 @@ def test_reward_model_separate_critic_normalised(
             stats = algo.train()[M.RLHF_RESULTS]
         assert np.isfinite(stats[M.LOSS_VALUE]) and np.isfinite(stats[M.LOSS_POLICY])
         assert abs(stats[M.REWARD_MEAN]) <= 1.5
-        assert algo.rewards.moments.count == 2 * cfg.ppo.batch_size
-        assert algo.rewards.scorer.stats()["num_scored"] == 2 * cfg.ppo.batch_size
+        assert algo.rewards.moments.count == 2 * cfg.algorithm.batch_size
+        assert algo.rewards.scorer.stats()["num_scored"] == 2 * cfg.algorithm.batch_size
         learner_module = local_learner(algo.learner_group).module["default_policy"].unwrapped()
         assert learner_module.critic is not None
     finally:
@@ -94,7 +94,7 @@ def test_interrupt_resume_export_generate(tiny_policy_dir, prompts_file, tmp_pat
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 8},
+        algorithm={"batch_size": 8},
         generation={"max_new_tokens": 6},
         run={"num_iterations": ITERATIONS, "checkpoint_every": 2, "keep_checkpoints": None},
     )

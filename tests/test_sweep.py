@@ -20,7 +20,7 @@ def _sweep_config(tiny_policy_dir, prompts_file, tmp_path, **tune_settings):
         prompts_file,
         tmp_path,
         name="sweep",
-        ppo={"batch_size": 8},
+        algorithm={"batch_size": 8},
         generation={"max_new_tokens": 6, "samples_per_prompt": 2},
         run={"num_iterations": 3, "checkpoint_every": 1},
         tune=tune_settings,
@@ -33,16 +33,16 @@ def test_param_space_places_samplers(tiny_policy_dir, prompts_file, tmp_path):
         prompts_file,
         tmp_path,
         search_space={
-            "ppo.lr": {"loguniform": [1e-5, 1e-3]},
+            "algorithm.lr": {"loguniform": [1e-5, 1e-3]},
             "seed": {"grid": [0, 1, 2]},
             "generation.temperature": {"choice": [0.7, 1.0]},
         },
     )
     space = param_space(cfg)["rayrm"]
-    assert isinstance(space["ppo"]["lr"], tune.search.sample.Float)
+    assert isinstance(space["algorithm"]["lr"], tune.search.sample.Float)
     assert space["seed"] == {"grid_search": [0, 1, 2]}
     assert isinstance(space["generation"]["temperature"], tune.search.sample.Categorical)
-    assert space["ppo"]["batch_size"] == 8  # untouched keys keep their values
+    assert space["algorithm"]["batch_size"] == 8  # untouched keys keep their values
 
 
 def test_asha_sweep_table_and_best_export(
@@ -57,7 +57,7 @@ def test_asha_sweep_table_and_best_export(
         prompts_file,
         tmp_path,
         # The estimator is searched like any key: PPO with a critic against critic-free RLOO.
-        search_space={"ppo.advantage_estimator": {"grid": ["gae", "rloo"]}},
+        search_space={"algorithm.advantage_estimator": {"grid": ["gae", "rloo"]}},
         scheduler="asha",
         grace_period=1,
         metric="objective/reward_minus_kl",
@@ -67,7 +67,7 @@ def test_asha_sweep_table_and_best_export(
     assert main(["tune", str(path)]) == 0
     out = capfd.readouterr().out
     table = out[out.index("trial ") :].splitlines()
-    assert "ppo.advantage_estimator" in table[0] and "objective/reward_minus_kl" in table[0]
+    assert "algorithm.advantage_estimator" in table[0] and "objective/reward_minus_kl" in table[0]
     assert sorted(line.split()[1] for line in table[1:3]) == ["gae", "rloo"]
     best = Path(cfg.run.storage_path) / "sweep" / "best_policy"
     assert AutoModelForCausalLM.from_pretrained(best).config.vocab_size > 0
@@ -82,7 +82,7 @@ def test_pbt_sweep_runs(ray_local, tiny_policy_dir, prompts_file, tmp_path):
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        search_space={"ppo.lr": {"loguniform": [1e-4, 1e-3]}},
+        search_space={"algorithm.lr": {"loguniform": [1e-4, 1e-3]}},
         scheduler="pbt",
         perturbation_interval=2,
         pbt_synch=True,  # every perturbation point perturbs (asynchronous: timing decides)
@@ -99,7 +99,7 @@ def test_pbt_sweep_runs(ray_local, tiny_policy_dir, prompts_file, tmp_path):
     lrs = []
     for result in results:
         rows = [json.loads(line) for line in (Path(result.path) / "result.json").open()]
-        lrs.append([row["config"]["rayrm"]["ppo"]["lr"] for row in rows])
+        lrs.append([row["config"]["rayrm"]["algorithm"]["lr"] for row in rows])
     assert any(len(set(trial)) > 1 for trial in lrs), lrs
 
 
@@ -112,7 +112,7 @@ def test_adaptive_beta_travels_with_checkpoints(
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 8, "adaptive_kl": True, "target_kl": 0.01, "kl_horizon": 10},
+        algorithm={"batch_size": 8, "adaptive_kl": True, "target_kl": 0.01, "kl_horizon": 10},
         generation={"max_new_tokens": 6},
     )
     algo = build_algo_config(cfg).build_algo()
@@ -123,11 +123,11 @@ def test_adaptive_beta_travels_with_checkpoints(
         beta = algo.kl_ctl.value
     finally:
         algo.stop()
-    assert beta != cfg.ppo.kl_coef
+    assert beta != cfg.algorithm.kl_coef
     d = cfg.to_dict()
     if mutated:
-        d["ppo"]["kl_coef"] = 0.2
-        d["ppo"]["lr"] = 5e-4
+        d["algorithm"]["kl_coef"] = 0.2
+        d["algorithm"]["lr"] = 5e-4
     other = build_algo_config(config_from_dict(d)).build_algo()
     try:
         other.set_state(state)
@@ -140,6 +140,6 @@ def test_adaptive_beta_travels_with_checkpoints(
             ]
         )
         lrs = [x.get() if hasattr(x, "get") else x for x in lrs]
-        assert lrs[0] == [pytest.approx(d["ppo"]["lr"])] * len(lrs[0])
+        assert lrs[0] == [pytest.approx(d["algorithm"]["lr"])] * len(lrs[0])
     finally:
         other.stop()

@@ -47,7 +47,7 @@ def test_every_process_uses_the_cpus_it_reserves(
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 4},
+        algorithm={"batch_size": 4},
         reward={"num_cpus_per_actor": 0},
         resources={
             "num_env_runners": 1,
@@ -106,7 +106,7 @@ def test_a_lone_local_trial_takes_the_spare_cores(tiny_policy_dir, prompts_file,
     assert learner_cpus(8) == 7 and learner_cpus(2) == 1 and learner_cpus(1) == 1
     assert learner_cpus(8, resources={"num_env_runners": 2}) == 5  # two runners, one CPU each
     # The sampler thread's CPU, less the reward actor's 0.25 it time-shares.
-    assert learner_cpus(8, ppo={"async_rollouts": True}) == 7
+    assert learner_cpus(8, algorithm={"async_rollouts": True}) == 7
     reward = {"num_cpus_per_actor": 1, "num_actors": 2}
     assert learner_cpus(4, reward=reward) == 2
     # Given explicitly, or remote learners: left alone.

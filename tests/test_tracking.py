@@ -67,7 +67,7 @@ def test_train_logs_to_mlflow_and_wandb(ray_local, tiny_policy_dir, prompts_file
     assert [m.step for m in history] == [1, 2, 3]
     assert [m.value for m in history] == pytest.approx(rewards)
     assert M.KL_SEQUENCE in run.data.metrics and M.TIMER_UPDATE in run.data.metrics
-    assert float(run.data.params["rayrm/ppo/lr"]) == 3e-4
+    assert float(run.data.params["rayrm/algorithm/lr"]) == 3e-4
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.md", "reward.png", "kl.png"} <= artifacts, artifacts
 
@@ -89,7 +89,7 @@ def test_train_logs_to_mlflow_and_wandb(ray_local, tiny_policy_dir, prompts_file
         elif kind == "files":
             saved.update(f.path for f in record.files.files)
     assert [logged[step][M.REWARD_MEAN] for step in (1, 2, 3)] == pytest.approx(rewards)
-    assert config["rayrm"]["ppo"]["lr"] == 3e-4
+    assert config["rayrm"]["algorithm"]["lr"] == 3e-4
     assert {"report.md", "reward.png"} <= saved, saved
     assert (parts[1].parent / "files" / "report.md").read_text().startswith("#")
 
@@ -126,7 +126,7 @@ def test_a_restored_trial_logs_into_its_mlflow_run(
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 8},
+        algorithm={"batch_size": 8},
         generation={"max_new_tokens": 6},
         run={
             "num_iterations": 4, "checkpoint_every": 2, "max_failures": 1,
@@ -142,4 +142,4 @@ def test_a_restored_trial_logs_into_its_mlflow_run(
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, M.REWARD_MEAN)]
     assert sorted(set(steps)) == [1, 2, 3, 4], steps  # iteration 3 maybe twice
-    assert float(run.data.params["rayrm/ppo/lr"]) == 3e-4
+    assert float(run.data.params["rayrm/algorithm/lr"]) == 3e-4

@@ -44,26 +44,26 @@ def _ref_state(algo) -> dict[str, torch.Tensor]:
 
 
 def test_every_sampled_completion_is_trained(ray_local, tiny_policy_dir, prompts_file, tmp_path):
-    cfg = make_config(tiny_policy_dir, prompts_file, tmp_path, ppo={"num_epochs": 2})
+    cfg = make_config(tiny_policy_dir, prompts_file, tmp_path, algorithm={"num_epochs": 2})
     algo = build_algo_config(cfg).build_algo()
     try:
         episodes = algo.env_runner.sample()
-        assert len(episodes) == cfg.ppo.batch_size
+        assert len(episodes) == cfg.algorithm.batch_size
         assert all(e.is_done for e in episodes)
         # A random policy rarely emits EOS: most completions run to the length limit, and all
         # of them come back (no "first to finish" bias).
         lengths = [len(e) for e in episodes]
         assert max(lengths) == cfg.generation.max_new_tokens
-        assert sum(e.is_truncated for e in episodes) >= cfg.ppo.batch_size // 4
+        assert sum(e.is_truncated for e in episodes) >= cfg.algorithm.batch_size // 4
 
         algo.train()  # its sample metrics include the probe above; the next one is clean
         result = algo.train()
         sampled = result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED]
         trained = result[LEARNER_RESULTS][DEFAULT_MODULE_ID][NUM_MODULE_STEPS_TRAINED]
-        assert trained == cfg.ppo.num_epochs * sampled
+        assert trained == cfg.algorithm.num_epochs * sampled
         learner = result[LEARNER_RESULTS][DEFAULT_MODULE_ID]
-        assert learner[M.NUM_COMPLETIONS] == cfg.ppo.batch_size
-        assert result[M.RLHF_RESULTS][M.ROLLOUT_COMPLETIONS] == cfg.ppo.batch_size
+        assert learner[M.NUM_COMPLETIONS] == cfg.algorithm.batch_size
+        assert result[M.RLHF_RESULTS][M.ROLLOUT_COMPLETIONS] == cfg.algorithm.batch_size
         for key in (
             M.REWARD_MEAN,
             M.KL_TOKEN,
@@ -131,7 +131,7 @@ def test_save_restore_keeps_policy_and_reference(
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"adaptive_kl": True, "target_kl": 0.5, "kl_horizon": 100},
+        algorithm={"adaptive_kl": True, "target_kl": 0.5, "kl_horizon": 100},
     )
     algo = build_algo_config(cfg).build_algo()
     try:
@@ -142,7 +142,7 @@ def test_save_restore_keeps_policy_and_reference(
         before_greedy, before_ref, before_beta = _greedy(algo), _ref_state(algo), algo.kl_ctl.value
     finally:
         algo.stop()
-    assert before_beta != cfg.ppo.kl_coef  # the adaptive controller moved
+    assert before_beta != cfg.algorithm.kl_coef  # the adaptive controller moved
 
     restored = RLHFPPO.from_checkpoint(str(ckpt))
     try:
@@ -188,7 +188,7 @@ def test_two_learners_update_as_one_learner(ray_local, tiny_policy_dir, prompts_
     advantages whitened with the whole batch's moments; DDP averages the shards' gradients),
     and both replicas stay equal."""
     sections = {
-        "ppo": {"batch_size": 8, "num_minibatches": 1, "num_epochs": 1, "lr": 1e-3,
+        "algorithm": {"batch_size": 8, "num_minibatches": 1, "num_epochs": 1, "lr": 1e-3,
                 "loss_aggregation": "seq_mean_token_mean"},
         "generation": {"max_new_tokens": 6},
     }  # fmt: skip
@@ -248,7 +248,7 @@ def test_train_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, tmp_
         tiny_policy_dir,
         prompts_file,
         tmp_path,
-        ppo={"batch_size": 32},
+        algorithm={"batch_size": 32},
         run={"num_iterations": 40, "checkpoint_every": 20},
         eval={"every": 5, "report": True},
     )
@@ -285,9 +285,9 @@ def _rayrm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("override", "key"),
     [
-        ("ppo.lrr=1", "ppo.lrr"),
+        ("algorithm.lrr=1", "algorithm.lrr"),
         ("model.path=/nonexistent/model", "model.path"),
-        ("ppo.batch_size=15", "ppo.batch_size"),
+        ("algorithm.batch_size=15", "algorithm.batch_size"),
         ("reward.function=no_such_module:score", "reward.function"),
         ("data.prompts=missing.jsonl", "data.prompts"),
     ],

@@ -97,7 +97,7 @@ def rayrm_config(spec: BenchSpec, workload: Workload, storage: str, name: str) -
                 "samples_per_prompt": spec.samples_per_prompt,
             },
             "reward": {"source": "model", "path": workload.reward},
-            "ppo": {
+            "algorithm": {
                 "batch_size": spec.batch_size,
                 "num_minibatches": spec.num_minibatches,
                 "num_epochs": spec.num_epochs,
@@ -335,7 +335,7 @@ def _learning_ratio(algo: str, runs: list[dict[str, Any]], s: LearnSettings) -> 
             "met": rayrm >= trl,
         }
     if "rayrm_reward_gain" in line and f"{ASYNC}_reward_gain" in line:
-        # ppo.async_rollouts stays off until it learns as much per completion as synchronous.
+        # algorithm.async_rollouts stays off until it learns as much per completion as synchronous.
         line["async_minus_sync_reward_gain"] = (
             line[f"{ASYNC}_reward_gain"] - line["rayrm_reward_gain"]
         )

@@ -2,7 +2,7 @@
 
 What belongs here: the ``learner_memory`` section of ``rayrm bench``. One learner update is
 what a learner does with a batch: the no-grad forwards of the learner connector (reference
-log-probs, values; ``ppo.forward_batch_size`` completions at a time) and one training
+log-probs, values; ``algorithm.forward_batch_size`` completions at a time) and one training
 minibatch (forward, backward, optimizer step). It runs twice, each time in a fresh process on
 the same model and batch:
 

@@ -114,7 +114,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
         type=_rollouts_list,
         default=["sync"],
         help="rayrm's rollouts in the default and learning sections, comma-separated: sync "
-        "and/or async (ppo.async_rollouts: the next batch sampled while the learner updates; "
+        "and/or async (algorithm.async_rollouts: the next batch sampled while the learner updates; "
         "without remote env runners in a second thread of the trial); the default section "
         "runs each in the same lockstep (default: sync)",
     )

@@ -75,7 +75,7 @@ ESTIMATOR_SETTINGS: dict[str, dict[str, Any]] = {
         "loss_aggregation": "seq_mean_token_mean",
     },
 }
-"""The ``ppo`` settings of a benchmark configuration per ``BenchSpec.estimator``: for the
+"""The ``algorithm`` settings of a benchmark configuration per ``BenchSpec.estimator``: for the
 critic-free ones, those that match TRL's trainer of the same name."""
 
 
@@ -224,7 +224,7 @@ def run_config(spec: BenchSpec, workload: Workload, storage: str) -> Any:
                 "samples_per_prompt": spec.samples_per_prompt,
             },
             "reward": reward,
-            "ppo": {
+            "algorithm": {
                 "batch_size": spec.batch_size,
                 "num_minibatches": spec.num_minibatches,
                 "num_epochs": spec.num_epochs,

@@ -250,7 +250,7 @@ def rayrm_config(s: ToolsSettings, storage: str) -> Any:
                 "max_total_tokens": s.max_total_tokens,
             },
             "reward": {"source": "env"},
-            "ppo": {
+            "algorithm": {
                 "batch_size": s.batch_size,
                 "num_minibatches": s.num_minibatches,
                 "num_epochs": s.num_epochs,

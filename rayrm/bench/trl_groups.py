@@ -230,14 +230,14 @@ def _notes(algo: str) -> list[str]:
         return [
             *common,
             "GRPO: beta x k3 KL as a loss term, token-mean loss (TRL loss_type='dapo'), rewards "
-            "scaled by the group's std: rayrm's ppo.kl_mode=loss, kl_estimator=k3, "
+            "scaled by the group's std: rayrm's algorithm.kl_mode=loss, kl_estimator=k3, "
             "loss_aggregation=token_mean",
         ]
     return [
         *common,
         "RLOO: beta x summed k1 KL subtracted from the sequence reward, leave-one-out baseline; "
         "TRL clips a sequence-level ratio, rayrm a per-token ratio averaged per completion "
-        "(ppo.loss_aggregation=seq_mean_token_mean)",
+        "(algorithm.loss_aggregation=seq_mean_token_mean)",
     ]
 
 

@@ -17,11 +17,11 @@ from rayrm.config.io import apply_override, config_from_dict, load_config, resol
 from rayrm.config.reward import RewardComponent, RewardSettings
 from rayrm.config.run import (
     PROMPT_SUFFIXES,
+    AlgorithmSettings,
     DataSettings,
     EvalSettings,
     GenerationSettings,
     ModelSettings,
-    PPOSettings,
     ResourcesSettings,
     RLConfig,
     RunSettings,
@@ -36,7 +36,7 @@ __all__ = [
     "EvalSettings",
     "GenerationSettings",
     "ModelSettings",
-    "PPOSettings",
+    "AlgorithmSettings",
     "ResourcesSettings",
     "RewardComponent",
     "RewardSettings",

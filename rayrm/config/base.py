@@ -4,7 +4,7 @@ Every config section is a :class:`Section`: a frozen pydantic v2 model that forb
 keys and checks types strictly (``True`` is not an integer, ``"5"`` is not a number; an
 integer is accepted for a float). Ranges are field constraints (``Field(ge=..., le=...)``), enum
 values ``Literal`` types. :func:`build` turns pydantic's error list into the first problem, as
-one :class:`ConfigError` line that names the dotted key (``ppo.batch_size``) -- unknown keys
+one :class:`ConfigError` line that names the dotted key (``algorithm.batch_size``) -- unknown keys
 first, with the closest valid key suggested, then missing required keys, then wrong values.
 
 This module must stay cheap to import: no ``ray``, no ``torch``.
@@ -16,7 +16,7 @@ import difflib
 import os
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -47,7 +47,7 @@ class ConfigError(ValueError):
     """A problem with a config, explained in one line.
 
     Attributes:
-        key: Dotted key the problem is about (e.g. ``"ppo.batch_size"``), or None when the
+        key: Dotted key the problem is about (e.g. ``"algorithm.batch_size"``), or None when the
             problem is with the file itself.
     """
 
@@ -60,6 +60,9 @@ class Section(BaseModel):
     """A config section: frozen, unknown keys forbidden, types checked strictly."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+    renamed: ClassVar[dict[str, str]] = {}
+    """Keys renamed since an earlier version, old -> new: naming an old one is refused in one
+    line that gives the new one."""
 
     def to_dict(self) -> dict[str, Any]:
         """The section as plain nested dicts and lists (what YAML and Tune hold)."""
@@ -88,10 +91,16 @@ def optional_section_type(annotation: Any) -> type[Section] | None:
     return None
 
 
-def unknown_key(key: str, name: str, valid: Sequence[str], where: str = "") -> ConfigError:
-    """The error for ``key`` (last part ``name``), suggesting the closest of ``valid``."""
-    close = difflib.get_close_matches(name, valid, n=1)
+def unknown_key(key: str, name: str, owner: type[BaseModel], where: str = "") -> ConfigError:
+    """The error for ``key`` (last part ``name``) in section ``owner``: the new name if it
+    was renamed (``owner.renamed``), else the closest of its keys."""
     prefix = key[: len(key) - len(name)]
+    renamed = getattr(owner, "renamed", {})
+    if name in renamed:
+        new = f"{prefix}{renamed[name]}"
+        return ConfigError(f"{key}{where}: renamed to {new} (same keys inside)", key=key)
+    valid = list(section_fields(owner))
+    close = difflib.get_close_matches(name, valid, n=1)
     hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown key {key}{where} ({hint})", key=key)
 
@@ -250,7 +259,7 @@ def _translate(cls: type[Section], error: Any, prefix: str) -> ConfigError:
     or_null = " or null" if _optional(field) else ""
     got = f"got {type(value).__name__} {value!r}"
     if kind == "extra_forbidden":
-        return unknown_key(key, str(loc[-1]), list(section_fields(owner)))
+        return unknown_key(key, str(loc[-1]), owner)
     if kind == "missing":
         return ConfigError(f"{key} is required", key=key)
     if kind in ("model_type", "model_attributes_type"):

@@ -66,7 +66,7 @@ def apply_override(raw: dict[str, Any], override: str, root: type[Section] = RLC
     parts = dotted.split(".")
     if not sep or not all(parts):
         raise ConfigError(
-            f"malformed override {override!r}: expected dotted.key=value, e.g. ppo.lr=3.0e-6"
+            f"malformed override {override!r}: expected dotted.key=value, e.g. algorithm.lr=3.0e-6"
         )
     try:
         value = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
@@ -79,7 +79,7 @@ def apply_override(raw: dict[str, Any], override: str, root: type[Section] = RLC
         key = ".".join(parts[: i + 1])
         fields = section_fields(cls)
         if name not in fields:
-            raise unknown_key(key, name, list(fields), where=f" in override {override!r}")
+            raise unknown_key(key, name, cls, where=f" in override {override!r}")
         annotation = fields[name].annotation
         # An optional section (model.lora) is a section here: a dotted key into it creates it
         # with its defaults for the keys not given.

@@ -40,7 +40,7 @@ _HEADER = """\
 
 Every key of the three kinds of config file, generated from the typed sections in
 `rayrm/config/` that validate them (each key's text is the `Attributes:` entry of its class).
-Keys are written dotted, as `--set` takes them (`--set ppo.lr=1e-5`). A key marked
+Keys are written dotted, as `--set` takes them (`--set algorithm.lr=1e-5`). A key marked
 *required* has no default. For how a config is checked before Ray starts, see
 [Configuration](configuration.md); for editor completion, `rayrm config schema` writes the same
 documentation as a JSON Schema.

@@ -10,15 +10,15 @@ This module must stay cheap to import: no ``ray``, no ``torch``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field
 
+from rayrm.config.algorithm import AlgorithmSettings
 from rayrm.config.base import ConfigError, NonEmptyStr, Section
 from rayrm.config.environment import EnvSettings
 from rayrm.config.lora import LoraSettings
-from rayrm.config.ppo import PPOSettings
 from rayrm.config.reward import FUNCTION_RE, RewardSettings, check_reward
 from rayrm.config.tracking import TrackingSettings
 from rayrm.config.tune import SAMPLERS, TuneSettings, check_search_space
@@ -31,7 +31,7 @@ __all__ = [
     "EvalSettings",
     "GenerationSettings",
     "ModelSettings",
-    "PPOSettings",
+    "AlgorithmSettings",
     "ResourcesSettings",
     "RLConfig",
     "RunSettings",
@@ -136,7 +136,7 @@ class GenerationSettings(Section):
         stop_strings: Texts that end a completion once it contains one; the text the reward
             reads keeps the stop string and drops what the last token added after it.
         samples_per_prompt: Completions sampled per prompt per iteration (a group; GRPO,
-            RLOO). ``ppo.batch_size`` counts completions; a group is sampled by one env runner.
+            RLOO). ``algorithm.batch_size`` counts completions; a group is sampled by one env runner.
     """
 
     max_new_tokens: int = Field(16, ge=1)
@@ -194,7 +194,7 @@ class RunSettings(TrackingSettings):
         num_iterations: Training iterations (sample, score, update) to run; ignored when
             ``num_epochs`` is set.
         num_epochs: Passes over the training prompts to run instead (fractions allowed): the
-            run lasts ``ceil(num_epochs * prompts / (ppo.batch_size /
+            run lasts ``ceil(num_epochs * prompts / (algorithm.batch_size /
             generation.samples_per_prompt))`` iterations. Prompts are drawn in shuffled passes
             without replacement either way (``rayrm.rl.prompt_order``); held-out rows of
             ``data.prompts`` (``eval``) are never trained on.
@@ -271,7 +271,7 @@ class RLConfig(Section):
         data: See :class:`DataSettings`.
         generation: See :class:`GenerationSettings`.
         reward: See :class:`RewardSettings`.
-        ppo: See :class:`PPOSettings`.
+        algorithm: See :class:`AlgorithmSettings` (was ``ppo``).
         resources: See :class:`ResourcesSettings`.
         run: See :class:`RunSettings`.
         tune: See :class:`TuneSettings`.
@@ -285,17 +285,19 @@ class RLConfig(Section):
     data: DataSettings
     generation: GenerationSettings = GenerationSettings()
     reward: RewardSettings = RewardSettings()
-    ppo: PPOSettings = PPOSettings()
+    algorithm: AlgorithmSettings = AlgorithmSettings()
     resources: ResourcesSettings = ResourcesSettings()
     run: RunSettings = RunSettings()
     tune: TuneSettings = TuneSettings()
     eval: EvalSettings = EvalSettings()
     env: EnvSettings | None = None
 
+    renamed: ClassVar[dict[str, str]] = {"ppo": "algorithm"}
+
     @property
     def envs_per_env_runner(self) -> int:
         """Completions each env runner samples per iteration (the trial process if none)."""
-        return self.ppo.batch_size // max(1, self.resources.num_env_runners)
+        return self.algorithm.batch_size // max(1, self.resources.num_env_runners)
 
     @property
     def max_seq_len(self) -> int:
@@ -317,19 +319,19 @@ class RLConfig(Section):
     @property
     def completions_per_learner_minibatch(self) -> int:
         """Completions in one learner's share of one optimizer step."""
-        return self.ppo.completions_per_minibatch // max(1, self.resources.num_learners)
+        return self.algorithm.completions_per_minibatch // max(1, self.resources.num_learners)
 
     @property
     def forward_batch_size(self) -> int:
-        """Completions per no-grad learner forward (``ppo.forward_batch_size`` resolved)."""
-        return self.ppo.forward_batch_size or max(1, self.completions_per_learner_minibatch)
+        """Completions per no-grad learner forward (``algorithm.forward_batch_size`` resolved)."""
+        return self.algorithm.forward_batch_size or max(1, self.completions_per_learner_minibatch)
 
     @property
     def recompute_logp(self) -> bool:
-        """Whether the learner recomputes the old log-probs (``ppo.recompute_logp`` resolved)."""
-        if self.ppo.recompute_logp is not None:
-            return self.ppo.recompute_logp
-        return self.model.dtype != "float32" and not self.ppo.async_rollouts
+        """Whether the learner recomputes the old log-probs (``algorithm.recompute_logp`` resolved)."""
+        if self.algorithm.recompute_logp is not None:
+            return self.algorithm.recompute_logp
+        return self.model.dtype != "float32" and not self.algorithm.async_rollouts
 
     def check(self) -> None:
         """Checks the relations between fields (types and ranges are checked on building).
@@ -338,7 +340,7 @@ class RLConfig(Section):
             ConfigError: On the first problem found, naming its dotted key.
         """
         _check_relations(self)
-        check_search_space(self.to_dict(), self.tune)
+        check_search_space(self.to_dict(), self.tune, self.renamed)
 
     def save_yaml(self, path: str | Path) -> None:
         """Writes the config as YAML that :func:`load_config` reads back.
@@ -364,7 +366,7 @@ def _check_relations(cfg: RLConfig) -> None:
             f"under run.storage_path",
             key="name",
         )
-    model, reward, ppo, res = cfg.model, cfg.reward, cfg.ppo, cfg.resources
+    model, reward, algorithm, res = cfg.model, cfg.reward, cfg.algorithm, cfg.resources
     if model.critic_path is not None and model.critic != "separate":
         raise ConfigError(
             f"model.critic_path is only used with model.critic=separate (critic is "
@@ -398,61 +400,61 @@ def _check_relations(cfg: RLConfig) -> None:
             f"eval.prompts {cfg.eval.prompts!r} must end with one of {', '.join(PROMPT_SUFFIXES)}",
             key="eval.prompts",
         )
-    if ppo.batch_size % max(1, res.num_env_runners):
+    if algorithm.batch_size % max(1, res.num_env_runners):
         raise ConfigError(
-            f"ppo.batch_size ({ppo.batch_size}) must be divisible by "
+            f"algorithm.batch_size ({algorithm.batch_size}) must be divisible by "
             f"resources.num_env_runners ({res.num_env_runners}): each env runner samples "
             f"the same number of completions",
-            key="ppo.batch_size",
+            key="algorithm.batch_size",
         )
-    if ppo.async_rollouts and ppo.recompute_logp:
+    if algorithm.async_rollouts and algorithm.recompute_logp:
         raise ConfigError(
-            "ppo.recompute_logp would replace the sampler's log-probs with the updated "
-            "policy's, and under ppo.async_rollouts the ratio must correct for the one update "
+            "algorithm.recompute_logp would replace the sampler's log-probs with the updated "
+            "policy's, and under algorithm.async_rollouts the ratio must correct for the one update "
             "between sampling and learning: leave recompute_logp unset or false",
-            key="ppo.recompute_logp",
+            key="algorithm.recompute_logp",
         )
-    if ppo.kl_mode == "loss" and ppo.kl_estimator == "k1":
+    if algorithm.kl_mode == "loss" and algorithm.kl_estimator == "k1":
         raise ConfigError(
-            "ppo.kl_estimator=k1 as a loss (ppo.kl_mode=loss) puts no KL pressure on the "
+            "algorithm.kl_estimator=k1 as a loss (algorithm.kl_mode=loss) puts no KL pressure on the "
             "policy: its expected gradient is zero. Use k3 (the gradient of KL(ref||policy), "
             "GRPO's; the default) or k2 (of KL(policy||ref))",
-            key="ppo.kl_estimator",
+            key="algorithm.kl_estimator",
         )
     learners = max(1, res.num_learners)
     _check_groups(cfg, learners)
-    if ppo.batch_size % (ppo.num_minibatches * learners):
+    if algorithm.batch_size % (algorithm.num_minibatches * learners):
         raise ConfigError(
-            f"ppo.batch_size ({ppo.batch_size}) must be divisible by ppo.num_minibatches "
-            f"({ppo.num_minibatches}) * max(1, resources.num_learners) ({learners}) = "
-            f"{ppo.num_minibatches * learners}: each learner takes an equal share of the "
-            f"batch and splits it into ppo.num_minibatches minibatches of whole completions",
-            key="ppo.batch_size",
+            f"algorithm.batch_size ({algorithm.batch_size}) must be divisible by algorithm.num_minibatches "
+            f"({algorithm.num_minibatches}) * max(1, resources.num_learners) ({learners}) = "
+            f"{algorithm.num_minibatches * learners}: each learner takes an equal share of the "
+            f"batch and splits it into algorithm.num_minibatches minibatches of whole completions",
+            key="algorithm.batch_size",
         )
 
 
 def _check_groups(cfg: RLConfig, learners: int) -> None:
     """Group sampling and the critic-free estimators."""
-    ppo, n = cfg.ppo, cfg.generation.samples_per_prompt
-    if ppo.uses_groups and n < 2:
+    algorithm, n = cfg.algorithm, cfg.generation.samples_per_prompt
+    if algorithm.uses_groups and n < 2:
         raise ConfigError(
-            f"ppo.advantage_estimator={ppo.advantage_estimator} compares the samples of a "
+            f"algorithm.advantage_estimator={algorithm.advantage_estimator} compares the samples of a "
             f"prompt: set generation.samples_per_prompt >= 2 (it is {n})",
             key="generation.samples_per_prompt",
         )
-    if not ppo.uses_critic and cfg.model.critic == "separate":
+    if not algorithm.uses_critic and cfg.model.critic == "separate":
         raise ConfigError(
-            f"model.critic=separate has no use with ppo.advantage_estimator="
-            f"{ppo.advantage_estimator}, which needs no value model: remove it",
+            f"model.critic=separate has no use with algorithm.advantage_estimator="
+            f"{algorithm.advantage_estimator}, which needs no value model: remove it",
             key="model.critic",
         )
     per_runner = cfg.envs_per_env_runner
-    if n > 1 and (per_runner % n or (ppo.batch_size // n) % learners):
+    if n > 1 and (per_runner % n or (algorithm.batch_size // n) % learners):
         raise ConfigError(
-            f"ppo.batch_size ({ppo.batch_size}) must hold whole groups of "
+            f"algorithm.batch_size ({algorithm.batch_size}) must hold whole groups of "
             f"generation.samples_per_prompt ({n}) per env runner ({per_runner} completions "
             f"each) and per learner ({learners}): a group is sampled and trained together",
-            key="ppo.batch_size",
+            key="algorithm.batch_size",
         )
 
 

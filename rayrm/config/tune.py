@@ -27,10 +27,10 @@ class TuneSettings(Section):
         search_space: Dotted config key -> one sampler, written as a one-key mapping:
             ``{grid: [a, b]}``, ``{choice: [a, b]}``, ``{uniform: [low, high]}``,
             ``{loguniform: [low, high]}`` or ``{randint: [low, high]}``. Any key of this config
-            may be searched (e.g. ``ppo.lr``, ``ppo.kl_coef``, ``seed``).
+            may be searched (e.g. ``algorithm.lr``, ``algorithm.kl_coef``, ``seed``).
         num_samples: Trials to sample (each grid point is repeated this many times).
         scheduler: ``fifo`` (run every trial to the end), ``asha`` (stop weak trials early)
-            or ``pbt`` (population-based training: mutates ``ppo.lr`` and ``ppo.kl_coef``).
+            or ``pbt`` (population-based training: mutates ``algorithm.lr`` and ``algorithm.kl_coef``).
         metric: Result key under ``rlhf`` to optimise, e.g. ``reward/mean`` or
             ``objective/reward_minus_kl`` (reward minus β·KL per sequence).
         mode: ``max`` or ``min``.
@@ -56,9 +56,12 @@ class TuneSettings(Section):
     pbt_synch: bool = False
 
 
-def check_search_space(plain: dict[str, Any], tune: TuneSettings) -> None:
+def check_search_space(
+    plain: dict[str, Any], tune: TuneSettings, renamed: Mapping[str, str] | None = None
+) -> None:
     """Every ``tune.search_space`` entry names a real scalar key of the run config
-    ``plain`` (as a dict) and a well-formed sampler; ``tune.metric`` is not a renamed key.
+    ``plain`` (as a dict) and a well-formed sampler; ``tune.metric`` is not a renamed metric,
+    and a key under a ``renamed`` section (old -> new) is refused naming the new key.
 
     Raises:
         ConfigError: On the first problem, naming the ``tune.search_space`` key.
@@ -73,6 +76,10 @@ def check_search_space(plain: dict[str, Any], tune: TuneSettings) -> None:
         node: Any = plain
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
+                first, _, rest = key.partition(".")
+                if node is plain and first in (renamed or {}):
+                    new = ".".join(filter(None, (renamed[first], rest)))  # type: ignore[index]
+                    raise ConfigError(f"{where}: {first} was renamed to {new}", key=where)
                 raise ConfigError(f"{where}: {key} is not a config key", key=where)
             node = node[part]
         if isinstance(node, dict) or key.startswith("tune."):
@@ -92,7 +99,7 @@ def check_search_space(plain: dict[str, Any], tune: TuneSettings) -> None:
             if kind == "loguniform" and args[0] <= 0:
                 raise ConfigError(f"{where}.loguniform needs low > 0", key=where)
     if tune.scheduler == "pbt":
-        for key in ("ppo.lr", "ppo.kl_coef"):
+        for key in ("algorithm.lr", "algorithm.kl_coef"):
             spec = tune.search_space.get(key)
             if spec is not None and next(iter(spec)) not in ("uniform", "loguniform"):
                 raise ConfigError(

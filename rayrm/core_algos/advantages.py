@@ -1,4 +1,4 @@
-"""Advantage estimators, registered by their config name (``ppo.advantage_estimator``):
+"""Advantage estimators, registered by their config name (``algorithm.advantage_estimator``):
 GAE with a critic, and the critic-free GRPO, RLOO and REINFORCE++ (with and without a group
 baseline)."""
 
@@ -77,7 +77,7 @@ def reinforce_returns(rewards: np.ndarray, *, gamma: float = 1.0) -> np.ndarray:
 
     REINFORCE++ (Hu 2025, https://arxiv.org/abs/2501.03262, §3): the per-token rewards hold the
     KL penalty on every token and the score at the last; the advantages are these returns
-    normalised over the whole batch (:func:`whiten` of all tokens). ``γ`` is ``ppo.gamma``
+    normalised over the whole batch (:func:`whiten` of all tokens). ``γ`` is ``algorithm.gamma``
     (1 by default, as in the paper).
     """
     r = np.asarray(rewards, dtype=np.float64)
@@ -172,7 +172,7 @@ Estimator = Callable[[AdvantageInputs], Advantages]
 
 
 ESTIMATOR_FUNCTIONS: dict[str, Estimator] = {}
-"""Advantage estimators by their config name (``ppo.advantage_estimator``): see
+"""Advantage estimators by their config name (``algorithm.advantage_estimator``): see
 :func:`register_estimator`."""
 
 

@@ -1,5 +1,5 @@
 """Losses: PPO's clipped surrogate, the value loss, loss aggregations (registered by their
-config name, ``ppo.loss_aggregation``), and log-probs and entropy from logits."""
+config name, ``algorithm.loss_aggregation``), and log-probs and entropy from logits."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ Aggregation = Callable[..., torch.Tensor]
 
 
 AGGREGATIONS: dict[str, Aggregation] = {}
-"""Loss aggregations by their config name (``ppo.loss_aggregation``): see
+"""Loss aggregations by their config name (``algorithm.loss_aggregation``): see
 :func:`register_aggregation`."""
 
 
@@ -188,7 +188,7 @@ def value_loss(
         value_clip: clip range, or None for the plain squared error.
         mask: optional (N,) bool (with the default aggregation).
         aggregate: per-token errors (N,) -> scalar, the policy loss's
-            (:func:`aggregate_tokens`, ``ppo.loss_aggregation``); default: the masked mean.
+            (:func:`aggregate_tokens`, ``algorithm.loss_aggregation``); default: the masked mean.
 
     Returns:
         Scalar ``0.5 * aggregate(max(err², err_clipped²))``.

@@ -27,7 +27,7 @@ from rayrm import metrics as M
 from rayrm.config import RLConfig, config_from_dict
 from rayrm.config.stage import SFTConfig, stage_config_from_dict
 from rayrm.demo.cache import StageResult, quiet_single_threaded, run_stage
-from rayrm.demo.steps import GRPO_SAMPLES, ppo_section, stage_common
+from rayrm.demo.steps import GRPO_SAMPLES, algorithm_section, stage_common
 from rayrm.demo.tasks import (
     DEMO_TEMPLATE,
     TASKS,
@@ -177,7 +177,7 @@ def rl_config(name: str, storage: Path, task: Task, s: TaskSizes, sft_model: str
             },
             "env": {"environment": task.environment, "max_total_tokens": task.max_total_tokens},
             "reward": {"source": "env", "normalize": False},
-            "ppo": ppo_section(
+            "algorithm": algorithm_section(
                 s.algo,
                 batch_size=s.rl_batch_size,
                 lr=s.rl_lr,

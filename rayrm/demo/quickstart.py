@@ -44,7 +44,7 @@ def write_quickstart(workdir: str | Path, *, num_iterations: int = 60) -> Path:
             "function": "envs.builtin:vowel_reward",
             "num_cpus_per_actor": 0.5,
         },
-        "ppo": {
+        "algorithm": {
             "batch_size": 32,
             "num_minibatches": 2,
             "num_epochs": 2,

@@ -56,7 +56,7 @@ __all__ = [
     "compare_gold",
     "gold_line",
     "ppo_config",
-    "ppo_section",
+    "algorithm_section",
     "stage_common",
 ]
 
@@ -124,7 +124,7 @@ GRPO_SETTINGS: dict[str, Any] = {
     "kl_estimator": "k3",
     "loss_aggregation": "seq_mean_token_mean",
 }
-"""The ``ppo`` section of ``rayrm demo --algo grpo`` besides the PPO stage's own."""
+"""The ``algorithm`` section of ``rayrm demo --algo grpo`` besides the PPO stage's own."""
 
 SIZES: dict[str, DemoSizes] = {
     "full": DemoSizes(),
@@ -301,7 +301,7 @@ def ppo_config(
                 "samples_per_prompt": GRPO_SAMPLES if s.algo == "grpo" else 1,
             },
             "reward": {"source": "model", "path": rm, "num_cpus_per_actor": 0.5},
-            "ppo": ppo_section(
+            "algorithm": algorithm_section(
                 s.algo,
                 batch_size=s.ppo_batch_size,
                 lr=s.ppo_lr,
@@ -327,10 +327,10 @@ def ppo_config(
     )
 
 
-def ppo_section(
+def algorithm_section(
     algo: str, *, batch_size: int, lr: float, kl_coef: float, target_kl: float
 ) -> dict[str, Any]:
-    """The demos' ``ppo`` section: 2 minibatches, 2 epochs; PPO with the adaptive KL
+    """The demos' ``algorithm`` section: 2 minibatches, 2 epochs; PPO with the adaptive KL
     controller, or GRPO (:data:`GRPO_SETTINGS`) with a fixed β."""
     return {
         "batch_size": batch_size,

@@ -93,14 +93,17 @@ def _pbt_mutations(cfg: RLConfig) -> dict[str, Any]:
     from ray import tune
 
     mutations: dict[str, Any] = {}
-    for key, base in (("ppo.lr", cfg.ppo.lr), ("ppo.kl_coef", cfg.ppo.kl_coef)):
+    for key, base in (
+        ("algorithm.lr", cfg.algorithm.lr),
+        ("algorithm.kl_coef", cfg.algorithm.kl_coef),
+    ):
         spec = cfg.tune.search_space.get(key)
         if spec is not None:
             ((kind, args),) = spec.items()
             mutations[key.split(".")[1]] = _sampler(kind, args)
         elif base > 0:
             mutations[key.split(".")[1]] = tune.loguniform(base / 10, base * 10)
-    return {"rayrm": {"ppo": mutations}}
+    return {"rayrm": {"algorithm": mutations}}
 
 
 def make_scheduler(cfg: RLConfig) -> Any:

@@ -7,7 +7,7 @@
     update   learners: reference log-probs, KL-penalised rewards, GAE, clipped PPO
     sync     new weights go back to the EnvRunners
 
-With ``ppo.async_rollouts`` the next iteration's sample and score run in a background thread
+With ``algorithm.async_rollouts`` the next iteration's sample and score run in a background thread
 while this iteration's update runs (one-step off-policy: the batch an update trains on was
 sampled by the weights one update older; ``rollout/policy_lag`` says by how many).
 
@@ -111,7 +111,7 @@ def build_algo_config(cfg: RLConfig) -> RLHFConfig:
 
 @dataclass
 class Rollout:
-    """One sampled and scored batch (made in the background under ``ppo.async_rollouts``)."""
+    """One sampled and scored batch (made in the background under ``algorithm.async_rollouts``)."""
 
     episodes: list[Any]
     runner_results: list[Any]
@@ -139,7 +139,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
 
     def setup(self, config: Any) -> None:
         # The trial's bundle: its local learner (and env runner) use it; the sampler thread
-        # of ppo.async_rollouts its own share of it (torch's threads are per process).
+        # of algorithm.async_rollouts its own share of it (torch's threads are per process).
         rayrm = config["rayrm"] if isinstance(config, dict) else config.rayrm
         cfg = self.run_config = config_from_dict(rayrm, check_paths=False)
         lent = local_sampler_threads(cfg)
@@ -162,9 +162,11 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         self.prompt_order = PromptOrder(rows, cfg.seed)
         self.planned_iterations = planned_iterations(cfg, len(rows))
         self.trained_prompts = self.prompt_order.get_state()  # after the last trained batch
-        # ppo.async_rollouts: the next batch, sampled while the learners update.
+        # algorithm.async_rollouts: the next batch, sampled while the learners update.
         self.next_rollout: Rollout | None = None
-        self.sampler = ThreadPoolExecutor(1, "rayrm-sampler") if cfg.ppo.async_rollouts else None
+        self.sampler = (
+            ThreadPoolExecutor(1, "rayrm-sampler") if cfg.algorithm.async_rollouts else None
+        )
         # The sampler thread's CPUs, which a local learner borrows while that thread idles.
         self.threads = ThreadLoan(own, lent) if self.sampler and lent >= 1 else None
         # Synchronous, local learner: its no-grad forwards run while the batch is scored.
@@ -264,7 +266,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             self.metrics.log_value((M.RLHF_RESULTS, key), value, window=1)
 
     def _rollout(self) -> Rollout:
-        """Samples ``ppo.batch_size`` completions and scores them (maybe in the sampler
+        """Samples ``algorithm.batch_size`` completions and scores them (maybe in the sampler
         thread: nothing here logs metrics or touches the learners)."""
         t_start = time.perf_counter()
         episodes, results, healthy = self._sample_batch()
@@ -283,7 +285,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         )
 
     def _sample_ahead(self) -> Future | None:
-        """Under ``ppo.async_rollouts``, starts sampling the next iteration's batch with the
+        """Under ``algorithm.async_rollouts``, starts sampling the next iteration's batch with the
         current weights (none after the run's last iteration: every batch is trained on)."""
         if self.sampler is None or self.iteration + 1 >= self.planned_iterations:
             return None
@@ -293,7 +295,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
 
     def _policy_lag(self, episodes: list[Any]) -> int:
         """Updates between the weights that sampled ``episodes`` and those this iteration's
-        update started from (0 synchronous, 1 with ``ppo.async_rollouts``)."""
+        update started from (0 synchronous, 1 with ``algorithm.async_rollouts``)."""
         updated = self.metrics.peek((LEARNER_RESULTS, DEFAULT_MODULE_ID, WEIGHTS_SEQ_NO), default=0)
         sampled = min(int(e.get_infos(0).get(WEIGHTS_VERSION, 0)) for e in episodes)
         return max(0, int(updated) - 1 - sampled)
@@ -313,10 +315,10 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         self, episodes: list[Any], scored: ScoredBatch
     ) -> tuple[list[Any], np.ndarray, list[Any], dict[str, float]]:
         """Leaves out completions with non-finite scores (``reward.on_nan: skip``) and, with
-        ``ppo.filter_uniform_groups``, uniform groups from the update: ``(episodes kept,
+        ``algorithm.filter_uniform_groups``, uniform groups from the update: ``(episodes kept,
         kept mask, episodes to train on, group metrics)``."""
-        ppo, learners = self.run_config.ppo, self.run_config.resources.num_learners
-        deal = {"num_learners": learners, "num_minibatches": ppo.num_minibatches}
+        algorithm, learners = self.run_config.algorithm, self.run_config.resources.num_learners
+        deal = {"num_learners": learners, "num_minibatches": algorithm.num_minibatches}
         kept = np.ones(len(episodes), bool) if scored.skipped is None else ~scored.skipped
         if not kept.all():  # reward.on_nan: skip
             episodes = [e for e, k in zip(episodes, kept, strict=True) if k]
@@ -327,23 +329,23 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
                     f"{self.rewards.what} gave non-finite scores to {int((~kept).sum())} of "
                     f"{len(kept)} completions: the {len(episodes)} left cannot give each of "
                     f"max(1, resources.num_learners) = {max(1, learners)} learners a "
-                    f"completion per minibatch (ppo.num_minibatches = {ppo.num_minibatches}), "
+                    f"completion per minibatch (algorithm.num_minibatches = {algorithm.num_minibatches}), "
                     "groups kept whole"
                 )
         train_on, group_stats = select_groups(
-            episodes, scored.raw[kept], drop_uniform=ppo.filter_uniform_groups, **deal
+            episodes, scored.raw[kept], drop_uniform=algorithm.filter_uniform_groups, **deal
         )
         return episodes, kept, train_on, group_stats
 
     def _sample_batch(self) -> tuple[list[Any], list[Any], int]:
-        """``ppo.batch_size`` completions of the prompt order's next prompts, whatever
+        """``algorithm.batch_size`` completions of the prompt order's next prompts, whatever
         runners were lost or hung: the healthy ones sample the missing share while RLlib
         restores the others (a runner silent for ``resources.sample_timeout_s`` is
         restarted); no new completion for that long raises :class:`~rayrm.errors.TimedOut`.
         Returns the episodes, the runners' metrics and how many remote runners were healthy
         when it began."""
         cfg = self.run_config
-        want, timeout = cfg.ppo.batch_size, cfg.resources.sample_timeout_s
+        want, timeout = cfg.algorithm.batch_size, cfg.resources.sample_timeout_s
         n = cfg.generation.samples_per_prompt
         needed = Counter(self.prompt_order.take(want // n))  # prompt row -> groups to sample
         per_runner = cfg.envs_per_env_runner // n
@@ -368,7 +370,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
                 return episodes, results, healthy
             if timeout is not None and time.monotonic() - progress > timeout:
                 raise TimedOut(
-                    f"sampling gave {len(episodes)} of ppo.batch_size={want} completions and "
+                    f"sampling gave {len(episodes)} of algorithm.batch_size={want} completions and "
                     f"no more for resources.sample_timeout_s={timeout:g}s "
                     f"({group.num_healthy_remote_workers()} of "
                     f"{group.num_remote_env_runners()} env runners healthy)"
@@ -411,7 +413,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
                     (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
                 )
             },
-            num_epochs=self.run_config.ppo.num_epochs,
+            num_epochs=self.run_config.algorithm.num_epochs,
         )
         num_learners = self.run_config.resources.num_learners
         with self.weights_lock:
@@ -451,7 +453,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         state[RAYRM_STATE] = {
             "kl_ctl": self.kl_ctl.get_state(),
             "reward_moments": self.rewards.moments.get_state(),
-            "config_kl_coef": self.run_config.ppo.kl_coef,
+            "config_kl_coef": self.run_config.algorithm.kl_coef,
             "prompt_order": self.trained_prompts,
         }
         return state
@@ -467,11 +469,11 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
                 self.next_rollout = None  # sampled ahead from prompts now taken again
             # The adaptive β travels with the checkpoint, unless this trial's config changed
             # the coefficient (PBT's explore step): then the new value is the perturbed β.
-            kl_coef = self.run_config.ppo.kl_coef
+            kl_coef = self.run_config.algorithm.kl_coef
             if saved.get("config_kl_coef", kl_coef) == kl_coef:
                 self.kl_ctl.set_state(saved["kl_ctl"])
         # The config's learning rate wins over the one stored with the optimizer state (PBT).
-        lr = self.run_config.ppo.lr
+        lr = self.run_config.algorithm.lr
         self.learner_group.foreach_learner(lambda learner: learner.set_lr(lr))
 
     def checkpoint_score(self) -> float | None:

@@ -247,7 +247,7 @@ def select_groups(
     """The completions to train on, and the group metrics (with samples_per_prompt > 1).
 
     A group whose raw scores are all equal carries no signal under GRPO/RLOO (zero advantage);
-    with ``drop_uniform`` (``ppo.filter_uniform_groups``, DAPO's dynamic sampling, Yu et al.
+    with ``drop_uniform`` (``algorithm.filter_uniform_groups``, DAPO's dynamic sampling, Yu et al.
     2025, https://arxiv.org/abs/2503.14476, §3.2) such groups are left out of the update, but
     as many of them are kept (in batch order) as dealing whole groups to ``num_learners``
     learners, a completion per minibatch each, needs (:func:`dealable`).

@@ -86,7 +86,7 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
         self.thread_loan: ThreadLoan | None = None
         # No-grad forwards run while the batch was scored (precompute_forwards).
         self.precomputed = PrecomputedForwards()
-        self.kl_coef = float(self.run_config.ppo.kl_coef)
+        self.kl_coef = float(self.run_config.algorithm.kl_coef)
         super().build()
         pipeline = learner_connector(self)
         names = [type(c).__name__ for c in pipeline.connectors]
@@ -98,8 +98,8 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
         pipeline.append(
             RLHFAdvantages(
                 learner=self,
-                gamma=self.run_config.ppo.gamma,
-                gae_lambda=self.run_config.ppo.gae_lambda,
+                gamma=self.run_config.algorithm.gamma,
+                gae_lambda=self.run_config.algorithm.gae_lambda,
                 recompute_logp=self.run_config.recompute_logp,
             )
         )
@@ -111,7 +111,7 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
             self.module[DEFAULT_MODULE_ID].unwrapped(),
             episodes,
             logp=self.run_config.recompute_logp,
-            values=self.run_config.ppo.uses_critic,
+            values=self.run_config.algorithm.uses_critic,
         )
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -139,7 +139,7 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
             params,
             lr=config.lr,
             eps=1e-5,
-            max_grad_norm=self.run_config.ppo.max_grad_norm,
+            max_grad_norm=self.run_config.algorithm.max_grad_norm,
             dynamic_loss_scale=self.run_config.model.dtype == "float16",
             # fused: one kernel per tensor for Adam's whole update (as TRL's default
             # adamw_torch_fused), instead of one per operation; the same arithmetic.
@@ -196,7 +196,7 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
         for minibatch in CompletionMinibatches(
             batch,
             num_epochs=num_epochs,
-            num_minibatches=self.run_config.ppo.num_minibatches,
+            num_minibatches=self.run_config.algorithm.num_minibatches,
             seed=self.run_config.seed + weights_seq_no(self),
         ):
             self.take_threads()
@@ -205,22 +205,26 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
     def compute_loss_for_module(
         self, *, module_id: str, config: Any, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> torch.Tensor:
-        ppo = self.run_config.ppo
+        algorithm = self.run_config.algorithm
         mask = batch.get(Columns.LOSS_MASK)
         norm = float(self.run_config.max_policy_tokens)
 
         def aggregate(values: torch.Tensor) -> torch.Tensor:
             return aggregate_tokens(
-                values, mode=ppo.loss_aggregation, seq_id=batch.get(SEQ_ID), mask=mask, norm=norm
+                values,
+                mode=algorithm.loss_aggregation,
+                seq_id=batch.get(SEQ_ID),
+                mask=mask,
+                norm=norm,
             )
 
         pg_loss, stats = ppo_policy_loss(
             logp=fwd_out[LOGP],
             old_logp=batch[Columns.ACTION_LOGP],
             advantages=batch[ADVANTAGES],
-            clip_ratio=ppo.clip_ratio,
+            clip_ratio=algorithm.clip_ratio,
             mask=mask,
-            clip_ratio_high=ppo.clip_ratio_high,
+            clip_ratio_high=algorithm.clip_ratio_high,
             aggregate=aggregate,
         )
         # Without a bonus the entropy is a metric only: no gradient through it (the head's
@@ -228,8 +232,8 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
         # whatever the loss aggregation (under seq_mean_token_sum_norm the aggregate is
         # a sum over max_new_tokens, not a mean).
         total = (
-            pg_loss - ppo.entropy_coef * aggregate(fwd_out[ENTROPY])
-            if ppo.entropy_coef
+            pg_loss - algorithm.entropy_coef * aggregate(fwd_out[ENTROPY])
+            if algorithm.entropy_coef
             else pg_loss
         )
         logged = {
@@ -238,22 +242,22 @@ class RLHFPPOLearner(MinibatchHook, PPOTorchLearner):
             M.CLIP_FRACTION: stats["clip_fraction"],
             M.APPROX_KL: stats["approx_kl"],
         }
-        if ppo.uses_critic:
+        if algorithm.uses_critic:
             vf_loss = value_loss(
                 values=fwd_out[VF_PREDS],
                 old_values=batch[VF_PREDS],
                 returns=batch[VALUE_TARGETS],
-                value_clip=ppo.value_clip,
+                value_clip=algorithm.value_clip,
                 aggregate=aggregate,
             )
-            total = total + ppo.vf_coef * vf_loss
+            total = total + algorithm.vf_coef * vf_loss
             logged[M.VF_LOSS] = vf_loss.detach()
             logged[M.VF_EXPLAINED_VAR] = explained_variance(
                 batch[VALUE_TARGETS], fwd_out[VF_PREDS].detach()
             )
-        if ppo.kl_mode == "loss":  # GRPO's KL term (Shao et al. 2024, eq. 3)
+        if algorithm.kl_mode == "loss":  # GRPO's KL term (Shao et al. 2024, eq. 3)
             kl_tokens = kl_estimate(
-                logp=fwd_out[LOGP], ref_logp=batch[REF_LOGP], kind=ppo.resolved_kl_estimator
+                logp=fwd_out[LOGP], ref_logp=batch[REF_LOGP], kind=algorithm.resolved_kl_estimator
             )  # (N,)
             total = total + self.kl_coef * aggregate(kl_tokens)
             logged[M.KL_LOSS] = masked_mean(kl_tokens.detach(), mask)

@@ -289,7 +289,7 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         """
         if not self.has_critic:
             raise ValueError(
-                "this policy has no value model (ppo.advantage_estimator is critic-free)"
+                "this policy has no value model (algorithm.advantage_estimator is critic-free)"
             )
         return self.rollout_outputs(batch, logp=False, ref_logp=False)[VF_PREDS]
 

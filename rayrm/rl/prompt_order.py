@@ -1,7 +1,7 @@
 """Which prompts a run trains on, and in what order: shuffled passes without replacement.
 
 Each pass (epoch) over the training prompts is a fresh seeded permutation; an iteration takes
-the next ``ppo.batch_size / generation.samples_per_prompt`` of them, crossing into the next
+the next ``algorithm.batch_size / generation.samples_per_prompt`` of them, crossing into the next
 pass when one ends, so every training prompt is used once per pass whatever the number of env
 runners (the algorithm deals each iteration's prompts to them). The position travels with
 checkpoints: a resumed run continues the pass where it stopped. The held-out prompts of the
@@ -120,7 +120,7 @@ def planned_iterations(cfg: RLConfig, num_training_rows: int) -> int:
     epochs = cfg.run.num_epochs
     if epochs is None:
         return cfg.run.num_iterations
-    per_iteration = cfg.ppo.batch_size // cfg.generation.samples_per_prompt
+    per_iteration = cfg.algorithm.batch_size // cfg.generation.samples_per_prompt
     return max(1, math.ceil(epochs * num_training_rows / per_iteration - 1e-9))
 
 

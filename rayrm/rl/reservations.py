@@ -17,9 +17,9 @@ __all__ = ["local_sampler_cpus", "local_sampler_threads", "trial_request"]
 
 def local_sampler_threads(cfg: RLConfig) -> int:
     """torch threads of the trial's second thread that samples and scores the next batch
-    (``ppo.async_rollouts`` without remote env runners): ``num_cpus_per_env_runner``, at
+    (``algorithm.async_rollouts`` without remote env runners): ``num_cpus_per_env_runner``, at
     least one; 0 without that thread."""
-    if cfg.ppo.async_rollouts and cfg.resources.num_env_runners == 0:
+    if cfg.algorithm.async_rollouts and cfg.resources.num_env_runners == 0:
         return max(1, int(cfg.resources.num_cpus_per_env_runner))
     return 0
 

@@ -17,7 +17,7 @@ Private names used (Ray 2.60):
 * ``Learner._create_iterator_if_necessary`` / ``_make_batch_if_necessary`` -- minibatches of
   whole completions; ``_learner_connector`` -- replacing PPO's GAE piece;
   ``_weights_seq_no`` -- a fresh shuffle seed per update; an env runner's copy, the version
-  of the weights it samples with (``ppo.async_rollouts``' lag).
+  of the weights it samples with (``algorithm.async_rollouts``' lag).
 * ``synchronous_parallel_sample(_uses_new_env_runners=..., _return_metrics=...)``.
 * ``EnvRunnerGroup._worker_manager`` (its ``FaultTolerantActorManager``, whose ``_actors``
   maps ids to runner actors) and ``_ignore_ray_errors_on_env_runners`` -- sampling each

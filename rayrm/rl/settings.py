@@ -36,8 +36,10 @@ def policy_vocab_size(cfg: RLConfig) -> int:
 def configure(config: AlgorithmConfig, cfg: RLConfig) -> None:
     """Sets every RLlib field of ``config`` (a PPO config) from the run config ``cfg``."""
     vocab_size = policy_vocab_size(cfg)
-    ppo, res = cfg.ppo, cfg.resources
-    tokens_per_learner = max(1, ppo.batch_size * cfg.max_policy_tokens // max(1, res.num_learners))
+    algorithm, res = cfg.algorithm, cfg.resources
+    tokens_per_learner = max(
+        1, algorithm.batch_size * cfg.max_policy_tokens // max(1, res.num_learners)
+    )
     env_id, env_config = environment_of(cfg, vocab_size)
     config.environment(env_id, env_config=env_config)
     config.env_runners(
@@ -60,16 +62,16 @@ def configure(config: AlgorithmConfig, cfg: RLConfig) -> None:
         custom_resources_per_learner=dict(res.custom_resources_per_learner),
     )
     config.training(
-        lr=ppo.lr,
-        gamma=ppo.gamma,
-        lambda_=ppo.gae_lambda,
-        num_epochs=ppo.num_epochs,
+        lr=algorithm.lr,
+        gamma=algorithm.gamma,
+        lambda_=algorithm.gae_lambda,
+        num_epochs=algorithm.num_epochs,
         train_batch_size_per_learner=tokens_per_learner,
-        minibatch_size=max(1, tokens_per_learner // ppo.num_minibatches),
+        minibatch_size=max(1, tokens_per_learner // algorithm.num_minibatches),
         grad_clip=None,  # the optimizer clips, after float16 unscaling (rayrm.rl.learner)
         use_kl_loss=False,
-        use_critic=ppo.uses_critic,
-        entropy_coeff=ppo.entropy_coef,
+        use_critic=algorithm.uses_critic,
+        entropy_coeff=algorithm.entropy_coef,
     )
     config.rl_module(
         rl_module_spec=RLModuleSpec(
@@ -123,7 +125,7 @@ def module_config(cfg: RLConfig) -> dict[str, Any]:
         "dtype": cfg.model.dtype,
         "gradient_checkpointing": cfg.model.gradient_checkpointing,
         "forward_batch_size": cfg.forward_batch_size,
-        "critic": cfg.model.critic if cfg.ppo.uses_critic else "none",
+        "critic": cfg.model.critic if cfg.algorithm.uses_critic else "none",
         "critic_path": cfg.model.resolved_critic_path,
         "temperature": cfg.generation.temperature,
         "top_k": cfg.generation.top_k,
@@ -134,6 +136,8 @@ def module_config(cfg: RLConfig) -> dict[str, Any]:
 
 def make_kl_controller(cfg: RLConfig) -> FixedKLController | AdaptiveKLController:
     """β controller from the config: fixed, or Ziegler et al.'s adaptive controller."""
-    if cfg.ppo.adaptive_kl:
-        return AdaptiveKLController(cfg.ppo.kl_coef, cfg.ppo.target_kl, cfg.ppo.kl_horizon)
-    return FixedKLController(cfg.ppo.kl_coef)
+    if cfg.algorithm.adaptive_kl:
+        return AdaptiveKLController(
+            cfg.algorithm.kl_coef, cfg.algorithm.target_kl, cfg.algorithm.kl_horizon
+        )
+    return FixedKLController(cfg.algorithm.kl_coef)

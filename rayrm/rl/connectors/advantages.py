@@ -1,7 +1,7 @@
 """Learner connector piece: reference log-probs, KL-penalised rewards, advantages, value
 targets (``RLHFAdvantages``), in place of RLlib PPO's bootstrap-and-GAE pieces.
 
-The math is ``rayrm.core_algos`` (the estimator registered under ``ppo.advantage_estimator``);
+The math is ``rayrm.core_algos`` (the estimator registered under ``algorithm.advantage_estimator``);
 this piece gathers its inputs from the batch RLlib made of the episodes.
 """
 
@@ -110,7 +110,7 @@ class RLHFAdvantages(ConnectorV2):
             self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False)
         )
         kl_coef = self._learner.kl_coef
-        ppo = self._learner.run_config.ppo
+        algorithm = self._learner.run_config.algorithm
         self._learner.take_threads()
         for module_id, module_batch in batch.items():
             module = rl_module[module_id].unwrapped()
@@ -123,7 +123,7 @@ class RLHFAdvantages(ConnectorV2):
             if out is None:
                 with torch.no_grad():
                     out = module.rollout_outputs(
-                        module_batch, logp=self.recompute_logp, values=ppo.uses_critic
+                        module_batch, logp=self.recompute_logp, values=algorithm.uses_critic
                     )
             values = out[VF_PREDS].cpu().numpy() if VF_PREDS in out else None  # (N,)
             ref_logp = out[REF_LOGP].cpu().numpy()  # (N,)
@@ -133,27 +133,27 @@ class RLHFAdvantages(ConnectorV2):
             env_rewards = as_numpy(module_batch[Columns.REWARDS])
             slices = list(row_slices(lens))
             advs, rets = token_advantages(
-                estimator=ppo.advantage_estimator,
+                estimator=algorithm.advantage_estimator,
                 rewards=[env_rewards[sl] for sl in slices],
                 kls=[
                     kl_estimate(
-                        logp=logp[sl], ref_logp=ref_logp[sl], kind=ppo.resolved_kl_estimator
+                        logp=logp[sl], ref_logp=ref_logp[sl], kind=algorithm.resolved_kl_estimator
                     )
                     for sl in slices
                 ],
-                kl_coef=kl_coef if ppo.kl_mode == "reward" else 0.0,  # else a loss term
+                kl_coef=kl_coef if algorithm.kl_mode == "reward" else 0.0,  # else a loss term
                 groups=[e.get_infos(0).get(GROUP) for e in mine],
                 values=None if values is None else [values[sl] for sl in slices],
                 gamma=self.gamma,
                 gae_lambda=self.gae_lambda,
-                std_normalize=ppo.grpo_std_normalize,
+                std_normalize=algorithm.grpo_std_normalize,
                 whiten_with=whiten_across_learners,
             )
             module_batch[ADVANTAGES] = torch.from_numpy(np.concatenate(advs)).to(device)
             module_batch[VALUE_TARGETS] = torch.from_numpy(np.concatenate(rets)).to(device)
             if values is not None:
                 module_batch[VF_PREDS] = torch.from_numpy(values.astype(np.float32)).to(device)
-            if ppo.kl_mode == "loss":
+            if algorithm.kl_mode == "loss":
                 module_batch[REF_LOGP] = torch.from_numpy(ref_logp.astype(np.float32)).to(device)
             if metrics is not None:
                 kls = [logp[sl] - ref_logp[sl] for sl in slices]  # k1: the sequence KL's estimate

@@ -1,4 +1,7 @@
-"""The ``ppo`` section of the run config: the update, its estimator and the KL penalty.
+"""The ``algorithm`` section of the run config: the update, its estimator and the KL penalty.
+
+PPO's clipped update for every estimator: GAE with a critic, or critic-free GRPO, RLOO and
+REINFORCE++ (the section was called ``ppo`` before; the old name is refused in one line).
 
 Its relations to the other sections (batch sizes, learners, groups) are checked with the
 whole config (``rayrm.config.run``). Cheap to import: no ``ray``, no ``torch``.
@@ -12,11 +15,12 @@ from pydantic import Field
 
 from rayrm.config.base import Section
 
-__all__ = ["PPOSettings"]
+__all__ = ["AlgorithmSettings"]
 
 
-class PPOSettings(Section):
-    """PPO with a per-token KL penalty against the frozen reference policy.
+class AlgorithmSettings(Section):
+    """PPO's clipped update with an advantage estimator and a KL penalty against the frozen
+    reference policy.
 
     Attributes:
         batch_size: Completions (one per prompt) sampled per iteration.
