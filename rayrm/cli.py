@@ -113,6 +113,16 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     ):  # fmt: skip
         p = _config_command(sub, name, help_text, config_help, example)
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if name == "train-rm":
+            p.add_argument(
+                "--members",
+                type=int,
+                default=None,
+                metavar="K",
+                help="train K reward models as one ensemble (ensemble.members=K): each its own "
+                "seed and bootstrap resample, ensemble.json in output.dir for reward.source: "
+                "ensemble",
+            )
     data = sub.add_parser("data", help="inspect datasets, build preference pairs")
     dsub = data.add_subparsers(dest="data_command", required=True)
     i = dsub.add_parser("inspect", help="rows, columns, lengths")
@@ -256,8 +266,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _stage(args: argparse.Namespace) -> int:
     from rayrm.stages.commands import stage_main
 
+    overrides = list(args.overrides)
+    if getattr(args, "members", None) is not None:
+        overrides.append(f"ensemble.members={args.members}")
     return stage_main(
-        args.command, args.config, args.overrides, args.resume, args.no_progress, args.verbose
+        args.command, args.config, overrides, args.resume, args.no_progress, args.verbose
     )
 
 

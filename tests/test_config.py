@@ -201,6 +201,7 @@ BAD_VALUES = [
     ("run.num_iterations", 0, "run.num_iterations"),
     ("run.checkpoint_every", 0, "run.checkpoint_every"),
     ("run.num_cpus", 0, "run.num_cpus"),
+    ("model.lora.r", 0, "model.lora.r"),  # inside an optional section
     # required
     ("model.path", None, "model.path"),
     ("model.path", "???", "model.path"),

@@ -207,7 +207,11 @@ def _field_at(cls: type[Section], loc: Sequence[Any]) -> tuple[type[Section], Fi
         field = section_fields(owner).get(str(part))
         if field is None:
             return owner, None
-        nested = section_type(field.annotation) or _list_item_section(field.annotation)
+        nested = (
+            section_type(field.annotation)
+            or optional_section_type(field.annotation)  # model.lora, ensemble
+            or _list_item_section(field.annotation)
+        )
         if nested is not None and part != loc[-1]:
             owner = nested
     return owner, field

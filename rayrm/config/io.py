@@ -30,6 +30,7 @@ from rayrm.config.base import (
 from rayrm.config.checks import validate_paths
 from rayrm.config.reward import RewardComponent, RewardSettings
 from rayrm.config.run import RLConfig
+from rayrm.models.hf_files import ensemble_members
 
 __all__ = [
     "absolute",
@@ -229,11 +230,20 @@ def resolve_paths(cfg: RLConfig) -> RLConfig:
 
 
 def _resolve_reward_paths(src: _R) -> _R:
-    """A reward section or component with its model and tokenizer paths absolute."""
+    """A reward section or component with its model and tokenizer paths absolute; an
+    ensemble given as a directory (``path``, written by ``rayrm train-rm --members k``) gets
+    its members from the directory's ``ensemble.json``."""
+    path, members = absolute_or_none(src.path), [absolute(m) for m in src.members]
+    if src.source == "ensemble" and path is not None and not members:
+        key = "reward.path" if isinstance(src, RewardSettings) else "reward.components.path"
+        try:
+            members = ensemble_members(path)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}", key=key) from exc
     return src.model_copy(
         update={
-            "path": absolute_or_none(src.path),
+            "path": path,
             "tokenizer_path": absolute_or_none(src.tokenizer_path),
-            "members": [absolute(m) for m in src.members],
+            "members": members,
         }
     )

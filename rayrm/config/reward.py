@@ -30,7 +30,7 @@ class RewardComponent(Section):
             unweighted score is logged as ``reward/component/<name>``.
         weight: Its coefficient in the weighted sum (negative weights penalise).
         source: ``model``, ``function``, ``metric`` or ``ensemble`` (composites do not nest).
-        path: As ``reward.path``, for ``source=model``.
+        path: As ``reward.path``, for ``source=model`` (or an ensemble's directory).
         tokenizer_path: As ``reward.tokenizer_path``, for this component's reward models.
         function: As ``reward.function``, for ``source=function``.
         metric: As ``reward.metric``, for ``source=metric``.
@@ -62,8 +62,9 @@ class RewardSettings(Section):
             ``composite`` is the weighted sum of ``components``; ``env`` adds nothing: the
             rewards are the environment's own, turn by turn (``env`` section, multi-turn
             episodes).
-        path: Reward-model directory. Required with ``source=model``; ignored otherwise.
-            Reward models read prompt + completion as text through *their own* tokenizer (and,
+        path: Reward-model directory. Required with ``source=model``; with
+            ``source=ensemble`` and no ``members``, an ensemble's directory (``rayrm train-rm
+            --members k`` writes its ``ensemble.json``): its members. Reward models read prompt + completion as text through *their own* tokenizer (and,
             for conversations, their own chat template), so they need not share the policy's.
         tokenizer_path: Tokenizer directory for reward models whose directory has none
             (ensemble members too); None uses each model's own directory.
@@ -198,10 +199,11 @@ def _check_source(prefix: str, source: str, path: Any, function: Any, members: l
             f"'envs.builtin:vowel_reward' (got {function!r})",
             key=f"{prefix}.function",
         )
-    if source == "ensemble" and len(members) < 2:
+    if source == "ensemble" and len(members) < 2 and not (path is not None and not members):
         raise ConfigError(
             f"{prefix}.members needs at least two reward-model directories when "
-            f"{prefix}.source=ensemble (got {len(members)})",
+            f"{prefix}.source=ensemble (got {len(members)}), or {prefix}.path an ensemble "
+            f"directory (rayrm train-rm --members k)",
             key=f"{prefix}.members",
         )
     if source != "ensemble" and members:

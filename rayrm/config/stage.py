@@ -31,6 +31,7 @@ from rayrm.config.tracking import TrackingSettings
 __all__ = [
     "PREFERENCE_SUFFIXES",
     "SFT_SUFFIXES",
+    "EnsembleSettings",
     "PreferenceDataSettings",
     "RMConfig",
     "SFTConfig",
@@ -204,6 +205,21 @@ class StageOutputSettings(Section):
     overwrite: bool = False
 
 
+class EnsembleSettings(Section):
+    """``rayrm train-rm --members k``: k reward models as one ensemble.
+
+    Attributes:
+        members: Reward models to train (at least two), one after the other, each with seed
+            ``train.seed + i``; they share the held-out pairs (split with ``train.seed``).
+        bootstrap: Each member trains on a bootstrap resample of the training pairs (as many,
+            drawn with replacement, seeded per member); false: all members see every pair
+            and differ by seed only.
+    """
+
+    members: int = Field(2, ge=2)
+    bootstrap: bool = True
+
+
 # ---------------------------------------------------------------------------------------------
 # Stage configs
 # ---------------------------------------------------------------------------------------------
@@ -296,9 +312,12 @@ class RMConfig(StageConfig):
         data: See :class:`PreferenceDataSettings`.
         train: See :class:`StageTrainSettings`.
         resources: See :class:`StageResourcesSettings`.
-        output: See :class:`StageOutputSettings`.
+        output: See :class:`StageOutputSettings`. With ``ensemble``, ``output.dir`` holds the
+            members (``member-0`` ...) and ``ensemble.json``, which ``reward.source: ensemble``
+            reads as ``reward.path``.
         run: Where each epoch's metrics also go
             (:class:`~rayrm.config.tracking.TrackingSettings`).
+        ensemble: See :class:`EnsembleSettings`; None trains one reward model.
     """
 
     name: NonEmptyStr = "reward-model"
@@ -308,6 +327,7 @@ class RMConfig(StageConfig):
     resources: StageResourcesSettings = StageResourcesSettings()
     output: StageOutputSettings
     run: TrackingSettings = TrackingSettings()
+    ensemble: EnsembleSettings | None = None
 
     KIND: typing.ClassVar[str] = "rm"
     DATA_SUFFIXES: typing.ClassVar[tuple[str, ...]] = PREFERENCE_SUFFIXES

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ENSEMBLE_FILE",
     "TOKENIZER_FILES",
     "chat_template_of",
+    "ensemble_members",
     "has_tokenizer",
     "position_limit",
     "read_json",
@@ -106,3 +108,25 @@ def chat_template_of(directory: str | os.PathLike[str]) -> str | None:
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default") or next(iter(named.values()), None)
     return template if isinstance(template, str) and template else None
+
+
+ENSEMBLE_FILE = "ensemble.json"
+"""In a reward-model ensemble's directory (``rayrm train-rm --members k``): ``{"members": [the
+members' directories, relative to it], ...}``."""
+
+
+def ensemble_members(directory: str | os.PathLike[str]) -> list[str]:
+    """The member directories (absolute) of the ensemble written in ``directory``.
+
+    Raises:
+        ValueError: No ``ensemble.json`` there, or one without a ``members`` list (one line
+            naming the file).
+    """
+    file = Path(directory) / ENSEMBLE_FILE
+    members = read_json(file).get("members")
+    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+        raise ValueError(
+            f"{file} lists no members: an ensemble directory is written by "
+            f"rayrm train-rm --members k"
+        )
+    return [str(Path(directory, m).resolve()) for m in members]

@@ -9,7 +9,7 @@ from typing import Any
 from rayrm.config.stage import RMConfig, SFTConfig, StageConfig, load_stage_config
 from rayrm.console import LOG_NAME, quiet, say, warn
 from rayrm.ray_init import owned_ray
-from rayrm.stages import reward_model, sft
+from rayrm.stages import ensemble, reward_model, sft
 from rayrm.stages.trainer import StageFailed, run_dir
 
 __all__ = ["STAGES", "stage_main"]
@@ -18,7 +18,7 @@ STAGES: dict[
     str, tuple[type[StageConfig], Callable[..., dict[str, Any]], Callable[..., str], str]
 ] = {
     "sft": (SFTConfig, sft.run_sft, sft.describe, "model"),
-    "train-rm": (RMConfig, reward_model.run_reward_training, reward_model.describe, "reward model"),
+    "train-rm": (RMConfig, ensemble.run_reward_models, reward_model.describe, "reward model"),
 }
 """Command -> (config class, run function, metrics line, what the output directory holds)."""
 
@@ -47,5 +47,8 @@ def stage_main(
         warn(f"rayrm: {exc}")
         return 1
     say(f"done: {describe(summary['metrics'])}")
+    if "accuracy" in summary:  # an ensemble: every member's and every combination's
+        held_out = ", ".join(f"{k} {v:.3f}" for k, v in summary["accuracy"].items())
+        say(f"held-out pairwise accuracy: {held_out}")
     say(f"{label}: {summary['output_dir']} (run folder: {summary['run_dir']})")
     return 0
