@@ -107,6 +107,15 @@ EVAL_RETURN = "eval/return"
 """Multi-turn runs: mean over the held-out episodes of the environment's rewards, summed."""
 EVAL_TURNS = "eval/turns"
 """Multi-turn runs: mean assistant turns per held-out episode."""
+MONITOR_DISTINCT_2 = "monitor/distinct_2"
+"""Distinct token bigrams over all bigrams of the batch's completions: falls when the policy
+repeats itself (a degenerate text that pleases the reward model)."""
+MONITOR_LENGTH_RATIO = "monitor/length_ratio"
+"""Mean completion length over the first trained iteration's: length drift."""
+MONITOR_REWARD_GAIN_PER_KL = "monitor/reward_gain_per_kl"
+"""Batch reward minus the first iteration's, per nat of KL to the reference (per sequence);
+published once the KL reaches ``rayrm.rl.monitors.MIN_KL``. Falls when more KL buys less
+reward: where over-optimisation begins (Gao et al. 2022)."""
 OBJECTIVE_REWARD_MINUS_KL = "objective/reward_minus_kl"
 """Mean score minus β times the mean per-sequence KL: the KL-regularised RLHF objective."""
 

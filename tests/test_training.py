@@ -71,6 +71,8 @@ def test_every_sampled_completion_is_trained(ray_local, tiny_policy_dir, prompts
             M.LOSS_POLICY,
             M.LOSS_VALUE,
             M.LOSS_ENTROPY,
+            M.MONITOR_DISTINCT_2,
+            M.MONITOR_LENGTH_RATIO,
             M.THROUGHPUT_TOKENS_PER_S,
             M.TIMER_UPDATE,
         ):

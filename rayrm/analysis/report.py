@@ -24,6 +24,7 @@ from rayrm.analysis.conversations import (
     episodes_section,
 )
 from rayrm.config import RLConfig
+from rayrm.config.stopping import fired
 from rayrm.models.decoding import sample_sequences
 from rayrm.models.loading import load_causal_lm
 from rayrm.rewards import pool_from_config
@@ -32,6 +33,10 @@ from rayrm.rl.checkpoint import checkpoint_codec, load_policy
 from rayrm.rl.prompt_order import held_out_columns, held_out_prompts
 
 REPORT_FILE = "report.md"
+
+
+MARKED = ("heldout.png", "monitors.png", "success.png")
+"""Plots that mark where ``run.stop_when`` fired, next to the gold (or success) curve."""
 
 
 def load_results(exp_dir: Path) -> list[dict[str, Any]]:
@@ -69,7 +74,27 @@ def _eval_points(results: list[dict[str, Any]], key: str) -> tuple[list[int], li
     return xs, [points[x] for x in xs]
 
 
-def _plot(path: Path, title: str, curves: list[tuple[str, list[int], list[float]]]) -> None:
+def stop_fired(cfg: RLConfig, results: list[dict[str, Any]]) -> tuple[int, str] | None:
+    """The first iteration where a ``run.stop_when`` rule held, and the rule in words."""
+    for r in results:
+        iteration, values = int(r["training_iteration"]), r.get(M.RLHF_RESULTS, {})
+        for metric, rule in cfg.run.stop_when.items():
+            if fired(rule, iteration, values.get(metric)):
+                bound = f"above {rule.above:g}" if rule.above is not None else ""
+                if rule.below is not None:
+                    bound = (
+                        f"below {rule.below:g}" if not bound else f"{bound} or below {rule.below:g}"
+                    )
+                return iteration, f"{metric} {bound} ({values[metric]:.3g})"
+    return None
+
+
+def _plot(
+    path: Path,
+    title: str,
+    curves: list[tuple[str, list[int], list[float]]],
+    mark: tuple[int, str] | None = None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,6 +113,10 @@ def _plot(path: Path, title: str, curves: list[tuple[str, list[int], list[float]
         )
         axis.set_ylabel(label, color=f"C{i}")
         lines.append(line)
+    if mark is not None and lines:  # where run.stop_when fired
+        ax.axvline(mark[0], color="gray", linestyle="--")
+        ax.annotate(f"stop: {mark[1]}", (mark[0], 0.02), xycoords=("data", "axes fraction"),
+                    fontsize=7, color="gray", rotation=90, ha="right")  # fmt: skip
     ax.set_title(title)
     ax.set_xlabel("iteration (PPO updates)")
     ax.grid(alpha=0.3)
@@ -205,6 +234,13 @@ def _plots(cfg: RLConfig, results: list[dict[str, Any]]) -> dict[str, tuple[str,
         "KL to the reference (per sequence)",
         [("KL", *_series(results, M.KL_SEQUENCE))],
     )
+    plots["monitors.png"] = (
+        "over-optimisation monitors (no gold needed)",
+        [
+            ("distinct bigrams", *_series(results, M.MONITOR_DISTINCT_2)),
+            ("reward gain per nat of KL", *_series(results, M.MONITOR_REWARD_GAIN_PER_KL)),
+        ],
+    )
     plots["length.png"] = (
         "response length (tokens)" if cfg.env is None else "policy tokens per episode",
         [("length", *_series(results, M.ROLLOUT_LENGTH))],
@@ -223,8 +259,9 @@ def write_report(cfg: RLConfig, exp_dir: str | Path) -> tuple[Path, list[str]]:
     exp_dir = Path(exp_dir)
     results = load_results(exp_dir)
     plots = _plots(cfg, results)
+    stop = stop_fired(cfg, results)
     for name, (title, curves) in plots.items():
-        _plot(exp_dir / name, title, curves)
+        _plot(exp_dir / name, title, curves, stop if name in MARKED else None)
 
     _, rewards = _series(results, M.REWARD_MEAN)
     _, kls = _series(results, M.KL_SEQUENCE)
@@ -266,6 +303,7 @@ def write_report(cfg: RLConfig, exp_dir: str | Path) -> tuple[Path, list[str]]:
             "",
             *episodes_section(episodes, cfg.eval.report_samples),
         ]
+    headline += [f"run.stop_when fired at iteration {stop[0]}: {stop[1]}"] if stop else []
     headline.append(
         f"KL per sequence (last): {kls[-1]:.3f}; {what}: "
         f"{lengths[0]:.1f} -> {lengths[-1]:.1f} tokens"

@@ -20,6 +20,7 @@ from rayrm.config.base import ConfigError, NonEmptyStr, Section
 from rayrm.config.environment import EnvSettings
 from rayrm.config.lora import LoraSettings
 from rayrm.config.reward import FUNCTION_RE, RewardSettings, check_reward
+from rayrm.config.stopping import StopRule, check_stop_when
 from rayrm.config.tracking import TrackingSettings
 from rayrm.config.tune import SAMPLERS, TuneSettings, check_search_space
 
@@ -212,6 +213,9 @@ class RunSettings(TrackingSettings):
         pending_timeout_s: Seconds to wait for the cluster to be able to hold a trial's
             resources (an autoscaling cluster adds nodes) before the run ends with what was
             asked and what the cluster has.
+        stop_when: Metric (a key of ``result["rlhf"]``, e.g. ``monitor/distinct_2``) -> a
+            :class:`~rayrm.config.stopping.StopRule` (``above``/``below``, ``after``): the run
+            ends at the first iteration where any rule holds (``rayrm.rl.monitors``).
         iteration_timeout_s: Seconds one training iteration may take (sample, score, update,
             sync, evaluation); past it the trial fails with a line naming the phase and is
             restored from its checkpoint (``max_failures``): a hung learner or a collective
@@ -229,6 +233,7 @@ class RunSettings(TrackingSettings):
     pending_timeout_s: float = Field(120.0, ge=0)
     keep_checkpoints: int | None = Field(3, ge=1)
     iteration_timeout_s: float | None = Field(3600.0, gt=0)
+    stop_when: dict[str, StopRule] = Field(default_factory=dict)
 
 
 class EvalSettings(Section):
@@ -341,6 +346,7 @@ class RLConfig(Section):
         """
         _check_relations(self)
         check_search_space(self.to_dict(), self.tune, self.renamed)
+        check_stop_when(self.run.stop_when)
 
     def save_yaml(self, path: str | Path) -> None:
         """Writes the config as YAML that :func:`load_config` reads back.

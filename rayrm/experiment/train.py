@@ -18,6 +18,7 @@ from rayrm.experiment.failures import failure_summary, is_retriable, trial_dir_o
 from rayrm.experiment.leftovers import claim_run_folder, record_driver, release
 from rayrm.experiment.preflight import check_storage, preflight
 from rayrm.experiment.resources import claim_local_cores, wait_for_resources
+from rayrm.experiment.stopping import trial_stop
 from rayrm.ray_init import init_ray, owned_ray
 from rayrm.rl.algorithm import RLHFPPO
 from rayrm.rl.prompt_order import with_planned_iterations
@@ -135,7 +136,7 @@ def make_tuner(
             storage_path=cfg.run.storage_path,
             # With run.num_epochs each trial ends itself once its passes are done (result
             # "done"): their iterations depend on a trial's batch size.
-            stop=None if cfg.run.num_epochs else {"training_iteration": cfg.run.num_iterations},
+            stop=trial_stop(cfg),
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=cfg.run.checkpoint_every, checkpoint_at_end=True
             ),

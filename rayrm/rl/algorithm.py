@@ -58,6 +58,7 @@ from rayrm.rl.episodes import (
     shard_whole_episodes,
 )
 from rayrm.rl.evaluation import HeldOutEvaluation
+from rayrm.rl.monitors import DriftMonitors
 from rayrm.rl.prompt_order import (
     PromptOrder,
     deal_prompts,
@@ -162,6 +163,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         self.prompt_order = PromptOrder(rows, cfg.seed)
         self.planned_iterations = planned_iterations(cfg, len(rows))
         self.trained_prompts = self.prompt_order.get_state()  # after the last trained batch
+        self.monitors = DriftMonitors()
         # algorithm.async_rollouts: the next batch, sampled while the learners update.
         self.next_rollout: Rollout | None = None
         self.sampler = (
@@ -259,6 +261,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         published[M.OBJECTIVE_REWARD_MINUS_KL] = (
             published[M.REWARD_MEAN] - published[M.KL_COEF] * published[M.KL_SEQUENCE]
         )
+        published |= self.monitors.update(published, [e.get_actions() for e in episodes])
         self.trained_prompts = rollout.prompts_after
         published[M.ROLLOUT_EPOCH] = self.prompt_order.epochs_done(self.trained_prompts)
         self.last_published = published
@@ -455,6 +458,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
             "reward_moments": self.rewards.moments.get_state(),
             "config_kl_coef": self.run_config.algorithm.kl_coef,
             "prompt_order": self.trained_prompts,
+            "monitors": self.monitors.get_state(),
         }
         return state
 
@@ -463,6 +467,7 @@ class RLHFPPO(NeverLoseCheckpoints, PPO):
         if RAYRM_STATE in state:
             saved = state[RAYRM_STATE]
             self.rewards.moments.set_state(saved["reward_moments"])
+            self.monitors.set_state(saved.get("monitors", {}))
             if "prompt_order" in saved:  # the pass goes on from the last trained batch
                 self.prompt_order.set_state(saved["prompt_order"])
                 self.trained_prompts = self.prompt_order.get_state()
