@@ -326,6 +326,17 @@ def episode_of(env: Any, tokens: list[int], options: dict[str, Any] | None = Non
     raise AssertionError("the completion did not end")
 
 
+def function_pool(function: str, *, name: str | None = None, **reward: Any) -> Any:
+    """A ``RewardPool`` of Ray actors serving the reward function ``function`` on a quarter CPU
+    each; ``reward`` sets other keys of its ``reward`` section (``num_actors``, ``timeout_s``...),
+    ``name`` makes it shared."""
+    from rayrm.config import RewardSettings
+    from rayrm.rewards import RewardPool
+
+    section = {"num_cpus_per_actor": 0.25, **reward}
+    return RewardPool(RewardSettings(source="function", function=function, **section), name=name)
+
+
 def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sections: dict):
     """A small valid RLConfig for tests; ``sections`` update individual sections."""
     from rayrm.config import config_from_dict

@@ -20,6 +20,7 @@ from rayrm.config import ConfigError
 from rayrm.config.stage import RMConfig, SFTConfig, stage_config_from_dict
 from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model, build_tokenizer
 from rayrm.rewards import RewardModelActor
+from rayrm.rewards import completion_records as records
 from rayrm.stages.reward_model import (
     collate,
     encode_conversation_pairs,
@@ -127,7 +128,7 @@ def test_conversational_pairs_score_as_the_actor_scores(tmp_path, qwen_tok):
         rewards = model(**collate(pairs, pad_id=tok.pad_token_id)).logits[:, 0].numpy()
     actor = RewardModelActor(rm_dir, device="cpu")
     completions = [c[0]["content"] for c in chosen + rejected]
-    expected = actor.score(["unused"] * 4, completions, None, prompts * 2)
+    expected = actor.score(records(["unused"] * 4, completions, messages=prompts * 2))
     np.testing.assert_allclose(rewards, expected, atol=1e-5)
 
 

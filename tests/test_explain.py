@@ -31,6 +31,7 @@ from rayrm.cli import build_parser
 from rayrm.demo.reference_task import build_mean_value_reward_model
 from rayrm.models.tiny import build_tiny_policy, build_tiny_reward_model
 from rayrm.rewards import RewardModelActor
+from rayrm.rewards import completion_records as records
 
 torch.set_num_threads(1)
 
@@ -53,7 +54,7 @@ def test_known_per_token_contributions(vowel_rm: str) -> None:
     np.testing.assert_allclose(a.deltas, [1 / 3, -1 / 12, -1 / 20, 2 / 15], atol=1e-6)
     # The whole text's prefix score is what the reward actors score.
     actor = RewardModelActor(vowel_rm)
-    assert a.prefix_scores[-1] == pytest.approx(actor.score(["xx"], ["ab e"])[0], abs=1e-6)
+    assert a.prefix_scores[-1] == pytest.approx(actor.score(records(["xx"], ["ab e"]))[0], abs=1e-6)
     # An empty prompt: s_0 is 0 by definition, then the first token's value.
     assert reward_attribution(model, tokenizer, "", "ea").prefix_scores.tolist() == [0, 1, 1]
 
@@ -69,7 +70,7 @@ def test_one_pass_equals_scoring_every_prefix(tmp_path: Path) -> None:
     actor = RewardModelActor(path)
     texts = [completion[:t] for t in range(len(completion) + 1)]
     np.testing.assert_allclose(
-        causal.prefix_scores, actor.score([prompt] * len(texts), texts), atol=1e-5
+        causal.prefix_scores, actor.score(records([prompt] * len(texts), texts)), atol=1e-5
     )
 
 
@@ -91,7 +92,7 @@ def test_encoder_reward_model_scores_prefixes_as_a_batch(tmp_path: Path) -> None
     a = reward_attribution(model, tok, "hi ", "abc")
     assert a.method == "batched"  # bidirectional: a prefix's score needs its own pass
     actor = RewardModelActor(str(tmp_path))
-    expected = actor.score(["hi "] * 4, ["", "a", "ab", "abc"])
+    expected = actor.score(records(["hi "] * 4, ["", "a", "ab", "abc"]))
     np.testing.assert_allclose(a.prefix_scores, expected, atol=1e-5)
 
 

@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-from conftest import make_config, trial_class, worker_environment
+from conftest import function_pool, make_config, trial_class, worker_environment
 from ray import tune
 
 from rayrm import metrics as M
+from rayrm.config import RewardSettings
 from rayrm.experiment.train import run_train
 from rayrm.rewards import RewardPool
+from rayrm.rewards import completion_records as records
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 
 
@@ -37,18 +39,12 @@ def _ping_when_back(actor, timeout_s: float = 60.0) -> bool:
 
 
 def test_reward_actor_killed_mid_batch_is_restarted_and_rescored(ray_local):
-    pool = RewardPool(
-        source="function",
-        function="scorers:slow_length_reward",
-        num_actors=2,
-        batch_size=3,
-        num_cpus_per_actor=0.25,
-    )
+    pool = function_pool("scorers:slow_length_reward", num_actors=2, batch_size=3)
     try:
         completions = ["x" * i for i in range(12)]
         killer = threading.Timer(0.2, lambda: ray.kill(pool.actors[0], no_restart=False))
         killer.start()
-        scores = pool.score(["p"] * len(completions), completions)
+        scores = pool.score(records(["p"] * len(completions), completions))
         killer.join()
         # Every completion scored exactly once, in order, despite the restart.
         np.testing.assert_array_equal(scores, np.arange(12, dtype=np.float32))
@@ -59,23 +55,22 @@ def test_reward_actor_killed_mid_batch_is_restarted_and_rescored(ray_local):
 
 
 def test_shared_pool_is_one_set_of_actors(ray_local):
-    kwargs = dict(
+    reward = RewardSettings(
         source="function",
         function="envs.builtin:vowel_reward",
         num_actors=2,
         num_cpus_per_actor=0.25,
         batch_size=1,
-        max_inflight_per_actor=1,
-        name="rayrm-test-shared",
     )
-    a, b = RewardPool(**kwargs), RewardPool(**kwargs)
+    kwargs = dict(max_inflight_per_actor=1, name="rayrm-test-shared")
+    a, b = RewardPool(reward, **kwargs), RewardPool(reward, **kwargs)
     try:
         assert [x._actor_id for x in a.actors] == [x._actor_id for x in b.actors]
         # Back-pressure: 20 chunks through a window of 2 complete, in order.
         texts = ["a" * (i % 3) + "b" for i in range(20)]
-        np.testing.assert_allclose(a.score(texts, texts), b.score(texts, texts))
+        np.testing.assert_allclose(a.score(records(texts, texts)), b.score(records(texts, texts)))
         a.shutdown()  # a client leaving does not stop the shared actors
-        assert b.score(["x"], ["a"])[0] == 1.0
+        assert b.score(records(["x"], ["a"]))[0] == 1.0
     finally:
         assert RewardPool.kill_shared("rayrm-test-shared", 2) == 2
 
@@ -127,17 +122,10 @@ def test_lost_env_runners_keep_the_batch_full(
 
 
 def test_hung_reward_actor_is_restarted_and_rescored(ray_local, tmp_path):
-    pool = RewardPool(
-        source="function",
-        function="scorers:hang_once",
-        num_actors=1,
-        batch_size=4,
-        num_cpus_per_actor=0.25,
-        timeout_s=3,
-    )
+    pool = function_pool("scorers:hang_once", batch_size=4, timeout_s=3)
     try:
         start = time.monotonic()
-        scores = pool.score([str(tmp_path / "hung")] * 6, ["x" * i for i in range(6)])
+        scores = pool.score(records([str(tmp_path / "hung")] * 6, ["x" * i for i in range(6)]))
         np.testing.assert_array_equal(scores, np.arange(6, dtype=np.float32))
         assert pool.num_timeouts == 1 and time.monotonic() - start < 60
     finally:
@@ -147,17 +135,10 @@ def test_hung_reward_actor_is_restarted_and_rescored(ray_local, tmp_path):
 def test_reward_actor_that_keeps_hanging_times_out(ray_local):
     from rayrm.errors import TimedOut
 
-    pool = RewardPool(
-        source="function",
-        function="scorers:hang_always",
-        num_actors=1,
-        num_cpus_per_actor=0.25,
-        timeout_s=1,
-        max_restarts=1,
-    )
+    pool = function_pool("scorers:hang_always", timeout_s=1, max_restarts=1)
     try:
         with pytest.raises(TimedOut, match=r"reward.timeout_s=1s, 2 times"):
-            pool.score(["p"], ["x"])
+            pool.score(records(["p"], ["x"]))
     finally:
         pool.shutdown()
 

@@ -22,6 +22,7 @@ from rayrm import metrics as M
 from rayrm.data.prompts import write_prompts_jsonl
 from rayrm.models.tiny import build_tiny_reward_model, build_tokenizer
 from rayrm.rewards import RewardModelActor, pool_from_config
+from rayrm.rewards import completion_records as records
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 from rayrm.rl.episodes import PROMPT_IDS
 from rayrm.rl.rllib_compat import local_learner
@@ -176,7 +177,7 @@ def test_chat_reward_model_reads_its_own_template(archs, tmp_path):
     rm_dir = build_tiny_reward_model(tmp_path / "rm", llama_tok, arch="llama")
     actor = RewardModelActor(rm_dir, device="cpu")
     conversation = CONVERSATIONS[1]
-    [score] = actor.score(["ignored"], [" hello"], None, [conversation])
+    [score] = actor.score(records(["ignored"], [" hello"], messages=[conversation]))
     text = "[system] be brief\n[user] the cat said\n[assistant]  hello\n"
     batch = actor.tokenizer([text], add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
@@ -184,7 +185,7 @@ def test_chat_reward_model_reads_its_own_template(archs, tmp_path):
     assert score == pytest.approx(expected, abs=1e-5)
     plain = RewardModelActor(build_tiny_reward_model(tmp_path / "plain", build_tokenizer("gpt2")))
     with pytest.raises(ValueError, match="no chat template"):
-        plain.score(["p"], ["c"], None, [conversation])
+        plain.score(records(["p"], ["c"], messages=[conversation]))
 
 
 def test_reward_model_without_tokenizer_uses_tokenizer_path(archs, tmp_path):
@@ -196,7 +197,7 @@ def test_reward_model_without_tokenizer_uses_tokenizer_path(archs, tmp_path):
     with pytest.raises(ValueError, match="no tokenizer files.*reward.tokenizer_path"):
         RewardModelActor(str(rm_dir), device="cpu")
     actor = RewardModelActor(str(rm_dir), device="cpu", tokenizer_path=str(tok_dir))
-    assert actor.score(["the cat"], [" said"]).shape == (1,)
+    assert actor.score(records(["the cat"], [" said"])).shape == (1,)
 
 
 # --- mixed precision ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from conftest import episode_of
 from transformers import AutoTokenizer
 
 from envs.text_generation import TextGenerationEnv
+from rayrm.rewards import completion_records as records
 from rayrm.rewards import pool_from_config
 from rayrm.rewards.base import Completion
 from rayrm.rewards.functions import RewardFunctionActor
@@ -90,15 +91,17 @@ def test_the_rows_other_columns_reach_the_reward_function(archs, tmp_path: Path,
 def test_columns_go_only_where_they_are_named():
     rows = [{"answer": 1, "ids": "not passed: ids are the completions' own"}, None]
     named = RewardFunctionActor(f"{__name__}:exact_answer")
-    assert named.score(["p", "q"], ["1", "x"], columns=rows).tolist() == [1.0, 0.0]
+    assert named.score(records(["p", "q"], ["1", "x"], columns=rows)).tolist() == [1.0, 0.0]
     assert SEEN.pop("answer") == [1, None]  # a row without the column: None
-    RewardFunctionActor(f"{__name__}:every_column").score(["p", "q"], ["a", "b"], columns=rows)
+    RewardFunctionActor(f"{__name__}:every_column").score(
+        records(["p", "q"], ["a", "b"], columns=rows)
+    )
     assert SEEN.pop("kwargs") == {"answer": [1, None], "messages": None, "ids": None}
     # A function that names no column is called as before (the built-in rule reward too).
     plain = RewardFunctionActor(f"{__name__}:no_columns")
-    assert plain.score(["p", "q"], ["a", "b"], columns=rows).tolist() == [1.0, 1.0]
+    assert plain.score(records(["p", "q"], ["a", "b"], columns=rows)).tolist() == [1.0, 1.0]
     builtin = RewardFunctionActor("envs.builtin:vowel_reward")
-    assert builtin.score(["p"], ["ae"], columns=[{"answer": 1}]).tolist() == [1.0]
+    assert builtin.score(records(["p"], ["ae"], columns=[{"answer": 1}])).tolist() == [1.0]
 
 
 def test_a_list_of_prompts_has_no_columns(archs):

@@ -16,6 +16,7 @@ from rayrm.cli import build_parser
 from rayrm.config import ConfigError, config_from_dict, load_config
 from rayrm.config.stage import RMConfig, stage_config_from_dict
 from rayrm.models.hf_files import ENSEMBLE_FILE
+from rayrm.rewards import completion_records
 from rayrm.stages.ensemble import bootstrap, combined_accuracy, member_config
 
 
@@ -113,5 +114,7 @@ def test_members_train_and_load_as_one_source(ray_local, tmp_path, tiny_policy_d
     reward = resolve_paths(config_from_dict(run)).reward
     fresh = vowel_pairs(32, seed=1)
     with pool_from_config(reward, local=True) as pool:
-        scores, breakdown = pool.score_detailed(fresh["prompt"], fresh["chosen"])
+        scores, breakdown = pool.score_detailed(
+            completion_records(fresh["prompt"], fresh["chosen"])
+        )
     assert scores.shape == (32,) and {"reward/member/0", "reward/member/1"} <= set(breakdown)

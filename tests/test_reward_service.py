@@ -35,7 +35,7 @@ COMPLETIONS = ["aaa", "eee", "zzz", "oi"]
 CLIENT = """
 import json, sys
 import ray
-from rayrm.rewards import pool_from_config
+from rayrm.rewards import completion_records, pool_from_config
 from rayrm.rewards.service import load_reward_config
 
 address, config, prompts, completions = sys.argv[1], sys.argv[2], *json.loads(sys.argv[3])
@@ -44,7 +44,7 @@ reward = load_reward_config(config)
 pool = pool_from_config(reward, name=reward.pool_name)
 out = []
 for _ in range(3):
-    scores, breakdown = pool.score_detailed(prompts, completions)
+    scores, breakdown = pool.score_detailed(completion_records(prompts, completions))
     out.append({"scores": scores.tolist(), **{k: v.tolist() for k, v in breakdown.items()}})
 pool.shutdown()
 print(json.dumps(out))

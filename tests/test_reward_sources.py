@@ -19,13 +19,20 @@ import torch
 
 from envs.text_generation import TextGenerationEnv
 from rayrm import metrics as M
-from rayrm.config import ConfigError, config_from_dict, resolve_paths, validate_paths
+from rayrm.config import (
+    ConfigError,
+    RewardSettings,
+    config_from_dict,
+    resolve_paths,
+    validate_paths,
+)
 from rayrm.demo.reference_task import (
     build_mean_value_reward_model,
     last_word_rows,
     write_rows_jsonl,
 )
-from rayrm.rewards import RewardPool, pool_from_config
+from rayrm.rewards import Completion, RewardPool, pool_from_config
+from rayrm.rewards import completion_records as records
 from rayrm.rewards.compose import (
     ComposedReward,
     EnsembleReward,
@@ -112,11 +119,11 @@ def test_combine_scores_by_hand() -> None:
 
 @pytest.mark.parametrize("combine", ["mean", "min", "mean_minus_std"])
 def test_ensemble_of_reward_models(rms: dict[str, str], combine: str) -> None:
-    members = [RewardPool(source="model", path=rms[k], local=True) for k in rms]
+    members = [RewardPool(RewardSettings(source="model", path=rms[k]), local=True) for k in rms]
     ensemble = ComposedReward(
         [("", 1.0, EnsembleReward(members, combine=combine, uncertainty_coef=0.5))]
     )
-    scores, breakdown = ensemble.score_detailed(PROMPTS, COMPLETIONS)
+    scores, breakdown = ensemble.score_detailed(records(PROMPTS, COMPLETIONS))
     known = np.array([[mean_value(t, v) for t in TEXTS] for v in (VOWELS, A_ONLY, E_HALF)])
     for i in range(3):
         np.testing.assert_allclose(breakdown[M.REWARD_MEMBER.format(index=i)], known[i], atol=1e-5)
@@ -167,7 +174,10 @@ def test_composite_is_the_weighted_sum_minus_penalties(rms: dict[str, str]) -> N
     with pool_from_config(reward, local=True) as pool:
         assert isinstance(pool, ComposedReward)
         scores, breakdown = pool.score_detailed(
-            PROMPTS, COMPLETIONS, references=refs, finished=finished, lengths=lengths
+            [
+                Completion(p, c, finished=f, num_tokens=n, reference=r)
+                for p, c, f, n, r in zip(PROMPTS, COMPLETIONS, finished, lengths, refs, strict=True)
+            ]
         )
     rm = np.array([mean_value(t, VOWELS) for t in TEXTS])
     chrf_ = np.array(chrf(PROMPTS, COMPLETIONS, refs))
@@ -204,7 +214,7 @@ def test_length_penalty_counts_tokens_without_lengths(rms: dict[str, str]) -> No
     }
     reward = config_from_dict(d).reward
     pool = pool_from_config(reward, local=True, tokenizer=build_char_tokenizer())
-    scores, breakdown = pool.score_detailed(["ab"], ["eeee"])  # 4 characters = 4 tokens
+    scores, breakdown = pool.score_detailed(records(["ab"], ["eeee"]))  # 4 characters = 4 tokens
     assert breakdown[M.REWARD_PENALTY_LENGTH].tolist() == [2.0]
     assert scores[0] == pytest.approx(mean_value("abeeee", VOWELS) - 2.0, abs=1e-5)
     # Without `finished` no missing-EOS penalty is charged (the ending is unknown).
@@ -216,8 +226,11 @@ def test_plain_sources_stay_plain_pools(rms: dict[str, str]) -> None:
     fn = config_from_dict({**d, "reward": {"function": FN_SPEC}}).reward
     pool = pool_from_config(fn, local=True)
     assert isinstance(pool, RewardPool)
-    assert pool.score(["p"], ["x"], references=["x"]).tolist() == [1.0]
-    assert pool.score_detailed(["p"], ["x"], references=["y"]) == (pytest.approx([0.0]), {})
+    assert pool.score(records(["p"], ["x"], references=["x"])).tolist() == [1.0]
+    assert pool.score_detailed(records(["p"], ["x"], references=["y"])) == (
+        pytest.approx([0.0]),
+        {},
+    )
     metric = config_from_dict({**d, "reward": {"source": "metric", "metric": "bleu"}}).reward
     assert pool_from_config(metric).local  # metrics score in-process, no actors
     assert metric.num_actor_pools == 0 and metric.needs_references

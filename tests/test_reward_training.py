@@ -17,10 +17,11 @@ import yaml
 from conftest import REPO
 
 from envs.builtin import BUILTIN_PROMPTS, VOWELS, build_char_tokenizer
-from rayrm.config import ConfigError
+from rayrm.config import ConfigError, RewardSettings
 from rayrm.config.stage import RMConfig, load_stage_config, stage_config_from_dict
 from rayrm.models.tiny import build_tiny_reward_model
 from rayrm.rewards import RewardPool
+from rayrm.rewards import completion_records as records
 from rayrm.stages import trainer as stages
 from rayrm.stages.reward_model import (
     bradley_terry_loss,
@@ -101,9 +102,11 @@ def test_training_scores_equal_reward_actor_scores(tmp_path):
     assert batch["input_ids"].shape[0] == 2 * len(pairs)
     with torch.no_grad():
         rewards = model(**batch).logits[:, 0].numpy()
-    pool = RewardPool(source="model", path=rm_dir, max_length=max_length, local=True)
+    pool = RewardPool(
+        RewardSettings(source="model", path=rm_dir, max_length=max_length), local=True
+    )
     prompts = rows["prompt"] * 2
-    expected = pool.score(prompts, rows["chosen"] + rows["rejected"])
+    expected = pool.score(records(prompts, rows["chosen"] + rows["rejected"]))
     np.testing.assert_allclose(rewards, expected, atol=1e-5)
     _, sums = compute(model, batch)
     assert sums["pairs"] == len(pairs)
@@ -194,7 +197,7 @@ def test_two_worker_reward_model_learns_rule_and_serves(ray_local, tmp_path, tin
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.num_labels == 1 and model.config.pad_token_id == 0
     fresh = vowel_pairs(100, seed=1)
-    with RewardPool(source="model", path=out, local=True) as pool:
-        chosen = pool.score(fresh["prompt"], fresh["chosen"])
-        rejected = pool.score(fresh["prompt"], fresh["rejected"])
+    with RewardPool(RewardSettings(source="model", path=out), local=True) as pool:
+        chosen = pool.score(records(fresh["prompt"], fresh["chosen"]))
+        rejected = pool.score(records(fresh["prompt"], fresh["rejected"]))
     assert (chosen > rejected).mean() >= 0.9

@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from envs.builtin import build_char_tokenizer
+from rayrm.config import RewardSettings
 from rayrm.models.tiny import build_tiny_reward_model
 from rayrm.rewards import (
     RewardFunctionActor,
@@ -28,6 +29,7 @@ from rayrm.rewards import (
     RewardSourceError,
     resolve_function,
 )
+from rayrm.rewards import completion_records as records
 
 torch.set_num_threads(1)
 
@@ -99,12 +101,13 @@ def test_resolve_function_dotted_module() -> None:
 def test_function_actor_checks_output_length() -> None:
     actor = RewardFunctionActor(f"{__name__}:wrong_length")
     with pytest.raises(RewardSourceError, match="shape"):
-        actor.score(["p", "p"], ["c", "c"])
+        actor.score(records(["p", "p"], ["c", "c"]))
 
 
 def test_local_pool_order_and_call_count() -> None:
-    pool = RewardPool(source="function", function=LEN_SPEC, num_actors=2, batch_size=4, local=True)
-    scores = pool.score(PROMPTS, COMPLETIONS)
+    reward = RewardSettings(source="function", function=LEN_SPEC, num_actors=2, batch_size=4)
+    pool = RewardPool(reward, local=True)
+    scores = pool.score(records(PROMPTS, COMPLETIONS))
     assert scores.dtype == np.float32 and scores.shape == (10,)
     np.testing.assert_array_equal(scores, [len(c) for c in COMPLETIONS])
     assert pool.num_calls == 3
@@ -114,21 +117,21 @@ def test_local_pool_order_and_call_count() -> None:
 
 
 def test_pool_empty_and_mismatched() -> None:
-    with RewardPool(source="function", function=LEN_SPEC, local=True) as pool:
-        out = pool.score([], [])
+    with RewardPool(RewardSettings(source="function", function=LEN_SPEC), local=True) as pool:
+        out = pool.score(records([], []))
         assert out.shape == (0,) and out.dtype == np.float32
         assert pool.num_calls == 0
         with pytest.raises(ValueError, match="prompts"):
-            pool.score(["a", "b"], ["c"])
+            pool.score(records(["a", "b"], ["c"]))
 
 
 def test_pool_argument_checks() -> None:
     with pytest.raises(ValueError, match="source"):
-        RewardPool(source="oracle", local=True)
+        RewardPool(RewardSettings(source="composite"), local=True)  # no single source
     with pytest.raises(ValueError, match="path"):
-        RewardPool(source="model", local=True)
+        RewardPool(RewardSettings(source="model"), local=True)
     with pytest.raises(ValueError, match="function"):
-        RewardPool(source="function", local=True)
+        RewardPool(RewardSettings(source="function", function=None), local=True)
 
 
 # --- Ray pool ---------------------------------------------------------------------------------
@@ -136,14 +139,16 @@ def test_pool_argument_checks() -> None:
 
 def test_ray_pool_order_and_call_count(ray_local) -> None:
     pool = RewardPool(
-        source="function",
-        function=LEN_SPEC,
-        num_actors=2,
-        batch_size=4,
-        num_cpus_per_actor=0.5,
+        RewardSettings(
+            source="function",
+            function=LEN_SPEC,
+            num_actors=2,
+            batch_size=4,
+            num_cpus_per_actor=0.5,
+        )
     )
     try:
-        scores = pool.score(PROMPTS, COMPLETIONS)
+        scores = pool.score(records(PROMPTS, COMPLETIONS))
         assert isinstance(scores, np.ndarray) and scores.dtype == np.float32
         np.testing.assert_array_equal(scores, [len(c) for c in COMPLETIONS])
         assert pool.num_calls == 3
@@ -158,14 +163,16 @@ def test_function_actors_run_without_torch(ray_local) -> None:
     """A reward function that does not use torch is served by actors that never import torch
     or transformers (Ray, numpy and the function's module only): lighter, faster to start."""
     pool = RewardPool(
-        source="function",
-        function="envs.builtin:vowel_reward",
-        num_actors=2,
-        batch_size=4,
-        num_cpus_per_actor=0.5,
+        RewardSettings(
+            source="function",
+            function="envs.builtin:vowel_reward",
+            num_actors=2,
+            batch_size=4,
+            num_cpus_per_actor=0.5,
+        )
     )
     try:
-        assert pool.score(PROMPTS, COMPLETIONS).shape == (len(PROMPTS),)
+        assert pool.score(records(PROMPTS, COMPLETIONS)).shape == (len(PROMPTS),)
         heavy = {"torch", "transformers"}  # a lambda travels by value: it imports nothing here
         loaded = [
             a.__ray_call__.remote(lambda _: sorted(heavy & set(sys.modules))) for a in pool.actors
@@ -192,7 +199,7 @@ def _per_item_scores(path: str, texts: list[str]) -> np.ndarray:
 
 def test_reward_model_batched_equals_per_item(tiny_rm_dir: str) -> None:
     actor = RewardModelActor(tiny_rm_dir, device="cpu")
-    scores = actor.score(PROMPTS, COMPLETIONS)
+    scores = actor.score(records(PROMPTS, COMPLETIONS))
     assert isinstance(scores, np.ndarray) and scores.dtype == np.float32
     assert scores.shape == (10,)
     expected = _per_item_scores(tiny_rm_dir, TEXTS)
@@ -207,16 +214,17 @@ def test_reward_model_without_pad_token_pads_with_eos(tmp_path) -> None:
     actor = RewardModelActor(path, device="cpu")
     assert actor.tokenizer.pad_token == "<eos>"
     assert actor.model.config.pad_token_id == actor.tokenizer.eos_token_id == 1
-    scores = actor.score(PROMPTS, COMPLETIONS)
+    scores = actor.score(records(PROMPTS, COMPLETIONS))
     expected = _per_item_scores(path, TEXTS)
     np.testing.assert_allclose(scores, expected, atol=1e-5)
 
 
 def test_reward_model_local_pool(tiny_rm_dir: str) -> None:
-    with RewardPool(source="model", path=tiny_rm_dir, batch_size=3, local=True) as pool:
-        pooled = pool.score(PROMPTS, COMPLETIONS)
+    reward = RewardSettings(source="model", path=tiny_rm_dir, batch_size=3)
+    with RewardPool(reward, local=True) as pool:
+        pooled = pool.score(records(PROMPTS, COMPLETIONS))
         assert pool.num_calls == 4
-    direct = RewardModelActor(tiny_rm_dir, device="cpu").score(PROMPTS, COMPLETIONS)
+    direct = RewardModelActor(tiny_rm_dir, device="cpu").score(records(PROMPTS, COMPLETIONS))
     np.testing.assert_allclose(pooled, direct, atol=1e-5)
 
 
@@ -233,5 +241,7 @@ def test_reward_model_wrong_num_labels(tmp_path) -> None:
 
 def test_ray_pool_start_failure_is_one_line(ray_local) -> None:
     with pytest.raises(RewardSourceError, match="nope_mod_xyz:fn") as info:
-        RewardPool(source="function", function="nope_mod_xyz:fn", num_cpus_per_actor=0.5)
+        RewardPool(
+            RewardSettings(source="function", function="nope_mod_xyz:fn", num_cpus_per_actor=0.5)
+        )
     assert "\n" not in str(info.value)

@@ -27,9 +27,10 @@ from rayrm.config import RLConfig
 from rayrm.config.stopping import fired
 from rayrm.models.decoding import sample_sequences
 from rayrm.models.loading import load_causal_lm
-from rayrm.rewards import pool_from_config
+from rayrm.rewards import Completion, completion_records, pool_from_config
 from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rl.checkpoint import checkpoint_codec, load_policy
+from rayrm.rl.evaluation import score_held_out
 from rayrm.rl.prompt_order import held_out_columns, held_out_prompts
 
 REPORT_FILE = "report.md"
@@ -127,28 +128,11 @@ def _plot(
     plt.close(fig)
 
 
-def _score(
-    cfg: RLConfig,
-    prompts: list[str],
-    completions: list[str],
-    references: list[str] | None,
-    messages: list[Any],
-    columns: list[dict[str, Any]] | None,
-) -> dict[str, np.ndarray]:
-
+def _score(cfg: RLConfig, records: list[Completion]) -> dict[str, np.ndarray]:
+    """Proxy (and gold) scores of held-out records, in this process, as the evaluation's."""
     pool = pool_from_config(cfg.reward, local=True, tokenizer=cfg.model.resolved_tokenizer_path)
-    if all(m is None for m in messages):
-        messages = None  # type: ignore[assignment]
-    extra = {} if columns is None else {"columns": columns}
-    out = {
-        "proxy": pool.score(prompts, completions, references=references, messages=messages, **extra)
-    }
-    if cfg.eval.gold_function:
-        gold = RewardFunctionActor(cfg.eval.gold_function)  # called as in the evaluation
-        out["gold"] = gold.score(prompts, completions, references, columns=columns).astype(
-            np.float64
-        )
-    return out
+    gold = cfg.eval.gold_function
+    return score_held_out(records, pool, RewardFunctionActor(gold) if gold else None)
 
 
 def _before_after(cfg: RLConfig, exp_dir: Path) -> dict[str, Any]:
@@ -168,20 +152,16 @@ def _before_after(cfg: RLConfig, exp_dir: Path) -> dict[str, Any]:
         top_p=g.top_p,
         seed=cfg.seed,
     )
-    texts = {}
+    out: dict[str, Any] = {}
     for name, model in (("before", initial), ("after", final)):
         pairs = [codec.texts(p, c) for p, c in sample_sequences(model, codec, prompts, **kwargs)]
-        texts[name] = ([t[0] for t in pairs], [t[1] for t in pairs])
-    prompt_texts = texts["before"][0]
-    return {
-        "prompts": prompt_texts,
-        "before": texts["before"][1],
-        "after": texts["after"][1],
-        "before_scores": _score(
-            cfg, prompt_texts, texts["before"][1], references, messages, columns
-        ),
-        "after_scores": _score(cfg, prompt_texts, texts["after"][1], references, messages, columns),
-    }
+        prompt_texts = out.setdefault("prompts", [t[0] for t in pairs])
+        out[name] = [t[1] for t in pairs]
+        records = completion_records(
+            prompt_texts, out[name], references=references, messages=messages, columns=columns
+        )
+        out[f"{name}_scores"] = _score(cfg, records)
+    return out
 
 
 def _fmt(values: np.ndarray) -> str:

@@ -190,6 +190,7 @@ def evaluate(
     from rayrm.models.decoding import sample_completions
     from rayrm.models.loading import load_causal_lm
     from rayrm.rewards.actors import RewardModelActor
+    from rayrm.rewards.base import completion_records
     from rayrm.rewards.judges import vader_positivity
     from rayrm.stages.preference_data import load_policy_with_codec
 
@@ -205,7 +206,9 @@ def evaluate(
         prompts += rows
     out: dict[str, Any] = {"n": len(completions)}
     scores = {
-        "reward": RewardModelActor(inputs["reward_model"]).score(prompts, completions),
+        "reward": RewardModelActor(inputs["reward_model"]).score(
+            completion_records(prompts, completions)
+        ),
         "gold": vader_positivity(prompts, completions),
     }
     for name, values in scores.items():

@@ -29,7 +29,7 @@ from rayrm.data.prompts import load_prompt_rows, other_columns
 from rayrm.models.hf_files import read_json
 from rayrm.models.loading import load_tokenizer
 from rayrm.models.tokenization import Prompt, PromptCodec
-from rayrm.rewards.base import RewardSourceError
+from rayrm.rewards.base import Completion, RewardSourceError, completion_records
 from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rl.codec import run_codec
 from rayrm.rl.prompt_order import training_rows
@@ -65,23 +65,20 @@ def preflight(cfg: RLConfig) -> str:
         summary += f"; the first {held} held out for evaluation, never trained on"
     if cfg.eval.every and cfg.eval.prompts is not None:
         _encode_summary(cfg, codec, _prompts(cfg, "eval.prompts", cfg.eval.prompts)[0])
-    probe = [codec.texts(codec.encode(p), [])[0] for p in prompts[:PROBE_PROMPTS]]
+    probe_prompts = [codec.texts(codec.encode(p), [])[0] for p in prompts[:PROBE_PROMPTS]]
     data = cfg.data
     used = (data.prompt_column, data.reference_column, data.messages_column)
     columns = other_columns(cfg.data.prompts, used)
-    _probe_reward(
-        cfg,
-        probe,
-        references[: len(probe)] if references else None,
-        columns[: len(probe)] if columns else None,
+    n = len(probe_prompts)
+    probe = completion_records(  # empty completions, with the rows' references and columns
+        probe_prompts,
+        [""] * n,
+        references=references[:n] if references else None,
+        columns=columns[:n] if columns else None,
     )
+    _probe_reward(cfg, probe)
     if cfg.eval.gold_function is not None:
-        _probe_gold(
-            cfg.eval.gold_function,
-            probe,
-            references[: len(probe)] if references else None,
-            columns[: len(probe)] if columns else None,
-        )
+        _probe_gold(cfg.eval.gold_function, probe)
     check_storage(cfg.run.storage_path)
     return summary
 
@@ -159,12 +156,7 @@ def _encode_summary(cfg: RLConfig, codec: PromptCodec, prompts: list[Prompt]) ->
     )
 
 
-def _probe_reward(
-    cfg: RLConfig,
-    probe: list[str],
-    references: list[str] | None,
-    columns: list[dict[str, Any]] | None,
-) -> None:
+def _probe_reward(cfg: RLConfig, probe: list[Completion]) -> None:
     """Reward functions called once, as their actors call them (the rows' references and other
     columns included); reward models' configs read."""
     reward = cfg.reward
@@ -176,7 +168,7 @@ def _probe_reward(
             key = f"{prefix}.function"
             try:
                 actor = RewardFunctionActor(src.function)
-                scores = actor.score(probe, [""] * len(probe), references, columns=columns)
+                scores = actor.score(probe)
             except (RewardSourceError, ValueError) as exc:
                 raise ConfigError(f"{key}: {exc}", key=key) from exc
             _check_finite(scores, key, src.function)
@@ -186,18 +178,13 @@ def _probe_reward(
             _check_reward_model(member, f"{prefix}.members[{j}]")
 
 
-def _probe_gold(
-    spec: str,
-    probe: list[str],
-    references: list[str] | None,
-    columns: list[dict[str, Any]] | None,
-) -> None:
+def _probe_gold(spec: str, probe: list[Completion]) -> None:
     """The gold function called once, as held-out evaluation calls it (as a reward function,
     with the rows' references and other columns)."""
     key = "eval.gold_function"
     try:
         gold = RewardFunctionActor(spec)
-        scores = gold.score(probe, [""] * len(probe), references, columns=columns)
+        scores = gold.score(probe)
     except (RewardSourceError, ValueError) as exc:
         raise ConfigError(f"{key}: {exc}", key=key) from exc
     _check_finite(scores, key, spec)

@@ -1,7 +1,7 @@
-"""Reward sources: what turns ``(prompts, completions)`` into one score per completion.
+"""Reward sources: what turns finished completions into one score each.
 
-* ``base``: the batched signature, :class:`~rayrm.rewards.base.RewardActor` and the
-  :class:`~rayrm.rewards.base.Scorer` protocol;
+* ``base``: the record every scorer takes (:class:`~rayrm.rewards.base.Completion`),
+  :class:`~rayrm.rewards.base.RewardActor` and the :class:`~rayrm.rewards.base.Scorer` protocol;
 * ``actors``: the reward-model actor; ``functions``: the reward-function actor (no torch);
   ``text_metrics``: chrF/BLEU;
 * ``pool``: :class:`~rayrm.rewards.pool.RewardPool`, actors scoring in parallel batches;
@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rayrm.rewards.base import RewardSourceError, Scorer, resolve_function
+from rayrm.rewards.base import (
+    Completion,
+    RewardSourceError,
+    Scorer,
+    completion_records,
+    resolve_function,
+)
 from rayrm.rewards.compose import ComposedReward, EnsembleReward, build_reward
 from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rewards.pool import POOL_NAMESPACE, RewardPool
@@ -27,12 +33,14 @@ if TYPE_CHECKING:
 __all__ = [
     "POOL_NAMESPACE",
     "ComposedReward",
+    "Completion",
     "EnsembleReward",
     "RewardFunctionActor",
     "RewardModelActor",
     "RewardPool",
     "RewardSourceError",
     "Scorer",
+    "completion_records",
     "pool_from_config",
     "resolve_function",
     "reward_model_texts",
@@ -61,17 +69,17 @@ def pool_from_config(
 
     A single ``model``/``function``/``metric`` source without penalties is a plain
     :class:`RewardPool`; ``ensemble``, ``composite`` or any penalty gives a
-    ``rayrm.rewards.compose.ComposedReward``. Both offer ``score(prompts, completions, *,
-    references=None, finished=None, lengths=None)``, ``score_detailed(...) -> (scores,
-    breakdown)``, ``stats()`` and ``shutdown()``.
+    ``rayrm.rewards.compose.ComposedReward``. Both are a :class:`Scorer`:
+    ``score(records)``, ``score_detailed(records) -> (scores, breakdown)``, ``stats()`` and
+    ``shutdown()``, over a sequence of :class:`Completion` records.
 
     Args:
-        reward: a validated ``rayrm.config.run.RewardConfig``.
+        reward: a validated ``rayrm.config.RewardSettings``.
         name: shared pool name (``reward.pool_name``): actors are detached and named, see
             :class:`RewardPool`; components and ensemble members get sub-pools ``{name}.{part}``.
         local: build in-process instances instead of Ray actors.
         tokenizer: the policy's tokenizer (or its directory), used to count completion tokens
-            for ``reward.length_penalty`` when the caller passes no ``lengths``.
+            for ``reward.length_penalty`` when records carry no ``num_tokens``.
         namespace: Ray namespace of shared actors.
     """
     return build_reward(reward, name=name, local=local, tokenizer=tokenizer, namespace=namespace)

@@ -17,15 +17,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rayrm.models.fused import fuse_activations
 from rayrm.models.hf_files import TOKENIZER_FILES, has_tokenizer
-from rayrm.rewards.base import (
-    Columns,
-    Conversations,
-    References,
-    RewardActor,
-    RewardSourceError,
-    check_pair,
-    resolve_device,
-)
+from rayrm.rewards.base import Completion, RewardActor, RewardSourceError, resolve_device
 
 __all__ = ["RewardModelActor", "reward_model_texts"]
 
@@ -99,35 +91,27 @@ class RewardModelActor(RewardActor):
         super().__init__("model", self.path)
 
     def score(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: References = None,
-        messages: Conversations = None,
-        ids: Sequence[str] | None = None,
-        columns: Columns = None,
+        self, records: Sequence[Completion], present: frozenset[str] | None = None
     ) -> np.ndarray:
-        """Scores a batch in one forward pass.
+        """Scores a chunk in one forward pass.
 
         Args:
-            prompts: N prompt texts.
-            completions: N completions, same order.
-            references, ids, columns: ignored (a reward model reads prompt and completion
-                only).
-            messages: N conversations (or None each) the prompts came from: those items are
-                scored as ``messages + [{"role": "assistant", "content": completion}]``
-                rendered with this model's chat template.
+            records: N completions; the model reads each one's prompt and completion, or, for a
+                chat prompt (``messages``), ``messages + [{"role": "assistant", "content":
+                completion}]`` rendered with this model's chat template. References, ids and
+                columns are not read.
+            present: ignored (what a pool tells each of its actors; see
+                ``RewardFunctionActor.score``).
 
         Returns:
             ``float32`` array of shape (N,), on CPU: the scalar head's logit per text.
         """
-        check_pair(prompts, completions)
         self.num_calls += 1
-        if len(prompts) == 0:
+        if len(records) == 0:
             return np.zeros((0,), dtype=np.float32)
-        texts = reward_model_texts(self.tokenizer, prompts, completions, messages)
+        texts = reward_model_texts(self.tokenizer, records)
         # Chat renderings hold their own special tokens; plain texts get the tokenizer's.
-        special = messages is None or all(m is None for m in messages)
+        special = all(r.messages is None for r in records)
         batch = self.tokenizer(
             texts,
             padding=True,
@@ -144,29 +128,23 @@ class RewardModelActor(RewardActor):
         return logits[:, 0].float().cpu().numpy()
 
 
-def reward_model_texts(
-    tokenizer: Any,
-    prompts: Sequence[str],
-    completions: Sequence[str],
-    messages: Conversations = None,
-) -> list[str]:
-    """What a reward model reads per item: ``prompt + completion``, or for a conversation the
+def reward_model_texts(tokenizer: Any, records: Sequence[Completion]) -> list[str]:
+    """What a reward model reads per record: ``prompt + completion``, or for a conversation the
     reward model's own chat template over ``messages + [assistant: completion]``.
 
     Raises:
         RewardSourceError: A conversation arrives and the tokenizer has no chat template.
     """
     texts = []
-    for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-        conversation = None if messages is None else messages[i]
-        if conversation is None:
-            texts.append(prompt + completion)
+    for record in records:
+        if record.messages is None:
+            texts.append(record.prompt_text + record.completion)
             continue
         if not getattr(tokenizer, "chat_template", None):
             raise RewardSourceError(
                 "the reward model's tokenizer has no chat template, but the prompts are "
                 "conversations; set reward.tokenizer_path to a tokenizer with one"
             )
-        turn = {"role": "assistant", "content": completion}
-        texts.append(str(tokenizer.apply_chat_template([*conversation, turn], tokenize=False)))
+        turn = {"role": "assistant", "content": record.completion}
+        texts.append(str(tokenizer.apply_chat_template([*record.messages, turn], tokenize=False)))
     return texts

@@ -1,11 +1,15 @@
-"""What every reward source shares: the batched signature, errors, and the actor base.
+"""What every reward source shares: the completion record, errors, and the actor base.
 
-Every source scores ``(prompts, completions)`` -- plus, where a source uses them, each item's
-reference text and the conversation its prompt was rendered from -- into one float per item,
-returned as a CPU ``float32`` numpy array. :class:`RewardActor` is the base of the reward-model,
-reward-function and metric actors (plain classes, made remote where a pool creates them): it
-counts calls and items and answers the pool's ``ping``/``describe``/``stats``. :class:`Scorer`
-is the protocol of what the RL loop scores through (a pool, or a composition of pools).
+Every source scores a sequence of :class:`Completion` records -- a prompt's text, the
+completion's text and what else is known of them: how it ended, its reference text, the
+conversation its prompt was rendered from, a stable id and the prompts-file row's other
+columns -- into one float per record, returned as a CPU ``float32`` numpy array. Records are
+unpacked into parallel lists only where user code is called (``rayrm.rewards.functions``) and
+where a source reads its texts (reward models, metrics). :class:`RewardActor` is the base of
+the reward-model, reward-function and metric actors (plain classes, made remote where a pool
+creates them): it counts calls and items and answers the pool's ``ping``/``describe``/``stats``.
+:class:`Scorer` is the protocol of what the RL loop scores through (a pool, or a composition
+of pools).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "LISTS",
     "Columns",
     "Completion",
     "Conversations",
@@ -34,12 +39,14 @@ __all__ = [
     "ScoredBatch",
     "Scorer",
     "call_scorer",
-    "check_pair",
     "check_scores",
+    "completion_records",
     "exception_names",
     "last_line",
+    "lists_present",
     "resolve_device",
     "resolve_function",
+    "unpack",
 ]
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
@@ -72,15 +79,17 @@ class RewardSourceError(ValueError):
 
 class Scorer(Protocol):
     """What the RL loop scores through: :class:`~rayrm.rewards.pool.RewardPool` or
-    :class:`~rayrm.rewards.compose.ComposedReward`."""
+    :class:`~rayrm.rewards.compose.ComposedReward` (``rayrm.rewards.pool_from_config``)."""
 
-    def score(
-        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
-    ) -> np.ndarray: ...
+    def score(self, records: Sequence[Completion]) -> np.ndarray:
+        """One ``float32`` score per record, (N,), in their order."""
+        ...
 
     def score_detailed(
-        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+        self, records: Sequence[Completion]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(score(records), breakdown)``: published metric key -> (N,) values."""
+        ...
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -194,24 +203,22 @@ def exception_names(exc: BaseException) -> list[str]:
     return names
 
 
-def check_pair(prompts: Sequence[str], completions: Sequence[str]) -> None:
-    if len(prompts) != len(completions):
-        raise ValueError(
-            f"got {len(prompts)} prompts but {len(completions)} completions; "
-            "each completion needs the prompt it answers"
-        )
-
-
 @dataclass(frozen=True)
 class Completion:
-    """What a reward source reads of one finished completion (built from the env's last info).
+    """One finished completion as a reward source reads it: the record every scorer takes.
+
+    Built from an episode's last info in training (``rayrm.rl.episodes.completion_of``), or
+    from sampled texts (:func:`completion_records`: held-out evaluation, report, preflight).
+    Records travel to reward actors by pickle, a chunk of them per call.
 
     Attributes:
         prompt_text: The prompt's tokens decoded (``rayrm.models.tokenization``), the exact text.
         completion: The completion's text: prompt and completion decoded together, split at
             the prompt; the stop token excluded.
-        finished: It ended at a stop token or string (terminated), not at the length limit.
-        num_tokens: Generated tokens, the stop token excluded.
+        finished: It ended at a stop token or string (terminated), not at the length limit;
+            None where the ending is not recorded (held-out samples: no missing-EOS penalty).
+        num_tokens: Generated tokens, the stop token excluded; None where not counted (a length
+            penalty then counts the completion's tokens with the policy's tokenizer).
         reference: The prompt's reference text, for reference-based sources.
         messages: The conversation the prompt was rendered from, for chat prompts.
         id: A stable, unique id (the episode's): the same when a chunk is scored again.
@@ -221,12 +228,86 @@ class Completion:
 
     prompt_text: str
     completion: str
-    finished: bool
-    num_tokens: int
+    finished: bool | None = None
+    num_tokens: int | None = None
     reference: str | None = None
     messages: list[dict[str, str]] | None = None
     id: str | None = None
     columns: dict[str, Any] | None = None
+
+
+def completion_records(
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    references: References = None,
+    messages: Conversations = None,
+    ids: Sequence[str] | None = None,
+    columns: Columns = None,
+) -> list[Completion]:
+    """Records of parallel lists: for callers that sampled or wrote texts themselves.
+
+    Raises:
+        ValueError: A list's length differs from the prompts'.
+    """
+    n = len(prompts)
+    if len(completions) != n:
+        raise ValueError(
+            f"got {n} prompts but {len(completions)} completions; "
+            "each completion needs the prompt it answers"
+        )
+    per_item = (
+        ("references", references),
+        ("conversations", messages),
+        ("ids", ids),
+        ("column rows", columns),
+    )
+    for what, values in per_item:
+        if values is not None and len(values) != n:
+            raise ValueError(f"got {n} prompts but {len(values)} {what}")
+
+    def at(values: Sequence[Any] | None, i: int) -> Any:
+        return None if values is None else values[i]
+
+    return [
+        Completion(
+            prompt_text=prompt,
+            completion=completion,
+            reference=at(references, i),
+            messages=at(messages, i),
+            id=at(ids, i),
+            columns=at(columns, i),
+        )
+        for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True))
+    ]
+
+
+LISTS = {"references": "reference", "messages": "messages", "ids": "id"}
+"""The optional lists a reward function may take by name -> the record field each is made of."""
+
+
+def lists_present(records: Sequence[Completion]) -> frozenset[str]:
+    """The optional lists (:data:`LISTS`) a batch of records carries: ``references`` when a
+    record has a reference, ``messages`` when one has a conversation, ``ids`` when each has an
+    id. A pool decides once per batch, so every chunk of it is unpacked alike."""
+    present = {
+        name
+        for name, field_name in LISTS.items()
+        if any(getattr(r, field_name) is not None for r in records)
+    }
+    if any(r.id is None for r in records):
+        present.discard("ids")
+    return frozenset(present)
+
+
+def unpack(
+    records: Sequence[Completion], name: str, present: frozenset[str] | None = None
+) -> list[Any] | None:
+    """The records' list ``name`` (a key of :data:`LISTS`), in their order; None when the
+    batch (``present``, from :func:`lists_present`; None: these records) carries none."""
+    if name not in (lists_present(records) if present is None else present):
+        return None
+    return [getattr(r, LISTS[name]) for r in records]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 import ray
 
 from rayrm import metrics as M
-from rayrm.rewards.base import Columns, Conversations, References
+from rayrm.rewards.base import Completion
 from rayrm.rewards.environment import EnvironmentRewards
 from rayrm.rewards.pool import POOL_NAMESPACE, RewardPool
 
@@ -87,28 +87,9 @@ class EnsembleReward:
         self.combine = combine
         self.uncertainty_coef = uncertainty_coef
 
-    def submit(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        *,
-        references: References = None,
-        messages: Conversations = None,
-        ids: Sequence[str] | None = None,
-        columns: Columns = None,
-    ) -> list[list[Any]]:
+    def submit(self, records: Sequence[Completion]) -> list[list[Any]]:
         """Sends every member's chunks out (see :meth:`RewardPool.submit`)."""
-        return [
-            m.submit(
-                prompts,
-                completions,
-                references=references,
-                messages=messages,
-                ids=ids,
-                columns=columns,
-            )
-            for m in self.members
-        ]
+        return [m.submit(records) for m in self.members]
 
     def collect(self, handles: list[list[Any]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(combined (N,), {reward/member/<i>: (N,), reward/disagreement: (N,)})``."""
@@ -162,8 +143,8 @@ class ComposedReward:
         Args:
             parts: ``(name, weight, scorer)``; names unique, ``""`` only for a lone part.
             length_penalty, target_length, missing_eos_penalty: see ``RewardSettings``.
-            tokenizer: tokenizer or directory to count completion tokens when ``score`` gets
-                no ``lengths`` (loaded on first use).
+            tokenizer: tokenizer or directory to count completion tokens when records carry
+                no ``num_tokens`` (loaded on first use).
         """
         names = [name for name, _, _ in parts]
         if not parts or len(set(names)) != len(names) or ("" in names and len(parts) > 1):
@@ -175,62 +156,27 @@ class ComposedReward:
         self._tokenizer = tokenizer
         self.num_scored = 0
 
-    def score(
-        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
-    ) -> np.ndarray:
+    def score(self, records: Sequence[Completion]) -> np.ndarray:
         """The combined reward, ``float32`` (N,); see :meth:`score_detailed`."""
-        return self.score_detailed(prompts, completions, **kwargs)[0]
+        return self.score_detailed(records)[0]
 
     def score_detailed(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        *,
-        references: References = None,
-        messages: Conversations = None,
-        ids: Sequence[str] | None = None,
-        finished: Sequence[bool] | None = None,
-        lengths: Sequence[int] | None = None,
-        columns: Columns = None,
+        self, records: Sequence[Completion]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Scores all parts concurrently, then combines them.
 
-        Args:
-            prompts, completions: N texts each.
-            references: N reference texts for reference-based parts, or None.
-            messages: N conversations of chat prompts, or None.
-            ids: N stable completion ids (for reward functions that take ``ids``), or None.
-            columns: N rows' other prompt-file columns (for reward functions that name
-                them), or None.
-            finished: per completion, whether it ended with EOS (the episode terminated rather
-                than being truncated at ``max_new_tokens``); without it no missing-EOS
-                penalty is applied.
-            lengths: generated tokens per completion, EOS excluded; without it they are
-                counted by tokenizing the completions (only when a length penalty is set).
+        The length penalty reads each record's ``num_tokens`` (generated tokens, EOS
+        excluded); when a record has none, the completions are tokenized to count them. The
+        missing-EOS penalty applies when every record says how it ended (``finished``: the
+        episode terminated rather than being truncated at ``max_new_tokens``).
 
         Returns:
             ``(scores, breakdown)``: ``float32`` (N,), and metric key -> (N,) values: each
             component's unweighted score, ensemble members and disagreement, penalties.
         """
-        n = len(completions)
-        for what, seq in (("finished", finished), ("lengths", lengths)):
-            if seq is not None and len(seq) != n:
-                raise ValueError(f"got {n} completions but {len(seq)} {what} flags")
+        n = len(records)
         pending = [
-            (
-                name,
-                weight,
-                scorer,
-                scorer.submit(
-                    prompts,
-                    completions,
-                    references=references,
-                    messages=messages,
-                    ids=ids,
-                    columns=columns,
-                ),
-            )
-            for name, weight, scorer in self.parts
+            (name, weight, scorer, scorer.submit(records)) for name, weight, scorer in self.parts
         ]
         total = np.zeros(n, dtype=np.float64)
         breakdown: dict[str, np.ndarray] = {}
@@ -246,12 +192,14 @@ class ComposedReward:
                 inner = {f"{key}/{k.removeprefix(_PREFIX)}": v for k, v in inner.items()}
             breakdown.update(inner)
         if self.length_penalty:
-            if lengths is None:
-                lengths = self._count_tokens(completions)
+            lengths = [r.num_tokens for r in records if r.num_tokens is not None]
+            if len(lengths) < n:  # not counted (held-out samples): count them here
+                lengths = self._count_tokens([r.completion for r in records])
             pen = length_penalties(lengths, coef=self.length_penalty, target=self.target_length)
             total -= pen
             breakdown[M.REWARD_PENALTY_LENGTH] = pen
-        if self.missing_eos_penalty is not None and finished is not None:
+        finished = [r.finished for r in records if r.finished is not None]
+        if self.missing_eos_penalty is not None and len(finished) == n:  # endings known
             pen = missing_eos_penalties(finished, penalty=self.missing_eos_penalty)
             total -= pen
             breakdown[M.REWARD_PENALTY_MISSING_EOS] = pen
@@ -261,8 +209,8 @@ class ComposedReward:
     def _count_tokens(self, completions: Sequence[str]) -> list[int]:
         if self._tokenizer is None:
             raise ValueError(
-                "reward.length_penalty needs the completions' token counts: pass lengths= or "
-                "build the reward with the policy's tokenizer"
+                "reward.length_penalty needs the completions' token counts: give the records "
+                "num_tokens or build the reward with the policy's tokenizer"
             )
         if isinstance(self._tokenizer, str):
             from transformers import AutoTokenizer
@@ -305,25 +253,9 @@ def build_reward(
     """See :func:`rayrm.rewards.pool_from_config` (the public entry point)."""
     built: list[Scorer] = []
 
-    def pool(source: str, sub: str | None, **what: Any) -> RewardPool:
-        # Metrics are string arithmetic: in-process, never shared, one call per batch.
-        in_process = local or source == "metric"
-        p = RewardPool(
-            source=source,
-            num_actors=1 if source == "metric" else reward.num_actors,
-            batch_size=reward.batch_size,
-            num_cpus_per_actor=reward.num_cpus_per_actor,
-            num_gpus_per_actor=reward.num_gpus_per_actor,
-            max_length=reward.max_length,
-            custom_resources=dict(reward.custom_resources_per_actor),
-            timeout_s=reward.timeout_s,
-            max_restarts=reward.max_restarts,
-            retry_exceptions=reward.retry_exceptions,
-            name=None if in_process or name is None else sub,
-            namespace=namespace,
-            local=in_process,
-            **what,
-        )
+    def pool(source: Any, sub: str | None) -> RewardPool:
+        # Metrics score in-process and are never shared (see RewardPool).
+        p = RewardPool(reward, source, name=sub, namespace=namespace, local=local)
         built.append(p)
         return p
 
@@ -331,25 +263,17 @@ def build_reward(
         def child(part: str) -> str | None:
             return None if sub is None else f"{sub}.{part}"
 
-        tokenizer_path = src.tokenizer_path or reward.tokenizer_path
         if src.source == "env":
             return EnvironmentRewards()
         if src.source == "ensemble":
             members = [
-                pool("model", child(f"member{j}"), path=path, tokenizer_path=tokenizer_path)
+                pool(src.model_copy(update={"source": "model", "path": path}), child(f"member{j}"))
                 for j, path in enumerate(src.members)
             ]
             return EnsembleReward(
                 members, combine=src.combine, uncertainty_coef=src.uncertainty_coef
             )
-        return pool(
-            src.source,
-            sub,
-            path=src.path,
-            function=src.function,
-            metric=src.metric,
-            tokenizer_path=tokenizer_path,
-        )
+        return pool(src, sub)
 
     penalties = dict(
         length_penalty=reward.length_penalty,

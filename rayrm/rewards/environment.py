@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from rayrm.rewards.base import Completion
+
 __all__ = ["EnvironmentRewards"]
 
 
@@ -21,15 +23,13 @@ class EnvironmentRewards:
 
     num_resubmitted = 0
 
-    def score(
-        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
-    ) -> np.ndarray:
-        return np.zeros(len(completions), np.float64)
+    def score(self, records: Sequence[Completion]) -> np.ndarray:
+        return np.zeros(len(records), np.float64)
 
     def score_detailed(
-        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
+        self, records: Sequence[Completion]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        return self.score(prompts, completions), {}
+        return self.score(records), {}
 
     def stats(self) -> dict[str, Any]:
         return {}

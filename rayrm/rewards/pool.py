@@ -1,8 +1,9 @@
 """Reward pools: reward actors scoring finished completions in parallel batches.
 
-:class:`RewardPool` shards a batch over ``num_actors`` actors of one source (a reward model, a
-reward function or a reference metric) and gathers the scores in order; with a name it is a
-shared pool of detached actors that every trial of a sweep (or every job) scores through.
+:class:`RewardPool` shards a batch of completion records over ``reward.num_actors`` actors of
+one source (a reward model, a reward function or a reference metric) and gathers the scores in
+order; with a name it is a shared pool of detached actors that every trial of a sweep (or every
+job) scores through. It is built from the ``reward`` section (``rayrm.config.RewardSettings``).
 """
 
 from __future__ import annotations
@@ -11,23 +12,28 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 
 from rayrm.errors import TimedOut
 from rayrm.rewards.base import (
-    Columns,
-    Conversations,
-    References,
+    Completion,
     RewardSourceError,
-    check_pair,
     exception_names,
     last_line,
+    lists_present,
 )
 from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rewards.text_metrics import RewardMetricActor
+
+if TYPE_CHECKING:  # the reward actors' processes never load the config schema
+    from rayrm.config import RewardComponent, RewardSettings
+
+    Source = RewardSettings | RewardComponent
+    """A section that names one source: ``reward`` itself, a composite's component, or an
+    ensemble member (a copy of either with ``source="model"`` and the member's ``path``)."""
 
 __all__ = ["POOL_NAMESPACE", "SOURCES", "RewardPool"]
 
@@ -71,60 +77,45 @@ STARTUP_S = 300.0
 
 @dataclass
 class _Chunk:
-    """One outstanding chunk: its actor's index, the call's arguments, resubmissions so far."""
+    """One outstanding chunk: its actor's index, its records and the lists their batch carries
+    (``rayrm.rewards.base.lists_present``), resubmissions so far."""
 
     actor: int
-    args: tuple[Any, ...]
+    records: list[Completion]
+    present: frozenset[str]
     resubmitted: int = 0
 
 
-def _check_arguments(
-    source: str,
-    path: str | None,
-    function: str | None,
-    metric: str | None,
-    num_actors: int,
-    batch_size: int,
-) -> None:
-    if source not in SOURCES:
-        raise ValueError(f"reward source must be one of {SOURCES}, got {source!r}")
-    if source == "model" and not path:
-        raise ValueError("reward source 'model' needs path= (a local model directory)")
-    if source == "function" and not function:
-        raise ValueError("reward source 'function' needs function= ('module:function')")
-    if source == "metric" and not metric:
-        raise ValueError("reward source 'metric' needs metric= ('chrf' or 'bleu')")
-    if num_actors < 1:
-        raise ValueError(f"num_actors must be >= 1, got {num_actors}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+def _check_source(part: Source) -> None:
+    if part.source not in SOURCES:
+        raise ValueError(f"reward source must be one of {SOURCES}, got {part.source!r}")
+    if part.source == "model" and not part.path:
+        raise ValueError("reward source 'model' needs a path (a local model directory)")
+    if part.source == "function" and not part.function:
+        raise ValueError("reward source 'function' needs a function ('module:function')")
 
 
 def _actor_recipe(
-    source: str,
-    path: str | None,
-    function: str | None,
-    metric: str | None,
-    max_length: int,
-    tokenizer_path: str | None,
+    reward: RewardSettings, part: Source
 ) -> tuple[type, tuple[Any, ...], dict[str, Any]]:
-    """``(actor class, args, kwargs)`` of one source's actors."""
-    if source == "model":
+    """``(actor class, args, kwargs)`` of the actors of ``part``'s source."""
+    if part.source == "model":
         # Imported here: torch and transformers stay out of processes that score without them.
         from rayrm.rewards.actors import RewardModelActor
 
-        kwargs = {"max_length": max_length, "tokenizer_path": tokenizer_path}
-        return RewardModelActor, (path,), kwargs
-    if source == "function":
-        return RewardFunctionActor, (function,), {}
-    return RewardMetricActor, (metric,), {}
+        tokenizer_path = part.tokenizer_path or reward.tokenizer_path
+        kwargs = {"max_length": reward.max_length, "tokenizer_path": tokenizer_path}
+        return RewardModelActor, (part.path,), kwargs
+    if part.source == "function":
+        return RewardFunctionActor, (part.function,), {}
+    return RewardMetricActor, (part.metric,), {}
 
 
 class RewardPool:
-    """Shards scoring over ``num_actors`` reward actors in fixed-size chunks.
+    """Shards scoring over ``reward.num_actors`` reward actors in fixed-size chunks.
 
-    Chunks go out round-robin, all at once, and are gathered together, so N items cost exactly
-    ``ceil(N / batch_size)`` actor calls and the actors run concurrently.
+    Chunks go out round-robin, all at once, and are gathered together, so N records cost
+    exactly ``ceil(N / reward.batch_size)`` actor calls and the actors run concurrently.
 
     Attributes:
         num_calls: ``score`` calls this pool has sent to its actors (one per chunk).
@@ -132,92 +123,75 @@ class RewardPool:
 
     def __init__(
         self,
+        reward: RewardSettings,
+        part: Source | None = None,
         *,
-        source: str,
-        path: str | None = None,
-        function: str | None = None,
-        metric: str | None = None,
-        num_actors: int = 1,
-        batch_size: int = 32,
-        num_cpus_per_actor: float = 1.0,
-        num_gpus_per_actor: float = 0.0,
-        max_length: int = 512,
-        tokenizer_path: str | None = None,
-        max_restarts: int | None = None,
-        retry_exceptions: bool | Sequence[str] = False,
-        custom_resources: dict[str, float] | None = None,
         name: str | None = None,
         namespace: str = POOL_NAMESPACE,
-        max_inflight_per_actor: int = 2,
         local: bool = False,
-        timeout_s: float | None = None,
+        max_inflight_per_actor: int = 2,
     ) -> None:
-        """Builds the actors and waits until each has loaded.
+        """Builds the actors of one source and waits until each has loaded.
+
+        What scores comes from ``part`` (or ``reward`` itself): its ``source`` (``model``,
+        ``function`` or ``metric``) and that source's ``path``, ``function`` or ``metric`` (and
+        ``tokenizer_path``, else ``reward.tokenizer_path``). How the actors run comes from
+        ``reward`` (see ``RewardSettings``): ``num_actors``, ``batch_size`` (records per actor
+        call), ``num_cpus_per_actor``, ``num_gpus_per_actor`` (with a GPU a reward model runs
+        on CUDA), ``custom_resources_per_actor``, ``max_length`` (reward models),
+        ``timeout_s`` (a slower chunk's actor is restarted and the chunk re-scored; then
+        :class:`TimedOut`), ``max_restarts`` (unset: no limit for a shared pool, whose actors
+        serve every job, else 2) and ``retry_exceptions``: a chunk whose actor died, hung or
+        raised a retried error is sent again, to the next actor, up to ``max_restarts``
+        times (scoring is at-least-once; records carry stable ids to deduplicate by). A
+        metric (chrF, BLEU) is string arithmetic: it scores in this process, in one
+        instance, never shared.
 
         Args:
-            source: ``"model"`` (needs ``path``), ``"function"`` (needs ``function``) or
-                ``"metric"`` (needs ``metric``; see ``rayrm.rewards.text_metrics``).
-            path: local reward-model directory.
-            function: ``"module:function"`` spec; must be importable in the Ray workers.
-            metric: ``"chrf"`` or ``"bleu"``.
-            num_actors: actor count; also the in-process instance count when ``local``.
-            batch_size: items per actor call.
-            num_cpus_per_actor: Ray CPU reservation per actor.
-            num_gpus_per_actor: Ray GPU reservation; with it, ``device="auto"`` picks CUDA.
-            max_length: token budget per text (model source only).
-            tokenizer_path: tokenizer directory for a reward model that has none.
-            max_restarts: actor restarts after a crash or a timeout (-1: no limit; None: no
-                limit for a shared pool, whose actors serve every job, else 2); also the
-                resubmissions allowed per chunk: a chunk whose actor died, hung or raised a
-                ``retry_exceptions`` error is sent again, to the next actor (scoring is
-                at-least-once; ``ids`` let a side-effecting scorer deduplicate).
-            retry_exceptions: exceptions of the scoring code that resubmit the chunk instead
-                of failing: True for any, or names (bare or qualified, matched against the
-                raised type and its bases, e.g. ``["OutOfMemoryError", "ConnectionError"]``).
-            custom_resources: extra Ray resources per actor (e.g. ``{"rayrm_reward": 1}``).
+            reward: the run's ``reward`` section.
+            part: the section naming what scores: a component of a composite, or an
+                ensemble member (``source="model"`` and its ``path``); None: ``reward``.
             name: makes the pool SHARED: its actors are detached, named ``{name}-{i}`` in
                 ``namespace``, and reused by every pool built with the same name (e.g. all
                 trials of a sweep), so N trials do not load N copies of a reward model.
                 ``shutdown`` leaves shared actors running; :meth:`kill_shared` stops them.
             namespace: Ray namespace of a shared pool's actors.
+            local: build plain in-process instances instead of Ray actors (not timed).
             max_inflight_per_actor: back-pressure: at most this many chunks per actor are
                 outstanding from this client; further chunks wait for earlier ones instead of
                 piling up on a busy (shared) actor.
-            local: build plain in-process instances instead of Ray actors.
-            timeout_s: seconds one chunk may take; a slower chunk's actor is restarted and
-                the chunk re-scored, up to ``max_restarts`` times (then :class:`TimedOut`).
-                None waits forever; in-process instances are not timed.
 
         Raises:
-            ValueError: inconsistent arguments.
+            ValueError: ``part`` is no single source, or lacks what it needs.
             RewardSourceError: an actor failed to load (bad path, spec or head).
         """
-        _check_arguments(source, path, function, metric, num_actors, batch_size)
-        self.source = source
-        self.batch_size = batch_size
-        self.local = local
-        self.shared = name is not None and not local
+        part = reward if part is None else part
+        _check_source(part)
+        self.source = part.source
+        self.local = local or part.source == "metric"
+        num_actors = 1 if part.source == "metric" else reward.num_actors
+        self.batch_size = reward.batch_size
+        self.shared = name is not None and not self.local
         self.max_inflight = max(1, max_inflight_per_actor) * num_actors
         self.num_calls = 0
         self.num_timeouts = 0
         self.num_resubmitted = 0
+        max_restarts = reward.max_restarts
         if max_restarts is None:
             max_restarts = -1 if self.shared else 2
-        self.timeout_s, self.max_restarts = timeout_s, max_restarts
-        self.retry_exceptions = retry_exceptions
+        self.timeout_s, self.max_restarts = reward.timeout_s, max_restarts
+        self.retry_exceptions = reward.retry_exceptions
         self._pending: dict[Any, _Chunk] = {}  # object ref -> the chunk it computes
-        cls, args, kwargs = _actor_recipe(
-            source, path, function, metric, max_length, tokenizer_path
-        )
+        cls, args, kwargs = _actor_recipe(reward, part)
         self.name = name if self.shared else None
 
-        if local:
+        if self.local:
             self.actors: list[Any] = [cls(*args, **kwargs) for _ in range(num_actors)]
             return
         remote_cls = ray.remote(
-            num_cpus=num_cpus_per_actor,
-            num_gpus=num_gpus_per_actor,
-            resources=custom_resources or None,
+            num_cpus=reward.num_cpus_per_actor,
+            num_gpus=reward.num_gpus_per_actor,
+            resources=dict(reward.custom_resources_per_actor) or None,
             max_restarts=max_restarts,
             max_task_retries=0,  # the pool resubmits chunks itself (_get), and counts them
         )(cls)
@@ -240,10 +214,10 @@ class RewardPool:
         except ray.exceptions.RayActorError as e:
             self.shutdown()
             raise RewardSourceError(
-                f"reward {source} actor failed to start: {last_line(str(e))}"
+                f"reward {self.source} actor failed to start: {last_line(str(e))}"
             ) from e
         if self.shared:
-            self._check_shared_actors(name, (source, str(args[0])))
+            self._check_shared_actors(name, (self.source, str(args[0])))
 
     def _check_shared_actors(self, name: str | None, wanted: tuple[str, str]) -> None:
         """A shared pool joined by name must serve the source this client was configured with
@@ -257,65 +231,21 @@ class RewardPool:
                     f"reward section as the pool's owner, or another reward.pool_name"
                 )
 
-    def score(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        *,
-        references: References = None,
-        messages: Conversations = None,
-        ids: Sequence[str] | None = None,
-        finished: Sequence[bool] | None = None,
-        lengths: Sequence[int] | None = None,
-        columns: Columns = None,
-    ) -> np.ndarray:
-        """Scores all items, preserving input order.
-
-        Args:
-            prompts: N prompts.
-            completions: N completions, same order.
-            references: N reference texts (reference-based sources), or None.
-            messages: N conversations of chat prompts (see :data:`Conversations`), or None.
-            ids: N stable completion ids, passed to reward functions that take ``ids``.
-            columns: N rows' other prompt-file columns (:data:`Columns`); a reward function
-                receives each column it names as a keyword.
-            finished, lengths: accepted for interface parity with the composed rewards of
-                ``rayrm.rewards.compose`` (which apply length/EOS penalties); a single source
-                ignores them.
+    def score(self, records: Sequence[Completion]) -> np.ndarray:
+        """Scores all records, preserving their order.
 
         Returns:
             ``float32`` array of shape (N,), on CPU.
-
-        Raises:
-            ValueError: lengths differ.
         """
-        return self.collect(
-            self.submit(
-                prompts,
-                completions,
-                references=references,
-                messages=messages,
-                ids=ids,
-                columns=columns,
-            )
-        )
+        return self.collect(self.submit(records))
 
     def score_detailed(
-        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
+        self, records: Sequence[Completion]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """``(score(...), {})``: a single source has no breakdown."""
-        return self.score(prompts, completions, **kwargs), {}
+        """``(score(records), {})``: a single source has no breakdown."""
+        return self.score(records), {}
 
-    def submit(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        *,
-        references: References = None,
-        messages: Conversations = None,
-        ids: Sequence[str] | None = None,
-        columns: Columns = None,
-    ) -> list[Any]:
+    def submit(self, records: Sequence[Completion]) -> list[Any]:
         """Sends every chunk out and returns at once (with back-pressure; see ``__init__``).
 
         Composed rewards submit to all their pools before collecting any, so that several
@@ -324,35 +254,21 @@ class RewardPool:
         Returns:
             Opaque handles for :meth:`collect`: Ray object refs, or arrays when ``local``.
         """
-        check_pair(prompts, completions)
-        for what, seq in (
-            ("references", references),
-            ("conversations", messages),
-            ("ids", ids),
-            ("column rows", columns),
-        ):
-            if seq is not None and len(seq) != len(prompts):
-                raise ValueError(f"got {len(prompts)} prompts but {len(seq)} {what}")
         if not self.actors:
             raise RuntimeError("RewardPool was shut down")
-        n = len(prompts)
+        present = lists_present(records)  # every chunk unpacks alike (see RewardFunctionActor)
         results: list[Any] = []
-        for i in range(math.ceil(n / self.batch_size)):
-            lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
+        for i in range(math.ceil(len(records) / self.batch_size)):
+            chunk = list(records[i * self.batch_size : (i + 1) * self.batch_size])
             actor = self.actors[i % len(self.actors)]
-            refs = None if references is None else list(references[lo:hi])
-            msgs = None if messages is None else list(messages[lo:hi])
-            chunk_ids = None if ids is None else list(ids[lo:hi])
-            cols = None if columns is None else list(columns[lo:hi])
-            chunk = (list(prompts[lo:hi]), list(completions[lo:hi]), refs, msgs, chunk_ids, cols)
             if not self.local and i >= self.max_inflight:
                 # Back-pressure: wait until the chunk sent max_inflight chunks ago is done.
                 ray.wait([results[i - self.max_inflight]], num_returns=1)
             if self.local:
-                results.append(actor.score(*chunk))
+                results.append(actor.score(chunk, present))
             else:
-                results.append(actor.score.remote(*chunk))
-                self._pending[results[-1]] = _Chunk(i % len(self.actors), chunk)
+                results.append(actor.score.remote(chunk, present))
+                self._pending[results[-1]] = _Chunk(i % len(self.actors), chunk, present)
             self.num_calls += 1
         return results
 
@@ -417,7 +333,7 @@ class RewardPool:
         actor = self.actors[chunk.actor]
         startup = None if self.timeout_s is None else max(self.timeout_s, STARTUP_S)
         _wait_until_up(actor, startup)
-        return actor.score.remote(*chunk.args)
+        return actor.score.remote(chunk.records, chunk.present)
 
     def stats(self) -> dict[str, Any]:
         """Sums actor counters; ``pool_num_calls`` also counts calls lost to actor restarts."""

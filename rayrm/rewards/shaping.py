@@ -67,20 +67,7 @@ class RewardPipeline:
 
     def score(self, completions: Sequence[Completion]) -> ScoredBatch:
         """Scores and shapes a batch (updating the running moments when normalising)."""
-        references = [c.reference for c in completions]
-        messages = [c.messages for c in completions]
-        columns = [c.columns for c in completions]
-        extra = {} if all(c is None for c in columns) else {"columns": columns}
-        raw, breakdown = self.scorer.score_detailed(
-            [c.prompt_text for c in completions],
-            [c.completion for c in completions],
-            references=None if all(r is None for r in references) else references,
-            messages=None if all(m is None for m in messages) else messages,
-            ids=None if any(c.id is None for c in completions) else [c.id for c in completions],
-            finished=[c.finished for c in completions],
-            lengths=[c.num_tokens for c in completions],
-            **extra,
-        )
+        raw, breakdown = self.scorer.score_detailed(completions)
         raw = np.asarray(raw, dtype=np.float64)
         skipped = ~np.isfinite(raw)  # (N,)
         if skipped.any():

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from rayrm.rewards.base import RewardActor
+from rayrm.rewards.base import Completion, RewardActor, unpack
 
 METRICS = ("chrf", "bleu")
 """Names accepted by ``reward.metric`` and by components with ``source: metric``."""
@@ -125,17 +125,13 @@ class RewardMetricActor(RewardActor):
         super().__init__("metric", metric)
 
     def score(
-        self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
-        references: Sequence[str | None] | None = None,
-        messages: Any = None,
-        ids: Any = None,
-        columns: Any = None,
+        self, records: Sequence[Completion], present: frozenset[str] | None = None
     ) -> np.ndarray:
-        """``float32`` (N,) in [0, 1]; see :func:`sentence_scores` (``messages``, ``ids``,
-        ``columns`` unused)."""
+        """``float32`` (N,) in [0, 1]: each record's completion against its reference; see
+        :func:`sentence_scores` (``present``: as for reward functions)."""
         self.num_calls += 1
+        completions = [r.completion for r in records]
+        references = unpack(records, "references", present)
         scores = sentence_scores(self.metric, completions, references, scorer=self.scorer)
         self.num_scored += len(scores)
         return scores

@@ -26,7 +26,7 @@ from envs.text_generation import resolve_tokenizer
 from rayrm import metrics as M
 from rayrm.config import RLConfig
 from rayrm.models.decoding import decode_batch, sampler
-from rayrm.rewards import Scorer
+from rayrm.rewards import Scorer, completion_records
 from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rl.prompt_order import held_out_rows
 
@@ -220,11 +220,11 @@ class HeldOutEpisodes:
         completions = [o.completion for o in outcomes]
         messages = [list(o.messages[:-1]) for o in outcomes]
         returns = np.array([o.episode_return for o in outcomes], np.float64)
-        raw = proxy.score(prompts, completions, messages=messages)
+        raw = proxy.score(completion_records(prompts, completions, messages=messages))
         out = {"proxy": returns + np.asarray(raw, np.float64)}
         if self.gold is not None:
             columns = [self.rows[o.prompt_index] for o in outcomes]
-            gold = self.gold.score(prompts, completions, None, columns=columns)
+            gold = self.gold.score(completion_records(prompts, completions, columns=columns))
             out["gold"] = np.asarray(gold, np.float64)
         return out
 

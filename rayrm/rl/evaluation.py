@@ -8,6 +8,8 @@ the gold scorer score them, so the two curves parting shows over-optimisation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,11 +19,11 @@ from rayrm import metrics as M
 from rayrm.config import RLConfig
 from rayrm.models.decoding import sample_sequences
 from rayrm.models.tokenization import Prompt, PromptCodec
-from rayrm.rewards import Scorer
+from rayrm.rewards import Completion, Scorer, completion_records
 from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rl.prompt_order import held_out_columns, held_out_prompts
 
-__all__ = ["HeldOutEvaluation", "sample_texts"]
+__all__ = ["HeldOutEvaluation", "sample_texts", "score_held_out"]
 
 
 def sample_texts(
@@ -51,6 +53,19 @@ def sample_texts(
     return [t[0] for t in texts], [t[1] for t in texts]
 
 
+def score_held_out(
+    records: Sequence[Completion], proxy: Scorer, gold: RewardFunctionActor | None
+) -> dict[str, np.ndarray]:
+    """``proxy``: the run's reward of each held-out record; ``gold``, with a gold scorer: its
+    score (float64), the records' references and columns given to it as to a reward
+    function, their conversations not."""
+    out = {"proxy": proxy.score(records)}
+    if gold is not None:
+        plain = [replace(r, messages=None) for r in records]
+        out["gold"] = gold.score(plain).astype(np.float64)
+    return out
+
+
 class HeldOutEvaluation:
     """The held-out prompts (``eval.prompts``, or the held-out rows of ``data.prompts``:
     ``rayrm.rl.prompt_order``), their references and the gold scorer of a run."""
@@ -74,21 +89,20 @@ class HeldOutEvaluation:
         prompts, completions = sample_texts(
             lm, self.codec, self.cfg, self.prompts, seed=self.cfg.seed
         )
-        extra = {} if self.columns is None else {"columns": self.columns}
-        scores = proxy.score(
+        records = completion_records(
             prompts,
             completions,
             references=self.references,
             messages=[self.codec.conversation(p) for p in self.prompts],
-            **extra,
+            columns=self.columns,
         )
+        scores = score_held_out(records, proxy, self.gold)
         out = {
             M.EVAL_UPDATES: float(iteration),
-            M.EVAL_PROXY_MEAN: float(scores.mean()),
-            M.EVAL_PROXY_STD: float(scores.std()),
+            M.EVAL_PROXY_MEAN: float(scores["proxy"].mean()),
+            M.EVAL_PROXY_STD: float(scores["proxy"].std()),
         }
-        if self.gold is not None:
-            gold = self.gold.score(prompts, completions, self.references, columns=self.columns)
-            gold = gold.astype(np.float64)
+        if "gold" in scores:
+            gold = scores["gold"]
             out[M.EVAL_GOLD_MEAN], out[M.EVAL_GOLD_STD] = float(gold.mean()), float(gold.std())
         return out
