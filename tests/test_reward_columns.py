@@ -104,6 +104,63 @@ def test_columns_go_only_where_they_are_named():
     assert builtin.score(records(["p"], ["ae"], columns=[{"answer": 1}])).tolist() == [1.0]
 
 
+CALLS: list[dict[str, Any]] = []
+
+
+def keeps_its_arguments(prompts, completions, references, messages, ids, answer):
+    CALLS.append(dict(p=prompts, c=completions, r=references, m=messages, i=ids, a=answer))
+    return [float(len(c)) for c in completions]
+
+
+def test_records_reach_the_function_unpacked_in_order_chunk_by_chunk():
+    """A pool of batch_size 2 calls the function once per chunk, with the chunk's records as
+    the lists and keywords it names (as before records: one list per argument), in order."""
+    from rayrm.config import RewardSettings
+    from rayrm.rewards import RewardPool
+
+    n = 5
+    chat = [{"role": "user", "content": "hi"}]
+    items = records(
+        [f"p{i}" for i in range(n)],
+        ["x" * i for i in range(n)],
+        references=[f"r{i}" if i < 3 else None for i in range(n)],
+        messages=[chat if i % 2 else None for i in range(n)],
+        ids=[f"id-{i}" for i in range(n)],
+        columns=[{"answer": i, "other": "x"} for i in range(n)],
+    )
+    reward = RewardSettings(
+        source="function", function=f"{__name__}:keeps_its_arguments", batch_size=2
+    )
+    with RewardPool(reward, local=True) as pool:
+        scores = pool.score(items)
+    np.testing.assert_array_equal(scores, range(n))
+    calls, CALLS[:] = list(CALLS), []
+    assert [c["p"] for c in calls] == [["p0", "p1"], ["p2", "p3"], ["p4"]]
+    assert [c["c"] for c in calls] == [["", "x"], ["xx", "xxx"], ["xxxx"]]
+    assert [c["r"] for c in calls] == [["r0", "r1"], ["r2", None], [None]]
+    # The batch has conversations: a chunk without one gets its list all the same.
+    assert [c["m"] for c in calls] == [[None, chat], [None, chat], [None]]
+    assert [c["i"] for c in calls] == [["id-0", "id-1"], ["id-2", "id-3"], ["id-4"]]
+    assert [c["a"] for c in calls] == [[0, 1], [2, 3], [4]]
+    assert all(type(v) is list for c in calls for v in c.values() if v is not None)
+
+
+def test_records_travel_by_pickle_and_are_built_from_lists_of_one_length():
+    import pickle
+
+    [record] = records(["p"], ["c"], references=["r"], ids=["i"], columns=[{"answer": [1]}])
+    assert pickle.loads(pickle.dumps(record)) == record
+    assert record == Completion("p", "c", reference="r", id="i", columns={"answer": [1]})
+    assert record.finished is None and record.num_tokens is None  # held-out samples
+    for lists, what in (
+        ({"references": ["r", "s"]}, "2 references"),
+        ({"ids": []}, "0 ids"),
+        ({"columns": [None] * 3}, "3 column rows"),
+    ):
+        with pytest.raises(ValueError, match=f"got 1 prompts but {what}"):
+            records(["p"], ["c"], **lists)
+
+
 def test_a_list_of_prompts_has_no_columns(archs):
     tok = AutoTokenizer.from_pretrained(archs["qwen2"])
     env = TextGenerationEnv(tokenizer=tok, prompts=["hi"], reward_fn=None, max_new_tokens=2)
