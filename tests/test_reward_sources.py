@@ -221,6 +221,21 @@ def test_length_penalty_counts_tokens_without_lengths(rms: dict[str, str]) -> No
     assert M.REWARD_PENALTY_MISSING_EOS not in breakdown
 
 
+def test_env_source_pays_only_the_penalties() -> None:
+    """``reward.source: env`` adds nothing at the end of an episode, but its penalties apply."""
+    from rayrm.config import RewardSettings
+
+    reward = RewardSettings(
+        source="env", length_penalty=0.5, target_length=1, missing_eos_penalty=0.25
+    )
+    scorer = pool_from_config(reward, local=True)
+    items = [Completion("p", "abc", finished=True, num_tokens=3), Completion("p", "", False, 0)]
+    scores, breakdown = scorer.score_detailed(items)
+    np.testing.assert_allclose(scores, [-1.0, -0.25])
+    assert breakdown[M.REWARD_PENALTY_MISSING_EOS].tolist() == [0.0, 0.25]
+    assert pool_from_config(RewardSettings(source="env")).score(items).tolist() == [0.0, 0.0]
+
+
 def test_plain_sources_stay_plain_pools(rms: dict[str, str]) -> None:
     d = {"model": {"path": "m"}, "data": {"prompts": "p.jsonl"}}
     fn = config_from_dict({**d, "reward": {"function": FN_SPEC}}).reward

@@ -19,12 +19,19 @@ __all__ = ["EnvironmentRewards"]
 
 class EnvironmentRewards:
     """The :class:`~rayrm.rewards.base.Scorer` of ``reward.source: env``: 0 for every
-    completion (the episode's rewards come from its environment, turn by turn)."""
+    completion (the episode's rewards come from its environment, turn by turn). It also
+    submits and collects like a pool, so a composed reward adds its penalties on top."""
 
     num_resubmitted = 0
 
+    def submit(self, records: Sequence[Completion]) -> int:
+        return len(records)
+
+    def collect(self, handle: int) -> np.ndarray:
+        return np.zeros(handle, np.float32)
+
     def score(self, records: Sequence[Completion]) -> np.ndarray:
-        return np.zeros(len(records), np.float64)
+        return self.collect(self.submit(records))
 
     def score_detailed(
         self, records: Sequence[Completion]
