@@ -20,8 +20,7 @@ from conftest import episode_of
 from transformers import AutoTokenizer
 
 from envs.text_generation import TextGenerationEnv
-from rayrm.rewards import completion_records as records
-from rayrm.rewards import pool_from_config
+from rayrm.rewards import completion_records, pool_from_config
 from rayrm.rewards.base import Completion
 from rayrm.rewards.functions import RewardFunctionActor
 from rayrm.rewards.shaping import RewardPipeline
@@ -91,17 +90,25 @@ def test_the_rows_other_columns_reach_the_reward_function(archs, tmp_path: Path,
 def test_columns_go_only_where_they_are_named():
     rows = [{"answer": 1, "ids": "not passed: ids are the completions' own"}, None]
     named = RewardFunctionActor(f"{__name__}:exact_answer")
-    assert named.score(records(["p", "q"], ["1", "x"], columns=rows)).tolist() == [1.0, 0.0]
+    assert named.score(completion_records(["p", "q"], ["1", "x"], columns=rows)).tolist() == [
+        1.0,
+        0.0,
+    ]
     assert SEEN.pop("answer") == [1, None]  # a row without the column: None
     RewardFunctionActor(f"{__name__}:every_column").score(
-        records(["p", "q"], ["a", "b"], columns=rows)
+        completion_records(["p", "q"], ["a", "b"], columns=rows)
     )
     assert SEEN.pop("kwargs") == {"answer": [1, None], "messages": None, "ids": None}
     # A function that names no column is called as before (the built-in rule reward too).
     plain = RewardFunctionActor(f"{__name__}:no_columns")
-    assert plain.score(records(["p", "q"], ["a", "b"], columns=rows)).tolist() == [1.0, 1.0]
+    assert plain.score(completion_records(["p", "q"], ["a", "b"], columns=rows)).tolist() == [
+        1.0,
+        1.0,
+    ]
     builtin = RewardFunctionActor("envs.builtin:vowel_reward")
-    assert builtin.score(records(["p"], ["ae"], columns=[{"answer": 1}])).tolist() == [1.0]
+    assert builtin.score(completion_records(["p"], ["ae"], columns=[{"answer": 1}])).tolist() == [
+        1.0
+    ]
 
 
 CALLS: list[dict[str, Any]] = []
@@ -120,7 +127,7 @@ def test_records_reach_the_function_unpacked_in_order_chunk_by_chunk():
 
     n = 5
     chat = [{"role": "user", "content": "hi"}]
-    items = records(
+    items = completion_records(
         [f"p{i}" for i in range(n)],
         ["x" * i for i in range(n)],
         references=[f"r{i}" if i < 3 else None for i in range(n)],
@@ -148,7 +155,9 @@ def test_records_reach_the_function_unpacked_in_order_chunk_by_chunk():
 def test_records_travel_by_pickle_and_are_built_from_lists_of_one_length():
     import pickle
 
-    [record] = records(["p"], ["c"], references=["r"], ids=["i"], columns=[{"answer": [1]}])
+    [record] = completion_records(
+        ["p"], ["c"], references=["r"], ids=["i"], columns=[{"answer": [1]}]
+    )
     assert pickle.loads(pickle.dumps(record)) == record
     assert record == Completion("p", "c", reference="r", id="i", columns={"answer": [1]})
     assert record.finished is None and record.num_tokens is None  # held-out samples
@@ -158,7 +167,7 @@ def test_records_travel_by_pickle_and_are_built_from_lists_of_one_length():
         ({"columns": [None] * 3}, "3 column rows"),
     ):
         with pytest.raises(ValueError, match=f"got 1 prompts but {what}"):
-            records(["p"], ["c"], **lists)
+            completion_records(["p"], ["c"], **lists)
 
 
 def test_a_list_of_prompts_has_no_columns(archs):
