@@ -253,9 +253,9 @@ def build_reward(
     """See :func:`rayrm.rewards.pool_from_config` (the public entry point)."""
     built: list[Scorer] = []
 
-    def pool(source: Any, sub: str | None) -> RewardPool:
+    def pool(part: Any, sub: str | None) -> RewardPool:
         # Metrics score in-process and are never shared (see RewardPool).
-        p = RewardPool(reward, source, name=sub, namespace=namespace, local=local)
+        p = RewardPool(reward, part, name=sub, namespace=namespace, local=local)
         built.append(p)
         return p
 
