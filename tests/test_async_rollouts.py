@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import SEEDS, assert_reward_rises, make_config, train_in_process
+from helpers import SEEDS, assert_reward_rises, make_config, train_in_process
 from ray.rllib.core import DEFAULT_MODULE_ID
 
 from rayrm import metrics as M

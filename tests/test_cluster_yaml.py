@@ -11,16 +11,16 @@ from __future__ import annotations
 import copy
 import socket
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import REPO
 
 from rayrm.experiment.placement import DEFAULT_PLACEMENT_RESOURCES
 from rayrm.rl.rllib_compat import cluster_config_checks
 
-CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+CLUSTER_YAML = REPO / "cluster.yaml"
 
 
 def load_cluster_yaml() -> dict[str, Any]:

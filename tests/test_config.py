@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import REPO
 
 from rayrm.config import (
     ConfigError,
@@ -131,9 +132,8 @@ def test_empty_section_means_defaults() -> None:
 
 def test_import_does_not_pull_in_ray_or_torch() -> None:
     code = "import sys, rayrm.config.run; print(sorted({'ray', 'torch'} & set(sys.modules)))"
-    repo = Path(__file__).resolve().parents[1]
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
 

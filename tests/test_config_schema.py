@@ -10,7 +10,7 @@ import sys
 import jsonschema
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from rayrm.config.schema import json_schema
 

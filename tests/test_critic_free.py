@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SEEDS, make_config
+from helpers import SEEDS, make_config
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from rayrm import metrics as M

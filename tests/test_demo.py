@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import check_quiet_output
+from helpers import check_quiet_output
 
 from rayrm.console import LOG_NAME
 from rayrm.demo.cache import run_stage, stage_hash

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from envs.tokenization import check_conversation
 from rayrm.config import ConfigError, apply_override, config_from_dict

@@ -9,7 +9,6 @@ reward model a tiny one-label GPT-2 with its tokenizer.
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from collections.abc import Callable
@@ -26,44 +25,6 @@ from envs.builtin import BUILTIN_PROMPTS
 from envs.prompts import write_prompts_jsonl
 from rayrm import metrics as M
 from rayrm.cli import main
-
-# ----------------------------------------------------------------- reward functions under test
-
-
-def raises(prompts: list[str], completions: list[str]) -> list[float]:
-    raise KeyError("score_table")
-
-
-def wrong_length(prompts: list[str], completions: list[str]) -> list[float]:
-    return [0.0] * (len(completions) + 1)
-
-
-def not_numbers(prompts: list[str], completions: list[str]) -> list[str]:
-    return ["good"] * len(completions)
-
-
-def returns_none(prompts: list[str], completions: list[str]) -> None:
-    return None
-
-
-def nan_scores(prompts: list[str], completions: list[str]) -> list[float]:
-    return [0.5, math.nan] + [0.5] * (len(completions) - 2)
-
-
-def inf_scores(prompts: list[str], completions: list[str]) -> list[float]:
-    return [math.inf] * len(completions)
-
-
-def no_arguments() -> list[float]:
-    return []
-
-
-def nested(prompts: list[str], completions: list[str]) -> list[list[float]]:
-    return [[1.0, 2.0] for _ in completions]
-
-
-not_callable = 3
-
 
 # ----------------------------------------------------------------------------- the workspace
 
@@ -189,11 +150,11 @@ def _corrupt_parquet(w: Workspace) -> None:
 
 
 def _reward_fn(name: str) -> Edit:
-    return _set("reward", function=f"test_failures:{name}")
+    return _set("reward", function=f"scorers:{name}")
 
 
 def _gold_fn(name: str) -> Edit:
-    return _set("eval", every=1, gold_function=f"test_failures:{name}")
+    return _set("eval", every=1, gold_function=f"scorers:{name}")
 
 
 def _model_edit(fix: Callable[[Path], None], key: str = "model") -> Edit:

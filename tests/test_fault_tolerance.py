@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-from conftest import make_config, trial_class, worker_environment
+from helpers import make_config, trial_class, worker_environment
 from ray import tune
 
 from rayrm import metrics as M

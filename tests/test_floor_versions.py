@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from venvs import purelib, venv_seeing_this_interpreter
 
 FLOOR = "4.56.2"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_config
+from helpers import make_config
 
 from rayrm import metrics as M
 from rayrm.models.heads import head_logits, token_logp_entropy

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import make_config
+from helpers import make_config
 from ray.rllib.core import DEFAULT_MODULE_ID
 
 from rayrm import metrics as M

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray") or "ray"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_config
+from helpers import make_config
 
 from rayrm import metrics as M
 from rayrm.models.loading import load_causal_lm

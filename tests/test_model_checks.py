@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from envs.prompts import write_prompts_jsonl
 from rayrm.config import ConfigError, config_from_dict

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import episode_of
+from helpers import episode_of
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

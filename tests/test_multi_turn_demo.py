@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import check_quiet_output
+from helpers import check_quiet_output
 
 from envs.multi_turn import MultiTurnTextEnv
 from envs.tools import ToolCall, render_tool_calls

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from tests.conftest import make_config, train_in_process
+from helpers import make_config, train_in_process
 
 
 @pytest.fixture(scope="module")

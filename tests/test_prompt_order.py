@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import make_config
+from helpers import make_config
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from rayrm import metrics as M

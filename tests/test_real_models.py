@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_config
+from helpers import make_config
+from scorers import RECORDED
 from transformers import AutoTokenizer
 
 from envs.prompts import write_prompts_jsonl
@@ -27,14 +28,6 @@ from rayrm.rl.episodes import PROMPT_IDS
 from rayrm.rl.rllib_compat import local_learner
 
 torch.set_num_threads(1)
-
-RECORDED: list[tuple[str, str]] = []
-
-
-def record_texts(prompts: list[str], completions: list[str]) -> list[float]:
-    """A reward function that remembers what it was given (run in-process by the tests)."""
-    RECORDED.extend(zip(prompts, completions, strict=True))
-    return [float(len(c)) for c in completions]
 
 
 def length_reward(prompts: list[str], completions: list[str]) -> list[float]:
@@ -139,7 +132,7 @@ def test_reward_reads_exact_text_for_every_completion(ray_local, archs, prompts_
         archs["llama"],
         prompts_file,
         tmp_path,
-        reward={"source": "function", "function": "test_real_models:record_texts"},
+        reward={"source": "function", "function": "scorers:record_texts"},
         generation={"max_new_tokens": 8},
     )
     tok = AutoTokenizer.from_pretrained(archs["llama"])

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import REPO
 
 from rayrm import metrics as M
 from rayrm.cli import main as rayrm_main
 from rayrm.demo.reference_task import build_mean_value_reward_model, write_reference_task
 
-REPO = Path(__file__).resolve().parents[1]
 CHRF = M.REWARD_COMPONENT.format(name="chrf")
 
 

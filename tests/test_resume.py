@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_config
+from helpers import REPO, make_config
 
 from rayrm.config import ConfigError
 from rayrm.experiment.leftovers import (

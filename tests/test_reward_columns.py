@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import episode_of
+from helpers import episode_of
 from transformers import AutoTokenizer
 
 from envs.text_generation import TextGenerationEnv
@@ -120,7 +120,7 @@ def _reward(function: str) -> Any:
 def test_preflight_calls_the_function_with_the_rows_columns(tiny_policy_dir, tmp_path: Path):
     """``rayrm train``'s preflight probes the function as its actors call it: a function that
     needs a column (no default) passes, and sees the first rows' values."""
-    from conftest import make_config
+    from helpers import make_config
 
     from rayrm.experiment.preflight import preflight
 
@@ -137,7 +137,7 @@ def test_columns_reach_remote_reward_actors_in_a_training_run(ray_local, archs, 
     """Through the RL loop: the env's infos, the episodes, the reward actor (a Ray actor): every
     completion is scored with its own prompt's ``answer`` (the function raises otherwise); the
     held-out evaluation's proxy and gold function get the held-out rows' answers."""
-    from conftest import make_config, train_in_process
+    from helpers import make_config, train_in_process
 
     from rayrm import metrics as M
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import ray
 import yaml
-from conftest import make_config
+from helpers import make_config
 
 from rayrm import metrics as M
 from rayrm.cli import build_parser

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from envs.builtin import BUILTIN_PROMPTS, VOWELS, build_char_tokenizer
 from rayrm.config import ConfigError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import ray
 import torch
+from scorers import completion_length
 from transformers import (
     AutoModelForSequenceClassification,
     GPT2Config,
@@ -31,15 +31,7 @@ from rayrm.rewards import (
 
 torch.set_num_threads(1)
 
-TESTS_DIR = pathlib.Path(__file__).resolve().parent
-# Importable both when pytest loads this file as "test_rewards" (rootdir-less) and as
-# "tests.test_rewards" (package layout): Ray workers get both dirs on PYTHONPATH below.
-LEN_SPEC = f"{__name__}:completion_length"
-
-
-def completion_length(prompts: list[str], completions: list[str]) -> list[float]:
-    """Reward that encodes the input, so order mix-ups show in the scores."""
-    return [float(len(c)) for c in completions]
+LEN_SPEC = "scorers:completion_length"  # Ray workers import it by that name
 
 
 def wrong_length(prompts: list[str], completions: list[str]) -> list[float]:

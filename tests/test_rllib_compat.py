@@ -10,7 +10,7 @@ import inspect
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from helpers import make_config
 
 from rayrm.rl import rllib_compat
 from rayrm.rl.algorithm import build_algo_config

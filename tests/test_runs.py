@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, check_quiet_output, make_config
+from helpers import REPO, check_quiet_output, make_config
 from ray.rllib.core.columns import Columns
 
 from envs.builtin import build_char_tokenizer

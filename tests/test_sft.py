@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from envs.builtin import build_char_tokenizer
 from rayrm.cli import build_parser

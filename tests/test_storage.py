@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import make_config
+from helpers import make_config
 
 from rayrm.bench.support import BenchSpec, build_workload, run_config
 from rayrm.models.tiny import build_tiny_model

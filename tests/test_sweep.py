@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from helpers import make_config
 from ray import tune
 
 from rayrm.config import config_from_dict

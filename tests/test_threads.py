@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import ray
 import torch
-from conftest import make_config, trial_class
+from helpers import make_config, trial_class
 
 from rayrm.experiment.resources import trial_bundles
 from rayrm.ray_init import THREADS_ENV, ThreadLoan, use_reserved_cpus

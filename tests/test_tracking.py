@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from helpers import make_config
 from tracking_files import history_items, wait_for_files
 
 from rayrm import metrics as M
