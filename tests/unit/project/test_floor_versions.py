@@ -21,10 +21,10 @@ from venvs import purelib, venv_seeing_this_interpreter
 
 FLOOR = "4.56.2"
 MODEL_TESTS = [
-    "tests/test_models.py",
-    "tests/test_policy.py",
-    "tests/test_chat_stages.py",
-    "tests/test_env.py",
+    "tests/unit/models/test_models.py",
+    "tests/unit/rl/test_policy.py",
+    "tests/unit/stages/test_chat_stages.py",
+    "tests/unit/envs/test_env.py",
 ]
 
 
