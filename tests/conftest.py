@@ -14,13 +14,14 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, worker_environment
+from helpers import REPO, Workspace, worker_environment
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -99,16 +100,21 @@ several seconds of CPU per start)."""
 
 
 LONGEST_FIRST = (
-    "test_fault_tolerance.py", "test_lora.py", "test_demo.py", "test_real_models.py",
-    "test_training.py", "test_sweep.py", "test_jobs.py", "test_bench.py", "test_sft.py",
-    "test_failures.py", "test_reward_service.py", "test_tracking.py", "test_runs.py",
-    "test_resume.py", "test_hangs.py", "test_multi_turn_demo.py", "test_critic_free.py",
-    "test_reference_rewards.py", "test_multi_turn_training.py", "test_async_rollouts.py",
+    "test_fault_tolerance.py", "test_lora.py", "test_demo_smoke.py", "test_real_models.py",
+    "test_training.py", "test_sweep.py", "test_jobs.py", "test_bench.py", "test_sft_workers.py",
+    "test_failures_in_trial.py", "test_reward_service.py", "test_tracking.py", "test_runs.py",
+    "test_resume.py", "test_hangs.py", "test_multi_turn_demo_smoke.py",
+    "test_critic_free_training.py", "test_reference_rewards.py", "test_multi_turn_training.py",
+    "test_async_rollouts.py",
 )  # fmt: skip
 """The test files that take longest (wall seconds under ``-n 3``, measured with
-``.ci/cpu_by_test.py`` on 2026-12-07), longest first: they start first so that the workers
-finish together. (xdist's own order, most tests first, left the longest file for last, running
-alone for over a minute while the other workers idled.)"""
+``.ci/cpu_by_test.py`` on 2026-12-07, before the tests were split into ``unit/`` and ``ray/``:
+these are the files under ``ray/`` that hold the long tests now), longest first: they start
+first so that the workers finish together. (xdist's own order, most tests first, left the
+longest file for last, running alone for over a minute while the other workers idled.)"""
+
+UNIT, RAY = REPO / "tests" / "unit", REPO / "tests" / "ray"
+"""The two tiers: tests that start no Ray (the fast tier), tests that start Ray (``slow``)."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -117,14 +123,50 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that starts Ray is marked ``slow``: ``-m "not slow and not trl and not
-    learning"`` is the inner-loop tier (docs/development.md). The longest files come first
-    (``LONGEST_FIRST``)."""
+    """Every test under ``tests/ray/``, and every test that uses a Ray fixture, is marked
+    ``slow``: ``python -m pytest -q tests/unit`` (the same tests as ``-m "not slow and not trl
+    and not learning"``) is the inner-loop tier (docs/development.md). A test in the wrong
+    folder fails the collection. The longest files come first (``LONGEST_FIRST``)."""
+    misplaced = []
     for item in items:
-        if RAY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        uses_ray = RAY_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        tier = _tier(item)
+        if tier == RAY or uses_ray:
             item.add_marker(pytest.mark.slow)
+        if tier == UNIT and item.get_closest_marker("slow"):
+            why = f"uses {sorted(uses_ray)}" if uses_ray else "is marked slow"
+            misplaced.append(f"{item.nodeid} {why}: it belongs under tests/ray/")
+        elif tier is None:
+            misplaced.append(f"{item.nodeid}: tests live under tests/unit/ or tests/ray/")
+    if misplaced:
+        raise pytest.UsageError("\n".join(misplaced))
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def _tier(item: pytest.Item) -> Path | None:
+    """``UNIT`` or ``RAY``: the folder the test's file is under (None: neither)."""
+    path = item.path.resolve()
+    return next((tier for tier in (UNIT, RAY) if path.is_relative_to(tier)), None)
+
+
+_RAY_UP = pytest.StashKey[bool]()
+
+
+def _ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_RAY_UP] = _ray_up()
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """A test under ``tests/unit/`` that starts a Ray in this process fails (one in a child
+    process is not seen: the CLI's, say)."""
+    if _tier(item) == UNIT and not item.stash.get(_RAY_UP, True) and _ray_up():
+        pytest.fail(f"{item.nodeid} started Ray: it belongs under tests/ray/", pytrace=False)
 
 
 def _remove_wandb_import_folders() -> None:
@@ -205,6 +247,56 @@ def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(
         write_prompts_jsonl(tmp_path_factory.mktemp("data") / "prompts.jsonl", BUILTIN_PROMPTS)
     )
+
+
+# ------------------------- fixtures of the tests split between tests/unit/ and tests/ray/
+
+
+@pytest.fixture(scope="module")
+def failure_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A tiny Qwen2 policy (byte-level BPE, chat template) and a one-label reward model."""
+    from transformers import AutoTokenizer
+
+    from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model
+
+    root = tmp_path_factory.mktemp("failure-models")
+    policy = build_tiny_model(root / "policy", arch="qwen2", hidden=32, positions=256)
+    rm = build_tiny_reward_model(root / "rm", AutoTokenizer.from_pretrained(policy))
+    return policy, rm
+
+
+@pytest.fixture
+def ws(failure_models: tuple[str, str], tmp_path: Path) -> Workspace:
+    """A valid run in ``tmp_path`` for the failure cases to break (tests/unit/cli/test_failures.py,
+    tests/ray/cli/test_failures_in_trial.py)."""
+    from envs.builtin import BUILTIN_PROMPTS
+    from envs.prompts import write_prompts_jsonl
+
+    policy, rm = failure_models
+    prompts = str(write_prompts_jsonl(tmp_path / "prompts.jsonl", BUILTIN_PROMPTS[:8]))
+    w = Workspace(tmp_path, policy, rm, prompts)
+    w.cfg = {
+        "name": "broken",
+        "model": {"path": policy},
+        "data": {"prompts": prompts, "max_prompt_tokens": 32},
+        "generation": {"max_new_tokens": 4},
+        "reward": {"source": "function", "function": "envs.builtin:vowel_reward"},
+        "ppo": {"batch_size": 4, "num_minibatches": 2, "num_epochs": 1},
+        "run": {"num_iterations": 2, "storage_path": str(tmp_path / "runs"), "num_cpus": 2},
+        "eval": {"every": 0, "report": False},
+    }
+    return w
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny Qwen2 (ChatML with tools) and 8 Calculator rows: the benchmark's tools section
+    (tests/unit/bench/test_bench_tools.py, tests/ray/bench/test_against_trl.py)."""
+    from rayrm.bench import trl_env
+    from rayrm.bench.support import BenchSpec
+
+    spec = BenchSpec(n_embd=32, n_layer=1, n_head=2)
+    return trl_env.default_inputs(tmp_path_factory.mktemp("tools"), spec)
 
 
 _SHARED_RAY: dict[str, str] = {}

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
+import string
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +183,186 @@ def check_quiet_output(out: str, err: str) -> dict[str, int]:
         assert kinds, f"unexpected line: {line!r}"
         counts[kinds[0]] += 1
     return counts
+
+
+# ---------------------------------------------- configs the tests of a kind of run share
+
+
+def write_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sections) -> Path:
+    """``make_config``'s config saved as ``storage/config.yaml``, for the CLI."""
+    cfg = make_config(tiny_policy_dir, prompts_file, storage, **sections)
+    path = storage / "config.yaml"
+    cfg.save_yaml(path)
+    return path
+
+
+def write_tracking_config(tiny_policy_dir: str, prompts_file: str, tmp_path: Path, run: dict):
+    """A 3-iteration run with its report, checkpointed at the end, ``run`` updating its section."""
+    run = {"num_iterations": 3, "checkpoint_every": 3, **run}
+    return write_config(tiny_policy_dir, prompts_file, tmp_path, run=run, eval={"report": True})
+
+
+def async_config(tiny_policy_dir, prompts_file, tmp_path, **sections):
+    """``make_config`` with pipelined rollouts (``ppo.async_rollouts``)."""
+    sections.setdefault("ppo", {})
+    sections["ppo"] = {"async_rollouts": True, **sections["ppo"]}
+    return make_config(tiny_policy_dir, prompts_file, tmp_path, **sections)
+
+
+def sweep_config(tiny_policy_dir, prompts_file, tmp_path, **tune_settings):
+    """A small sweep (``rayrm tune``): 3 iterations, 2 samples per prompt, ``tune_settings``."""
+    return make_config(
+        tiny_policy_dir,
+        prompts_file,
+        tmp_path,
+        name="sweep",
+        ppo={"batch_size": 8},
+        generation={"max_new_tokens": 6, "samples_per_prompt": 2},
+        run={"num_iterations": 3, "checkpoint_every": 1},
+        tune=tune_settings,
+    )
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "say hello"}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat said"}],
+    [{"role": "user", "content": "what is two plus two?"}],
+    [{"role": "user", "content": "review: the steak was"}],
+]
+"""Chat prompts (one with a system turn) for the models users bring."""
+
+FLOOR = "4.56.2"
+"""The ``transformers`` the floor-version test installs (pyproject: ``transformers>=4.56``)."""
+
+
+# ------------------------------------------------------- Ray Train stages: data and configs
+
+
+def copy_corpus(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Prompts ``copy xyz =`` with responses `` xyz``: a pattern a tiny GPT-2 picks up fast."""
+    import random
+
+    rng = random.Random(seed)
+    prompts, responses = [], []
+    for _ in range(n):
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 6)))
+        prompts.append(f"copy {word} =")
+        responses.append(f" {word}")
+    return prompts, responses
+
+
+def write_corpus(path: Path, n: int = 320, seed: int = 0) -> str:
+    """``copy_corpus(n, seed)`` as a Parquet table of prompts and responses at ``path``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prompts, responses = copy_corpus(n, seed)
+    pq.write_table(pa.table({"prompt": prompts, "response": responses}), path)
+    return str(path)
+
+
+def vowel_pairs(n: int, seed: int) -> dict[str, list[str]]:
+    """Pairs of random completions; chosen has at least two more vowels than rejected."""
+    import random
+
+    from envs.builtin import BUILTIN_PROMPTS, VOWELS
+
+    letters = string.ascii_lowercase + " "
+    rng = random.Random(seed)
+    rows: dict[str, list[str]] = {"prompt": [], "chosen": [], "rejected": []}
+    while len(rows["prompt"]) < n:
+        a, b = ("".join(rng.choice(letters) for _ in range(rng.randint(6, 12))) for _ in "ab")
+        va, vb = (sum(c in VOWELS for c in s) for s in (a, b))
+        if abs(va - vb) < 2:
+            continue
+        rows["prompt"].append(rng.choice(BUILTIN_PROMPTS) + " ")
+        rows["chosen"].append(a if va > vb else b)
+        rows["rejected"].append(b if va > vb else a)
+    return rows
+
+
+def _stage_dict(name: str, model: str, data: dict, train: dict, out: Path, sections: dict) -> dict:
+    """A stage config on two workers of one CPU each, writing to ``out`` and ``out/../runs``."""
+    d = {
+        "name": name,
+        "model": {"path": model},
+        "data": data,
+        "train": train,
+        "resources": {"num_workers": 2, "cpus_per_worker": 1},
+        "output": {"dir": str(out), "storage_path": str(out.parent / "runs")},
+    }
+    for section, values in sections.items():
+        d[section] = {**d.get(section, {}), **values}
+    return d
+
+
+def sft_dict(policy: str, data_path: str, tmp: Path, **sections: dict) -> dict:
+    """An SFT stage config (3 epochs) on ``data_path``; ``sections`` update its sections."""
+    data = {"path": data_path, "max_length": 32}
+    train = {"lr": 3e-3, "epochs": 3, "batch_size": 16, "eval_fraction": 0.2, "seed": 0}
+    return _stage_dict("sft-test", policy, data, train, tmp / "sft-out", sections)
+
+
+def rm_dict(model: str, data_path: str, tmp: Path, **sections: dict) -> dict:
+    """A reward-model stage config (4 epochs) on ``data_path``; ``sections`` update it."""
+    data = {"path": data_path, "max_length": 64}
+    train = {"lr": 1e-3, "epochs": 4, "batch_size": 16, "eval_fraction": 0.2, "seed": 0}
+    return _stage_dict("rm-test", model, data, train, tmp / "rm-out", sections)
+
+
+# ------------------------------------ the CLI on a workspace that a failure case breaks
+
+
+@dataclass
+class Workspace:
+    """A valid run (config dict, files); a case breaks one thing in it."""
+
+    root: Path
+    policy: str
+    reward_model: str
+    prompts: str
+    cfg: dict[str, Any] = field(default_factory=dict)
+    config_name: str = "run.yaml"
+
+    def write(self, name: str, text: str) -> str:
+        path = self.root / name
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    def copy_model(self, source: str, name: str) -> Path:
+        out = self.root / name
+        shutil.copytree(source, out)
+        return out
+
+
+RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\(.* pid=\d+\)")
+"""How a Ray worker's forwarded output line starts: ``(ActorName pid=123)``, maybe coloured."""
+
+
+def run_cli(ws: Workspace, capfd: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
+    """``rayrm train`` on the workspace's config, in this process: its exit code and stderr
+    (no traceback allowed anywhere)."""
+    import yaml
+
+    from rayrm.cli import main
+
+    written = ws.root / "run.yaml"
+    if not written.exists():
+        written.write_text(yaml.safe_dump(ws.cfg), encoding="utf-8")
+    capfd.readouterr()  # what earlier tests left
+    code = main(["train", str(ws.root / ws.config_name), *extra])
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err, err
+    return code, _without_other_tests_workers(err, ws.root)
+
+
+def _without_other_tests_workers(err: str, root: Path) -> str:
+    """``err`` less the lines an earlier test's Ray worker printed late, through the local Ray
+    the tests share (its log monitor forwards them after that test's run ended): a worker's
+    prefixed line naming another test's folder. A CLI run is one process with its own Ray."""
+    tmp = str(root.parent)
+    return "\n".join(
+        line
+        for line in err.splitlines()
+        if not (RAY_WORKER_LINE.match(line) and tmp in line and str(root) not in line)
+    )

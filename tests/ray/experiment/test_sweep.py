@@ -7,42 +7,11 @@ from pathlib import Path
 
 import pytest
 from helpers import make_config
-from ray import tune
+from helpers import sweep_config as _sweep_config
 
 from rayrm.config import config_from_dict
 from rayrm.experiment.sweep import param_space
 from rayrm.rl.algorithm import build_algo_config
-
-
-def _sweep_config(tiny_policy_dir, prompts_file, tmp_path, **tune_settings):
-    return make_config(
-        tiny_policy_dir,
-        prompts_file,
-        tmp_path,
-        name="sweep",
-        ppo={"batch_size": 8},
-        generation={"max_new_tokens": 6, "samples_per_prompt": 2},
-        run={"num_iterations": 3, "checkpoint_every": 1},
-        tune=tune_settings,
-    )
-
-
-def test_param_space_places_samplers(tiny_policy_dir, prompts_file, tmp_path):
-    cfg = _sweep_config(
-        tiny_policy_dir,
-        prompts_file,
-        tmp_path,
-        search_space={
-            "ppo.lr": {"loguniform": [1e-5, 1e-3]},
-            "seed": {"grid": [0, 1, 2]},
-            "generation.temperature": {"choice": [0.7, 1.0]},
-        },
-    )
-    space = param_space(cfg)["rayrm"]
-    assert isinstance(space["ppo"]["lr"], tune.search.sample.Float)
-    assert space["seed"] == {"grid_search": [0, 1, 2]}
-    assert isinstance(space["generation"]["temperature"], tune.search.sample.Categorical)
-    assert space["ppo"]["batch_size"] == 8  # untouched keys keep their values
 
 
 def test_asha_sweep_table_and_best_export(

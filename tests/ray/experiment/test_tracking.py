@@ -1,15 +1,15 @@
 """Experiment tracking (``run.loggers``): a run logs its ``result["rlhf"]`` metrics, its
 config and its report to a local MLflow store and to W&B in offline mode, and they are found
-there afterwards (no network); a logger whose package is missing is a one-line error."""
+there afterwards (no network), a restored trial logging into its MLflow run (a logger whose
+package is missing: tests/unit/experiment/test_tracking_packages.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from helpers import make_config
+from helpers import write_tracking_config as _write
 from tracking_files import history_items, wait_for_files
 
 from rayrm import metrics as M
@@ -17,19 +17,6 @@ from rayrm import metrics as M
 pytestmark = pytest.mark.tracking
 pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
-
-
-def _write(tiny_policy_dir, prompts_file, tmp_path, run: dict) -> Path:
-    cfg = make_config(
-        tiny_policy_dir,
-        prompts_file,
-        tmp_path,
-        run={"num_iterations": 3, "checkpoint_every": 3, **run},
-        eval={"report": True},
-    )
-    path = tmp_path / "config.yaml"
-    cfg.save_yaml(path)
-    return path
 
 
 def test_train_logs_to_mlflow_and_wandb(ray_local, tiny_policy_dir, prompts_file, tmp_path):
@@ -92,23 +79,6 @@ def test_train_logs_to_mlflow_and_wandb(ray_local, tiny_policy_dir, prompts_file
     assert config["rayrm"]["ppo"]["lr"] == 3e-4
     assert {"report.md", "reward.png"} <= saved, saved
     assert (parts[1].parent / "files" / "report.md").read_text().startswith("#")
-
-
-def test_missing_tracking_package_is_one_line(
-    tiny_policy_dir, prompts_file, tmp_path, capsys, monkeypatch
-):
-    from rayrm.cli import main
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "wandb" else find_spec(name, *a),
-    )
-    path = _write(tiny_policy_dir, prompts_file, tmp_path, {"loggers": ["wandb"]})
-    assert main(["train", str(path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "run.loggers" in err[0] and "pip install 'rayrm[wandb]'" in err[0], err
 
 
 def test_a_restored_trial_logs_into_its_mlflow_run(

@@ -241,21 +241,3 @@ def test_lora_sft_and_reward_model_stages(ray_local, archs, tmp_path):
     assert acc[-1] > 0.5, acc
     rm = AutoModelForSequenceClassification.from_pretrained(cfg.output.dir)
     assert rm.config.num_labels == 1 and not any("lora_" in k for k in rm.state_dict())
-
-
-def test_missing_peft_is_one_line(tiny_policy_dir, prompts_file, tmp_path, capsys, monkeypatch):
-    import importlib.util
-
-    from rayrm.cli import main
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "peft" else find_spec(name, *a),
-    )
-    cfg = make_config(tiny_policy_dir, prompts_file, tmp_path, model={"lora": LORA})
-    cfg.save_yaml(tmp_path / "config.yaml")
-    assert main(["train", str(tmp_path / "config.yaml")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model.lora" in err[0] and "pip install 'rayrm[lora]'" in err[0], err

@@ -10,19 +10,17 @@ keep small updates (float32 master weights) and resume from checkpoints.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_config
+from helpers import CONVERSATIONS, make_config
 from scorers import RECORDED
 from transformers import AutoTokenizer
 
 from envs.prompts import write_prompts_jsonl
 from rayrm import metrics as M
-from rayrm.models.tiny import build_tiny_reward_model, build_tokenizer
-from rayrm.rewards import RewardModelActor, pool_from_config
+from rayrm.rewards import pool_from_config
 from rayrm.rl.algorithm import RLHFPPO, build_algo_config
 from rayrm.rl.episodes import PROMPT_IDS
 from rayrm.rl.rllib_compat import local_learner
@@ -34,12 +32,6 @@ def length_reward(prompts: list[str], completions: list[str]) -> list[float]:
     return [min(len(c), 20) / 20.0 for c in completions]
 
 
-CONVERSATIONS = [
-    [{"role": "user", "content": "say hello"}],
-    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat said"}],
-    [{"role": "user", "content": "what is two plus two?"}],
-    [{"role": "user", "content": "review: the steak was"}],
-]
 CONVERSATIONS_WITHOUT_SYSTEM = [[m for m in c if m["role"] != "system"] for c in CONVERSATIONS]
 """For Gemma, whose chat template refuses a system role."""
 
@@ -159,39 +151,6 @@ def test_reward_reads_exact_text_for_every_completion(ray_local, archs, prompts_
         algo.stop()
 
 
-def test_chat_reward_model_reads_its_own_template(archs, tmp_path):
-    """A reward model with another tokenizer renders messages + completion with its own chat
-    template, exactly as scoring that text directly."""
-    llama_tok = build_tokenizer("llama")
-    llama_tok.chat_template = (
-        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
-    )
-    rm_dir = build_tiny_reward_model(tmp_path / "rm", llama_tok, arch="llama")
-    actor = RewardModelActor(rm_dir, device="cpu")
-    conversation = CONVERSATIONS[1]
-    [score] = actor.score(["ignored"], [" hello"], None, [conversation])
-    text = "[system] be brief\n[user] the cat said\n[assistant]  hello\n"
-    batch = actor.tokenizer([text], add_special_tokens=False, return_tensors="pt")
-    with torch.no_grad():
-        expected = actor.model(**batch).logits[0, 0].item()
-    assert score == pytest.approx(expected, abs=1e-5)
-    plain = RewardModelActor(build_tiny_reward_model(tmp_path / "plain", build_tokenizer("gpt2")))
-    with pytest.raises(ValueError, match="no chat template"):
-        plain.score(["p"], ["c"], None, [conversation])
-
-
-def test_reward_model_without_tokenizer_uses_tokenizer_path(archs, tmp_path):
-    rm_dir = Path(build_tiny_reward_model(tmp_path / "rm", build_tokenizer("gpt2")))
-    tok_dir = tmp_path / "tok"
-    tok_dir.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (rm_dir / name).rename(tok_dir / name)
-    with pytest.raises(ValueError, match="no tokenizer files.*reward.tokenizer_path"):
-        RewardModelActor(str(rm_dir), device="cpu")
-    actor = RewardModelActor(str(rm_dir), device="cpu", tokenizer_path=str(tok_dir))
-    assert actor.score(["the cat"], [" said"]).shape == (1,)
-
-
 # --- mixed precision ------------------------------------------------------------------------------
 
 
@@ -280,19 +239,3 @@ def test_float16_run_scales_the_loss(ray_local, tiny_policy_dir, prompts_file, t
         assert optimizer.masters[0].dtype == torch.float32
     finally:
         algo.stop()
-
-
-def test_a_system_turn_gemma_refuses_fails_before_training(archs, tmp_path):
-    """Gemma's chat template raises on a system message: the run stops in preflight with one
-    line naming the row and the template's reason, before anything starts."""
-    from rayrm.config import ConfigError
-    from rayrm.experiment.preflight import preflight
-
-    prompts = write_prompts_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS, "messages")
-    cfg = make_config(archs["gemma2"], str(prompts), tmp_path, data={"max_prompt_tokens": 40})
-    with pytest.raises(ConfigError, match=r"data.prompts row 1: .*System role not supported"):
-        preflight(cfg)
-    cfg = make_config(
-        archs["qwen2"], str(prompts), tmp_path, data={"max_prompt_tokens": 40}
-    )  # ChatML takes the same rows
-    assert preflight(cfg).startswith("prompts: 4")

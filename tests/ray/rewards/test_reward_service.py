@@ -21,7 +21,6 @@ from helpers import make_config
 
 from rayrm import metrics as M
 from rayrm.cli import build_parser
-from rayrm.config import ConfigError
 from rayrm.demo.reference_task import build_mean_value_reward_model
 from rayrm.rewards import RewardSourceError, pool_from_config
 from rayrm.rewards.compose import shared_actor_names
@@ -74,20 +73,6 @@ def service_config(tmp_path_factory) -> Path:
     path = root / "service.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def test_service_config_needs_a_name(tmp_path: Path) -> None:
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump({"reward": {"source": "function"}}))
-    with pytest.raises(ConfigError) as e:
-        load_reward_config(path)
-    assert e.value.key == "reward.pool_name"
-    assert load_reward_config(path, name="svc").pool_name == "svc"
-    path.write_text(yaml.safe_dump({"model": {"path": "x"}}))
-    with pytest.raises(ConfigError, match="reward"):
-        load_reward_config(path)
-    with pytest.raises(ConfigError, match="not both"):
-        main(build_parser().parse_args(["serve-rm", "c.yaml", "--stop", "x"]))
 
 
 def test_two_jobs_share_the_service_and_it_stops_cleanly(ray_local, service_config: Path) -> None:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from helpers import SEEDS, make_config
+from helpers import write_config as _write_config
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
@@ -227,13 +225,6 @@ def test_two_learners_update_as_one_learner(ray_local, tiny_policy_dir, prompts_
         np.testing.assert_allclose(a - s, b - s, rtol=1e-3, atol=1e-6)
 
 
-def _write_config(tiny_policy_dir, prompts_file, storage: Path, **sections) -> Path:
-    cfg = make_config(tiny_policy_dir, prompts_file, storage, **sections)
-    path = storage / "config.yaml"
-    cfg.save_yaml(path)
-    return path
-
-
 def _results(exp_dir: Path) -> list[dict]:
     (result_file,) = exp_dir.glob("*/result.json")
     return [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
@@ -270,46 +261,3 @@ def test_train_raises_rule_reward(ray_local, tiny_policy_dir, prompts_file, tmp_
     assert "held-out GOLD" in text and "| prompt | before |" in text
     for png in ("reward.png", "heldout.png", "kl.png", "length.png"):
         assert (tmp_path / "test" / png).stat().st_size > 1000
-
-
-def _rayrm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rayrm.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ("ppo.lrr=1", "ppo.lrr"),
-        ("model.path=/nonexistent/model", "model.path"),
-        ("ppo.batch_size=15", "ppo.batch_size"),
-        ("reward.function=no_such_module:score", "reward.function"),
-        ("data.prompts=missing.jsonl", "data.prompts"),
-    ],
-)
-def test_config_errors_exit_2_and_name_the_key(
-    tiny_policy_dir, prompts_file, tmp_path, override, key
-):
-    path = _write_config(tiny_policy_dir, prompts_file, tmp_path)
-    proc = _rayrm("train", str(path), "--set", override, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and key in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_missing_config_file_exits_2(tmp_path):
-    proc = _rayrm("train", str(tmp_path / "nope.yaml"), cwd=tmp_path)
-    assert proc.returncode == 2 and "nope.yaml" in proc.stderr
-
-
-def test_yaml_round_trip_of_shipped_example(tmp_path):
-    from rayrm.demo.quickstart import write_quickstart
-
-    path = write_quickstart(tmp_path / "qs", num_iterations=2)
-    assert yaml.safe_load(path.read_text())["run"]["num_iterations"] == 2

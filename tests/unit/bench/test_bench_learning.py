@@ -1,18 +1,11 @@
-"""The benchmark's learning section (rayrm.bench.learning) and its TRL side.
-
-In the default suite: the configs of the learning runs, the shared evaluation (byte-level BPE
-policy and reward model built locally, the real loading code) and the side-by-side summary.
-With TRL installed (the ``bench`` extra; CI does not install it): the groups and learning
-sections end to end against TRL's GRPOTrainer, RLOOTrainer and PPOTrainer at toy sizes.
+"""The benchmark's learning section (rayrm.bench.learning): the configs of the learning runs,
+the shared evaluation (byte-level BPE policy and reward model built locally, the real loading
+code) and the side-by-side summary. (With TRL installed, the groups and learning sections end to
+end against TRL at toy sizes: tests/ray/bench/test_against_trl.py.)
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -20,7 +13,6 @@ import pytest
 from envs.prompts import write_prompts_jsonl
 from rayrm.bench import learning
 from rayrm.bench.learning import LearnSettings, learn_spec, rayrm_config, task_workload
-from rayrm.cli import build_parser
 from rayrm.models.tiny import build_tiny_policy, build_tiny_reward_model, build_tokenizer
 
 
@@ -117,65 +109,3 @@ def test_learning_summary():
     assert line[f"{learning.ASYNC}_reward_gain_per_seed"] == [1.25, 1.75]
     assert line["async_minus_sync_reward_gain"] == pytest.approx(0.0)
     assert line["rayrm_reward_gain"] == pytest.approx(1.5)
-
-
-def _default_torch_threads() -> int:
-    """torch's thread count in a fresh process started without OMP_NUM_THREADS."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    code = "import torch; print(torch.get_num_threads())"
-    return int(
-        subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-        ).stdout
-    )
-
-
-@pytest.mark.trl
-@pytest.mark.timeout(900)
-def test_groups_and_learning_against_trl(tmp_path, capfd):
-    """End to end with TRL 1.12: PPO, GRPO, RLOO and learning print TRL and ratio lines."""
-    from rayrm.bench import run as bench
-    from rayrm.bench import trl as bench_trl
-
-    if bench_trl.trl_unavailable_reason() is not None:
-        pytest.skip(bench_trl.trl_unavailable_reason())
-    args = build_parser().parse_args(
-        [
-            "bench",
-            "--n-layer", "1",
-            "--n-head", "2",
-            "--n-embd", "32",
-            "--batch-size", "8",
-            "--max-new-tokens", "4",
-            "--iterations", "1",
-            "--warmup", "1",
-            "--sections", "default,trl,groups,learning",
-            "--critics", "separate",
-            "--learning-demo-size", "smoke",
-            "--learning-iterations", "1",
-            "--learning-seeds", "0",
-            "--learning-eval-samples", "1",
-            "--workdir", str(tmp_path),
-        ]
-    )  # fmt: skip
-    assert bench.main(args) == 0
-    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
-    kinds = [line["bench"] for line in lines]
-    assert kinds.count("trl_group") == 2 and kinds.count("group_ratio") == 2, kinds
-    for ratio in (line for line in lines if line["bench"] == "group_ratio"):
-        assert ratio["trl_over_rayrm_s_per_iteration"] > 0
-    variants = {line["variant"]: line for line in lines if line["bench"] == "trl"}
-    assert set(variants) == {"stock", "no_gc", "stock_default", "no_gc_default"}
-    assert variants["no_gc_default"]["threads"] == _default_torch_threads()
-    (ratio,) = [line for line in lines if line["bench"] == "ratio"]
-    assert ratio["rayrm_over_trl_no_gc_default"] > 0
-    # rayrm's update: its learner's CPUs as rayrm train claims them beside a 1-CPU reward actor.
-    assert ratio["rayrm_threads"] == variants["no_gc"]["threads"] == max(1, os.cpu_count() - 1)
-    runs = [line for line in lines if line["bench"] == "learning"]
-    assert {(r["trainer"], r["algo"]) for r in runs} == {
-        (t, a) for t in ("rayrm", "trl") for a in ("ppo", "grpo", "rloo")
-    }
-    assert all(math.isfinite(r["reward_gain"]) for r in runs)
-    summaries = [line for line in lines if line["bench"] == "learning_ratio"]
-    assert [s["algo"] for s in summaries] == ["ppo", "grpo", "rloo"]
-    assert all("met" in s for s in summaries)

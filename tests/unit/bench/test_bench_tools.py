@@ -3,30 +3,17 @@
 In the default suite: TRL's environment offers the same tool schema as rayrm's env, its reward
 is ``Calculator.score`` of the same final answer, its prompts are the same questions, the tiny
 ChatML template renders TRL's structured tool calls as rayrm's Hermes writer does, and rayrm's
-side is a valid ``rayrm train`` config. With TRL installed (the ``bench`` extra): the section
-end to end at a toy size.
+side is a valid ``rayrm train`` config. (With TRL installed, the section end to end at a toy
+size: tests/ray/bench/test_against_trl.py.)
 """
 
 from __future__ import annotations
-
-import json
-
-import pytest
 
 from envs.tasks import arithmetic
 from envs.tasks.arithmetic import Calculator
 from envs.tools import ToolCall, render_tool_calls, tool_schema
 from rayrm.bench import trl_env
 from rayrm.bench.trl_env import CalculatorToolEnv, ToolsSettings, calculator_reward, trl_dataset
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """A tiny Qwen2 (ChatML with tools) and 8 Calculator rows."""
-    from rayrm.bench.support import BenchSpec
-
-    spec = BenchSpec(n_embd=32, n_layer=1, n_head=2)
-    return trl_env.default_inputs(tmp_path_factory.mktemp("tools"), spec)
 
 
 def test_trl_environment_offers_the_calculate_tool_with_its_schema():
@@ -94,52 +81,6 @@ def test_rayrm_side_is_a_multi_turn_grpo_config(inputs, tmp_path):
     assert cfg.env.max_turns == Calculator.max_turns == s.max_turns
     assert cfg.reward.source == "env" and cfg.ppo.advantage_estimator == "grpo"
     assert cfg.generation.samples_per_prompt == 4 and cfg.ppo.batch_size == 8
-
-
-@pytest.mark.trl
-@pytest.mark.timeout(600)
-def test_tools_section_against_trl(inputs, tmp_path, capfd):
-    """End to end with TRL 1.12: one measured iteration of each trainer, in lockstep."""
-    from rayrm.bench import run as bench
-    from rayrm.bench import trl as bench_trl
-    from rayrm.cli import build_parser
-
-    if bench_trl.trl_unavailable_reason() is not None:
-        pytest.skip(bench_trl.trl_unavailable_reason())
-    model, rows = inputs
-    args = build_parser().parse_args(
-        [
-            "bench",
-            "--sections", "tools",
-            "--tools-model", model,
-            "--tools-rows", rows,
-            "--tools-max-new-tokens", "6",
-            "--batch-size", "8",
-            "--samples-per-prompt", "4",
-            "--num-epochs", "1",
-            "--iterations", "1",
-            "--warmup", "1",
-            "--workdir", str(tmp_path),
-        ]
-    )  # fmt: skip
-    assert bench.main(args) == 0
-    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
-    by_kind = {line["bench"]: line for line in lines}
-    assert set(by_kind) == {"tools_rayrm", "tools_trl", "tools_ratio"}, lines
-    for kind in ("tools_rayrm", "tools_trl"):
-        line = by_kind[kind]
-        assert line["iterations"] == 1 and line["iteration_s_median"] > 0
-        assert len(line["success_by_iteration"]) == 2  # the warm-up's and the measured one's
-        assert 0.0 <= line["success_last"] <= 1.0 and line["episodes_seen"] == 16
-        assert line["settings"]["max_new_tokens"] == 6
-    assert (
-        by_kind["tools_rayrm"]["resources"]["threads"]["update"] == by_kind["tools_trl"]["threads"]
-    )
-    ratio = by_kind["tools_ratio"]
-    assert ratio["trl_over_rayrm_s_per_iteration"] > 0 and set(ratio["met"]) == {
-        "speed",
-        "success_gain",
-    }
 
 
 def test_tools_settings_take_the_episode_limits_from_the_command_line(tmp_path):

@@ -9,104 +9,14 @@ reward model a tiny one-label GPT-2 with its tokenizer.
 from __future__ import annotations
 
 import json
-import re
-import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
-
-from envs.builtin import BUILTIN_PROMPTS
-from envs.prompts import write_prompts_jsonl
-from rayrm import metrics as M
-from rayrm.cli import main
-
-# ----------------------------------------------------------------------------- the workspace
-
-
-@dataclass
-class Workspace:
-    """A valid run (config dict, files); a case breaks one thing in it."""
-
-    root: Path
-    policy: str
-    reward_model: str
-    prompts: str
-    cfg: dict[str, Any] = field(default_factory=dict)
-    config_name: str = "run.yaml"
-
-    def write(self, name: str, text: str) -> str:
-        path = self.root / name
-        path.write_text(text, encoding="utf-8")
-        return str(path)
-
-    def copy_model(self, source: str, name: str) -> Path:
-        out = self.root / name
-        shutil.copytree(source, out)
-        return out
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    from transformers import AutoTokenizer
-
-    from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model
-
-    root = tmp_path_factory.mktemp("failure-models")
-    policy = build_tiny_model(root / "policy", arch="qwen2", hidden=32, positions=256)
-    rm = build_tiny_reward_model(root / "rm", AutoTokenizer.from_pretrained(policy))
-    return policy, rm
-
-
-@pytest.fixture
-def ws(models: tuple[str, str], tmp_path: Path) -> Workspace:
-    policy, rm = models
-    prompts = str(write_prompts_jsonl(tmp_path / "prompts.jsonl", BUILTIN_PROMPTS[:8]))
-    w = Workspace(tmp_path, policy, rm, prompts)
-    w.cfg = {
-        "name": "broken",
-        "model": {"path": policy},
-        "data": {"prompts": prompts, "max_prompt_tokens": 32},
-        "generation": {"max_new_tokens": 4},
-        "reward": {"source": "function", "function": "envs.builtin:vowel_reward"},
-        "ppo": {"batch_size": 4, "num_minibatches": 2, "num_epochs": 1},
-        "run": {"num_iterations": 2, "storage_path": str(tmp_path / "runs"), "num_cpus": 2},
-        "eval": {"every": 0, "report": False},
-    }
-    return w
-
-
-RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\(.* pid=\d+\)")
-"""How a Ray worker's forwarded output line starts: ``(ActorName pid=123)``, maybe coloured."""
-
-
-def run_cli(ws: Workspace, capfd: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
-    written = ws.root / "run.yaml"
-    if not written.exists():
-        written.write_text(yaml.safe_dump(ws.cfg), encoding="utf-8")
-    capfd.readouterr()  # what earlier tests left
-    code = main(["train", str(ws.root / ws.config_name), *extra])
-    out, err = capfd.readouterr()
-    assert "Traceback" not in out + err, err
-    return code, _without_other_tests_workers(err, ws.root)
-
-
-def _without_other_tests_workers(err: str, root: Path) -> str:
-    """``err`` less the lines an earlier test's Ray worker printed late, through the local Ray
-    the tests share (its log monitor forwards them after that test's run ended): a worker's
-    prefixed line naming another test's folder. A CLI run is one process with its own Ray."""
-    tmp = str(root.parent)
-    return "\n".join(
-        line
-        for line in err.splitlines()
-        if not (RAY_WORKER_LINE.match(line) and tmp in line and str(root) not in line)
-    )
-
+from helpers import Workspace, run_cli
 
 # ---------------------------------------------------------------------------- the cases
 
@@ -372,76 +282,3 @@ def test_malformed_input_fails_in_one_line(ws, capfd, edit, code, needle):
 
 def test_at_least_forty_cases():
     assert len({c[0] for c in CASES}) == len(CASES) >= 40
-
-
-# ------------------------------------------------- resources that cannot be met (Ray needed)
-
-
-@pytest.mark.parametrize(
-    ("resources", "needle"),
-    [
-        ({"num_learners": 1, "num_gpus_per_learner": 1}, "GPU"),
-        ({"num_env_runners": 1, "custom_resources_per_env_runner": {"rollout_node": 1}},
-         "rollout_node"),
-        ({"num_env_runners": 2, "num_cpus_per_env_runner": 3}, "CPU"),
-    ],
-    ids=["gpu-on-cpu-machine", "unknown-custom-resource", "more-cpus-than-exist"],
-)  # fmt: skip
-def test_unmeetable_resources_end_in_one_line(ray_local, ws, capfd, resources, needle):
-    ws.cfg["resources"] = resources
-    ws.cfg["run"]["pending_timeout_s"] = 1
-    code, err = run_cli(ws, capfd)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
-    assert needle in lines[0] and "run.pending_timeout_s=1s" in lines[0], lines[0]
-    assert "autoscaling" in lines[0] and "the cluster's 1 node(s) have CPU 4" in lines[0]
-
-
-# ------------------------------------------- user-code errors inside the trial: no restart
-
-
-def test_transient_reward_error_in_trial_is_retried(ray_local, ws, capfd):
-    ws.cfg["reward"].update(function="scorers:flaky_judge", retry_exceptions=["OSError"])
-    code, err = run_cli(ws, capfd)
-    assert code == 0, err
-    trial = next((Path(ws.cfg["run"]["storage_path"]) / "broken").glob("RLHFPPO_*"))
-    results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
-    assert [r[M.RLHF_RESULTS][M.REWARD_RESUBMITTED] for r in results] == [1, 1]
-
-
-def _failures(run: Path) -> int:
-    (trial,) = run.glob("RLHFPPO_*")
-    error = trial / "error.txt"
-    return error.read_text().count("Failure #") if error.exists() else 0
-
-
-def test_user_code_error_in_trial_is_not_retried(ray_local, ws, capfd):
-    ws.cfg["reward"]["function"] = "scorers:raises_on_text"
-    ws.cfg["run"]["max_failures"] = 2
-    code, err = run_cli(ws, capfd)
-    lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1, err
-    assert "reward function 'scorers:raises_on_text' raised ValueError" in lines[0]
-    assert "error.txt" in lines[0] and "--resume" in lines[0]
-    run = Path(ws.cfg["run"]["storage_path"]) / "broken"
-    assert _failures(run) == 1  # one failure, no restart
-    assert (run / "rayrm.log").stat().st_size > 0  # Ray's output went to the log
-
-
-def test_nan_scores_in_trial(ray_local, ws, capfd):
-    ws.cfg["reward"]["function"] = "scorers:nan_on_text"
-    code, err = run_cli(ws, capfd)
-    assert code == 1 and len(err.strip().splitlines()) == 1, err
-    assert "non-finite score (nan)" in err and "reward.on_nan: skip" in err
-
-    ws.cfg.update(name="skip", reward={**ws.cfg["reward"], "on_nan": "skip"})
-    ws.cfg["ppo"]["batch_size"] = 8
-    (ws.root / "run.yaml").unlink()
-    code, err = run_cli(ws, capfd)
-    assert code == 0, err
-    trial = next((Path(ws.cfg["run"]["storage_path"]) / "skip").glob("RLHFPPO_*"))
-    results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
-    skipped = [r[M.RLHF_RESULTS][M.REWARD_SKIPPED] for r in results]
-    completions = [r[M.RLHF_RESULTS][M.ROLLOUT_COMPLETIONS] for r in results]
-    assert all(s > 0 for s in skipped), skipped
-    assert [c + s for c, s in zip(completions, skipped, strict=True)] == [8, 8]

@@ -1,18 +1,17 @@
 """The multi-turn demos (``rayrm demo --task tools|game``): SFT traces rendered exactly as RL
-renders the episode, the episode evaluator against a scripted policy, and a smoke-size run of
-each task end to end."""
+renders the episode, the episode evaluator against a scripted policy, SFT's tools column and
+the demo's template (a smoke-size run of each task:
+tests/ray/demo/test_multi_turn_demo_smoke.py)."""
 
 from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import check_quiet_output
 
 from envs.multi_turn import MultiTurnTextEnv
 from envs.tools import ToolCall, render_tool_calls
@@ -116,31 +115,6 @@ def test_evaluator_plays_whole_episodes_with_replies():
     summary = success_rate(outcomes)
     assert summary["success"] == 3 / 8 and summary["n"] == 8
     assert summary["se"] == pytest.approx(np.sqrt(3 / 8 * 5 / 8 / 8))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("task", ["tools"])
-def test_smoke_task_demo_runs_every_stage(ray_local, tmp_path: Path, capfd, task) -> None:
-    """``rayrm demo --task tools --size smoke``: data, tokenizer, SFT (Ray Train), RL (Tune)
-    and the held-out success line, quiet; the stages' artifacts where they belong. (The game
-    runs the same pipeline on other rows and traces, tested above without Ray.)"""
-    from rayrm.cli import main
-    from rayrm.demo.multi_turn import TASK_STAGES
-
-    work = tmp_path / "demo"
-    assert main(["demo", "--task", task, "--dir", str(work), "--size", "smoke"]) == 0
-    out, err = capfd.readouterr()
-    counts = check_quiet_output(out, err)
-    assert counts["stage"] == counts["done"] == len(TASK_STAGES) and counts["iter"] == 2
-    assert f"held-out success ({task}), 16 episodes each" in out
-    assert out.splitlines()[-1].startswith("wall time: ")
-    (data,) = (work / "stages").glob(f"{task}-data-*")
-    sft = json.loads((data / "sft.jsonl").read_text().splitlines()[0])
-    assert sft["messages"][0]["role"] == "user" and (sft["tools"] is None) == (task == "game")
-    (run,) = (work / "runs").glob(f"{task}-rl-*")
-    done = json.loads((run / "done").read_text())
-    assert done["sft"]["n"] == done["rl"]["n"] == 16 and 0 <= done["rl"]["success"] <= 1
-    assert 0 <= done["train_success"] <= 1  # the last iteration's env/success
 
 
 def test_sft_reads_a_tools_column(task_files, tmp_path, monkeypatch):

@@ -1,12 +1,10 @@
 """Reward-model training: Bradley–Terry loss, encoding as the reward actors see it, config
-errors, and a two-worker Ray Train run on rule-labelled pairs that the reward pool then serves."""
+errors (a two-worker Ray Train run: tests/ray/stages/test_reward_model_workers.py)."""
 
 from __future__ import annotations
 
 import json
 import math
-import random
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -14,14 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from helpers import REPO
+from helpers import REPO, rm_dict, vowel_pairs
 
-from envs.builtin import BUILTIN_PROMPTS, VOWELS, build_char_tokenizer
+from envs.builtin import build_char_tokenizer
 from rayrm.config import ConfigError
 from rayrm.config.stage import RMConfig, load_stage_config, stage_config_from_dict
 from rayrm.models.tiny import build_tiny_reward_model
 from rayrm.rewards import RewardPool
-from rayrm.stages import trainer as stages
 from rayrm.stages.reward_model import (
     bradley_terry_loss,
     collate,
@@ -29,40 +26,7 @@ from rayrm.stages.reward_model import (
     encode_pairs,
     load_pairs,
     prepare_tokenizer,
-    run_reward_training,
 )
-
-LETTERS = "abcdefghijklmnopqrstuvwxyz "
-
-
-def vowel_pairs(n: int, seed: int) -> dict[str, list[str]]:
-    """Pairs of random completions; chosen has at least two more vowels than rejected."""
-    rng = random.Random(seed)
-    rows: dict[str, list[str]] = {"prompt": [], "chosen": [], "rejected": []}
-    while len(rows["prompt"]) < n:
-        a, b = ("".join(rng.choice(LETTERS) for _ in range(rng.randint(6, 12))) for _ in "ab")
-        va, vb = (sum(c in VOWELS for c in s) for s in (a, b))
-        if abs(va - vb) < 2:
-            continue
-        rows["prompt"].append(rng.choice(BUILTIN_PROMPTS) + " ")
-        rows["chosen"].append(a if va > vb else b)
-        rows["rejected"].append(b if va > vb else a)
-    return rows
-
-
-def rm_dict(model: str, data_path: str, tmp: Path, **sections: dict) -> dict:
-    d = {
-        "name": "rm-test",
-        "model": {"path": model},
-        "data": {"path": data_path, "max_length": 64},
-        "train": {"lr": 1e-3, "epochs": 4, "batch_size": 16, "eval_fraction": 0.2, "seed": 0},
-        "resources": {"num_workers": 2, "cpus_per_worker": 1},
-        "output": {"dir": str(tmp / "rm-out"), "storage_path": str(tmp / "runs")},
-    }
-    for name, values in sections.items():
-        d[name] = {**d.get(name, {}), **values}
-    return d
-
 
 # ---------------------------------------------------------------------------------------------
 # Loss and encoding (no Ray)
@@ -167,34 +131,3 @@ def test_example_config_documents_every_key():
     with pytest.raises(ConfigError) as e:
         load_stage_config(RMConfig, REPO / "jobs/configs/rm_example.yaml", check_paths=False)
     assert e.value.key == "model.path" and "required" in str(e.value)
-
-
-# ---------------------------------------------------------------------------------------------
-# Ray Train: two workers
-# ---------------------------------------------------------------------------------------------
-
-
-def test_two_worker_reward_model_learns_rule_and_serves(ray_local, tmp_path, tiny_policy_dir):
-    data = tmp_path / "pairs.jsonl"
-    rows = pa.table(vowel_pairs(800, seed=0)).to_pylist()
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    cfg = stage_config_from_dict(
-        RMConfig, rm_dict(tiny_policy_dir, str(data), tmp_path), check_paths=True
-    )
-    summary = run_reward_training(cfg)
-
-    m = summary["metrics"]
-    assert m[stages.RM_EVAL_ACCURACY] >= 0.9, summary["history"]
-    assert m[stages.RM_EVAL_MARGIN] > 0
-    assert len(summary["history"]) == 4 and summary["data"]["eval"] == 160
-
-    from transformers import AutoModelForSequenceClassification
-
-    out = cfg.output.dir
-    model = AutoModelForSequenceClassification.from_pretrained(out)
-    assert model.config.num_labels == 1 and model.config.pad_token_id == 0
-    fresh = vowel_pairs(100, seed=1)
-    with RewardPool(source="model", path=out, local=True) as pool:
-        chosen = pool.score(fresh["prompt"], fresh["chosen"])
-        rejected = pool.score(fresh["prompt"], fresh["rejected"])
-    assert (chosen > rejected).mean() >= 0.9
