@@ -32,7 +32,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # No core dumps from the tests' processes and their children (inherited): some of Ray's
 # processes abort (SIGABRT) when their node is torn down, and where core dumps are on, each
 # wrote a core file of hundreds of MB into its working folder, the checkout, which
-# `ray job submit --working-dir .` (tests/test_jobs.py) then could not upload (HTTP 413).
+# `ray job submit --working-dir .` (tests/ray/jobs/test_jobs.py) then could not upload (HTTP 413).
 resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
 
 # W&B keeps caches, settings and debug logs under the home folder unless told otherwise: the

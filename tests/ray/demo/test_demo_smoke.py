@@ -59,7 +59,7 @@ def test_smoke_demo_runs_every_stage_then_is_cached(ray_local, tmp_path: Path, c
 
     # --algo grpo: only the RL stage's key names the algorithm (the earlier stages are reused),
     # so its run gets a folder of its own, and its config is critic-free with 4 samples per
-    # prompt. (GRPO's training itself: tests/test_critic_free.py.)
+    # prompt. (GRPO's training itself: tests/ray/rl/test_critic_free_training.py.)
     assert [name for name, keys in STAGE_SETTINGS.items() if "algo" in keys] == ["ppo"]
     grpo = dataclasses.replace(SIZES["smoke"], algo="grpo")
     ppo_key = {k: getattr(SIZES["smoke"], k) for k in STAGE_SETTINGS["ppo"]}

@@ -86,7 +86,7 @@ def _runner_actors(algo):
 
 # Every runner lost, pipelined (the harder case: the sampler thread is mid-batch). One runner
 # lost synchronously: a lost node (test_spread_env_runners_survive_losing_a_node below) and a
-# hung runner restarted and re-synced (tests/test_hangs.py) cover it.
+# hung runner restarted and re-synced (tests/ray/rl/test_hangs.py) cover it.
 @pytest.mark.parametrize(("victims", "pipelined"), [("all", True)])
 def test_lost_env_runners_keep_the_batch_full(
     ray_local, tiny_policy_dir, prompts_file, tmp_path, victims, pipelined

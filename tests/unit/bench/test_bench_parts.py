@@ -91,7 +91,7 @@ def test_model_flops_by_hand(tmp_path):
 
 def test_group_configurations_match_trl(tiny_policy_dir, prompts_file, tmp_path):
     """The groups section's rayrm configurations (run in lockstep like the default ones; with
-    TRL in tests/test_bench_learning.py): TRL's GRPO and RLOO settings, no critic."""
+    TRL in tests/ray/bench/test_against_trl.py): TRL's GRPO and RLOO settings, no critic."""
     workload = Workload(tiny_policy_dir, None, prompts_file, 100, 64, 0, 0)
     grpo = run_config(BenchSpec(estimator="grpo", samples_per_prompt=4), workload, str(tmp_path))
     assert grpo.generation.samples_per_prompt == 4 and not grpo.ppo.uses_critic

@@ -263,7 +263,7 @@ def test_batch_must_split_over_learners_and_minibatches(
 
 def test_kl_as_a_loss_refuses_k1_and_defaults_to_k3() -> None:
     """As a loss k1's expected gradient is zero: no KL pressure at all (see
-    tests/test_core_algos.py); the reward penalty keeps k1 by default."""
+    tests/unit/core_algos/test_core_algos.py); the reward penalty keeps k1 by default."""
     d = with_value("ppo.kl_mode", "loss", with_value("ppo.kl_estimator", "k1"))
     with pytest.raises(ConfigError) as info:
         config_from_dict(d)

@@ -14,7 +14,10 @@ from helpers import REPO
 
 PACKAGE = REPO / "rayrm"
 COMPAT = PACKAGE / "rl" / "rllib_compat.py"
-COMPAT_TESTS = (REPO / "tests/unit/rl/test_rllib_compat.py",)
+COMPAT_TESTS = (
+    REPO / "tests/unit/rl/test_rllib_compat.py",
+    REPO / "tests/ray/rl/test_rllib_compat_on_ray.py",
+)
 """The tests of what is behind the door: they name what they test."""
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
