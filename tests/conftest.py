@@ -1,19 +1,27 @@
-"""Shared fixtures: tiny local models, prompt files, a local Ray confined to a temp dir."""
+"""pytest's hooks, guards and fixtures: tiny local models, prompt files, a local Ray confined to
+a temp dir; the checks that the tests leave nothing behind and sit where they belong.
+
+The tests are laid out like the package: ``tests/unit/<subpackage>/`` holds the tests that
+start no Ray (the fast tier, ``python -m pytest -q tests/unit``), ``tests/ray/<subpackage>/``
+the slow ones, those that start Ray. Helpers the test modules share are in ``helpers.py``;
+reward functions that Ray workers import by name in ``scorers.py``.
+"""
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import REPO, Workspace, worker_environment
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -24,7 +32,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # No core dumps from the tests' processes and their children (inherited): some of Ray's
 # processes abort (SIGABRT) when their node is torn down, and where core dumps are on, each
 # wrote a core file of hundreds of MB into its working folder, the checkout, which
-# `ray job submit --working-dir .` (tests/test_jobs.py) then could not upload (HTTP 413).
+# `ray job submit --working-dir .` (tests/ray/jobs/test_jobs.py) then could not upload (HTTP 413).
 resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
 
 # W&B keeps caches, settings and debug logs under the home folder unless told otherwise: the
@@ -41,10 +49,6 @@ if not all(var in os.environ for var, _ in _WANDB_VARS):
     for _var, _sub in _WANDB_VARS:
         os.environ[_var] = os.path.join(_WANDB_HOME, _sub)
     atexit.register(shutil.rmtree, _WANDB_HOME, ignore_errors=True)  # a process not pytest's
-
-REPO = Path(__file__).resolve().parent.parent
-PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
-"""For Ray workers: the repo and the test modules (reward functions defined in tests)."""
 
 
 _LEFT = pytest.StashKey[set[str] | None]()
@@ -96,16 +100,21 @@ several seconds of CPU per start)."""
 
 
 LONGEST_FIRST = (
-    "test_fault_tolerance.py", "test_lora.py", "test_demo.py", "test_real_models.py",
-    "test_training.py", "test_sweep.py", "test_jobs.py", "test_bench.py", "test_sft.py",
-    "test_failures.py", "test_reward_service.py", "test_tracking.py", "test_runs.py",
-    "test_resume.py", "test_hangs.py", "test_multi_turn_demo.py", "test_critic_free.py",
-    "test_reference_rewards.py", "test_multi_turn_training.py", "test_async_rollouts.py",
+    "test_fault_tolerance.py", "test_lora.py", "test_demo_smoke.py", "test_real_models.py",
+    "test_training.py", "test_sweep.py", "test_jobs.py", "test_bench.py", "test_sft_workers.py",
+    "test_failures_in_trial.py", "test_reward_service.py", "test_tracking.py", "test_runs.py",
+    "test_resume.py", "test_hangs.py", "test_multi_turn_demo_smoke.py",
+    "test_critic_free_training.py", "test_reference_rewards.py", "test_multi_turn_training.py",
+    "test_async_rollouts.py",
 )  # fmt: skip
 """The test files that take longest (wall seconds under ``-n 3``, measured with
-``.ci/cpu_by_test.py`` on 2026-12-07), longest first: they start first so that the workers
-finish together. (xdist's own order, most tests first, left the longest file for last, running
-alone for over a minute while the other workers idled.)"""
+``.ci/cpu_by_test.py`` on 2026-12-07, before the tests were split into ``unit/`` and ``ray/``:
+these are the files under ``ray/`` that hold the long tests now), longest first: they start
+first so that the workers finish together. (xdist's own order, most tests first, left the
+longest file for last, running alone for over a minute while the other workers idled.)"""
+
+UNIT, RAY = REPO / "tests" / "unit", REPO / "tests" / "ray"
+"""The two tiers: tests that start no Ray (the fast tier), tests that start Ray (``slow``)."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -114,14 +123,50 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that starts Ray is marked ``slow``: ``-m "not slow and not trl and not
-    learning"`` is the inner-loop tier (docs/development.md). The longest files come first
-    (``LONGEST_FIRST``)."""
+    """Every test under ``tests/ray/``, and every test that uses a Ray fixture, is marked
+    ``slow``: ``python -m pytest -q tests/unit`` (the same tests as ``-m "not slow and not trl
+    and not learning"``) is the inner-loop tier (docs/development.md). A test in the wrong
+    folder fails the collection. The longest files come first (``LONGEST_FIRST``)."""
+    misplaced = []
     for item in items:
-        if RAY_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        uses_ray = RAY_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        tier = _tier(item)
+        if tier == RAY or uses_ray:
             item.add_marker(pytest.mark.slow)
+        if tier == UNIT and item.get_closest_marker("slow"):
+            why = f"uses {sorted(uses_ray)}" if uses_ray else "is marked slow"
+            misplaced.append(f"{item.nodeid} {why}: it belongs under tests/ray/")
+        elif tier is None:
+            misplaced.append(f"{item.nodeid}: tests live under tests/unit/ or tests/ray/")
+    if misplaced:
+        raise pytest.UsageError("\n".join(misplaced))
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def _tier(item: pytest.Item) -> Path | None:
+    """``UNIT`` or ``RAY``: the folder the test's file is under (None: neither)."""
+    path = item.path.resolve()
+    return next((tier for tier in (UNIT, RAY) if path.is_relative_to(tier)), None)
+
+
+_RAY_UP = pytest.StashKey[bool]()
+
+
+def _ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_RAY_UP] = _ray_up()
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """A test under ``tests/unit/`` that starts a Ray in this process fails (one in a child
+    process is not seen: the CLI's, say)."""
+    if _tier(item) == UNIT and not item.stash.get(_RAY_UP, True) and _ray_up():
+        pytest.fail(f"{item.nodeid} started Ray: it belongs under tests/ray/", pytrace=False)
 
 
 def _remove_wandb_import_folders() -> None:
@@ -204,28 +249,54 @@ def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
 
 
-@contextlib.contextmanager
-def worker_environment() -> Iterator[None]:
-    """The environment of the Ray processes started in the block (Ray's workers inherit their
-    node's): one torch thread, the repo and test modules importable, and a temp folder of the
-    test run's (W&B makes folders in it on import and when it starts its service; a worker Ray
-    kills leaves them behind, in /tmp otherwise). Not a job runtime env,
-    which ``rayrm train`` does not use either: a worker Ray starts ahead of time (one per CPU)
-    is started without it and would then serve nothing (measured: 0 of 4 reused, ~3 s of CPU
-    per Ray start wasted)."""
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "PYTHONPATH", "TMPDIR")}
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["TMPDIR"] = str(Path(os.environ["WANDB_DATA_DIR"]).parent / "tmp")
-    os.makedirs(os.environ["TMPDIR"], exist_ok=True)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PYTHONPATH, saved["PYTHONPATH"]) if p)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+# ------------------------- fixtures of the tests split between tests/unit/ and tests/ray/
+
+
+@pytest.fixture(scope="module")
+def failure_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A tiny Qwen2 policy (byte-level BPE, chat template) and a one-label reward model."""
+    from transformers import AutoTokenizer
+
+    from rayrm.models.tiny import build_tiny_model, build_tiny_reward_model
+
+    root = tmp_path_factory.mktemp("failure-models")
+    policy = build_tiny_model(root / "policy", arch="qwen2", hidden=32, positions=256)
+    rm = build_tiny_reward_model(root / "rm", AutoTokenizer.from_pretrained(policy))
+    return policy, rm
+
+
+@pytest.fixture
+def ws(failure_models: tuple[str, str], tmp_path: Path) -> Workspace:
+    """A valid run in ``tmp_path`` for the failure cases to break (tests/unit/cli/test_failures.py,
+    tests/ray/cli/test_failures_in_trial.py)."""
+    from envs.builtin import BUILTIN_PROMPTS
+    from rayrm.data.prompts import write_prompts_jsonl
+
+    policy, rm = failure_models
+    prompts = str(write_prompts_jsonl(tmp_path / "prompts.jsonl", BUILTIN_PROMPTS[:8]))
+    w = Workspace(tmp_path, policy, rm, prompts)
+    w.cfg = {
+        "name": "broken",
+        "model": {"path": policy},
+        "data": {"prompts": prompts, "max_prompt_tokens": 32},
+        "generation": {"max_new_tokens": 4},
+        "reward": {"source": "function", "function": "envs.builtin:vowel_reward"},
+        "algorithm": {"batch_size": 4, "num_minibatches": 2, "num_epochs": 1},
+        "run": {"num_iterations": 2, "storage_path": str(tmp_path / "runs"), "num_cpus": 2},
+        "eval": {"every": 0, "report": False},
+    }
+    return w
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny Qwen2 (ChatML with tools) and 8 Calculator rows: the benchmark's tools section
+    (tests/unit/bench/test_bench_tools.py, tests/ray/bench/test_against_trl.py)."""
+    from rayrm.bench import trl_env
+    from rayrm.bench.support import BenchSpec
+
+    spec = BenchSpec(n_embd=32, n_layer=1, n_head=2)
+    return trl_env.default_inputs(tmp_path_factory.mktemp("tools"), spec)
 
 
 _SHARED_RAY: dict[str, str] = {}
@@ -292,149 +363,3 @@ def ray_local(_shared_ray: None):
     yield ray
     if not ray.is_initialized() or not _ray_is_clean(ray):
         _stop_shared_ray()
-
-
-def trial_class() -> type:
-    """``RLHFPPO`` for a test that starts it as a Ray actor, as Tune starts a trial: Tune gives
-    a trial its folder; here ``__init__(logs=...)`` takes the folder for its log folder (else
-    the actor makes an empty one under ~/ray_results, outside the session's temp folders)."""
-    from rayrm.rl.algorithm import RLHFPPO
-    from rayrm.rl.rllib_compat import trainable_logdirs_under
-
-    class Trial(RLHFPPO):
-        def __init__(self, *, logs: str, **kwargs):
-            with trainable_logdirs_under(logs):
-                super().__init__(**kwargs)
-
-    return Trial
-
-
-def episode_of(env: Any, tokens: list[int], options: dict[str, Any] | None = None) -> Any:
-    """Steps ``env`` (reset with ``options``, seed 0) through ``tokens`` until it ends,
-    recording an RLlib episode."""
-    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
-
-    obs, info = env.reset(seed=0, options=options)
-    episode = SingleAgentEpisode()
-    episode.add_env_reset(observation=obs, infos=info)
-    for token in tokens:
-        obs, reward, terminated, truncated, info = env.step(token)
-        episode.add_env_step(obs, token, reward, infos=info, terminated=terminated,
-                             truncated=truncated)  # fmt: skip
-        if terminated or truncated:
-            return episode
-    raise AssertionError("the completion did not end")
-
-
-def function_pool(function: str, *, name: str | None = None, **reward: Any) -> Any:
-    """A ``RewardPool`` of Ray actors serving the reward function ``function`` on a quarter CPU
-    each; ``reward`` sets other keys of its ``reward`` section (``num_actors``, ``timeout_s``...),
-    ``name`` makes it shared."""
-    from rayrm.config import RewardSettings
-    from rayrm.rewards import RewardPool
-
-    section = {"num_cpus_per_actor": 0.25, **reward}
-    return RewardPool(RewardSettings(source="function", function=function, **section), name=name)
-
-
-def make_config(tiny_policy_dir: str, prompts_file: str, storage: Path, **sections: dict):
-    """A small valid RLConfig for tests; ``sections`` update individual sections."""
-    from rayrm.config import config_from_dict
-
-    d = {
-        "name": "test",
-        "seed": 0,
-        "model": {"path": tiny_policy_dir},
-        "data": {"prompts": prompts_file, "max_prompt_tokens": 16},
-        "generation": {"max_new_tokens": 10},
-        "reward": {
-            "source": "function",
-            "function": "envs.builtin:vowel_reward",
-            "num_cpus_per_actor": 0.25,
-        },
-        "algorithm": {
-            "batch_size": 16,
-            "num_minibatches": 2,
-            "num_epochs": 2,
-            "lr": 3e-4,
-            "kl_coef": 0.02,
-            "vf_coef": 0.5,
-        },
-        "resources": {"num_env_runners": 0},
-        "run": {"num_iterations": 3, "checkpoint_every": 1, "storage_path": str(storage)},
-        "eval": {"every": 0, "report": False},  # tests that need them turn them on
-    }
-    for name, values in sections.items():
-        if isinstance(values, dict):
-            d[name] = {**d.get(name, {}), **values}
-        else:
-            d[name] = values
-    return config_from_dict(d, check_paths=True)
-
-
-SEEDS = (
-    0,
-    pytest.param(1, marks=pytest.mark.learning),
-    pytest.param(2, marks=pytest.mark.learning),
-)
-"""Seeds of the tests that training learns on the tiny task: seed 0 in the default run, all
-three in the ``learning`` tier (``-m learning``: each learning test on seeds 1 and 2 too, so
-that a pass is not one seed's luck; docs/development.md)."""
-
-
-def train_in_process(cfg, iterations: int) -> list[dict]:
-    """Builds ``cfg``'s algorithm in this process, trains ``iterations`` times and returns
-    each iteration's ``result["rlhf"]``."""
-    from rayrm import metrics as M
-    from rayrm.rl.algorithm import build_algo_config
-
-    algo = build_algo_config(cfg).build_algo()
-    try:
-        return [algo.train()[M.RLHF_RESULTS] for _ in range(iterations)]
-    finally:
-        algo.stop()
-
-
-def assert_reward_rises(results: list[dict], margin: float = 0.1) -> None:
-    """The mean reward of the last 5 iterations beats the first 5 by ``margin``."""
-    import numpy as np
-
-    from rayrm import metrics as M
-
-    rewards = [r[M.REWARD_MEAN] for r in results]
-    first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
-    assert last > first + margin, (first, last)
-
-
-# What the terminal may show of a run (rayrm.console): live lines, stage lines, results.
-LIVE_LINES = {
-    "prompts": r"prompts: \d+ \(",
-    "stage": r"stage: \w+ -> ",
-    "done": r"done: ",
-    "cached": r"cached: \w+ \(",
-    "epoch": r"(sft|rm) epoch \d+/\d+ \| ",
-    "iter": r"iter +\d+(/\d+)? \| reward ",
-    "headline": r"(training reward|held-out |KL per sequence|reward model held-out|wall time: )",
-    "report": r"report: ",
-    "workspace": r"quickstart workspace: ",
-}
-NOISE = (
-    "WARNING", "INFO", "ERROR", "Deprecat", "deprecated", "Loading weights", "pid=",
-    "Traceback", "╭", "LOAD REPORT", "PreemptionWatcher", "Reporting training result",
-    "View detailed results", "it/s]", "tensorboard", "Trial ",
-)  # fmt: skip
-
-
-def check_quiet_output(out: str, err: str) -> dict[str, int]:
-    """Asserts a quiet run's terminal held only known lines (none on stderr, no known noise);
-    returns how many lines of each kind it held."""
-    import re
-
-    assert not err.strip(), err
-    counts = dict.fromkeys(LIVE_LINES, 0)
-    for line in out.splitlines():
-        assert not any(n in line for n in NOISE), line
-        kinds = [k for k, pattern in LIVE_LINES.items() if re.match(pattern, line)]
-        assert kinds, f"unexpected line: {line!r}"
-        counts[kinds[0]] += 1
-    return counts

@@ -1,8 +1,10 @@
-"""Reward functions the tests run inside reward actors.
+"""Reward functions the tests run inside reward actors, named ``"scorers:<function>"``.
 
 A reward actor imports the module its function lives in: a test module imports torch, Ray,
 RLlib and rayrm (about 4 s of CPU per actor on these machines), this one only the standard
-library and the builtin rewards.
+library and the builtin rewards. Ray's workers find it because ``tests/`` is on their
+``PYTHONPATH`` (``helpers.worker_environment``); the test modules, in subfolders of ``tests/``,
+are not.
 """
 
 from __future__ import annotations
@@ -15,6 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from envs.builtin import vowel_reward
+
+
+def completion_length(prompts: list[str], completions: list[str]) -> list[float]:
+    """Reward that encodes the input, so order mix-ups show in the scores."""
+    return [float(len(c)) for c in completions]
+
+
+RECORDED: list[tuple[str, str]] = []
+
+
+def record_texts(prompts: list[str], completions: list[str]) -> list[float]:
+    """A reward function that remembers what it was given (run in-process by the tests)."""
+    RECORDED.extend(zip(prompts, completions, strict=True))
+    return [float(len(c)) for c in completions]
 
 
 def slow_vowel_reward(prompts: list[str], completions: list[str]) -> list[float]:
@@ -113,3 +129,41 @@ def row_secret(prompts: list[str], completions: list[str], secret: list[int]) ->
     """The guess game row's ``secret`` column: a gold scorer whose mean says which rows it was
     given."""
     return [float(s) for s in secret]
+
+
+# ------------------------------ reward functions users get wrong (tests/unit/cli/test_failures.py)
+
+
+def raises(prompts: list[str], completions: list[str]) -> list[float]:
+    raise KeyError("score_table")
+
+
+def wrong_length(prompts: list[str], completions: list[str]) -> list[float]:
+    return [0.0] * (len(completions) + 1)
+
+
+def not_numbers(prompts: list[str], completions: list[str]) -> list[str]:
+    return ["good"] * len(completions)
+
+
+def returns_none(prompts: list[str], completions: list[str]) -> None:
+    return None
+
+
+def nan_scores(prompts: list[str], completions: list[str]) -> list[float]:
+    return [0.5, math.nan] + [0.5] * (len(completions) - 2)
+
+
+def inf_scores(prompts: list[str], completions: list[str]) -> list[float]:
+    return [math.inf] * len(completions)
+
+
+def no_arguments() -> list[float]:
+    return []
+
+
+def nested(prompts: list[str], completions: list[str]) -> list[list[float]]:
+    return [[1.0, 2.0] for _ in completions]
+
+
+not_callable = 3

@@ -2,9 +2,9 @@
 
 Everything here is a keyword-only function (or a tiny stateful controller) over torch tensors
 or numpy arrays. Nothing imports Ray, RLlib or transformers, so each piece is unit-testable
-against hand-computed values (see tests/test_core_algos.py). ``advantages`` (estimators,
-registered by name), ``losses`` (PPO, value, aggregations registered by name), ``kl``
-(estimators, the reward penalty, β controllers), ``sampling`` and ``stats``.
+against hand-computed values (see tests/unit/core_algos/test_core_algos.py). ``advantages``
+(estimators, registered by name), ``losses`` (PPO, value, aggregations registered by name),
+``kl`` (estimators, the reward penalty, β controllers), ``sampling`` and ``stats``.
 
 Shapes: ``B`` completions, ``T`` generated tokens of one completion, ``N`` token rows of a
 flattened batch (all completions' tokens concatenated), ``V`` vocabulary size.

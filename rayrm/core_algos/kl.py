@@ -50,9 +50,9 @@ def kl_estimate(
 
     As a LOSS (the gradient flowing through ``log π`` of the sampled tokens) they differ:
     k1's expected gradient is ``E_π[∇ log π] = 0`` (no pressure at all), k2's is the gradient
-    of KL(π‖π_ref), k3's that of KL(π_ref‖π) (``tests/test_core_algos.py`` checks each by an
-    exact expectation). As a REWARD penalty the value matters, and k1 summed over a
-    completion is unbiased for the sequence's KL.
+    of KL(π‖π_ref), k3's that of KL(π_ref‖π) (``tests/unit/core_algos/test_core_algos.py``
+    checks each by an exact expectation). As a REWARD penalty the value matters, and k1 summed
+    over a completion is unbiased for the sequence's KL.
 
     Numpy arrays (computed in float64) or torch tensors (differentiable, in their dtype).
     """

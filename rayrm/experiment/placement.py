@@ -5,7 +5,7 @@ role it should hold (e.g. ``rayrm_learner: 1`` on a one-GPU learner node); rayrm
 unit per learner, env runner or reward actor (``resources.custom_resources_per_learner``,
 ``resources.custom_resources_per_env_runner``, ``reward.custom_resources_per_actor``), so Ray
 places each role on its node type and the autoscaler starts that type when one is missing.
-``tests/test_cluster_yaml.py`` checks that every name here exists in ``cluster.yaml``.
+``tests/unit/project/test_cluster_yaml.py`` checks that every name here exists in ``cluster.yaml``.
 """
 
 DEFAULT_PLACEMENT_RESOURCES: dict[str, str] = {

@@ -5,7 +5,8 @@ pieces, ``Learner.compute_loss_for_module``, ``configure_optimizers_for_module``
 ``compute_gradients``, ``apply_gradients``, the ``EnvRunner`` class). What has no public hook
 is reached here and only here, each use a small named function or mixin, and
 :data:`HOOKS` lists every private name with the RLlib/Ray object that must have it:
-``tests/test_rllib_compat.py`` checks each one against the installed Ray, so an upgrade that
+``tests/unit/rl/test_rllib_compat.py`` (and ``tests/ray/rl/test_rllib_compat_on_ray.py``, for
+those that need a running Ray) checks each one against the installed Ray, so an upgrade that
 moves one fails with a message naming it instead of somewhere deep in a training run.
 
 Private names used (Ray 2.60):
