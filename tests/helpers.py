@@ -377,3 +377,34 @@ def function_pool(function: str, *, name: str | None = None, **reward: Any) -> A
 
     section = {"num_cpus_per_actor": 0.25, **reward}
     return RewardPool(RewardSettings(source="function", function=function, **section), name=name)
+
+
+# What Ray workers run by reference (tests/ is on their path, the test folders are not):
+def torch_threads(_: object) -> int:
+    """torch's thread count in the process that runs it."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def trial_threads(algo: Any) -> tuple[int, list[int], list[int]]:
+    """Threads of a trial process, its remote env runners and its reward actors."""
+    import ray
+    import torch
+
+    runners = algo.env_runner_group.foreach_env_runner(torch_threads, local_env_runner=False)
+    actors = algo.rewards.scorer.actors
+    return (
+        torch.get_num_threads(),
+        runners,
+        ray.get([a.__ray_call__.remote(torch_threads) for a in actors]),
+    )
+
+
+class ThreadProbe:
+    """An actor (``ray.remote(ThreadProbe)``) that sets its threads from its reservation."""
+
+    def threads(self) -> int | None:
+        from rayrm.threads import use_reserved_cpus
+
+        return use_reserved_cpus()

@@ -12,27 +12,14 @@ from __future__ import annotations
 import pytest
 import ray
 import torch
-from helpers import make_config, trial_class
+from helpers import ThreadProbe, make_config, trial_class
+from helpers import torch_threads as _threads
+from helpers import trial_threads as _trial_threads
 
 from rayrm.experiment.resources import trial_bundles
 from rayrm.rewards.functions import RewardFunctionActor
-from rayrm.rl.algorithm import RLHFPPO, build_algo_config
+from rayrm.rl.algorithm import build_algo_config
 from rayrm.threads import THREADS_ENV, use_reserved_cpus
-
-
-def _threads(_: object) -> int:
-    return torch.get_num_threads()
-
-
-def _trial_threads(algo: RLHFPPO) -> tuple[int, list[int], list[int]]:
-    """Threads of the trial process, its remote env runners and its reward actors."""
-    runners = algo.env_runner_group.foreach_env_runner(_threads, local_env_runner=False)
-    actors = algo.rewards.scorer.actors
-    return (
-        torch.get_num_threads(),
-        runners,
-        ray.get([a.__ray_call__.remote(_threads) for a in actors]),
-    )
 
 
 def test_every_process_uses_the_cpus_it_reserves(
@@ -67,10 +54,7 @@ def test_every_process_uses_the_cpus_it_reserves(
         ray.kill(trial)
 
 
-@ray.remote
-class _Probe:
-    def threads(self) -> int | None:
-        return use_reserved_cpus()
+_Probe = ray.remote(ThreadProbe)
 
 
 def test_reward_actors_fractions_and_the_override(ray_local, monkeypatch):
