@@ -101,8 +101,7 @@ several seconds of CPU per start)."""
 
 LONGEST_FIRST = (
     "test_fault_tolerance.py", "test_lora.py", "test_demo_smoke.py", "test_real_models.py",
-    "test_training.py", "test_reward_ensemble_training.py", "test_sweep.py", "test_jobs.py",
-    "test_bench.py", "test_sft_workers.py", "test_reward_model_workers.py", "test_stop_when.py",
+    "test_training.py", "test_sweep.py", "test_jobs.py", "test_bench.py", "test_sft_workers.py",
     "test_failures_in_trial.py", "test_reward_service.py", "test_tracking.py", "test_runs.py",
     "test_resume.py", "test_hangs.py", "test_multi_turn_demo_smoke.py",
     "test_critic_free_training.py", "test_reference_rewards.py", "test_multi_turn_training.py",
@@ -110,8 +109,7 @@ LONGEST_FIRST = (
 )  # fmt: skip
 """The test files that take longest (wall seconds under ``-n 3``, measured with
 ``.ci/cpu_by_test.py`` on 2026-12-07, before the tests were split into ``unit/`` and ``ray/``:
-these are the files under ``ray/`` that hold the long tests now; the Ray Train and Tune runs
-added since, by their process starts), longest first: they start
+these are the files under ``ray/`` that hold the long tests now), longest first: they start
 first so that the workers finish together. (xdist's own order, most tests first, left the
 longest file for last, running alone for over a minute while the other workers idled.)"""
 
