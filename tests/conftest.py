@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,12 +192,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_WANDB_HOME, ignore_errors=True)
 
 
+_WANDB_SERVICE = re.compile(r".*/wandb-(\d+)-(\d+)-\d+")
+"""The socket folder of a W&B service process (``wandb-core``), ``wandb-<parent>-<service>-<n>``
+by its parent's process id and its own: the service removes it when it ends, which it does on
+its own a second or two after its parent (a test process or Ray worker that logged to W&B) is
+gone; CI once checked before that (2026-12-07)."""
+
+
+def _after_wandb_services_exit(new: set[str], wait_s: float = 30.0) -> set[str]:
+    """``new`` once the W&B services that own folders in it have ended (at most ``wait_s``):
+    a service still running or a folder left by a service that ended stays in it (a leak)."""
+    services = [m[2] for m in map(_WANDB_SERVICE.fullmatch, new) if m]
+    deadline = time.monotonic() + wait_s
+    while any(Path(f"/proc/{pid}").exists() for pid in services) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return {path for path in new if not _WANDB_SERVICE.fullmatch(path) or Path(path).exists()}
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The tests leave nothing in the checkout or ~/ray_results: they write to temp folders."""
     before = session.config.stash.get(_LEFT, None)
     if before is not None:  # this process's own (a run without xdist imports W&B here)
         _remove_wandb_import_folders()
     after = _written_outside_temp() if before is not None else None
+    if before is not None and after is not None:
+        after = _after_wandb_services_exit(after - before) | (after & before)
     if before is None or after is None or not (left := sorted(after - before)):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
