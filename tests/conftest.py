@@ -102,18 +102,21 @@ several seconds of CPU per start)."""
 
 
 LONGEST_FIRST = (
-    "test_fault_tolerance.py", "test_lora.py", "test_demo_smoke.py", "test_real_models.py",
-    "test_training.py", "test_sweep.py", "test_jobs.py", "test_bench.py", "test_sft_workers.py",
-    "test_failures_in_trial.py", "test_reward_service.py", "test_tracking.py", "test_runs.py",
-    "test_resume.py", "test_hangs.py", "test_multi_turn_demo_smoke.py",
-    "test_critic_free_training.py", "test_reference_rewards.py", "test_multi_turn_training.py",
-    "test_async_rollouts.py",
+    "test_fault_tolerance.py", "test_sweep.py", "test_bench.py", "test_lora.py",
+    "test_demo_smoke.py", "test_real_models.py", "test_training.py", "test_sft_workers.py",
+    "test_jobs.py", "test_reward_ensemble_training.py", "test_failures_in_trial.py",
+    "test_tracking.py", "test_runs.py", "test_hangs.py", "test_multi_turn_training.py",
+    "test_resume.py", "test_reward_service.py", "test_floor_transformers.py",
+    "test_multi_turn_demo_smoke.py", "test_threads.py", "test_reward_model_workers.py",
+    "test_reference_rewards.py", "test_critic_free_training.py", "test_prompt_passes.py",
+    "test_lint.py", "test_stop_when.py", "test_reward_retries.py", "test_async_rollouts.py",
 )  # fmt: skip
 """The test files that take longest (wall seconds under ``-n 3``, measured with
-``.ci/cpu_by_test.py`` on 2026-12-07, before the tests were split into ``unit/`` and ``ray/``:
-these are the files under ``ray/`` that hold the long tests now), longest first: they start
-first so that the workers finish together. (xdist's own order, most tests first, left the
-longest file for last, running alone for over a minute while the other workers idled.)"""
+``.ci/cpu_by_test.py`` on 2026-12-08, every file of 15 s or more), longest first: they start
+first so that the workers finish together: scheduled this way, the measured times give the
+three workers 781 s each, where the order before left one worker 70 s behind the others.
+(xdist's own order, most tests first, left the longest file for last, running alone for over
+a minute while the other workers idled.)"""
 
 UNIT, RAY = REPO / "tests" / "unit", REPO / "tests" / "ray"
 """The two tiers: tests that start no Ray (the fast tier), tests that start Ray (``slow``)."""
@@ -197,16 +200,29 @@ _WANDB_SERVICE = re.compile(r".*/wandb-(\d+)-(\d+)-\d+")
 by its parent's process id and its own: the service removes it when it ends, which it does on
 its own a second or two after its parent (a test process or Ray worker that logged to W&B) is
 gone; CI once checked before that (2026-12-07)."""
+_WANDB_IMPORT = re.compile(r".*/tmp\w+wandb-(media|artifacts)")
+"""The two folders W&B makes when a process imports it, removed when that process exits
+normally: a Ray worker that imported W&B and was stopped by its node's shutdown leaves them."""
 
 
-def _after_wandb_services_exit(new: set[str], wait_s: float = 30.0) -> set[str]:
-    """``new`` once the W&B services that own folders in it have ended (at most ``wait_s``):
-    a service still running or a folder left by a service that ended stays in it (a leak)."""
+def _without_wandb_leftovers(new: set[str], wait_s: float = 30.0) -> set[str]:
+    """``new`` less W&B's own temp folders: once the W&B services that own socket folders in
+    it have ended (at most ``wait_s``), those left by processes that ended without cleaning
+    up (killed Ray workers, services) are removed. A service still running stays in it."""
     services = [m[2] for m in map(_WANDB_SERVICE.fullmatch, new) if m]
     deadline = time.monotonic() + wait_s
     while any(Path(f"/proc/{pid}").exists() for pid in services) and time.monotonic() < deadline:
         time.sleep(0.5)
-    return {path for path in new if not _WANDB_SERVICE.fullmatch(path) or Path(path).exists()}
+    left = set()
+    for path in new:
+        service = _WANDB_SERVICE.fullmatch(path)
+        if service and Path(f"/proc/{service[2]}").exists():
+            left.add(path)
+        elif service or _WANDB_IMPORT.fullmatch(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            left.add(path)
+    return left
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -216,7 +232,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         _remove_wandb_import_folders()
     after = _written_outside_temp() if before is not None else None
     if before is not None and after is not None:
-        after = _after_wandb_services_exit(after - before) | (after & before)
+        after = _without_wandb_leftovers(after - before) | (after & before)
     if before is None or after is None or not (left := sorted(after - before)):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
