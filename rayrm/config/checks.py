@@ -110,6 +110,8 @@ def validate_paths(cfg: RLConfig) -> None:
         check_dir("model.tokenizer_path", model.tokenizer_path, "the tokenizer directory")
     if model.critic == "separate" and model.critic_path is not None:
         check_dir("model.critic_path", model.critic_path, "the critic's model directory")
+    if model.reference_path is not None:
+        check_dir("model.reference_path", model.reference_path, "the reference model directory")
 
     prompts = cfg.data.prompts
     if not os.path.exists(prompts):
@@ -183,6 +185,14 @@ def _check_policy_model(cfg: RLConfig, conversations: bool) -> None:
         limit, rows = position_limit(model.path), vocab_rows(model.path)
     except ValueError as exc:
         raise ConfigError(f"model.path: {exc}", key="model.path") from exc
+    ref = model.reference_path
+    if ref is not None and (ref_rows := vocab_rows(ref)) != rows:
+        raise ConfigError(
+            f"model.reference_path {ref!r} embeds {ref_rows} tokens and model.path {rows} "
+            f"(config.json vocab_size): the KL compares them token by token, so they must "
+            f"share one vocabulary",
+            key="model.reference_path",
+        )
     if limit is not None and cfg.env is not None and cfg.max_seq_len > limit:
         raise ConfigError(
             f"env.max_total_tokens ({cfg.max_seq_len}) exceeds the position limit of "

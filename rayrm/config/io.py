@@ -217,6 +217,7 @@ def resolve_paths(cfg: RLConfig) -> RLConfig:
                     "path": absolute(model.path),
                     "tokenizer_path": absolute_or_none(model.tokenizer_path),
                     "critic_path": absolute_or_none(model.critic_path),
+                    "reference_path": absolute_or_none(model.reference_path),
                 }
             ),
             "data": cfg.data.model_copy(update={"prompts": absolute(cfg.data.prompts)}),

@@ -56,6 +56,10 @@ class ModelSettings(Section):
             trunk and its score head, so the critic starts out predicting the reward (as
             InstructGPT and TRL do); other models give their trunk and a fresh head. Only
             allowed with ``critic=separate``.
+        reference_path: Causal-LM directory of the frozen reference the KL is taken to; None
+            means ``path``. Set it to go on from a trained policy (``rayrm export``) with the
+            KL still to the model it all started from (rounds of iterated RLHF). Same
+            tokenizer as ``path``; not with ``lora`` (its reference is the base model).
         dtype: Dtype of the policy, critic and reference weights and of their forward and
             backward passes (``bfloat16`` on GPUs that have it, as most checkpoints are
             published). Updates go through float32 master weights and float32 Adam state
@@ -73,6 +77,7 @@ class ModelSettings(Section):
     tokenizer_path: NonEmptyStr | None = None
     critic: Literal["shared", "separate"] = "shared"
     critic_path: NonEmptyStr | None = None
+    reference_path: NonEmptyStr | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
     lora: LoraSettings | None = None
@@ -379,6 +384,12 @@ def _check_relations(cfg: RLConfig) -> None:
             f"{model.critic!r}): a shared critic is a value head on the policy trunk, so "
             f"remove critic_path or set model.critic=separate",
             key="model.critic_path",
+        )
+    if model.lora is not None and model.reference_path is not None:
+        raise ConfigError(
+            "model.reference_path is not used with model.lora: the reference is the base "
+            "model (model.path) with the adapters off; remove one of them",
+            key="model.reference_path",
         )
     if model.lora is not None and model.lora.dropout > 0:
         raise ConfigError(

@@ -94,11 +94,12 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     ``model_config`` keys: ``path`` (HF directory), ``dtype``, ``critic`` ("shared" |
     "separate" | "none": no value model at all, for critic-free estimators), ``critic_path``,
+    ``reference_path`` (the reference's directory; absent: ``path``),
     ``temperature``, ``top_k``, ``top_p``, ``gradient_checkpointing``, ``forward_batch_size``
     (completions per no-grad forward), ``lora`` (``model.lora`` as a dict, or None).
 
-    The learner copy also holds ``ref_model``: the frozen reference policy, loaded from the
-    same initial weights, never trained (no grad, excluded from the optimizer) and saved with
+    The learner copy also holds ``ref_model``: the frozen reference policy, loaded from
+    ``reference_path`` (by default the same initial weights), never trained (no grad, excluded from the optimizer) and saved with
     the module's state so a restored run keeps exactly the reference it started with. The
     env-runner copy (``inference_only``) holds the LM alone.
 
@@ -129,7 +130,7 @@ class LMPolicyModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         self._head_checked = False  # on the first learner forward, on the learner's device
         self._build_critic(mc.get("critic", "shared"), mc.get("critic_path") or mc["path"], dtype)
         if not self.lora:  # with LoRA the reference is self.lm with its adapters off
-            self.ref_model = load_causal_lm(mc["path"], dtype)
+            self.ref_model = load_causal_lm(mc.get("reference_path") or mc["path"], dtype)
             self.ref_model.requires_grad_(False)
         if mc.get("gradient_checkpointing", False):
             # Activations are recomputed in backward, block by block.

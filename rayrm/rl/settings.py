@@ -127,6 +127,7 @@ def module_config(cfg: RLConfig) -> dict[str, Any]:
         "forward_batch_size": cfg.forward_batch_size,
         "critic": cfg.model.critic if cfg.algorithm.uses_critic else "none",
         "critic_path": cfg.model.resolved_critic_path,
+        "reference_path": cfg.model.reference_path or cfg.model.path,
         "temperature": cfg.generation.temperature,
         "top_k": cfg.generation.top_k,
         "top_p": cfg.generation.top_p,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -216,6 +217,25 @@ BAD_VALUES = [
     ("tune.metric", "rollout/entropy", "tune.metric"),
     ("tune.metric", "rollout/response_length", "tune.metric"),
 ]
+
+
+def test_reference_path_is_checked(workdir: Path) -> None:
+    """``model.reference_path``: not with LoRA, an existing directory, the policy's vocabulary."""
+    d = with_value("model.reference_path", "models/tiny")
+    assert config_from_dict(d, check_paths=True).model.reference_path.endswith("models/tiny")
+    bad = [
+        (with_value("model.lora", {"r": 4}, d), "the reference is the base model"),
+        (with_value("model.reference_path", "models/none"), "does not exist"),
+    ]
+    other = workdir / "models" / "other"
+    shutil.copytree(workdir / "models" / "tiny", other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "vocab_size": 7}))
+    bad.append((with_value("model.reference_path", "models/other"), "share one vocabulary"))
+    for raw, says in bad:
+        with pytest.raises(ConfigError, match=says) as info:
+            config_from_dict(raw, check_paths=True)
+        assert info.value.key == "model.reference_path" and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(("dotted", "value", "key"), BAD_VALUES)

@@ -415,6 +415,34 @@ def test_ref_model_is_frozen_copy_of_initial_policy(model_dir, env, completions)
     torch.testing.assert_close(module.compute_ref_logp(batch), ref_logp, atol=0, rtol=0)
 
 
+def test_reference_path_loads_the_reference_from_another_model(
+    model_dir, env, completions, tmp_path
+):
+    """``model.reference_path``: the policy goes on from one model (a trained policy), the KL
+    is to another (where training began): ref log-probs are the other model's, exactly."""
+    trained = build_module(model_dir, env)
+    with torch.no_grad():
+        for p in trained.lm.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trained.lm.save_pretrained(tmp_path / "trained")
+    spec = RLModuleSpec(
+        module_class=LMPolicyModule,
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config={"path": str(tmp_path / "trained"), "reference_path": model_dir},
+        inference_only=False,
+    )
+    module, original = spec.build(), build_module(model_dir, env)
+    batch = make_batch(env, completions)
+    with torch.no_grad():
+        start = module.forward_train(batch)[LOGP]
+        torch.testing.assert_close(start, trained.forward_train(batch)[LOGP], atol=1e-6, rtol=0)
+        original_logp = original.forward_train(batch)[LOGP]
+    ref_logp = module.compute_ref_logp(batch)
+    torch.testing.assert_close(ref_logp, original_logp, atol=1e-6, rtol=0)
+    assert (start - ref_logp).abs().max() > 1e-3  # a KL before the first update
+
+
 # --- dropout -----------------------------------------------------------------------------------
 
 
