@@ -95,10 +95,19 @@ def _add_training(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     d.add_argument(
         "--task",
-        choices=("sentiment", "tools", "game"),
+        choices=("sentiment", "tools", "game", "overoptimise"),
         default="sentiment",
         help="sentiment: SFT, reward model, PPO against it, judged by VADER; tools, game: "
-        "SFT on traces, then multi-turn RL paid by the environment (default: %(default)s)",
+        "SFT on traces, then multi-turn RL paid by the environment; overoptimise: the "
+        "sentiment task without a KL penalty, one reward model against an ensemble, over "
+        "--seeds (default: %(default)s)",
+    )
+    d.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="--task overoptimise: seeds 0..N-1, each its own data, models and runs "
+        "(default: %(default)s)",
     )
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_verbose(d)
@@ -155,6 +164,12 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "--min-margin", type=float, default=0.0, help="drop pairs whose scores differ by <= this"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--against",
+        default=None,
+        help="a second policy (as --policy) that samples the other completion of each pair "
+        "(default: both from --policy)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -408,3 +408,22 @@ class ThreadProbe:
         from rayrm.threads import use_reserved_cpus
 
         return use_reserved_cpus()
+
+
+def z_only_policy(tiny_policy_dir: str, out: Path) -> str:
+    """The tiny policy made to write "z" and nothing else: every position's hidden state is
+    the final layer norm's bias, pointed at a lengthened "z" embedding (tied to the head)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_policy_dir)
+    z = tokenizer.convert_tokens_to_ids("z")
+    with torch.no_grad():
+        wte = model.transformer.wte.weight
+        wte[z] *= 10
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(10 * wte[z])
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)

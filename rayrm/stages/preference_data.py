@@ -1,6 +1,8 @@
 """``rayrm data pairs``: preference pairs sampled from a policy and labelled by a judge.
 
-Two completions per prompt from a policy; a judge function decides which one is *chosen*. The pairs file is
+Two completions per prompt from a policy (or one from it and one from another policy,
+``against``: a trained policy's own completions next to where it started, as the rounds of
+iterated RLHF label them); a judge function decides which one is *chosen*. The pairs file is
 the input of ``rayrm train-rm`` (columns ``prompt``, ``chosen``, ``rejected``, plus the two
 judge scores).
 
@@ -133,12 +135,13 @@ def build_preference_pairs(
     batch_size: int = 32,
     min_margin: float = 0.0,
     seed: int = 0,
+    against: str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Samples two completions per prompt, lets a judge pick one, writes the pairs as Parquet.
 
-    Each prompt gets two independent samples from the policy (KV-cached, as in PPO's
-    sampler); the judge scores both and the higher one becomes ``chosen``. Pairs whose scores
+    Each prompt gets two independent samples from the policy, or with ``against`` one from
+    the policy and one from that policy (KV-cached, as in PPO's sampler); the judge scores both and the higher one becomes ``chosen``. Pairs whose scores
     differ by ``min_margin`` or less (ties), or whose two completions are identical, carry no
     preference and are dropped.
 
@@ -158,6 +161,8 @@ def build_preference_pairs(
         batch_size: Prompts per sampling batch (each batch decodes ``2 * batch_size`` rows).
         min_margin: Pairs with ``|score_a - score_b| <= min_margin`` are dropped.
         seed: Seed of the prompt order and the sampling.
+        against: A second policy (as ``policy``) that samples the other completion of each
+            pair; None: both from ``policy``.
         progress: Show a progress bar on stderr.
 
     Returns:
@@ -174,6 +179,9 @@ def build_preference_pairs(
         raise ConfigError(f"num_pairs must be >= 1 (got {num_pairs})", key="num_pairs")
     judge_fn = _resolve_judge(judge)
     model, codec = load_policy_with_codec(policy, max_prompt_tokens)
+    other, other_codec = (
+        load_policy_with_codec(against, max_prompt_tokens) if against is not None else (None, None)
+    )
 
     order, wanted = _prompt_order(len(prompt_list), num_pairs, seed)
     rows: dict[str, list[Any]] = {c: [] for c in PAIR_COLUMNS}
@@ -183,17 +191,14 @@ def build_preference_pairs(
         if len(rows["prompt"]) >= wanted:
             break
         batch = [prompt_list[i] for i in order[start : start + batch_size]]
-        completions = sample_completions(
-            model,
-            codec,
-            batch + batch,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed * 1_000_003 + step,
-        )
-        a, b = completions[: len(batch)], completions[len(batch) :]
+        sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
+                    "top_p": top_p, "seed": seed * 1_000_003 + step}  # fmt: skip
+        if other is None:
+            completions = sample_completions(model, codec, batch + batch, **sampling)
+            a, b = completions[: len(batch)], completions[len(batch) :]
+        else:
+            a = sample_completions(model, codec, batch, **sampling)
+            b = sample_completions(other, other_codec, batch, **sampling)
         scores = _judge_scores(judge_fn, batch + batch, a + b)
         for i, prompt in enumerate(batch):
             if len(rows["prompt"]) >= wanted:
@@ -210,7 +215,10 @@ def build_preference_pairs(
     bar.close()
 
     judge_name = judge if isinstance(judge, str) else getattr(judge, "__qualname__", "callable")
-    out = _write_pairs(rows, out_path, policy=os.fspath(policy), judge=judge_name, seed=seed)
+    against_name = {} if against is None else {"against": os.fspath(against)}
+    out = _write_pairs(
+        rows, out_path, policy=os.fspath(policy), judge=judge_name, seed=seed, **against_name
+    )
 
     def mean(xs: list[float]) -> float:
         return float(sum(xs) / len(xs)) if xs else float("nan")
@@ -247,6 +255,7 @@ def pairs_main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         min_margin=args.min_margin,
         seed=args.seed,
+        against=args.against,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     print(

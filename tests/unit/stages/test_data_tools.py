@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import z_only_policy
 
 from envs.builtin import BUILTIN_PROMPTS, build_char_tokenizer, vowel_reward
 from rayrm.analysis.inspect import (
@@ -99,6 +100,24 @@ def test_build_preference_pairs(tmp_path, tiny_policy_dir):
     )
     assert again["num_pairs"] == len(rows)
     assert pq.read_table(tmp_path / "again.parquet").to_pylist() == rows
+
+
+def test_pairs_against_a_second_policy(tmp_path, tiny_policy_dir):
+    """``against``: one completion of each pair from the policy, the other from the second
+    policy (here one that writes only "z"), whichever the judge prefers."""
+    prompts = write_prompts_jsonl(tmp_path / "p.jsonl", BUILTIN_PROMPTS[:16])
+    zs = z_only_policy(tiny_policy_dir, tmp_path / "z")
+    out = tmp_path / "pairs.parquet"
+    summary = build_preference_pairs(
+        tiny_policy_dir, prompts, "envs.builtin:vowel_reward", out, max_new_tokens=6, seed=2,
+        against=zs,
+    )  # fmt: skip
+    table = pq.read_table(out)
+    rows = table.to_pylist()
+    assert summary["num_pairs"] == len(rows) > 8
+    for row in rows:  # "z" has no vowels: the policy's side wins whenever it has one
+        assert row["rejected"] == "zzzzzz" and "z" not in row["chosen"]
+    assert table.schema.metadata[b"rayrm.against"] == zs.encode()
 
 
 def test_pairs_cli_num_pairs_and_margin(tmp_path, tiny_policy_dir, capsys):
