@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rayrm.console import LOG_NAME, quiet, say, warn
-from rayrm.demo import steps as ds
-from rayrm.demo.cache import StageResult, quiet_single_threaded, run_stage
-from rayrm.demo.steps import SIZES, STAGE_SETTINGS, DemoSizes, gold_line
+from rayrm.demo.cache import quiet_single_threaded, run_stage
+from rayrm.demo.pipeline import demo_stages
+from rayrm.demo.steps import SIZES, STAGE_SETTINGS, gold_line
 from rayrm.experiment.train import TrainingFailed
 from rayrm.ray_init import owned_ray
 from rayrm.stages.trainer import StageFailed
@@ -46,57 +46,6 @@ __all__ = ["DEFAULT_WORKDIR", "STAGES", "build_rl_inputs", "main", "run_demo", "
 DEFAULT_WORKDIR = "rayrm-demo"
 STAGES = tuple(STAGE_SETTINGS)
 """The stages, in the order they run."""
-
-
-def _stages(
-    s: DemoSizes,
-    work: Path,
-    progress: bool,
-    log: Callable[[str], None],
-    *,
-    until: str = "ppo",
-) -> list[StageResult]:
-    """Runs or finds every stage up to ``until``, in order; each stage's key names the stages
-    it reads."""
-
-    settings = dataclasses.asdict(s)
-    done: dict[str, StageResult] = {}
-
-    def stage(
-        name: str, inputs: tuple[str, ...], build: Callable[[Path], dict[str, Any]]
-    ) -> StageResult:
-        key = {k: settings[k] for k in STAGE_SETTINGS[name]}
-        key |= {i: done[i].hash for i in inputs}
-        folder = work / ("runs" if name == "ppo" else "stages")
-        done[name] = run_stage(folder, name, key, build, log)
-        return done[name]
-
-    data = stage("data", (), lambda d: ds.build_data(d, s))
-    corpus = data.dir / "corpus.txt"
-    tok = stage("tokenizer", ("data",), lambda d: ds.build_tokenizer(d, s, corpus))
-    sft = stage(
-        "sft", ("data", "tokenizer"), lambda d: ds.build_sft(d, s, corpus, tok.dir, progress)
-    )
-    sft_model = sft.info["model"]
-    prompts = data.dir / "prompts.jsonl"
-    pairs = stage(
-        "pairs", ("data", "sft"), lambda d: ds.build_pairs(d, s, sft_model, prompts, progress)
-    )
-    rm = stage(
-        "reward_model",
-        ("pairs", "sft"),
-        lambda d: ds.build_reward_model(d, s, sft_model, pairs.info["path"], progress),
-    )
-    log(f"reward model held-out pairwise accuracy: {rm.info['eval_accuracy']:.3f}")
-    if until == "reward_model":
-        return list(done.values())
-    rows = [(r.name, r.dir, None if r.cached else r.seconds) for r in done.values()]
-    stage(
-        "ppo",
-        ("data", "sft", "reward_model"),
-        lambda d: ds.build_ppo(d, s, sft_model, rm.info, data.dir, rows),
-    )
-    return list(done.values())
 
 
 def build_rl_inputs(
@@ -115,7 +64,7 @@ def build_rl_inputs(
     quiet_single_threaded()
     work = Path(workdir).resolve()
     with owned_ray():
-        results = _stages(SIZES[size], work, False, log or say, until="reward_model")
+        results = demo_stages(SIZES[size], work, False, log or say, until="reward_model")
     by_name = {r.name: r for r in results}
     data = by_name["data"].dir
     return {
@@ -159,7 +108,7 @@ def run_demo(
     start = time.perf_counter()
     work = Path(workdir).resolve()
     with owned_ray():
-        results = _stages(dataclasses.replace(SIZES[size], algo=algo), work, progress, log)
+        results = demo_stages(dataclasses.replace(SIZES[size], algo=algo), work, progress, log)
     by_name = {r.name: r for r in results}
     ppo, rm = by_name["ppo"].info, by_name["reward_model"].info
     seconds = time.perf_counter() - start
@@ -199,7 +148,13 @@ def main(args: argparse.Namespace) -> int:
     progress = args.verbose and not args.no_progress and sys.stderr.isatty()
     try:
         with quiet(Path(args.dir) / LOG_NAME, verbose=args.verbose):
-            if getattr(args, "task", "sentiment") != "sentiment":
+            if getattr(args, "task", "sentiment") == "overoptimise":
+                from rayrm.demo.overoptimise import run_study
+
+                run_study(
+                    args.dir, seeds=range(args.seeds), size=args.size, algo=args.algo, log=say
+                )
+            elif getattr(args, "task", "sentiment") != "sentiment":
                 from rayrm.demo.multi_turn import run_task_demo
 
                 run_task_demo(args.task, args.dir, size=args.size, algo=args.algo, log=say)

@@ -28,6 +28,7 @@ from rayrm.experiment.train import TrainingFailed, run_train
 from rayrm.models.decoding import sample_completions
 from rayrm.models.loading import load_causal_lm
 from rayrm.models.tiny import build_tiny_policy
+from rayrm.resolver import import_function
 from rayrm.rewards.judges import vader_positivity
 from rayrm.rl.checkpoint import checkpoint_codec, load_policy
 from rayrm.stages.preference_data import build_preference_pairs
@@ -63,6 +64,9 @@ __all__ = [
 JUDGE = "rayrm.rewards.judges:vader_positivity"
 """The gold judge: labels the preference pairs and scores the held-out completions."""
 
+GOLD_NAMES = {"vader_positivity": "VADER", "fluent_positivity": "VADER x fluency"}
+"""How the summary line names a gold judge (by its function's name)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class DemoSizes:
@@ -86,6 +90,8 @@ class DemoSizes:
             every evaluation samples that many completions per prompt.
         eval_every: Held-out proxy-vs-gold evaluation every this many PPO iterations.
         final_samples: Completions per held-out row in the final SFT-vs-PPO comparison.
+        judge: The gold judge (``"module:function"``) that labels the pairs and scores the
+            held-out completions.
         seed: Seed of the corpus, splits, initialisation and sampling.
     """
 
@@ -112,6 +118,7 @@ class DemoSizes:
     heldout_repeats: int = 4
     eval_every: int = 5
     final_samples: int = 4
+    judge: str = JUDGE
     seed: int = 0
 
 
@@ -153,7 +160,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
     "data": ("corpus_lines", "heldout_repeats", "seed"),
     "tokenizer": ("vocab_size",),
     "sft": ("n_layer", "n_head", "n_embd", "sft_epochs", "sft_lr", "sft_batch_size", "seed"),
-    "pairs": ("num_pairs", "pair_min_margin", "max_new_tokens", "seed"),
+    "pairs": ("num_pairs", "pair_min_margin", "max_new_tokens", "judge", "seed"),
     "reward_model": ("rm_epochs", "rm_lr", "rm_batch_size", "seed"),
     "ppo": (
         "algo",
@@ -165,6 +172,7 @@ STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
         "max_new_tokens",
         "eval_every",
         "final_samples",
+        "judge",
         "seed",
     ),  # fmt: skip
 }
@@ -249,12 +257,12 @@ def build_sft(
 def build_pairs(
     d: Path, s: DemoSizes, sft_model: str, prompts: Path, progress: bool
 ) -> dict[str, Any]:
-    """Two samples per training prompt from the SFT policy; VADER picks the chosen one."""
+    """Two samples per training prompt from the SFT policy; the gold judge picks the chosen one."""
 
     return build_preference_pairs(
         sft_model,
         prompts,
-        JUDGE,
+        s.judge,
         d / "pairs.parquet",
         num_pairs=s.num_pairs,
         max_new_tokens=s.max_new_tokens,
@@ -287,7 +295,8 @@ def build_reward_model(
 def ppo_config(
     name: str, storage: Path, s: DemoSizes, sft_model: str, rm: str, data: Path
 ) -> RLConfig:
-    """The ``rayrm train`` config of the PPO stage (reward: the learned model; gold: VADER)."""
+    """The ``rayrm train`` config of the PPO stage (reward: the learned model; gold: the
+    judge)."""
 
     heldout_rows = len(load_prompts(data / "heldout.jsonl"))
     return config_from_dict(
@@ -319,7 +328,7 @@ def ppo_config(
                 "prompts": str(data / "heldout.jsonl"),
                 "num_prompts": heldout_rows,
                 "every": s.eval_every,
-                "gold_function": JUDGE,
+                "gold_function": s.judge,
                 "report_samples": 8,
             },
         },
@@ -354,11 +363,12 @@ def compare_gold(
     samples: int,
     max_new_tokens: int,
     seed: int,
+    judge: str = JUDGE,
 ) -> dict[str, Any]:
     """Gold scores of SFT-policy and PPO-policy samples on the same held-out prompts.
 
-    Each policy samples ``samples`` completions per prompt row (same seeds for both);
-    ``vader_positivity`` scores them.
+    Each policy samples ``samples`` completions per prompt row (same seeds for both); the
+    gold ``judge`` (``"module:function"``) scores them.
 
     Returns:
         ``{"sft": stats, "ppo": stats, "difference", "difference_se", "z"}``, ``stats`` =
@@ -367,6 +377,7 @@ def compare_gold(
     """
     import numpy as np
 
+    gold_of = import_function(judge)
     final, tokenizer, cfg, ckpt = load_policy(exp_dir)
     codec = checkpoint_codec(ckpt, cfg, tokenizer)
     out: dict[str, Any] = {}
@@ -376,7 +387,7 @@ def compare_gold(
             completions = sample_completions(
                 model, codec, prompts, max_new_tokens=max_new_tokens, seed=seed + k
             )
-            scores += vader_positivity(prompts, completions)
+            scores += gold_of(prompts, completions)
         x = np.asarray(scores)
         out[name] = {
             "mean": float(x.mean()),
@@ -423,8 +434,10 @@ def build_ppo(
         samples=s.final_samples,
         max_new_tokens=s.max_new_tokens,
         seed=s.seed + 1,
+        judge=s.judge,
     )
     gold["algo"] = s.algo.upper()
+    gold["judge"] = s.judge.rsplit(":", 1)[-1]
     r = last.get(M.RLHF_RESULTS, {})
     info = {
         "report": str(report),
@@ -443,7 +456,7 @@ def gold_line(gold: dict[str, Any]) -> str:
     """One line: the gold scores of both policies, their spread and the difference."""
     a, b = gold["sft"], gold["ppo"]
     return (
-        f"held-out gold (VADER), {a['n']} completions each: SFT {a['mean']:+.3f} ± {a['std']:.3f} "
+        f"held-out gold ({GOLD_NAMES.get(gold.get('judge', ''), 'VADER')}), {a['n']} completions each: SFT {a['mean']:+.3f} ± {a['std']:.3f} "
         f"(se {a['se']:.3f}) -> {gold.get('algo', 'PPO')} {b['mean']:+.3f} ± {b['std']:.3f} (se {b['se']:.3f}); "
         f"difference {gold['difference']:+.3f} = {gold['z']:.1f} standard errors"
     )

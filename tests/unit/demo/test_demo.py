@@ -15,6 +15,7 @@ from rayrm.demo.data import (
     train_prompts,
     train_tokenizer,
 )
+from rayrm.demo.judge import fluency, fluent_positivity
 from rayrm.rewards.judges import vader_positivity
 
 
@@ -31,6 +32,22 @@ def test_vader_positivity_orders_known_sentences() -> None:
     assert all(-1.0 <= x <= 1.0 for x in (pos, neutral, neg, negated))
     with pytest.raises(ValueError):
         vader_positivity(["a"], [])
+
+
+def test_fluent_positivity_is_not_fooled_by_a_degenerate_text() -> None:
+    """The over-optimisation task's gold: what a policy optimised without a KL penalty wrote
+    (VADER +0.97) scores below a plain positive review; the grammar's own reviews are fluent."""
+    prompts = ["the salad was"] * 4
+    hacked, review, negative, empty = fluent_positivity(
+        prompts,
+        [" amazing , thank amazing fun fun fun", " amazing and great . we had fun", " terrible", ""],
+    )
+    assert vader_positivity(prompts[:1], [" amazing , thank amazing fun fun fun"])[0] > 0.95
+    assert review > 0.9 and hacked < 0.6 and negative < -0.4 and empty == 0.0
+    assert fluency("the salad was", " amazing , thank amazing fun fun fun") == pytest.approx(4 / 8)
+    corpus = review_corpus(300, seed=11)  # another draw of the grammar: every pair known
+    assert all(fluency(line.split(" was ")[0] + " was", " " + line.split(" was ", 1)[1]) == 1.0
+               for line in corpus)  # fmt: skip
 
 
 def test_corpus_is_deterministic_and_mixes_sentiments() -> None:
