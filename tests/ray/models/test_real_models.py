@@ -204,8 +204,12 @@ def test_bfloat16_update_at_small_lr_changes_weights_and_resumes(
         restored.stop()
 
 
+@pytest.mark.learning  # 24 s of CPU; bf16 updates and resume: the tests around it
 def test_quickstart_in_bfloat16_learns(ray_local, tmp_path):
-    """``rayrm quickstart --set model.dtype=bfloat16`` finishes and its reward rises."""
+    """``rayrm quickstart --set model.dtype=bfloat16`` finishes and its reward rises (the
+    learning tier: ``-m learning``; bf16 updates, their effect and resume are in the default
+    run, ``test_bfloat16_update_at_small_lr_changes_weights_and_resumes``, and so is a bf16
+    LoRA run, tests/ray/models/test_lora.py)."""
     from rayrm.cli import main
 
     argv = ["quickstart", "--dir", str(tmp_path / "qs"), "--iterations", "30"]
