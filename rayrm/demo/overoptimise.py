@@ -1,11 +1,12 @@
 """``rayrm demo --task overoptimise``: a task that over-optimises on CPU, measured over seeds,
-and whether an ensemble of reward models holds the decline off.
+and whether an ensemble of reward models or adversarial rounds hold the decline off.
 
 What belongs here: the over-optimisation setting of the demo (:data:`OVEROPTIMISE`) and the
 study that runs it: per seed, the demo's stages up to the reward model (data, tokenizer, SFT,
 pairs labelled by the gold judge, one reward model), a k-member ensemble trained on the same
 pairs (the same gold labels, bootstrap resamples), then RL against the single reward model and
-against the ensemble combined by ``mean``, ``min`` and ``mean_minus_std``. Each RL run
+against the ensemble combined by ``mean``, ``min`` and ``mean_minus_std``, and adversarial
+rounds with as many gold labels (:mod:`rayrm.demo.rounds`). Each RL run
 evaluates the held-out proxy and gold every ``eval_every`` updates; the study writes
 ``overoptimisation.md`` (gold at start, peak and end, mean ± standard error over seeds; when
 each gold-free monitor fired against the gold peak) and ``gao.png`` (gold and proxy against KL).
@@ -227,7 +228,7 @@ def write_study(
     """``overoptimisation.md`` and ``gao.png`` beside it; ``summary.json`` holds the numbers."""
     plot = plot_gao(path.with_name("gao.png"), runs)
     lines = [
-        "# Over-optimisation: one reward model against an ensemble",
+        "# Over-optimisation: one reward model, an ensemble, adversarial rounds",
         "",
         f"The demo's review task, gold judge `{s.judge}`; {s.num_pairs} preference pairs sampled "
         f"from the SFT policy (margin filter {s.pair_min_margin}); {s.algo.upper()} for {s.ppo_iterations} "
